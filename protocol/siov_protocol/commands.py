@@ -1,0 +1,99 @@
+"""Command numbers on the wire.
+
+The low numbers keep vfio-user's ids where siov's command means the same thing (VERSION, the
+device region and IRQ commands). siov's own commands live from 0x100, grouped by area, and
+daemon-initiated events from 0x200. Numbers are stable: a number, once used, is never reused.
+"""
+
+from __future__ import annotations
+
+import enum
+
+
+class Command(enum.IntEnum):
+    # vfio-user numbering (qemu docs/interop/vfio-user.rst)
+    VERSION = 1
+    DEVICE_GET_INFO = 4
+    DEVICE_GET_REGION_INFO = 5
+    DEVICE_SET_IRQS = 8
+    REGION_READ = 9
+    REGION_WRITE = 10
+
+    # core
+    PING = 0x100
+    INFO = 0x101
+    STATS = 0x102
+    AUTH = 0x103
+
+    # memory
+    MEM_REGISTER = 0x110
+    MEM_UNREGISTER = 0x111
+    MEM_LIST = 0x112
+
+    # mdev bus and groups
+    TYPES_LIST = 0x120
+    MDEV_CREATE = 0x121
+    MDEV_REMOVE = 0x122
+    MDEV_LIST = 0x123
+    BUS_REGISTER_DEVICE = 0x124
+    BUS_UNREGISTER_DEVICE = 0x125
+    DEVICE_CLAIM = 0x126
+    GROUP_INFO = 0x127
+    GROUP_LIST = 0x128
+
+    # iommu
+    DOMAIN_ALLOC = 0x130
+    DOMAIN_FREE = 0x131
+    DOMAIN_LIST = 0x132
+    ATTACH_DEVICE = 0x133
+    DETACH_DEVICE = 0x134
+    ATTACH_PASID = 0x135
+    REPLACE_PASID = 0x136
+    DETACH_PASID = 0x137
+    MAP = 0x138
+    UNMAP = 0x139
+    IOVA_TO_PHYS = 0x13A
+    DIRTY_BITMAP = 0x13B
+    IOTLB_INVALIDATE = 0x13C
+    PAGE_RESPONSE = 0x13D
+
+    # external emulators: DMA through the IOMMU
+    DMA_READ = 0x140
+    DMA_WRITE = 0x141
+    TRANSLATE = 0x142
+
+    # accelerator
+    ACCEL_LIST = 0x150
+    ACCEL_CONFIG_DEVICE = 0x151
+    ACCEL_CONFIG_GROUP = 0x152
+    ACCEL_CONFIG_ENGINE = 0x153
+    ACCEL_CONFIG_WQ = 0x154
+    ACCEL_ENABLE_DEVICE = 0x155
+    ACCEL_DISABLE_DEVICE = 0x156
+    ACCEL_ENABLE_WQ = 0x157
+    ACCEL_DISABLE_WQ = 0x158
+    ACCEL_LOAD_CONFIG = 0x159
+    ACCEL_SAVE_CONFIG = 0x15A
+    SUBMIT = 0x15B
+
+    # persistent mdev definitions (mdevctl style)
+    MDEV_DEFINE = 0x160
+    MDEV_UNDEFINE = 0x161
+    MDEV_START = 0x162
+    MDEV_STOP = 0x163
+    MDEV_LIST_DEFINED = 0x164
+
+    # events: daemon -> client, sent as commands with the no-reply flag
+    EVENT_FAULT = 0x200
+    EVENT_PAGE_REQUEST = 0x201
+    EVENT_IRQ = 0x202
+    EVENT_DEVICE_REMOVED = 0x203
+    EVENT_SHUTDOWN = 0x204
+
+
+EVENT_BASE = 0x200
+
+
+def is_event(command: int) -> bool:
+    """Events are the daemon's own messages; a client never sends one."""
+    return command >= EVENT_BASE
