@@ -1,0 +1,111 @@
+"""The daemon's state: config, sessions and the domain model, with no trio in sight.
+
+The server owns one :class:`Daemon`; handlers reach the model through it. Disconnects end in
+:meth:`Daemon.release`, which frees every object the session owned.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import time
+from collections import Counter
+from collections.abc import Callable
+from typing import Any
+
+from . import __version__
+from .config import Config
+from .errors import SiovError
+from .session import Role, Session
+
+Authenticator = Callable[[Session, bytes | None, bytes | None], tuple[str, Role]]
+
+
+class Daemon:
+    def __init__(self, config: Config, socket_path: str = "") -> None:
+        self.config = config
+        self.socket_path = socket_path
+        self.started = time.monotonic()
+        self.sessions: dict[int, Session] = {}
+        self.counters: Counter[str] = Counter()
+        self._releasers: list[Callable[[Session], None]] = []
+        self._stats: list[Callable[[], dict[str, Any]]] = []
+        self._counts: list[Callable[[], dict[str, int]]] = []
+        self.authenticator: Authenticator | None = None
+
+    # ---- authentication ---------------------------------------------------------------------
+
+    def new_nonce(self, session: Session) -> bytes:
+        """A fresh challenge for this connection only."""
+        session.nonce = os.urandom(32)
+        return session.nonce
+
+    def authenticate(
+        self, session: Session, public_key: bytes | None, signature: bytes | None
+    ) -> tuple[str, Role]:
+        if self.authenticator is None:
+            raise SiovError(errno.EACCES, f"auth mode {self.config.auth.mode!r} is not available")
+        return self.authenticator(session, public_key, signature)
+
+    # ---- extension points the areas plug into ----------------------------------------------
+
+    def on_release(self, fn: Callable[[Session], None]) -> None:
+        """Run ``fn`` when a session ends (areas free what the session owned)."""
+        self._releasers.append(fn)
+
+    def on_stats(self, fn: Callable[[], dict[str, Any]]) -> None:
+        self._stats.append(fn)
+
+    def on_counts(self, fn: Callable[[], dict[str, int]]) -> None:
+        self._counts.append(fn)
+
+    # ---- sessions ---------------------------------------------------------------------------
+
+    def open_session(self, session: Session) -> None:
+        self.sessions[session.id] = session
+        self.counters["clients_connected"] += 1
+
+    def release(self, session: Session) -> None:
+        """Free everything ``session`` owned, newest area first."""
+        self.sessions.pop(session.id, None)
+        for fn in reversed(self._releasers):
+            fn(session)
+        for ev in session.events:
+            for fd in ev.fds:
+                os.close(fd)
+        session.events.clear()
+
+    # ---- introspection ----------------------------------------------------------------------
+
+    def uptime(self) -> float:
+        return time.monotonic() - self.started
+
+    def counts(self) -> dict[str, int]:
+        out = {"clients": len(self.sessions)}
+        for fn in self._counts:
+            out.update(fn())
+        return out
+
+    def stats(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"daemon": dict(self.counters)}
+        out["daemon"]["events_dropped"] = sum(s.events_dropped for s in self.sessions.values())
+        for fn in self._stats:
+            out.update(fn())
+        return out
+
+    def info(self) -> dict[str, Any]:
+        cfg = self.config
+        return {
+            "version": __version__,
+            "uptime_s": round(self.uptime(), 3),
+            "pid": os.getpid(),
+            "socket": self.socket_path,
+            "config": {
+                "auth": cfg.auth.mode,
+                "default_domain": cfg.iommu.default_domain,
+                "iotlb_entries": cfg.iommu.iotlb_entries,
+                "max_msg_size": cfg.protocol.max_msg_size,
+                "max_fds": cfg.protocol.max_fds,
+            },
+            "counts": self.counts(),
+        }

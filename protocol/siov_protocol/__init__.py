@@ -1,0 +1,37 @@
+"""siov's wire protocol, sans-IO: framing, commands, message schemas, errors, DSA ABI."""
+
+from .commands import Command, is_event
+from .connection import (
+    DEFAULT_MAX_FDS,
+    DEFAULT_MAX_MSG_SIZE,
+    NEED_DATA,
+    BadMessage,
+    Connection,
+    Message,
+    Role,
+)
+from .errors import FieldError, ProtocolError, SiovProtocolError
+from .header import HEADER_SIZE, Header
+from .messages import PROTOCOL_MAJOR, PROTOCOL_MINOR
+from .schema import decode, encode
+
+__all__ = [
+    "DEFAULT_MAX_FDS",
+    "DEFAULT_MAX_MSG_SIZE",
+    "HEADER_SIZE",
+    "NEED_DATA",
+    "PROTOCOL_MAJOR",
+    "PROTOCOL_MINOR",
+    "BadMessage",
+    "Command",
+    "Connection",
+    "FieldError",
+    "Header",
+    "Message",
+    "ProtocolError",
+    "Role",
+    "SiovProtocolError",
+    "decode",
+    "encode",
+    "is_event",
+]

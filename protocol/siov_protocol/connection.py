@@ -1,0 +1,303 @@
+"""The sans-IO connection: bytes and fds in, messages out; messages in, bytes out.
+
+Nothing here touches a socket. The caller feeds what ``recvmsg`` gave it with
+:meth:`Connection.receive_data` and pulls events with :meth:`Connection.next_event`, and asks
+:meth:`Connection.send` for the bytes of a message before writing them (with their fds) itself.
+
+Framing rules (SPEC.md "Framing"):
+
+* a bad header (size < 16, size > the negotiated maximum, unknown type, a reply we never asked
+  for) breaks the framing: :class:`ProtocolError`, and the connection is over;
+* a bad body (not msgpack, not a map, too deep, too many fds) costs one :class:`BadMessage`; the
+  framing survives and the next message decodes normally. Each body is decoded on its own with
+  ``msgpack.unpackb`` and limits, never with a shared streaming ``Unpacker`` (msgpack < 1.2.1
+  crashed on reuse after an error, CVE-2026-57585, and maintainers call reuse unsupported).
+"""
+
+from __future__ import annotations
+
+import enum
+import errno
+from collections import deque
+from dataclasses import dataclass
+from typing import Any
+
+import msgpack
+
+from .commands import is_event
+from .errors import ProtocolError
+from .header import (
+    FLAG_ERROR,
+    FLAG_NO_REPLY,
+    HEADER,
+    HEADER_SIZE,
+    MAX_MSG_ID,
+    TYPE_COMMAND,
+    TYPE_MASK,
+    TYPE_REPLY,
+)
+
+DEFAULT_MAX_MSG_SIZE = 1 << 20
+DEFAULT_MAX_FDS = 8
+MAX_DEPTH = 32  # nesting of maps/arrays in a body; msgpack's own limit is 1024
+
+
+class Role(enum.Enum):
+    CLIENT = "client"
+    SERVER = "server"
+
+
+class NeedData(enum.Enum):
+    """Sentinel: no complete message buffered yet."""
+
+    NEED_DATA = "need_data"
+
+
+NEED_DATA = NeedData.NEED_DATA
+
+
+@dataclass(frozen=True, slots=True)
+class Message:
+    """One whole, well-formed message."""
+
+    msg_id: int
+    command: int
+    flags: int
+    error: int
+    body: dict[str, Any]
+    fds: tuple[int, ...] = ()
+
+    @property
+    def is_reply(self) -> bool:
+        return self.flags & TYPE_MASK == TYPE_REPLY
+
+    @property
+    def is_error(self) -> bool:
+        return bool(self.flags & FLAG_ERROR)
+
+    @property
+    def no_reply(self) -> bool:
+        return bool(self.flags & FLAG_NO_REPLY)
+
+
+@dataclass(frozen=True, slots=True)
+class BadMessage:
+    """A message whose header framed correctly but whose body cannot be used.
+
+    The receiver answers it with an error reply (``errno`` and ``reason``) and closes ``fds``.
+    """
+
+    msg_id: int
+    command: int
+    flags: int
+    errno: int
+    reason: str
+    fds: tuple[int, ...] = ()
+
+
+Event = Message | BadMessage | NeedData
+
+
+def _depth_ok(obj: Any, limit: int) -> bool:
+    stack: list[tuple[Any, int]] = [(obj, 0)]
+    while stack:
+        item, depth = stack.pop()
+        if isinstance(item, dict):
+            if depth >= limit:
+                return False
+            stack.extend((v, depth + 1) for v in item.values())
+        elif isinstance(item, list):
+            if depth >= limit:
+                return False
+            stack.extend((v, depth + 1) for v in item)
+    return True
+
+
+def decode_body(payload: bytes | memoryview) -> dict[str, Any]:
+    """Decode one body; raise ``ValueError`` with a reason the peer can read.
+
+    The frame size bounds the body, and msgpack bounds every length by the input's size.
+    """
+    if not payload:
+        return {}
+    try:
+        body = msgpack.unpackb(
+            payload,
+            raw=False,
+            strict_map_key=True,
+            use_list=True,
+        )
+    except msgpack.ExtraData:
+        raise ValueError("body has bytes after its msgpack object") from None
+    except (msgpack.UnpackException, ValueError, TypeError, UnicodeDecodeError) as exc:
+        raise ValueError(f"body is not valid msgpack ({type(exc).__name__}: {exc})") from None
+    except RecursionError:
+        raise ValueError("body nests too deep") from None
+    if not isinstance(body, dict):
+        raise ValueError(f"body must be a map, not {type(body).__name__}")
+    if not _depth_ok(body, MAX_DEPTH):
+        raise ValueError(f"body nests deeper than {MAX_DEPTH} levels")
+    return body
+
+
+def encode_body(body: dict[str, Any] | None) -> bytes:
+    if not body:
+        return b""
+    data: bytes = msgpack.packb(body, use_bin_type=True)
+    return data
+
+
+class Connection:
+    """One side of a siov connection, without I/O.
+
+    ``role`` decides what may arrive: a server accepts only commands (a reply would answer a
+    command it never sent), a client accepts replies to its outstanding commands and events.
+    """
+
+    def __init__(
+        self,
+        role: Role,
+        *,
+        max_msg_size: int = DEFAULT_MAX_MSG_SIZE,
+        max_fds: int = DEFAULT_MAX_FDS,
+    ) -> None:
+        self.role = role
+        self.max_msg_size = max_msg_size
+        self.max_fds = max_fds
+        self._buf = bytearray()
+        self._start = 0  # offset of the first unread byte in _buf
+        self._stream_pos = 0  # stream offset of _buf[0]
+        self._fds: deque[tuple[int, list[int]]] = deque()  # (stream offset of arrival, fds)
+        self._next_id = 0
+        self._outstanding: set[int] = set()
+        self.closed = False
+
+    # ---- receiving -------------------------------------------------------------------------
+
+    def receive_data(self, data: bytes, fds: list[int] | tuple[int, ...] = ()) -> None:
+        """Buffer bytes (and the fds that came with them). ``b""`` means end of stream."""
+        if fds:
+            self._fds.append((self._stream_pos + len(self._buf), list(fds)))
+        if data:
+            self._buf += data
+        else:
+            self.closed = True
+
+    def _take_fds(self, end: int) -> tuple[int, ...]:
+        taken: list[int] = []
+        while self._fds and self._fds[0][0] < end:
+            taken.extend(self._fds.popleft()[1])
+        return tuple(taken)
+
+    def pending_fds(self) -> list[int]:
+        """Fds received but not yet handed out with a message: the caller must close them."""
+        out = [fd for _, fds in self._fds for fd in fds]
+        self._fds.clear()
+        return out
+
+    def next_event(self) -> Event:
+        avail = len(self._buf) - self._start
+        if avail < HEADER_SIZE:
+            return NEED_DATA
+        msg_id, command, size, flags, error = HEADER.unpack_from(self._buf, self._start)
+        self._check_header(msg_id, command, size, flags)
+        if avail < size:
+            return NEED_DATA
+        begin = self._start + HEADER_SIZE
+        end = self._start + size
+        payload = bytes(self._buf[begin:end])
+        self._start = end
+        fds = self._take_fds(self._stream_pos + end)
+        self._compact()
+        if flags & TYPE_MASK == TYPE_REPLY:
+            self._outstanding.discard(msg_id)
+        if len(fds) > self.max_fds:
+            return BadMessage(
+                msg_id,
+                command,
+                flags,
+                errno.EINVAL,
+                f"{len(fds)} fds on one message, more than the negotiated {self.max_fds}",
+                fds,
+            )
+        try:
+            body = decode_body(payload)
+        except ValueError as exc:
+            return BadMessage(msg_id, command, flags, errno.EINVAL, str(exc), fds)
+        return Message(msg_id, command, flags, error, body, fds)
+
+    def _check_header(self, msg_id: int, command: int, size: int, flags: int) -> None:
+        if size < HEADER_SIZE:
+            raise ProtocolError(errno.EINVAL, f"message size {size} is below the header", msg_id)
+        if size > self.max_msg_size:
+            raise ProtocolError(
+                errno.EMSGSIZE,
+                f"message size {size} exceeds the maximum {self.max_msg_size}",
+                msg_id,
+            )
+        kind = flags & TYPE_MASK
+        if kind not in (TYPE_COMMAND, TYPE_REPLY) or flags & ~(
+            TYPE_MASK | FLAG_NO_REPLY | FLAG_ERROR
+        ):
+            raise ProtocolError(errno.EINVAL, f"unknown flags {flags:#x}", msg_id)
+        if kind == TYPE_REPLY:
+            if self.role is Role.SERVER or msg_id not in self._outstanding:
+                raise ProtocolError(
+                    errno.EPROTO, f"reply {msg_id} answers no command that was sent", msg_id
+                )
+        elif self.role is Role.CLIENT and not is_event(command):
+            raise ProtocolError(errno.EPROTO, f"command {command:#x} sent to a client", msg_id)
+
+    def _compact(self) -> None:
+        if self._start == len(self._buf):
+            self._stream_pos += self._start
+            self._buf.clear()
+            self._start = 0
+        elif self._start > 65536:
+            self._stream_pos += self._start
+            del self._buf[: self._start]
+            self._start = 0
+
+    # ---- sending ---------------------------------------------------------------------------
+
+    def next_msg_id(self) -> int:
+        """A msg_id no outstanding command uses (ids are 16 bits and wrap)."""
+        if len(self._outstanding) > MAX_MSG_ID:
+            raise ProtocolError(errno.EAGAIN, "every msg_id is in flight")
+        while True:
+            msg_id = self._next_id
+            self._next_id = (self._next_id + 1) & MAX_MSG_ID
+            if msg_id not in self._outstanding:
+                return msg_id
+
+    def send_command(
+        self,
+        command: int,
+        body: dict[str, Any] | None = None,
+        *,
+        msg_id: int | None = None,
+        no_reply: bool = False,
+    ) -> tuple[int, bytes]:
+        """Bytes of a command; returns ``(msg_id, data)``. A reply is expected unless no_reply."""
+        if msg_id is None:
+            msg_id = self.next_msg_id()
+        flags = TYPE_COMMAND | (FLAG_NO_REPLY if no_reply else 0)
+        if not no_reply:
+            self._outstanding.add(msg_id)
+        return msg_id, self._frame(msg_id, command, flags, 0, encode_body(body))
+
+    def send_reply(self, msg_id: int, command: int, body: dict[str, Any] | None = None) -> bytes:
+        return self._frame(msg_id, command, TYPE_REPLY, 0, encode_body(body))
+
+    def send_error(self, msg_id: int, command: int, err: int, message: str) -> bytes:
+        """An error reply: the errno in the header, the human message in the body."""
+        body = encode_body({"message": message})
+        return self._frame(msg_id, command, TYPE_REPLY | FLAG_ERROR, err, body)
+
+    def forget(self, msg_id: int) -> None:
+        """Stop expecting a reply (the caller gave up waiting)."""
+        self._outstanding.discard(msg_id)
+
+    @staticmethod
+    def _frame(msg_id: int, command: int, flags: int, error: int, payload: bytes) -> bytes:
+        return HEADER.pack(msg_id, command, HEADER_SIZE + len(payload), flags, error) + payload

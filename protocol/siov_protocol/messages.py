@@ -1,0 +1,84 @@
+"""Bodies of the core commands: VERSION, AUTH, PING, INFO, STATS.
+
+Other areas keep their schemas in their own modules; every schema follows :mod:`.schema`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from .schema import U16, items, text, u
+
+PROTOCOL_MAJOR = 1
+PROTOCOL_MINOR = 0
+
+PAGE_SIZES = (4096, 2 << 20, 1 << 30)
+
+
+@dataclass(frozen=True, slots=True)
+class Capabilities:
+    """What one side can take. The reply's values are the ones both sides then use."""
+
+    max_msg_size: int = u(4096, 64 << 20, default=1 << 20)
+    max_fds: int = u(0, 253, default=8)  # Linux passes at most 253 fds per message
+    page_sizes: list[int] = items(8, default_factory=lambda: list(PAGE_SIZES))
+    features: list[str] = items(64, default_factory=list)
+
+
+@dataclass(frozen=True, slots=True)
+class VersionRequest:
+    major: int = u(*U16)
+    minor: int = u(*U16)
+    capabilities: Capabilities = field(default_factory=Capabilities)
+    client: str = text(256, default="")
+
+
+@dataclass(frozen=True, slots=True)
+class VersionReply:
+    major: int
+    minor: int
+    capabilities: Capabilities
+    server: str
+    auth: str  # "none", "peercred" or "key": what AUTH must prove next
+    nonce: bytes | None = None  # key mode: the challenge to sign (fresh per connection)
+
+
+@dataclass(frozen=True, slots=True)
+class AuthRequest:
+    """Key mode: the signer's raw Ed25519 public key and its signature of the challenge."""
+
+    public_key: bytes | None = text(32, default=None)
+    signature: bytes | None = text(64, default=None)
+
+
+@dataclass(frozen=True, slots=True)
+class AuthReply:
+    identity: str
+    role: str
+
+
+@dataclass(frozen=True, slots=True)
+class Empty:
+    """Commands that take no fields."""
+
+
+@dataclass(frozen=True, slots=True)
+class PingRequest:
+    payload: bytes | None = text(65536, default=None)
+
+
+@dataclass(frozen=True, slots=True)
+class InfoReply:
+    version: str
+    protocol: str
+    uptime_s: float
+    pid: int
+    socket: str
+    config: dict[str, Any]
+    counts: dict[str, int]
+
+
+@dataclass(frozen=True, slots=True)
+class ErrorBody:
+    message: str = text(4096, default="")
