@@ -1,0 +1,39 @@
+"""siov: the Python SDK for siovd (async trio client, blocking client, DSA helpers)."""
+
+from .blocking import BlockingClient
+from .client import Client, Event, Reply, connect, default_socket_path
+from .errors import (
+    AlreadyExists,
+    Busy,
+    ConnectionClosed,
+    InvalidArgument,
+    NoSpace,
+    NotFound,
+    NotSupported,
+    PermissionDenied,
+    ProtocolViolation,
+    SiovError,
+    TryAgain,
+)
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "AlreadyExists",
+    "BlockingClient",
+    "Busy",
+    "Client",
+    "ConnectionClosed",
+    "Event",
+    "InvalidArgument",
+    "NoSpace",
+    "NotFound",
+    "NotSupported",
+    "PermissionDenied",
+    "ProtocolViolation",
+    "Reply",
+    "SiovError",
+    "TryAgain",
+    "connect",
+    "default_socket_path",
+]

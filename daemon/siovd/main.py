@@ -76,7 +76,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         cfg = effective_config(args)
     except ConfigError as exc:
-        print(f"siovd: config error: {exc}", file=sys.stderr)
+        sys.stderr.write(f"siovd: config error: {exc}\n")  # logging is not set up yet
         return 2
     if args.print_config:
         json.dump(cfg.to_dict(), sys.stdout, indent=2, sort_keys=True)

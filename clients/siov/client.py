@@ -1,0 +1,293 @@
+"""The async (trio) client.
+
+``async with siov.connect(path) as client:`` negotiates the version (and authenticates when
+the daemon asks), then any number of tasks may send requests at once: replies are matched to
+requests by msg_id, and daemon events arrive on :meth:`Client.events`.
+"""
+
+from __future__ import annotations
+
+import array
+import os
+import socket
+from collections.abc import AsyncIterator, Sequence
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+from typing import Any
+
+import trio
+
+from siov_protocol import (
+    NEED_DATA,
+    PROTOCOL_MAJOR,
+    PROTOCOL_MINOR,
+    BadMessage,
+    Command,
+    Connection,
+    Message,
+    ProtocolError,
+    Role,
+)
+
+from .errors import ConnectionClosed, SiovError, error_for
+
+RECV_SIZE = 256 * 1024
+ANC_SIZE = socket.CMSG_SPACE(253 * 4)
+
+
+def default_socket_path() -> str:
+    """Where ``siovd`` listens by default: ``$SIOV_SOCKET`` wins, then the daemon's rule."""
+    if env := os.environ.get("SIOV_SOCKET"):
+        return env
+    if os.geteuid() == 0:
+        return "/run/siovd/siovd.sock"
+    runtime = os.environ.get("XDG_RUNTIME_DIR") or f"/tmp/siovd-{os.getuid()}"
+    return os.path.join(runtime, "siovd.sock")
+
+
+@dataclass(frozen=True, slots=True)
+class Reply:
+    body: dict[str, Any]
+    fds: tuple[int, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class Event:
+    """A message the daemon sent on its own: a fault, a page request, an interrupt, ..."""
+
+    command: Command | int
+    body: dict[str, Any]
+    fds: tuple[int, ...] = ()
+
+    @property
+    def name(self) -> str:
+        return self.command.name if isinstance(self.command, Command) else hex(self.command)
+
+
+@dataclass
+class _Pending:
+    done: trio.Event = field(default_factory=trio.Event)
+    reply: Reply | None = None
+    error: SiovError | None = None
+
+
+class Client:
+    """One connection to siovd. Create it with :func:`connect`."""
+
+    def __init__(self, sock: trio.socket.SocketType, *, event_buffer: int = 4096) -> None:
+        self._sock = sock
+        self._raw = socket.socket(fileno=os.dup(sock.fileno()))
+        self._raw.setblocking(False)
+        self._conn = Connection(Role.CLIENT, max_msg_size=64 << 20, max_fds=253)
+        self._pending: dict[int, _Pending] = {}
+        self._write_lock = trio.Lock()
+        self._events_send, self._events_recv = trio.open_memory_channel[Event](event_buffer)
+        self.events_dropped = 0
+        self._closed: SiovError | None = None
+        self.version: dict[str, Any] = {}
+        self.identity: dict[str, Any] = {}
+
+    # ---- transport ------------------------------------------------------------------------
+
+    async def _send(self, data: bytes, fds: Sequence[int] = ()) -> None:
+        anc = [(socket.SOL_SOCKET, socket.SCM_RIGHTS, array.array("i", fds))] if fds else []
+        if not self._write_lock.locked():
+            try:
+                sent = self._raw.sendmsg([data], anc)
+            except BlockingIOError:
+                sent = 0
+            except OSError as exc:
+                raise ConnectionClosed(f"send failed: {exc}") from None
+            if sent == len(data):
+                return
+            if sent:
+                anc = []
+            data = data[sent:]
+        async with self._write_lock:
+            while data:
+                await trio.lowlevel.wait_writable(self._raw)
+                try:
+                    sent = self._raw.sendmsg([data], anc)
+                except BlockingIOError:
+                    continue
+                except OSError as exc:
+                    raise ConnectionClosed(f"send failed: {exc}") from None
+                anc = []
+                data = data[sent:]
+
+    async def _reader(self) -> None:
+        conn = self._conn
+        try:
+            while True:
+                data, anc, _flags, _ = await self._sock.recvmsg(RECV_SIZE, ANC_SIZE)
+                fds: list[int] = []
+                for level, kind, blob in anc:
+                    if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS:
+                        arr = array.array("i")
+                        arr.frombytes(blob[: len(blob) - len(blob) % arr.itemsize])
+                        fds.extend(arr)
+                conn.receive_data(data, fds)
+                if not data:
+                    self._fail(ConnectionClosed("the daemon closed the connection"))
+                    return
+                while (event := conn.next_event()) is not NEED_DATA:
+                    self._deliver(event)
+        except ProtocolError as exc:
+            self._fail(ConnectionClosed(f"protocol error from the daemon: {exc}"))
+        except OSError as exc:
+            self._fail(ConnectionClosed(f"connection lost: {exc}"))
+
+    def _deliver(self, event: Message | BadMessage | Any) -> None:
+        if isinstance(event, BadMessage):
+            for fd in event.fds:
+                os.close(fd)
+            pending = self._pending.pop(event.msg_id, None)
+            if pending is not None and event.flags & 1:
+                pending.error = SiovError(event.errno, f"undecodable reply: {event.reason}")
+                pending.done.set()
+            return
+        assert isinstance(event, Message)
+        if not event.is_reply:
+            try:
+                command: Command | int = Command(event.command)
+            except ValueError:
+                command = event.command
+            try:
+                self._events_send.send_nowait(Event(command, event.body, event.fds))
+            except trio.WouldBlock:
+                self.events_dropped += 1
+                for fd in event.fds:
+                    os.close(fd)
+            return
+        pending = self._pending.pop(event.msg_id, None)
+        if pending is None:  # the caller gave up waiting
+            for fd in event.fds:
+                os.close(fd)
+            return
+        if event.is_error:
+            message = str(event.body.get("message", "")) if event.body else ""
+            pending.error = error_for(event.error, message, event.command)
+            for fd in event.fds:
+                os.close(fd)
+        else:
+            pending.reply = Reply(event.body, event.fds)
+        pending.done.set()
+
+    def _fail(self, exc: SiovError) -> None:
+        self._closed = exc
+        for pending in self._pending.values():
+            pending.error = exc
+            pending.done.set()
+        self._pending.clear()
+        self._events_send.close()
+
+    # ---- requests -------------------------------------------------------------------------
+
+    async def request(
+        self,
+        command: Command | int,
+        body: dict[str, Any] | None = None,
+        fds: Sequence[int] = (),
+    ) -> Reply:
+        """Send one command and wait for its reply; raise :class:`SiovError` on an error reply."""
+        if self._closed is not None:
+            raise self._closed
+        msg_id, data = self._conn.send_command(command, body)
+        pending = self._pending[msg_id] = _Pending()
+        try:
+            await self._send(data, fds)
+            await pending.done.wait()
+        finally:
+            if not pending.done.is_set():
+                self._pending.pop(msg_id, None)
+                self._conn.forget(msg_id)
+        if pending.error is not None:
+            raise pending.error
+        assert pending.reply is not None
+        return pending.reply
+
+    async def call(
+        self, command: Command | int, body: dict[str, Any] | None = None, fds: Sequence[int] = ()
+    ) -> dict[str, Any]:
+        """:meth:`request` for commands whose reply carries no fds: just the body."""
+        return (await self.request(command, body, fds)).body
+
+    async def send_no_reply(
+        self, command: Command | int, body: dict[str, Any] | None = None
+    ) -> None:
+        _, data = self._conn.send_command(command, body, no_reply=True)
+        await self._send(data)
+
+    def events(self) -> trio.MemoryReceiveChannel[Event]:
+        """The stream of daemon events (faults, page requests, interrupts, removals)."""
+        return self._events_recv
+
+    async def next_event(self, command: Command | None = None) -> Event:
+        """The next event (of ``command``, when given; others are discarded)."""
+        async for ev in self._events_recv:
+            if command is None or ev.command == command:
+                return ev
+        raise self._closed or ConnectionClosed("event stream closed")
+
+    # ---- core commands --------------------------------------------------------------------
+
+    async def negotiate(self, name: str = "siov-python", *, key_path: str | None = None) -> None:
+        body = {
+            "major": PROTOCOL_MAJOR,
+            "minor": PROTOCOL_MINOR,
+            "capabilities": {"max_fds": 253, "max_msg_size": 64 << 20},
+            "client": name,
+        }
+        self.version = await self.call(Command.VERSION, body)
+        mode = self.version.get("auth", "none")
+        if mode == "peercred":
+            self.identity = await self.call(Command.AUTH, {})
+        elif mode == "key":
+            raise SiovError(13, "the daemon asks for key authentication, not available yet")
+
+    async def ping(self, payload: bytes | None = None) -> bytes | None:
+        body = await self.call(Command.PING, {"payload": payload} if payload is not None else None)
+        value = body.get("payload")
+        return bytes(value) if value is not None else None
+
+    async def info(self) -> dict[str, Any]:
+        return await self.call(Command.INFO)
+
+    async def stats(self) -> dict[str, Any]:
+        return await self.call(Command.STATS)
+
+    async def aclose(self) -> None:
+        self._raw.close()
+        self._sock.close()
+
+
+@asynccontextmanager
+async def connect(
+    path: str | None = None,
+    *,
+    name: str = "siov-python",
+    key_path: str | None = None,
+    event_buffer: int = 4096,
+) -> AsyncIterator[Client]:
+    """Connect to siovd, negotiate, authenticate if asked, and yield a :class:`Client`."""
+    path = path or default_socket_path()
+    sock = trio.socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        await sock.connect(path)
+    except OSError as exc:
+        sock.close()
+        raise ConnectionClosed(f"cannot connect to siovd at {path}: {exc.strerror}") from None
+    client = Client(sock, event_buffer=event_buffer)
+    try:
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(client._reader)
+            await client.negotiate(name, key_path=key_path)
+            try:
+                yield client
+            finally:
+                nursery.cancel_scope.cancel()
+    finally:
+        await client.aclose()
+
+
+__all__ = ["Client", "Event", "Reply", "connect", "default_socket_path"]
