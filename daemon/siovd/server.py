@@ -226,12 +226,12 @@ class ClientConnection:
             return errno.EACCES, f"{name} before AUTH: authenticate first"
         if handler.phase is Phase.AWAIT_AUTH and session.phase is Phase.AWAIT_VERSION:
             return errno.EPROTO, f"{name} before VERSION: negotiate the version first"
+        if len(fds) > session.max_fds:
+            return errno.EINVAL, f"{len(fds)} fds exceed the negotiated max_fds {session.max_fds}"
         if len(fds) > handler.max_fds:
             if handler.max_fds == 0:
                 return errno.EINVAL, f"{name} takes no file descriptors, got {len(fds)}"
             return errno.EINVAL, f"{name} takes at most {handler.max_fds} fds, got {len(fds)}"
-        if len(fds) > session.max_fds:
-            return errno.EINVAL, f"{len(fds)} fds exceed the negotiated max_fds {session.max_fds}"
         if handler.admin and not session.is_admin:
             return errno.EPERM, f"{name} needs the admin role"
         return None

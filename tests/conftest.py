@@ -1,0 +1,106 @@
+"""Shared fixtures: a daemon in the test's own nursery, raw frame helpers."""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import pytest
+import trio
+
+from siovd import config as siovd_config
+from siovd.daemon import Daemon
+from siovd.server import Server, bind_unix_socket
+
+
+@dataclass
+class RunningDaemon:
+    path: str
+    daemon: Daemon
+    server: Server
+
+
+@pytest.fixture
+def sock_dir() -> Iterator[str]:
+    # Unix socket paths are limited to 108 bytes: keep them short.
+    with tempfile.TemporaryDirectory(prefix="siov-", dir="/tmp") as tmp:
+        yield tmp
+
+
+def make_config(**sections: dict[str, Any]) -> siovd_config.Config:
+    return siovd_config.from_dict(sections)
+
+
+async def start_daemon(
+    nursery: trio.Nursery, path: str, cfg: siovd_config.Config | None = None
+) -> RunningDaemon:
+    cfg = cfg or make_config()
+    daemon = Daemon(cfg, path)
+    server = Server(daemon)
+    listener = bind_unix_socket(path, 0o600)
+    await nursery.start(server.serve, listener)
+    return RunningDaemon(path, daemon, server)
+
+
+@pytest.fixture
+async def siovd(nursery: trio.Nursery, sock_dir: str) -> AsyncIterator[RunningDaemon]:
+    running = await start_daemon(nursery, os.path.join(sock_dir, "d.sock"))
+    yield running
+    running.server.nursery.cancel_scope.cancel()
+
+
+def _answers(path: str) -> bool:
+    import socket
+
+    probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        probe.connect(path)
+        return True
+    except OSError:
+        return False
+    finally:
+        probe.close()
+
+
+@dataclass
+class DaemonProcess:
+    path: str
+    proc: Any  # subprocess.Popen[bytes]
+
+
+def spawn_siovd(path: str, *args: str, env: dict[str, str] | None = None) -> Any:
+    import subprocess
+    import sys
+    import time
+
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "siovd", "--socket", path, "--log-format", "json", *args],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        env=env,
+    )
+    deadline = time.monotonic() + 20
+    while not _answers(path):
+        if proc.poll() is not None:
+            raise RuntimeError(f"siovd exited: {proc.stderr.read().decode()}")
+        if time.monotonic() > deadline:
+            proc.kill()
+            raise RuntimeError("siovd did not start in 20 s")
+        time.sleep(0.02)
+    return proc
+
+
+@pytest.fixture(scope="module")
+def siovd_proc() -> Iterator[DaemonProcess]:
+    """A real siovd subprocess shared by a module's tests (they must leave it healthy)."""
+    with tempfile.TemporaryDirectory(prefix="siov-", dir="/tmp") as tmp:
+        path = os.path.join(tmp, "d.sock")
+        proc = spawn_siovd(path)
+        try:
+            yield DaemonProcess(path, proc)
+        finally:
+            proc.terminate()
+            proc.wait(10)
