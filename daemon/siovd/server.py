@@ -80,7 +80,7 @@ class ClientConnection:
         self.session = Session(peer=_peer_credentials(self.raw), event_limit=cfg.limits.event_queue)
         self.write_lock = trio.Lock()
         self.events_ready = trio.Event()
-        self.log = log.bind(client=self.session.id)
+        self.log = log
         self.nursery: trio.Nursery | None = None
 
     # ---- writing ---------------------------------------------------------------------------
@@ -130,6 +130,9 @@ class ClientConnection:
         daemon = self.daemon
         daemon.open_session(self.session)
         self.session.wake = self.events_ready.set
+        # Each connection task has its own copy of the context: everything logged while serving
+        # this client, in any layer, carries its id.
+        structlog.contextvars.bind_contextvars(client=self.session.id)
         self.log.info("client connected", peer=self.session.peer)
         try:
             async with trio.open_nursery() as nursery:
