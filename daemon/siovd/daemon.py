@@ -15,6 +15,7 @@ from typing import Any
 
 from . import __version__
 from .config import Config
+from .config import from_dict as config_from_dict
 from .errors import SiovError
 from .session import Role, Session
 
@@ -75,6 +76,25 @@ class Daemon:
                 os.close(fd)
         session.events.clear()
 
+    # ---- run-time reload ---------------------------------------------------------------------
+
+    def reload(self, new: Config) -> tuple[dict[str, tuple[Any, Any]], list[str]]:
+        """Apply what can change while running; return (changed, needs a restart).
+
+        Reloadable: log level, per-client limits, server timeouts and client cap, the page
+        request timeout. Everything else is reported and left as it was.
+        """
+        old_flat, new_flat = _flatten(self.config.to_dict()), _flatten(new.to_dict())
+        changed = {k: (old_flat.get(k), v) for k, v in new_flat.items() if old_flat.get(k) != v}
+        restart = sorted(k for k in changed if not k.startswith(RELOADABLE))
+        applied = {k: v for k, v in changed.items() if k.startswith(RELOADABLE)}
+        if applied:
+            merged = _unflatten({**old_flat, **{k: v[1] for k, v in applied.items()}})
+            self.config = config_from_dict(merged)
+            for session in self.sessions.values():
+                session.event_limit = self.config.limits.event_queue
+        return applied, restart
+
     # ---- introspection ----------------------------------------------------------------------
 
     def uptime(self) -> float:
@@ -109,3 +129,34 @@ class Daemon:
             },
             "counts": self.counts(),
         }
+
+
+RELOADABLE = (
+    "log.level",
+    "limits.",
+    "server.write_timeout_s",
+    "server.grace_period_s",
+    "server.max_clients",
+    "iommu.page_request_timeout_s",
+)
+
+
+def _flatten(data: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for key, value in data.items():
+        if isinstance(value, dict) and value and key != "accel":
+            out.update(_flatten(value, f"{prefix}{key}."))
+        else:
+            out[f"{prefix}{key}"] = value
+    return out
+
+
+def _unflatten(flat: dict[str, Any]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for key, value in flat.items():
+        *path, last = key.split(".")
+        node = out
+        for part in path:
+            node = node.setdefault(part, {})
+        node[last] = value
+    return out

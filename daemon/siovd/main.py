@@ -51,19 +51,43 @@ def effective_config(args: argparse.Namespace) -> Config:
     return cfg
 
 
-async def run(cfg: Config) -> None:
+def reload(daemon: Daemon, config_path: str | None) -> None:
+    """SIGHUP: re-read the config file and apply what can change at run time."""
+    try:
+        new = with_overrides(
+            load(config_path),
+            server__socket=daemon.config.server.socket,
+            log__format=daemon.config.log.format,
+        )
+    except ConfigError as exc:
+        log.error("reload failed, keeping the running config", error=str(exc))
+        return
+    applied, restart = daemon.reload(new)
+    if "log.level" in applied:
+        logs.set_level(daemon.config.log.level)
+    log.info(
+        "config reloaded",
+        changed={k: {"old": old, "new": new} for k, (old, new) in applied.items()},
+        needs_restart=restart,
+    )
+
+
+async def run(cfg: Config, config_path: str | None = None) -> None:
     daemon = Daemon(cfg, cfg.server.socket)
     server = Server(daemon)
     listener = bind_unix_socket(cfg.server.socket, cfg.server.socket_mode)
     path = cfg.server.socket
     try:
-        with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
+        with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT, signal.SIGHUP) as signals:
             async with trio.open_nursery() as nursery:
                 await nursery.start(server.serve, listener)
                 log.info("listening", socket=path, pid=os.getpid(), version=__version__)
                 async for signum in signals:
                     log.info("signal received", signal=signal.Signals(signum).name)
-                    await server.shutdown(cfg.server.grace_period_s)
+                    if signum == signal.SIGHUP:
+                        reload(daemon, config_path)
+                        continue
+                    await server.shutdown(daemon.config.server.grace_period_s)
                     break
     finally:
         with contextlib.suppress(FileNotFoundError):
@@ -84,7 +108,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 0
     logs.configure(cfg.log.level, cfg.log.format)
     try:
-        trio.run(run, cfg)
+        trio.run(run, cfg, args.config)
     except SiovError as exc:
         log.error("cannot start", error=exc.message)
         return 1

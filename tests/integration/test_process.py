@@ -126,3 +126,53 @@ def test_siovctl_without_daemon_fails_in_one_line(sock_dir: str) -> None:
     assert out.returncode != 0
     lines = out.stderr.strip().splitlines()
     assert len(lines) == 1 and "cannot connect to siovd" in lines[0]
+
+
+def _read_log_until(
+    proc: subprocess.Popen[bytes], event: str, timeout: float = 15
+) -> dict[str, object]:
+    import select
+    import time
+
+    deadline = time.monotonic() + timeout
+    assert proc.stderr is not None
+    while time.monotonic() < deadline:
+        ready, _, _ = select.select([proc.stderr], [], [], 0.2)
+        if ready:
+            line = proc.stderr.readline()
+            if not line:
+                break
+            entry = json.loads(line)
+            if entry["event"] == event:
+                return entry  # type: ignore[no-any-return]
+    raise AssertionError(f"no {event!r} log line")
+
+
+def test_sighup_reloads_what_can_change(sock_dir: str) -> None:
+    path = os.path.join(sock_dir, "h.sock")
+    cfg = os.path.join(sock_dir, "h.toml")
+    with open(cfg, "w") as fh:
+        fh.write("[limits]\nevent_queue = 10\n")
+    proc = spawn_siovd(path, "--config", cfg)
+    try:
+        with open(cfg, "w") as fh:
+            fh.write(
+                "[limits]\nevent_queue = 20\n[log]\nlevel = 'debug'\n[iommu]\niotlb_entries = 64\n"
+            )
+        proc.send_signal(signal.SIGHUP)
+        entry = _read_log_until(proc, "config reloaded")
+        assert entry["changed"] == {
+            "limits.event_queue": {"old": 10, "new": 20},
+            "log.level": {"old": "info", "new": "debug"},
+        }
+        assert entry["needs_restart"] == ["iommu.iotlb_entries"]
+        with open(cfg, "w") as fh:
+            fh.write("[limits\n")
+        proc.send_signal(signal.SIGHUP)
+        entry = _read_log_until(proc, "reload failed, keeping the running config")
+        assert "not valid TOML" in str(entry["error"])
+        out = subprocess.run([*SIOVCTL, "--socket", path, "ping"], capture_output=True, timeout=30)
+        assert out.returncode == 0
+    finally:
+        proc.terminate()
+        proc.wait(10)
