@@ -14,7 +14,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from typing import Any, Final
 
 from siovd.accel import caps
-from siovd.accel.attrs import bitmap256_text
+from siovd.accel.attrs import as_bitmap256, bitmap256_text
 from siovd.accel.device import (
     DEVICE_ATTR_ALIASES,
     DEVICE_ATTRS,
@@ -281,11 +281,25 @@ def _load_device(device: DsaDevice, entry: Mapping[str, Any]) -> None:
     for wq, wq_entry, group_id in wqs:
         _check_keys(wq.path, wq_entry, {"dev"} | set(WQ_ATTRS) | _WQ_READONLY)
         _same_group(wq.path, wq_entry, group_id)
-        attrs = {k: v for k, v in wq_entry.items() if k in WQ_ATTRS}
+        # Values a WQ already has are left alone, as accel-config does: a saved unconfigured
+        # WQ (no name, threshold 0) then loads back although those values cannot be written.
+        current = wq.config()
+        attrs = {
+            k: v for k, v in wq_entry.items() if k in WQ_ATTRS and not _same(wq, current, k, v)
+        }
         attrs["group_id"] = group_id
-        if attrs.get("mode") == "dedicated" and attrs.get("threshold") == 0:
+        if attrs.get("mode", wq.mode) == "dedicated" and attrs.get("threshold") == 0:
             del attrs["threshold"]  # what `list` shows for a dedicated WQ, not a setting
         wq.configure(attrs)
+
+
+def _same(wq: WorkQueue, current: Mapping[str, object], name: str, value: object) -> bool:
+    if name == "op_config":
+        try:
+            return as_bitmap256(wq.path, name, value) == wq.op_config
+        except SiovError:
+            return False
+    return current[name] == value
 
 
 def _same_group(where: str, obj: Mapping[str, Any], group_id: int) -> None:

@@ -169,6 +169,8 @@ class Group:
         descriptors in a row before the next WQ's turn (WQ priority, sysfs ABI)."""
         wqs = self.wqs
         count = len(wqs)
+        if count and self._credits <= 0:
+            self._credits = wqs[self._cursor % count].priority
         for _ in range(count):
             wq = wqs[self._cursor % count]
             item = wq.take()
