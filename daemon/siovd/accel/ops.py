@@ -50,6 +50,7 @@ from siov_protocol.dsa import (
 )
 from siovd.accel import caps
 from siovd.accel.crc import crc_begin, crc_end, crc_update
+from siovd.accel.device import embedded_default
 from siovd.accel.outcome import (
     AccelEvent,
     Blocked,
@@ -958,12 +959,17 @@ assert set(_OPS) == set(_SPECS) == set(caps.SUPPORTED_OPCODES)
 
 
 def run_inprocess(
-    descriptors: Iterable[bytes], wq: WorkQueue, dma: DmaSpace, pasid: int = 0
+    descriptors: Iterable[bytes],
+    dma: DmaSpace,
+    wq: WorkQueue | None = None,
+    pasid: int = 0,
 ) -> int:
-    """Execute ``descriptors`` one after the other on ``wq``'s rules, against ``dma``, without
-    queueing: the bench's in-process baseline. Returns how many completed with SUCCESS."""
-    executor = Executor()
-    run = executor.run
+    """Execute ``descriptors`` one after the other against ``dma`` under ``wq``'s limits (a
+    dedicated WQ of the embedded default device when None), without queueing: the bench's
+    in-process baseline. Returns how many completed with SUCCESS."""
+    if wq is None:
+        wq = embedded_default().wqs[0]
+    run = Executor().run
     ok = 0
     for number, raw in enumerate(descriptors):
         outcome = run(WorkItem(wq, raw, pasid, number, None, None), dma)
