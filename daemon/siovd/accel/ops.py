@@ -22,8 +22,7 @@ flag bits not defined for an opcode are ``INVALID_FLAGS``.
 from __future__ import annotations
 
 import struct
-from bisect import bisect_right
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable
 from typing import Final
 
 from siov_protocol.dsa import (
@@ -32,12 +31,8 @@ from siov_protocol.dsa import (
     DSA_COMP_STATUS_MASK,
     DSA_COMP_STATUS_WRITE,
     IDXD_OP_FLAG_BOF,
-    IDXD_OP_FLAG_BYPASS_CRC_INV_REF,
-    IDXD_OP_FLAG_BYPASS_DATA_REF,
-    IDXD_OP_FLAG_COMMON_MASK,
     IDXD_OP_FLAG_CR,
     IDXD_OP_FLAG_CRAV,
-    IDXD_OP_FLAG_DEST2_STS,
     IDXD_OP_FLAG_FENCE,
     IDXD_OP_FLAG_FILL_16B,
     IDXD_OP_FLAG_RCI,
@@ -49,6 +44,7 @@ from siov_protocol.dsa import (
     DsaOpcode,
 )
 from siovd.accel import caps
+from siovd.accel.checks import SPECS, validate
 from siovd.accel.crc import crc_begin, crc_end, crc_update
 from siovd.accel.device import embedded_default
 from siovd.accel.outcome import (
@@ -59,273 +55,48 @@ from siovd.accel.outcome import (
     PageResponse,
     SoftwareError,
 )
+from siovd.accel.ranges import (
+    CHUNK,
+    Window,
+    chunks,
+    copy_views,
+    fill_pattern,
+    first_diff,
+    gather,
+    last_hole,
+    overlaps,
+    pattern_diff,
+    total,
+)
+from siovd.accel.results import (
+    BLOCK,
+    OK,
+    PF_IR,
+    PF_NOBOF,
+    SUCCESS,
+    SUCCESS_PRED,
+    Desc,
+    Res,
+    finished,
+    partial,
+)
 from siovd.accel.wq import WorkItem, WorkQueue
 from siovd.dma import DmaFault, DmaSpace
 
-# A decoded descriptor: DESC_STRUCT's eleven integers.
-Desc = tuple[int, int, int, int, int, int, int, int, int, int, int]
-# What an operation reports: status, result, bytes_completed, fault_addr, the op-specific
-# completion word at 16 (crc_val / delta_rec_size / invalid_flags), the fault that stopped it
-# (None unless it stopped on one) and the progress needed to resume it.
-Res = tuple[int, int, int, int, int, DmaFault | None, object]
 OpFn = Callable[["Executor", WorkItem, DmaSpace, Desc, object, list[AccelEvent]], Res]
 
 _unpack_desc = DESC_STRUCT.unpack
 _unpack_desc_from = DESC_STRUCT.unpack_from
 _pack_comp = COMP_STRUCT.pack
 
-_SUCCESS: Final = int(DsaCompStatus.SUCCESS)
-_SUCCESS_PRED: Final = int(DsaCompStatus.SUCCESS_PRED)
-_PF_NOBOF: Final = int(DsaCompStatus.PAGE_FAULT_NOBOF)
-_PF_IR: Final = int(DsaCompStatus.PAGE_FAULT_IR)
 _WRITE_BIT: Final = DSA_COMP_STATUS_WRITE
-#: Status used inside the executor for "stopped on a fault and will wait for a page response".
-_BLOCK: Final = -1
 
-_ALL: Final = (1 << 64) - 1
-_HI32: Final = _ALL ^ 0xFFFFFFFF
 _U32_ALL: Final = 0xFFFFFFFF
-_CHUNK: Final = 64 << 10  # compare/fill working size: stays below malloc's mmap threshold
 _DELTA_ENTRY: Final = struct.Struct("<HQ")  # 10-byte delta record entry
 _U32 = struct.Struct("<I")
 _U64 = struct.Struct("<Q")
 _MAX_DELTA_XFER: Final = 0x80000  # 2^16 eight-byte words (DML validation.cpp)
 _MIN_DELTA_RECORD: Final = 80  # accel-config test/dsa.h MIN_DELTA_RECORD_SIZE
-
-_OK: Final[Res] = (_SUCCESS, 0, 0, 0, 0, None, None)
-
-
-def _done(
-    status: int, result: int = 0, completed: int = 0, fault_addr: int = 0, word: int = 0
-) -> Res:
-    return (status, result, completed, fault_addr, word, None, None)
-
-
-def _fault(
-    fault: DmaFault, completed: int, progress: object, result: int = 0, word: int = 0
-) -> Res:
-    return (_PF_NOBOF, result, completed, fault.iova, word, fault, progress)
-
-
-# ---------------------------------------------------------------------------------------------
-# Range helpers. ``views`` are what DmaSpace.runs() returns: consecutive pieces of one range.
-
-
-def _total(views: Sequence[memoryview]) -> int:
-    return sum(map(len, views))
-
-
-def _pairs(
-    first: Sequence[memoryview], second: Sequence[memoryview], length: int
-) -> list[tuple[memoryview, memoryview]]:
-    """Cut two view lists at each other's boundaries into equal-length pairs covering
-    ``length`` bytes."""
-    out: list[tuple[memoryview, memoryview]] = []
-    i = j = off_i = off_j = 0
-    while length > 0:
-        a = first[i]
-        b = second[j]
-        step = min(len(a) - off_i, len(b) - off_j, length)
-        out.append((a[off_i : off_i + step], b[off_j : off_j + step]))
-        off_i += step
-        off_j += step
-        length -= step
-        if off_i == len(a):
-            i += 1
-            off_i = 0
-        if off_j == len(b):
-            j += 1
-            off_j = 0
-    return out
-
-
-def _copy(
-    dst: Sequence[memoryview], src: Sequence[memoryview], length: int, backward: bool = False
-) -> None:
-    """Copy ``length`` bytes; ``backward`` copies the pieces last to first, which with each
-    piece's memmove makes an overlapping copy to a higher address correct."""
-    if len(dst) == 1 and len(src) == 1:
-        d = dst[0]
-        s = src[0]
-        if len(d) == length and len(s) == length:
-            d[:] = s
-        else:
-            d[:length] = s[:length]
-        return
-    pairs = _pairs(dst, src, length)
-    if backward:
-        pairs.reverse()
-    for d, s in pairs:
-        d[:] = s
-
-
-def _chunks(views: Iterable[memoryview], length: int) -> Iterable[memoryview]:
-    """The first ``length`` bytes of ``views``."""
-    for view in views:
-        if length <= 0:
-            return
-        if len(view) > length:
-            view = view[:length]
-        yield view
-        length -= len(view)
-
-
-def _gather(views: Sequence[memoryview], length: int) -> bytes:
-    return b"".join(bytes(v) for v in _chunks(views, length))
-
-
-def _diff_index(a: bytes, b: bytes) -> int:
-    x = int.from_bytes(a, "little") ^ int.from_bytes(b, "little")
-    return ((x & -x).bit_length() - 1) // 8
-
-
-def _first_diff(first: Sequence[memoryview], second: Sequence[memoryview], length: int) -> int:
-    """Offset of the first byte where the two ranges differ, or -1."""
-    offset = 0
-    for a, b in _pairs(first, second, length):
-        for start in range(0, len(a), _CHUNK):
-            x = bytes(a[start : start + _CHUNK])
-            y = bytes(b[start : start + _CHUNK])
-            if x != y:
-                return offset + start + _diff_index(x, y)
-        offset += len(a)
-    return -1
-
-
-def _pattern_block(pattern: bytes, phase: int, length: int) -> bytes:
-    """``pattern`` repeated from byte ``phase`` on, at least ``min(length, _CHUNK)`` long and a
-    whole number of patterns."""
-    rotated = pattern[phase:] + pattern[:phase]
-    count = -(-min(length, _CHUNK) // len(pattern))
-    return rotated * count
-
-
-def _fill(views: Iterable[memoryview], pattern: bytes, offset: int) -> None:
-    """Write ``pattern`` (repeated, byte i = pattern[i mod len]) starting at transfer offset
-    ``offset`` into ``views``."""
-    size = len(pattern)
-    for view in views:
-        length = len(view)
-        block = _pattern_block(pattern, offset % size, length)
-        step = len(block)
-        for start in range(0, length, step):
-            end = min(start + step, length)
-            view[start:end] = block[: end - start]
-        offset += length
-
-
-def _pattern_diff(views: Iterable[memoryview], pattern: bytes, offset: int) -> int:
-    """Offset (relative to ``offset``) of the first byte that differs from the repeated
-    pattern, or -1."""
-    size = len(pattern)
-    seen = 0
-    for view in views:
-        length = len(view)
-        block = _pattern_block(pattern, (offset + seen) % size, length)
-        step = len(block)
-        for start in range(0, length, step):
-            data = bytes(view[start : start + step])
-            expect = block[: len(data)]
-            if data != expect:
-                return seen + start + _diff_index(data, expect)
-        seen += length
-    return -1
-
-
-def _overlaps(a: int, a_len: int, b: int, b_len: int) -> bool:
-    return a_len > 0 and b_len > 0 and a < b + b_len and b < a + a_len
-
-
-class _Window:
-    """Random access into a translated range, for apply-delta's scattered 8-byte writes."""
-
-    __slots__ = ("limit", "starts", "views")
-
-    def __init__(self, views: list[memoryview]) -> None:
-        self.views = views
-        self.starts: list[int] = []
-        position = 0
-        for view in views:
-            self.starts.append(position)
-            position += len(view)
-        self.limit = position  # bytes that translated
-
-    def write(self, offset: int, data: bytes) -> None:
-        index = bisect_right(self.starts, offset) - 1
-        pos = 0
-        while pos < len(data):
-            view = self.views[index]
-            local = offset + pos - self.starts[index]
-            step = min(len(view) - local, len(data) - pos)
-            view[local : local + step] = data[pos : pos + step]
-            pos += step
-            index += 1
-
-
-def _last_hole(dma: DmaSpace, base: int, length: int, write: bool) -> tuple[int, DmaFault | None]:
-    """For a descending copy: where the translatable tail of ``[base, base+length)`` starts,
-    and the fault of the highest untranslatable page below it (None if all translates)."""
-    offset = 0
-    tail = 0
-    last: DmaFault | None = None
-    while offset < length:
-        views, fault = dma.runs(base + offset, length - offset, write)
-        if fault is None:
-            break
-        hole = offset + _total(views)
-        nxt = ((base + hole) // caps.PAGE_SIZE + 1) * caps.PAGE_SIZE - base
-        last = fault
-        tail = offset = min(nxt, length)
-    return tail, last
-
-
-# ---------------------------------------------------------------------------------------------
-# Descriptor validation tables.
-
-# For each opcode: which op-specific flags it accepts, whether it takes CR (check result), and
-# the bits of (@16, @24, @32, op@40, op@48, op@56) that are reserved (must be zero), with the
-# flags that turn a reserved field into a used one.
-_Spec = tuple[int, bool, tuple[int, int, int, int, int, int], tuple[tuple[int, int], ...]]
-
-_SPECS: Final[dict[int, _Spec]] = {
-    DsaOpcode.NOOP: (0, False, (_ALL, _ALL, _U32_ALL, _ALL, _ALL, _ALL), ()),
-    DsaOpcode.BATCH: (0, False, (0, _ALL, 0, _ALL, _ALL, _ALL), ()),
-    DsaOpcode.DRAIN: (
-        IDXD_OP_FLAG_RDBACK_ADDR1 | IDXD_OP_FLAG_RDBACK_ADDR2,
-        False,
-        (_ALL, _ALL, _U32_ALL, _ALL, _ALL, _ALL),
-        ((IDXD_OP_FLAG_RDBACK_ADDR1, 0), (IDXD_OP_FLAG_RDBACK_ADDR2, 1)),
-    ),
-    DsaOpcode.MEMMOVE: (0, False, (0, 0, 0, _ALL, _ALL, _ALL), ()),
-    DsaOpcode.MEMFILL: (
-        IDXD_OP_FLAG_FILL_16B,
-        False,
-        (0, 0, 0, _ALL, _ALL, _ALL),
-        ((IDXD_OP_FLAG_FILL_16B, 3),),
-    ),
-    DsaOpcode.COMPARE: (0, True, (0, 0, 0, _ALL ^ 0xFF, _ALL, _ALL), ()),
-    DsaOpcode.COMPVAL: (0, True, (0, 0, 0, _ALL ^ 0xFF, _ALL, _ALL), ()),
-    DsaOpcode.CR_DELTA: (0, True, (0, 0, 0, 0, _HI32, _ALL ^ 0xFF), ()),
-    DsaOpcode.AP_DELTA: (0, False, (0, 0, 0, _HI32, _ALL, _ALL), ()),
-    DsaOpcode.DUALCAST: (IDXD_OP_FLAG_DEST2_STS, False, (0, 0, 0, 0, _ALL, _ALL), ()),
-    DsaOpcode.CRCGEN: (
-        IDXD_OP_FLAG_READ_CRC_SEED | IDXD_OP_FLAG_BYPASS_CRC_INV_REF | IDXD_OP_FLAG_BYPASS_DATA_REF,
-        False,
-        (0, _ALL, 0, _HI32, _ALL, _ALL),
-        ((IDXD_OP_FLAG_READ_CRC_SEED, 4),),
-    ),
-    DsaOpcode.COPY_CRC: (
-        IDXD_OP_FLAG_READ_CRC_SEED | IDXD_OP_FLAG_BYPASS_CRC_INV_REF | IDXD_OP_FLAG_BYPASS_DATA_REF,
-        False,
-        (0, 0, 0, _HI32, _ALL, _ALL),
-        ((IDXD_OP_FLAG_READ_CRC_SEED, 4),),
-    ),
-    DsaOpcode.CFLUSH: (0, False, (_ALL, 0, 0, _ALL, _ALL, _ALL), ()),
-}
-# Operations whose @32 field is a transfer size checked against the WQ's max_transfer_size.
-_SIZED: Final = frozenset(
-    int(op) for op in _SPECS if op not in (DsaOpcode.NOOP, DsaOpcode.BATCH, DsaOpcode.DRAIN)
-)
 
 
 class _BatchProgress:
@@ -375,7 +146,7 @@ class Executor:
         desc = _unpack_desc(item.desc)
         events: list[AccelEvent] = []
         res = self._exec_desc(item, dma, desc, None, events)
-        if res[0] == _BLOCK:
+        if res[0] == BLOCK:
             fault = res[5]
             assert fault is not None
             return Blocked(item, fault, ResumeState(item, dma, desc, res), tuple(events))
@@ -394,7 +165,7 @@ class Executor:
             res = self._exec_desc(item, dma, desc, progress, events)
         else:
             res = _invalid_response(state.res)
-        if res[0] == _BLOCK:
+        if res[0] == BLOCK:
             fault = res[5]
             assert fault is not None
             return Blocked(item, fault, ResumeState(item, dma, desc, res), tuple(events))
@@ -413,62 +184,17 @@ class Executor:
     ) -> Res:
         opcode = desc[1] >> 24
         if progress is None:
-            error = self._validate(item, desc, opcode, in_batch)
+            error = validate(item, desc, opcode, in_batch)
             if error is not None:
                 return error
         res = _OPS[opcode](self, item, dma, desc, progress, events)
         fault = res[5]
-        if fault is not None and res[0] == _PF_NOBOF:
+        if fault is not None and res[0] == PF_NOBOF:
             if desc[1] & IDXD_OP_FLAG_BOF and item.wq.block_on_fault:
-                return (_BLOCK, res[1], res[2], res[3], res[4], fault, res[6])
+                return (BLOCK, res[1], res[2], res[3], res[4], fault, res[6])
             if fault.write:
-                return (_PF_NOBOF | _WRITE_BIT, res[1], res[2], res[3], res[4], fault, res[6])
+                return (PF_NOBOF | _WRITE_BIT, res[1], res[2], res[3], res[4], fault, res[6])
         return res
-
-    def _validate(self, item: WorkItem, desc: Desc, opcode: int, in_batch: bool) -> Res | None:
-        """The checks every descriptor passes before its operation runs, in the order the
-        status codes are reported here."""
-        flags = desc[1] & 0xFFFFFF
-        if flags & IDXD_OP_FLAG_CRAV and desc[2] & 31:
-            return _done(DsaCompStatus.CRA_ALIGN)
-        spec = _SPECS.get(opcode)
-        wq = item.wq
-        if (
-            spec is None
-            or not (wq.op_config >> opcode) & 1
-            or (in_batch and opcode == DsaOpcode.BATCH)
-        ):
-            return _done(DsaCompStatus.BAD_OPCODE)
-        opspec, takes_cr, reserved, unreserve = spec
-        invalid = flags & ~(IDXD_OP_FLAG_COMMON_MASK | opspec)
-        if flags & IDXD_OP_FLAG_CR and not takes_cr:
-            invalid |= IDXD_OP_FLAG_CR
-        if flags & IDXD_OP_FLAG_RCR and not flags & IDXD_OP_FLAG_CRAV:
-            invalid |= IDXD_OP_FLAG_RCR
-        if invalid:
-            return _done(DsaCompStatus.INVALID_FLAGS, word=invalid)
-        if desc[7]:
-            return _done(DsaCompStatus.NOZERO_RESERVE)
-        if unreserve:
-            masks = list(reserved)
-            for flag, index in unreserve:
-                if flags & flag:
-                    masks[index] = 0
-            reserved = (masks[0], masks[1], masks[2], masks[3], masks[4], masks[5])
-        if (
-            desc[3] & reserved[0]
-            or desc[4] & reserved[1]
-            or desc[5] & reserved[2]
-            or desc[8] & reserved[3]
-            or desc[9] & reserved[4]
-            or desc[10] & reserved[5]
-        ):
-            return _done(DsaCompStatus.NOZERO_RESERVE)
-        if flags & IDXD_OP_FLAG_RCI and item.irq_count is not None and desc[6] >= item.irq_count:
-            return _done(DsaCompStatus.INT_HANDLE_INVAL)
-        if opcode in _SIZED and desc[5] > wq.max_transfer_size:
-            return _done(DsaCompStatus.XFER_ERANGE)
-        return None
 
     def _finish(
         self,
@@ -487,7 +213,7 @@ class Executor:
         raw = _pack_comp(status, res[1], 0, 0, res[2], res[3], res[4], 0)
         written = False
         if flags & IDXD_OP_FLAG_CRAV:
-            if status != _SUCCESS or flags & IDXD_OP_FLAG_RCR:
+            if status != SUCCESS or flags & IDXD_OP_FLAG_RCR:
                 if addr & 31:
                     events.append(
                         self._swerr(
@@ -500,7 +226,7 @@ class Executor:
                         if len(views) == 1:
                             views[0][:] = raw
                         else:
-                            _copy(views, [memoryview(raw)], 32)
+                            copy_views(views, [memoryview(raw)], 32)
                         written = True
                     else:
                         events.append(
@@ -514,7 +240,7 @@ class Executor:
                                 raw,
                             )
                         )
-        elif status != _SUCCESS:
+        elif status != SUCCESS:
             events.append(self._swerr(item, desc, status, res[3], batch_index, None, raw))
         return raw, written
 
@@ -554,7 +280,7 @@ class Executor:
     def _op_noop(
         self, item: WorkItem, dma: DmaSpace, desc: Desc, progress: object, events: list[AccelEvent]
     ) -> Res:
-        return _OK
+        return OK
 
     def _op_drain(
         self, item: WorkItem, dma: DmaSpace, desc: Desc, progress: object, events: list[AccelEvent]
@@ -568,8 +294,8 @@ class Executor:
             if flags & flag:
                 _, fault = dma.runs(addr, 1, False)
                 if fault is not None:
-                    return _done(DsaCompStatus.PFAULT_RDBA, fault_addr=fault.iova)
-        return _OK
+                    return finished(DsaCompStatus.PFAULT_RDBA, fault_addr=fault.iova)
+        return OK
 
     def _op_memmove(
         self, item: WorkItem, dma: DmaSpace, desc: Desc, progress: object, events: list[AccelEvent]
@@ -582,22 +308,22 @@ class Executor:
             return self._memmove_descending(dma, src, dst, size, done)
         length = size - done
         if length == 0:
-            return _OK
+            return OK
         src_views, src_fault = dma.runs(src + done, length, False)
         dst_views, dst_fault = dma.runs(dst + done, length, True)
         if src_fault is None and dst_fault is None:
             if len(src_views) == 1 and len(dst_views) == 1:
                 dst_views[0][:] = src_views[0]
             else:
-                _copy(dst_views, src_views, length)
-            return _OK
-        got_src = _total(src_views)
-        got_dst = _total(dst_views)
+                copy_views(dst_views, src_views, length)
+            return OK
+        got_src = total(src_views)
+        got_dst = total(dst_views)
         count = min(got_src, got_dst)
-        _copy(dst_views, src_views, count)
+        copy_views(dst_views, src_views, count)
         fault = src_fault if src_fault is not None and got_src <= got_dst else dst_fault
         assert fault is not None
-        return _fault(fault, done + count, done + count)
+        return partial(fault, done + count, done + count)
 
     def _memmove_descending(self, dma: DmaSpace, src: int, dst: int, size: int, done: int) -> Res:
         """dst overlaps the tail of src: copy from the end (DML ref mem_move.c). ``done``
@@ -606,10 +332,10 @@ class Executor:
         src_views, src_fault = dma.runs(src, length, False)
         dst_views, dst_fault = dma.runs(dst, length, True)
         if src_fault is None and dst_fault is None:
-            _copy(dst_views, src_views, length, backward=True)
-            return _OK
-        src_tail, src_hole = _last_hole(dma, src, length, False)
-        dst_tail, dst_hole = _last_hole(dma, dst, length, True)
+            copy_views(dst_views, src_views, length, backward=True)
+            return OK
+        src_tail, src_hole = last_hole(dma, src, length, False)
+        dst_tail, dst_hole = last_hole(dma, dst, length, True)
         start = max(src_tail, dst_tail)
         fault = src_hole if src_hole is not None and src_tail >= dst_tail else dst_hole
         assert fault is not None
@@ -617,8 +343,8 @@ class Executor:
         if count:
             src_views, _ = dma.runs(src + start, count, False)
             dst_views, _ = dma.runs(dst + start, count, True)
-            _copy(dst_views, src_views, count, backward=True)
-        return _fault(fault, done + count, done + count, result=1)
+            copy_views(dst_views, src_views, count, backward=True)
+        return partial(fault, done + count, done + count, result=1)
 
     def _op_memfill(
         self, item: WorkItem, dma: DmaSpace, desc: Desc, progress: object, events: list[AccelEvent]
@@ -630,15 +356,15 @@ class Executor:
         size = desc[5]
         done = progress if isinstance(progress, int) else 0
         views, fault = dma.runs(dst + done, size - done, True)
-        _fill(views, pattern, done)
+        fill_pattern(views, pattern, done)
         if fault is not None:
-            reached = done + _total(views)
-            return _fault(fault, reached, reached)
-        return _OK
+            reached = done + total(views)
+            return partial(fault, reached, reached)
+        return OK
 
     def _predicate(self, desc: Desc, result: int, word: int = 0, completed: int = 0) -> Res:
         """SUCCESS, or SUCCESS_PRED when CR is set and the result is not the expected one."""
-        status = _SUCCESS
+        status = SUCCESS
         if desc[1] & IDXD_OP_FLAG_CR:
             opcode = desc[1] >> 24
             if opcode == DsaOpcode.CR_DELTA:
@@ -646,8 +372,8 @@ class Executor:
             else:
                 expected = result == desc[8] & 0xFF
             if not expected:
-                status = _SUCCESS_PRED
-        return _done(status, result, completed, 0, word)
+                status = SUCCESS_PRED
+        return finished(status, result, completed, 0, word)
 
     def _op_compare(
         self, item: WorkItem, dma: DmaSpace, desc: Desc, progress: object, events: list[AccelEvent]
@@ -659,16 +385,16 @@ class Executor:
         length = size - done
         first, fault1 = dma.runs(src1 + done, length, False)
         second, fault2 = dma.runs(src2 + done, length, False)
-        got1 = _total(first)
-        got2 = _total(second)
+        got1 = total(first)
+        got2 = total(second)
         count = min(got1, got2)
-        diff = _first_diff(first, second, count)
+        diff = first_diff(first, second, count)
         if diff >= 0:
             return self._predicate(desc, 1, completed=done + diff)
         if count < length:
             fault = fault1 if fault1 is not None and got1 <= got2 else fault2
             assert fault is not None
-            return _fault(fault, done + count, done + count)
+            return partial(fault, done + count, done + count)
         return self._predicate(desc, 0)
 
     def _op_compval(
@@ -679,13 +405,13 @@ class Executor:
         size = desc[5]
         done = progress if isinstance(progress, int) else 0
         views, fault = dma.runs(src + done, size - done, False)
-        diff = _pattern_diff(views, pattern, done)
+        diff = pattern_diff(views, pattern, done)
         if diff >= 0:
             # reported at 8-byte granularity (DML ref compare_pattern.c)
             return self._predicate(desc, 1, completed=(done + diff) & ~7)
         if fault is not None:
-            reached = done + _total(views)
-            return _fault(fault, reached, reached)
+            reached = done + total(views)
+            return partial(fault, reached, reached)
         return self._predicate(desc, 0)
 
     def _op_cr_delta(
@@ -696,11 +422,11 @@ class Executor:
         max_delta = desc[9] & _U32_ALL
         if progress is None:
             if (src1 | src2 | delta) & 7:
-                return _done(DsaCompStatus.ADDR_ALIGN)
+                return finished(DsaCompStatus.ADDR_ALIGN)
             if size % 8 or size > _MAX_DELTA_XFER:
-                return _done(DsaCompStatus.XFER_ERANGE)
+                return finished(DsaCompStatus.XFER_ERANGE)
             if max_delta % 10 or max_delta < _MIN_DELTA_RECORD:
-                return _done(DsaCompStatus.DR_ERANGE)
+                return finished(DsaCompStatus.DR_ERANGE)
             done, record = 0, 0
         else:
             assert isinstance(progress, tuple)
@@ -708,18 +434,18 @@ class Executor:
         length = size - done
         first, fault1 = dma.runs(src1 + done, length, False)
         second, fault2 = dma.runs(src2 + done, length, False)
-        got1, got2 = _total(first), _total(second)
+        got1, got2 = total(first), total(second)
         count = min(got1, got2) & ~7
-        a = _gather(first, count)
-        b = _gather(second, count)
+        a = gather(first, count)
+        b = gather(second, count)
         entries = bytearray()
         overflow = False
         word_base = done // 8
         offsets: list[int] = []  # transfer offset of each entry's word
-        for start in range(0, count, _CHUNK):
-            if a[start : start + _CHUNK] == b[start : start + _CHUNK]:
+        for start in range(0, count, CHUNK):
+            if a[start : start + CHUNK] == b[start : start + CHUNK]:
                 continue
-            for pos in range(start, min(start + _CHUNK, count), 8):
+            for pos in range(start, min(start + CHUNK, count), 8):
                 word2 = b[pos : pos + 8]
                 if a[pos : pos + 8] != word2:
                     if record + len(entries) + 10 > max_delta:
@@ -733,20 +459,20 @@ class Executor:
                 break
         if entries:
             views, wfault = dma.runs(delta + record, len(entries), True)
-            wrote = _total(views)
-            _copy(views, [memoryview(entries)], wrote)
+            wrote = total(views)
+            copy_views(views, [memoryview(entries)], wrote)
             if wfault is not None:
                 whole = wrote // 10
                 record += whole * 10
                 stop = offsets[whole]
-                return _fault(wfault, stop, (stop, record), word=record)
+                return partial(wfault, stop, (stop, record), word=record)
             record += len(entries)
         if overflow:
             return self._predicate(desc, 2, word=record)
         if count < length:
             fault = fault1 if fault1 is not None and got1 <= got2 else fault2
             assert fault is not None
-            return _fault(fault, done + count, (done + count, record), word=record)
+            return partial(fault, done + count, (done + count, record), word=record)
         return self._predicate(desc, 1 if record else 0, word=record)
 
     def _op_ap_delta(
@@ -755,43 +481,43 @@ class Executor:
         delta, dst, size = desc[3], desc[4], desc[5]
         record_size = desc[8] & _U32_ALL
         if progress is None:
-            if _overlaps(delta, record_size, dst, size):
-                return _done(DsaCompStatus.OVERLAP_BUFFERS)
+            if overlaps(delta, record_size, dst, size):
+                return finished(DsaCompStatus.OVERLAP_BUFFERS)
             if (delta | dst) & 7:
-                return _done(DsaCompStatus.ADDR_ALIGN)
+                return finished(DsaCompStatus.ADDR_ALIGN)
             if size % 8 or size > _MAX_DELTA_XFER:
-                return _done(DsaCompStatus.XFER_ERANGE)
+                return finished(DsaCompStatus.XFER_ERANGE)
             if record_size % 10:
-                return _done(DsaCompStatus.DR_ERANGE)
+                return finished(DsaCompStatus.DR_ERANGE)
             consumed, last = 0, -1
         else:
             assert isinstance(progress, tuple)
             consumed, last = progress
         rec_views, rec_fault = dma.runs(delta + consumed, record_size - consumed, False)
-        readable = _total(rec_views) // 10 * 10
-        entries = _gather(rec_views, readable)
+        readable = total(rec_views) // 10 * 10
+        entries = gather(rec_views, readable)
         dst_views, _ = dma.runs(dst, size, True)
-        window = _Window(dst_views)
+        window = Window(dst_views)
         for pos in range(0, readable, 10):
             index, value = _DELTA_ENTRY.unpack_from(entries, pos)
             if index <= last:
-                return _done(DsaCompStatus.DR_OFFSET_NOINC, completed=consumed + pos)
+                return finished(DsaCompStatus.DR_OFFSET_NOINC, completed=consumed + pos)
             offset = index * 8
             if offset + 8 > size:
-                return _done(DsaCompStatus.DR_OFFSET_ERANGE, completed=consumed + pos)
+                return finished(DsaCompStatus.DR_OFFSET_ERANGE, completed=consumed + pos)
             if offset + 8 <= window.limit:
                 window.write(offset, _U64.pack(value))
             else:  # past a hole in the destination: translate this word on its own
                 views, fault = dma.runs(dst + offset, 8, True)
                 if fault is not None:
-                    return _fault(fault, consumed + pos, (consumed + pos, last))
-                _copy(views, [memoryview(_U64.pack(value))], 8)
+                    return partial(fault, consumed + pos, (consumed + pos, last))
+                copy_views(views, [memoryview(_U64.pack(value))], 8)
             last = index
         consumed += readable
         if consumed < record_size:
             assert rec_fault is not None
-            return _fault(rec_fault, consumed, (consumed, last))
-        return _OK
+            return partial(rec_fault, consumed, (consumed, last))
+        return OK
 
     def _op_dualcast(
         self, item: WorkItem, dma: DmaSpace, desc: Desc, progress: object, events: list[AccelEvent]
@@ -799,13 +525,13 @@ class Executor:
         src, dst1, dst2, size = desc[3], desc[4], desc[8], desc[5]
         if progress is None:
             if (dst1 ^ dst2) & 0xFFF:
-                return _done(DsaCompStatus.DCAST_ERR)
+                return finished(DsaCompStatus.DCAST_ERR)
             if (
-                _overlaps(src, size, dst1, size)
-                or _overlaps(src, size, dst2, size)
-                or _overlaps(dst1, size, dst2, size)
+                overlaps(src, size, dst1, size)
+                or overlaps(src, size, dst2, size)
+                or overlaps(dst1, size, dst2, size)
             ):
-                return _done(DsaCompStatus.OVERLAP_BUFFERS)
+                return finished(DsaCompStatus.OVERLAP_BUFFERS)
             done = 0
         else:
             assert isinstance(progress, int)
@@ -816,22 +542,22 @@ class Executor:
             dma.runs(dst1 + done, length, True),
             dma.runs(dst2 + done, length, True),
         ]
-        got = [_total(views) for views, _ in ranges]
+        got = [total(views) for views, _ in ranges]
         count = min(got)
-        _copy(ranges[1][0], ranges[0][0], count)
-        _copy(ranges[2][0], ranges[0][0], count)
+        copy_views(ranges[1][0], ranges[0][0], count)
+        copy_views(ranges[2][0], ranges[0][0], count)
         if count < length:
             for (_, fault), reached in zip(ranges, got, strict=True):
                 if fault is not None and reached == count:
-                    return _fault(fault, done + count, done + count)
-        return _OK
+                    return partial(fault, done + count, done + count)
+        return OK
 
     def _crc_seed(self, dma: DmaSpace, desc: Desc) -> int | DmaFault:
         if desc[1] & IDXD_OP_FLAG_READ_CRC_SEED:
             views, fault = dma.runs(desc[9], 4, False)
             if fault is not None:
                 return fault
-            return int(_U32.unpack(_gather(views, 4))[0])
+            return int(_U32.unpack(gather(views, 4))[0])
         return desc[8] & _U32_ALL
 
     def _op_crcgen(
@@ -842,8 +568,8 @@ class Executor:
     def _op_copy_crc(
         self, item: WorkItem, dma: DmaSpace, desc: Desc, progress: object, events: list[AccelEvent]
     ) -> Res:
-        if progress is None and _overlaps(desc[3], desc[5], desc[4], desc[5]):
-            return _done(DsaCompStatus.OVERLAP_BUFFERS)
+        if progress is None and overlaps(desc[3], desc[5], desc[4], desc[5]):
+            return finished(DsaCompStatus.OVERLAP_BUFFERS)
         return self._crc(dma, desc, progress, copy=True)
 
     def _crc(self, dma: DmaSpace, desc: Desc, progress: object, copy: bool) -> Res:
@@ -852,27 +578,27 @@ class Executor:
         if progress is None:
             seed = self._crc_seed(dma, desc)
             if isinstance(seed, DmaFault):
-                return _fault(seed, 0, None)
+                return partial(seed, 0, None)
             done, value = 0, crc_begin(seed, flags)
         else:
             assert isinstance(progress, tuple)
             done, value = progress
         length = size - done
         src_views, fault = dma.runs(src + done, length, False)
-        count = got_src = _total(src_views)
+        count = got_src = total(src_views)
         if copy:
             dst_views, dst_fault = dma.runs(dst + done, length, True)
-            got_dst = _total(dst_views)
+            got_dst = total(dst_views)
             count = min(got_src, got_dst)
             if fault is None or got_dst < got_src:
                 fault = dst_fault  # the source fault wins a tie: it is read first
-            _copy(dst_views, src_views, count)
-        for chunk in _chunks(src_views, count):
+            copy_views(dst_views, src_views, count)
+        for chunk in chunks(src_views, count):
             value = crc_update(value, chunk, flags)
         if count < length:
             assert fault is not None
-            return _fault(fault, done + count, (done + count, value), word=crc_end(value, flags))
-        return _done(_SUCCESS, word=crc_end(value, flags))
+            return partial(fault, done + count, (done + count, value), word=crc_end(value, flags))
+        return finished(SUCCESS, word=crc_end(value, flags))
 
     def _op_cflush(
         self, item: WorkItem, dma: DmaSpace, desc: Desc, progress: object, events: list[AccelEvent]
@@ -881,9 +607,9 @@ class Executor:
         done = progress if isinstance(progress, int) else 0
         views, fault = dma.runs(desc[4] + done, desc[5] - done, False)
         if fault is not None:
-            reached = done + _total(views)
-            return _fault(fault, reached, reached)
-        return _OK
+            reached = done + total(views)
+            return partial(fault, reached, reached)
+        return OK
 
     def _op_batch(
         self, item: WorkItem, dma: DmaSpace, desc: Desc, progress: object, events: list[AccelEvent]
@@ -892,13 +618,13 @@ class Executor:
             addr = desc[3]
             count = desc[5]
             if not caps.MIN_BATCH_SIZE <= count <= item.wq.max_batch_size:
-                return _done(DsaCompStatus.DESC_CNT_ERANGE)
+                return finished(DsaCompStatus.DESC_CNT_ERANGE)
             if addr & 63:
-                return _done(DsaCompStatus.DESCLIST_ALIGN)
+                return finished(DsaCompStatus.DESCLIST_ALIGN)
             views, fault = dma.runs(addr, count * 64, False)
             if fault is not None:
-                return _done(DsaCompStatus.BATCH_PAGE_FAULT, fault_addr=fault.iova)
-            state = _BatchProgress(_gather(views, count * 64), count)
+                return finished(DsaCompStatus.BATCH_PAGE_FAULT, fault_addr=fault.iova)
+            state = _BatchProgress(gather(views, count * 64), count)
         else:
             assert isinstance(progress, _BatchProgress)
             state = progress
@@ -918,25 +644,25 @@ class Executor:
                 if sub[1] & IDXD_OP_FLAG_FENCE and state.failed:
                     break  # a fence after a failure abandons the rest of the batch
                 res = self._exec_desc(item, dma, sub, None, events, True)
-            if res[0] == _BLOCK:
+            if res[0] == BLOCK:
                 state.sub = sub
                 state.sub_res = res
-                return (_BLOCK, 0, state.completed, 0, 0, res[5], state)
+                return (BLOCK, 0, state.completed, 0, 0, res[5], state)
             self._finish(item, dma, sub, res, events, index)
             if sub[1] & IDXD_OP_FLAG_RCI and res[0] != DsaCompStatus.INT_HANDLE_INVAL:
                 events.append(Interrupt(sub[6], index))
             state.completed += 1
-            if res[0] != _SUCCESS:
+            if res[0] != SUCCESS:
                 state.failed = True
             state.index += 1
-        status = DsaCompStatus.BATCH_FAIL if state.failed else _SUCCESS
-        return _done(status, completed=state.completed)
+        status = DsaCompStatus.BATCH_FAIL if state.failed else SUCCESS
+        return finished(status, completed=state.completed)
 
 
 def _invalid_response(res: Res) -> Res:
     """The partial result, completed as the INVALID page response asks."""
     fault = res[5]
-    status = _PF_IR | (_WRITE_BIT if fault is not None and fault.write else 0)
+    status = PF_IR | (_WRITE_BIT if fault is not None and fault.write else 0)
     return (status, res[1], res[2], res[3], res[4], None, None)
 
 
@@ -955,7 +681,7 @@ _OPS: Final[dict[int, OpFn]] = {
     DsaOpcode.COPY_CRC: Executor._op_copy_crc,
     DsaOpcode.CFLUSH: Executor._op_cflush,
 }
-assert set(_OPS) == set(_SPECS) == set(caps.SUPPORTED_OPCODES)
+assert set(_OPS) == set(SPECS) == set(caps.SUPPORTED_OPCODES)
 
 
 def run_inprocess(
@@ -973,6 +699,6 @@ def run_inprocess(
     ok = 0
     for number, raw in enumerate(descriptors):
         outcome = run(WorkItem(wq, raw, pasid, number, None, None), dma)
-        if isinstance(outcome, Completed) and outcome.raw[0] & DSA_COMP_STATUS_MASK == _SUCCESS:
+        if isinstance(outcome, Completed) and outcome.raw[0] & DSA_COMP_STATUS_MASK == SUCCESS:
             ok += 1
     return ok
