@@ -337,7 +337,3 @@ def _restore_device(device: DsaDevice, snapshot: _Snapshot) -> None:
             owner.engines.append(engine)
     for wq, saved in zip(device.wqs, wqs, strict=True):
         wq._restore(saved)
-
-
-def embedded_accelerators() -> Accelerators:
-    return Accelerators.embedded()

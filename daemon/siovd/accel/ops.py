@@ -14,9 +14,14 @@ Choices where the DSA specification is not public (see the fact sheet's open poi
 successful operation reports ``bytes_completed`` 0 except a compare that found a difference; a
 DRAIN waits only for descriptors of its own WQ and PASID (:meth:`WorkQueue.take`); a fence in a
 batch abandons the rest of the batch once an earlier descriptor failed (SUCCESS_PRED counts as a
-failure there, that is what CR is for); a fault reading a batch list, a seed-less readback or a
-completion record never blocks; reserved fields must be zero (``NOZERO_RESERVE``) and op-specific
-flag bits not defined for an opcode are ``INVALID_FLAGS``.
+failure there, that is what CR is for); a fault reading a batch list, a drain's readback address
+or writing a completion record never blocks; reserved fields must be zero (``NOZERO_RESERVE``)
+and op-specific flag bits not defined for an opcode are ``INVALID_FLAGS``; the direction of an
+overlapping MEMMOVE is chosen on I/O virtual addresses.
+
+The pieces: :mod:`siovd.accel.checks` (validation before an operation runs),
+:mod:`siovd.accel.ranges` (copying and comparing across translated runs),
+:mod:`siovd.accel.results` (the tuples operations return), :mod:`siovd.accel.crc`.
 """
 
 from __future__ import annotations
