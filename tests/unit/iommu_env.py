@@ -15,6 +15,7 @@ from siovd.device import Device
 from siovd.errors import SiovError
 from siovd.iommu import Iommu
 from siovd.iommu.faults import FaultRecord
+from siovd.iommu.pagetable import ADDR_MASK, PTE_P, PTE_PS, PTE_RW, PTE_US
 from siovd.memory import PhysicalMemory, Region
 from siovd.testparent import SiovTestParent
 
@@ -84,3 +85,43 @@ def errno_of(fn: Callable[[], object]) -> int | None:
     except SiovError as e:
         return e.errno
     return None
+
+
+class UserPageTable:
+    """A client's own first-stage table, written into its memory as a driver writes one."""
+
+    def __init__(self, memory: PhysicalMemory, region: Region, levels: int = 4) -> None:
+        self.memory = memory
+        self.region = region
+        self.levels = levels
+        self._next = region.base
+        self.root = self.page()
+
+    def page(self) -> int:
+        phys = self._next
+        assert phys + PAGE <= self.region.end, "user table region is full"
+        self._next += PAGE
+        self.memory.view(phys, PAGE)[:] = bytes(PAGE)
+        return phys
+
+    def slot(self, iova: int, level: int = 1) -> int:
+        """Physical address of the entry for ``iova`` at ``level``, making tables above."""
+        table = self.root
+        for lvl in range(self.levels, level, -1):
+            at = table + 8 * ((iova >> (12 + 9 * (lvl - 1))) & 511)
+            entry = self.memory.read_u64(at)
+            if not entry & PTE_P:
+                entry = self.page() | PTE_P | PTE_RW | PTE_US
+                self.memory.write_u64(at, entry)
+            table = entry & ADDR_MASK
+        return table + 8 * ((iova >> (12 + 9 * (level - 1))) & 511)
+
+    def map(self, iova: int, phys: int, write: bool = True, level: int = 1) -> None:
+        flags = PTE_P | PTE_US | (PTE_RW if write else 0) | (PTE_PS if level > 1 else 0)
+        self.memory.write_u64(self.slot(iova, level), phys | flags)
+
+    def unmap(self, iova: int, level: int = 1) -> None:
+        self.memory.write_u64(self.slot(iova, level), 0)
+
+    def entry(self, iova: int, level: int = 1) -> int:
+        return self.memory.read_u64(self.slot(iova, level))

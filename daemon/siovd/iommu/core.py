@@ -537,26 +537,13 @@ class Iommu:
             self.iotlb.invalidate_domain(domain.id)
         else:
             for area in areas:
-                self._invalidate_span(domain.id, None, area.iova, area.size)
+                self.iotlb.invalidate_span(domain.id, None, area.iova, area.size)
         self._drop_areas(domain, areas)
 
     def _drop_areas(self, domain: Domain, areas: list[Area]) -> None:
         for area in areas:
             for region in area.regions:
                 region.map_count -= 1
-
-    def _invalidate_span(self, domain_id: int, pasid: int | None, iova: int, size: int) -> int:
-        """Page-selective invalidations covering a range, as aligned power-of-two blocks."""
-        pos = iova >> 12
-        end = (iova + size) >> 12
-        dropped = 0
-        while pos < end:
-            am = (pos & -pos).bit_length() - 1 if pos else 64
-            while 1 << am > end - pos:
-                am -= 1
-            dropped += self.iotlb.invalidate_range(domain_id, pasid, pos << 12, am)
-            pos += 1 << am
-        return dropped
 
     def flush_lazy(self) -> int:
         """Flush every queued lazy unmap (the server's timer calls this; so does a full
@@ -619,7 +606,7 @@ class Iommu:
             for bit in range(lo, hi):
                 bitmap[bit >> 3] |= 1 << (bit & 7)
             if clear:
-                self._invalidate_span(domain.id, None, leaf_iova, pg)
+                self.iotlb.invalidate_span(domain.id, None, leaf_iova, pg)
         return bytes(bitmap)
 
     def iotlb_invalidate(

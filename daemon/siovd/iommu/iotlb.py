@@ -44,6 +44,7 @@ class Iotlb:
         self.capacity = capacity
         self._map: OrderedDict[Key, Entry] = OrderedDict()
         self._by_tag: dict[int, set[Key]] = {}
+        self._domains: dict[int, set[int]] = {}  # domain id -> its tags with entries
         self.hits = 0
         self.misses = 0
         self.evictions = 0
@@ -94,6 +95,7 @@ class Iotlb:
         keys = self._by_tag.get(tag)
         if keys is None:
             keys = self._by_tag[tag] = set()
+            self._domains.setdefault(tag >> PASID_BITS, set()).add(tag)
         keys.add(key)
 
     def _make_room(self) -> None:
@@ -104,15 +106,21 @@ class Iotlb:
                 entry[E_REF] = 0
                 m[key] = entry  # second chance: back of the line
                 continue
-            self._forget(key)
+            keys = self._by_tag[key[0]]
+            keys.discard(key)
+            if not keys:
+                self._drop_tag(key[0])
             self.evictions += 1
             return
 
-    def _forget(self, key: Key) -> None:
-        keys = self._by_tag[key[0]]
-        keys.discard(key)
-        if not keys:
-            del self._by_tag[key[0]]
+    def _drop_tag(self, tag: int) -> set[Key]:
+        keys = self._by_tag.pop(tag)
+        did = tag >> PASID_BITS
+        tags = self._domains[did]
+        tags.discard(tag)
+        if not tags:
+            del self._domains[did]
+        return keys
 
     # -- invalidation ------------------------------------------------------------------------
 
@@ -121,25 +129,34 @@ class Iotlb:
         n = len(self._map)
         self._map.clear()
         self._by_tag.clear()
+        self._domains.clear()
         return self._count(n)
 
     def invalidate_tag(self, tag: int) -> int:
         """Everything cached for one PASID entry (VT-d PASID-selective invalidation)."""
-        keys = self._by_tag.pop(tag, None)
-        if keys:
+        n = 0
+        if tag in self._by_tag:
+            keys = self._drop_tag(tag)
             for key in keys:
                 del self._map[key]
-        return self._count(len(keys) if keys else 0)
+            n = len(keys)
+        return self._count(n)
 
     def invalidate_domain(self, domain_id: int) -> int:
         """Everything cached for a domain, under any PASID (domain-selective invalidation)."""
         n = 0
-        for tag in [t for t in self._by_tag if t >> PASID_BITS == domain_id]:
-            keys = self._by_tag.pop(tag)
+        for tag in list(self._domains.get(domain_id, ())):
+            keys = self._drop_tag(tag)
             for key in keys:
                 del self._map[key]
             n += len(keys)
         return self._count(n)
+
+    def _tags(self, domain_id: int, pasid: int | None) -> list[int]:
+        if pasid is None:
+            return list(self._domains.get(domain_id, ()))
+        tag = make_tag(domain_id, pasid)
+        return [tag] if tag in self._by_tag else []
 
     def invalidate_range(self, domain_id: int, pasid: int | None, addr: int, am: int) -> int:
         """Page-selective invalidation: the ``2**am`` 4 KiB pages from ``addr`` (aligned).
@@ -148,19 +165,34 @@ class Iotlb:
         of the domain.
         """
         start = addr >> 12
-        end = start + (1 << am)  # exclusive, in 4 KiB pages
-        if pasid is None:
-            tags = [t for t in self._by_tag if t >> PASID_BITS == domain_id]
-        else:
-            tag = make_tag(domain_id, pasid)
-            tags = [tag] if tag in self._by_tag else []
+        return self._count(self._drop_pages(self._tags(domain_id, pasid), start, start + (1 << am)))
+
+    def invalidate_span(self, domain_id: int, pasid: int | None, iova: int, size: int) -> int:
+        """Invalidate ``[iova, iova + size)`` as one request (the IOMMU splits it into aligned
+        power-of-two blocks, as a driver does when it flushes an unmapped range)."""
+        tags = self._tags(domain_id, pasid)
+        n = 0
+        if tags:
+            pos = iova >> 12
+            end = (iova + size) >> 12
+            while pos < end:
+                am = (pos & -pos).bit_length() - 1 if pos else 64
+                while 1 << am > end - pos:
+                    am -= 1
+                n += self._drop_pages(tags, pos, pos + (1 << am))
+                pos += 1 << am
+        return self._count(n)
+
+    def _drop_pages(self, tags: list[int], start: int, end: int) -> int:
+        """Drop entries of ``tags`` overlapping 4 KiB pages ``[start, end)``."""
         n = 0
         m = self._map
         for tag in tags:
-            keys = self._by_tag[tag]
+            keys = self._by_tag.get(tag)
+            if not keys:
+                continue
             # Probe the candidate keys when there are fewer of them than cached keys.
-            candidates = (end - start) + ((end - start) >> 9) + 2 + 2
-            if candidates < len(keys):
+            if (end - start) + ((end - start) >> 9) + 4 < len(keys):
                 doomed: list[Key] = []
                 for level in (1, 2, 3):
                     shift = 9 * (level - 1)
@@ -178,9 +210,9 @@ class Iotlb:
                 del m[key]
                 keys.discard(key)
             if not keys:
-                del self._by_tag[tag]
+                self._drop_tag(tag)
             n += len(doomed)
-        return self._count(n)
+        return n
 
     def _count(self, dropped: int) -> int:
         self.invalidations += 1
@@ -215,3 +247,4 @@ class QemuPolicyIotlb(Iotlb):
         self.evictions += len(self._map)
         self._map.clear()
         self._by_tag.clear()
+        self._domains.clear()
