@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import errno
+import itertools
 from array import array
 
 from siovd.iommu import UNMAP_ALL
 from siovd.iommu.pagetable import ADDR_MASK, PTE_P, PTE_PS, leaf_flags
-from tests.unit.iommu_env import GiB, PAGE, RO, RW, Env, MiB, env, raises_errno
+from tests.unit.iommu_env import PAGE, RO, RW, Env, GiB, MiB, env, raises_errno
 
 __all__ = ["env"]
 
@@ -126,7 +127,7 @@ def test_auto_iova_is_aligned_to_the_size(env: Env) -> None:
         assert iova % (length & -length) == 0
         iovas.append((iova, length))
     spans = sorted(iovas)
-    for (a, la), (b, _) in zip(spans, spans[1:], strict=False):
+    for (a, la), (b, _) in itertools.pairwise(spans):
         assert a + la <= b  # no overlap
     # A 2 MiB map of 2 MiB-aligned memory lands 2 MiB-aligned: one large page.
     iova = env.iommu.map(1, d, None, r.base + M2, M2, RW)
@@ -228,7 +229,7 @@ def test_all_aligns(env: Env) -> None:
         return out.tobytes()
 
     checked = 0
-    for start in range(0, npages):
+    for start in range(npages):
         for end in range(start + 1, npages + 1):
             length = (end - start) * K4
             iova = env.iommu.map(1, d, base_iova + start * K4, r.base + start * K4, length, RW)
