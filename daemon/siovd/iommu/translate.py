@@ -19,7 +19,6 @@ from siovd.iommu.faults import (
     FR_PASID_ENTRY_NOT_PRESENT,
     FR_SM_WRITE,
 )
-from siovd.iommu.iotlb import E_FLAGS, E_REGION
 from siovd.iommu.pagetable import PROT_READ, PROT_WRITE, PTE_D, PTE_RW, walk
 from siovd.memory import Region
 
@@ -114,55 +113,67 @@ def _paging(
     iotlb = iommu.iotlb
     lookup = iotlb.lookup
     region_of = iommu.memory.region_of
-    locate = domain.locate
-    assert locate is not None
     tag = (domain.id << 20) | tag_pasid
     owner = domain.owner
     runs: list[Run] = []
-    cur: Run | None = None
+    failure: Failure | None = None
+    # The run being built, kept in locals: the loop runs once per page.
+    r_iova = r_phys = r_len = r_prot = 0
+    r_region: Region | None = None
+    r_end = 0  # end of r_region
     pos, end = iova, iova + length
     while pos < end:
         entry = lookup(tag, pos)
-        if entry is None or (write and entry[E_FLAGS] & _RW_D != _RW_D):
+        if entry is None or (write and entry[2] & _RW_D != _RW_D):
             # Miss, or a write through an entry that is read-only or not yet dirty: walk (a
             # hardware walker sets D with a locked update, and re-checks permissions).
-            result = walk(locate, domain.root, domain.levels, pos, write)
+            assert domain.locate is not None
+            result = walk(domain.locate, domain.root, domain.levels, pos, write)
             if isinstance(result, int):
-                return runs, Failure(pos, result, domain)
+                failure = Failure(pos, result, domain)
+                break
             pbase, size, flags, level = result
             entry = [pbase, size, flags, 0, region_of(pbase)]
             iotlb.insert(tag, pos, level, entry)
         else:
             pbase, size, flags = entry[0], entry[1], entry[2]
-        region: Region | None = entry[E_REGION]
         off = pos & (size - 1)
         phys = pbase + off
-        n = min(size - off, end - pos)
-        if region is None or not region.alive or not region.base <= phys < region.end:
-            # A large page over several regions, or memory replaced under a stale entry.
-            region = region_of(phys)
-            if region is None:
-                return runs, Failure(pos, FR_FS_ACCESS, domain)
-        if region.owner != owner:
-            return runs, Failure(pos, FR_FS_ACCESS, domain)
+        n = size - off
+        if n > end - pos:
+            n = end - pos
+        region: Region | None = entry[4]
+        if region is not r_region or phys >= r_end:
+            if region is None or not region.alive or not region.base <= phys < region.end:
+                # A large page over several regions, or memory replaced under a stale entry.
+                region = region_of(phys)
+                if region is None:
+                    failure = Failure(pos, FR_FS_ACCESS, domain)
+                    break
+            if region.owner != owner:
+                failure = Failure(pos, FR_FS_ACCESS, domain)
+                break
+        assert region is not None
         if phys + n > region.end:
             n = region.end - phys
-        writable = region.writable and bool(flags & PTE_RW)
-        if write and not writable:
-            return runs, Failure(pos, FR_SM_WRITE, domain)
-        prot = PROT_READ | PROT_WRITE if writable else PROT_READ
-        if (
-            cur is not None
-            and cur.region is region
-            and cur.phys + cur.length == phys
-            and cur.prot == prot
-        ):
-            cur.length += n
+        if flags & PTE_RW and region.writable:
+            prot = PROT_READ | PROT_WRITE
+        elif write:
+            failure = Failure(pos, FR_SM_WRITE, domain)
+            break
         else:
-            cur = Run(pos, phys, n, region, prot)
-            runs.append(cur)
+            prot = PROT_READ
+        if region is r_region and phys == r_phys + r_len and prot == r_prot:
+            r_len += n
+        else:
+            if r_region is not None:
+                runs.append(Run(r_iova, r_phys, r_len, r_region, r_prot))
+            r_iova, r_phys, r_len, r_region, r_prot = pos, phys, n, region, prot
+            r_end = region.end
         pos += n
-    return runs, None
+    if r_region is not None:
+        runs.append(Run(r_iova, r_phys, r_len, r_region, r_prot))
+    return runs, failure
 
 
 class IommuDmaSpace:
