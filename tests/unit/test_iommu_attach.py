@@ -228,3 +228,20 @@ def test_removing_the_device_releases_group_default_domain_and_pasid(env: Env) -
     again = env.mdev(1)
     assert again.default_pasid == pasid  # the global PASID came back
     assert env.iommu.stats()["groups"] == 1
+
+
+def test_a_default_domain_stays_with_its_group(env: Env) -> None:
+    a = env.mdev(1)
+    b = env.mdev(1)
+    a_default = env.default_domain(a)
+    with raises_errno(errno.EINVAL):
+        env.iommu.attach_device(1, a_default, b)
+    with raises_errno(errno.EINVAL):
+        env.iommu.attach_pasid(1, a_default, b, 5)
+    # Its own group may use it under a PASID; removing the device drops that too.
+    env.iommu.attach_pasid(1, a_default, a, 5)
+    env.iommu.attach_pasid(1, env.iommu.domain_alloc(1, "mdev").id, b, 5)
+    with raises_errno(errno.EINVAL):
+        env.iommu.replace_pasid(1, a_default, b, 5)
+    env.bus.remove_mdev(1, a.uuid)
+    assert b.group is not None and b.group.pasids[5].id != a_default

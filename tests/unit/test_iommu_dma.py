@@ -244,6 +244,14 @@ def test_dirty_bitmap_read_and_clear(env: Env) -> None:
         env.iommu.dirty_bitmap(1, dom, 0x10_0001, PAGE, clear=False)
     with raises_errno(errno.EINVAL):
         env.iommu.dirty_bitmap(1, dom, 0x10_0000, 0, clear=False)
+    with raises_errno(errno.EINVAL):
+        env.iommu.dirty_bitmap(1, dom, 0, 1 << 46, clear=False)  # bitmap too large
+
+
+def test_zero_length_dma_translates_nothing_and_does_not_fault(env: Env) -> None:
+    dev, _, _ = setup(env)
+    assert env.iommu.dma_space(dev, 99).runs(0x1000, 0, True) == ([], None)
+    assert env.faults == []
 
 
 def test_a_cleared_d_bit_stays_clear_behind_a_cached_entry(env: Env) -> None:

@@ -36,6 +36,8 @@ U64 = 1 << 64
 UNMAP_ALL = U64 - 1
 #: VT-d's maximum address-mask value for page-selective invalidation.
 MAX_AM = 18
+#: One dirty-bitmap call covers at most this many pages (a 1 MiB bitmap, 32 GiB of IOVA).
+MAX_DIRTY_PAGES = 1 << 23
 
 FaultCallback = Callable[[int, FaultRecord], None]
 TranslatedRun = tuple[int, int, int, int]  # (iova, phys, length, prot)
@@ -310,7 +312,18 @@ class Iommu:
                 f"domain {domain_id} was allocated for bus {domain.bus!r}, "
                 f"device {device.uuid} is on {device.bus!r}",
             )
+        self._check_not_foreign_default(domain, group)
         self._set_group_domain(group, domain)
+
+    @staticmethod
+    def _check_not_foreign_default(domain: Domain, group: Group) -> None:
+        """A default domain lives and dies with its group, so only that group may use it."""
+        if domain.default_of is not None and domain.default_of is not group:
+            raise SiovError(
+                errno.EINVAL,
+                f"domain {domain.id} is the default domain of group {domain.default_of.id}; "
+                "allocate a domain to share one",
+            )
 
     def detach_device(self, owner: int, domain_id: int, device: Device) -> None:
         """``iommu_detach_device``: the group returns to its default domain.
@@ -361,6 +374,7 @@ class Iommu:
             raise SiovError(
                 errno.EBUSY, f"PASID {pasid} is the default PASID of device {device.uuid}"
             )
+        self._check_not_foreign_default(domain, group)
         self._set_pasid(group, pasid, domain)
 
     def replace_pasid(self, owner: int, domain_id: int, device: Device, pasid: int) -> None:
@@ -373,6 +387,7 @@ class Iommu:
             raise SiovError(errno.EINVAL, f"domain {domain_id} is for bus {domain.bus!r}")
         if pasid not in group.pasids:
             raise SiovError(errno.EINVAL, f"PASID {pasid} of device {device.uuid} is not attached")
+        self._check_not_foreign_default(domain, group)
         self._set_pasid(group, pasid, domain)
 
     def detach_pasid(self, owner: int, domain_id: int | None, device: Device, pasid: int) -> None:
@@ -596,6 +611,10 @@ class Iommu:
             raise SiovError(errno.EINVAL, "iova and size must be 4 KiB-aligned, size non-zero")
         if iova + size > U64:
             raise SiovError(errno.EOVERFLOW, "iova + size wraps around 2**64")
+        if size >> 12 > MAX_DIRTY_PAGES:
+            raise SiovError(
+                errno.EINVAL, f"a dirty bitmap covers at most {MAX_DIRTY_PAGES} pages per call"
+            )
         assert domain.pt is not None
         npages = size >> 12
         bitmap = bytearray((npages + 7) // 8)

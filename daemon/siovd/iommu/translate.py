@@ -72,11 +72,11 @@ def translate_runs(
     iommu: Iommu, device: Device, pasid: int, iova: int, length: int, write: bool
 ) -> tuple[list[Run], Failure | None]:
     """Translate ``[iova, iova + length)``; stop at the first address that does not translate."""
+    if length <= 0:
+        return [], None
     domain, tag_pasid = resolve(device, pasid)
     if domain is None:
         return [], Failure(iova, FR_PASID_ENTRY_NOT_PRESENT, None)
-    if length <= 0:
-        return [], None
     dtype = domain.type
     if dtype is DomainType.PAGING:
         return _paging(iommu, domain, tag_pasid, iova, length, write)
