@@ -19,6 +19,7 @@ def test_second_owner_gets_enoent_for_everything_of_the_first(env: Env) -> None:
     own_dev = env.mdev(2)
     own_dom = env.iommu.domain_alloc(2, "mdev").id
     assert dev.group is not None
+    gid = dev.group.id
     io = env.iommu
     attempts: list[Callable[[], object]] = [
         lambda: io.map(2, dom, 0x2000, mem.base, PAGE, RW),
@@ -35,11 +36,11 @@ def test_second_owner_gets_enoent_for_everything_of_the_first(env: Env) -> None:
         lambda: io.iova_to_phys(2, dom, 0x1000),
         lambda: io.dirty_bitmap(2, dom, 0, PAGE, False),
         lambda: io.iotlb_invalidate(2, "domain", dom),
-        lambda: io.group(2, dev.group.id),
+        lambda: io.group(2, gid),
         lambda: env.memory.remove_region(mem.id, 2),
         lambda: env.bus.remove_mdev(2, dev.uuid),
         lambda: env.bus.device(2, dev.uuid),
-        lambda: env.bus.group_info(2, dev.group.id),
+        lambda: env.bus.group_info(2, gid),
     ]
     for attempt in attempts:
         with raises_errno(errno.ENOENT):
@@ -59,6 +60,7 @@ def test_ids_cannot_be_probed(env: Env) -> None:
     mem = env.region(1, 2 * MiB)
     dom = env.iommu.domain_alloc(1, "mdev").id
     assert dev.group is not None
+    gid = dev.group.id
     env.mdev(2)
     own = env.iommu.domain_alloc(2, "mdev").id
     own_mem = env.region(2, 2 * MiB)
@@ -67,7 +69,7 @@ def test_ids_cannot_be_probed(env: Env) -> None:
     absent_phys = own_mem.end + 256 * MiB
     pairs: list[tuple[Callable[[], object], Callable[[], object]]] = [
         (lambda: io.domain_free(2, dom), lambda: io.domain_free(2, absent_dom)),
-        (lambda: io.group(2, dev.group.id), lambda: io.group(2, 999)),
+        (lambda: io.group(2, gid), lambda: io.group(2, 999)),
         (
             lambda: env.memory.remove_region(mem.id, 2),
             lambda: env.memory.remove_region(999, 2),
