@@ -5,7 +5,6 @@ from __future__ import annotations
 import os
 
 import pytest
-from dsa_fakes import PAGE, Rig
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -21,6 +20,7 @@ from siov_protocol.dsa import (
     IDXD_OP_FLAG_RCI,
 )
 from siovd.accel import Blocked, Completed, PageResponse, SoftwareError
+from tests.unit.dsa_fakes import PAGE, Rig
 
 CR = Rig.CR
 SRC = 0x10000

@@ -6,7 +6,6 @@ import os
 import random
 
 import pytest
-from dsa_fakes import PAGE, Rig
 
 from siov import dsa as sdk
 from siov_protocol.dsa import (
@@ -39,6 +38,7 @@ from siov_protocol.dsa import (
     DsaOpcode,
 )
 from siovd.accel import Interrupt, SoftwareError
+from tests.unit.dsa_fakes import PAGE, Rig
 
 CR = Rig.CR
 SRC = 0x10000

@@ -6,7 +6,6 @@ import errno
 import struct
 
 import pytest
-from dsa_fakes import FakeDma
 
 from siov import dsa as sdk
 from siovd.accel import (
@@ -22,6 +21,7 @@ from siovd.accel import (
 from siovd.accel.registers import WQCFG_TABLE
 from siovd.errors import SiovError
 from siovd.parents import MdevParent
+from tests.unit.dsa_fakes import FakeDma
 
 
 def available(parent: DsaParent) -> dict[str, int]:

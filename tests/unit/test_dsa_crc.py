@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import pytest
-from dsa_fakes import Rig
 from hypothesis import given
 from hypothesis import strategies as st
 
@@ -14,6 +13,7 @@ from siov_protocol.dsa import (
     IDXD_OP_FLAG_BYPASS_DATA_REF,
 )
 from siovd.accel.crc import bitrev32, dsa_crc32c
+from tests.unit.dsa_fakes import Rig
 
 INV_REF = IDXD_OP_FLAG_BYPASS_CRC_INV_REF
 DATA_REF = IDXD_OP_FLAG_BYPASS_DATA_REF
