@@ -1,6 +1,7 @@
 """siov: the Python SDK for siovd (async trio client, blocking client, DSA helpers)."""
 
 from .blocking import BlockingClient
+from .buffers import Buffer
 from .client import Client, Event, Reply, connect, default_socket_path
 from .errors import (
     AlreadyExists,
@@ -21,6 +22,7 @@ __version__ = "0.1.0"
 __all__ = [
     "AlreadyExists",
     "BlockingClient",
+    "Buffer",
     "Busy",
     "Client",
     "ConnectionClosed",

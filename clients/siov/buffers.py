@@ -19,8 +19,8 @@ def page_align(size: int, align: int = PAGE_SIZE) -> int:
 
 
 def memfd(size: int, name: str = "siov-buffer") -> int:
-    """A new memfd of ``size`` bytes (close-on-exec; sealing left open)."""
-    fd = os.memfd_create(name, os.MFD_CLOEXEC)
+    """A new memfd of ``size`` bytes, close-on-exec, that the daemon may seal against shrinking."""
+    fd = os.memfd_create(name, os.MFD_CLOEXEC | os.MFD_ALLOW_SEALING)
     try:
         os.ftruncate(fd, size)
     except OSError:

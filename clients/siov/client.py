@@ -29,6 +29,7 @@ from siov_protocol import (
     Role,
 )
 
+from .buffers import Buffer, memfd, page_align
 from .errors import ConnectionClosed, SiovError, error_for
 
 RECV_SIZE = 256 * 1024
@@ -256,6 +257,207 @@ class Client:
     async def stats(self) -> dict[str, Any]:
         return await self.call(Command.STATS)
 
+    # ---- memory -------------------------------------------------------------------------
+
+    async def register(
+        self, fd: int, size: int, *, offset: int = 0, access: str = "rw"
+    ) -> dict[str, Any]:
+        """Register memory the caller already has (a memfd): ``{region, phys, size, ...}``.
+
+        The daemon seals the memfd against shrinking and keeps its own mapping; the fd stays
+        the caller's to close.
+        """
+        body = {"size": size, "offset": offset, "access": access}
+        return await self.call(Command.MEM_REGISTER, body, fds=[fd])
+
+    async def alloc(self, size: int, *, access: str = "rw", name: str = "siov-buffer") -> Buffer:
+        """A new memfd buffer of ``size`` bytes (rounded up to 4 KiB), registered."""
+        size = page_align(size)
+        fd = memfd(size, name)
+        buffer = Buffer(fd, size, access=access)
+        try:
+            info = await self.register(fd, size, access=access)
+        except BaseException:
+            buffer.close()
+            raise
+        buffer.region = info["region"]
+        buffer.phys = info["phys"]
+        return buffer
+
+    async def unregister(self, region: int | Buffer) -> None:
+        region_id = region.region if isinstance(region, Buffer) else region
+        await self.call(Command.MEM_UNREGISTER, {"region": region_id})
+
+    async def memory(self) -> list[dict[str, Any]]:
+        return list((await self.call(Command.MEM_LIST))["regions"])
+
+    # ---- the mdev bus ---------------------------------------------------------------------
+
+    async def types(self) -> list[dict[str, Any]]:
+        return list((await self.call(Command.TYPES_LIST))["types"])
+
+    async def create_mdev(
+        self, parent: str, type_id: str, uuid: str | None = None
+    ) -> dict[str, Any]:
+        """Create an mdev; the reply names its group, default domain and default PASID."""
+        body: dict[str, Any] = {"parent": parent, "type_id": type_id}
+        if uuid is not None:
+            body["uuid"] = uuid
+        return await self.call(Command.MDEV_CREATE, body)
+
+    async def remove_mdev(self, uuid: str) -> None:
+        await self.call(Command.MDEV_REMOVE, {"uuid": uuid})
+
+    async def devices(self) -> list[dict[str, Any]]:
+        return list((await self.call(Command.MDEV_LIST))["devices"])
+
+    async def register_device(self, name: str, pasid_bits: int = 20) -> dict[str, Any]:
+        """An external emulator's device: the reply carries a ``token`` to hand to its owner."""
+        return await self.call(
+            Command.BUS_REGISTER_DEVICE, {"name": name, "pasid_bits": pasid_bits}
+        )
+
+    async def unregister_device(self, uuid: str) -> None:
+        await self.call(Command.BUS_UNREGISTER_DEVICE, {"uuid": uuid})
+
+    async def claim_device(self, uuid: str, token: str) -> dict[str, Any]:
+        return await self.call(Command.DEVICE_CLAIM, {"uuid": uuid, "token": token})
+
+    async def group(self, group_id: int) -> dict[str, Any]:
+        return await self.call(Command.GROUP_INFO, {"group": group_id})
+
+    async def groups(self) -> list[dict[str, Any]]:
+        return list((await self.call(Command.GROUP_LIST))["groups"])
+
+    # ---- domains, attach, map -------------------------------------------------------------
+
+    async def alloc_domain(
+        self,
+        type: str = "paging",
+        *,
+        bus: str = "mdev",
+        levels: int = 4,
+        user_managed: bool = False,
+        lazy: bool = False,
+        pt_root: int | None = None,
+    ) -> dict[str, Any]:
+        body: dict[str, Any] = {
+            "bus": bus,
+            "type": type,
+            "levels": levels,
+            "user_managed": user_managed,
+            "lazy": lazy,
+        }
+        if pt_root is not None:
+            body["pt_root"] = pt_root
+        return await self.call(Command.DOMAIN_ALLOC, body)
+
+    async def free_domain(self, domain: int) -> None:
+        await self.call(Command.DOMAIN_FREE, {"domain": domain})
+
+    async def domains(self) -> list[dict[str, Any]]:
+        return list((await self.call(Command.DOMAIN_LIST))["domains"])
+
+    async def attach_device(self, domain: int, device: str) -> dict[str, Any]:
+        """Plain ``attach_device(domain, mdev)``: no aux-domain API."""
+        return await self.call(Command.ATTACH_DEVICE, {"domain": domain, "device": device})
+
+    async def detach_device(self, device: str, domain: int | None = None) -> dict[str, Any]:
+        body: dict[str, Any] = {"device": device}
+        if domain is not None:
+            body["domain"] = domain
+        return await self.call(Command.DETACH_DEVICE, body)
+
+    async def attach_pasid(self, domain: int, device: str, pasid: int) -> None:
+        body = {"domain": domain, "device": device, "pasid": pasid}
+        await self.call(Command.ATTACH_PASID, body)
+
+    async def replace_pasid(self, domain: int, device: str, pasid: int) -> None:
+        body = {"domain": domain, "device": device, "pasid": pasid}
+        await self.call(Command.REPLACE_PASID, body)
+
+    async def detach_pasid(self, device: str, pasid: int, domain: int | None = None) -> None:
+        body: dict[str, Any] = {"device": device, "pasid": pasid}
+        if domain is not None:
+            body["domain"] = domain
+        await self.call(Command.DETACH_PASID, body)
+
+    async def map(
+        self,
+        domain: int,
+        phys: int,
+        size: int,
+        *,
+        iova: int | None = None,
+        read: bool = True,
+        write: bool = True,
+    ) -> int:
+        """Map ``size`` bytes at ``phys`` into ``domain``; returns the IOVA (chosen when None)."""
+        body: dict[str, Any] = {
+            "domain": domain,
+            "phys": phys,
+            "size": size,
+            "prot": (1 if read else 0) | (2 if write else 0),
+        }
+        if iova is not None:
+            body["iova"] = iova
+        return int((await self.call(Command.MAP, body))["iova"])
+
+    async def unmap(self, domain: int, iova: int, size: int) -> int:
+        """Unmap whole earlier mappings in the range; returns the bytes unmapped."""
+        body = {"domain": domain, "iova": iova, "size": size}
+        return int((await self.call(Command.UNMAP, body))["unmapped"])
+
+    async def iova_to_phys(self, domain: int, iova: int) -> int:
+        return int(
+            (await self.call(Command.IOVA_TO_PHYS, {"domain": domain, "iova": iova}))["phys"]
+        )
+
+    async def dirty_bitmap(
+        self, domain: int, iova: int, size: int, *, clear: bool = False
+    ) -> bytes:
+        body = {"domain": domain, "iova": iova, "size": size, "clear": clear}
+        return bytes((await self.call(Command.DIRTY_BITMAP, body))["bitmap"])
+
+    async def invalidate(
+        self,
+        scope: str,
+        *,
+        domain: int | None = None,
+        device: str | None = None,
+        pasid: int | None = None,
+        iova: int | None = None,
+        am: int = 0,
+    ) -> int:
+        """IOTLB invalidation: ``global``, ``domain``, ``pasid`` or ``range`` (2**am pages)."""
+        body: dict[str, Any] = {"scope": scope, "am": am}
+        for key, value in (
+            ("domain", domain),
+            ("device", device),
+            ("pasid", pasid),
+            ("iova", iova),
+        ):
+            if value is not None:
+                body[key] = value
+        return int((await self.call(Command.IOTLB_INVALIDATE, body))["invalidated"])
+
+    # ---- external emulators: DMA through the IOMMU -------------------------------------------
+
+    async def dma_read(self, device: str, iova: int, length: int, *, pasid: int = 0) -> bytes:
+        body = {"device": device, "iova": iova, "length": length, "pasid": pasid}
+        return bytes((await self.call(Command.DMA_READ, body))["data"])
+
+    async def dma_write(self, device: str, iova: int, data: bytes, *, pasid: int = 0) -> int:
+        body = {"device": device, "iova": iova, "data": bytes(data), "pasid": pasid}
+        return int((await self.call(Command.DMA_WRITE, body))["written"])
+
+    async def translate(
+        self, device: str, iova: int, length: int, *, write: bool = False, pasid: int = 0
+    ) -> dict[str, Any]:
+        """ATS-like: the physical runs behind ``[iova, iova+length)`` and the fault, if any."""
+        body = {"device": device, "iova": iova, "length": length, "write": write, "pasid": pasid}
+        return await self.call(Command.TRANSLATE, body)
+
     async def aclose(self) -> None:
         self._raw.close()
         self._sock.close()
@@ -278,16 +480,23 @@ async def connect(
         sock.close()
         raise ConnectionClosed(f"cannot connect to siovd at {path}: {exc.strerror}") from None
     client = Client(sock, event_buffer=event_buffer)
+    error: Exception | None = None
     try:
         async with trio.open_nursery() as nursery:
             nursery.start_soon(client._reader)
-            await client.negotiate(name, key_path=key_path)
             try:
+                await client.negotiate(name, key_path=key_path)
                 yield client
+            except Exception as exc:
+                # Re-raised below, outside the nursery, so callers catch SiovError itself
+                # rather than an ExceptionGroup around it.
+                error = exc
             finally:
                 nursery.cancel_scope.cancel()
     finally:
         await client.aclose()
+    if error is not None:
+        raise error
 
 
 __all__ = ["Client", "Event", "Reply", "connect", "default_socket_path"]

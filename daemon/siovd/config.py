@@ -87,6 +87,13 @@ class StateConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class AccelConfig:
+    #: An accel-config JSON file (``save-config`` output) to load at start; empty: the embedded
+    #: default, one device dsa0 with one dedicated and one shared WQ, both enabled.
+    config_file: str = text(4096, default="")
+
+
+@dataclass(frozen=True, slots=True)
 class Config:
     server: ServerConfig = field(default_factory=ServerConfig)
     protocol: ProtocolConfig = field(default_factory=ProtocolConfig)
@@ -95,7 +102,7 @@ class Config:
     iommu: IommuConfig = field(default_factory=IommuConfig)
     auth: AuthConfig = field(default_factory=AuthConfig)
     state: StateConfig = field(default_factory=StateConfig)
-    accel: dict[str, Any] = field(default_factory=dict)  # accel-config JSON shape; {} = default
+    accel: AccelConfig = field(default_factory=AccelConfig)
 
     def to_dict(self) -> dict[str, Any]:
         return encode(self)

@@ -7,17 +7,25 @@ The server owns one :class:`Daemon`; handlers reach the model through it. Discon
 from __future__ import annotations
 
 import errno
+import mmap
 import os
 import time
 from collections import Counter
 from collections.abc import Callable
 from typing import Any
 
+from siov_protocol import Command
+
 from . import __version__
-from .config import Config
+from .accel import Accelerators, DsaParent
+from .bus import Bus
+from .config import Config, ConfigError
 from .config import from_dict as config_from_dict
 from .errors import SiovError
+from .iommu import FaultRecord, Iommu
+from .memory import PhysicalMemory, Region
 from .session import Role, Session
+from .testparent import SiovTestParent
 
 Authenticator = Callable[[Session, bytes | None, bytes | None], tuple[str, Role]]
 
@@ -33,6 +41,75 @@ class Daemon:
         self._stats: list[Callable[[], dict[str, Any]]] = []
         self._counts: list[Callable[[], dict[str, int]]] = []
         self.authenticator: Authenticator | None = None
+
+        # The domain model: one physical space, one IOMMU serving the mdev bus, the parents.
+        self.memory = PhysicalMemory()
+        self.iommu = Iommu(
+            self.memory,
+            iotlb_entries=config.iommu.iotlb_entries,
+            default_domain=config.iommu.default_domain,
+            lazy_flush_threshold=config.iommu.lazy_flush_threshold,
+        )
+        self.iommu.on_fault = self._deliver_fault
+        self.bus = Bus(self.iommu, name="mdev")
+        self.bus.on_device_removed = self._device_removed
+        self.bus.add_parent(SiovTestParent())
+        self.accel = load_accelerators(config.accel.config_file)
+        self.mappings: dict[int, tuple[Region, mmap.mmap]] = {}  # region id -> our mmap
+        self.dsa_parents: dict[str, DsaParent] = {}
+        for name, device in self.accel.devices.items():
+            parent = DsaParent(device)
+            self.dsa_parents[name] = parent
+            self.bus.add_parent(parent)
+        self.on_release(self._release_model)
+        self.on_stats(lambda: {"iommu": self.iommu.stats()})
+        self.on_counts(self._model_counts)
+
+    # ---- the domain model's callbacks ----------------------------------------------------------
+
+    def _deliver_fault(self, owner: int, record: FaultRecord) -> None:
+        session = self.sessions.get(owner)
+        if session is None:
+            return
+        session.push_event(
+            Command.EVENT_FAULT,
+            {
+                "device": record.device,
+                "pasid": record.pasid,
+                "iova": record.iova,
+                "reason": record.reason,
+                "write": record.write,
+                "reason_name": record.reason_name,
+                "domain": record.domain,
+            },
+        )
+
+    def _device_removed(self, device: Any) -> None:
+        session = self.sessions.get(device.owner)
+        if session is not None:
+            session.push_event(
+                Command.EVENT_DEVICE_REMOVED, {"uuid": device.uuid, "reason": "removed"}
+            )
+
+    def _release_model(self, session: Session) -> None:
+        self.iommu.flush_lazy()  # lazily unmapped pages still pin their regions
+        self.bus.release_owner(session.id)
+        self.close_dead_mappings()
+
+    def close_dead_mappings(self) -> None:
+        """Unmap the memory of regions that left the physical space."""
+        for region_id, (region, mapping) in list(self.mappings.items()):
+            if not region.alive:
+                del self.mappings[region_id]
+                mapping.close()
+
+    def _model_counts(self) -> dict[str, int]:
+        return {
+            "devices": len(self.bus.list(None)),
+            "groups": len(self.iommu.groups(None)),
+            "domains": len(self.iommu.domains(None)),
+            "memory_regions": len(self.memory.regions(None)),
+        }
 
     # ---- authentication ---------------------------------------------------------------------
 
@@ -129,6 +206,23 @@ class Daemon:
             },
             "counts": self.counts(),
         }
+
+
+def load_accelerators(path: str) -> Accelerators:
+    """The embedded default device, or the devices of an accel-config JSON file."""
+    accel = Accelerators.embedded()
+    if not path:
+        return accel
+    import json
+
+    try:
+        with open(path) as fh:
+            data = json.load(fh)
+        accel.device("dsa0").disable()
+        accel.load_config(data, enable=True)
+    except (OSError, ValueError, SiovError) as exc:
+        raise ConfigError(f"accel.config_file: {path}: {exc}") from None
+    return accel
 
 
 RELOADABLE = (

@@ -72,8 +72,8 @@ def reload(daemon: Daemon, config_path: str | None) -> None:
     )
 
 
-async def run(cfg: Config, config_path: str | None = None) -> None:
-    daemon = Daemon(cfg, cfg.server.socket)
+async def run(daemon: Daemon, config_path: str | None = None) -> None:
+    cfg = daemon.config
     server = Server(daemon)
     listener = bind_unix_socket(cfg.server.socket, cfg.server.socket_mode)
     path = cfg.server.socket
@@ -108,7 +108,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 0
     logs.configure(cfg.log.level, cfg.log.format)
     try:
-        trio.run(run, cfg, args.config)
+        daemon = Daemon(cfg, cfg.server.socket)
+    except ConfigError as exc:
+        sys.stderr.write(f"siovd: config error: {exc}\n")
+        return 2
+    try:
+        trio.run(run, daemon, args.config)
     except SiovError as exc:
         log.error("cannot start", error=exc.message)
         return 1

@@ -1,0 +1,61 @@
+"""DMA_READ, DMA_WRITE, TRANSLATE: an external emulator's DMA through the IOMMU.
+
+Only the session that registered a device may DMA as it: the requester is the emulator, even
+after another client has claimed the device to own its domains.
+"""
+
+from __future__ import annotations
+
+import errno
+from typing import Any
+
+from siov_protocol import Command
+from siov_protocol.messages_iommu import DmaRead, DmaWrite, Translate
+
+from ..dma import DmaFault
+from ..errors import SiovError
+from .registry import Context, registry
+
+
+def fault_info(fault: DmaFault) -> dict[str, Any]:
+    return {"iova": fault.iova, "write": fault.write, "reason": fault.reason, "pasid": fault.pasid}
+
+
+@registry.command(Command.DMA_READ, DmaRead)
+def dma_read(ctx: Context, req: DmaRead) -> dict[str, Any]:
+    limit = ctx.session.max_msg_size - 64
+    if req.length > limit:
+        raise SiovError(errno.EMSGSIZE, f"length {req.length} exceeds what one reply carries")
+    device = ctx.daemon.bus.emulated_device(ctx.session.id, req.device)
+    data, fault = ctx.daemon.iommu.dma_read(device, req.pasid, req.iova, req.length)
+    if fault is not None:
+        raise SiovError(
+            errno.EFAULT,
+            f"DMA read faulted at iova {fault.iova:#x} after {len(data)} bytes "
+            f"(reason {fault.reason:#x})",
+        )
+    return {"data": data}
+
+
+@registry.command(Command.DMA_WRITE, DmaWrite)
+def dma_write(ctx: Context, req: DmaWrite) -> dict[str, Any]:
+    device = ctx.daemon.bus.emulated_device(ctx.session.id, req.device)
+    written, fault = ctx.daemon.iommu.dma_write(device, req.pasid, req.iova, req.data)
+    if fault is not None:
+        raise SiovError(
+            errno.EFAULT,
+            f"DMA write faulted at iova {fault.iova:#x} after {written} bytes "
+            f"(reason {fault.reason:#x})",
+        )
+    return {"written": written}
+
+
+@registry.command(Command.TRANSLATE, Translate)
+def translate(ctx: Context, req: Translate) -> dict[str, Any]:
+    device = ctx.daemon.bus.emulated_device(ctx.session.id, req.device)
+    runs, fault = ctx.daemon.iommu.translate(device, req.pasid, req.iova, req.length, req.write)
+    return {
+        "runs": [{"iova": i, "phys": p, "length": n, "prot": prot} for i, p, n, prot in runs],
+        "translated": sum(n for _, _, n, _ in runs),
+        "fault": fault_info(fault) if fault is not None else None,
+    }
