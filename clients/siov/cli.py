@@ -117,6 +117,110 @@ def cmd_stats(client: BlockingClient, args: argparse.Namespace) -> Any:
     return client.stats()
 
 
+# ---- the mdev bus and the IOMMU --------------------------------------------------------------
+
+
+def _all_arg(p: argparse.ArgumentParser) -> None:
+    p.add_argument("-a", "--all", action="store_true", help="every client's objects (admin)")
+
+
+def _num(text: str) -> int:
+    return int(text, 0)
+
+
+@command("types", "mdev types offered by the parents on the bus")
+def cmd_types(client: BlockingClient, args: argparse.Namespace) -> Any:
+    return client.types()
+
+
+@command("list", "mediated and external devices on the bus", _all_arg)
+def cmd_list(client: BlockingClient, args: argparse.Namespace) -> Any:
+    columns = ("uuid", "parent", "type_id", "name", "group_id", "domain_id", "default_pasid")
+    return [{k: d[k] for k in columns} for d in client.devices(everything=args.all)]
+
+
+def _create_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("parent", help="parent device, e.g. dsa0 or siov_test")
+    p.add_argument("type_id", help="mdev type, e.g. dsa-1dwq")
+    p.add_argument("-u", "--uuid", help="UUID to give the mdev (default: generated)")
+
+
+@command("create", "create an mdev (it lives as long as this command's connection)", _create_args)
+def cmd_create(client: BlockingClient, args: argparse.Namespace) -> Any:
+    return client.create_mdev(args.parent, args.type_id, args.uuid)
+
+
+def _uuid_arg(p: argparse.ArgumentParser) -> None:
+    p.add_argument("uuid")
+
+
+@command("remove", "remove an mdev you own", _uuid_arg)
+def cmd_remove(client: BlockingClient, args: argparse.Namespace) -> Any:
+    client.remove_mdev(args.uuid)
+    return {"removed": args.uuid}
+
+
+@command("groups", "IOMMU groups: devices, current and default domain, PASIDs", _all_arg)
+def cmd_groups(client: BlockingClient, args: argparse.Namespace) -> Any:
+    return [
+        {
+            "group": g["group_id"],
+            "devices": g["devices"],
+            "domain": g["domain_id"],
+            "default_domain": g["default_domain_id"],
+            "pasids": [f"{p['pasid']}->{p['domain_id']}" for p in g["pasids"]],
+        }
+        for g in client.groups(everything=args.all)
+    ]
+
+
+@command("domains", "IOMMU domains: type, options, attachments, mapped bytes", _all_arg)
+def cmd_domains(client: BlockingClient, args: argparse.Namespace) -> Any:
+    columns = (
+        "domain_id",
+        "type",
+        "bus",
+        "levels",
+        "user_managed",
+        "lazy",
+        "groups",
+        "mapped_bytes",
+    )
+    return [{k: d[k] for k in columns} for d in client.domains(everything=args.all)]
+
+
+@command("iotlb", "IOTLB and fault counters")
+def cmd_iotlb(client: BlockingClient, args: argparse.Namespace) -> Any:
+    iommu = client.stats().get("iommu", {})
+    lookups = iommu.get("iotlb_hits", 0) + iommu.get("iotlb_misses", 0)
+    out = {k: v for k, v in iommu.items() if k.startswith(("iotlb", "lazy", "faults"))}
+    out["iotlb_hit_rate"] = round(iommu.get("iotlb_hits", 0) / lookups, 4) if lookups else None
+    return out
+
+
+def _translate_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("device", help="device UUID")
+    p.add_argument("iova", type=_num, help="I/O virtual address (0x... accepted)")
+    p.add_argument("length", type=_num, nargs="?", default=4096)
+    p.add_argument("--pasid", type=_num, default=0, help="PASID (default 0: no PASID)")
+    p.add_argument("--write", action="store_true", help="translate for a write")
+
+
+@command("translate", "translate an IOVA range of a device through the IOMMU", _translate_args)
+def cmd_translate(client: BlockingClient, args: argparse.Namespace) -> Any:
+    out = client.translate(args.device, args.iova, args.length, write=args.write, pasid=args.pasid)
+    if args.json:
+        return out
+    rows: list[dict[str, Any]] = [
+        {"iova": hex(r["iova"]), "phys": hex(r["phys"]), "length": r["length"], "prot": r["prot"]}
+        for r in out["runs"]
+    ]
+    if out["fault"] is not None:
+        fault = out["fault"]
+        rows.append({"iova": hex(fault["iova"]), "phys": f"FAULT reason {fault['reason']:#x}"})
+    return rows
+
+
 # ---- main ----------------------------------------------------------------------------------
 
 

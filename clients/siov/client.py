@@ -288,8 +288,9 @@ class Client:
         region_id = region.region if isinstance(region, Buffer) else region
         await self.call(Command.MEM_UNREGISTER, {"region": region_id})
 
-    async def memory(self) -> list[dict[str, Any]]:
-        return list((await self.call(Command.MEM_LIST))["regions"])
+    async def memory(self, *, everything: bool = False) -> list[dict[str, Any]]:
+        """Your own regions; ``everything=True`` (admin role) lists every client's."""
+        return list((await self.call(Command.MEM_LIST, {"all": everything}))["regions"])
 
     # ---- the mdev bus ---------------------------------------------------------------------
 
@@ -308,8 +309,9 @@ class Client:
     async def remove_mdev(self, uuid: str) -> None:
         await self.call(Command.MDEV_REMOVE, {"uuid": uuid})
 
-    async def devices(self) -> list[dict[str, Any]]:
-        return list((await self.call(Command.MDEV_LIST))["devices"])
+    async def devices(self, *, everything: bool = False) -> list[dict[str, Any]]:
+        """Your own devices; ``everything=True`` (admin role) lists every client's."""
+        return list((await self.call(Command.MDEV_LIST, {"all": everything}))["devices"])
 
     async def register_device(self, name: str, pasid_bits: int = 20) -> dict[str, Any]:
         """An external emulator's device: the reply carries a ``token`` to hand to its owner."""
@@ -326,8 +328,9 @@ class Client:
     async def group(self, group_id: int) -> dict[str, Any]:
         return await self.call(Command.GROUP_INFO, {"group": group_id})
 
-    async def groups(self) -> list[dict[str, Any]]:
-        return list((await self.call(Command.GROUP_LIST))["groups"])
+    async def groups(self, *, everything: bool = False) -> list[dict[str, Any]]:
+        """Your own groups; ``everything=True`` (admin role) lists every client's."""
+        return list((await self.call(Command.GROUP_LIST, {"all": everything}))["groups"])
 
     # ---- domains, attach, map -------------------------------------------------------------
 
@@ -355,8 +358,9 @@ class Client:
     async def free_domain(self, domain: int) -> None:
         await self.call(Command.DOMAIN_FREE, {"domain": domain})
 
-    async def domains(self) -> list[dict[str, Any]]:
-        return list((await self.call(Command.DOMAIN_LIST))["domains"])
+    async def domains(self, *, everything: bool = False) -> list[dict[str, Any]]:
+        """Your own domains; ``everything=True`` (admin role) lists every client's."""
+        return list((await self.call(Command.DOMAIN_LIST, {"all": everything}))["domains"])
 
     async def attach_device(self, domain: int, device: str) -> dict[str, Any]:
         """Plain ``attach_device(domain, mdev)``: no aux-domain API."""

@@ -7,11 +7,14 @@ The session id is the ``owner`` the domain model records on every object the cli
 from __future__ import annotations
 
 import enum
+import errno
 import itertools
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
+
+from .errors import SiovError
 
 _ids = itertools.count(1)
 
@@ -60,8 +63,14 @@ class Session:
 
     @property
     def owner_filter(self) -> int | None:
-        """What list methods of the model take: None (everything) for an admin."""
+        """What lookups of the model take: None (everything) for an admin."""
         return None if self.is_admin else self.id
+
+    def list_filter(self, everything: bool) -> int | None:
+        """What list methods take: the caller's own objects unless an admin asks for all."""
+        if everything and not self.is_admin:
+            raise SiovError(errno.EPERM, "listing every client's objects needs the admin role")
+        return None if everything else self.id
 
     def push_event(self, command: int, body: dict[str, Any], fds: tuple[int, ...] = ()) -> bool:
         """Queue an event for the client; a full queue drops it and counts the drop."""

@@ -64,6 +64,13 @@ class Empty:
 
 
 @dataclass(frozen=True, slots=True)
+class ListRequest:
+    """List commands show the caller's own objects; ``all`` (admin role only) shows everyone's."""
+
+    all: bool = False
+
+
+@dataclass(frozen=True, slots=True)
 class PingRequest:
     payload: bytes | None = text(65536, default=None)
 

@@ -6,7 +6,7 @@ import errno
 from typing import Any
 
 from siov_protocol import Command
-from siov_protocol.messages import Empty
+from siov_protocol.messages import Empty, ListRequest
 from siov_protocol.messages_iommu import (
     BusRegisterDevice,
     DeviceClaim,
@@ -67,10 +67,10 @@ def mdev_remove(ctx: Context, req: DeviceRef) -> dict[str, Any]:
     return {}
 
 
-@registry.command(Command.MDEV_LIST, Empty)
-def mdev_list(ctx: Context, req: Empty) -> dict[str, Any]:
+@registry.command(Command.MDEV_LIST, ListRequest)
+def mdev_list(ctx: Context, req: ListRequest) -> dict[str, Any]:
     bus = ctx.daemon.bus
-    return {"devices": [bus.describe(d) for d in bus.list(ctx.session.owner_filter)]}
+    return {"devices": [bus.describe(d) for d in bus.list(ctx.session.list_filter(req.all))]}
 
 
 @registry.command(Command.BUS_REGISTER_DEVICE, BusRegisterDevice)
@@ -98,7 +98,7 @@ def group_info_cmd(ctx: Context, req: GroupRef) -> dict[str, Any]:
     return group_info(ctx.daemon.iommu.group(ctx.session.owner_filter, req.group))
 
 
-@registry.command(Command.GROUP_LIST, Empty)
-def group_list(ctx: Context, req: Empty) -> dict[str, Any]:
-    groups = ctx.daemon.iommu.groups(ctx.session.owner_filter)
+@registry.command(Command.GROUP_LIST, ListRequest)
+def group_list(ctx: Context, req: ListRequest) -> dict[str, Any]:
+    groups = ctx.daemon.iommu.groups(ctx.session.list_filter(req.all))
     return {"groups": [group_info(g) for g in groups]}

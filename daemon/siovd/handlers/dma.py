@@ -52,7 +52,12 @@ def dma_write(ctx: Context, req: DmaWrite) -> dict[str, Any]:
 
 @registry.command(Command.TRANSLATE, Translate)
 def translate(ctx: Context, req: Translate) -> dict[str, Any]:
-    device = ctx.daemon.bus.emulated_device(ctx.session.id, req.device)
+    # The registrant translates as its device; an admin may translate any device (debugging).
+    bus = ctx.daemon.bus
+    if ctx.session.is_admin:
+        device = bus.device(None, req.device)
+    else:
+        device = bus.emulated_device(ctx.session.id, req.device)
     runs, fault = ctx.daemon.iommu.translate(device, req.pasid, req.iova, req.length, req.write)
     return {
         "runs": [{"iova": i, "phys": p, "length": n, "prot": prot} for i, p, n, prot in runs],

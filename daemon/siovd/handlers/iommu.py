@@ -6,7 +6,7 @@ import errno
 from typing import Any
 
 from siov_protocol import Command
-from siov_protocol.messages import Empty
+from siov_protocol.messages import ListRequest
 from siov_protocol.messages_iommu import (
     AttachDevice,
     DetachDevice,
@@ -49,9 +49,9 @@ def domain_free(ctx: Context, req: DomainRef) -> dict[str, Any]:
     return {}
 
 
-@registry.command(Command.DOMAIN_LIST, Empty)
-def domain_list(ctx: Context, req: Empty) -> dict[str, Any]:
-    domains = ctx.daemon.iommu.domains(ctx.session.owner_filter)
+@registry.command(Command.DOMAIN_LIST, ListRequest)
+def domain_list(ctx: Context, req: ListRequest) -> dict[str, Any]:
+    domains = ctx.daemon.iommu.domains(ctx.session.list_filter(req.all))
     return {"domains": [d.info() for d in domains]}
 
 

@@ -14,7 +14,7 @@ import os
 from typing import Any
 
 from siov_protocol import Command
-from siov_protocol.messages import Empty
+from siov_protocol.messages import ListRequest
 from siov_protocol.messages_iommu import MemRegion, MemRegister
 
 from ..errors import SiovError
@@ -87,7 +87,7 @@ def mem_unregister(ctx: Context, req: MemRegion) -> dict[str, Any]:
     return {}
 
 
-@registry.command(Command.MEM_LIST, Empty)
-def mem_list(ctx: Context, req: Empty) -> dict[str, Any]:
-    regions = ctx.daemon.memory.regions(ctx.session.owner_filter)
+@registry.command(Command.MEM_LIST, ListRequest)
+def mem_list(ctx: Context, req: ListRequest) -> dict[str, Any]:
+    regions = ctx.daemon.memory.regions(ctx.session.list_filter(req.all))
     return {"regions": [region_info(r) for r in regions if r.owner != 0]}
