@@ -108,7 +108,7 @@ class Daemon:
             "devices": len(self.bus.list(None)),
             "groups": len(self.iommu.groups(None)),
             "domains": len(self.iommu.domains(None)),
-            "memory_regions": len(self.memory.regions(None)),
+            "memory_regions": sum(1 for r in self.memory.regions(None) if r.owner != 0),
         }
 
     # ---- authentication ---------------------------------------------------------------------

@@ -95,7 +95,7 @@ def device_claim(ctx: Context, req: DeviceClaim) -> dict[str, Any]:
 
 @registry.command(Command.GROUP_INFO, GroupRef)
 def group_info_cmd(ctx: Context, req: GroupRef) -> dict[str, Any]:
-    return group_info(ctx.daemon.iommu.group(ctx.session.owner_filter, req.group))
+    return group_info(ctx.daemon.iommu.group(ctx.session.id, req.group))
 
 
 @registry.command(Command.GROUP_LIST, ListRequest)
