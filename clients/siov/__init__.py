@@ -16,6 +16,7 @@ from .errors import (
     SiovError,
     TryAgain,
 )
+from .mdev import Mdev, SubmitResults
 
 __version__ = "0.1.0"
 
@@ -28,6 +29,7 @@ __all__ = [
     "ConnectionClosed",
     "Event",
     "InvalidArgument",
+    "Mdev",
     "NoSpace",
     "NotFound",
     "NotSupported",
@@ -35,6 +37,7 @@ __all__ = [
     "ProtocolViolation",
     "Reply",
     "SiovError",
+    "SubmitResults",
     "TryAgain",
     "connect",
     "default_socket_path",

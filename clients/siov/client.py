@@ -13,7 +13,7 @@ import socket
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import trio
 
@@ -31,6 +31,9 @@ from siov_protocol import (
 
 from .buffers import Buffer, memfd, page_align
 from .errors import ConnectionClosed, SiovError, error_for
+
+if TYPE_CHECKING:
+    from .mdev import Mdev
 
 RECV_SIZE = 256 * 1024
 ANC_SIZE = socket.CMSG_SPACE(253 * 4)
@@ -87,6 +90,11 @@ class Client:
         self._closed: SiovError | None = None
         self.version: dict[str, Any] = {}
         self.identity: dict[str, Any] = {}
+        self._nursery: trio.Nursery | None = None  # set by connect(); Mdev eventfd pumps
+        self._mdevs: dict[str, Mdev] = {}  # EVENT_IRQ goes to the Mdev of its device
+        self._page_requests: trio.MemorySendChannel[Event] | None = None
+        self._page_requests_recv: trio.MemoryReceiveChannel[Event] | None = None
+        self._event_buffer = event_buffer
 
     # ---- transport ------------------------------------------------------------------------
 
@@ -153,8 +161,16 @@ class Client:
                 command: Command | int = Command(event.command)
             except ValueError:
                 command = event.command
+            channel = self._events_send
+            if command == Command.EVENT_IRQ:
+                mdev = self._mdevs.get(str(event.body.get("device")))
+                if mdev is not None:
+                    mdev._interrupt(int(event.body.get("vector", -1)), event.body.get("swerr"))
+                    return
+            elif command == Command.EVENT_PAGE_REQUEST and self._page_requests is not None:
+                channel = self._page_requests
             try:
-                self._events_send.send_nowait(Event(command, event.body, event.fds))
+                channel.send_nowait(Event(command, event.body, event.fds))
             except trio.WouldBlock:
                 self.events_dropped += 1
                 for fd in event.fds:
@@ -181,6 +197,8 @@ class Client:
             pending.done.set()
         self._pending.clear()
         self._events_send.close()
+        if self._page_requests is not None:
+            self._page_requests.close()
 
     # ---- requests -------------------------------------------------------------------------
 
@@ -220,8 +238,27 @@ class Client:
         await self._send(data)
 
     def events(self) -> trio.MemoryReceiveChannel[Event]:
-        """The stream of daemon events (faults, page requests, interrupts, removals)."""
+        """The stream of daemon events (faults, page requests, interrupts, removals).
+
+        Two kinds go elsewhere once asked for: EVENT_IRQ of a device opened as an
+        :class:`~siov.mdev.Mdev` goes to that Mdev, and EVENT_PAGE_REQUEST goes to
+        :meth:`page_requests` after its first call.
+        """
         return self._events_recv
+
+    def page_requests(self) -> trio.MemoryReceiveChannel[Event]:
+        """The stream of EVENT_PAGE_REQUEST (body: ``request, device, pasid, iova, write,
+        domain``); answer each with :meth:`page_response`. From the first call on, page
+        requests no longer appear in :meth:`events`."""
+        if self._page_requests_recv is None:
+            send, recv = trio.open_memory_channel[Event](self._event_buffer)
+            self._page_requests, self._page_requests_recv = send, recv
+        return self._page_requests_recv
+
+    async def page_response(self, request: int, code: int = 0) -> None:
+        """Answer a page request: 0 SUCCESS (mapped now: the work resumes), 1 INVALID or
+        2 FAILURE (the work completes with a page-fault status)."""
+        await self.call(Command.PAGE_RESPONSE, {"request": request, "code": code})
 
     async def next_event(self, command: Command | None = None) -> Event:
         """The next event (of ``command``, when given; others are discarded)."""
@@ -462,6 +499,70 @@ class Client:
         body = {"device": device, "iova": iova, "length": length, "write": write, "pasid": pasid}
         return await self.call(Command.TRANSLATE, body)
 
+    # ---- accelerator ------------------------------------------------------------------------
+
+    async def open_mdev(self, uuid: str) -> Mdev:
+        """An :class:`~siov.mdev.Mdev` for an accelerator mdev you created."""
+        from .errors import NotFound
+        from .mdev import Mdev
+
+        for info in await self.devices():
+            if info["uuid"] == uuid.lower():
+                return Mdev(self, info)
+        raise NotFound(2, f"no device {uuid}")
+
+    async def create_dsa_mdev(
+        self, type_id: str = "dsa-1dwq", parent: str = "dsa0", uuid: str | None = None
+    ) -> Mdev:
+        """Create an accelerator mdev (``dsa-1dwq``: a dedicated WQ; ``dsa-1swq``: a share of
+        a shared WQ) and open it."""
+        from .mdev import Mdev
+
+        return Mdev(self, await self.create_mdev(parent, type_id, uuid))
+
+    async def accel_list(self) -> list[dict[str, Any]]:
+        """``accel-config list``: every device with its groups, engines and WQs."""
+        return list((await self.call(Command.ACCEL_LIST))["devices"])
+
+    async def accel_save_config(self) -> list[dict[str, Any]]:
+        """``accel-config save-config``: what ``accel_load_config`` takes back."""
+        return list((await self.call(Command.ACCEL_SAVE_CONFIG))["config"])
+
+    async def accel_load_config(
+        self, config: list[dict[str, Any]], *, enable: bool = False
+    ) -> list[dict[str, Any]]:
+        """``accel-config load-config [-e]`` (admin); the devices must be disabled."""
+        body = {"config": config, "enable": enable}
+        return list((await self.call(Command.ACCEL_LOAD_CONFIG, body))["devices"])
+
+    async def accel_config_device(self, device: str, **attrs: Any) -> dict[str, Any]:
+        body = {"device": device, "attrs": attrs}
+        return await self.call(Command.ACCEL_CONFIG_DEVICE, body)
+
+    async def accel_config_group(self, group: str, **attrs: Any) -> dict[str, Any]:
+        """``accel-config config-group dsa0/group0.0 ...`` (admin)."""
+        return await self.call(Command.ACCEL_CONFIG_GROUP, {"group": group, "attrs": attrs})
+
+    async def accel_config_engine(self, engine: str, **attrs: Any) -> dict[str, Any]:
+        """``accel-config config-engine dsa0/engine0.1 --group-id N`` (admin)."""
+        return await self.call(Command.ACCEL_CONFIG_ENGINE, {"engine": engine, "attrs": attrs})
+
+    async def accel_config_wq(self, wq: str, **attrs: Any) -> dict[str, Any]:
+        """``accel-config config-wq dsa0/wq0.1 ...`` (admin): ``mode``, ``size``, ..."""
+        return await self.call(Command.ACCEL_CONFIG_WQ, {"wq": wq, "attrs": attrs})
+
+    async def accel_enable_device(self, device: str) -> None:
+        await self.call(Command.ACCEL_ENABLE_DEVICE, {"device": device})
+
+    async def accel_disable_device(self, device: str) -> None:
+        await self.call(Command.ACCEL_DISABLE_DEVICE, {"device": device})
+
+    async def accel_enable_wq(self, wq: str) -> None:
+        await self.call(Command.ACCEL_ENABLE_WQ, {"wq": wq})
+
+    async def accel_disable_wq(self, wq: str) -> None:
+        await self.call(Command.ACCEL_DISABLE_WQ, {"wq": wq})
+
     async def aclose(self) -> None:
         self._raw.close()
         self._sock.close()
@@ -487,6 +588,7 @@ async def connect(
     error: Exception | None = None
     try:
         async with trio.open_nursery() as nursery:
+            client._nursery = nursery
             nursery.start_soon(client._reader)
             try:
                 await client.negotiate(name, key_path=key_path)

@@ -18,6 +18,7 @@ from siov_protocol import Command
 
 from . import __version__
 from .accel import Accelerators, DsaParent
+from .accel_runtime import AccelRuntime
 from .bus import Bus
 from .config import Config, ConfigError
 from .config import from_dict as config_from_dict
@@ -64,6 +65,8 @@ class Daemon:
         self.on_release(self._release_model)
         self.on_stats(lambda: {"iommu": self.iommu.stats()})
         self.on_counts(self._model_counts)
+        # Registered after the model: on release it cancels the session's waiting work first.
+        self.accel_runtime = AccelRuntime(self)
 
     # ---- the domain model's callbacks ----------------------------------------------------------
 

@@ -33,6 +33,7 @@ from siov_protocol import (
 from siov_protocol.schema import encode
 
 from .daemon import Daemon
+from .engines import daemon_tasks
 from .errors import SiovError
 from .handlers import Context, Handler, registry
 from .session import Phase, Session
@@ -365,6 +366,7 @@ class Server:
         tsock = trio.socket.from_stdlib_socket(listener)
         async with trio.open_nursery() as nursery:
             self.nursery = nursery
+            await nursery.start(daemon_tasks, self.daemon)
             task_status.started()
             with tsock:
                 while self.accepting:

@@ -228,10 +228,19 @@ class Executor:
                 else:
                     views, fault = dma.runs(addr, 32, True)
                     if fault is None:
+                        # The status byte goes last: software polls it, and another process
+                        # must not see it before the rest of the record.
                         if len(views) == 1:
-                            views[0][:] = raw
+                            view = views[0]
+                            view[1:] = raw[1:]
+                            view[0] = status
                         else:
-                            copy_views(views, [memoryview(raw)], 32)
+                            pos = len(views[0])
+                            for view in views[1:]:
+                                view[:] = raw[pos : pos + len(view)]
+                                pos += len(view)
+                            views[0][1:] = raw[1 : len(views[0])]
+                            views[0][0] = status
                         written = True
                     else:
                         events.append(

@@ -586,6 +586,12 @@ class WorkQueue:
         if self._inflight.pop(item.seq, None) is not None:
             self.stats.completed += 1
 
+    def cancel(self, item: WorkItem) -> None:
+        """Give up an item an engine took but never finished (its submitter went away while
+        it waited for a page response): it leaves the WQ counted as aborted, not completed."""
+        if self._inflight.pop(item.seq, None) is not None:
+            self.stats.aborted += 1
+
     def abort(self, owner: object = None) -> list[WorkItem]:
         """Remove queued descriptors (all, or those submitted with ``owner``) before an engine
         takes them; they will never complete. Returns them."""

@@ -72,12 +72,15 @@ class Iotlb:
         return entry
 
     def peek(self, tag: int, iova: int) -> Entry | None:
-        """Like :meth:`lookup` but without counting or marking (for tests and tools)."""
-        for level, shift in ((1, 12), (2, 21), (3, 30)):
-            entry = self._map.get((tag, iova >> shift, level))
-            if entry is not None:
-                return entry
-        return None
+        """Like :meth:`lookup` but without counting or marking (for tests, tools, and the DMA
+        fast path, which counts a hit only when it uses the entry)."""
+        get = self._map.get
+        entry = get((tag, iova >> 12, 1))
+        if entry is None:
+            entry = get((tag, iova >> 21, 2))
+            if entry is None:
+                entry = get((tag, iova >> 30, 3))
+        return entry
 
     # -- fill --------------------------------------------------------------------------------
 
