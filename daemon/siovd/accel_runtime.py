@@ -59,7 +59,6 @@ from siovd.accel import (
     PageResponse,
     SoftwareError,
     SubmitResult,
-    WorkItem,
 )
 from siovd.device import Device
 from siovd.dma import DmaSpace
@@ -202,7 +201,9 @@ class AccelRuntime:
     def _space(self, state: MdevState, pasid: int) -> DmaSpace:
         space = state.spaces.get(pasid)
         if space is None:
-            space = state.spaces[pasid] = self.daemon.iommu.dma_space(state.device, pasid)
+            space = state.spaces[pasid] = self.daemon.iommu.dma_space(
+                state.device, pasid, devtlb=True
+            )
         return space
 
     def outstanding(self, session_id: int) -> int:
@@ -246,28 +247,21 @@ class AccelRuntime:
         self._check_limit(state, count)
         tag = self._pasid(state, pasid)
         wq = state.mdev.wq
-        submit = wq.submit
-        uuid = state.uuid
-        results = bytearray(count)
-        accepted = 0
-        for index in range(count):
-            start = index * DSA_DESC_SIZE
-            result = submit(
-                descriptors[start : start + DSA_DESC_SIZE],
-                tag,
-                limited=limited,
-                owner=uuid,
-                irq_count=MDEV_IRQ_COUNT,
-            )
-            if result is SubmitResult.ACCEPTED:
-                accepted += 1
-            else:
-                results[index] = _RESULT_BYTE[result]
-        retry = results.count(SUBMIT_RETRY)
+        group = wq.group
+        if wq.occupancy and group is not None:
+            # Work left over from an earlier time slice: the device has had the time since
+            # then to run it, so it does, before these portal writes arrive.
+            self.run_group(group)
+        results = wq.submit_many(
+            descriptors, tag, limited=limited, owner=state.uuid, irq_count=MDEV_IRQ_COUNT
+        )
+        refused = count - results.count(SUBMIT_ACCEPTED)
+        accepted = count - refused
+        retry = results.count(SUBMIT_RETRY) if refused else 0
         self._accepted(state, accepted)
-        if accepted and wq.group is not None:
-            self.run_group(wq.group)
-        return accepted, retry, count - accepted - retry, bytes(results)
+        if accepted and group is not None:
+            self.run_group(group)
+        return accepted, retry, refused - retry, bytes(results)
 
     def portal_write(
         self, state: MdevState, offset: int, data: bytes, pasid: int | None = None
@@ -302,46 +296,70 @@ class AccelRuntime:
         if not engines:
             return False
         take = group.take
-        run = self._run
+        execute = self.executor.run
+        mdevs = self.mdevs
         clock = time.perf_counter
         deadline = clock() + time_slice
-        count = len(engines)
-        turn = 0
-        runs = self._engine_runs
-        while True:
-            item = take()
-            if item is None:
-                return False
-            current = engines[turn]
-            turn = turn + 1 if turn + 1 < count else 0
-            runs[current] = runs.get(current, 0) + 1
-            run(item)
-            if clock() > deadline:
-                self.wake_engines(group)
-                return True
+        taken = 0  # the engines take turns, from the first
+        owner: object = None
+        state: MdevState | None = None
+        pasid = -1
+        space: DmaSpace | None = None
+        done = 0  # completions of ``state`` not yet counted in it
+        try:
+            while True:
+                item = take()
+                if item is None:
+                    return False
+                taken += 1
+                if item.owner is not owner:
+                    if done:
+                        self._count_done(state, done)
+                        done = 0
+                    owner = item.owner
+                    state = mdevs.get(owner)  # type: ignore[call-overload]
+                    pasid = -1
+                if state is None:  # its mdev is gone; nothing may run on its behalf
+                    item.wq.cancel(item)
+                    continue
+                if item.pasid != pasid:
+                    pasid = item.pasid
+                    space = state.spaces.get(pasid) or self._space(state, pasid)
+                assert space is not None
+                outcome = execute(item, space)
+                if type(outcome) is Completed:
+                    done += 1
+                    item.wq.retire(item)
+                    if outcome.events:
+                        self._deliver(state, outcome.events)
+                    if outcome.interrupt:
+                        self._signal(state, outcome.int_handle)
+                else:
+                    assert isinstance(outcome, Blocked)
+                    self._block(state, outcome)
+                if clock() > deadline:
+                    self.wake_engines(group)
+                    return True
+        finally:
+            if done:
+                self._count_done(state, done)
+            runs = self._engine_runs
+            count = len(engines)
+            for index, current in enumerate(engines):
+                number = (taken - index + count - 1) // count
+                if number > 0:
+                    runs[current] = runs.get(current, 0) + number
 
-    def _run(self, item: WorkItem) -> None:
-        state = self.mdevs.get(item.owner)  # type: ignore[call-overload]
-        if state is None:  # its mdev is gone; nothing may run on its behalf
-            item.wq.cancel(item)
-            return
-        space = state.spaces.get(item.pasid)
-        if space is None:
-            space = self._space(state, item.pasid)
-        outcome = self.executor.run(item, space)
-        if type(outcome) is Completed:
-            self._complete(state, outcome)
-        else:
-            assert isinstance(outcome, Blocked)
-            self._block(state, outcome)
+    def _count_done(self, state: MdevState | None, done: int) -> None:
+        assert state is not None
+        state.outstanding -= done
+        self._session_outstanding[state.session] -= done
+        self.stats.completed += done
 
     def _complete(self, state: MdevState, outcome: Completed) -> None:
         item = outcome.item
         item.wq.retire(item)
-        state.outstanding -= 1
-        sid = state.session
-        self._session_outstanding[sid] -= 1
-        self.stats.completed += 1
+        self._count_done(state, 1)
         if outcome.events:
             self._deliver(state, outcome.events)
         if outcome.interrupt:

@@ -95,6 +95,7 @@ _unpack_desc_from = DESC_STRUCT.unpack_from
 _pack_comp = COMP_STRUCT.pack
 
 _WRITE_BIT: Final = DSA_COMP_STATUS_WRITE
+_INT_HANDLE_INVAL: Final = int(DsaCompStatus.INT_HANDLE_INVAL)
 
 _U32_ALL: Final = 0xFFFFFFFF
 _DELTA_ENTRY: Final = struct.Struct("<HQ")  # 10-byte delta record entry
@@ -150,7 +151,12 @@ class Executor:
         """:meth:`execute` with the DMA space already chosen."""
         desc = _unpack_desc(item.desc)
         events: list[AccelEvent] = []
-        res = self._exec_desc(item, dma, desc, None, events)
+        opcode = desc[1] >> 24
+        res = validate(item, desc, opcode, False)
+        if res is None:  # _exec_desc, inlined for the common case
+            res = _OPS[opcode](self, item, dma, desc, None, events)
+            if res[5] is not None and res[0] == PF_NOBOF:
+                res = self._faulted(item, desc, res)
         if res[0] == BLOCK:
             fault = res[5]
             assert fault is not None
@@ -193,12 +199,20 @@ class Executor:
             if error is not None:
                 return error
         res = _OPS[opcode](self, item, dma, desc, progress, events)
+        if res[5] is not None and res[0] == PF_NOBOF:
+            return self._faulted(item, desc, res)
+        return res
+
+    @staticmethod
+    def _faulted(item: WorkItem, desc: Desc, res: Res) -> Res:
+        """An operation stopped on a fault: block (BOF in the descriptor and on the WQ) or
+        complete partially, with the write bit for a write fault."""
         fault = res[5]
-        if fault is not None and res[0] == PF_NOBOF:
-            if desc[1] & IDXD_OP_FLAG_BOF and item.wq.block_on_fault:
-                return (BLOCK, res[1], res[2], res[3], res[4], fault, res[6])
-            if fault.write:
-                return (PF_NOBOF | _WRITE_BIT, res[1], res[2], res[3], res[4], fault, res[6])
+        assert fault is not None
+        if desc[1] & IDXD_OP_FLAG_BOF and item.wq.block_on_fault:
+            return (BLOCK, res[1], res[2], res[3], res[4], fault, res[6])
+        if fault.write:
+            return (PF_NOBOF | _WRITE_BIT, res[1], res[2], res[3], res[4], fault, res[6])
         return res
 
     def _finish(
@@ -284,8 +298,8 @@ class Executor:
         self, item: WorkItem, dma: DmaSpace, desc: Desc, res: Res, events: list[AccelEvent]
     ) -> Completed:
         raw, written = self._finish(item, dma, desc, res, events, None)
-        interrupt = bool(desc[1] & IDXD_OP_FLAG_RCI) and res[0] != DsaCompStatus.INT_HANDLE_INVAL
-        return Completed(item, raw, written, interrupt, desc[6], tuple(events))
+        interrupt = bool(desc[1] & IDXD_OP_FLAG_RCI) and res[0] != _INT_HANDLE_INVAL
+        return Completed(item, raw, written, interrupt, desc[6], tuple(events) if events else ())
 
     # -- operations ---------------------------------------------------------------------------
     # Each takes (item, dma, desc, progress, events) and returns a Res. ``progress`` is None on

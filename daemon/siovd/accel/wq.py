@@ -536,6 +536,62 @@ class WorkQueue:
         self.stats.submitted += 1
         return SubmitResult.ACCEPTED
 
+    def submit_many(
+        self,
+        descriptors: bytes,
+        pasid: int | None = None,
+        *,
+        limited: bool = False,
+        owner: object = None,
+        irq_count: int | None = None,
+    ) -> bytearray:
+        """:meth:`submit` for each 64-byte descriptor of ``descriptors`` in order (the SUBMIT
+        fast path); returns one :class:`SubmitResult` value per descriptor. The rules are
+        :meth:`submit`'s: once the WQ is full every later descriptor is refused too."""
+        if not self.enabled:
+            raise SiovError(errno.ENXIO, f"{self.path} is not enabled")
+        size = len(descriptors)
+        if size == 0 or size % DSA_DESC_SIZE:
+            raise SiovError(
+                errno.EINVAL, f"{self.path}: descriptors are 64 bytes each, got {size} bytes"
+            )
+        count = size // DSA_DESC_SIZE
+        results = bytearray(count)
+        queue = self._queue
+        if self.mode == "dedicated":
+            room = self.size - len(queue)
+            tag = self.pasid if self.pasid_en else 0
+            refused = SubmitResult.DROPPED
+        else:
+            if pasid is None:
+                raise SiovError(
+                    errno.EINVAL, f"{self.path} is shared: a submission needs the PASID (ENQCMD)"
+                )
+            if not 0 < pasid <= PASID_MAX:
+                raise SiovError(errno.EINVAL, f"{self.path}: PASID {pasid} out of range")
+            room = (self.threshold if limited else self.size) - len(queue)
+            tag = pasid
+            refused = SubmitResult.RETRY
+        taken = min(max(room, 0), count)
+        seq = self._seq
+        append = queue.append
+        for index in range(taken):
+            start = index * DSA_DESC_SIZE
+            seq += 1
+            item = WorkItem(self, descriptors[start : start + DSA_DESC_SIZE], tag, seq, owner, irq_count)
+            append(item)
+            if item.drain:
+                self._queued_drains += 1
+        self._seq = seq
+        self.stats.submitted += taken
+        if taken < count:
+            results[taken:] = bytes([refused]) * (count - taken)
+            if refused == SubmitResult.DROPPED:
+                self.stats.dropped += count - taken
+            else:
+                self.stats.retried += count - taken
+        return results
+
     # -- engines' side ------------------------------------------------------------------------
 
     def take(self) -> WorkItem | None:

@@ -15,6 +15,7 @@ from siovd.device import Device
 from siovd.dma import DmaFault
 from siovd.errors import SiovError
 from siovd.iommu.areas import Area, first_fit
+from siovd.iommu.devtlb import DevTlbDmaSpace
 from siovd.iommu.domain import Domain, DomainType
 from siovd.iommu.faults import FaultRecord
 from siovd.iommu.group import Group
@@ -78,6 +79,7 @@ class Iommu:
         self._blocking = Domain(0, DAEMON_OWNER, "*", DomainType.BLOCKED)
         self._lazy_pending = 0
         self.faults = 0
+        self.devtlb_hits = 0  # translations a device TLB answered without the IOTLB
         self.lazy_flushes = 0
         self.lazy_flushed_areas = 0
 
@@ -669,8 +671,13 @@ class Iommu:
 
     # -- DMA ---------------------------------------------------------------------------------
 
-    def dma_space(self, device: Device, pasid: int = 0) -> IommuDmaSpace:
-        """The DMA view of ``device`` tagged with ``pasid`` (0: no PASID)."""
+    def dma_space(
+        self, device: Device, pasid: int = 0, *, devtlb: bool = False
+    ) -> IommuDmaSpace | DevTlbDmaSpace:
+        """The DMA view of ``device`` tagged with ``pasid`` (0: no PASID). ``devtlb`` puts a
+        device TLB in front (an ATS device's translation cache, see :mod:`.devtlb`)."""
+        if devtlb:
+            return DevTlbDmaSpace(self, device, pasid)
         return IommuDmaSpace(self, device, pasid)
 
     def report_fault(self, device: Device, pasid: int, write: bool, failure: Failure) -> DmaFault:
@@ -747,6 +754,7 @@ class Iommu:
         out = self.iotlb.stats()
         out.update(
             faults=self.faults,
+            devtlb_hits=self.devtlb_hits,
             lazy_flushes=self.lazy_flushes,
             lazy_flushed_areas=self.lazy_flushed_areas,
             lazy_pending=self._lazy_pending,

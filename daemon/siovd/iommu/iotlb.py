@@ -50,6 +50,9 @@ class Iotlb:
         self.evictions = 0
         self.invalidations = 0  # invalidation requests handled
         self.invalidated_entries = 0
+        #: Grows whenever an entry may have left (invalidation or eviction): a device TLB
+        #: in front of this IOTLB stays valid only while it does not change.
+        self.generation = 0
 
     def __len__(self) -> int:
         return len(self._map)
@@ -102,6 +105,7 @@ class Iotlb:
         keys.add(key)
 
     def _make_room(self) -> None:
+        self.generation += 1
         m = self._map
         while True:
             key, entry = m.popitem(last=False)
@@ -218,6 +222,7 @@ class Iotlb:
         return n
 
     def _count(self, dropped: int) -> int:
+        self.generation += 1
         self.invalidations += 1
         self.invalidated_entries += dropped
         return dropped
@@ -247,6 +252,7 @@ class QemuPolicyIotlb(Iotlb):
         super().__init__(capacity)
 
     def _make_room(self) -> None:
+        self.generation += 1
         self.evictions += len(self._map)
         self._map.clear()
         self._by_tag.clear()
