@@ -15,6 +15,7 @@ import trio
 
 from .client import Client, Event, Reply, connect
 from .errors import ConnectionClosed, SiovError
+from .mdev import Mdev
 
 P = ParamSpec("P")
 R = TypeVar("R")
@@ -141,6 +142,92 @@ class BlockingClient:
     dma_read = _blocking(Client.dma_read)
     dma_write = _blocking(Client.dma_write)
     translate = _blocking(Client.translate)
+    page_response = _blocking(Client.page_response)
+    accel_list = _blocking(Client.accel_list)
+    accel_save_config = _blocking(Client.accel_save_config)
+    accel_load_config = _blocking(Client.accel_load_config)
+    accel_config_device = _blocking(Client.accel_config_device)
+    accel_config_group = _blocking(Client.accel_config_group)
+    accel_config_engine = _blocking(Client.accel_config_engine)
+    accel_config_wq = _blocking(Client.accel_config_wq)
+    accel_enable_device = _blocking(Client.accel_enable_device)
+    accel_disable_device = _blocking(Client.accel_disable_device)
+    accel_enable_wq = _blocking(Client.accel_enable_wq)
+    accel_disable_wq = _blocking(Client.accel_disable_wq)
+
+    def open_mdev(self, uuid: str) -> BlockingMdev:
+        """A :class:`BlockingMdev` for an accelerator mdev you created."""
+        return BlockingMdev(self, self._call(Client.open_mdev, uuid))
+
+    def create_dsa_mdev(
+        self, type_id: str = "dsa-1dwq", parent: str = "dsa0", uuid: str | None = None
+    ) -> BlockingMdev:
+        """Create an accelerator mdev and open it (see :meth:`Client.create_dsa_mdev`)."""
+        return BlockingMdev(self, self._call(Client.create_dsa_mdev, type_id, parent, uuid))
+
+    def _run(self, fn: Callable[..., Awaitable[R]], *args: Any, **kwargs: Any) -> R:
+        """Run ``fn(*args, **kwargs)`` on the client's trio thread."""
+        if self._token is None:
+            raise ConnectionClosed("the client is closed")
+
+        async def run() -> R:
+            return await fn(*args, **kwargs)
+
+        try:
+            return trio.from_thread.run(run, trio_token=self._token)
+        except trio.RunFinishedError:
+            raise ConnectionClosed("the client is closed") from None
 
 
-__all__ = ["BlockingClient", "SiovError"]
+def _mdev_blocking(
+    method: Callable[Concatenate[Mdev, P], Awaitable[R]],
+) -> Callable[Concatenate[BlockingMdev, P], R]:
+    def wrapper(self: BlockingMdev, /, *args: P.args, **kwargs: P.kwargs) -> R:
+        return self._owner._run(method, self.mdev, *args, **kwargs)
+
+    wrapper.__name__ = method.__name__
+    wrapper.__doc__ = method.__doc__
+    return wrapper
+
+
+class BlockingMdev:
+    """:class:`~siov.mdev.Mdev` with blocking methods (interrupts are still watched on the
+    client's trio thread, so :meth:`wait` wakes as soon as one arrives)."""
+
+    def __init__(self, owner: BlockingClient, mdev: Mdev) -> None:
+        self._owner = owner
+        self.mdev = mdev
+
+    @property
+    def uuid(self) -> str:
+        return self.mdev.uuid
+
+    @property
+    def info(self) -> dict[str, Any]:
+        return self.mdev.info
+
+    @property
+    def domain_id(self) -> int | None:
+        return self.mdev.domain_id
+
+    @property
+    def default_pasid(self) -> int:
+        return self.mdev.default_pasid
+
+    @property
+    def irq_counts(self) -> list[int]:
+        return self.mdev.irq_counts
+
+    submit = _mdev_blocking(Mdev.submit)
+    portal_write = _mdev_blocking(Mdev.portal_write)
+    read_registers = _mdev_blocking(Mdev.read_registers)
+    device_info = _mdev_blocking(Mdev.device_info)
+    region_info = _mdev_blocking(Mdev.region_info)
+    set_irqs = _mdev_blocking(Mdev.set_irqs)
+    disable_irqs = _mdev_blocking(Mdev.disable_irqs)
+    wait = _mdev_blocking(Mdev.wait)
+    run = _mdev_blocking(Mdev.run)
+    remove = _mdev_blocking(Mdev.remove)
+
+
+__all__ = ["BlockingClient", "BlockingMdev", "SiovError"]

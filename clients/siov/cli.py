@@ -7,6 +7,7 @@ client and its parsed arguments and returns something printable (a dict or a lis
 from __future__ import annotations
 
 import argparse
+import errno
 import json
 import sys
 import time
@@ -219,6 +220,113 @@ def cmd_translate(client: BlockingClient, args: argparse.Namespace) -> Any:
         fault = out["fault"]
         rows.append({"iova": hex(fault["iova"]), "phys": f"FAULT reason {fault['reason']:#x}"})
     return rows
+
+
+# ---- the accelerator (accel-config's commands and object names) ----------------------------
+
+_WQ_OPTIONS: tuple[tuple[str, str, str, Callable[[str], Any]], ...] = (
+    # (short, long, attribute, type): accel-config config-wq's options
+    ("-g", "--group-id", "group_id", int),
+    ("-s", "--wq-size", "size", int),
+    ("-p", "--priority", "priority", int),
+    ("-b", "--block-on-fault", "block_on_fault", int),
+    ("-t", "--threshold", "threshold", int),
+    ("-y", "--type", "type", str),
+    ("-n", "--name", "name", str),
+    ("-d", "--driver-name", "driver_name", str),
+    ("-m", "--mode", "mode", str),
+    ("-c", "--max-batch-size", "max_batch_size", int),
+    ("-x", "--max-transfer-size", "max_transfer_size", int),
+    ("-a", "--ats-disable", "ats_disable", int),
+    ("-r", "--prs-disable", "prs_disable", int),
+    ("-o", "--op-config", "op_config", str),
+)
+_GROUP_OPTIONS: tuple[tuple[str, str, Callable[[str], Any]], ...] = (
+    ("--read-buffers-reserved", "read_buffers_reserved", int),
+    ("--read-buffers-allowed", "read_buffers_allowed", int),
+    ("--use-read-buffer-limit", "use_read_buffer_limit", int),
+    ("--traffic-class-a", "traffic_class_a", int),
+    ("--traffic-class-b", "traffic_class_b", int),
+)
+
+
+def _accel_args(p: argparse.ArgumentParser) -> None:
+    sub = p.add_subparsers(dest="accel_command", required=True, metavar="ACTION")
+    sub.add_parser("list", help="devices, groups, engines and WQs as accel-config JSON")
+    device = sub.add_parser("config-device", help="set device attributes (admin)")
+    device.add_argument("device", help="e.g. dsa0")
+    device.add_argument("-l", "--read-buffer-limit", dest="read_buffer_limit", type=int)
+    group = sub.add_parser("config-group", help="set group attributes (admin)")
+    group.add_argument("group", help="e.g. dsa0/group0.0")
+    for flag, attr, kind in _GROUP_OPTIONS:
+        group.add_argument(flag, dest=attr, type=kind)
+    engine = sub.add_parser("config-engine", help="move an engine to a group (admin)")
+    engine.add_argument("engine", help="e.g. dsa0/engine0.1")
+    engine.add_argument("-g", "--group-id", dest="group_id", type=int)
+    wq = sub.add_parser("config-wq", help="set WQ attributes (admin)")
+    wq.add_argument("wq", help="e.g. dsa0/wq0.1")
+    for short, flag, attr, kind in _WQ_OPTIONS:
+        wq.add_argument(short, flag, dest=attr, type=kind)
+    for action, what in (("enable-device", "device"), ("disable-device", "device")):
+        sub.add_parser(action, help=f"{action.split('-')[0]} a device (admin)").add_argument(what)
+    for action in ("enable-wq", "disable-wq"):
+        sub.add_parser(action, help=f"{action.split('-')[0]} a WQ (admin)").add_argument("wq")
+    save = sub.add_parser("save-config", help="the configuration as load-config takes it")
+    save.add_argument("-s", "--saved-file", metavar="FILE", help="write it here (default: print)")
+    load = sub.add_parser("load-config", help="apply a saved configuration (admin)")
+    load.add_argument("-c", "--config", metavar="FILE", required=True)
+    load.add_argument("-e", "--enable", action="store_true", help="enable devices and WQs after")
+
+
+def _attrs(args: argparse.Namespace, names: Sequence[str]) -> dict[str, Any]:
+    return {name: getattr(args, name) for name in names if getattr(args, name) is not None}
+
+
+@command("accel", "the accelerator, as accel-config shows and configures it", _accel_args)
+def cmd_accel(client: BlockingClient, args: argparse.Namespace) -> Any:
+    action = args.accel_command
+    if action == "list":
+        devices = client.accel_list()
+        return devices if args.json else json.dumps(devices, indent=2)
+    if action == "config-device":
+        return client.accel_config_device(args.device, **_attrs(args, ["read_buffer_limit"]))
+    if action == "config-group":
+        attrs = _attrs(args, [attr for _, attr, _ in _GROUP_OPTIONS])
+        return client.accel_config_group(args.group, **attrs)
+    if action == "config-engine":
+        return client.accel_config_engine(args.engine, **_attrs(args, ["group_id"]))
+    if action == "config-wq":
+        return client.accel_config_wq(args.wq, **_attrs(args, [a for _, _, a, _ in _WQ_OPTIONS]))
+    if action == "enable-device":
+        client.accel_enable_device(args.device)
+        return {"enabled": args.device}
+    if action == "disable-device":
+        client.accel_disable_device(args.device)
+        return {"disabled": args.device}
+    if action == "enable-wq":
+        client.accel_enable_wq(args.wq)
+        return {"enabled": args.wq}
+    if action == "disable-wq":
+        client.accel_disable_wq(args.wq)
+        return {"disabled": args.wq}
+    if action == "save-config":
+        config = client.accel_save_config()
+        if args.saved_file:
+            with open(args.saved_file, "w") as fh:
+                json.dump(config, fh, indent=2)
+                fh.write("\n")
+            return {"saved": args.saved_file}
+        return config if args.json else json.dumps(config, indent=2)
+    assert action == "load-config"
+    try:
+        with open(args.config) as fh:
+            config = json.load(fh)
+    except (OSError, ValueError) as exc:
+        raise SiovError(errno.EINVAL, f"{args.config}: {exc}") from None
+    if isinstance(config, dict):
+        config = [config]
+    devices = client.accel_load_config(config, enable=args.enable)
+    return devices if args.json else json.dumps(devices, indent=2)
 
 
 # ---- main ----------------------------------------------------------------------------------

@@ -535,19 +535,19 @@ class Client:
         body = {"config": config, "enable": enable}
         return list((await self.call(Command.ACCEL_LOAD_CONFIG, body))["devices"])
 
-    async def accel_config_device(self, device: str, **attrs: Any) -> dict[str, Any]:
+    async def accel_config_device(self, device: str, /, **attrs: Any) -> dict[str, Any]:
         body = {"device": device, "attrs": attrs}
         return await self.call(Command.ACCEL_CONFIG_DEVICE, body)
 
-    async def accel_config_group(self, group: str, **attrs: Any) -> dict[str, Any]:
+    async def accel_config_group(self, group: str, /, **attrs: Any) -> dict[str, Any]:
         """``accel-config config-group dsa0/group0.0 ...`` (admin)."""
         return await self.call(Command.ACCEL_CONFIG_GROUP, {"group": group, "attrs": attrs})
 
-    async def accel_config_engine(self, engine: str, **attrs: Any) -> dict[str, Any]:
+    async def accel_config_engine(self, engine: str, /, **attrs: Any) -> dict[str, Any]:
         """``accel-config config-engine dsa0/engine0.1 --group-id N`` (admin)."""
         return await self.call(Command.ACCEL_CONFIG_ENGINE, {"engine": engine, "attrs": attrs})
 
-    async def accel_config_wq(self, wq: str, **attrs: Any) -> dict[str, Any]:
+    async def accel_config_wq(self, wq: str, /, **attrs: Any) -> dict[str, Any]:
         """``accel-config config-wq dsa0/wq0.1 ...`` (admin): ``mode``, ``size``, ..."""
         return await self.call(Command.ACCEL_CONFIG_WQ, {"wq": wq, "attrs": attrs})
 

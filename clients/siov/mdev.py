@@ -226,8 +226,12 @@ class Mdev:
 
     # -- completion ---------------------------------------------------------------------------
 
+    # The blocking client has no cancel scopes to put around a call, hence ``timeout``.
     async def wait(
-        self, record: memoryview | bytearray, *, timeout: float | None = None
+        self,
+        record: memoryview | bytearray,
+        *,
+        timeout: float | None = None,  # noqa: ASYNC109
     ) -> CompletionRecord:
         """Wait until the completion record (a 32-byte view of your memory) is written; return
         it decoded. ``TimeoutError`` after ``timeout`` seconds."""
@@ -253,7 +257,7 @@ class Mdev:
         record: memoryview | bytearray,
         *,
         pasid: int | None = None,
-        timeout: float | None = None,
+        timeout: float | None = None,  # noqa: ASYNC109 (see wait)
     ) -> CompletionRecord:
         """One-shot: clear ``record``, submit ``descriptor`` (whose completion address is
         ``record``'s IOVA) and wait for its completion. A descriptor the WQ did not take

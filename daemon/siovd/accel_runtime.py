@@ -365,9 +365,7 @@ class AccelRuntime:
         if outcome.interrupt:
             self._signal(state, outcome.int_handle)
 
-    def _deliver(
-        self, state: MdevState, events: tuple[Interrupt | SoftwareError, ...]
-    ) -> None:
+    def _deliver(self, state: MdevState, events: tuple[Interrupt | SoftwareError, ...]) -> None:
         for event in events:
             if isinstance(event, Interrupt):
                 self._signal(state, event.int_handle)
@@ -471,7 +469,8 @@ class AccelRuntime:
             raise SiovError(errno.ENOENT, f"no pending page request {request_id}")
         del self.requests[request_id]
         # iommufd: SUCCESS retries the access; INVALID and FAILURE both end it.
-        request.response = PageResponse.SUCCESS if code == PAGE_RESP_SUCCESS else PageResponse.INVALID
+        success = code == PAGE_RESP_SUCCESS
+        request.response = PageResponse.SUCCESS if success else PageResponse.INVALID
         self.stats.page_responses += 1
         request.wake()
 

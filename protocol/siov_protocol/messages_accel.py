@@ -146,7 +146,7 @@ class RegionWriteReply:
     result: int = u(*U8)  # SUBMIT_ACCEPTED / SUBMIT_RETRY / SUBMIT_DROPPED
 
 
-# ---- submission -----------------------------------------------------------------------------------
+# ---- submission ---------------------------------------------------------------------------
 
 
 @dataclass(frozen=True, slots=True)

@@ -578,7 +578,9 @@ class WorkQueue:
         for index in range(taken):
             start = index * DSA_DESC_SIZE
             seq += 1
-            item = WorkItem(self, descriptors[start : start + DSA_DESC_SIZE], tag, seq, owner, irq_count)
+            item = WorkItem(
+                self, descriptors[start : start + DSA_DESC_SIZE], tag, seq, owner, irq_count
+            )
             append(item)
             if item.drain:
                 self._queued_drains += 1

@@ -120,8 +120,8 @@ def device_set_irqs(ctx: Context, req: SetIrqs) -> dict[str, Any]:
     if data_type == IRQ_SET_DATA_EVENTFD:
         if len(ctx.fds) != req.count:
             raise SiovError(
-                errno.EINVAL, f"DATA_EVENTFD needs {req.count} eventfds (one per vector), "
-                f"got {len(ctx.fds)}"
+                errno.EINVAL,
+                f"DATA_EVENTFD needs {req.count} eventfds (one per vector), got {len(ctx.fds)}",
             )
         if not all(_is_eventfd(fd) for fd in ctx.fds):
             raise SiovError(errno.EINVAL, "every fd must be an eventfd")
