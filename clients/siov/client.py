@@ -564,6 +564,8 @@ class Client:
         await self.call(Command.ACCEL_DISABLE_WQ, {"wq": wq})
 
     async def aclose(self) -> None:
+        for mdev in list(self._mdevs.values()):
+            mdev.close()  # its eventfds
         self._raw.close()
         self._sock.close()
 

@@ -167,6 +167,8 @@ class AccelRuntime:
         self._next_request = 1
         self._session_outstanding: dict[int, int] = {}
         self._engine_runs: dict[Engine, int] = {}
+        #: How long one run of a group's engines may hold the event loop.
+        self.time_slice = TIME_SLICE_S
         #: Hooks the trio layer sets (siovd.engines): run a group's engines later; start a
         #: task that waits for a page request's answer.
         self.wake_engines: Callable[[Group], None] = lambda group: None
@@ -286,11 +288,9 @@ class AccelRuntime:
 
     # -- engines ------------------------------------------------------------------------------
 
-    def run_group(
-        self, group: Group, engine: Engine | None = None, time_slice: float = TIME_SLICE_S
-    ) -> bool:
+    def run_group(self, group: Group, engine: Engine | None = None) -> bool:
         """Let the group's engines (or just ``engine``) take and run descriptors until none is
-        left to take or ``time_slice`` is used up; then the engine tasks continue. Returns
+        left to take or :attr:`time_slice` is used up; then the engine tasks continue. Returns
         whether work was left."""
         engines = [engine] if engine is not None else group.engines
         if not engines:
@@ -299,7 +299,7 @@ class AccelRuntime:
         execute = self.executor.run
         mdevs = self.mdevs
         clock = time.perf_counter
-        deadline = clock() + time_slice
+        deadline = clock() + self.time_slice
         taken = 0  # the engines take turns, from the first
         owner: object = None
         state: MdevState | None = None
