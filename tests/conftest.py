@@ -81,6 +81,8 @@ def spawn_siovd(path: str, *args: str, env: dict[str, str] | None = None) -> Any
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         env=env,
+        # unbuffered: a reader that selects on the pipe must not find lines hidden in a buffer
+        bufsize=0,
     )
     deadline = time.monotonic() + 20
     while not _answers(path):

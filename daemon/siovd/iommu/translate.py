@@ -215,17 +215,13 @@ class IommuDmaSpace:
                         and region.base <= phys
                         and phys + length <= region.end
                         and region.owner == domain.owner
+                        and (not write or (flags & _RW_D == _RW_D and region.writable))
                     ):
+                        entry[E_REF] = 1
+                        iotlb.hits += 1
                         start = phys - region.base
-                        if flags & PTE_RW and region.writable:
-                            if not write or flags & _RW_D == _RW_D:
-                                entry[E_REF] = 1
-                                iotlb.hits += 1
-                                return [region.buf[start : start + length]], None
-                        elif not write:
-                            entry[E_REF] = 1
-                            iotlb.hits += 1
-                            return [region.buf[start : start + length].toreadonly()], None
+                        view = region.buf[start : start + length]
+                        return [view if region.writable else view.toreadonly()], None
         runs, failure = translate_runs(self._iommu, self.device, self.pasid, iova, length, write)
         views = [run.view() for run in runs]
         if failure is None:
