@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
+import trio
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from siov.keys import public_key_line, public_key_raw, sign_challenge
@@ -151,6 +152,12 @@ def test_nss_database_knows_root() -> None:
 
 def test_peer_credentials_of_a_socketpair() -> None:
     a, b = socket.socketpair()
+    with a, b:
+        assert peer_credentials(a) == (os.getpid(), os.getuid(), os.getgid())
+
+
+async def test_peer_credentials_of_a_trio_socket() -> None:
+    a, b = trio.socket.socketpair()
     with a, b:
         assert peer_credentials(a) == (os.getpid(), os.getuid(), os.getgid())
 
