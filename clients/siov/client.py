@@ -322,8 +322,12 @@ class Client:
     async def unregister_device(self, uuid: str) -> None:
         await self.call(Command.BUS_UNREGISTER_DEVICE, {"uuid": uuid})
 
-    async def claim_device(self, uuid: str, token: str) -> dict[str, Any]:
-        return await self.call(Command.DEVICE_CLAIM, {"uuid": uuid, "token": token})
+    async def claim_device(self, uuid: str, token: str | None = None) -> dict[str, Any]:
+        """Own an emulator's device (with its token) or a started definition's mdev."""
+        body: dict[str, Any] = {"uuid": uuid}
+        if token is not None:
+            body["token"] = token
+        return await self.call(Command.DEVICE_CLAIM, body)
 
     async def group(self, group_id: int) -> dict[str, Any]:
         return await self.call(Command.GROUP_INFO, {"group": group_id})
