@@ -141,6 +141,11 @@ class BlockingClient:
     dma_read = _blocking(Client.dma_read)
     dma_write = _blocking(Client.dma_write)
     translate = _blocking(Client.translate)
+    define = _blocking(Client.define)
+    undefine = _blocking(Client.undefine)
+    start = _blocking(Client.start)
+    stop = _blocking(Client.stop)
+    defined = _blocking(Client.defined)
 
 
 __all__ = ["BlockingClient", "SiovError"]

@@ -8,6 +8,7 @@ requests by msg_id, and daemon events arrive on :meth:`Client.events`.
 from __future__ import annotations
 
 import array
+import errno
 import os
 import socket
 from collections.abc import AsyncIterator, Sequence
@@ -30,7 +31,7 @@ from siov_protocol import (
 )
 
 from .buffers import Buffer, memfd, page_align
-from .errors import ConnectionClosed, SiovError, error_for
+from .errors import ConnectionClosed, PermissionDenied, SiovError, error_for
 
 RECV_SIZE = 256 * 1024
 ANC_SIZE = socket.CMSG_SPACE(253 * 4)
@@ -244,7 +245,18 @@ class Client:
         if mode == "peercred":
             self.identity = await self.call(Command.AUTH, {})
         elif mode == "key":
-            raise SiovError(13, "the daemon asks for key authentication, not available yet")
+            if key_path is None:
+                raise PermissionDenied(
+                    errno.EACCES, "the daemon asks for key authentication: pass key_path"
+                )
+            from .keys import load_private_key, sign_challenge
+
+            public_key, signature = sign_challenge(
+                load_private_key(key_path), bytes(self.version["nonce"])
+            )
+            self.identity = await self.call(
+                Command.AUTH, {"public_key": public_key, "signature": signature}
+            )
 
     async def ping(self, payload: bytes | None = None) -> bytes | None:
         body = await self.call(Command.PING, {"payload": payload} if payload is not None else None)
@@ -466,6 +478,51 @@ class Client:
         body = {"device": device, "iova": iova, "length": length, "write": write, "pasid": pasid}
         return await self.call(Command.TRANSLATE, body)
 
+    # ---- persistent definitions (mdevctl style) ---------------------------------------------
+
+    async def define(
+        self,
+        parent: str,
+        mdev_type: str | None = None,
+        *,
+        uuid: str | None = None,
+        start: str = "manual",
+        attrs: list[dict[str, str]] | None = None,
+        config: dict[str, Any] | None = None,
+    ) -> dict[str, Any]:
+        """Persist an mdev definition (admin); ``config`` is mdevctl's single-definition JSON."""
+        body: dict[str, Any] = {"parent": parent, "start": start}
+        for key, value in (("mdev_type", mdev_type), ("uuid", uuid), ("config", config)):
+            if value is not None:
+                body[key] = value
+        if attrs:
+            body["attrs"] = attrs
+        return await self.call(Command.MDEV_DEFINE, body)
+
+    async def undefine(self, uuid: str, parent: str | None = None) -> None:
+        body: dict[str, Any] = {"uuid": uuid}
+        if parent is not None:
+            body["parent"] = parent
+        await self.call(Command.MDEV_UNDEFINE, body)
+
+    async def start(self, uuid: str) -> dict[str, Any]:
+        """Create a defined mdev (owned by the host until someone claims it)."""
+        return await self.call(Command.MDEV_START, {"uuid": uuid})
+
+    async def stop(self, uuid: str) -> None:
+        await self.call(Command.MDEV_STOP, {"uuid": uuid})
+
+    async def defined(
+        self, *, parent: str | None = None, uuid: str | None = None
+    ) -> dict[str, Any]:
+        """``{definitions: [...], dumpjson: [...]}``, or with ``uuid`` one ``config``."""
+        body: dict[str, Any] = {}
+        if parent is not None:
+            body["parent"] = parent
+        if uuid is not None:
+            body["uuid"] = uuid
+        return await self.call(Command.MDEV_LIST_DEFINED, body)
+
     async def aclose(self) -> None:
         self._raw.close()
         self._sock.close()
@@ -479,8 +536,13 @@ async def connect(
     key_path: str | None = None,
     event_buffer: int = 4096,
 ) -> AsyncIterator[Client]:
-    """Connect to siovd, negotiate, authenticate if asked, and yield a :class:`Client`."""
+    """Connect to siovd, negotiate, authenticate if asked, and yield a :class:`Client`.
+
+    ``path`` defaults to ``$SIOV_SOCKET`` or the daemon's default socket; ``key_path`` (for
+    key authentication) to ``$SIOV_KEY``.
+    """
     path = path or default_socket_path()
+    key_path = key_path or os.environ.get("SIOV_KEY")
     sock = trio.socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     try:
         await sock.connect(path)

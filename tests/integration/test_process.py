@@ -53,7 +53,15 @@ def test_stale_socket_is_replaced(sock_dir: str) -> None:
 
 def test_a_live_daemon_is_not_replaced(siovd_proc: DaemonProcess) -> None:
     out = subprocess.run(
-        [sys.executable, "-m", "siovd", "--socket", siovd_proc.path, "--state-dir", siovd_proc.path + ".s2"],
+        [
+            sys.executable,
+            "-m",
+            "siovd",
+            "--socket",
+            siovd_proc.path,
+            "--state-dir",
+            siovd_proc.path + ".s2",
+        ],
         capture_output=True,
         timeout=30,
     )
