@@ -16,6 +16,7 @@ from .errors import (
     SiovError,
     TryAgain,
 )
+from .reconnect import run_with_reconnect, wait_for_daemon
 
 __version__ = "0.1.0"
 
@@ -38,4 +39,6 @@ __all__ = [
     "TryAgain",
     "connect",
     "default_socket_path",
+    "run_with_reconnect",
+    "wait_for_daemon",
 ]
