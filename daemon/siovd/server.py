@@ -30,6 +30,7 @@ from siov_protocol import (
     Role,
     decode,
 )
+from siov_protocol.header import FLAG_NO_REPLY
 from siov_protocol.schema import encode
 
 from .daemon import Daemon
@@ -184,7 +185,10 @@ class ClientConnection:
                     break
                 if isinstance(event, BadMessage):
                     close_fds(event.fds)
-                    await self.reply_error(event.msg_id, event.command, event.errno, event.reason)
+                    if not event.flags & FLAG_NO_REPLY:  # SPEC §5: not even an error reply
+                        await self.reply_error(
+                            event.msg_id, event.command, event.errno, event.reason
+                        )
                     continue
                 assert isinstance(event, Message)
                 await self.dispatch(event)
