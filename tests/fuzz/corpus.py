@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import enum
+import functools
 import random
 import struct
 import types
@@ -154,14 +155,27 @@ def value_for(tp: Any, meta: dict[str, Any], name: str, rng: random.Random, valu
     raise TypeError(f"no generator for schema type {tp!r}")
 
 
+@functools.cache
+def schema_fields(schema: type) -> list[tuple[str, Any, dict[str, Any], bool]]:
+    """``(name, type, metadata, required)`` of each field of a schema dataclass."""
+    hints = typing.get_type_hints(schema)
+    return [
+        (
+            f.name,
+            hints[f.name],
+            dict(f.metadata),
+            f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING,
+        )
+        for f in dataclasses.fields(schema)
+    ]
+
+
 def valid_body(schema: type, rng: random.Random, values: Values) -> dict[str, Any]:
     """A body ``siov_protocol.decode`` accepts; optional fields are present about half the time."""
-    hints = typing.get_type_hints(schema)
     out: dict[str, Any] = {}
-    for f in dataclasses.fields(schema):
-        required = f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING
+    for name, tp, meta, required in schema_fields(schema):
         if required or rng.random() < 0.5:
-            out[f.name] = value_for(hints[f.name], dict(f.metadata), f.name, rng, values)
+            out[name] = value_for(tp, meta, name, rng, values)
     return out
 
 
@@ -197,6 +211,10 @@ def _nest(depth: int, container: bytes, leaf: bytes = b"\xc0") -> bytes:
     return container * depth + leaf
 
 
+#: A map of 4096 unknown keys.
+WIDE_MAP = b"\xde\x10\x00" + b"".join(body(f"k{i}") + b"\xc0" for i in range(4096))
+
+
 def hostile_payloads(rng: random.Random) -> bytes:
     """Raw msgpack that is malformed, enormous by declaration, or nested without end."""
     depth = rng.choice([31, 32, 33, 64, 1024, 1025, 20000])
@@ -222,7 +240,7 @@ def hostile_payloads(rng: random.Random) -> bytes:
         lambda: b"\x80\x80",  # trailing object
         lambda: b"\x82\xa4size\x01\xa4size\x02",  # duplicate keys
         lambda: b"\xdc\xff\xff" + b"\xc0" * 65535,  # a big, legal array (not a map)
-        lambda: b"\xde\x10\x00" + b"".join(body(f"k{i}") + b"\xc0" for i in range(4096)),
+        lambda: WIDE_MAP,
         lambda: b"\x81\xa7payload\xcb" + struct.pack(">d", float("nan")),
         lambda: b"\x81\xa4size\xd3\x80\x00\x00\x00\x00\x00\x00\x00",  # int64 min
         lambda: rng.randbytes(rng.randrange(1, 64)),
@@ -233,7 +251,7 @@ def hostile_payloads(rng: random.Random) -> bytes:
 
 def hostile_body(schema: type, rng: random.Random, values: Values) -> bytes:
     """A body for ``schema`` that the daemon must refuse field by field, or as a whole."""
-    fields = [f.name for f in dataclasses.fields(schema)]
+    fields = [name for name, _, _, _ in schema_fields(schema)]
     base = valid_body(schema, rng, values)
     roll = rng.random()
     if fields and roll < 0.45:  # one field of the wrong type (or out of range)
@@ -258,7 +276,8 @@ def valid_frame(rng: random.Random, values: Values, msg_id: int) -> tuple[int, b
     return command, frame(msg_id, command, body(valid_body(schema, rng, values)))
 
 
-SOUND_FLAGS = [0, 0, 0, 0x10, 0x20, 0x30]  # command, no-reply, error bit: all framable
+# A command, no-reply, the error bit: all framable.
+SOUND_FLAGS = [0, 0, 0, 0, 0, 0, 0, 0, 0x10, 0x20, 0x30]
 BAD_FLAGS = [0x1, 0x11, 0x2, 0xF, 0x40, 0x80, 0x8000_0000, 0xFFFF_FFFF]
 
 

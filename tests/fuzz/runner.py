@@ -16,7 +16,7 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 
@@ -27,6 +27,7 @@ from siov.keys import generate_keypair, public_key_line, sign_challenge
 from siov_protocol import Command
 from tests.conftest import _answers
 from tests.fuzz import corpus
+from tests.fuzz.frame_strategies import Batch
 from tests.fuzz.wire import (
     Plan,
     Received,
@@ -195,16 +196,20 @@ def populate(sock: socket.socket, msg_id: int, values: corpus.Values) -> int:
 
 
 def make_fds(rng: random.Random, count: int) -> list[int]:
-    """Pipes, memfds, sockets and /dev/null: kinds a daemon might mistake for memory."""
+    return fds_of_kinds([rng.randrange(4) for _ in range(count)], rng.choice([4096, 65536]))
+
+
+def fds_of_kinds(kinds: Sequence[int], memfd_size: int = 4096) -> list[int]:
+    """Pipes (0), memfds (1), sockets (2) and /dev/null (3): kinds a daemon might mistake for
+    memory, or leak."""
     out: list[int] = []
-    for _ in range(count):
-        kind = rng.randrange(4)
+    for kind in kinds:
         if kind == 0:
             r, w = os.pipe()
             out.append(w)
             os.close(r)
         elif kind == 1:
-            out.append(memfd(rng.choice([4096, 8192, 65536])))
+            out.append(memfd(memfd_size))
         elif kind == 2:
             a, b = socket.socketpair()
             out.append(a.detach())
@@ -357,3 +362,44 @@ class Bystander(threading.Thread):
             raise AssertionError(f"bystander failed: {self.error!r}") from self.error
         assert self.rounds > 0, "the bystander completed no round"
         return self.rounds
+
+
+# ---- the hypothesis fuzzer's connections -------------------------------------------------------
+
+
+def run_batch(daemon: FuzzDaemon, batch: Batch, conn_no: int) -> Tally:
+    """One connection carrying a hypothesis batch, bracketed by token PINGs, checked like the
+    mutation fuzzer's."""
+    sock, _ = open_session(daemon, batch.role)
+    fds: list[int] = []
+    try:
+        plan = Plan()
+
+        def token(where: str) -> None:
+            payload = f"hyp-{conn_no}-{where}".encode()
+            plan.add(frame(0xFFFF, Command.PING, body({"payload": payload})), token=True)
+
+        token("first")
+        for f in batch.frames:
+            made = fds_of_kinds(f.fd_kinds)
+            fds += made
+            plan.add(f.data, tuple(made))
+        token("last")
+        if batch.breaker is not None:
+            plan.add(batch.breaker)
+        if batch.role is None:
+            plan.tokens.clear()
+        stream = plan.stream
+        framed, consumed = frame_stream(stream)
+        closes = bool(framed) and framed[-1].bad is not None
+        data, closed = exchange(
+            sock, plan.chunks, replies_expected=expected_replies(framed), expect_close=closes
+        )
+        tally = account(stream, plan.frames, plan.tokens, data, closed)
+        tally.frames_unread = sum(start >= consumed for start in plan.starts)
+        tally.fds_sent = len(fds)
+        return tally
+    finally:
+        sock.close()
+        for fd in fds:
+            os.close(fd)

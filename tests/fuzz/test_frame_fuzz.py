@@ -19,14 +19,17 @@ import time
 from collections.abc import Iterator
 
 import pytest
+from hypothesis import HealthCheck, Phase, given, seed, settings
 
 import siov
 from tests.fuzz.conftest import FRAMES, SEED, SUMMARY
-from tests.fuzz.runner import Bystander, FuzzDaemon, fuzz_daemon, run_connection
+from tests.fuzz.frame_strategies import Batch, batches
+from tests.fuzz.runner import Bystander, FuzzDaemon, fuzz_daemon, run_batch, run_connection
 from tests.fuzz.wire import Tally, fd_count, memfd_maps, rss_kib, settle
 
 WORKERS = 4
-MUTATION_SHARE = 0.75  # of FRAMES; the hypothesis fuzzer sends the rest
+MUTATION_SHARE = 0.95  # of FRAMES; the (slower to generate) hypothesis fuzzer sends the rest
+HYPOTHESIS_FRAMES_PER_EXAMPLE = 5  # a batch averages more; the total is asserted
 
 
 @pytest.fixture(scope="module")
@@ -112,6 +115,40 @@ def test_mutation_fuzz(daemon: FuzzDaemon) -> None:
         rss_after = rss_kib(daemon.pid)
         base.check()
     line = summary("mutation fuzzer", total, elapsed, (base.rss, rss_after), rounds)
+    SUMMARY.append(line)
+    print(line)
+    assert total.frames_framed >= target, line
+    assert total.closes > 0 and total.error_replies > 0 and total.tokens > 0, line
+
+
+def test_hypothesis_fuzz(daemon: FuzzDaemon) -> None:
+    target = FRAMES - int(FRAMES * MUTATION_SHARE)
+    total = Tally()
+    conn_no = iter(range(1 << 30))
+
+    @settings(
+        max_examples=max(20, target // HYPOTHESIS_FRAMES_PER_EXAMPLE),
+        deadline=None,
+        database=None,
+        phases=[Phase.explicit, Phase.generate, Phase.shrink],
+        suppress_health_check=list(HealthCheck),
+    )
+    @seed(SEED)
+    @given(batch=batches)
+    def fuzz(batch: Batch) -> None:
+        total.add(run_batch(daemon, batch, next(conn_no)))
+
+    with siov.BlockingClient(daemon.path, key_path=daemon.admin_key) as observer:
+        base = Baseline(daemon, observer)
+        bystander = Bystander(daemon)
+        bystander.start()
+        start = time.monotonic()
+        fuzz()
+        elapsed = time.monotonic() - start
+        rounds = bystander.finish()
+        rss_after = rss_kib(daemon.pid)
+        base.check()
+    line = summary("hypothesis fuzzer", total, elapsed, (base.rss, rss_after), rounds)
     SUMMARY.append(line)
     print(line)
     assert total.frames_framed >= target, line
