@@ -7,15 +7,10 @@ a file (a pipe nobody reads would fill and stall the daemon) that the tests scan
 
 from __future__ import annotations
 
-import json
 import os
 import random
 import socket
-import subprocess
-import sys
-import tempfile
 import threading
-import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -25,7 +20,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 import siov
 from siov.keys import generate_keypair, public_key_line, sign_challenge
 from siov_protocol import Command
-from tests.conftest import _answers
+from tests.daemonproc import LoggedDaemon, logged_siovd
 from tests.fuzz import corpus
 from tests.fuzz.frame_strategies import Batch
 from tests.fuzz.wire import (
@@ -48,83 +43,38 @@ MiB = 1 << 20
 
 
 @dataclass
-class FuzzDaemon:
-    path: str
-    proc: subprocess.Popen[bytes]
-    log_path: str
-    user_key: str
-    admin_key: str
+class FuzzDaemon(LoggedDaemon):
+    """A logged siovd with key authentication: a user key and an admin key are authorized."""
+
+    user_key: str = ""
+    admin_key: str = ""
     keys: dict[str, Ed25519PrivateKey] = field(default_factory=dict)
-
-    @property
-    def pid(self) -> int:
-        return self.proc.pid
-
-    def alive(self) -> bool:
-        return self.proc.poll() is None
-
-    def log_entries(self) -> list[dict[str, object]]:
-        out = []
-        with open(self.log_path) as fh:
-            for line in fh:
-                line = line.strip()
-                if line.startswith("{"):
-                    out.append(json.loads(line))
-        return out
-
-    def failures_logged(self) -> list[dict[str, object]]:
-        """Log entries that mean a bug: a handler or a connection task that raised."""
-        bad = ("handler failed", "connection failed", "release failed")
-        return [e for e in self.log_entries() if e.get("event") in bad or e.get("exception")]
 
 
 @contextmanager
-def fuzz_daemon(config: str = "", *args: str) -> Iterator[FuzzDaemon]:
-    """siovd as a subprocess with a user key and an admin key authorized."""
-    with tempfile.TemporaryDirectory(prefix="siov-fz-", dir="/tmp") as tmp:
-        keys = {}
+def fuzz_daemon(config: str = "") -> Iterator[FuzzDaemon]:
+    keys: dict[str, Ed25519PrivateKey] = {}
+
+    def write_keys(tmp: str) -> str:
         lines = []
         for role in ("user", "admin"):
-            key_path = os.path.join(tmp, f"{role}.key")
-            keys[role] = generate_keypair(key_path, comment=f"fuzz-{role}")
+            keys[role] = generate_keypair(os.path.join(tmp, f"{role}.key"), f"fuzz-{role}")
             lines.append(f"role={role},name=fuzz-{role} {public_key_line(keys[role])}")
         authorized = os.path.join(tmp, "authorized_keys")
         with open(authorized, "w") as fh:
             fh.write("\n".join(lines) + "\n")
-        cfg = os.path.join(tmp, "siovd.toml")
-        with open(cfg, "w") as fh:
-            fh.write(f'[auth]\nmode = "key"\nauthorized_keys = "{authorized}"\n{config}\n')
-        path = os.path.join(tmp, "fz.sock")
-        log_path = os.path.join(tmp, "siovd.log")
-        state = os.path.join(tmp, "state")
-        argv = [sys.executable, "-m", "siovd", "--socket", path, "--config", cfg]
-        argv += ["--log-format", "json", "--state-dir", state, *args]
-        with open(log_path, "wb") as log:
-            proc = subprocess.Popen(
-                argv,
-                stdout=log,
-                stderr=log,
-            )
-        deadline = time.monotonic() + 20
-        while not _answers(path):
-            if proc.poll() is not None or time.monotonic() > deadline:
-                proc.kill()
-                with open(log_path) as fh:
-                    raise RuntimeError(f"siovd did not start: {fh.read()}")
-            time.sleep(0.02)
-        daemon = FuzzDaemon(
-            path, proc, log_path, os.path.join(tmp, "user.key"), os.path.join(tmp, "admin.key")
+        return f'[auth]\nmode = "key"\nauthorized_keys = "{authorized}"\n'
+
+    with logged_siovd(config, setup=write_keys) as d:
+        yield FuzzDaemon(
+            d.path,
+            d.proc,
+            d.log_path,
+            d.dir,
+            user_key=os.path.join(d.dir, "user.key"),
+            admin_key=os.path.join(d.dir, "admin.key"),
+            keys=keys,
         )
-        daemon.keys = keys
-        try:
-            yield daemon
-        finally:
-            proc.terminate()
-            try:
-                proc.wait(10)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
 
 
 # ---- one session's prelude -------------------------------------------------------------------

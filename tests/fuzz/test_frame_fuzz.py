@@ -22,10 +22,11 @@ import pytest
 from hypothesis import HealthCheck, Phase, given, seed, settings
 
 import siov
+from tests.daemonproc import settle
 from tests.fuzz.conftest import FRAMES, SEED, SUMMARY
 from tests.fuzz.frame_strategies import Batch, batches
 from tests.fuzz.runner import Bystander, FuzzDaemon, fuzz_daemon, run_batch, run_connection
-from tests.fuzz.wire import Tally, fd_count, memfd_maps, rss_kib, settle
+from tests.fuzz.wire import Tally
 
 WORKERS = 4
 MUTATION_SHARE = 0.95  # of FRAMES; the (slower to generate) hypothesis fuzzer sends the rest
@@ -44,20 +45,20 @@ class Baseline:
     def __init__(self, daemon: FuzzDaemon, observer: siov.BlockingClient) -> None:
         self.daemon = daemon
         self.observer = observer
-        self.fds = fd_count(daemon.pid)
-        self.maps = memfd_maps(daemon.pid)
+        self.fds = daemon.fds()
+        self.maps = daemon.memfd_maps()
         self.counts = self._counts()
-        self.rss = rss_kib(daemon.pid)
+        self.rss = daemon.rss_kib()
 
     def _counts(self) -> dict[str, int]:
         counts = self.observer.info()["counts"]
         return {k: counts[k] for k in ("clients", "memory_regions")}
 
     def check(self) -> None:
-        pid = self.daemon.pid
+        d = self.daemon
         settle(lambda: self._counts() == self.counts, f"sessions and regions {self.counts}")
-        settle(lambda: fd_count(pid) == self.fds, f"daemon fds back to {self.fds}")
-        settle(lambda: memfd_maps(pid) == self.maps, f"memfd mappings back to {self.maps}")
+        settle(lambda: d.fds() == self.fds, f"daemon fds back to {self.fds}")
+        settle(lambda: d.memfd_maps() == self.maps, f"memfd mappings back to {self.maps}")
         assert self.daemon.alive()
         assert self.daemon.failures_logged() == []
 
@@ -112,7 +113,7 @@ def test_mutation_fuzz(daemon: FuzzDaemon) -> None:
         if failures:
             raise failures[0]
         rounds = bystander.finish()
-        rss_after = rss_kib(daemon.pid)
+        rss_after = daemon.rss_kib()
         base.check()
     line = summary("mutation fuzzer", total, elapsed, (base.rss, rss_after), rounds)
     SUMMARY.append(line)
@@ -146,7 +147,7 @@ def test_hypothesis_fuzz(daemon: FuzzDaemon) -> None:
         fuzz()
         elapsed = time.monotonic() - start
         rounds = bystander.finish()
-        rss_after = rss_kib(daemon.pid)
+        rss_after = daemon.rss_kib()
         base.check()
     line = summary("hypothesis fuzzer", total, elapsed, (base.rss, rss_after), rounds)
     SUMMARY.append(line)

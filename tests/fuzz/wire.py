@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import array
 import errno
-import os
 import select
 import socket
 import struct
@@ -399,31 +398,3 @@ def account(
         assert echoes[payload] >= 1, f"token PING at {offset} was not echoed"
         tally.tokens += 1
     return tally
-
-
-# ---- the daemon process ----------------------------------------------------------------------
-
-
-def fd_count(pid: int) -> int:
-    return len(os.listdir(f"/proc/{pid}/fd"))
-
-
-def memfd_maps(pid: int, name: str = "memfd:") -> int:
-    with open(f"/proc/{pid}/maps") as fh:
-        return sum(name in line for line in fh)
-
-
-def rss_kib(pid: int) -> int:
-    with open(f"/proc/{pid}/status") as fh:
-        for line in fh:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1])
-    raise AssertionError("no VmRSS")
-
-
-def settle(check: Any, what: str, timeout: float = 10.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not check():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"did not settle: {what}")
-        time.sleep(0.02)
