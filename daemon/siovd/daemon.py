@@ -193,6 +193,7 @@ class Daemon:
     def release(self, session: Session) -> None:
         """Free everything ``session`` owned, newest area first."""
         self.sessions.pop(session.id, None)
+        self.counters["events_dropped"] += session.events_dropped  # stats outlive the session
         for fn in reversed(self._releasers):
             fn(session)
         for ev in session.events:
@@ -232,7 +233,8 @@ class Daemon:
 
     def stats(self) -> dict[str, Any]:
         out: dict[str, Any] = {"daemon": dict(self.counters)}
-        out["daemon"]["events_dropped"] = sum(s.events_dropped for s in self.sessions.values())
+        live = sum(s.events_dropped for s in self.sessions.values())
+        out["daemon"]["events_dropped"] = self.counters["events_dropped"] + live
         for fn in self._stats:
             out.update(fn())
         return out

@@ -41,6 +41,7 @@ from .session import Phase, Session
 log = structlog.get_logger("siovd.server")
 
 RECV_SIZE = 256 * 1024
+YIELD_EVERY = 16  # messages one connection handles before letting the others run
 MAX_FDS_RECEIVED = 253  # receive everything the kernel can carry, then judge it
 ANC_SIZE = socket.CMSG_SPACE(MAX_FDS_RECEIVED * 4)
 
@@ -160,6 +161,7 @@ class ClientConnection:
 
     async def read_loop(self) -> None:
         conn = self.conn
+        handled = 0
         while True:
             try:
                 data, anc, flags, _ = await self.sock.recvmsg(RECV_SIZE, ANC_SIZE)
@@ -183,6 +185,11 @@ class ClientConnection:
                     return
                 if event is NEED_DATA:
                     break
+                handled += 1
+                if handled % YIELD_EVERY == 0:
+                    # Sync handlers and writes that fit never yield: without this, one client's
+                    # pipelined burst would hold off every other client and its own event pump.
+                    await trio.lowlevel.checkpoint()
                 if isinstance(event, BadMessage):
                     close_fds(event.fds)
                     if not event.flags & FLAG_NO_REPLY:  # SPEC §5: not even an error reply
