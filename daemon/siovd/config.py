@@ -60,6 +60,9 @@ class LimitsConfig:
     domains: int = u(1, 1 << 20, default=256)
     mapped_bytes: int = u(0, 1 << 48, default=64 << 30)
     outstanding_descriptors: int = u(1, 1 << 24, default=65536)
+    #: Requests of one connection whose handlers are still running (those that wait, such as a
+    #: page request); past it a request gets EAGAIN, so pipelining cannot pile up tasks.
+    requests_in_flight: int = u(1, 1 << 20, default=4096)
 
 
 @dataclass(frozen=True, slots=True)

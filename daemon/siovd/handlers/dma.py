@@ -16,6 +16,11 @@ from ..dma import DmaFault
 from ..errors import SiovError
 from .registry import Context, registry
 
+#: An encoded run is at most this long (a map of four u64 fields); REPLY_SLACK covers the rest
+#: of a TRANSLATE reply (header, ``translated``, ``fault``).
+RUN_BYTES = 64
+REPLY_SLACK = 256
+
 
 def fault_info(fault: DmaFault) -> dict[str, Any]:
     return {"iova": fault.iova, "write": fault.write, "reason": fault.reason, "pasid": fault.pasid}
@@ -58,7 +63,11 @@ def translate(ctx: Context, req: Translate) -> dict[str, Any]:
         device = bus.device(None, req.device)
     else:
         device = bus.emulated_device(ctx.session.id, req.device)
-    runs, fault = ctx.daemon.iommu.translate(device, req.pasid, req.iova, req.length, req.write)
+    # One reply carries the runs: as many as fit the negotiated message size, no more.
+    max_runs = max(1, (ctx.session.max_msg_size - REPLY_SLACK) // RUN_BYTES)
+    runs, fault = ctx.daemon.iommu.translate(
+        device, req.pasid, req.iova, req.length, req.write, max_runs
+    )
     return {
         "runs": [{"iova": i, "phys": p, "length": n, "prot": prot} for i, p, n, prot in runs],
         "translated": sum(n for _, _, n, _ in runs),

@@ -131,6 +131,14 @@ def iova_to_phys(ctx: Context, req: IovaToPhys) -> dict[str, Any]:
 
 @registry.command(Command.DIRTY_BITMAP, DirtyBitmap)
 def dirty_bitmap(ctx: Context, req: DirtyBitmap) -> dict[str, Any]:
+    # Refuse before reading (and maybe clearing) D bits a reply could not carry.
+    fits = (ctx.session.max_msg_size - 64) * 8
+    if req.size // 4096 > fits:
+        raise SiovError(
+            errno.EMSGSIZE,
+            f"a bitmap of {req.size // 4096} pages does not fit one reply "
+            f"(max_msg_size {ctx.session.max_msg_size}: at most {fits} pages)",
+        )
     bitmap = ctx.daemon.iommu.dirty_bitmap(
         ctx.session.id, req.domain, req.iova, req.size, req.clear
     )

@@ -691,11 +691,18 @@ class Iommu:
         return DmaFault(failure.iova, write, failure.reason, pasid)
 
     def translate(
-        self, device: Device, pasid: int, iova: int, length: int, write: bool
+        self,
+        device: Device,
+        pasid: int,
+        iova: int,
+        length: int,
+        write: bool,
+        max_runs: int | None = None,
     ) -> tuple[list[TranslatedRun], DmaFault | None]:
         """ATS-like translation for an emulator that copies by itself: the contiguous runs
-        ``(iova, phys, length, prot)`` of the translated prefix, and the fault that ended it."""
-        runs, failure = translate_runs(self, device, pasid, iova, length, write)
+        ``(iova, phys, length, prot)`` of the translated prefix, and the fault that ended it.
+        At most ``max_runs`` runs: the prefix then ends where the next run would begin."""
+        runs, failure = translate_runs(self, device, pasid, iova, length, write, max_runs)
         out = [(r.iova, r.phys, r.length, r.prot) for r in runs]
         if failure is None:
             return out, None
