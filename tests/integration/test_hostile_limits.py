@@ -243,3 +243,49 @@ async def test_no_reply_exceeds_the_negotiated_size(small: RunningDaemon) -> Non
     assert small.daemon.counters["replies_too_large"] == 2
     assert await raw.call(Command.PING, {"payload": b"small"}) == {"payload": b"small"}
     raw.sock.close()
+
+
+async def test_translate_walks_a_bounded_number_of_pages(small: RunningDaemon) -> None:
+    """Regression: TRANSLATE walked its whole length page by page in one request (a client
+    could stall the daemon for a minute with 64 GiB of 4 KiB mappings)."""
+    from siovd.handlers.dma import TRANSLATE_MAX_PAGES
+
+    size = TRANSLATE_MAX_PAGES * PAGE + 16 * MiB
+    async with siov.connect(small.path) as c:
+        buf = await c.alloc(size)  # sparse: nothing here touches its pages
+        dev = (await c.register_device("big"))["uuid"]
+        dom = (await c.alloc_domain())["domain_id"]
+        await c.attach_device(dom, dev)
+        await c.map(dom, buf.phys, size, iova=PAGE)  # iova 4 KiB-aligned only: 4 KiB pages
+        first = await c.translate(dev, PAGE, size)
+        assert first["fault"] is None and first["translated"] == TRANSLATE_MAX_PAGES * PAGE
+        assert first["runs"] == [
+            {"iova": PAGE, "phys": buf.phys, "length": first["translated"], "prot": 3}
+        ]
+        rest = await c.translate(dev, PAGE + first["translated"], size - first["translated"])
+        assert rest["fault"] is None and rest["translated"] == 16 * MiB
+        buf.close()
+
+
+async def test_registered_memory_is_capped_in_bytes(nursery: trio.Nursery, sock_dir: str) -> None:
+    """A sparse memfd claims address space for nothing: the daemon counts registered bytes."""
+    cfg = make_config(limits={"memory_bytes": 4 * MiB})
+    running = await start_daemon(nursery, os.path.join(sock_dir, "b.sock"), cfg)
+    async with siov.connect(running.path) as c:
+        await c.alloc(2 * MiB)
+        await c.alloc(2 * MiB)
+        with pytest.raises(siov.SiovError) as info:
+            await c.alloc(4096)
+        assert info.value.errno == errno.ENOSPC
+        assert "limits.memory_bytes = 4194304 (4194304 registered, 4096 asked)" in str(info.value)
+    async with siov.connect(running.path) as c:  # a client's own budget, back when it leaves
+        huge = os.memfd_create("huge", os.MFD_ALLOW_SEALING)
+        os.ftruncate(huge, 1 << 40)  # a terabyte, all holes
+        try:
+            with pytest.raises(siov.SiovError) as info:
+                await c.register(huge, 1 << 40)
+            assert info.value.errno == errno.ENOSPC and "limits.memory_bytes" in str(info.value)
+        finally:
+            os.close(huge)
+        await c.alloc(4 * MiB)
+    running.server.nursery.cancel_scope.cancel()

@@ -20,6 +20,9 @@ from .registry import Context, registry
 #: of a TRANSLATE reply (header, ``translated``, ``fault``).
 RUN_BYTES = 64
 REPLY_SLACK = 256
+#: Page lookups one TRANSLATE may do (64 MiB of 4 KiB pages, 32 GiB of 2 MiB ones): a single
+#: request walking gigabytes page by page would hold up every other client.
+TRANSLATE_MAX_PAGES = 16384
 
 
 def fault_info(fault: DmaFault) -> dict[str, Any]:
@@ -66,7 +69,7 @@ def translate(ctx: Context, req: Translate) -> dict[str, Any]:
     # One reply carries the runs: as many as fit the negotiated message size, no more.
     max_runs = max(1, (ctx.session.max_msg_size - REPLY_SLACK) // RUN_BYTES)
     runs, fault = ctx.daemon.iommu.translate(
-        device, req.pasid, req.iova, req.length, req.write, max_runs
+        device, req.pasid, req.iova, req.length, req.write, max_runs, TRANSLATE_MAX_PAGES
     )
     return {
         "runs": [{"iova": i, "phys": p, "length": n, "prot": prot} for i, p, n, prot in runs],

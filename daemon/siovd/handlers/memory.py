@@ -64,8 +64,15 @@ def mem_register(ctx: Context, req: MemRegister) -> dict[str, Any]:
         raise SiovError(errno.EINVAL, f"access: {req.access!r} is not 'rw' or 'ro'")
     daemon, session = ctx.daemon, ctx.session
     limit = daemon.config.limits.memory_regions
-    if len(daemon.memory.regions(session.id)) >= limit:
+    mine = daemon.memory.regions(session.id)
+    if len(mine) >= limit:
         raise SiovError(errno.ENOSPC, f"limit reached: limits.memory_regions = {limit}")
+    have, limit = sum(r.size for r in mine), daemon.config.limits.memory_bytes
+    if have + req.size > limit:
+        raise SiovError(
+            errno.ENOSPC,
+            f"limit reached: limits.memory_bytes = {limit} ({have} registered, {req.size} asked)",
+        )
     fd = ctx.fds.pop()
     try:
         mapping = _seal_and_map(fd, req)

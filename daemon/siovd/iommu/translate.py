@@ -76,9 +76,11 @@ def translate_runs(
     length: int,
     write: bool,
     max_runs: int | None = None,
+    max_pages: int | None = None,
 ) -> tuple[list[Run], Failure | None]:
     """Translate ``[iova, iova + length)``; stop at the first address that does not translate,
-    or (without a failure) where a run past ``max_runs`` would begin."""
+    or (without a failure) where a run past ``max_runs`` would begin or after ``max_pages``
+    page lookups (each is a walk on a miss: the bound keeps one request short)."""
     if length <= 0:
         return [], None
     domain, tag_pasid = resolve(device, pasid)
@@ -87,7 +89,8 @@ def translate_runs(
     limit = max_runs if max_runs is not None else -1
     dtype = domain.type
     if dtype is DomainType.PAGING:
-        return _paging(iommu, domain, tag_pasid, iova, length, write, limit)
+        pages = max_pages if max_pages is not None else -1
+        return _paging(iommu, domain, tag_pasid, iova, length, write, limit, pages)
     if dtype is DomainType.IDENTITY:
         return _identity(iommu, domain, iova, length, write, limit)
     # VT-d blocks a PASID by clearing its entry's present bit.
@@ -123,6 +126,7 @@ def _paging(
     length: int,
     write: bool,
     max_runs: int,
+    max_pages: int,
 ) -> tuple[list[Run], Failure | None]:
     iotlb = iommu.iotlb
     lookup = iotlb.lookup
@@ -136,7 +140,8 @@ def _paging(
     r_region: Region | None = None
     r_end = 0  # end of r_region
     pos, end = iova, iova + length
-    while pos < end:
+    while pos < end and max_pages:
+        max_pages -= 1
         entry = lookup(tag, pos)
         if entry is None or (write and entry[2] & _RW_D != _RW_D):
             # Miss, or a write through an entry that is read-only or not yet dirty: walk (a
