@@ -12,8 +12,10 @@ from typing import Any
 FRAMES = int(os.environ.get("SIOV_FUZZ_FRAMES", "100000"))
 SEED = int(os.environ.get("SIOV_FUZZ_SEED", "20260"))
 
-#: One line per fuzz test, printed in the terminal summary (visible without ``-s``).
+#: One line per fuzz test, printed in the terminal summary (visible without ``-s``), and the
+#: frames each sent.
 SUMMARY: list[str] = []
+SENT: list[int] = []
 
 
 def pytest_terminal_summary(terminalreporter: Any) -> None:
@@ -21,3 +23,4 @@ def pytest_terminal_summary(terminalreporter: Any) -> None:
         terminalreporter.section("siov fuzz")
         for line in SUMMARY:
             terminalreporter.write_line(line)
+        terminalreporter.write_line(f"frames fuzzed in all: {sum(SENT)} (seed {SEED})")

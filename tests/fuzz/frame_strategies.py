@@ -137,6 +137,6 @@ class Batch:
 batches = st.builds(
     Batch,
     role=st.sampled_from(["user", "user", "user", "admin", None]),
-    frames=st.lists(fuzz_frames(), min_size=1, max_size=40),
+    frames=st.lists(fuzz_frames(), min_size=5, max_size=40),
     breaker=st.one_of(st.none(), st.none(), breakers()),
 )
