@@ -51,12 +51,15 @@ class Baseline:
         self.rss = daemon.rss_kib()
 
     def _counts(self) -> dict[str, int]:
-        counts = self.observer.info()["counts"]
-        return {k: counts[k] for k in ("clients", "memory_regions")}
+        """Everything a session can own, and what the IOMMU holds for it."""
+        counts = dict(self.observer.info()["counts"])
+        iommu = self.observer.stats()["iommu"]
+        counts.update({k: iommu[k] for k in ("pasids_allocated", "page_table_pages")})
+        return counts
 
     def check(self) -> None:
         d = self.daemon
-        settle(lambda: self._counts() == self.counts, f"sessions and regions {self.counts}")
+        settle(lambda: self._counts() == self.counts, f"objects back to {self.counts}")
         settle(lambda: d.fds() == self.fds, f"daemon fds back to {self.fds}")
         settle(lambda: d.memfd_maps() == self.maps, f"memfd mappings back to {self.maps}")
         assert self.daemon.alive()
