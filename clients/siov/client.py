@@ -86,6 +86,10 @@ class Client:
         self._events_send, self._events_recv = trio.open_memory_channel[Event](event_buffer)
         self.events_dropped = 0
         self._closed: SiovError | None = None
+        self._reading = False
+        self._waiters = 0
+        self._background_scope: trio.CancelScope | None = None
+        self._round_over = trio.Event()
         self.version: dict[str, Any] = {}
         self.identity: dict[str, Any] = {}
 
@@ -117,27 +121,72 @@ class Client:
                 anc = []
                 data = data[sent:]
 
-    async def _reader(self) -> None:
+    # ---- reading: one task at a time holds the baton ----------------------------------------
+    #
+    # Whoever waits for a reply reads the socket itself, so a reply wakes its requester
+    # directly instead of waking a reader task that then wakes the requester (one scheduler
+    # pass less per round trip). While nobody waits for a reply, a background task holds the
+    # baton so events keep flowing; a requester cancels that task's wait and takes over.
+
+    async def _read_round(self) -> None:
+        """Wait for data, receive one chunk, deliver every message in it."""
         conn = self._conn
         try:
-            while True:
-                data, anc, _flags, _ = await self._sock.recvmsg(RECV_SIZE, ANC_SIZE)
-                fds: list[int] = []
-                for level, kind, blob in anc:
-                    if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS:
-                        arr = array.array("i")
-                        arr.frombytes(blob[: len(blob) - len(blob) % arr.itemsize])
-                        fds.extend(arr)
-                conn.receive_data(data, fds)
-                if not data:
-                    self._fail(ConnectionClosed("the daemon closed the connection"))
-                    return
-                while (event := conn.next_event()) is not NEED_DATA:
-                    self._deliver(event)
+            data, anc, _flags, _ = await self._sock.recvmsg(RECV_SIZE, ANC_SIZE)
+            fds: list[int] = []
+            for level, kind, blob in anc:
+                if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS:
+                    arr = array.array("i")
+                    arr.frombytes(blob[: len(blob) - len(blob) % arr.itemsize])
+                    fds.extend(arr)
+            conn.receive_data(data, fds)
+            if not data:
+                self._fail(ConnectionClosed("the daemon closed the connection"))
+                return
+            while (event := conn.next_event()) is not NEED_DATA:
+                self._deliver(event)
         except ProtocolError as exc:
             self._fail(ConnectionClosed(f"protocol error from the daemon: {exc}"))
         except OSError as exc:
             self._fail(ConnectionClosed(f"connection lost: {exc}"))
+
+    async def _take_baton_and_read(self, scope: trio.CancelScope | None = None) -> None:
+        self._reading = True
+        self._background_scope = scope
+        try:
+            await self._read_round()
+        finally:
+            self._reading = False
+            self._background_scope = None
+            self._next_round()
+
+    def _next_round(self) -> None:
+        round_over, self._round_over = self._round_over, trio.Event()
+        round_over.set()
+
+    async def _reader(self) -> None:
+        """Hold the baton whenever no requester waits, so events are read while idle."""
+        while self._closed is None:
+            if self._reading or self._waiters:
+                await self._round_over.wait()
+                continue
+            with trio.CancelScope() as scope:
+                await self._take_baton_and_read(scope)
+
+    async def _wait_reply(self, pending: _Pending) -> None:
+        self._waiters += 1
+        try:
+            while not pending.done.is_set() and self._closed is None:
+                if not self._reading:
+                    await self._take_baton_and_read()
+                else:
+                    if self._background_scope is not None:
+                        self._background_scope.cancel()  # the idle reader yields the baton
+                    await self._round_over.wait()
+        finally:
+            self._waiters -= 1
+            if not self._waiters and not self._reading:
+                self._next_round()  # hand the baton back to the background reader
 
     def _deliver(self, event: Message | BadMessage | Any) -> None:
         if isinstance(event, BadMessage):
@@ -176,12 +225,15 @@ class Client:
         pending.done.set()
 
     def _fail(self, exc: SiovError) -> None:
+        if self._closed is not None:
+            return
         self._closed = exc
         for pending in self._pending.values():
             pending.error = exc
             pending.done.set()
         self._pending.clear()
         self._events_send.close()
+        self._round_over.set()
 
     # ---- requests -------------------------------------------------------------------------
 
@@ -198,14 +250,15 @@ class Client:
         pending = self._pending[msg_id] = _Pending()
         try:
             await self._send(data, fds)
-            await pending.done.wait()
+            await self._wait_reply(pending)
         finally:
             if not pending.done.is_set():
                 self._pending.pop(msg_id, None)
                 self._conn.forget(msg_id)
         if pending.error is not None:
             raise pending.error
-        assert pending.reply is not None
+        if pending.reply is None:
+            raise self._closed or ConnectionClosed("the connection closed")
         return pending.reply
 
     async def call(
