@@ -95,8 +95,14 @@ class Client:
 
     # ---- transport ------------------------------------------------------------------------
 
-    async def _send(self, data: bytes, fds: Sequence[int] = ()) -> None:
+    async def _send(self, data: bytes, fds: Sequence[int] = ()) -> bool:
+        """Write one whole message; return whether any byte went out before a cancellation.
+
+        A message is never left half-written: once its first byte is out, the rest is sent
+        shielded from cancellation, or the daemon would read the next message as garbage.
+        """
         anc = [(socket.SOL_SOCKET, socket.SCM_RIGHTS, array.array("i", fds))] if fds else []
+        sent = 0
         if not self._write_lock.locked():
             try:
                 sent = self._raw.sendmsg([data], anc)
@@ -105,21 +111,20 @@ class Client:
             except OSError as exc:
                 raise ConnectionClosed(f"send failed: {exc}") from None
             if sent == len(data):
-                return
-            if sent:
-                anc = []
-            data = data[sent:]
+                return True
         async with self._write_lock:
-            while data:
-                await trio.lowlevel.wait_writable(self._raw)
-                try:
-                    sent = self._raw.sendmsg([data], anc)
-                except BlockingIOError:
-                    continue
-                except OSError as exc:
-                    raise ConnectionClosed(f"send failed: {exc}") from None
-                anc = []
-                data = data[sent:]
+            with trio.CancelScope(shield=sent > 0) as scope:
+                while sent < len(data):
+                    await trio.lowlevel.wait_writable(self._raw)
+                    try:
+                        n = self._raw.sendmsg([data[sent:]], [] if sent else anc)
+                    except BlockingIOError:
+                        continue
+                    except OSError as exc:
+                        raise ConnectionClosed(f"send failed: {exc}") from None
+                    sent += n
+                    scope.shield = True
+        return True
 
     # ---- reading: one task at a time holds the baton ----------------------------------------
     #
@@ -211,8 +216,8 @@ class Client:
                     os.close(fd)
             return
         pending = self._pending.pop(event.msg_id, None)
-        if pending is None:  # the caller gave up waiting
-            for fd in event.fds:
+        if pending is None or pending.done.is_set():
+            for fd in event.fds:  # nobody waits (the caller gave up): drop the reply
                 os.close(fd)
             return
         if event.is_error:
@@ -248,13 +253,17 @@ class Client:
             raise self._closed
         msg_id, data = self._conn.send_command(command, body)
         pending = self._pending[msg_id] = _Pending()
+        sent = False
         try:
-            await self._send(data, fds)
+            sent = await self._send(data, fds)
             await self._wait_reply(pending)
         finally:
-            if not pending.done.is_set():
+            if not pending.done.is_set() and not sent:
+                # Never sent: no reply will come, the msg_id is free again.
                 self._pending.pop(msg_id, None)
                 self._conn.forget(msg_id)
+            # Sent but abandoned (cancelled): the entry stays until its reply arrives and is
+            # dropped by _deliver, so the reply is never mistaken for a protocol error.
         if pending.error is not None:
             raise pending.error
         if pending.reply is None:
