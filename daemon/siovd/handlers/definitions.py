@@ -10,12 +10,16 @@ from __future__ import annotations
 import errno
 from typing import Any
 
+import structlog
+
 from siov_protocol import Command
 from siov_protocol.messages_defs import MdevDefine, MdevDefinitionRef, MdevListDefined
 
 from ..definitions import Definition, DefinitionStore, dumpjson
 from ..errors import SiovError
 from .registry import Context, registry
+
+log = structlog.get_logger("siovd")
 
 
 def _store(ctx: Context) -> DefinitionStore:
@@ -49,6 +53,7 @@ def mdev_define(ctx: Context, req: MdevDefine) -> dict[str, Any]:
         definition = store.define(
             req.uuid, req.parent, req.mdev_type, start=req.start, attrs=req.attrs
         )
+    log.info("mdev defined", mdev=definition.uuid, parent=definition.parent)
     return _describe(ctx, definition)
 
 
@@ -59,6 +64,7 @@ def mdev_undefine(ctx: Context, req: MdevDefinitionRef) -> dict[str, Any]:
     if any(d.uuid == definition.uuid for d in ctx.daemon.bus.host_mdevs()):
         raise SiovError(errno.EBUSY, f"mdev {req.uuid} is running: stop it first")
     store.undefine(req.uuid, req.parent)
+    log.info("mdev undefined", mdev=req.uuid)
     return {}
 
 
@@ -66,12 +72,14 @@ def mdev_undefine(ctx: Context, req: MdevDefinitionRef) -> dict[str, Any]:
 def mdev_start(ctx: Context, req: MdevDefinitionRef) -> dict[str, Any]:
     _store(ctx)
     device = ctx.daemon.start_definition(req.uuid)
+    log.info("mdev started", mdev=req.uuid)
     return ctx.daemon.bus.describe(device)
 
 
 @registry.command(Command.MDEV_STOP, MdevDefinitionRef, admin=True)
 def mdev_stop(ctx: Context, req: MdevDefinitionRef) -> dict[str, Any]:
     ctx.daemon.bus.stop_host_mdev(req.uuid)
+    log.info("mdev stopped", mdev=req.uuid)
     return {}
 
 
