@@ -50,6 +50,7 @@ def daemon(extra_args: tuple[str, ...] = (), config: str | None = None) -> Itera
     with tempfile.TemporaryDirectory(prefix="siov-bench-") as tmp:
         path = os.path.join(tmp, "siovd.sock")
         args = [sys.executable, "-m", "siovd", "--socket", path, "--log-level", "warning"]
+        args += ["--state-dir", os.path.join(tmp, "state")]
         if config is not None:
             cfg = os.path.join(tmp, "siovd.toml")
             with open(cfg, "w") as fh:

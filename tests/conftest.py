@@ -38,11 +38,20 @@ async def start_daemon(
     nursery: trio.Nursery, path: str, cfg: siovd_config.Config | None = None
 ) -> RunningDaemon:
     cfg = cfg or make_config()
-    daemon = Daemon(cfg, path)
+    state = os.path.join(os.path.dirname(path), "state-" + os.path.basename(path))
+    daemon = Daemon(cfg, path, state_dir=state)
+    nursery.start_soon(_close_at_exit, daemon)
     server = Server(daemon)
     listener = bind_unix_socket(path, 0o600)
     await nursery.start(server.serve, listener)
     return RunningDaemon(path, daemon, server)
+
+
+async def _close_at_exit(daemon: Daemon) -> None:
+    try:
+        await trio.sleep_forever()
+    finally:
+        daemon.close()
 
 
 @pytest.fixture
@@ -76,13 +85,13 @@ def spawn_siovd(path: str, *args: str, env: dict[str, str] | None = None) -> Any
     import sys
     import time
 
+    if "--state-dir" not in args:
+        args = ("--state-dir", path + ".state", *args)
     proc = subprocess.Popen(
         [sys.executable, "-m", "siovd", "--socket", path, "--log-format", "json", *args],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         env=env,
-        # unbuffered: a reader that selects on the pipe must not find lines hidden in a buffer
-        bufsize=0,
     )
     deadline = time.monotonic() + 20
     while not _answers(path):

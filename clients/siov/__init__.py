@@ -17,6 +17,7 @@ from .errors import (
     TryAgain,
 )
 from .mdev import Mdev, SubmitResults
+from .reconnect import run_with_reconnect, wait_for_daemon
 
 __version__ = "0.1.0"
 
@@ -41,4 +42,6 @@ __all__ = [
     "TryAgain",
     "connect",
     "default_socket_path",
+    "run_with_reconnect",
+    "wait_for_daemon",
 ]

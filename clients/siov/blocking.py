@@ -154,6 +154,11 @@ class BlockingClient:
     accel_disable_device = _blocking(Client.accel_disable_device)
     accel_enable_wq = _blocking(Client.accel_enable_wq)
     accel_disable_wq = _blocking(Client.accel_disable_wq)
+    define = _blocking(Client.define)
+    undefine = _blocking(Client.undefine)
+    start = _blocking(Client.start)
+    stop = _blocking(Client.stop)
+    defined = _blocking(Client.defined)
 
     def open_mdev(self, uuid: str) -> BlockingMdev:
         """A :class:`BlockingMdev` for an accelerator mdev you created."""

@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import errno
 import json
+import os
 import sys
 import time
 from collections.abc import Callable, Sequence
@@ -134,10 +135,112 @@ def cmd_types(client: BlockingClient, args: argparse.Namespace) -> Any:
     return client.types()
 
 
-@command("list", "mediated and external devices on the bus", _all_arg)
+def _list_args(p: argparse.ArgumentParser) -> None:
+    _all_arg(p)
+    p.add_argument("-d", "--defined", action="store_true", help="persistent definitions")
+    p.add_argument("-u", "--uuid", help="with --defined: one definition (JSON: its config)")
+    p.add_argument("-p", "--parent", help="with --defined: one parent's definitions")
+
+
+@command("list", "devices on the bus, or persistent definitions with --defined", _list_args)
 def cmd_list(client: BlockingClient, args: argparse.Namespace) -> Any:
+    if args.defined:
+        out = client.defined(parent=args.parent, uuid=args.uuid)
+        if args.json:
+            # mdevctl's shapes: one definition's config, or the dumpjson list; both feed
+            # `siovctl define --jsonfile`.
+            return out["config"] if args.uuid else out["dumpjson"]
+        columns = ("uuid", "parent", "mdev_type", "start", "running", "claimed", "attrs")
+        return [{k: d[k] for k in columns} for d in out["definitions"]]
     columns = ("uuid", "parent", "type_id", "name", "group_id", "domain_id", "default_pasid")
     return [{k: d[k] for k in columns} for d in client.devices(everything=args.all)]
+
+
+def _define_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("-u", "--uuid", help="UUID (default: generated and printed)")
+    p.add_argument("-p", "--parent", help="parent device, e.g. dsa0")
+    p.add_argument("-t", "--type", dest="mdev_type", help="mdev type, e.g. dsa-1dwq")
+    start = p.add_mutually_exclusive_group()
+    start.add_argument("-a", "--auto", action="store_true", help="start with the daemon")
+    start.add_argument("-m", "--manual", action="store_true", help="start on request (default)")
+    p.add_argument(
+        "--addattr", action="append", default=[], metavar="NAME=VALUE", help="an attribute"
+    )
+    p.add_argument("--jsonfile", help="definition(s) as JSON: `list --defined --json` output")
+
+
+@command("define", "persist an mdev definition (admin)", _define_args)
+def cmd_define(client: BlockingClient, args: argparse.Namespace) -> Any:
+    if args.jsonfile:
+        with open(args.jsonfile) as fh:
+            data = json.load(fh)
+        if isinstance(data, list):  # the dumpjson list: [{parent: [{uuid: config}]}]
+            defined = []
+            for by_parent in data:
+                for parent, entries in by_parent.items():
+                    for entry in entries:
+                        for uuid, config in entry.items():
+                            defined.append(client.define(parent, uuid=uuid, config=config))
+            return [{"uuid": d["uuid"], "parent": d["parent"]} for d in defined]
+        if not args.parent:
+            raise SiovError(22, "define --jsonfile with one definition needs --parent")
+        return client.define(args.parent, uuid=args.uuid, config=data)
+    if not args.parent or not args.mdev_type:
+        raise SiovError(22, "define needs --parent and --type (or --jsonfile)")
+    attrs = []
+    for item in args.addattr:
+        name, sep, value = item.partition("=")
+        if not sep:
+            raise SiovError(22, f"--addattr {item!r}: expected NAME=VALUE")
+        attrs.append({name: value})
+    start = "auto" if args.auto else "manual"
+    return client.define(args.parent, args.mdev_type, uuid=args.uuid, start=start, attrs=attrs)
+
+
+def _uuid_opt(p: argparse.ArgumentParser) -> None:
+    p.add_argument("-u", "--uuid", required=True)
+    p.add_argument("-p", "--parent")
+
+
+@command("undefine", "remove a persistent definition (admin)", _uuid_opt)
+def cmd_undefine(client: BlockingClient, args: argparse.Namespace) -> Any:
+    client.undefine(args.uuid, args.parent)
+    return {"undefined": args.uuid}
+
+
+@command("start", "create a defined mdev now (admin)", _uuid_opt)
+def cmd_start(client: BlockingClient, args: argparse.Namespace) -> Any:
+    return client.start(args.uuid)
+
+
+@command("stop", "remove a started definition's mdev (admin)", _uuid_opt)
+def cmd_stop(client: BlockingClient, args: argparse.Namespace) -> Any:
+    client.stop(args.uuid)
+    return {"stopped": args.uuid}
+
+
+def _keygen_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("path", help="private key file to write (the public key goes to PATH.pub)")
+    p.add_argument("-C", "--comment", default="", help="comment for the public key line")
+
+
+@command("keygen", "write an Ed25519 key pair for key authentication", _keygen_args)
+def cmd_keygen(client: BlockingClient | None, args: argparse.Namespace) -> Any:
+    from .keys import fingerprint, generate_keypair, public_key_line
+
+    try:
+        key = generate_keypair(args.path, args.comment)
+    except FileExistsError as exc:
+        raise SiovError(17, f"{exc.filename} exists; not overwriting it") from None
+    return {
+        "private_key": args.path,
+        "public_key": args.path + ".pub",
+        "fingerprint": fingerprint(key),
+        "authorized_keys_line": public_key_line(key, args.comment),
+    }
+
+
+OFFLINE = {"keygen"}  # commands that need no daemon
 
 
 def _create_args(p: argparse.ArgumentParser) -> None:
@@ -338,7 +441,12 @@ def build_parser() -> argparse.ArgumentParser:
         "--socket", metavar="PATH", help=f"daemon socket (default {default_socket_path()})"
     )
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")
-    p.add_argument("--key", metavar="FILE", help="private key for key authentication")
+    p.add_argument(
+        "--key",
+        metavar="FILE",
+        default=os.environ.get("SIOV_KEY"),
+        help="private key for key authentication (default $SIOV_KEY)",
+    )
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for name, (_, setup, help_text) in COMMANDS.items():
         setup(sub.add_parser(name, help=help_text, description=help_text))
@@ -349,8 +457,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     fn = COMMANDS[args.command][0]
     try:
-        with BlockingClient(args.socket, name="siovctl", key_path=args.key) as client:
-            result = fn(client, args)
+        if args.command in OFFLINE:
+            result = fn(None, args)  # type: ignore[arg-type]
+        else:
+            with BlockingClient(args.socket, name="siovctl", key_path=args.key) as client:
+                result = fn(client, args)
     except SiovError as exc:
         print(f"siovctl: {args.command}: {exc}", file=sys.stderr)
         return 1

@@ -8,6 +8,7 @@ requests by msg_id, and daemon events arrive on :meth:`Client.events`.
 from __future__ import annotations
 
 import array
+import errno
 import os
 import socket
 from collections.abc import AsyncIterator, Sequence
@@ -30,7 +31,7 @@ from siov_protocol import (
 )
 
 from .buffers import Buffer, memfd, page_align
-from .errors import ConnectionClosed, SiovError, error_for
+from .errors import ConnectionClosed, PermissionDenied, SiovError, error_for
 
 if TYPE_CHECKING:
     from .mdev import Mdev
@@ -88,6 +89,10 @@ class Client:
         self._events_send, self._events_recv = trio.open_memory_channel[Event](event_buffer)
         self.events_dropped = 0
         self._closed: SiovError | None = None
+        self._reading = False
+        self._waiters = 0
+        self._background_scope: trio.CancelScope | None = None
+        self._round_over = trio.Event()
         self.version: dict[str, Any] = {}
         self.identity: dict[str, Any] = {}
         self._nursery: trio.Nursery | None = None  # set by connect(); Mdev eventfd pumps
@@ -98,8 +103,14 @@ class Client:
 
     # ---- transport ------------------------------------------------------------------------
 
-    async def _send(self, data: bytes, fds: Sequence[int] = ()) -> None:
+    async def _send(self, data: bytes, fds: Sequence[int] = ()) -> bool:
+        """Write one whole message; return whether any byte went out before a cancellation.
+
+        A message is never left half-written: once its first byte is out, the rest is sent
+        shielded from cancellation, or the daemon would read the next message as garbage.
+        """
         anc = [(socket.SOL_SOCKET, socket.SCM_RIGHTS, array.array("i", fds))] if fds else []
+        sent = 0
         if not self._write_lock.locked():
             try:
                 sent = self._raw.sendmsg([data], anc)
@@ -108,43 +119,87 @@ class Client:
             except OSError as exc:
                 raise ConnectionClosed(f"send failed: {exc}") from None
             if sent == len(data):
-                return
-            if sent:
-                anc = []
-            data = data[sent:]
+                return True
         async with self._write_lock:
-            while data:
-                await trio.lowlevel.wait_writable(self._raw)
-                try:
-                    sent = self._raw.sendmsg([data], anc)
-                except BlockingIOError:
-                    continue
-                except OSError as exc:
-                    raise ConnectionClosed(f"send failed: {exc}") from None
-                anc = []
-                data = data[sent:]
+            with trio.CancelScope(shield=sent > 0) as scope:
+                while sent < len(data):
+                    await trio.lowlevel.wait_writable(self._raw)
+                    try:
+                        n = self._raw.sendmsg([data[sent:]], [] if sent else anc)
+                    except BlockingIOError:
+                        continue
+                    except OSError as exc:
+                        raise ConnectionClosed(f"send failed: {exc}") from None
+                    sent += n
+                    scope.shield = True
+        return True
 
-    async def _reader(self) -> None:
+    # ---- reading: one task at a time holds the baton ----------------------------------------
+    #
+    # Whoever waits for a reply reads the socket itself, so a reply wakes its requester
+    # directly instead of waking a reader task that then wakes the requester (one scheduler
+    # pass less per round trip). While nobody waits for a reply, a background task holds the
+    # baton so events keep flowing; a requester cancels that task's wait and takes over.
+
+    async def _read_round(self) -> None:
+        """Wait for data, receive one chunk, deliver every message in it."""
         conn = self._conn
         try:
-            while True:
-                data, anc, _flags, _ = await self._sock.recvmsg(RECV_SIZE, ANC_SIZE)
-                fds: list[int] = []
-                for level, kind, blob in anc:
-                    if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS:
-                        arr = array.array("i")
-                        arr.frombytes(blob[: len(blob) - len(blob) % arr.itemsize])
-                        fds.extend(arr)
-                conn.receive_data(data, fds)
-                if not data:
-                    self._fail(ConnectionClosed("the daemon closed the connection"))
-                    return
-                while (event := conn.next_event()) is not NEED_DATA:
-                    self._deliver(event)
+            data, anc, _flags, _ = await self._sock.recvmsg(RECV_SIZE, ANC_SIZE)
+            fds: list[int] = []
+            for level, kind, blob in anc:
+                if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS:
+                    arr = array.array("i")
+                    arr.frombytes(blob[: len(blob) - len(blob) % arr.itemsize])
+                    fds.extend(arr)
+            conn.receive_data(data, fds)
+            if not data:
+                self._fail(ConnectionClosed("the daemon closed the connection"))
+                return
+            while (event := conn.next_event()) is not NEED_DATA:
+                self._deliver(event)
         except ProtocolError as exc:
             self._fail(ConnectionClosed(f"protocol error from the daemon: {exc}"))
         except OSError as exc:
             self._fail(ConnectionClosed(f"connection lost: {exc}"))
+
+    async def _take_baton_and_read(self, scope: trio.CancelScope | None = None) -> None:
+        self._reading = True
+        self._background_scope = scope
+        try:
+            await self._read_round()
+        finally:
+            self._reading = False
+            self._background_scope = None
+            self._next_round()
+
+    def _next_round(self) -> None:
+        round_over, self._round_over = self._round_over, trio.Event()
+        round_over.set()
+
+    async def _reader(self) -> None:
+        """Hold the baton whenever no requester waits, so events are read while idle."""
+        while self._closed is None:
+            if self._reading or self._waiters:
+                await self._round_over.wait()
+                continue
+            with trio.CancelScope() as scope:
+                await self._take_baton_and_read(scope)
+
+    async def _wait_reply(self, pending: _Pending) -> None:
+        self._waiters += 1
+        try:
+            while not pending.done.is_set() and self._closed is None:
+                if not self._reading:
+                    await self._take_baton_and_read()
+                else:
+                    if self._background_scope is not None:
+                        self._background_scope.cancel()  # the idle reader yields the baton
+                    await self._round_over.wait()
+        finally:
+            self._waiters -= 1
+            if not self._waiters and not self._reading:
+                self._next_round()  # hand the baton back to the background reader
 
     def _deliver(self, event: Message | BadMessage | Any) -> None:
         if isinstance(event, BadMessage):
@@ -177,8 +232,8 @@ class Client:
                     os.close(fd)
             return
         pending = self._pending.pop(event.msg_id, None)
-        if pending is None:  # the caller gave up waiting
-            for fd in event.fds:
+        if pending is None or pending.done.is_set():
+            for fd in event.fds:  # nobody waits (the caller gave up): drop the reply
                 os.close(fd)
             return
         if event.is_error:
@@ -191,6 +246,8 @@ class Client:
         pending.done.set()
 
     def _fail(self, exc: SiovError) -> None:
+        if self._closed is not None:
+            return
         self._closed = exc
         for pending in self._pending.values():
             pending.error = exc
@@ -199,6 +256,7 @@ class Client:
         self._events_send.close()
         if self._page_requests is not None:
             self._page_requests.close()
+        self._round_over.set()
 
     # ---- requests -------------------------------------------------------------------------
 
@@ -213,16 +271,21 @@ class Client:
             raise self._closed
         msg_id, data = self._conn.send_command(command, body)
         pending = self._pending[msg_id] = _Pending()
+        sent = False
         try:
-            await self._send(data, fds)
-            await pending.done.wait()
+            sent = await self._send(data, fds)
+            await self._wait_reply(pending)
         finally:
-            if not pending.done.is_set():
+            if not pending.done.is_set() and not sent:
+                # Never sent: no reply will come, the msg_id is free again.
                 self._pending.pop(msg_id, None)
                 self._conn.forget(msg_id)
+            # Sent but abandoned (cancelled): the entry stays until its reply arrives and is
+            # dropped by _deliver, so the reply is never mistaken for a protocol error.
         if pending.error is not None:
             raise pending.error
-        assert pending.reply is not None
+        if pending.reply is None:
+            raise self._closed or ConnectionClosed("the connection closed")
         return pending.reply
 
     async def call(
@@ -281,7 +344,18 @@ class Client:
         if mode == "peercred":
             self.identity = await self.call(Command.AUTH, {})
         elif mode == "key":
-            raise SiovError(13, "the daemon asks for key authentication, not available yet")
+            if key_path is None:
+                raise PermissionDenied(
+                    errno.EACCES, "the daemon asks for key authentication: pass key_path"
+                )
+            from .keys import load_private_key, sign_challenge
+
+            public_key, signature = sign_challenge(
+                load_private_key(key_path), bytes(self.version["nonce"])
+            )
+            self.identity = await self.call(
+                Command.AUTH, {"public_key": public_key, "signature": signature}
+            )
 
     async def ping(self, payload: bytes | None = None) -> bytes | None:
         body = await self.call(Command.PING, {"payload": payload} if payload is not None else None)
@@ -359,8 +433,12 @@ class Client:
     async def unregister_device(self, uuid: str) -> None:
         await self.call(Command.BUS_UNREGISTER_DEVICE, {"uuid": uuid})
 
-    async def claim_device(self, uuid: str, token: str) -> dict[str, Any]:
-        return await self.call(Command.DEVICE_CLAIM, {"uuid": uuid, "token": token})
+    async def claim_device(self, uuid: str, token: str | None = None) -> dict[str, Any]:
+        """Own an emulator's device (with its token) or a started definition's mdev."""
+        body: dict[str, Any] = {"uuid": uuid}
+        if token is not None:
+            body["token"] = token
+        return await self.call(Command.DEVICE_CLAIM, body)
 
     async def group(self, group_id: int) -> dict[str, Any]:
         return await self.call(Command.GROUP_INFO, {"group": group_id})
@@ -563,6 +641,51 @@ class Client:
     async def accel_disable_wq(self, wq: str) -> None:
         await self.call(Command.ACCEL_DISABLE_WQ, {"wq": wq})
 
+    # ---- persistent definitions (mdevctl style) ---------------------------------------------
+
+    async def define(
+        self,
+        parent: str,
+        mdev_type: str | None = None,
+        *,
+        uuid: str | None = None,
+        start: str = "manual",
+        attrs: list[dict[str, str]] | None = None,
+        config: dict[str, Any] | None = None,
+    ) -> dict[str, Any]:
+        """Persist an mdev definition (admin); ``config`` is mdevctl's single-definition JSON."""
+        body: dict[str, Any] = {"parent": parent, "start": start}
+        for key, value in (("mdev_type", mdev_type), ("uuid", uuid), ("config", config)):
+            if value is not None:
+                body[key] = value
+        if attrs:
+            body["attrs"] = attrs
+        return await self.call(Command.MDEV_DEFINE, body)
+
+    async def undefine(self, uuid: str, parent: str | None = None) -> None:
+        body: dict[str, Any] = {"uuid": uuid}
+        if parent is not None:
+            body["parent"] = parent
+        await self.call(Command.MDEV_UNDEFINE, body)
+
+    async def start(self, uuid: str) -> dict[str, Any]:
+        """Create a defined mdev (owned by the host until someone claims it)."""
+        return await self.call(Command.MDEV_START, {"uuid": uuid})
+
+    async def stop(self, uuid: str) -> None:
+        await self.call(Command.MDEV_STOP, {"uuid": uuid})
+
+    async def defined(
+        self, *, parent: str | None = None, uuid: str | None = None
+    ) -> dict[str, Any]:
+        """``{definitions: [...], dumpjson: [...]}``, or with ``uuid`` one ``config``."""
+        body: dict[str, Any] = {}
+        if parent is not None:
+            body["parent"] = parent
+        if uuid is not None:
+            body["uuid"] = uuid
+        return await self.call(Command.MDEV_LIST_DEFINED, body)
+
     async def aclose(self) -> None:
         for mdev in list(self._mdevs.values()):
             mdev.close()  # its eventfds
@@ -578,8 +701,13 @@ async def connect(
     key_path: str | None = None,
     event_buffer: int = 4096,
 ) -> AsyncIterator[Client]:
-    """Connect to siovd, negotiate, authenticate if asked, and yield a :class:`Client`."""
+    """Connect to siovd, negotiate, authenticate if asked, and yield a :class:`Client`.
+
+    ``path`` defaults to ``$SIOV_SOCKET`` or the daemon's default socket; ``key_path`` (for
+    key authentication) to ``$SIOV_KEY``.
+    """
     path = path or default_socket_path()
+    key_path = key_path or os.environ.get("SIOV_KEY")
     sock = trio.socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     try:
         await sock.connect(path)

@@ -499,8 +499,8 @@ class AccelRuntime:
     # -- cleanup ------------------------------------------------------------------------------
 
     def forget(self, uuid: str) -> None:
-        """The mdev left the bus (its queued descriptors were aborted with it): cancel what
-        waits for page responses, close its eventfds, drop its counts."""
+        """The mdev left the bus or its client: abort what is queued, cancel what waits for
+        page responses, close its eventfds, drop its counts."""
         state = self.mdevs.pop(uuid, None)
         if state is None:
             return
@@ -514,6 +514,9 @@ class AccelRuntime:
             self.stats.page_requests_cancelled += 1
             request.wake()
         state.requests.clear()
+        # What is still queued goes too (already gone if the mdev left the bus; a started
+        # definition's mdev stays and returns to the host, empty).
+        state.mdev.wq.abort(owner=state.uuid)
         state.close_irqs()
         sid = state.session
         left = self._session_outstanding.get(sid, 0) - state.outstanding

@@ -12,6 +12,7 @@ device's DMA.
 
 from __future__ import annotations
 
+import builtins
 import errno
 import re
 import secrets
@@ -26,6 +27,8 @@ from siovd.iommu.pasid import PASID_BITS
 from siovd.parents import MdevParent, MdevTypeInfo
 
 _UUID_RE = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$")
+#: The daemon itself: it owns started persistent definitions while no client has claimed them.
+HOST = 0
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:-]{0,63}$")
 
 
@@ -75,9 +78,15 @@ class Bus:
 
     # -- mdevs -------------------------------------------------------------------------------
 
-    def create_mdev(self, owner: int, parent: str, type_id: str, uuid: str | None = None) -> Device:
+    def create_mdev(
+        self, owner: int, parent: str, type_id: str, uuid: str | None = None, *, host: bool = False
+    ) -> Device:
         """Create an mdev: the parent takes an instance, the device gets a default PASID, and
         the probe path gives it a group and default domain.
+
+        A ``host`` mdev (a started persistent definition) belongs to the daemon, not to a
+        session: it outlives connections, any client may claim it (no token), and it returns to
+        the host when its claimant leaves, as an emulator's device returns to its registrant.
 
         ``ENOENT`` unknown parent or type; ``EINVAL`` a UUID not in canonical form;
         ``EEXIST`` a UUID in use; ``ENOSPC`` no instance (or PASID) left.
@@ -102,12 +111,13 @@ class Bus:
         device = Device(
             uuid=uid,
             bus=self.name,
-            owner=owner,
+            owner=HOST if host else owner,
             pasid_bits=info.pasid_bits,
             default_pasid=pasid,
             parent=parent,
             type_id=type_id,
             name=type_id,
+            registrant=HOST if host else None,
         )
         try:
             self.iommu.probe_device(device)
@@ -132,11 +142,26 @@ class Bus:
         return uid
 
     def remove_mdev(self, owner: int, uuid: str) -> None:
-        """``ENOENT`` for an unknown UUID, another owner's device, or a non-mdev device."""
+        """``ENOENT`` for an unknown UUID, another owner's device, or a non-mdev device;
+        ``EBUSY`` for a claimed host mdev (it is stopped, not removed, and only when free)."""
         device = self.device(owner, uuid)
         if not device.is_mdev:
             raise SiovError(errno.ENOENT, f"no mdev {uuid}")
+        if device.registrant == HOST:
+            raise SiovError(errno.EBUSY, f"mdev {uuid} is a started definition: stop it instead")
         self._remove(device)
+
+    def stop_host_mdev(self, uuid: str) -> None:
+        """Remove a started definition's mdev; ``EBUSY`` while a client has claimed it."""
+        device = self._devices.get(uuid.lower())
+        if device is None or device.registrant != HOST:
+            raise SiovError(errno.ENOENT, f"mdev {uuid} is not running")
+        if device.owner != HOST:
+            raise SiovError(errno.EBUSY, f"mdev {uuid} is in use by a client")
+        self._remove(device)
+
+    def host_mdevs(self) -> builtins.list[Device]:
+        return [d for d in self._devices.values() if d.registrant == HOST and d.is_mdev]
 
     def _remove(self, device: Device) -> None:
         self.iommu.release_device(device)
@@ -229,13 +254,23 @@ class Bus:
         """The registrant takes its device off the bus (``ENOENT`` for anyone else)."""
         self._remove(self.emulated_device(owner, uuid))
 
-    def claim_device(self, new_owner: int, uuid: str, token: str) -> Device:
-        """Become the owner of an external device (and of its group) with its token.
+    def claim_device(self, new_owner: int, uuid: str, token: str | None) -> Device:
+        """Become the owner of an external device (and of its group) with its token, or of a
+        free host mdev (no token needed).
 
         ``ENOENT`` for a wrong UUID or token, or a device already claimed. The group is
         reset first: PASIDs detached, default domain attached and emptied.
         """
         uid = uuid.lower() if isinstance(uuid, str) else ""
+        host = self._devices.get(uid)
+        if host is not None and host.registrant == HOST and host.is_mdev:
+            if host.owner != HOST:
+                raise SiovError(errno.ENOENT, f"no claimable device {uuid}")
+            assert host.group is not None
+            self.iommu.transfer_group(host.group, new_owner)
+            for member in host.group.devices:
+                self._claimed.add(member.uuid)
+            return host
         expected = self._tokens.get(uid)
         if (
             expected is None
@@ -258,7 +293,9 @@ class Bus:
         it claimed return (reset) to their registrant, then the IOMMU frees its domains and
         memory. The server calls this on disconnect."""
         for device in list(self._devices.values()):
-            if device.registrant == owner or (device.is_mdev and device.owner == owner):
+            if device.registrant == owner or (
+                device.is_mdev and device.owner == owner and device.registrant is None
+            ):
                 self._remove(device)
         for device in list(self._devices.values()):
             if device.owner == owner and device.registrant is not None and device.group:

@@ -56,10 +56,16 @@ class LimitsConfig:
 
     event_queue: int = u(1, 1 << 20, default=4096)
     memory_regions: int = u(1, 1 << 20, default=256)
+    #: Bytes of memory one client may register: each region is a mapping in the daemon's
+    #: address space, and a sparse memfd can claim terabytes of it for nothing.
+    memory_bytes: int = u(4096, 1 << 46, default=64 << 30)
     mdevs: int = u(1, 1 << 20, default=64)
     domains: int = u(1, 1 << 20, default=256)
     mapped_bytes: int = u(0, 1 << 48, default=64 << 30)
     outstanding_descriptors: int = u(1, 1 << 24, default=65536)
+    #: Requests of one connection whose handlers are still running (those that wait, such as a
+    #: page request); past it a request gets EAGAIN, so pipelining cannot pile up tasks.
+    requests_in_flight: int = u(1, 1 << 20, default=4096)
 
 
 @dataclass(frozen=True, slots=True)

@@ -19,20 +19,25 @@ from siov_protocol import Command
 from . import __version__
 from .accel import Accelerators, DsaParent
 from .accel_runtime import AccelRuntime
+from .auth import AuthPolicy, PeerCredentials
 from .bus import Bus
 from .config import Config, ConfigError
 from .config import from_dict as config_from_dict
+from .definitions import DefinitionStore
 from .errors import SiovError
 from .iommu import FaultRecord, Iommu
 from .memory import PhysicalMemory, Region
 from .session import Role, Session
+from .systemd import state_directory
 from .testparent import SiovTestParent
 
 Authenticator = Callable[[Session, bytes | None, bytes | None], tuple[str, Role]]
 
 
 class Daemon:
-    def __init__(self, config: Config, socket_path: str = "") -> None:
+    def __init__(
+        self, config: Config, socket_path: str = "", *, state_dir: str | None = None
+    ) -> None:
         self.config = config
         self.socket_path = socket_path
         self.started = time.monotonic()
@@ -63,10 +68,52 @@ class Daemon:
             self.dsa_parents[name] = parent
             self.bus.add_parent(parent)
         self.on_release(self._release_model)
+        self.auth_policy = build_auth_policy(config)
+        if self.auth_policy is not None:
+            self.authenticator = self._authenticate
+        # Persistent definitions: opened last, so a failure above leaves no lock behind.
+        self.state_dir = state_dir if state_dir is not None else resolve_state_dir(config)
+        self.definitions = DefinitionStore(self.state_dir) if self.state_dir else None
+        self.autostart_errors = self._autostart()
         self.on_stats(lambda: {"iommu": self.iommu.stats()})
         self.on_counts(self._model_counts)
         # Registered after the model: on release it cancels the session's waiting work first.
         self.accel_runtime = AccelRuntime(self)
+
+    def _authenticate(
+        self, session: Session, public_key: bytes | None, signature: bytes | None
+    ) -> tuple[str, Role]:
+        assert self.auth_policy is not None
+        peer = PeerCredentials(*session.peer) if session.peer is not None else None
+        identity = self.auth_policy.authenticate(
+            peer, nonce=session.nonce, public_key=public_key, signature=signature
+        )
+        return identity.name, Role(identity.role.value)
+
+    def _autostart(self) -> dict[str, str]:
+        """Start every ``auto`` definition with its UUID; return the ones that failed."""
+        failed: dict[str, str] = {}
+        if self.definitions is None:
+            return failed
+        for definition in self.definitions.autostart():
+            try:
+                self.start_definition(definition.uuid)
+            except SiovError as exc:
+                failed[definition.uuid] = exc.message
+        return failed
+
+    def start_definition(self, uuid: str) -> Any:
+        """Create a defined mdev, owned by the host until a client claims it."""
+        if self.definitions is None:
+            raise SiovError(errno.EOPNOTSUPP, "this daemon has no state directory")
+        definition = self.definitions.get(uuid)
+        return self.bus.create_mdev(
+            0, definition.parent, definition.mdev_type, definition.uuid, host=True
+        )
+
+    def close(self) -> None:
+        if self.definitions is not None:
+            self.definitions.close()
 
     # ---- the domain model's callbacks ----------------------------------------------------------
 
@@ -149,6 +196,7 @@ class Daemon:
     def release(self, session: Session) -> None:
         """Free everything ``session`` owned, newest area first."""
         self.sessions.pop(session.id, None)
+        self.counters["events_dropped"] += session.events_dropped  # stats outlive the session
         for fn in reversed(self._releasers):
             fn(session)
         for ev in session.events:
@@ -188,7 +236,8 @@ class Daemon:
 
     def stats(self) -> dict[str, Any]:
         out: dict[str, Any] = {"daemon": dict(self.counters)}
-        out["daemon"]["events_dropped"] = sum(s.events_dropped for s in self.sessions.values())
+        live = sum(s.events_dropped for s in self.sessions.values())
+        out["daemon"]["events_dropped"] = self.counters["events_dropped"] + live
         for fn in self._stats:
             out.update(fn())
         return out
@@ -209,6 +258,34 @@ class Daemon:
             },
             "counts": self.counts(),
         }
+
+
+def resolve_state_dir(config: Config) -> str:
+    """``state.dir``, else systemd's ``$STATE_DIRECTORY``, else a per-user default."""
+    if config.state.dir:
+        return config.state.dir
+    if (systemd_dir := state_directory()) is not None:
+        return str(systemd_dir)
+    if os.geteuid() == 0:
+        return "/var/lib/siovd"
+    base = os.environ.get("XDG_STATE_HOME") or os.path.expanduser("~/.local/state")
+    return os.path.join(base, "siovd")
+
+
+def build_auth_policy(config: Config) -> AuthPolicy | None:
+    if config.auth.mode == "none":
+        return None
+    try:
+        return AuthPolicy.from_config(
+            config.auth.mode,
+            allowed_users=config.auth.allowed_users,
+            allowed_groups=config.auth.allowed_groups,
+            admin_users=config.auth.admin_users,
+            admin_groups=config.auth.admin_groups,
+            authorized_keys=config.auth.authorized_keys or None,
+        )
+    except (ValueError, OSError) as exc:
+        raise ConfigError(f"auth: {exc}") from None
 
 
 def load_accelerators(path: str) -> Accelerators:

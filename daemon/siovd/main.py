@@ -7,6 +7,7 @@ import contextlib
 import json
 import os
 import signal
+import socket
 import sys
 from collections.abc import Sequence
 
@@ -18,6 +19,7 @@ from .config import Config, ConfigError, default_socket_path, load, with_overrid
 from .daemon import Daemon
 from .errors import SiovError
 from .server import Server, bind_unix_socket
+from .systemd import Notifier, listen_fds, stream_listener, watchdog_interval
 
 log = structlog.get_logger("siovd")
 
@@ -32,6 +34,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument(
         "--print-config", action="store_true", help="print the effective config as JSON and exit"
     )
+    p.add_argument("--state-dir", metavar="DIR", help="persistent definitions (default: config)")
     p.add_argument("--log-format", choices=["auto", "json", "console"])
     p.add_argument("--log-level", choices=["debug", "info", "warning", "error"])
     p.add_argument("--version", action="version", version=f"siovd {__version__}")
@@ -45,6 +48,7 @@ def effective_config(args: argparse.Namespace) -> Config:
         server__socket=args.socket,
         log__format=args.log_format,
         log__level=args.log_level,
+        state__dir=args.state_dir,
     )
     if not cfg.server.socket:
         cfg = with_overrides(cfg, server__socket=default_socket_path())
@@ -58,6 +62,7 @@ def reload(daemon: Daemon, config_path: str | None) -> None:
             load(config_path),
             server__socket=daemon.config.server.socket,
             log__format=daemon.config.log.format,
+            state__dir=daemon.config.state.dir or None,
         )
     except ConfigError as exc:
         log.error("reload failed, keeping the running config", error=str(exc))
@@ -72,26 +77,71 @@ def reload(daemon: Daemon, config_path: str | None) -> None:
     )
 
 
+def open_listener(daemon: Daemon) -> tuple[socket.socket, str, bool]:
+    """The socket systemd passed us (the one named ``siovd``, else the first), or our own.
+
+    Returns the listener, its path, and whether it was inherited (then systemd owns the file).
+    """
+    inherited = listen_fds()
+    if inherited:
+        chosen = next((f for f in inherited if f.name == "siovd"), inherited[0])
+        for other in inherited:
+            if other is not chosen:
+                os.close(other.fd)
+        listener = stream_listener(chosen.fd)
+        path = listener.getsockname()
+        return listener, path if isinstance(path, str) else daemon.config.server.socket, True
+    cfg = daemon.config.server
+    return bind_unix_socket(cfg.socket, cfg.socket_mode), cfg.socket, False
+
+
+async def watchdog(notifier: Notifier, interval: float) -> None:
+    """Ping systemd from the event loop itself: a stuck loop stops the pings and is restarted."""
+    while True:
+        notifier.watchdog()
+        await trio.sleep(interval)
+
+
 async def run(daemon: Daemon, config_path: str | None = None) -> None:
-    cfg = daemon.config
     server = Server(daemon)
-    listener = bind_unix_socket(cfg.server.socket, cfg.server.socket_mode)
-    path = cfg.server.socket
+    listener, path, inherited = open_listener(daemon)
+    daemon.socket_path = path
+    notifier = Notifier.from_environ()
     try:
         with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT, signal.SIGHUP) as signals:
             async with trio.open_nursery() as nursery:
                 await nursery.start(server.serve, listener)
-                log.info("listening", socket=path, pid=os.getpid(), version=__version__)
+                log.info(
+                    "listening",
+                    socket=path,
+                    pid=os.getpid(),
+                    version=__version__,
+                    activated=inherited,
+                    state_dir=daemon.state_dir,
+                )
+                for uuid, error in daemon.autostart_errors.items():
+                    log.warning("autostart failed", mdev=uuid, error=error)
+                notifier.ready(f"listening on {path}")
+                interval = watchdog_interval()
+                if interval is not None:
+                    nursery.start_soon(watchdog, notifier, interval)
                 async for signum in signals:
                     log.info("signal received", signal=signal.Signals(signum).name)
                     if signum == signal.SIGHUP:
+                        notifier.notify("RELOADING=1")
                         reload(daemon, config_path)
+                        notifier.ready("config reloaded")
                         continue
+                    notifier.stopping("shutting down")
                     await server.shutdown(daemon.config.server.grace_period_s)
+                    nursery.cancel_scope.cancel()
                     break
     finally:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(path)
+        notifier.close()
+        daemon.close()
+        if not inherited:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(path)
     log.info("stopped")
 
 
@@ -112,6 +162,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ConfigError as exc:
         sys.stderr.write(f"siovd: config error: {exc}\n")
         return 2
+    except SiovError as exc:  # e.g. the state directory is locked by another daemon
+        log.error("cannot start", error=exc.message)
+        return 1
     try:
         trio.run(run, daemon, args.config)
     except SiovError as exc:

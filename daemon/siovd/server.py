@@ -13,6 +13,7 @@ import errno
 import os
 import socket
 import stat
+import struct
 from collections.abc import Callable
 from typing import Any
 
@@ -30,6 +31,7 @@ from siov_protocol import (
     Role,
     decode,
 )
+from siov_protocol.header import FLAG_NO_REPLY, HEADER_SIZE
 from siov_protocol.schema import encode
 
 from .daemon import Daemon
@@ -41,6 +43,9 @@ from .session import Phase, Session
 log = structlog.get_logger("siovd.server")
 
 RECV_SIZE = 256 * 1024
+YIELD_EVERY = 16  # messages one connection handles before letting the others run
+REFUSE_WAIT_S = 1.0  # how long a refused connection may take to send its first header
+MAX_REFUSING = 64  # refusals answered at once; past that a refused connection is just closed
 MAX_FDS_RECEIVED = 253  # receive everything the kernel can carry, then judge it
 ANC_SIZE = socket.CMSG_SPACE(MAX_FDS_RECEIVED * 4)
 
@@ -83,6 +88,7 @@ class ClientConnection:
         self.events_ready = trio.Event()
         self.log = log
         self.nursery: trio.Nursery | None = None
+        self.async_in_flight = 0  # async handlers of this connection not yet done
 
     # ---- writing ---------------------------------------------------------------------------
 
@@ -160,6 +166,7 @@ class ClientConnection:
 
     async def read_loop(self) -> None:
         conn = self.conn
+        handled = 0
         while True:
             try:
                 data, anc, flags, _ = await self.sock.recvmsg(RECV_SIZE, ANC_SIZE)
@@ -183,9 +190,17 @@ class ClientConnection:
                     return
                 if event is NEED_DATA:
                     break
+                handled += 1
+                if handled % YIELD_EVERY == 0:
+                    # Sync handlers and writes that fit never yield: without this, one client's
+                    # pipelined burst would hold off every other client and its own event pump.
+                    await trio.lowlevel.checkpoint()
                 if isinstance(event, BadMessage):
                     close_fds(event.fds)
-                    await self.reply_error(event.msg_id, event.command, event.errno, event.reason)
+                    if not event.flags & FLAG_NO_REPLY:  # SPEC §5: not even an error reply
+                        await self.reply_error(
+                            event.msg_id, event.command, event.errno, event.reason
+                        )
                     continue
                 assert isinstance(event, Message)
                 await self.dispatch(event)
@@ -205,8 +220,16 @@ class ClientConnection:
             return
         assert handler is not None
         if handler.is_async:
+            limit = self.daemon.config.limits.requests_in_flight
+            if self.async_in_flight >= limit:
+                close_fds(fds)
+                if not msg.no_reply:
+                    text = f"limit reached: limits.requests_in_flight = {limit} still running"
+                    await self.reply_error(msg.msg_id, msg.command, errno.EAGAIN, text)
+                return
             assert self.nursery is not None
-            self.nursery.start_soon(self.run_async, handler, msg, fds)
+            self.async_in_flight += 1
+            self.nursery.start_soon(self.run_counted, handler, msg, fds)
             return
         self.server.in_flight += 1
         try:
@@ -264,7 +287,22 @@ class ClientConnection:
         if isinstance(result, tuple):  # (body, fds to send)
             result, reply_fds = result
         body = result if isinstance(result, dict) or result is None else encode(result)
-        return self.conn.send_reply(msg.msg_id, msg.command, body), reply_fds
+        data = self.conn.send_reply(msg.msg_id, msg.command, body)
+        limit = self.session.max_msg_size
+        if len(data) > limit:  # SPEC §6: no message is larger than the negotiated size
+            close_fds(reply_fds)
+            self.daemon.counters["replies_too_large"] += 1
+            text = f"the reply ({len(data)} bytes) exceeds the negotiated max_msg_size {limit}"
+            return self.conn.send_error(msg.msg_id, msg.command, errno.EMSGSIZE, text), ()
+        return data, reply_fds
+
+    async def run_counted(self, handler: Handler, msg: Message, fds: list[int]) -> None:
+        """:meth:`run_async`, counted against ``limits.requests_in_flight`` until its reply
+        is written (a reply waiting for a slow reader still holds its memory)."""
+        try:
+            await self.run_async(handler, msg, fds)
+        finally:
+            self.async_in_flight -= 1
 
     async def run_async(self, handler: Handler, msg: Message, fds: list[int]) -> None:
         ctx = Context(self.daemon, self.session, msg.msg_id, msg.command, fds)
@@ -352,6 +390,7 @@ class Server:
         self.daemon = daemon
         self.connections: set[ClientConnection] = set()
         self.in_flight = 0
+        self.refusing = 0  # connections over the limit being told so
         self.accepting = True
         self.closing = False
         self.stopped = trio.Event()
@@ -378,19 +417,54 @@ class Server:
                             await trio.sleep(0.1)
                             continue
                         raise
-                    if len(self.connections) >= self.daemon.config.server.max_clients:
-                        conn_sock.close()
+                    limit = self.daemon.config.server.max_clients
+                    if len(self.connections) >= limit:
                         self.daemon.counters["clients_refused"] += 1
+                        if self.refusing < MAX_REFUSING:
+                            self.refusing += 1
+                            nursery.start_soon(self._refuse, conn_sock, limit)
+                        else:
+                            conn_sock.close()
                         continue
-                    nursery.start_soon(self._run_connection, conn_sock)
+                    # Counted at once, so a burst of connects cannot slip past the limit.
+                    try:
+                        client = ClientConnection(self, conn_sock)
+                    except OSError as exc:  # out of fds for its dup: as an accept that failed
+                        log.warning("accept failed", error=str(exc))
+                        conn_sock.close()
+                        continue
+                    self.connections.add(client)
+                    nursery.start_soon(self._run_connection, client)
 
-    async def _run_connection(self, sock: trio.socket.SocketType) -> None:
-        client = ClientConnection(self, sock)
-        self.connections.add(client)
+    async def _run_connection(self, client: ClientConnection) -> None:
         try:
             await client.run()
         finally:
             self.connections.discard(client)
+
+    async def _refuse(self, sock: trio.socket.SocketType, limit: int) -> None:
+        """SPEC §4: a connection over ``server.max_clients`` gets EAGAIN for its first message
+        (so the client learns why), then the close; a silent one is closed after a second."""
+        message = f"server.max_clients = {limit} clients are connected; try again later"
+        log.warning("client refused", reason=message)
+        try:
+            with sock, trio.move_on_after(REFUSE_WAIT_S):
+                head = b""
+                while len(head) < HEADER_SIZE:  # fds that come along are dropped by the kernel
+                    data = await sock.recv(HEADER_SIZE - len(head))
+                    if not data:
+                        return
+                    head += data
+                msg_id, command = struct.unpack_from("<HH", head)
+                reply = Connection(Role.SERVER).send_error(msg_id, command, errno.EAGAIN, message)
+                await sock.send(reply)
+                sock.shutdown(socket.SHUT_WR)
+                while await sock.recv(65536):  # the client closes first: a clean EOF, no reset
+                    pass
+        except OSError:
+            pass
+        finally:
+            self.refusing -= 1
 
     async def shutdown(self, grace: float) -> None:
         """Stop accepting, let in-flight requests finish within ``grace``, then close all."""

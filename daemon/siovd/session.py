@@ -6,9 +6,11 @@ The session id is the ``owner`` the domain model records on every object the cli
 
 from __future__ import annotations
 
+import contextlib
 import enum
 import errno
 import itertools
+import os
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -73,9 +75,15 @@ class Session:
         return None if everything else self.id
 
     def push_event(self, command: int, body: dict[str, Any], fds: tuple[int, ...] = ()) -> bool:
-        """Queue an event for the client; a full queue drops it and counts the drop."""
+        """Queue an event for the client; a full queue drops it and counts the drop.
+
+        The session owns ``fds`` from here on: a dropped event's fds are closed at once.
+        """
         if len(self.events) >= self.event_limit:
             self.events_dropped += 1
+            for fd in fds:
+                with contextlib.suppress(OSError):
+                    os.close(fd)
             return False
         self.events.append(QueuedEvent(command, body, fds))
         self.wake()

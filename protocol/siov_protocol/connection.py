@@ -167,7 +167,7 @@ class Connection:
         self._buf = bytearray()
         self._start = 0  # offset of the first unread byte in _buf
         self._stream_pos = 0  # stream offset of _buf[0]
-        self._fds: deque[tuple[int, list[int]]] = deque()  # (stream offset of arrival, fds)
+        self._fds: deque[tuple[int, list[int]]] = deque()  # (offset of the last byte, fds)
         self._next_id = 0
         self._outstanding: set[int] = set()
         self.closed = False
@@ -175,9 +175,17 @@ class Connection:
     # ---- receiving -------------------------------------------------------------------------
 
     def receive_data(self, data: bytes, fds: list[int] | tuple[int, ...] = ()) -> None:
-        """Buffer bytes (and the fds that came with them). ``b""`` means end of stream."""
+        """Buffer bytes (and the fds that came with them). ``b""`` means end of stream.
+
+        The fds belong to the message holding the *last* byte of ``data``. Linux ends a stream
+        read right after the data that carried fds, but glues data sent earlier in front of it
+        (af_unix ``unix_stream_read_generic``), so the first byte may belong to an earlier
+        message; the last byte is always in the one the fds rode on, provided its sender kept
+        that ``sendmsg`` to one message (SPEC.md §1).
+        """
         if fds:
-            self._fds.append((self._stream_pos + len(self._buf), list(fds)))
+            last = self._stream_pos + len(self._buf) + max(len(data), 1) - 1
+            self._fds.append((last, list(fds)))
         if data:
             self._buf += data
         else:

@@ -59,7 +59,7 @@ class BusRegisterDevice:
 @dataclass(frozen=True, slots=True)
 class DeviceClaim:
     uuid: str = text(UUID_LEN)
-    token: str = text(128)
+    token: str | None = text(128, default=None)  # not needed for a started definition
 
 
 @dataclass(frozen=True, slots=True)

@@ -184,6 +184,26 @@ def test_no_reply_flag_suppresses_the_reply(client: RawClient) -> None:
     assert client.recv().msg_id == msg_id
 
 
+def test_no_reply_flag_suppresses_error_replies_too(client: RawClient) -> None:
+    # Regression: a no-reply message whose body failed to decode still got an error reply.
+    _, bad_body = client.frame(Command.PING, b"\xc1", flags=0x10)
+    _, unknown = client.frame(0x7777, msgpack.packb({}), flags=0x10)
+    _, too_many_fds = client.frame(Command.PING, msgpack.packb({}), flags=0x10)
+    client.send_raw(bad_body)
+    client.send_raw(unknown)
+    r, w = os.pipe()
+    try:
+        client.send_raw(too_many_fds, [w])
+    finally:
+        os.close(w)
+    msg_id = client.send(Command.PING, {"payload": b"after"})
+    reply = client.recv()
+    assert reply.msg_id == msg_id and reply.body == {"payload": b"after"}, reply
+    os.set_blocking(r, False)
+    assert os.read(r, 1) == b""  # the refused fd was still closed
+    os.close(r)
+
+
 def test_split_and_coalesced_frames(client: RawClient) -> None:
     ids = []
     blob = b""

@@ -53,7 +53,15 @@ def test_stale_socket_is_replaced(sock_dir: str) -> None:
 
 def test_a_live_daemon_is_not_replaced(siovd_proc: DaemonProcess) -> None:
     out = subprocess.run(
-        [sys.executable, "-m", "siovd", "--socket", siovd_proc.path, "--log-format", "json"],
+        [
+            sys.executable,
+            "-m",
+            "siovd",
+            "--socket",
+            siovd_proc.path,
+            "--state-dir",
+            siovd_proc.path + ".s2",
+        ],
         capture_output=True,
         timeout=30,
     )
@@ -128,23 +136,36 @@ def test_siovctl_without_daemon_fails_in_one_line(sock_dir: str) -> None:
     assert len(lines) == 1 and "cannot connect to siovd" in lines[0]
 
 
+_log_buffers: dict[int, bytes] = {}
+
+
 def _read_log_until(
     proc: subprocess.Popen[bytes], event: str, timeout: float = 15
 ) -> dict[str, object]:
+    """Read the daemon's JSON log from the raw pipe (no buffered readline: select would not
+    see lines already sitting in a Python buffer) until ``event`` shows up."""
     import select
     import time
 
     deadline = time.monotonic() + timeout
     assert proc.stderr is not None
-    while time.monotonic() < deadline:
-        ready, _, _ = select.select([proc.stderr], [], [], 0.2)
-        if ready:
-            line = proc.stderr.readline()
-            if not line:
-                break
-            entry = json.loads(line)
-            if entry["event"] == event:
-                return entry  # type: ignore[no-any-return]
+    fd = proc.stderr.fileno()
+    buf = _log_buffers.get(fd, b"")
+    try:
+        while time.monotonic() < deadline:
+            while b"\n" in buf:
+                line, buf = buf.split(b"\n", 1)
+                entry = json.loads(line)
+                if entry["event"] == event:
+                    return entry  # type: ignore[no-any-return]
+            ready, _, _ = select.select([fd], [], [], 0.2)
+            if ready:
+                chunk = os.read(fd, 65536)
+                if not chunk:
+                    break
+                buf += chunk
+    finally:
+        _log_buffers[fd] = buf
     raise AssertionError(f"no {event!r} log line")
 
 

@@ -115,3 +115,32 @@ def test_blocking_client_has_the_same_methods(siovd_proc: object) -> None:
         assert "daemon" in client.stats()
         with pytest.raises(siov.NotSupported):
             client.call(0x7777)
+
+
+async def test_events_and_replies_interleave(siovd: RunningDaemon) -> None:
+    """Whichever task holds the read baton, events and replies all reach their owners."""
+    async with siov.connect(siovd.path) as client:
+        await client.ping()
+        (session,) = siovd.daemon.sessions.values()
+        got: list[int] = []
+
+        async def listen() -> None:
+            for _ in range(50):
+                got.append((await client.next_event()).body["n"])
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(listen)
+            for i in range(50):
+                session.push_event(Command.EVENT_IRQ, {"n": i})
+                assert await client.ping(str(i).encode()) == str(i).encode()
+                if i % 10 == 0:
+                    await trio.sleep(0.01)  # idle: the background reader takes the baton
+        assert got == list(range(50))
+
+
+async def test_a_cancelled_request_does_not_wedge_the_client(siovd: RunningDaemon) -> None:
+    async with siov.connect(siovd.path) as client:
+        for _ in range(20):
+            with trio.move_on_after(0):
+                await client.ping()
+        assert await client.ping(b"still") == b"still"

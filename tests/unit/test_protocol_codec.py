@@ -102,12 +102,53 @@ def test_many_frames_in_one_chunk_and_fds_follow_their_message() -> None:
     _, a = client.send_command(Command.PING, {"n": 1})
     _, b = client.send_command(Command.MEM_REGISTER, {"n": 2})
     _, c = client.send_command(Command.PING, {"n": 3})
-    server.receive_data(a)
-    server.receive_data(b + c, [7, 8])  # fds ride on the first byte of message b
+    # What Linux hands a reader when a, then b with fds, then c were each sent on their own:
+    # a is glued in front of b, the read ends with b (the data that carried fds), c comes next.
+    server.receive_data(a[:5])
+    server.receive_data(a[5:] + b, [7, 8])
+    server.receive_data(c)
     events = [server.next_event() for _ in range(3)]
     assert [e.body["n"] for e in events if isinstance(e, Message)] == [1, 2, 3]
     assert [e.fds for e in events if isinstance(e, Message)] == [(), (7, 8), ()]
     assert server.next_event() is NEED_DATA
+
+
+def test_fds_stay_with_their_message_through_a_real_socket() -> None:
+    """Regression: fds went to the message *before* theirs when the kernel glued it in front.
+
+    The reader here is the daemon's: large ``recvmsg`` calls fed to the connection.
+    """
+    import array
+    import os
+    import socket
+
+    a, b = socket.socketpair()
+    client, server = Connection(Role.CLIENT), Connection(Role.SERVER)
+    r, w = os.pipe()
+    try:
+        frames = [client.send_command(Command.PING, {"n": i})[1] for i in range(40)]
+        with_fd = client.send_command(Command.MEM_REGISTER, {"n": 40})[1]
+        a.sendall(b"".join(frames))
+        a.sendmsg([with_fd], [(socket.SOL_SOCKET, socket.SCM_RIGHTS, array.array("i", [w]))])
+        a.sendall(client.send_command(Command.PING, {"n": 41})[1])
+        a.close()
+        got: list[Message] = []
+        while True:
+            data, anc, _, _ = b.recvmsg(1 << 16, socket.CMSG_SPACE(4 * 8))
+            fds = [fd for _, _, raw in anc for fd in array.array("i", raw)]
+            server.receive_data(data, fds)
+            while isinstance(event := server.next_event(), Message):
+                got.append(event)
+            if not data:
+                break
+        assert [m.body["n"] for m in got] == list(range(42))
+        carried = {m.body["n"]: m.fds for m in got if m.fds}
+        assert list(carried) == [40] and len(carried[40]) == 1
+        os.close(carried[40][0])
+    finally:
+        b.close()
+        os.close(r)
+        os.close(w)
 
 
 def test_bad_body_keeps_framing() -> None:

@@ -5,6 +5,8 @@ from __future__ import annotations
 import errno
 from typing import Any
 
+import structlog
+
 from siov_protocol import Command
 from siov_protocol.messages import Empty, ListRequest
 from siov_protocol.messages_iommu import (
@@ -18,6 +20,8 @@ from siov_protocol.messages_iommu import (
 from ..errors import SiovError
 from ..iommu import Group
 from .registry import Context, registry
+
+log = structlog.get_logger("siovd")
 
 
 def group_info(group: Group) -> dict[str, Any]:
@@ -58,12 +62,20 @@ def mdev_create(ctx: Context, req: MdevCreate) -> dict[str, Any]:
     _check_mdev_limit(ctx)
     bus = ctx.daemon.bus
     device = bus.create_mdev(ctx.session.id, req.parent, req.type_id, req.uuid)
+    log.info(
+        "mdev created",
+        mdev=device.uuid,
+        type_id=req.type_id,
+        pasid=device.default_pasid,
+        group=device.group.id if device.group else None,
+    )
     return bus.describe(device)
 
 
 @registry.command(Command.MDEV_REMOVE, DeviceRef)
 def mdev_remove(ctx: Context, req: DeviceRef) -> dict[str, Any]:
     ctx.daemon.bus.remove_mdev(ctx.session.id, req.uuid)
+    log.info("mdev removed", mdev=req.uuid)
     return {}
 
 
@@ -78,6 +90,7 @@ def bus_register_device(ctx: Context, req: BusRegisterDevice) -> dict[str, Any]:
     _check_mdev_limit(ctx)
     bus = ctx.daemon.bus
     device, token = bus.register_device(ctx.session.id, req.name, req.pasid_bits)
+    log.info("device registered", mdev=device.uuid, name=req.name, pasid_bits=req.pasid_bits)
     return {**bus.describe(device), "token": token}
 
 
@@ -90,7 +103,9 @@ def bus_unregister_device(ctx: Context, req: DeviceRef) -> dict[str, Any]:
 @registry.command(Command.DEVICE_CLAIM, DeviceClaim)
 def device_claim(ctx: Context, req: DeviceClaim) -> dict[str, Any]:
     bus = ctx.daemon.bus
-    return bus.describe(bus.claim_device(ctx.session.id, req.uuid, req.token))
+    device = bus.claim_device(ctx.session.id, req.uuid, req.token)
+    log.info("device claimed", mdev=device.uuid)
+    return bus.describe(device)
 
 
 @registry.command(Command.GROUP_INFO, GroupRef)

@@ -5,6 +5,8 @@ from __future__ import annotations
 import errno
 from typing import Any
 
+import structlog
+
 from siov_protocol import PROTOCOL_MAJOR, PROTOCOL_MINOR, Command
 from siov_protocol.messages import (
     PAGE_SIZES,
@@ -20,6 +22,8 @@ from .. import __version__
 from ..errors import SiovError
 from ..session import Phase, Role
 from .registry import Context, registry
+
+log = structlog.get_logger("siovd")
 
 FEATURES = ["events", "fd-memory", "dma", "dsa"]
 
@@ -70,10 +74,15 @@ def auth(ctx: Context, req: AuthRequest) -> dict[str, Any]:
     session = ctx.session
     if session.phase is Phase.READY:
         raise SiovError(errno.EINVAL, "this connection is already authenticated")
-    identity, role = ctx.daemon.authenticate(session, req.public_key, req.signature)
+    try:
+        identity, role = ctx.daemon.authenticate(session, req.public_key, req.signature)
+    except SiovError as exc:
+        log.warning("authentication refused", reason=exc.message, peer=session.peer)
+        raise
     session.identity = identity
     session.role = role
     session.phase = Phase.READY
+    log.info("authenticated", identity=identity, role=role.value)
     return {"identity": identity, "role": role.value}
 
 

@@ -16,6 +16,14 @@ from ..dma import DmaFault
 from ..errors import SiovError
 from .registry import Context, registry
 
+#: An encoded run is at most this long (a map of four u64 fields); REPLY_SLACK covers the rest
+#: of a TRANSLATE reply (header, ``translated``, ``fault``).
+RUN_BYTES = 64
+REPLY_SLACK = 256
+#: Page lookups one TRANSLATE may do (64 MiB of 4 KiB pages, 32 GiB of 2 MiB ones): a single
+#: request walking gigabytes page by page would hold up every other client.
+TRANSLATE_MAX_PAGES = 16384
+
 
 def fault_info(fault: DmaFault) -> dict[str, Any]:
     return {"iova": fault.iova, "write": fault.write, "reason": fault.reason, "pasid": fault.pasid}
@@ -58,7 +66,11 @@ def translate(ctx: Context, req: Translate) -> dict[str, Any]:
         device = bus.device(None, req.device)
     else:
         device = bus.emulated_device(ctx.session.id, req.device)
-    runs, fault = ctx.daemon.iommu.translate(device, req.pasid, req.iova, req.length, req.write)
+    # One reply carries the runs: as many as fit the negotiated message size, no more.
+    max_runs = max(1, (ctx.session.max_msg_size - REPLY_SLACK) // RUN_BYTES)
+    runs, fault = ctx.daemon.iommu.translate(
+        device, req.pasid, req.iova, req.length, req.write, max_runs, TRANSLATE_MAX_PAGES
+    )
     return {
         "runs": [{"iova": i, "phys": p, "length": n, "prot": prot} for i, p, n, prot in runs],
         "translated": sum(n for _, _, n, _ in runs),

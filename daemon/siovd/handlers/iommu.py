@@ -5,6 +5,8 @@ from __future__ import annotations
 import errno
 from typing import Any
 
+import structlog
+
 from siov_protocol import Command
 from siov_protocol.messages import ListRequest
 from siov_protocol.messages_iommu import (
@@ -24,6 +26,8 @@ from siov_protocol.messages_iommu import (
 from ..errors import SiovError
 from .registry import Context, registry
 
+log = structlog.get_logger("siovd")
+
 
 @registry.command(Command.DOMAIN_ALLOC, DomainAlloc)
 def domain_alloc(ctx: Context, req: DomainAlloc) -> dict[str, Any]:
@@ -40,12 +44,14 @@ def domain_alloc(ctx: Context, req: DomainAlloc) -> dict[str, Any]:
         lazy=req.lazy,
         pt_root_phys=req.pt_root,
     )
+    log.info("domain allocated", domain=domain.id, type=req.type, user_managed=req.user_managed)
     return domain.info()
 
 
 @registry.command(Command.DOMAIN_FREE, DomainRef)
 def domain_free(ctx: Context, req: DomainRef) -> dict[str, Any]:
     ctx.daemon.iommu.domain_free(ctx.session.id, req.domain)
+    log.info("domain freed", domain=req.domain)
     return {}
 
 
@@ -60,6 +66,7 @@ def attach_device(ctx: Context, req: AttachDevice) -> dict[str, Any]:
     owner = ctx.session.id
     device = ctx.daemon.bus.device(owner, req.device)
     ctx.daemon.iommu.attach_device(owner, req.domain, device)
+    log.info("device attached", mdev=device.uuid, domain=req.domain, pasid=device.default_pasid)
     return ctx.daemon.bus.describe(device)
 
 
@@ -73,6 +80,7 @@ def detach_device(ctx: Context, req: DetachDevice) -> dict[str, Any]:
             raise SiovError(errno.ENODEV, f"device {device.uuid} has no IOMMU group")
         domain = device.group.domain.id
     ctx.daemon.iommu.detach_device(owner, domain, device)
+    log.info("device detached", mdev=device.uuid, domain=domain)
     return ctx.daemon.bus.describe(device)
 
 
@@ -81,6 +89,7 @@ def attach_pasid(ctx: Context, req: PasidAttach) -> dict[str, Any]:
     owner = ctx.session.id
     device = ctx.daemon.bus.device(owner, req.device)
     ctx.daemon.iommu.attach_pasid(owner, req.domain, device, req.pasid)
+    log.info("pasid attached", mdev=device.uuid, pasid=req.pasid, domain=req.domain)
     return {}
 
 
@@ -89,6 +98,7 @@ def replace_pasid(ctx: Context, req: PasidAttach) -> dict[str, Any]:
     owner = ctx.session.id
     device = ctx.daemon.bus.device(owner, req.device)
     ctx.daemon.iommu.replace_pasid(owner, req.domain, device, req.pasid)
+    log.info("pasid replaced", mdev=device.uuid, pasid=req.pasid, domain=req.domain)
     return {}
 
 
@@ -97,6 +107,7 @@ def detach_pasid(ctx: Context, req: PasidDetach) -> dict[str, Any]:
     owner = ctx.session.id
     device = ctx.daemon.bus.device(owner, req.device)
     ctx.daemon.iommu.detach_pasid(owner, req.domain, device, req.pasid)
+    log.info("pasid detached", mdev=device.uuid, pasid=req.pasid)
     return {}
 
 
@@ -111,12 +122,14 @@ def map_(ctx: Context, req: Map) -> dict[str, Any]:
             f"limit reached: limits.mapped_bytes = {limit} ({mapped} mapped, {req.size} asked)",
         )
     iova = daemon.iommu.map(owner, req.domain, req.iova, req.phys, req.size, req.prot)
+    log.debug("mapped", domain=req.domain, iova=hex(iova), size=req.size, prot=req.prot)
     return {"iova": iova, "size": req.size}
 
 
 @registry.command(Command.UNMAP, Unmap)
 def unmap(ctx: Context, req: Unmap) -> dict[str, Any]:
     unmapped = ctx.daemon.iommu.unmap(ctx.session.id, req.domain, req.iova, req.size)
+    log.debug("unmapped", domain=req.domain, iova=hex(req.iova), bytes=unmapped)
     ctx.daemon.close_dead_mappings()
     return {"unmapped": unmapped}
 
@@ -131,6 +144,14 @@ def iova_to_phys(ctx: Context, req: IovaToPhys) -> dict[str, Any]:
 
 @registry.command(Command.DIRTY_BITMAP, DirtyBitmap)
 def dirty_bitmap(ctx: Context, req: DirtyBitmap) -> dict[str, Any]:
+    # Refuse before reading (and maybe clearing) D bits a reply could not carry.
+    fits = (ctx.session.max_msg_size - 64) * 8
+    if req.size // 4096 > fits:
+        raise SiovError(
+            errno.EMSGSIZE,
+            f"a bitmap of {req.size // 4096} pages does not fit one reply "
+            f"(max_msg_size {ctx.session.max_msg_size}: at most {fits} pages)",
+        )
     bitmap = ctx.daemon.iommu.dirty_bitmap(
         ctx.session.id, req.domain, req.iova, req.size, req.clear
     )

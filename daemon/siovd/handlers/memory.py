@@ -13,6 +13,8 @@ import mmap
 import os
 from typing import Any
 
+import structlog
+
 from siov_protocol import Command
 from siov_protocol.messages import ListRequest
 from siov_protocol.messages_iommu import MemRegion, MemRegister
@@ -20,6 +22,8 @@ from siov_protocol.messages_iommu import MemRegion, MemRegister
 from ..errors import SiovError
 from ..memory import PAGE_SIZE, Region
 from .registry import Context, registry
+
+log = structlog.get_logger("siovd")
 
 
 def region_info(region: Region) -> dict[str, Any]:
@@ -64,8 +68,15 @@ def mem_register(ctx: Context, req: MemRegister) -> dict[str, Any]:
         raise SiovError(errno.EINVAL, f"access: {req.access!r} is not 'rw' or 'ro'")
     daemon, session = ctx.daemon, ctx.session
     limit = daemon.config.limits.memory_regions
-    if len(daemon.memory.regions(session.id)) >= limit:
+    mine = daemon.memory.regions(session.id)
+    if len(mine) >= limit:
         raise SiovError(errno.ENOSPC, f"limit reached: limits.memory_regions = {limit}")
+    have, limit = sum(r.size for r in mine), daemon.config.limits.memory_bytes
+    if have + req.size > limit:
+        raise SiovError(
+            errno.ENOSPC,
+            f"limit reached: limits.memory_bytes = {limit} ({have} registered, {req.size} asked)",
+        )
     fd = ctx.fds.pop()
     try:
         mapping = _seal_and_map(fd, req)
@@ -77,6 +88,7 @@ def mem_register(ctx: Context, req: MemRegister) -> dict[str, Any]:
         mapping.close()
         raise
     daemon.mappings[region.id] = (region, mapping)
+    log.info("memory registered", region=region.id, phys=hex(region.base), size=region.size)
     return region_info(region)
 
 
@@ -84,6 +96,7 @@ def mem_register(ctx: Context, req: MemRegister) -> dict[str, Any]:
 def mem_unregister(ctx: Context, req: MemRegion) -> dict[str, Any]:
     ctx.daemon.memory.remove_region(req.region, ctx.session.id)
     ctx.daemon.close_dead_mappings()
+    log.info("memory unregistered", region=req.region)
     return {}
 
 

@@ -698,11 +698,22 @@ class Iommu:
         return DmaFault(failure.iova, write, failure.reason, pasid)
 
     def translate(
-        self, device: Device, pasid: int, iova: int, length: int, write: bool
+        self,
+        device: Device,
+        pasid: int,
+        iova: int,
+        length: int,
+        write: bool,
+        max_runs: int | None = None,
+        max_pages: int | None = None,
     ) -> tuple[list[TranslatedRun], DmaFault | None]:
         """ATS-like translation for an emulator that copies by itself: the contiguous runs
-        ``(iova, phys, length, prot)`` of the translated prefix, and the fault that ended it."""
-        runs, failure = translate_runs(self, device, pasid, iova, length, write)
+        ``(iova, phys, length, prot)`` of the translated prefix, and the fault that ended it.
+        At most ``max_runs`` runs and ``max_pages`` page lookups: past either, the prefix ends
+        with no fault."""
+        runs, failure = translate_runs(
+            self, device, pasid, iova, length, write, max_runs, max_pages
+        )
         out = [(r.iova, r.phys, r.length, r.prot) for r in runs]
         if failure is None:
             return out, None

@@ -70,32 +70,43 @@ def resolve(device: Device, pasid: int) -> tuple[Domain | None, int]:
 
 
 def translate_runs(
-    iommu: Iommu, device: Device, pasid: int, iova: int, length: int, write: bool
+    iommu: Iommu,
+    device: Device,
+    pasid: int,
+    iova: int,
+    length: int,
+    write: bool,
+    max_runs: int | None = None,
+    max_pages: int | None = None,
 ) -> tuple[list[Run], Failure | None]:
-    """Translate ``[iova, iova + length)``; stop at the first address that does not translate."""
+    """Translate ``[iova, iova + length)``; stop at the first address that does not translate,
+    or (without a failure) where a run past ``max_runs`` would begin or after ``max_pages``
+    page lookups (each is a walk on a miss: the bound keeps one request short)."""
     if length <= 0:
         return [], None
     domain, tag_pasid = resolve(device, pasid)
     if domain is None:
         return [], Failure(iova, FR_PASID_ENTRY_NOT_PRESENT, None)
+    limit = max_runs if max_runs is not None else -1
     dtype = domain.type
     if dtype is DomainType.PAGING:
-        return _paging(iommu, domain, tag_pasid, iova, length, write)
+        pages = max_pages if max_pages is not None else -1
+        return _paging(iommu, domain, tag_pasid, iova, length, write, limit, pages)
     if dtype is DomainType.IDENTITY:
-        return _identity(iommu, domain, iova, length, write)
+        return _identity(iommu, domain, iova, length, write, limit)
     # VT-d blocks a PASID by clearing its entry's present bit.
     return [], Failure(iova, FR_PASID_ENTRY_NOT_PRESENT, domain)
 
 
 def _identity(
-    iommu: Iommu, domain: Domain, iova: int, length: int, write: bool
+    iommu: Iommu, domain: Domain, iova: int, length: int, write: bool, max_runs: int
 ) -> tuple[list[Run], Failure | None]:
     """iova == phys, but only inside memory of the domain's owner."""
     region_of = iommu.memory.region_of
     owner = domain.owner
     runs: list[Run] = []
     pos, end = iova, iova + length
-    while pos < end:
+    while pos < end and len(runs) != max_runs:
         region = region_of(pos)
         if region is None or region.owner != owner:
             return runs, Failure(pos, FR_FS_NOT_PRESENT, domain)
@@ -109,7 +120,14 @@ def _identity(
 
 
 def _paging(
-    iommu: Iommu, domain: Domain, tag_pasid: int, iova: int, length: int, write: bool
+    iommu: Iommu,
+    domain: Domain,
+    tag_pasid: int,
+    iova: int,
+    length: int,
+    write: bool,
+    max_runs: int,
+    max_pages: int,
 ) -> tuple[list[Run], Failure | None]:
     iotlb = iommu.iotlb
     lookup = iotlb.lookup
@@ -123,7 +141,8 @@ def _paging(
     r_region: Region | None = None
     r_end = 0  # end of r_region
     pos, end = iova, iova + length
-    while pos < end:
+    while pos < end and max_pages:
+        max_pages -= 1
         entry = lookup(tag, pos)
         if entry is None or (write and entry[2] & _RW_D != _RW_D):
             # Miss, or a write through an entry that is read-only or not yet dirty: walk (a
@@ -169,6 +188,9 @@ def _paging(
         else:
             if r_region is not None:
                 runs.append(Run(r_iova, r_phys, r_len, r_region, r_prot))
+                if len(runs) == max_runs:
+                    r_region = None  # full: end before this page, with no failure
+                    break
             r_iova, r_phys, r_len, r_region, r_prot = pos, phys, n, region, prot
             r_end = region.end
         pos += n
