@@ -180,3 +180,40 @@ async def test_a_page_response_after_the_mdev_is_gone(siovd: RunningDaemon, answ
         assert stats["outstanding"] == 0 and stats["page_requests_pending"] == 0
         assert buf.view[CR] == 0  # never completed
         assert stats["page_requests_cancelled"] == 1
+
+
+async def test_a_started_definition_goes_back_to_the_host_empty(siovd: RunningDaemon) -> None:
+    """A persistent definition's mdev outlives its claimant: the work the claimant left is
+    aborted, and the next claimant finds a quiet WQ on a reset domain."""
+    async with siov.connect(siovd.path) as admin:
+        uuid = (await admin.define("dsa0", "dsa-1dwq"))["uuid"]
+        await admin.start(uuid)
+    runtime = siovd.daemon.accel_runtime
+    async with siov.connect(siovd.path) as vmm:
+        requests = vmm.page_requests()
+        mdev = siov.Mdev(vmm, await vmm.claim_device(uuid))
+        assert mdev.domain_id is not None
+        buf = await vmm.alloc(8 * MiB)
+        await vmm.map(mdev.domain_id, buf.phys, 4 * MiB, iova=0)
+        runtime.time_slice = 1e-6
+        descriptors = [dsa.fill(6 * MiB, 1, 64, flags=dsa.IDXD_OP_FLAG_BOF, completion=CR)]
+        descriptors += [dsa.fill(SLOTS, 7, 256 * 1024, completion=CR + 64)] * 40
+        assert (await mdev.submit(descriptors)).all_accepted
+        with trio.fail_after(10):
+            await requests.receive()
+    device = siovd.daemon.bus.device(None, uuid)
+    with trio.fail_after(10):
+        while device.owner != 0:  # noqa: ASYNC110 (the server releases the claimant)
+            await trio.sleep(0.01)
+    runtime.time_slice = 0.002
+    wq = runtime.daemon.dsa_parents["dsa0"].mdev(uuid).wq
+    assert wq.occupancy == 0 and wq.inflight == 0 and not runtime.requests
+    assert runtime.outstanding(0) == 0 and uuid not in runtime.mdevs
+    async with siov.connect(siovd.path) as successor:
+        mdev = siov.Mdev(successor, await successor.claim_device(uuid))
+        assert mdev.domain_id is not None
+        buf = await successor.alloc(2 * MiB)
+        await successor.map(mdev.domain_id, buf.phys, buf.size, iova=0)
+        done = await mdev.run(dsa.fill(0x1000, 5, 64, completion=CR), buf.view[CR : CR + 32])
+        assert done.code == dsa.DSA_COMP_SUCCESS
+        assert buf.view[0x1000:0x1008] == struct.pack("<Q", 5)
