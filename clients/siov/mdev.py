@@ -93,11 +93,12 @@ class Mdev:
     # -- interrupts ---------------------------------------------------------------------------
 
     def _interrupt(self, vector: int, swerr: dict[str, Any] | None = None) -> None:
-        """An interrupt arrived (from the client's reader or an eventfd pump)."""
-        if 0 <= vector < IRQ_VECTORS:
-            self.irq_counts[vector] += 1
+        """An interrupt arrived (from the client's reader or an eventfd pump). A software
+        error's details come as an event even when vector 0 has an eventfd, which counts it."""
         if swerr is not None:
             self.software_errors.append(swerr)
+        if 0 <= vector < IRQ_VECTORS and (swerr is None or self._eventfds[vector] is None):
+            self.irq_counts[vector] += 1
         wakeup, self._wakeup = self._wakeup, trio.Event()
         wakeup.set()
 

@@ -338,8 +338,10 @@ class AccelRuntime:
                     assert isinstance(outcome, Blocked)
                     self._block(state, outcome)
                 if clock() > deadline:
-                    self.wake_engines(group)
-                    return True
+                    if any(wq.occupancy for wq in group.wqs):
+                        self.wake_engines(group)
+                        return True
+                    return False
         finally:
             if done:
                 self._count_done(state, done)
