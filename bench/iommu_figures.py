@@ -31,6 +31,8 @@ from typing import Any
 if __package__ in (None, ""):
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+from bench.common import Figure, figure
+from bench.common import median_of as median
 from siovd.bus import Bus
 from siovd.device import Device
 from siovd.iommu import Iommu, Iotlb, QemuPolicyIotlb
@@ -39,35 +41,11 @@ from siovd.iommu.pagetable import PROT_READ, PROT_WRITE, walk
 from siovd.memory import PhysicalMemory, Region
 from siovd.testparent import SiovTestParent
 
-Figure = dict[str, Any]
 RW = PROT_READ | PROT_WRITE
 PAGE = 4096
 MiB = 1 << 20
 GiB = 1 << 30
 RUNS = 7
-
-
-def figure(
-    name: str, value: float, unit: str, baseline: float | None, target: str | None, note: str = ""
-) -> Figure:
-    """One result; ``target`` reads like ``"<= 4"`` and ``ok`` says whether it is met."""
-    ok: bool | None = None
-    if target:
-        op, _, bound = target.partition(" ")
-        ok = value <= float(bound) if op == "<=" else value >= float(bound)
-    return {
-        "name": name,
-        "value": value,
-        "unit": unit,
-        "baseline": baseline,
-        "target": target,
-        "ok": ok,
-        "note": note,
-    }
-
-
-def median(runs: int, fn: Callable[[], float]) -> float:
-    return statistics.median(fn() for _ in range(runs))
 
 
 @contextmanager
