@@ -52,6 +52,7 @@ FLAG_BITS = [
     dsa.IDXD_OP_FLAG_CC,
 ]
 OPCODES = [int(op) for op in DsaOpcode]
+IMPLEMENTED = sorted(int(op) for op in SPECS)
 
 
 def pattern(seed: int, size: int) -> bytes:
@@ -153,7 +154,13 @@ class Generator:
     def descriptor(self, pasid: int, member: bool = False) -> tuple[bytes, int | None, bool]:
         """(descriptor, its record slot or None, whether the record must be written)."""
         r = self.rng
-        opcode = r.choice(OPCODES) if r.random() < 0.92 else r.randrange(256)
+        choice = r.random()
+        if choice < 0.6:  # an operation the device implements
+            opcode = r.choice(IMPLEMENTED)
+        elif choice < 0.92:  # any opcode of the ABI
+            opcode = r.choice(OPCODES)
+        else:
+            opcode = r.randrange(256)
         if member and opcode == DsaOpcode.BATCH and r.random() < 0.8:
             opcode = DsaOpcode.MEMMOVE
         flags = self.flags() & ~(dsa.IDXD_OP_FLAG_CRAV | dsa.IDXD_OP_FLAG_RCR)
@@ -264,7 +271,7 @@ async def test_descriptor_fuzz(siovd: RunningDaemon) -> None:
         slot_view = records.view[PAGE:]
         gen = Generator(rng, (records.size - 2 * PAGE) // 32)
 
-        submitted = accepted = must_count = may_count = 0
+        submitted = accepted = must_count = may_count = cross_checks = 0
         statuses: dict[int, int] = {}
         while submitted < DESCRIPTORS:
             # fresh batch lists for this round (read-only to the device)
@@ -311,6 +318,14 @@ async def test_descriptor_fuzz(siovd: RunningDaemon) -> None:
                     desc, maybe_slot, must = gen.descriptor(pasid)
                     entries.append((maybe_slot, must, attached))
                 chunk.append(desc)
+            # the address space this chunk may write: the other domains' data must not change
+            if not shared_round:
+                writer: int | None = 0
+            else:
+                writer = {shared.default_pasid: 1, SHARED_PASID: 2}.get(chunk_pasid)
+            untouched = [
+                (domain, bytes(domain.data.view)) for i, domain in enumerate(domains) if i != writer
+            ]
             result = await mdev.submit(chunk, pasid=chunk_pasid if shared_round else None)
             submitted += len(chunk)
             for (slot, must, attached), code in zip(entries, result.results, strict=True):
@@ -338,6 +353,11 @@ async def test_descriptor_fuzz(siovd: RunningDaemon) -> None:
                 # zeroed now: a second write of the record would show at the end
                 slot_view[32 * slot : 32 * slot + 32] = bytes(32)
             assert bytes(lists.view) == bytes(list_bytes), "a read-only batch list was written"
+            for domain, before in untouched:
+                assert bytes(domain.data.view) == before, (
+                    f"PASID {chunk_pasid} wrote into domain {domain.domain_id}"
+                )
+                cross_checks += 1
         nursery.cancel_scope.cancel()
 
         # every record was written once and then zeroed; no slot was written behind our back
@@ -353,7 +373,8 @@ async def test_descriptor_fuzz(siovd: RunningDaemon) -> None:
     )
     SUMMARY.append(
         f"descriptor fuzzer: {submitted} descriptors ({accepted} accepted), {must_count} "
-        f"records owed and written once, {may_count} optional records, {elapsed:.1f} s; "
+        f"records owed and written once, {may_count} optional records, "
+        f"{cross_checks} other address spaces checked unchanged, {elapsed:.1f} s; "
         f"statuses {names}"
     )
     assert submitted == DESCRIPTORS and must_count > DESCRIPTORS // 3
