@@ -8,7 +8,7 @@ that only may get a record (CRAV alone, a batch's members) gets at most one. Not
 outside the submitter's writable mappings: pages left unmapped between windows, pages mapped
 read-only and the batch lists hold a pattern that must survive the run.
 
-``SIOV_FUZZ_DESCRIPTORS`` sets the number of top-level descriptors (default 8000);
+``SIOV_FUZZ_DESCRIPTORS`` sets the number of top-level descriptors (default 30,000);
 ``SIOV_FUZZ_SEED`` replays a run.
 """
 
@@ -27,7 +27,7 @@ from siovd.accel.checks import SPECS
 from tests.conftest import RunningDaemon
 from tests.fuzz.conftest import SEED, SUMMARY
 
-DESCRIPTORS = int(os.environ.get("SIOV_FUZZ_DESCRIPTORS", "8000"))
+DESCRIPTORS = int(os.environ.get("SIOV_FUZZ_DESCRIPTORS", "30000"))
 PAGE = 4096
 CHUNK = 24  # descriptors per SUBMIT: below every WQ's size, so nothing is dropped
 WINDOWS = 4  # data windows per domain
