@@ -368,3 +368,24 @@ def test_memmove_with_faults_always_ends_as_a_memmove(
     else:
         raise AssertionError("the copy never finished")
     assert b"".join(rig.get(phys[i], PAGE) for i in range(8)) == bytes(expect)
+
+
+def test_descending_copy_over_a_huge_range_translates_only_its_top() -> None:
+    """A hostile 1 GiB descending copy whose top is unmapped faults at its highest page after
+    a handful of translations (it once walked every page of the range: seconds of daemon time
+    and a fault report per page, found by tests/fuzz/test_descriptor_fuzz.py)."""
+    rig = Rig(bof=False)
+    size = 1 << 30
+    translations: list[int] = []
+    runs = rig.dma.runs
+
+    def counting(iova: int, length: int, write: bool) -> tuple[list[memoryview], object]:
+        translations.append(iova)
+        return runs(iova, length, write)
+
+    rig.dma.runs = counting  # type: ignore[method-assign,assignment]
+    rig.run(sdk.memmove(SRC + PAGE + 8, SRC, size, completion=CR))
+    record = rig.record()
+    assert record.status == DSA_COMP_PAGE_FAULT_NOBOF and record.result == 1
+    assert record.bytes_completed == 0 and record.fault_addr == SRC + size - PAGE
+    assert len(translations) < 10, len(translations)

@@ -170,16 +170,16 @@ class Window:
 
 def last_hole(dma: DmaSpace, base: int, length: int, write: bool) -> tuple[int, DmaFault | None]:
     """For a descending copy: where the translatable tail of ``[base, base+length)`` starts,
-    and the fault of the highest untranslatable page below it (None if all translates)."""
-    offset = 0
-    tail = 0
-    last: DmaFault | None = None
-    while offset < length:
-        views, fault = dma.runs(base + offset, length - offset, write)
-        if fault is None:
-            break
-        hole = offset + total(views)
-        nxt = ((base + hole) // caps.PAGE_SIZE + 1) * caps.PAGE_SIZE - base
-        last = fault
-        tail = offset = min(nxt, length)
-    return tail, last
+    and the fault of the highest untranslatable page below it (None if all translates).
+
+    The walk goes down from the end a page at a time and stops at the first hole, as the copy
+    itself does: its cost is the tail's pages, never the range's (a 2 GiB range whose top is
+    unmapped costs one translation, and reports one fault)."""
+    tail = length
+    while tail > 0:
+        page = max(((base + tail - 1) // caps.PAGE_SIZE) * caps.PAGE_SIZE - base, 0)
+        _, fault = dma.runs(base + page, tail - page, write)
+        if fault is not None:
+            return tail, fault
+        tail = page
+    return 0, None
