@@ -149,6 +149,7 @@ class RuntimeStats:
     page_responses: int = 0
     page_timeouts: int = 0
     page_requests_cancelled: int = 0
+    page_requests_refused: int = 0  # no PASID entry to route them: answered INVALID at once
     irqs_eventfd: int = 0
     irqs_event: int = 0
     irq_write_failures: int = 0
@@ -442,6 +443,18 @@ class AccelRuntime:
             self._deliver(state, blocked.events)
         fault = blocked.fault
         domain, _ = resolve(state.device, fault.pasid)
+        if domain is None:
+            # No PASID entry (or a blocked domain): the IOMMU has nowhere to route a page
+            # request, so it answers Invalid Request itself (the fault record already went to
+            # the device's owner). The descriptor completes with PAGE_FAULT_IR.
+            self.stats.page_requests_refused += 1
+            outcome = self.executor.resume(blocked.state, PageResponse.INVALID)
+            if type(outcome) is Completed:
+                self._complete(state, outcome)
+            else:
+                assert isinstance(outcome, Blocked)
+                self._block(state, outcome)
+            return
         owner = domain.owner if domain is not None and domain.owner else state.session
         request = PageRequest(self._next_request, state, blocked, owner)
         self._next_request += 1

@@ -437,3 +437,28 @@ async def test_outstanding_descriptors_limit(nursery: trio.Nursery, sock_dir: st
                 await trio.sleep(0.01)
         assert (await mdev.submit([dsa.noop()] * 4)).all_accepted
     running.server.nursery.cancel_scope.cancel()
+
+
+async def test_block_on_fault_without_a_pasid_entry_is_refused_at_once(
+    siovd: RunningDaemon,
+) -> None:
+    """No PASID entry: the IOMMU has nowhere to route a page request, so it answers Invalid
+    Request itself; the owner gets a fault record, never a page request."""
+    async with siov.connect(siovd.path) as client:
+        requests = client.page_requests()
+        mdev, _ = await setup(client, "dsa-1swq")
+        desc = dsa.fill(SRC, 0x77, 64, completion=cr(0), flags=dsa.IDXD_OP_FLAG_BOF)
+        assert (await mdev.submit(desc, pasid=99)).all_accepted  # PASID 99: never attached
+        with trio.fail_after(5):
+            while not mdev.software_errors:  # noqa: ASYNC110 (an EVENT_IRQ fills it)
+                await trio.sleep(0.01)
+        # The record itself lives behind PASID 99 too: it cannot be written, so the software
+        # error reports the completion (page fault, Invalid Request) instead.
+        assert mdev.software_errors[-1]["status"] == dsa.DSA_COMP_CRA_XLAT
+        stats = (await client.stats())["accel"]
+        assert stats["page_requests_refused"] == 1 and stats["page_requests_pending"] == 0
+        assert stats["page_requests"] == 0
+        with pytest.raises(trio.WouldBlock):
+            requests.receive_nowait()
+        fault = await client.next_event(Command.EVENT_FAULT)
+        assert fault.body["pasid"] == 99 and fault.body["reason"] == 0x59
