@@ -35,6 +35,7 @@ class ServerConfig:
     socket_mode: int = u(0, 0o777, default=0o660)
     grace_period_s: float = 5.0
     write_timeout_s: float = 10.0
+    handshake_timeout_s: float = 10.0  # VERSION (and AUTH) must be done by then
     max_clients: int = u(1, 65536, default=1024)
 
 
@@ -127,7 +128,7 @@ def _validate(cfg: Config) -> None:
         value = getattr(getattr(cfg, section), key)
         if value not in allowed:
             raise ConfigError(f"{section}.{key}: {value!r} is not one of {', '.join(allowed)}")
-    for name in ("grace_period_s", "write_timeout_s"):
+    for name in ("grace_period_s", "write_timeout_s", "handshake_timeout_s"):
         if getattr(cfg.server, name) <= 0:
             raise ConfigError(f"server.{name}: must be positive")
     if cfg.auth.mode == "key" and not cfg.auth.authorized_keys:

@@ -309,6 +309,7 @@ RELOADABLE = (
     "log.level",
     "limits.",
     "server.write_timeout_s",
+    "server.handshake_timeout_s",
     "server.grace_period_s",
     "server.max_clients",
     "iommu.page_request_timeout_s",

@@ -145,6 +145,7 @@ class ClientConnection:
             async with trio.open_nursery() as nursery:
                 self.nursery = nursery
                 nursery.start_soon(self.pump_events)
+                nursery.start_soon(self.handshake_deadline)
                 await self.read_loop()
                 nursery.cancel_scope.cancel()
         except* ClientGone as group:
@@ -153,6 +154,14 @@ class ClientConnection:
             self.log.exception("connection failed")
         finally:
             self.finish()
+
+    async def handshake_deadline(self) -> None:
+        """A connection that has not negotiated (and authenticated) in time is closed, so idle
+        sockets cannot hold ``server.max_clients`` slots for ever."""
+        await trio.sleep(self.daemon.config.server.handshake_timeout_s)
+        if self.session.phase is not Phase.READY:
+            self.daemon.counters["handshake_timeouts"] += 1
+            raise ClientGone("no VERSION/AUTH within server.handshake_timeout_s")
 
     def finish(self) -> None:
         close_fds(self.conn.pending_fds())

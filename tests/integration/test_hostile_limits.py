@@ -289,3 +289,21 @@ async def test_registered_memory_is_capped_in_bytes(nursery: trio.Nursery, sock_
             os.close(huge)
         await c.alloc(4 * MiB)
     running.server.nursery.cancel_scope.cancel()
+
+
+async def test_a_connection_that_never_negotiates_is_closed(
+    nursery: trio.Nursery, sock_dir: str
+) -> None:
+
+    cfg = make_config(server={"handshake_timeout_s": 0.3})
+    running = await start_daemon(nursery, os.path.join(sock_dir, "hs.sock"), cfg)
+    idle = trio.socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    await idle.connect(running.path)
+    async with siov.connect(running.path) as client:
+        with trio.fail_after(10):
+            assert await idle.recv(1) == b""  # the daemon closed the silent connection
+        await trio.sleep(0.5)  # past the deadline: a negotiated client is left alone
+        assert await client.ping(b"ok") == b"ok"
+        assert (await client.stats())["daemon"]["handshake_timeouts"] == 1
+    idle.close()
+    running.server.nursery.cancel_scope.cancel()
