@@ -348,32 +348,26 @@ class WorkQueue:
             raise SiovError(errno.EINVAL, f"{self.path}: a dedicated WQ has no threshold")
         self.threshold = threshold
 
-    def _set_max_transfer_size(self, value: object) -> None:
-        size = as_int(self.path, "max_transfer_size", value)
-        self._need_disabled("max_transfer_size")
+    def _pow2_limit(self, attr: str, value: object, device_max: int) -> int:
+        """accel-config: a size rounded up to a power of two, at most the device's maximum."""
+        size = as_int(self.path, attr, value)
+        self._need_disabled(attr)
         if size <= 0:
-            raise SiovError(errno.EINVAL, f"{self.path}: max_transfer_size must be positive")
+            raise SiovError(errno.EINVAL, f"{self.path}: {attr} must be positive")
         size = roundup_pow2(size)
-        if size > caps.MAX_TRANSFER_SIZE:
+        if size > device_max:
             raise SiovError(
-                errno.EINVAL,
-                f"{self.path}: max_transfer_size {size} exceeds the device's "
-                f"{caps.MAX_TRANSFER_SIZE}",
+                errno.EINVAL, f"{self.path}: {attr} {size} exceeds the device's {device_max}"
             )
-        self.max_transfer_size = size
+        return size
+
+    def _set_max_transfer_size(self, value: object) -> None:
+        self.max_transfer_size = self._pow2_limit(
+            "max_transfer_size", value, caps.MAX_TRANSFER_SIZE
+        )
 
     def _set_max_batch_size(self, value: object) -> None:
-        size = as_int(self.path, "max_batch_size", value)
-        self._need_disabled("max_batch_size")
-        if size <= 0:
-            raise SiovError(errno.EINVAL, f"{self.path}: max_batch_size must be positive")
-        size = roundup_pow2(size)
-        if size > caps.MAX_BATCH_SIZE:
-            raise SiovError(
-                errno.EINVAL,
-                f"{self.path}: max_batch_size {size} exceeds the device's {caps.MAX_BATCH_SIZE}",
-            )
-        self.max_batch_size = size
+        self.max_batch_size = self._pow2_limit("max_batch_size", value, caps.MAX_BATCH_SIZE)
 
     def _set_ats_disable(self, value: object) -> None:
         flag = as_bool(self.path, "ats_disable", value)
