@@ -63,6 +63,7 @@ class LimitsConfig:
     mdevs: int = u(1, 1 << 20, default=64)
     domains: int = u(1, 1 << 20, default=256)
     mapped_bytes: int = u(0, 1 << 48, default=64 << 30)
+    mappings: int = u(1, 1 << 24, default=65536)  # MAP calls alive at once, over all domains
     outstanding_descriptors: int = u(1, 1 << 24, default=65536)
     #: Requests of one connection whose handlers are still running (those that wait, such as a
     #: page request); past it a request gets EAGAIN, so pipelining cannot pile up tasks.

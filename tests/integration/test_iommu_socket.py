@@ -228,3 +228,19 @@ async def test_limits_name_themselves(nursery: trio.Nursery, sock_dir: str) -> N
         await expect(errno.ENOSPC, client.create_mdev("siov_test", "siov_test-1"), "limits.mdevs")
         await expect(errno.ENOSPC, client.map(dom, buf.phys, 2 * MiB), "limits.mapped_bytes")
     running.server.nursery.cancel_scope.cancel()
+
+
+async def test_the_number_of_mappings_is_bounded(nursery: trio.Nursery, sock_dir: str) -> None:
+    cfg = make_config(limits={"mappings": 3})
+    running = await start_daemon(nursery, os.path.join(sock_dir, "m.sock"), cfg)
+    async with siov.connect(running.path) as client:
+        buf = await client.alloc(MiB)
+        a = (await client.alloc_domain())["domain_id"]
+        b = (await client.alloc_domain())["domain_id"]
+        for i in range(2):
+            await client.map(a, buf.phys + i * 4096, 4096, iova=i * 4096)
+        await client.map(b, buf.phys, 4096, iova=0)  # the limit counts every domain
+        await expect(errno.ENOSPC, client.map(b, buf.phys, 4096, iova=0x1000), "limits.mappings")
+        assert await client.unmap(a, 0, 4096) == 4096  # an unmap frees a slot
+        await client.map(b, buf.phys, 4096, iova=0x1000)
+    running.server.nursery.cancel_scope.cancel()

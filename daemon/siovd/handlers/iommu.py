@@ -114,8 +114,12 @@ def detach_pasid(ctx: Context, req: PasidDetach) -> dict[str, Any]:
 @registry.command(Command.MAP, Map)
 def map_(ctx: Context, req: Map) -> dict[str, Any]:
     daemon, owner = ctx.daemon, ctx.session.id
+    domains = daemon.iommu.domains(owner)
+    max_mappings = daemon.config.limits.mappings
+    if sum(len(d.areas) for d in domains) >= max_mappings:
+        raise SiovError(errno.ENOSPC, f"limit reached: limits.mappings = {max_mappings}")
     limit = daemon.config.limits.mapped_bytes
-    mapped = sum(d.mapped_bytes for d in daemon.iommu.domains(owner))
+    mapped = sum(d.mapped_bytes for d in domains)
     if mapped + req.size > limit:
         raise SiovError(
             errno.ENOSPC,
