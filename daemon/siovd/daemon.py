@@ -19,7 +19,7 @@ from siov_protocol import Command
 from . import __version__
 from .accel import Accelerators, DsaParent
 from .accel_runtime import AccelRuntime
-from .auth import AuthPolicy, PeerCredentials
+from .auth import AuthPolicy, PeerCredentials, new_nonce
 from .bus import Bus
 from .config import Config, ConfigError
 from .config import from_dict as config_from_dict
@@ -165,7 +165,7 @@ class Daemon:
 
     def new_nonce(self, session: Session) -> bytes:
         """A fresh challenge for this connection only."""
-        session.nonce = os.urandom(32)
+        session.nonce = new_nonce()
         return session.nonce
 
     def authenticate(

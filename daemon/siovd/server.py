@@ -34,6 +34,7 @@ from siov_protocol import (
 from siov_protocol.header import FLAG_NO_REPLY, HEADER_SIZE
 from siov_protocol.schema import encode
 
+from .auth import peer_credentials
 from .daemon import Daemon
 from .engines import daemon_tasks
 from .errors import SiovError
@@ -353,14 +354,11 @@ class ClientConnection:
 
 
 def _peer_credentials(sock: socket.socket) -> tuple[int, int, int] | None:
-    import struct
-
     try:
-        raw = sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i"))
+        creds = peer_credentials(sock)
     except OSError:
         return None
-    pid, uid, gid = struct.unpack("3i", raw)
-    return pid, uid, gid
+    return creds.pid, creds.uid, creds.gid
 
 
 def bind_unix_socket(path: str, mode: int) -> socket.socket:
