@@ -40,8 +40,8 @@ import siov
 from bench.common import Figure, daemon, figure
 from siov import dsa as sdk
 from siov_protocol import Command
-from siovd.accel import Completed, Executor, WorkItem, embedded_default, run_inprocess
-from siovd.dma import DmaFault
+from siovd.model.accel import Completed, Executor, WorkItem, embedded_default, run_inprocess
+from siovd.model.dma import DmaFault
 
 MIB = 1 << 20
 RUNS = 5
@@ -147,9 +147,9 @@ async def _socket_rate(path: str, seconds: float) -> float:
 
 def _inprocess_rate(seconds: float) -> float:
     """The same SUBMITs handed to the daemon's accelerator runtime in this process."""
-    from siovd.config import from_dict
-    from siovd.daemon import Daemon
-    from siovd.session import Session
+    from siovd.host.config import from_dict
+    from siovd.service.daemon import Daemon
+    from siovd.service.session import Session
 
     model = Daemon(from_dict({}), state_dir="")  # no persistent definitions here
     session = Session()

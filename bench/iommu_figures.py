@@ -33,13 +33,13 @@ if __package__ in (None, ""):
 
 from bench.common import Figure, figure
 from bench.common import median_of as median
-from siovd.bus import Bus
-from siovd.device import Device
-from siovd.iommu import Iommu, Iotlb, QemuPolicyIotlb
-from siovd.iommu.iotlb import make_tag
-from siovd.iommu.pagetable import PROT_READ, PROT_WRITE, walk
-from siovd.memory import PhysicalMemory, Region
-from siovd.testparent import SiovTestParent
+from siovd.model.bus import Bus
+from siovd.model.device import Device
+from siovd.model.iommu import Iommu, Iotlb, QemuPolicyIotlb
+from siovd.model.iommu.iotlb import make_tag
+from siovd.model.iommu.pagetable import PROT_READ, PROT_WRITE, walk
+from siovd.model.memory import PhysicalMemory, Region
+from siovd.model.testparent import SiovTestParent
 
 RW = PROT_READ | PROT_WRITE
 PAGE = 4096

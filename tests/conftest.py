@@ -11,9 +11,9 @@ from typing import Any
 import pytest
 import trio
 
-from siovd import config as siovd_config
-from siovd.daemon import Daemon
-from siovd.server import Server, bind_unix_socket
+from siovd.host import config as siovd_config
+from siovd.service.daemon import Daemon
+from siovd.service.server import Server, bind_unix_socket
 
 
 @dataclass

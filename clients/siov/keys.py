@@ -2,7 +2,7 @@
 
 Keys are ordinary OpenSSH Ed25519 keys, so ``ssh-keygen -t ed25519`` makes them too and
 ``ssh-keygen -lf key.pub`` prints the fingerprint the daemon logs. The public half goes into the
-daemon's authorized-keys file (see ``siovd.auth``), optionally prefixed with ``role=admin``.
+daemon's authorized-keys file (see ``siovd.host.auth``), optionally prefixed with ``role=admin``.
 """
 
 from __future__ import annotations

@@ -6,7 +6,7 @@ with a fixed context string so a siov signature can never be mistaken for a sign
 another purpose with the same key (an SSH login, a git commit), and it carries the public key
 the client claims, so the signature commits to the identity being asserted.
 
-Nothing here touches a socket or a key file: the daemon (``siovd.auth``) and the client
+Nothing here touches a socket or a key file: the daemon (``siovd.host.auth``) and the client
 (``siov.keys``) both build the message with this module.
 """
 

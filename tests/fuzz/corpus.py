@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from typing import Any, get_args, get_origin
 
 from siov_protocol import Command
-from siovd.handlers import registry
+from siovd.service.handlers import registry
 from tests.fuzz.wire import HDR, HEADER_SIZE, MAX_MSG_SIZE, body, frame
 
 COMMANDS: list[int] = sorted(registry.handlers)

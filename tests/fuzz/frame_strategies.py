@@ -15,7 +15,7 @@ from typing import Any
 from hypothesis import strategies as st
 
 from siov_protocol.schema import encode
-from siovd.handlers import registry
+from siovd.service.handlers import registry
 from tests.fuzz import corpus
 from tests.fuzz.wire import HDR, HEADER_SIZE, body
 from tests.strategies import for_schema

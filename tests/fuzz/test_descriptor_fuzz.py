@@ -23,7 +23,7 @@ import trio
 import siov
 from siov import dsa
 from siov_protocol.dsa import DsaCompStatus, DsaOpcode
-from siovd.accel.checks import SPECS
+from siovd.model.accel.checks import SPECS
 from tests.conftest import RunningDaemon
 from tests.fuzz.conftest import SEED, SUMMARY
 

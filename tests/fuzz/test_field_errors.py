@@ -21,7 +21,7 @@ import msgpack
 import pytest
 
 from siov_protocol import Command
-from siovd.handlers import registry
+from siovd.service.handlers import registry
 from tests.conftest import DaemonProcess
 from tests.fuzz import corpus
 from tests.rawclient import RawClient

@@ -28,7 +28,7 @@ from siov_protocol.messages_accel import (
     REGION_FLAG_WRITE,
     SUBMIT_ACCEPTED,
 )
-from siovd.session import Role
+from siovd.service.session import Role
 from tests.conftest import DaemonProcess, RunningDaemon
 
 MiB = 1 << 20

@@ -21,9 +21,9 @@ import trio
 import siov
 from siov_protocol import Command
 from siov_protocol.messages import Empty
-from siovd.handlers import Context, Handler, registry
-from siovd.server import MAX_REFUSING
-from siovd.session import Phase
+from siovd.service.handlers import Context, Handler, registry
+from siovd.service.server import MAX_REFUSING
+from siovd.service.session import Phase
 from tests.conftest import RunningDaemon, make_config, start_daemon
 from tests.fuzz.wire import HDR, HEADER_SIZE, body, frame
 
@@ -248,7 +248,7 @@ async def test_no_reply_exceeds_the_negotiated_size(small: RunningDaemon) -> Non
 async def test_translate_walks_a_bounded_number_of_pages(small: RunningDaemon) -> None:
     """Regression: TRANSLATE walked its whole length page by page in one request (a client
     could stall the daemon for a minute with 64 GiB of 4 KiB mappings)."""
-    from siovd.handlers.dma import TRANSLATE_MAX_PAGES
+    from siovd.service.handlers.dma import TRANSLATE_MAX_PAGES
 
     size = TRANSLATE_MAX_PAGES * PAGE + 16 * MiB
     async with siov.connect(small.path) as c:

@@ -1,4 +1,4 @@
-"""siovd.systemd against systemd's own socket activation (``systemd-socket-activate``)."""
+"""siovd.host.systemd against systemd's own socket activation (``systemd-socket-activate``)."""
 
 from __future__ import annotations
 

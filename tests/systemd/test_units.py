@@ -214,7 +214,7 @@ MDWE_CHILD = textwrap.dedent(
 
     import msgpack, structlog, trio
     from siov.keys import sign_challenge
-    from siovd.auth import AuthorizedKeys, new_nonce
+    from siovd.host.auth import AuthorizedKeys, new_nonce
     from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
     from cryptography.hazmat.primitives.serialization import (
         Encoding, NoEncryption, PrivateFormat, PublicFormat, load_ssh_private_key)

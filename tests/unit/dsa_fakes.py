@@ -8,8 +8,8 @@ physically contiguous pages are merged into one run, as the IOMMU does.
 from __future__ import annotations
 
 from siov_protocol.dsa import CompletionRecord
-from siovd.accel import Blocked, Completed, Executor, SubmitResult, embedded_default
-from siovd.dma import DmaFault
+from siovd.model.accel import Blocked, Completed, Executor, SubmitResult, embedded_default
+from siovd.model.dma import DmaFault
 
 PAGE = 4096
 NOT_PRESENT = 0x71  # VT-d: first-stage entry not present

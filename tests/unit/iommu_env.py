@@ -10,14 +10,14 @@ from typing import Any
 
 import pytest
 
-from siovd.bus import Bus
-from siovd.device import Device
-from siovd.errors import SiovError
-from siovd.iommu import Iommu
-from siovd.iommu.faults import FaultRecord
-from siovd.iommu.pagetable import ADDR_MASK, PTE_P, PTE_PS, PTE_RW, PTE_US
-from siovd.memory import PhysicalMemory, Region
-from siovd.testparent import SiovTestParent
+from siovd.model.bus import Bus
+from siovd.model.device import Device
+from siovd.model.errors import SiovError
+from siovd.model.iommu import Iommu
+from siovd.model.iommu.faults import FaultRecord
+from siovd.model.iommu.pagetable import ADDR_MASK, PTE_P, PTE_PS, PTE_RW, PTE_US
+from siovd.model.memory import PhysicalMemory, Region
+from siovd.model.testparent import SiovTestParent
 
 MiB = 1 << 20
 GiB = 1 << 30

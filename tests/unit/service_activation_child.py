@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 import os
 
-from siovd.systemd import ActivationError, listen_fds, stream_listener
+from siovd.host.systemd import ActivationError, listen_fds, stream_listener
 
 try:
     fds = listen_fds()

@@ -10,7 +10,7 @@ from __future__ import annotations
 import sys
 import uuid
 
-from siovd.definitions import DefinitionStore
+from siovd.host.definitions import DefinitionStore
 
 store = DefinitionStore(sys.argv[1])
 n = 0

@@ -9,10 +9,10 @@ from collections.abc import Callable
 
 import pytest
 
-from siovd.accel import Accelerators, DsaParent, caps, embedded_default
-from siovd.accel.device import DsaDevice
-from siovd.accel.registers import BAR0_SIZE
-from siovd.errors import SiovError
+from siovd.model.accel import Accelerators, DsaParent, caps, embedded_default
+from siovd.model.accel.device import DsaDevice
+from siovd.model.accel.registers import BAR0_SIZE
+from siovd.model.errors import SiovError
 
 
 def refused(code: int, call: Callable[[], object], name: str = "") -> SiovError:

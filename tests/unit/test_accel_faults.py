@@ -19,7 +19,7 @@ from siov_protocol.dsa import (
     IDXD_OP_FLAG_BOF,
     IDXD_OP_FLAG_RCI,
 )
-from siovd.accel import Blocked, Completed, PageResponse, SoftwareError
+from siovd.model.accel import Blocked, Completed, PageResponse, SoftwareError
 from tests.unit.dsa_fakes import PAGE, Rig
 
 CR = Rig.CR
@@ -134,7 +134,7 @@ def test_invalid_response_keeps_the_partial_crc() -> None:
     finish(rig, rig.executor.resume(outcome.state, PageResponse.INVALID))
     record = rig.record()
     assert (record.status, record.bytes_completed) == (DSA_COMP_PAGE_FAULT_IR, PAGE)
-    from siovd.accel.crc import dsa_crc32c
+    from siovd.model.accel.crc import dsa_crc32c
 
     assert record.crc_val == dsa_crc32c([data[:PAGE]])
 
@@ -156,7 +156,7 @@ def test_shared_wq_faults_in_the_submitters_pasid() -> None:
 
 @pytest.mark.parametrize("response", [PageResponse.SUCCESS, PageResponse.INVALID])
 def test_crc_resume_is_exact(response: PageResponse) -> None:
-    from siovd.accel.crc import dsa_crc32c
+    from siovd.model.accel.crc import dsa_crc32c
 
     rig = Rig()
     data = os.urandom(3 * PAGE)

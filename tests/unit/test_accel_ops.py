@@ -37,7 +37,7 @@ from siov_protocol.dsa import (
     Descriptor,
     DsaOpcode,
 )
-from siovd.accel import Interrupt, SoftwareError
+from siovd.model.accel import Interrupt, SoftwareError
 from tests.unit.dsa_fakes import PAGE, Rig
 
 CR = Rig.CR

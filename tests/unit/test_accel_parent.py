@@ -8,7 +8,7 @@ import struct
 import pytest
 
 from siov import dsa as sdk
-from siovd.accel import (
+from siovd.model.accel import (
     MDEV_IRQ_COUNT,
     TYPE_1DWQ,
     TYPE_1SWQ,
@@ -18,9 +18,9 @@ from siovd.accel import (
     SubmitResult,
     embedded_default,
 )
-from siovd.accel.registers import WQCFG_TABLE
-from siovd.errors import SiovError
-from siovd.parents import MdevParent
+from siovd.model.accel.registers import WQCFG_TABLE
+from siovd.model.errors import SiovError
+from siovd.model.parents import MdevParent
 from tests.unit.dsa_fakes import FakeDma
 
 

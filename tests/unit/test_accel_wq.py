@@ -7,9 +7,9 @@ import errno
 import pytest
 
 from siov import dsa as sdk
-from siovd.accel import SubmitResult, embedded_default
-from siovd.accel.device import DsaDevice
-from siovd.errors import SiovError
+from siovd.model.accel import SubmitResult, embedded_default
+from siovd.model.accel.device import DsaDevice
+from siovd.model.errors import SiovError
 
 NOOP = sdk.noop()
 

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import errno
 
-from siovd.device import Device
-from siovd.testparent import SiovTestParent
+from siovd.model.device import Device
+from siovd.model.testparent import SiovTestParent
 from tests.unit.iommu_env import PAGE, RW, Env, MiB, env, raises_errno
 
 __all__ = ["env"]

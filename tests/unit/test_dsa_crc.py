@@ -12,7 +12,7 @@ from siov_protocol.dsa import (
     IDXD_OP_FLAG_BYPASS_CRC_INV_REF,
     IDXD_OP_FLAG_BYPASS_DATA_REF,
 )
-from siovd.accel.crc import bitrev32, dsa_crc32c
+from siovd.model.accel.crc import bitrev32, dsa_crc32c
 from tests.unit.dsa_fakes import Rig
 
 INV_REF = IDXD_OP_FLAG_BYPASS_CRC_INV_REF

@@ -5,9 +5,9 @@ from __future__ import annotations
 import os
 
 from siov_protocol import Command
-from siovd.config import from_dict
-from siovd.daemon import Daemon
-from siovd.session import Session
+from siovd.host.config import from_dict
+from siovd.service.daemon import Daemon
+from siovd.service.session import Session
 
 
 def test_a_dropped_event_closes_its_fds() -> None:

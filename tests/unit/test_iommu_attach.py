@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import errno
 
-from siovd.bus import Bus
-from siovd.iommu import DomainType
+from siovd.model.bus import Bus
+from siovd.model.iommu import DomainType
 from tests.unit.iommu_env import PAGE, RW, Env, MiB, env, raises_errno
 
 __all__ = ["env"]

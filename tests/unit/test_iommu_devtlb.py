@@ -6,10 +6,10 @@ from __future__ import annotations
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from siovd.device import Device
-from siovd.iommu import Iotlb
-from siovd.iommu.devtlb import CAPACITY
-from siovd.iommu.faults import FR_FS_NOT_PRESENT, FR_SM_WRITE
+from siovd.model.device import Device
+from siovd.model.iommu import Iotlb
+from siovd.model.iommu.devtlb import CAPACITY
+from siovd.model.iommu.faults import FR_FS_NOT_PRESENT, FR_SM_WRITE
 from tests.unit.iommu_env import PAGE, RO, RW, Env, MiB, env
 
 __all__ = ["env"]

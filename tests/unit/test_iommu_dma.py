@@ -4,14 +4,14 @@ from __future__ import annotations
 
 import errno
 
-from siovd.device import Device
-from siovd.iommu.faults import (
+from siovd.model.device import Device
+from siovd.model.iommu.faults import (
     FR_FS_ACCESS,
     FR_FS_NOT_PRESENT,
     FR_PASID_ENTRY_NOT_PRESENT,
     FR_SM_WRITE,
 )
-from siovd.iommu.pagetable import PTE_D
+from siovd.model.iommu.pagetable import PTE_D
 from tests.unit.iommu_env import PAGE, RO, RW, Env, MiB, UserPageTable, env, raises_errno
 
 __all__ = ["env"]

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from siovd.iommu.iotlb import Iotlb, QemuPolicyIotlb, make_tag
+from siovd.model.iommu.iotlb import Iotlb, QemuPolicyIotlb, make_tag
 
 K4, M2, G1 = 1 << 12, 1 << 21, 1 << 30
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import errno
 from collections.abc import Callable
 
-from siovd.iommu import UNMAP_ALL
+from siovd.model.iommu import UNMAP_ALL
 from tests.unit.iommu_env import PAGE, RW, Env, MiB, UserPageTable, env, errno_of, raises_errno
 
 __all__ = ["env"]

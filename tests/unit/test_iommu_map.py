@@ -6,8 +6,8 @@ import errno
 import itertools
 from array import array
 
-from siovd.iommu import UNMAP_ALL
-from siovd.iommu.pagetable import ADDR_MASK, PTE_P, PTE_PS, leaf_flags
+from siovd.model.iommu import UNMAP_ALL
+from siovd.model.iommu.pagetable import ADDR_MASK, PTE_P, PTE_PS, leaf_flags
 from tests.unit.iommu_env import PAGE, RO, RW, Env, GiB, MiB, env, raises_errno
 
 __all__ = ["env"]

@@ -7,7 +7,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from siovd.iommu.faults import (
+from siovd.model.iommu.faults import (
     FR_FS_ACCESS,
     FR_FS_NOT_PRESENT,
     FR_FS_RESERVED,
@@ -15,7 +15,7 @@ from siovd.iommu.faults import (
     FR_SM_WRITE,
     FR_US_PRIVILEGE,
 )
-from siovd.iommu.pagetable import (
+from siovd.model.iommu.pagetable import (
     ADDR_MASK,
     PROT_READ,
     PROT_WRITE,
@@ -32,7 +32,7 @@ from siovd.iommu.pagetable import (
     PageTable,
     walk,
 )
-from siovd.memory import PageTablePool, PhysicalMemory, Region
+from siovd.model.memory import PageTablePool, PhysicalMemory, Region
 from tests.unit.iommu_env import GiB, MiB, UserPageTable
 
 RW = PROT_READ | PROT_WRITE

@@ -16,9 +16,9 @@ import hypothesis.strategies as st
 from hypothesis import HealthCheck, settings
 from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
 
-from siovd.errors import SiovError
-from siovd.iommu import UNMAP_ALL
-from siovd.iommu.faults import FR_FS_NOT_PRESENT, FR_PASID_ENTRY_NOT_PRESENT, FR_SM_WRITE
+from siovd.model.errors import SiovError
+from siovd.model.iommu import UNMAP_ALL
+from siovd.model.iommu.faults import FR_FS_NOT_PRESENT, FR_PASID_ENTRY_NOT_PRESENT, FR_SM_WRITE
 from tests.unit.iommu_env import PAGE, RO, RW, Env
 
 WINDOW = 0x4000_0000  # 1 GiB-aligned: 2 MiB leaves happen when phys agrees

@@ -5,7 +5,7 @@ from __future__ import annotations
 import errno
 import mmap
 
-from siovd.memory import (
+from siovd.model.memory import (
     DAEMON_OWNER,
     FIRST_BASE,
     PAGE_SIZE,

@@ -1,4 +1,4 @@
-"""siovd.auth: peercred allow-lists, Ed25519 challenge-response, authorized-keys parsing."""
+"""siovd.host.auth: peercred allow-lists, Ed25519 challenge-response, authorized-keys parsing."""
 
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from siov.keys import public_key_line, public_key_raw, sign_challenge
 from siov_protocol.auth import AUTH_CONTEXT, challenge_message, key_fingerprint
-from siovd.auth import (
+from siovd.host.auth import (
     AuthMode,
     AuthorizedKeys,
     AuthPolicy,
@@ -26,7 +26,7 @@ from siovd.auth import (
     new_nonce,
     peer_credentials,
 )
-from siovd.errors import SiovError
+from siovd.model.errors import SiovError
 
 # ---- a user database with known members ------------------------------------------------------
 

@@ -1,4 +1,4 @@
-"""siovd.definitions: mdevctl-style persistent definitions, saved atomically."""
+"""siovd.host.definitions: mdevctl-style persistent definitions, saved atomically."""
 
 from __future__ import annotations
 
@@ -17,7 +17,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from siovd.definitions import (
+from siovd.host.definitions import (
     FILE_NAME,
     CorruptDefinitionsError,
     Definition,
@@ -26,7 +26,7 @@ from siovd.definitions import (
     dumpjson,
     make_definition,
 )
-from siovd.errors import SiovError
+from siovd.model.errors import SiovError
 
 U1 = "0b8c5a3e-6f7d-4c43-9a7e-1d2f3b4c5d6e"
 U2 = "8f0a4b2c-1d3e-4f5a-8b6c-7d8e9f0a1b2c"

@@ -24,7 +24,7 @@ from siov.keys import (
     public_key_raw,
     sign_challenge,
 )
-from siovd.auth import AuthorizedKeys, Identity, Role, new_nonce
+from siovd.host.auth import AuthorizedKeys, Identity, Role, new_nonce
 
 
 def test_generate_writes_both_halves(tmp_path: Path) -> None:

@@ -1,4 +1,4 @@
-"""siovd.systemd: socket activation, sd_notify and the watchdog, against real sockets."""
+"""siovd.host.systemd: socket activation, sd_notify and the watchdog, against real sockets."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 from structlog.testing import capture_logs
 
-from siovd.systemd import (
+from siovd.host.systemd import (
     ActivationError,
     ListenFd,
     Notifier,

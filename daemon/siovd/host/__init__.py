@@ -1,0 +1,2 @@
+"""Host integration: the entry point, configuration, authentication, persistent definitions,
+systemd and logging setup."""

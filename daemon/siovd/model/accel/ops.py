@@ -1,0 +1,732 @@
+"""Descriptor execution: one 64-byte descriptor against one requester's DMA space.
+
+Every address a descriptor names (source, destinations, completion record, batch list, delta
+record, seed, readback) is translated through the :class:`~siovd.model.dma.DmaSpace` of the PASID
+the work is tagged with, one range at a time, and data moves by memoryview slices.
+
+Errors complete the descriptor with the status the DSA rules give (``DSA_COMP_*``); a page
+fault completes it partially (``PAGE_FAULT_NOBOF``: ``bytes_completed``, ``fault_addr``, the
+0x80 bit for a write fault), unless the descriptor has BOF and its WQ has block_on_fault, in
+which case :meth:`Executor.execute` returns :class:`~siovd.model.accel.outcome.Blocked` and
+:meth:`Executor.resume` continues after the page response.
+
+Choices where the DSA specification is not public (see the fact sheet's open points): a
+successful operation reports ``bytes_completed`` 0 except a compare that found a difference; a
+DRAIN waits only for descriptors of its own WQ and PASID (:meth:`WorkQueue.take`); a fence in a
+batch abandons the rest of the batch once an earlier descriptor failed (SUCCESS_PRED counts as a
+failure there, that is what CR is for); a fault reading a batch list, a drain's readback address
+or writing a completion record never blocks; reserved fields must be zero (``NOZERO_RESERVE``)
+and op-specific flag bits not defined for an opcode are ``INVALID_FLAGS``; the direction of an
+overlapping MEMMOVE is chosen on I/O virtual addresses.
+
+The pieces: :mod:`siovd.model.accel.checks` (validation before an operation runs),
+:mod:`siovd.model.accel.ranges` (copying and comparing across translated runs),
+:mod:`siovd.model.accel.results` (the tuples operations return), :mod:`siovd.model.accel.crc`.
+"""
+
+from __future__ import annotations
+
+import struct
+from collections.abc import Callable, Iterable
+from typing import Final
+
+from siov_protocol.dsa import (
+    COMP_STRUCT,
+    DESC_STRUCT,
+    DSA_COMP_STATUS_MASK,
+    DSA_COMP_STATUS_WRITE,
+    IDXD_OP_FLAG_BOF,
+    IDXD_OP_FLAG_CR,
+    IDXD_OP_FLAG_CRAV,
+    IDXD_OP_FLAG_FENCE,
+    IDXD_OP_FLAG_FILL_16B,
+    IDXD_OP_FLAG_RCI,
+    IDXD_OP_FLAG_RCR,
+    IDXD_OP_FLAG_RDBACK_ADDR1,
+    IDXD_OP_FLAG_RDBACK_ADDR2,
+    IDXD_OP_FLAG_READ_CRC_SEED,
+    DsaCompStatus,
+    DsaOpcode,
+)
+from siovd.model.accel import caps
+from siovd.model.accel.checks import SPECS, validate
+from siovd.model.accel.crc import crc_begin, crc_end, crc_update
+from siovd.model.accel.device import embedded_default
+from siovd.model.accel.outcome import (
+    AccelEvent,
+    Blocked,
+    Completed,
+    Interrupt,
+    PageResponse,
+    SoftwareError,
+)
+from siovd.model.accel.ranges import (
+    CHUNK,
+    Window,
+    chunks,
+    copy_views,
+    fill_pattern,
+    first_diff,
+    gather,
+    last_hole,
+    overlaps,
+    pattern_diff,
+    total,
+)
+from siovd.model.accel.results import (
+    BLOCK,
+    OK,
+    PF_IR,
+    PF_NOBOF,
+    SUCCESS,
+    SUCCESS_PRED,
+    Desc,
+    Res,
+    finished,
+    partial,
+)
+from siovd.model.accel.wq import WorkItem, WorkQueue
+from siovd.model.dma import DmaFault, DmaSpace
+
+OpFn = Callable[["Executor", WorkItem, DmaSpace, Desc, object, list[AccelEvent]], Res]
+
+_unpack_desc = DESC_STRUCT.unpack
+_unpack_desc_from = DESC_STRUCT.unpack_from
+_pack_comp = COMP_STRUCT.pack
+
+_WRITE_BIT: Final = DSA_COMP_STATUS_WRITE
+_INT_HANDLE_INVAL: Final = int(DsaCompStatus.INT_HANDLE_INVAL)
+
+_U32_ALL: Final = 0xFFFFFFFF
+_DELTA_ENTRY: Final = struct.Struct("<HQ")  # 10-byte delta record entry
+_U32 = struct.Struct("<I")
+_U64 = struct.Struct("<Q")
+_MAX_DELTA_XFER: Final = 0x80000  # 2^16 eight-byte words (DML validation.cpp)
+_MIN_DELTA_RECORD: Final = 80  # accel-config test/dsa.h MIN_DELTA_RECORD_SIZE
+
+
+class _BatchProgress:
+    """Where a batch stands: its descriptor list, the next index, and a sub-descriptor that is
+    waiting for a page response."""
+
+    __slots__ = ("completed", "count", "failed", "index", "list", "response", "sub", "sub_res")
+
+    def __init__(self, descriptors: bytes, count: int) -> None:
+        self.list = descriptors
+        self.count = count
+        self.index = 0
+        self.completed = 0
+        self.failed = False
+        self.sub: Desc | None = None  # the blocked sub-descriptor
+        self.sub_res: Res | None = None  # its partial result
+        self.response = PageResponse.SUCCESS
+
+
+class ResumeState:
+    """Everything needed to continue a blocked descriptor. Opaque to callers."""
+
+    __slots__ = ("desc", "dma", "item", "progress", "res")
+
+    def __init__(self, item: WorkItem, dma: DmaSpace, desc: Desc, res: Res) -> None:
+        self.item = item
+        self.dma = dma
+        self.desc = desc
+        self.res = res
+        self.progress = res[6]
+
+
+class Executor:
+    """Runs descriptors. Stateless between descriptors: one instance can serve every engine."""
+
+    # -- entry points --------------------------------------------------------------------------
+
+    def execute(
+        self, item: WorkItem, dma_for_pasid: Callable[[int], DmaSpace]
+    ) -> Completed | Blocked:
+        """Run ``item``; ``dma_for_pasid(item.pasid)`` gives the DMA space its addresses are
+        translated in (PASID 0 means requests without PASID)."""
+        return self.run(item, dma_for_pasid(item.pasid))
+
+    def run(self, item: WorkItem, dma: DmaSpace) -> Completed | Blocked:
+        """:meth:`execute` with the DMA space already chosen."""
+        desc = _unpack_desc(item.desc)
+        events: list[AccelEvent] = []
+        opcode = desc[1] >> 24
+        res = validate(item, desc, opcode, False)
+        if res is None:  # _exec_desc, inlined for the common case
+            res = _OPS[opcode](self, item, dma, desc, None, events)
+            if res[5] is not None and res[0] == PF_NOBOF:
+                res = self._faulted(item, desc, res)
+        if res[0] == BLOCK:
+            fault = res[5]
+            assert fault is not None
+            return Blocked(item, fault, ResumeState(item, dma, desc, res), tuple(events))
+        return self._conclude(item, dma, desc, res, events)
+
+    def resume(self, state: ResumeState, response: PageResponse) -> Completed | Blocked:
+        """Continue after the page response: SUCCESS picks up where the fault stopped the work,
+        INVALID completes it with ``PAGE_FAULT_IR`` and the partial values."""
+        item, dma, desc = state.item, state.dma, state.desc
+        events: list[AccelEvent] = []
+        progress = state.progress
+        if isinstance(progress, _BatchProgress):
+            progress.response = response
+            res = self._op_batch(item, dma, desc, progress, events)
+        elif response == PageResponse.SUCCESS:
+            res = self._exec_desc(item, dma, desc, progress, events)
+        else:
+            res = _invalid_response(state.res)
+        if res[0] == BLOCK:
+            fault = res[5]
+            assert fault is not None
+            return Blocked(item, fault, ResumeState(item, dma, desc, res), tuple(events))
+        return self._conclude(item, dma, desc, res, events)
+
+    # -- one descriptor -----------------------------------------------------------------------
+
+    def _exec_desc(
+        self,
+        item: WorkItem,
+        dma: DmaSpace,
+        desc: Desc,
+        progress: object,
+        events: list[AccelEvent],
+        in_batch: bool = False,
+    ) -> Res:
+        opcode = desc[1] >> 24
+        if progress is None:
+            error = validate(item, desc, opcode, in_batch)
+            if error is not None:
+                return error
+        res = _OPS[opcode](self, item, dma, desc, progress, events)
+        if res[5] is not None and res[0] == PF_NOBOF:
+            return self._faulted(item, desc, res)
+        return res
+
+    @staticmethod
+    def _faulted(item: WorkItem, desc: Desc, res: Res) -> Res:
+        """An operation stopped on a fault: block (BOF in the descriptor and on the WQ) or
+        complete partially, with the write bit for a write fault."""
+        fault = res[5]
+        assert fault is not None
+        if desc[1] & IDXD_OP_FLAG_BOF and item.wq.block_on_fault:
+            return (BLOCK, res[1], res[2], res[3], res[4], fault, res[6])
+        if fault.write:
+            return (PF_NOBOF | _WRITE_BIT, res[1], res[2], res[3], res[4], fault, res[6])
+        return res
+
+    def _finish(
+        self,
+        item: WorkItem,
+        dma: DmaSpace,
+        desc: Desc,
+        res: Res,
+        events: list[AccelEvent],
+        batch_index: int | None,
+    ) -> tuple[bytes, bool]:
+        """Write the completion record (when asked, or on error) and note what the submitter
+        must be told. Returns the record and whether it reached memory."""
+        status = res[0]
+        flags = desc[1]
+        addr = desc[2]
+        raw = _pack_comp(status, res[1], 0, 0, res[2], res[3], res[4], 0)
+        written = False
+        if flags & IDXD_OP_FLAG_CRAV:
+            if status != SUCCESS or flags & IDXD_OP_FLAG_RCR:
+                if addr & 31:
+                    events.append(
+                        self._swerr(
+                            item, desc, DsaCompStatus.CRA_ALIGN, addr, batch_index, None, raw
+                        )
+                    )
+                else:
+                    views, fault = dma.runs(addr, 32, True)
+                    if fault is None:
+                        # The status byte goes last: software polls it, and another process
+                        # must not see it before the rest of the record.
+                        if len(views) == 1:
+                            view = views[0]
+                            view[1:] = raw[1:]
+                            view[0] = status
+                        else:
+                            pos = len(views[0])
+                            for view in views[1:]:
+                                view[:] = raw[pos : pos + len(view)]
+                                pos += len(view)
+                            views[0][1:] = raw[1 : len(views[0])]
+                            views[0][0] = status
+                        written = True
+                    else:
+                        events.append(
+                            self._swerr(
+                                item,
+                                desc,
+                                DsaCompStatus.CRA_XLAT,
+                                fault.iova,
+                                batch_index,
+                                fault,
+                                raw,
+                            )
+                        )
+        elif status != SUCCESS:
+            events.append(self._swerr(item, desc, status, res[3], batch_index, None, raw))
+        return raw, written
+
+    @staticmethod
+    def _swerr(
+        item: WorkItem,
+        desc: Desc,
+        status: int,
+        fault_addr: int,
+        batch_index: int | None,
+        fault: DmaFault | None,
+        raw: bytes,
+    ) -> SoftwareError:
+        return SoftwareError(
+            status=status,
+            opcode=desc[1] >> 24,
+            pasid=item.pasid,
+            wq=item.wq.path,
+            completion_addr=desc[2],
+            fault_addr=fault_addr,
+            batch_index=batch_index,
+            fault=fault,
+            record=raw,
+        )
+
+    def _conclude(
+        self, item: WorkItem, dma: DmaSpace, desc: Desc, res: Res, events: list[AccelEvent]
+    ) -> Completed:
+        raw, written = self._finish(item, dma, desc, res, events, None)
+        interrupt = bool(desc[1] & IDXD_OP_FLAG_RCI) and res[0] != _INT_HANDLE_INVAL
+        return Completed(item, raw, written, interrupt, desc[6], tuple(events) if events else ())
+
+    # -- operations ---------------------------------------------------------------------------
+    # Each takes (item, dma, desc, progress, events) and returns a Res. ``progress`` is None on
+    # the first run and what the operation put in Res[6] when it stopped on a fault.
+
+    def _op_noop(
+        self, item: WorkItem, dma: DmaSpace, desc: Desc, progress: object, events: list[AccelEvent]
+    ) -> Res:
+        return OK
+
+    def _op_drain(
+        self, item: WorkItem, dma: DmaSpace, desc: Desc, progress: object, events: list[AccelEvent]
+    ) -> Res:
+        # WorkQueue.take() hands a drain out only after the descriptors it waits for.
+        flags = desc[1]
+        for flag, addr in (
+            (IDXD_OP_FLAG_RDBACK_ADDR1, desc[3]),
+            (IDXD_OP_FLAG_RDBACK_ADDR2, desc[4]),
+        ):
+            if flags & flag:
+                _, fault = dma.runs(addr, 1, False)
+                if fault is not None:
+                    return finished(DsaCompStatus.PFAULT_RDBA, fault_addr=fault.iova)
+        return OK
+
+    def _op_memmove(
+        self, item: WorkItem, dma: DmaSpace, desc: Desc, progress: object, events: list[AccelEvent]
+    ) -> Res:
+        src = desc[3]
+        dst = desc[4]
+        size = desc[5]
+        done = progress if isinstance(progress, int) else 0
+        if src < dst < src + size:
+            return self._memmove_descending(dma, src, dst, size, done)
+        length = size - done
+        if length == 0:
+            return OK
+        src_views, src_fault = dma.runs(src + done, length, False)
+        dst_views, dst_fault = dma.runs(dst + done, length, True)
+        if src_fault is None and dst_fault is None:
+            if len(src_views) == 1 and len(dst_views) == 1:
+                dst_views[0][:] = src_views[0]
+            else:
+                copy_views(dst_views, src_views, length)
+            return OK
+        got_src = total(src_views)
+        got_dst = total(dst_views)
+        count = min(got_src, got_dst)
+        copy_views(dst_views, src_views, count)
+        fault = src_fault if src_fault is not None and got_src <= got_dst else dst_fault
+        assert fault is not None
+        return partial(fault, done + count, done + count)
+
+    def _memmove_descending(self, dma: DmaSpace, src: int, dst: int, size: int, done: int) -> Res:
+        """dst overlaps the tail of src: copy from the end (DML ref mem_move.c). ``done``
+        counts bytes finished at the end; a partial completion reports result 1."""
+        length = size - done
+        src_views, src_fault = dma.runs(src, length, False)
+        dst_views, dst_fault = dma.runs(dst, length, True)
+        if src_fault is None and dst_fault is None:
+            copy_views(dst_views, src_views, length, backward=True)
+            return OK
+        src_tail, src_hole = last_hole(dma, src, length, False)
+        dst_tail, dst_hole = last_hole(dma, dst, length, True)
+        start = max(src_tail, dst_tail)
+        fault = src_hole if src_hole is not None and src_tail >= dst_tail else dst_hole
+        assert fault is not None
+        count = length - start
+        if count:
+            src_views, _ = dma.runs(src + start, count, False)
+            dst_views, _ = dma.runs(dst + start, count, True)
+            copy_views(dst_views, src_views, count, backward=True)
+        return partial(fault, done + count, done + count, result=1)
+
+    def _op_memfill(
+        self, item: WorkItem, dma: DmaSpace, desc: Desc, progress: object, events: list[AccelEvent]
+    ) -> Res:
+        pattern = _U64.pack(desc[3])
+        if desc[1] & IDXD_OP_FLAG_FILL_16B:
+            pattern += _U64.pack(desc[8])
+        dst = desc[4]
+        size = desc[5]
+        done = progress if isinstance(progress, int) else 0
+        views, fault = dma.runs(dst + done, size - done, True)
+        fill_pattern(views, pattern, done)
+        if fault is not None:
+            reached = done + total(views)
+            return partial(fault, reached, reached)
+        return OK
+
+    def _predicate(self, desc: Desc, result: int, word: int = 0, completed: int = 0) -> Res:
+        """SUCCESS, or SUCCESS_PRED when CR is set and the result is not the expected one."""
+        status = SUCCESS
+        if desc[1] & IDXD_OP_FLAG_CR:
+            opcode = desc[1] >> 24
+            if opcode == DsaOpcode.CR_DELTA:
+                expected = bool((desc[10] & 0xFF) >> result & 1)  # mask indexed by result
+            else:
+                expected = result == desc[8] & 0xFF
+            if not expected:
+                status = SUCCESS_PRED
+        return finished(status, result, completed, 0, word)
+
+    def _op_compare(
+        self, item: WorkItem, dma: DmaSpace, desc: Desc, progress: object, events: list[AccelEvent]
+    ) -> Res:
+        src1 = desc[3]
+        src2 = desc[4]
+        size = desc[5]
+        done = progress if isinstance(progress, int) else 0
+        length = size - done
+        first, fault1 = dma.runs(src1 + done, length, False)
+        second, fault2 = dma.runs(src2 + done, length, False)
+        got1 = total(first)
+        got2 = total(second)
+        count = min(got1, got2)
+        diff = first_diff(first, second, count)
+        if diff >= 0:
+            return self._predicate(desc, 1, completed=done + diff)
+        if count < length:
+            fault = fault1 if fault1 is not None and got1 <= got2 else fault2
+            assert fault is not None
+            return partial(fault, done + count, done + count)
+        return self._predicate(desc, 0)
+
+    def _op_compval(
+        self, item: WorkItem, dma: DmaSpace, desc: Desc, progress: object, events: list[AccelEvent]
+    ) -> Res:
+        src = desc[3]
+        pattern = _U64.pack(desc[4])
+        size = desc[5]
+        done = progress if isinstance(progress, int) else 0
+        views, fault = dma.runs(src + done, size - done, False)
+        diff = pattern_diff(views, pattern, done)
+        if diff >= 0:
+            # reported at 8-byte granularity (DML ref compare_pattern.c)
+            return self._predicate(desc, 1, completed=(done + diff) & ~7)
+        if fault is not None:
+            reached = done + total(views)
+            return partial(fault, reached, reached)
+        return self._predicate(desc, 0)
+
+    def _op_cr_delta(
+        self, item: WorkItem, dma: DmaSpace, desc: Desc, progress: object, events: list[AccelEvent]
+    ) -> Res:
+        src1, src2, size = desc[3], desc[4], desc[5]
+        delta = desc[8]
+        max_delta = desc[9] & _U32_ALL
+        if progress is None:
+            if (src1 | src2 | delta) & 7:
+                return finished(DsaCompStatus.ADDR_ALIGN)
+            if size % 8 or size > _MAX_DELTA_XFER:
+                return finished(DsaCompStatus.XFER_ERANGE)
+            if max_delta % 10 or max_delta < _MIN_DELTA_RECORD:
+                return finished(DsaCompStatus.DR_ERANGE)
+            done, record = 0, 0
+        else:
+            assert isinstance(progress, tuple)
+            done, record = progress
+        length = size - done
+        first, fault1 = dma.runs(src1 + done, length, False)
+        second, fault2 = dma.runs(src2 + done, length, False)
+        got1, got2 = total(first), total(second)
+        count = min(got1, got2) & ~7
+        a = gather(first, count)
+        b = gather(second, count)
+        entries = bytearray()
+        overflow = False
+        word_base = done // 8
+        offsets: list[int] = []  # transfer offset of each entry's word
+        for start in range(0, count, CHUNK):
+            if a[start : start + CHUNK] == b[start : start + CHUNK]:
+                continue
+            for pos in range(start, min(start + CHUNK, count), 8):
+                word2 = b[pos : pos + 8]
+                if a[pos : pos + 8] != word2:
+                    if record + len(entries) + 10 > max_delta:
+                        overflow = True
+                        break
+                    entries += _DELTA_ENTRY.pack(
+                        word_base + pos // 8, int.from_bytes(word2, "little")
+                    )
+                    offsets.append(done + pos)
+            if overflow:
+                break
+        if entries:
+            views, wfault = dma.runs(delta + record, len(entries), True)
+            wrote = total(views)
+            copy_views(views, [memoryview(entries)], wrote)
+            if wfault is not None:
+                whole = wrote // 10
+                record += whole * 10
+                stop = offsets[whole]
+                return partial(wfault, stop, (stop, record), word=record)
+            record += len(entries)
+        if overflow:
+            return self._predicate(desc, 2, word=record)
+        if count < length:
+            fault = fault1 if fault1 is not None and got1 <= got2 else fault2
+            assert fault is not None
+            return partial(fault, done + count, (done + count, record), word=record)
+        return self._predicate(desc, 1 if record else 0, word=record)
+
+    def _op_ap_delta(
+        self, item: WorkItem, dma: DmaSpace, desc: Desc, progress: object, events: list[AccelEvent]
+    ) -> Res:
+        delta, dst, size = desc[3], desc[4], desc[5]
+        record_size = desc[8] & _U32_ALL
+        if progress is None:
+            if overlaps(delta, record_size, dst, size):
+                return finished(DsaCompStatus.OVERLAP_BUFFERS)
+            if (delta | dst) & 7:
+                return finished(DsaCompStatus.ADDR_ALIGN)
+            if size % 8 or size > _MAX_DELTA_XFER:
+                return finished(DsaCompStatus.XFER_ERANGE)
+            if record_size % 10:
+                return finished(DsaCompStatus.DR_ERANGE)
+            consumed, last = 0, -1
+        else:
+            assert isinstance(progress, tuple)
+            consumed, last = progress
+        rec_views, rec_fault = dma.runs(delta + consumed, record_size - consumed, False)
+        readable = total(rec_views) // 10 * 10
+        entries = gather(rec_views, readable)
+        dst_views, _ = dma.runs(dst, size, True)
+        window = Window(dst_views)
+        for pos in range(0, readable, 10):
+            index, value = _DELTA_ENTRY.unpack_from(entries, pos)
+            if index <= last:
+                return finished(DsaCompStatus.DR_OFFSET_NOINC, completed=consumed + pos)
+            offset = index * 8
+            if offset + 8 > size:
+                return finished(DsaCompStatus.DR_OFFSET_ERANGE, completed=consumed + pos)
+            if offset + 8 <= window.limit:
+                window.write(offset, _U64.pack(value))
+            else:  # past a hole in the destination: translate this word on its own
+                views, fault = dma.runs(dst + offset, 8, True)
+                if fault is not None:
+                    return partial(fault, consumed + pos, (consumed + pos, last))
+                copy_views(views, [memoryview(_U64.pack(value))], 8)
+            last = index
+        consumed += readable
+        if consumed < record_size:
+            assert rec_fault is not None
+            return partial(rec_fault, consumed, (consumed, last))
+        return OK
+
+    def _op_dualcast(
+        self, item: WorkItem, dma: DmaSpace, desc: Desc, progress: object, events: list[AccelEvent]
+    ) -> Res:
+        src, dst1, dst2, size = desc[3], desc[4], desc[8], desc[5]
+        if progress is None:
+            if (dst1 ^ dst2) & 0xFFF:
+                return finished(DsaCompStatus.DCAST_ERR)
+            if (
+                overlaps(src, size, dst1, size)
+                or overlaps(src, size, dst2, size)
+                or overlaps(dst1, size, dst2, size)
+            ):
+                return finished(DsaCompStatus.OVERLAP_BUFFERS)
+            done = 0
+        else:
+            assert isinstance(progress, int)
+            done = progress
+        length = size - done
+        ranges = [
+            dma.runs(src + done, length, False),
+            dma.runs(dst1 + done, length, True),
+            dma.runs(dst2 + done, length, True),
+        ]
+        got = [total(views) for views, _ in ranges]
+        count = min(got)
+        copy_views(ranges[1][0], ranges[0][0], count)
+        copy_views(ranges[2][0], ranges[0][0], count)
+        if count < length:
+            for (_, fault), reached in zip(ranges, got, strict=True):
+                if fault is not None and reached == count:
+                    return partial(fault, done + count, done + count)
+        return OK
+
+    def _crc_seed(self, dma: DmaSpace, desc: Desc) -> int | DmaFault:
+        if desc[1] & IDXD_OP_FLAG_READ_CRC_SEED:
+            views, fault = dma.runs(desc[9], 4, False)
+            if fault is not None:
+                return fault
+            return int(_U32.unpack(gather(views, 4))[0])
+        return desc[8] & _U32_ALL
+
+    def _op_crcgen(
+        self, item: WorkItem, dma: DmaSpace, desc: Desc, progress: object, events: list[AccelEvent]
+    ) -> Res:
+        return self._crc(dma, desc, progress, copy=False)
+
+    def _op_copy_crc(
+        self, item: WorkItem, dma: DmaSpace, desc: Desc, progress: object, events: list[AccelEvent]
+    ) -> Res:
+        if progress is None and overlaps(desc[3], desc[5], desc[4], desc[5]):
+            return finished(DsaCompStatus.OVERLAP_BUFFERS)
+        return self._crc(dma, desc, progress, copy=True)
+
+    def _crc(self, dma: DmaSpace, desc: Desc, progress: object, copy: bool) -> Res:
+        flags = desc[1]
+        src, dst, size = desc[3], desc[4], desc[5]
+        if progress is None:
+            seed = self._crc_seed(dma, desc)
+            if isinstance(seed, DmaFault):
+                return partial(seed, 0, None)
+            done, value = 0, crc_begin(seed, flags)
+        else:
+            assert isinstance(progress, tuple)
+            done, value = progress
+        length = size - done
+        src_views, fault = dma.runs(src + done, length, False)
+        count = got_src = total(src_views)
+        if copy:
+            dst_views, dst_fault = dma.runs(dst + done, length, True)
+            got_dst = total(dst_views)
+            count = min(got_src, got_dst)
+            if fault is None or got_dst < got_src:
+                fault = dst_fault  # the source fault wins a tie: it is read first
+            copy_views(dst_views, src_views, count)
+        for chunk in chunks(src_views, count):
+            value = crc_update(value, chunk, flags)
+        if count < length:
+            assert fault is not None
+            return partial(fault, done + count, (done + count, value), word=crc_end(value, flags))
+        return finished(SUCCESS, word=crc_end(value, flags))
+
+    def _op_cflush(
+        self, item: WorkItem, dma: DmaSpace, desc: Desc, progress: object, events: list[AccelEvent]
+    ) -> Res:
+        # Nothing is cached in an emulator; the range must still translate.
+        done = progress if isinstance(progress, int) else 0
+        views, fault = dma.runs(desc[4] + done, desc[5] - done, False)
+        if fault is not None:
+            reached = done + total(views)
+            return partial(fault, reached, reached)
+        return OK
+
+    def _op_batch(
+        self, item: WorkItem, dma: DmaSpace, desc: Desc, progress: object, events: list[AccelEvent]
+    ) -> Res:
+        if progress is None:
+            addr = desc[3]
+            count = desc[5]
+            if not caps.MIN_BATCH_SIZE <= count <= item.wq.max_batch_size:
+                return finished(DsaCompStatus.DESC_CNT_ERANGE)
+            if addr & 63:
+                return finished(DsaCompStatus.DESCLIST_ALIGN)
+            views, fault = dma.runs(addr, count * 64, False)
+            if fault is not None:
+                return finished(DsaCompStatus.BATCH_PAGE_FAULT, fault_addr=fault.iova)
+            state = _BatchProgress(gather(views, count * 64), count)
+        else:
+            assert isinstance(progress, _BatchProgress)
+            state = progress
+        while state.index < state.count:
+            index = state.index
+            if state.sub is not None:
+                sub = state.sub
+                if state.response == PageResponse.SUCCESS:
+                    assert state.sub_res is not None
+                    res = self._exec_desc(item, dma, sub, state.sub_res[6], events, True)
+                else:
+                    assert state.sub_res is not None
+                    res = _invalid_response(state.sub_res)
+                state.sub = state.sub_res = None
+            else:
+                sub = _unpack_desc_from(state.list, index * 64)
+                if sub[1] & IDXD_OP_FLAG_FENCE and state.failed:
+                    break  # a fence after a failure abandons the rest of the batch
+                res = self._exec_desc(item, dma, sub, None, events, True)
+            if res[0] == BLOCK:
+                state.sub = sub
+                state.sub_res = res
+                return (BLOCK, 0, state.completed, 0, 0, res[5], state)
+            self._finish(item, dma, sub, res, events, index)
+            if sub[1] & IDXD_OP_FLAG_RCI and res[0] != DsaCompStatus.INT_HANDLE_INVAL:
+                events.append(Interrupt(sub[6], index))
+            state.completed += 1
+            if res[0] != SUCCESS:
+                state.failed = True
+            state.index += 1
+        status = DsaCompStatus.BATCH_FAIL if state.failed else SUCCESS
+        return finished(status, completed=state.completed)
+
+
+def _invalid_response(res: Res) -> Res:
+    """The partial result, completed as the INVALID page response asks."""
+    fault = res[5]
+    status = PF_IR | (_WRITE_BIT if fault is not None and fault.write else 0)
+    return (status, res[1], res[2], res[3], res[4], None, None)
+
+
+_OPS: Final[dict[int, OpFn]] = {
+    DsaOpcode.NOOP: Executor._op_noop,
+    DsaOpcode.BATCH: Executor._op_batch,
+    DsaOpcode.DRAIN: Executor._op_drain,
+    DsaOpcode.MEMMOVE: Executor._op_memmove,
+    DsaOpcode.MEMFILL: Executor._op_memfill,
+    DsaOpcode.COMPARE: Executor._op_compare,
+    DsaOpcode.COMPVAL: Executor._op_compval,
+    DsaOpcode.CR_DELTA: Executor._op_cr_delta,
+    DsaOpcode.AP_DELTA: Executor._op_ap_delta,
+    DsaOpcode.DUALCAST: Executor._op_dualcast,
+    DsaOpcode.CRCGEN: Executor._op_crcgen,
+    DsaOpcode.COPY_CRC: Executor._op_copy_crc,
+    DsaOpcode.CFLUSH: Executor._op_cflush,
+}
+assert set(_OPS) == set(SPECS) == set(caps.SUPPORTED_OPCODES)
+
+
+def run_inprocess(
+    descriptors: Iterable[bytes],
+    dma: DmaSpace,
+    wq: WorkQueue | None = None,
+    pasid: int = 0,
+) -> int:
+    """Execute ``descriptors`` one after the other against ``dma`` under ``wq``'s limits (a
+    dedicated WQ of the embedded default device when None), without queueing: the bench's
+    in-process baseline. Returns how many completed with SUCCESS."""
+    if wq is None:
+        wq = embedded_default().wqs[0]
+    run = Executor().run
+    ok = 0
+    for number, raw in enumerate(descriptors):
+        outcome = run(WorkItem(wq, raw, pasid, number, None, None), dma)
+        if isinstance(outcome, Completed) and outcome.raw[0] & DSA_COMP_STATUS_MASK == SUCCESS:
+            ok += 1
+    return ok

@@ -1,0 +1,141 @@
+"""What executing a descriptor produces, for the engine task that drives the executor.
+
+An engine task does::
+
+    item = engine.take()                       # or group.take() / wq.take()
+    outcome = executor.execute(item, dma_for_pasid)
+    while isinstance(outcome, Blocked):        # block-on-fault: a page request is pending
+        deliver(outcome.events)
+        response = await page_response_for(outcome.fault)
+        outcome = executor.resume(outcome.state, response)
+    deliver(outcome.events)
+    if outcome.interrupt:
+        signal(item.owner, outcome.int_handle)
+    item.wq.retire(item)
+
+``events`` carry what happened on the way: interrupts requested by descriptors inside a batch,
+and software errors (an error status that no completion record could report).
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+from siov_protocol.dsa import DSA_COMP_STATUS_MASK, CompletionRecord
+from siovd.model.dma import DmaFault
+
+if TYPE_CHECKING:
+    from siovd.model.accel.ops import ResumeState
+    from siovd.model.accel.wq import WorkItem
+
+
+class PageResponse(enum.IntEnum):
+    """The owner's answer to a page request (PCIe PRG response codes)."""
+
+    SUCCESS = 0  # the page is mapped now: the work resumes where it stopped
+    INVALID = 1  # Invalid Request: the work completes with DSA_COMP_PAGE_FAULT_IR
+
+
+@dataclass(frozen=True, slots=True)
+class Interrupt:
+    """A completion interrupt a descriptor asked for (RCI) with its ``int_handle``."""
+
+    int_handle: int
+    #: index in the batch of the descriptor that asked, or None for a top-level descriptor
+    batch_index: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class SoftwareError:
+    """An error the device logs in SWERR (and signals on vector 0) because no completion record
+    reports it: the descriptor had no completion record address (CRAV=0), its address was
+    misaligned (``DSA_COMP_CRA_ALIGN``), or writing the record faulted (``DSA_COMP_CRA_XLAT``).
+    """
+
+    status: int  # DSA_COMP_* (write-fault bit included)
+    opcode: int
+    pasid: int
+    wq: str  # "dsa0/wq0.1"
+    completion_addr: int
+    fault_addr: int
+    #: index in the batch of the failing descriptor, None for a top-level descriptor
+    batch_index: int | None = None
+    #: the failed translation (completion record write), if there was one
+    fault: DmaFault | None = None
+    #: the 32 bytes that could not be written
+    record: bytes = b""
+
+
+AccelEvent = Interrupt | SoftwareError
+
+
+class Completed:
+    """The descriptor is done; its record is written (when requested and possible).
+
+    ``record`` is what the completion record says (decoded on access from ``raw``);
+    ``written`` tells whether it reached memory. ``interrupt`` means RCI was set: signal the
+    submitter's vector ``int_handle``.
+    """
+
+    __slots__ = ("events", "int_handle", "interrupt", "item", "raw", "written")
+
+    def __init__(
+        self,
+        item: WorkItem,
+        raw: bytes,
+        written: bool,
+        interrupt: bool,
+        int_handle: int,
+        events: tuple[AccelEvent, ...],
+    ) -> None:
+        self.item = item
+        self.raw = raw
+        self.written = written
+        self.interrupt = interrupt
+        self.int_handle = int_handle
+        self.events = events
+
+    @property
+    def record(self) -> CompletionRecord:
+        return CompletionRecord.unpack(self.raw)
+
+    @property
+    def status(self) -> int:
+        """The status code without the write-fault bit."""
+        return self.raw[0] & DSA_COMP_STATUS_MASK
+
+    def __repr__(self) -> str:
+        return (
+            f"<Completed {self.item!r} status={self.raw[0]:#x} written={self.written} "
+            f"interrupt={self.interrupt} events={len(self.events)}>"
+        )
+
+
+class Blocked:
+    """Block-on-fault: the work waits for the owner of ``fault.pasid`` to answer a page request.
+
+    Deliver ``events`` now (they happened before the fault), send the page request for
+    ``fault`` and call ``Executor.resume(state, response)`` with the answer.
+    """
+
+    __slots__ = ("events", "fault", "item", "state")
+
+    def __init__(
+        self,
+        item: WorkItem,
+        fault: DmaFault,
+        state: ResumeState,
+        events: tuple[AccelEvent, ...],
+    ) -> None:
+        self.item = item
+        self.fault = fault
+        self.state = state
+        self.events = events
+
+    def __repr__(self) -> str:
+        return f"<Blocked {self.item!r} fault={self.fault}>"
+
+
+Outcome = Completed | Blocked

@@ -1,0 +1,256 @@
+"""The accelerator: vfio-user device commands for accelerator mdevs, SUBMIT, PAGE_RESPONSE,
+and accel-config style configuration (ACCEL_*; admin role where they change the device).
+
+An accelerator mdev looks like a vfio-pci device with one WQ: region 0 (BAR0) is the read-only
+register image, region 2 (BAR2) the WQ's four portal pages (write-only: 64-byte portal writes),
+and MSI-X has two vectors: 0 for errors, 1 for completions (mdev-idxd.rst).
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+from typing import Any
+
+from siov_protocol import Command
+from siov_protocol.messages import Empty
+from siov_protocol.messages_accel import (
+    DEVICE_FLAGS_PCI,
+    IRQ_MSIX,
+    IRQ_SET_ACTION_TRIGGER,
+    IRQ_SET_ACTION_TYPE_MASK,
+    IRQ_SET_DATA_BOOL,
+    IRQ_SET_DATA_EVENTFD,
+    IRQ_SET_DATA_NONE,
+    IRQ_SET_DATA_TYPE_MASK,
+    NUM_IRQS,
+    NUM_REGIONS,
+    REGION_BAR0,
+    REGION_BAR2,
+    REGION_FLAG_READ,
+    REGION_FLAG_WRITE,
+    AccelConfigDevice,
+    AccelConfigEngine,
+    AccelConfigGroup,
+    AccelConfigWq,
+    AccelDevice,
+    AccelLoadConfig,
+    AccelWq,
+    DeviceInfoRequest,
+    RegionInfoRequest,
+    RegionRead,
+    RegionWrite,
+    SetIrqs,
+    Submit,
+)
+from siov_protocol.messages_iommu import PageResponse
+from siovd.model.accel import BAR0_SIZE, MDEV_IRQ_COUNT
+from siovd.model.errors import SiovError
+from siovd.service.accel_runtime import MdevState
+from siovd.service.handlers.registry import Context, registry
+
+# ---- vfio-user device commands ----------------------------------------------------------------
+
+
+def _state(ctx: Context, uuid: str) -> MdevState:
+    return ctx.daemon.accel_runtime.state(ctx.session, uuid)
+
+
+@registry.command(Command.DEVICE_GET_INFO, DeviceInfoRequest)
+def device_get_info(ctx: Context, req: DeviceInfoRequest) -> dict[str, Any]:
+    _state(ctx, req.device)
+    return {"flags": DEVICE_FLAGS_PCI, "num_regions": NUM_REGIONS, "num_irqs": NUM_IRQS}
+
+
+@registry.command(Command.DEVICE_GET_REGION_INFO, RegionInfoRequest)
+def device_get_region_info(ctx: Context, req: RegionInfoRequest) -> dict[str, Any]:
+    state = _state(ctx, req.device)
+    if req.index >= NUM_REGIONS:
+        raise SiovError(
+            errno.EINVAL, f"region index {req.index}: the device has regions 0..{NUM_REGIONS - 1}"
+        )
+    flags, size = 0, 0  # vfio-user: a region of size 0 is not implemented
+    if req.index == REGION_BAR0:
+        flags, size = REGION_FLAG_READ, BAR0_SIZE
+    elif req.index == REGION_BAR2:
+        flags, size = REGION_FLAG_WRITE, state.parent.mdev_portal_size(state.uuid)
+    return {"index": req.index, "flags": flags, "size": size, "offset": 0}
+
+
+def _is_eventfd(fd: int) -> bool:
+    try:
+        return os.readlink(f"/proc/self/fd/{fd}") == "anon_inode:[eventfd]"
+    except OSError:
+        return False
+
+
+@registry.command(Command.DEVICE_SET_IRQS, SetIrqs, max_fds=MDEV_IRQ_COUNT)
+def device_set_irqs(ctx: Context, req: SetIrqs) -> dict[str, Any]:
+    """vfio-user's rules (libvfio-user irq.c): one data type and one action; eventfds only
+    with DATA_EVENTFD and exactly one per vector; ``count`` 0 with DATA_NONE disables the
+    whole index. MSI-X vectors cannot be masked. On any error the fds are closed."""
+    state = _state(ctx, req.device)
+    data_type = req.flags & IRQ_SET_DATA_TYPE_MASK
+    action = req.flags & IRQ_SET_ACTION_TYPE_MASK
+    if req.flags & ~(IRQ_SET_DATA_TYPE_MASK | IRQ_SET_ACTION_TYPE_MASK):
+        raise SiovError(errno.EINVAL, f"flags {req.flags:#x} has unknown bits")
+    if data_type.bit_count() != 1 or action.bit_count() != 1:
+        raise SiovError(errno.EINVAL, "flags need exactly one DATA_* and one ACTION_* bit")
+    if req.index >= NUM_IRQS:
+        raise SiovError(errno.EINVAL, f"IRQ index {req.index}: the device has 0..{NUM_IRQS - 1}")
+    vectors = MDEV_IRQ_COUNT if req.index == IRQ_MSIX else 0
+    if data_type != IRQ_SET_DATA_EVENTFD and ctx.fds:
+        raise SiovError(errno.EINVAL, "eventfds come only with DATA_EVENTFD")
+    if action != IRQ_SET_ACTION_TRIGGER:
+        raise SiovError(errno.EINVAL, "MSI-X vectors cannot be masked or unmasked")
+    if req.count == 0:
+        if data_type != IRQ_SET_DATA_NONE or req.start != 0:
+            raise SiovError(errno.EINVAL, "count 0 needs DATA_NONE and start 0 (disable all)")
+        if req.index == IRQ_MSIX:
+            state.close_irqs()
+        return {}
+    if req.start + req.count > vectors:
+        raise SiovError(
+            errno.EINVAL,
+            f"vectors {req.start}..{req.start + req.count - 1} of index {req.index}: "
+            f"it has {vectors}",
+        )
+    runtime = ctx.daemon.accel_runtime
+    if data_type == IRQ_SET_DATA_EVENTFD:
+        if len(ctx.fds) != req.count:
+            raise SiovError(
+                errno.EINVAL,
+                f"DATA_EVENTFD needs {req.count} eventfds (one per vector), got {len(ctx.fds)}",
+            )
+        if not all(_is_eventfd(fd) for fd in ctx.fds):
+            raise SiovError(errno.EINVAL, "every fd must be an eventfd")
+        fds, ctx.fds[:] = list(ctx.fds), []
+        runtime.set_irqs(state, req.start, fds)
+        return {}
+    vectors_to_fire = list(range(req.start, req.start + req.count))
+    if data_type == IRQ_SET_DATA_BOOL:
+        data = req.data or b""
+        if len(data) != req.count:
+            raise SiovError(errno.EINVAL, f"DATA_BOOL needs {req.count} bytes, got {len(data)}")
+        vectors_to_fire = [v for v, flag in zip(vectors_to_fire, data, strict=True) if flag]
+    runtime.trigger(state, vectors_to_fire)
+    return {}
+
+
+@registry.command(Command.REGION_READ, RegionRead)
+def region_read(ctx: Context, req: RegionRead) -> dict[str, Any]:
+    state = _state(ctx, req.device)
+    if req.region != REGION_BAR0:
+        raise SiovError(errno.EINVAL, f"region {req.region} is not readable (BAR0 is region 0)")
+    if req.offset + req.count > BAR0_SIZE:
+        raise SiovError(
+            errno.EINVAL, f"{req.offset:#x}+{req.count:#x} runs past BAR0's {BAR0_SIZE:#x} bytes"
+        )
+    image = state.parent.mdev_bar0(state.uuid)
+    data = image[req.offset : req.offset + req.count]
+    return {"region": req.region, "offset": req.offset, "count": req.count, "data": data}
+
+
+@registry.command(Command.REGION_WRITE, RegionWrite)
+def region_write(ctx: Context, req: RegionWrite) -> dict[str, Any]:
+    state = _state(ctx, req.device)
+    if req.count is not None and req.count != len(req.data):
+        raise SiovError(errno.EINVAL, f"count {req.count} but {len(req.data)} bytes of data")
+    if req.region != REGION_BAR2:
+        raise SiovError(
+            errno.EINVAL,
+            f"region {req.region} is not writable: write descriptors into the portals of "
+            "BAR2 (region 2); configure the device with ACCEL_* commands",
+        )
+    result = ctx.daemon.accel_runtime.portal_write(state, req.offset, req.data, req.pasid)
+    return {"region": req.region, "offset": req.offset, "count": len(req.data), "result": result}
+
+
+# ---- submission -------------------------------------------------------------------------------
+
+
+@registry.command(Command.SUBMIT, Submit)
+def submit(ctx: Context, req: Submit) -> dict[str, Any]:
+    runtime = ctx.daemon.accel_runtime
+    state = runtime.state(ctx.session, req.device)
+    accepted, retry, dropped, results = runtime.submit(
+        state, req.descriptors, req.pasid, req.limited
+    )
+    return {"accepted": accepted, "retry": retry, "dropped": dropped, "results": results}
+
+
+@registry.command(Command.PAGE_RESPONSE, PageResponse)
+def page_response(ctx: Context, req: PageResponse) -> dict[str, Any]:
+    ctx.daemon.accel_runtime.page_response(ctx.session, req.request, req.code)
+    return {}
+
+
+# ---- configuration ------------------------------------------------------------------------------
+
+
+@registry.command(Command.ACCEL_LIST, Empty)
+def accel_list(ctx: Context, req: Empty) -> dict[str, Any]:
+    return {"devices": ctx.daemon.accel.to_json()}
+
+
+@registry.command(Command.ACCEL_SAVE_CONFIG, Empty)
+def accel_save_config(ctx: Context, req: Empty) -> dict[str, Any]:
+    return {"config": ctx.daemon.accel.to_json(save=True)}
+
+
+@registry.command(Command.ACCEL_LOAD_CONFIG, AccelLoadConfig, admin=True)
+def accel_load_config(ctx: Context, req: AccelLoadConfig) -> dict[str, Any]:
+    ctx.daemon.accel.load_config(req.config, enable=req.enable)
+    return {"devices": ctx.daemon.accel.to_json()}
+
+
+@registry.command(Command.ACCEL_CONFIG_DEVICE, AccelConfigDevice, admin=True)
+def accel_config_device(ctx: Context, req: AccelConfigDevice) -> dict[str, Any]:
+    device = ctx.daemon.accel.device(req.device)
+    device.configure(req.attrs)
+    return {"dev": device.name, "read_buffer_limit": device.read_buffer_limit}
+
+
+@registry.command(Command.ACCEL_CONFIG_GROUP, AccelConfigGroup, admin=True)
+def accel_config_group(ctx: Context, req: AccelConfigGroup) -> dict[str, Any]:
+    group = ctx.daemon.accel.group(req.group)
+    group.configure(req.attrs)
+    return {"dev": group.dev_name, **group.config()}
+
+
+@registry.command(Command.ACCEL_CONFIG_ENGINE, AccelConfigEngine, admin=True)
+def accel_config_engine(ctx: Context, req: AccelConfigEngine) -> dict[str, Any]:
+    engine = ctx.daemon.accel.engine(req.engine)
+    engine.configure(req.attrs)
+    return {"dev": engine.dev_name, "group_id": engine.group_id}
+
+
+@registry.command(Command.ACCEL_CONFIG_WQ, AccelConfigWq, admin=True)
+def accel_config_wq(ctx: Context, req: AccelConfigWq) -> dict[str, Any]:
+    wq = ctx.daemon.accel.wq(req.wq)
+    wq.configure(req.attrs)
+    return {"dev": wq.dev_name, **wq.config()}
+
+
+@registry.command(Command.ACCEL_ENABLE_DEVICE, AccelDevice, admin=True)
+def accel_enable_device(ctx: Context, req: AccelDevice) -> dict[str, Any]:
+    ctx.daemon.accel.device(req.device).enable()
+    return {}
+
+
+@registry.command(Command.ACCEL_DISABLE_DEVICE, AccelDevice, admin=True)
+def accel_disable_device(ctx: Context, req: AccelDevice) -> dict[str, Any]:
+    ctx.daemon.accel.device(req.device).disable()
+    return {}
+
+
+@registry.command(Command.ACCEL_ENABLE_WQ, AccelWq, admin=True)
+def accel_enable_wq(ctx: Context, req: AccelWq) -> dict[str, Any]:
+    ctx.daemon.accel.wq(req.wq).enable()
+    return {}
+
+
+@registry.command(Command.ACCEL_DISABLE_WQ, AccelWq, admin=True)
+def accel_disable_wq(ctx: Context, req: AccelWq) -> dict[str, Any]:
+    ctx.daemon.accel.wq(req.wq).disable()
+    return {}

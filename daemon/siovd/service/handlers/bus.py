@@ -1,0 +1,118 @@
+"""The mdev bus: types, mdevs, external emulators' devices, groups."""
+
+from __future__ import annotations
+
+import errno
+from typing import Any
+
+import structlog
+
+from siov_protocol import Command
+from siov_protocol.messages import Empty, ListRequest
+from siov_protocol.messages_iommu import (
+    BusRegisterDevice,
+    DeviceClaim,
+    DeviceRef,
+    GroupRef,
+    MdevCreate,
+)
+from siovd.model.errors import SiovError
+from siovd.model.iommu import Group
+from siovd.service.handlers.registry import Context, registry
+
+log = structlog.get_logger("siovd")
+
+
+def group_info(group: Group) -> dict[str, Any]:
+    info = group.info()
+    # msgpack maps with integer keys do not survive strict_map_key decoders: use a list.
+    pasids = info.pop("pasids")
+    assert isinstance(pasids, dict)
+    info["pasids"] = [{"pasid": p, "domain_id": d} for p, d in pasids.items()]
+    return info
+
+
+def _check_mdev_limit(ctx: Context) -> None:
+    limit = ctx.daemon.config.limits.mdevs
+    if len(ctx.daemon.bus.list(ctx.session.id)) >= limit:
+        raise SiovError(errno.ENOSPC, f"limit reached: limits.mdevs = {limit}")
+
+
+@registry.command(Command.TYPES_LIST, Empty)
+def types_list(ctx: Context, req: Empty) -> dict[str, Any]:
+    return {
+        "types": [
+            {
+                "parent": t.parent,
+                "type_id": t.info.type_id,
+                "name": t.info.name,
+                "description": t.info.description,
+                "device_api": t.info.device_api,
+                "available_instances": t.info.available_instances,
+                "pasid_bits": t.info.pasid_bits,
+            }
+            for t in ctx.daemon.bus.types(ctx.session.owner_filter)
+        ]
+    }
+
+
+@registry.command(Command.MDEV_CREATE, MdevCreate)
+def mdev_create(ctx: Context, req: MdevCreate) -> dict[str, Any]:
+    _check_mdev_limit(ctx)
+    bus = ctx.daemon.bus
+    device = bus.create_mdev(ctx.session.id, req.parent, req.type_id, req.uuid)
+    log.info(
+        "mdev created",
+        mdev=device.uuid,
+        type_id=req.type_id,
+        pasid=device.default_pasid,
+        group=device.group.id if device.group else None,
+    )
+    return bus.describe(device)
+
+
+@registry.command(Command.MDEV_REMOVE, DeviceRef)
+def mdev_remove(ctx: Context, req: DeviceRef) -> dict[str, Any]:
+    ctx.daemon.bus.remove_mdev(ctx.session.id, req.uuid)
+    log.info("mdev removed", mdev=req.uuid)
+    return {}
+
+
+@registry.command(Command.MDEV_LIST, ListRequest)
+def mdev_list(ctx: Context, req: ListRequest) -> dict[str, Any]:
+    bus = ctx.daemon.bus
+    return {"devices": [bus.describe(d) for d in bus.list(ctx.session.list_filter(req.all))]}
+
+
+@registry.command(Command.BUS_REGISTER_DEVICE, BusRegisterDevice)
+def bus_register_device(ctx: Context, req: BusRegisterDevice) -> dict[str, Any]:
+    _check_mdev_limit(ctx)
+    bus = ctx.daemon.bus
+    device, token = bus.register_device(ctx.session.id, req.name, req.pasid_bits)
+    log.info("device registered", mdev=device.uuid, name=req.name, pasid_bits=req.pasid_bits)
+    return {**bus.describe(device), "token": token}
+
+
+@registry.command(Command.BUS_UNREGISTER_DEVICE, DeviceRef)
+def bus_unregister_device(ctx: Context, req: DeviceRef) -> dict[str, Any]:
+    ctx.daemon.bus.unregister_device(ctx.session.id, req.uuid)
+    return {}
+
+
+@registry.command(Command.DEVICE_CLAIM, DeviceClaim)
+def device_claim(ctx: Context, req: DeviceClaim) -> dict[str, Any]:
+    bus = ctx.daemon.bus
+    device = bus.claim_device(ctx.session.id, req.uuid, req.token)
+    log.info("device claimed", mdev=device.uuid)
+    return bus.describe(device)
+
+
+@registry.command(Command.GROUP_INFO, GroupRef)
+def group_info_cmd(ctx: Context, req: GroupRef) -> dict[str, Any]:
+    return group_info(ctx.daemon.iommu.group(ctx.session.id, req.group))
+
+
+@registry.command(Command.GROUP_LIST, ListRequest)
+def group_list(ctx: Context, req: ListRequest) -> dict[str, Any]:
+    groups = ctx.daemon.iommu.groups(ctx.session.list_filter(req.all))
+    return {"groups": [group_info(g) for g in groups]}

@@ -1,0 +1,114 @@
+"""VERSION, AUTH, PING, INFO, STATS."""
+
+from __future__ import annotations
+
+import errno
+from typing import Any
+
+import structlog
+
+from siov_protocol import PROTOCOL_MAJOR, PROTOCOL_MINOR, Command
+from siov_protocol.messages import (
+    PAGE_SIZES,
+    AuthRequest,
+    Capabilities,
+    Empty,
+    PingRequest,
+    VersionReply,
+    VersionRequest,
+)
+from siovd import __version__
+from siovd.model.errors import SiovError
+from siovd.service.handlers.registry import Context, registry
+from siovd.service.session import Phase, Role
+
+log = structlog.get_logger("siovd")
+
+FEATURES = ["events", "fd-memory", "dma", "dsa"]
+
+
+@registry.command(Command.VERSION, VersionRequest, phase=Phase.AWAIT_VERSION)
+def version(ctx: Context, req: VersionRequest) -> VersionReply:
+    session = ctx.session
+    if session.phase is not Phase.AWAIT_VERSION:
+        raise SiovError(errno.EINVAL, "VERSION was already negotiated on this connection")
+    if req.major != PROTOCOL_MAJOR:
+        raise SiovError(
+            errno.ENOTSUP,
+            f"protocol major {req.major} is not supported (this daemon speaks {PROTOCOL_MAJOR})",
+        )
+    cfg = ctx.daemon.config
+    caps = req.capabilities
+    agreed = Capabilities(
+        max_msg_size=min(caps.max_msg_size, cfg.protocol.max_msg_size),
+        max_fds=min(caps.max_fds, cfg.protocol.max_fds),
+        page_sizes=[p for p in PAGE_SIZES if p in caps.page_sizes] or [PAGE_SIZES[0]],
+        features=[f for f in FEATURES if not caps.features or f in caps.features],
+    )
+    session.max_msg_size = agreed.max_msg_size
+    session.max_fds = agreed.max_fds
+    session.client_name = req.client
+    mode = cfg.auth.mode
+    nonce = None
+    if mode == "none":
+        session.phase = Phase.READY
+        session.role = Role.ADMIN
+        session.identity = "anonymous"
+    else:
+        session.phase = Phase.AWAIT_AUTH
+        if mode == "key":
+            nonce = ctx.daemon.new_nonce(session)
+    return VersionReply(
+        major=PROTOCOL_MAJOR,
+        minor=min(req.minor, PROTOCOL_MINOR),
+        capabilities=agreed,
+        server=f"siovd {__version__}",
+        auth=mode,
+        nonce=nonce,
+    )
+
+
+@registry.command(Command.AUTH, AuthRequest, phase=Phase.AWAIT_AUTH)
+def auth(ctx: Context, req: AuthRequest) -> dict[str, Any]:
+    session = ctx.session
+    if session.phase is Phase.READY:
+        raise SiovError(errno.EINVAL, "this connection is already authenticated")
+    try:
+        identity, role = ctx.daemon.authenticate(session, req.public_key, req.signature)
+    except SiovError as exc:
+        log.warning("authentication refused", reason=exc.message, peer=session.peer)
+        raise
+    session.identity = identity
+    session.role = role
+    session.phase = Phase.READY
+    log.info("authenticated", identity=identity, role=role.value)
+    return {"identity": identity, "role": role.value}
+
+
+@registry.command(Command.PING, PingRequest)
+def ping(ctx: Context, req: PingRequest) -> dict[str, Any]:
+    return {"payload": req.payload} if req.payload is not None else {}
+
+
+@registry.command(Command.INFO, Empty)
+def info(ctx: Context, req: Empty) -> dict[str, Any]:
+    out = ctx.daemon.info()
+    out["protocol"] = f"{PROTOCOL_MAJOR}.{PROTOCOL_MINOR}"
+    out["session"] = {
+        "id": ctx.session.id,
+        "identity": ctx.session.identity,
+        "role": ctx.session.role.value,
+    }
+    return out
+
+
+@registry.command(Command.STATS, Empty)
+def stats(ctx: Context, req: Empty) -> dict[str, Any]:
+    out = ctx.daemon.stats()
+    out["session"] = {
+        "requests": ctx.session.requests,
+        "events_sent": ctx.session.events_sent,
+        "events_dropped": ctx.session.events_dropped,
+        "events_queued": len(ctx.session.events),
+    }
+    return out

@@ -1,0 +1,77 @@
+"""DMA_READ, DMA_WRITE, TRANSLATE: an external emulator's DMA through the IOMMU.
+
+Only the session that registered a device may DMA as it: the requester is the emulator, even
+after another client has claimed the device to own its domains.
+"""
+
+from __future__ import annotations
+
+import errno
+from typing import Any
+
+from siov_protocol import Command
+from siov_protocol.messages_iommu import DmaRead, DmaWrite, Translate
+from siovd.model.dma import DmaFault
+from siovd.model.errors import SiovError
+from siovd.service.handlers.registry import Context, registry
+
+#: An encoded run is at most this long (a map of four u64 fields); REPLY_SLACK covers the rest
+#: of a TRANSLATE reply (header, ``translated``, ``fault``).
+RUN_BYTES = 64
+REPLY_SLACK = 256
+#: Page lookups one TRANSLATE may do (64 MiB of 4 KiB pages, 32 GiB of 2 MiB ones): a single
+#: request walking gigabytes page by page would hold up every other client.
+TRANSLATE_MAX_PAGES = 16384
+
+
+def fault_info(fault: DmaFault) -> dict[str, Any]:
+    return {"iova": fault.iova, "write": fault.write, "reason": fault.reason, "pasid": fault.pasid}
+
+
+@registry.command(Command.DMA_READ, DmaRead)
+def dma_read(ctx: Context, req: DmaRead) -> dict[str, Any]:
+    limit = ctx.session.max_msg_size - 64
+    if req.length > limit:
+        raise SiovError(errno.EMSGSIZE, f"length {req.length} exceeds what one reply carries")
+    device = ctx.daemon.bus.emulated_device(ctx.session.id, req.device)
+    data, fault = ctx.daemon.iommu.dma_read(device, req.pasid, req.iova, req.length)
+    if fault is not None:
+        raise SiovError(
+            errno.EFAULT,
+            f"DMA read faulted at iova {fault.iova:#x} after {len(data)} bytes "
+            f"(reason {fault.reason:#x})",
+        )
+    return {"data": data}
+
+
+@registry.command(Command.DMA_WRITE, DmaWrite)
+def dma_write(ctx: Context, req: DmaWrite) -> dict[str, Any]:
+    device = ctx.daemon.bus.emulated_device(ctx.session.id, req.device)
+    written, fault = ctx.daemon.iommu.dma_write(device, req.pasid, req.iova, req.data)
+    if fault is not None:
+        raise SiovError(
+            errno.EFAULT,
+            f"DMA write faulted at iova {fault.iova:#x} after {written} bytes "
+            f"(reason {fault.reason:#x})",
+        )
+    return {"written": written}
+
+
+@registry.command(Command.TRANSLATE, Translate)
+def translate(ctx: Context, req: Translate) -> dict[str, Any]:
+    # The registrant translates as its device; an admin may translate any device (debugging).
+    bus = ctx.daemon.bus
+    if ctx.session.is_admin:
+        device = bus.device(None, req.device)
+    else:
+        device = bus.emulated_device(ctx.session.id, req.device)
+    # One reply carries the runs: as many as fit the negotiated message size, no more.
+    max_runs = max(1, (ctx.session.max_msg_size - REPLY_SLACK) // RUN_BYTES)
+    runs, fault = ctx.daemon.iommu.translate(
+        device, req.pasid, req.iova, req.length, req.write, max_runs, TRANSLATE_MAX_PAGES
+    )
+    return {
+        "runs": [{"iova": i, "phys": p, "length": n, "prot": prot} for i, p, n, prot in runs],
+        "translated": sum(n for _, _, n, _ in runs),
+        "fault": fault_info(fault) if fault is not None else None,
+    }

@@ -1,0 +1,175 @@
+"""Domains, attach (plain and per PASID), map/unmap, dirty tracking, IOTLB invalidation."""
+
+from __future__ import annotations
+
+import errno
+from typing import Any
+
+import structlog
+
+from siov_protocol import Command
+from siov_protocol.messages import ListRequest
+from siov_protocol.messages_iommu import (
+    AttachDevice,
+    DetachDevice,
+    DirtyBitmap,
+    DomainAlloc,
+    DomainRef,
+    IotlbInvalidate,
+    IovaToPhys,
+    Map,
+    PasidAttach,
+    PasidDetach,
+    Unmap,
+)
+from siovd.model.errors import SiovError
+from siovd.service.handlers.registry import Context, registry
+
+log = structlog.get_logger("siovd")
+
+
+@registry.command(Command.DOMAIN_ALLOC, DomainAlloc)
+def domain_alloc(ctx: Context, req: DomainAlloc) -> dict[str, Any]:
+    daemon, owner = ctx.daemon, ctx.session.id
+    limit = daemon.config.limits.domains
+    if len(daemon.iommu.domains(owner)) >= limit:
+        raise SiovError(errno.ENOSPC, f"limit reached: limits.domains = {limit}")
+    domain = daemon.iommu.domain_alloc(
+        owner,
+        req.bus,
+        req.type,
+        levels=req.levels,
+        user_managed=req.user_managed,
+        lazy=req.lazy,
+        pt_root_phys=req.pt_root,
+    )
+    log.info("domain allocated", domain=domain.id, type=req.type, user_managed=req.user_managed)
+    return domain.info()
+
+
+@registry.command(Command.DOMAIN_FREE, DomainRef)
+def domain_free(ctx: Context, req: DomainRef) -> dict[str, Any]:
+    ctx.daemon.iommu.domain_free(ctx.session.id, req.domain)
+    log.info("domain freed", domain=req.domain)
+    return {}
+
+
+@registry.command(Command.DOMAIN_LIST, ListRequest)
+def domain_list(ctx: Context, req: ListRequest) -> dict[str, Any]:
+    domains = ctx.daemon.iommu.domains(ctx.session.list_filter(req.all))
+    return {"domains": [d.info() for d in domains]}
+
+
+@registry.command(Command.ATTACH_DEVICE, AttachDevice)
+def attach_device(ctx: Context, req: AttachDevice) -> dict[str, Any]:
+    owner = ctx.session.id
+    device = ctx.daemon.bus.device(owner, req.device)
+    ctx.daemon.iommu.attach_device(owner, req.domain, device)
+    log.info("device attached", mdev=device.uuid, domain=req.domain, pasid=device.default_pasid)
+    return ctx.daemon.bus.describe(device)
+
+
+@registry.command(Command.DETACH_DEVICE, DetachDevice)
+def detach_device(ctx: Context, req: DetachDevice) -> dict[str, Any]:
+    owner = ctx.session.id
+    device = ctx.daemon.bus.device(owner, req.device)
+    domain = req.domain
+    if domain is None:
+        if device.group is None:
+            raise SiovError(errno.ENODEV, f"device {device.uuid} has no IOMMU group")
+        domain = device.group.domain.id
+    ctx.daemon.iommu.detach_device(owner, domain, device)
+    log.info("device detached", mdev=device.uuid, domain=domain)
+    return ctx.daemon.bus.describe(device)
+
+
+@registry.command(Command.ATTACH_PASID, PasidAttach)
+def attach_pasid(ctx: Context, req: PasidAttach) -> dict[str, Any]:
+    owner = ctx.session.id
+    device = ctx.daemon.bus.device(owner, req.device)
+    ctx.daemon.iommu.attach_pasid(owner, req.domain, device, req.pasid)
+    log.info("pasid attached", mdev=device.uuid, pasid=req.pasid, domain=req.domain)
+    return {}
+
+
+@registry.command(Command.REPLACE_PASID, PasidAttach)
+def replace_pasid(ctx: Context, req: PasidAttach) -> dict[str, Any]:
+    owner = ctx.session.id
+    device = ctx.daemon.bus.device(owner, req.device)
+    ctx.daemon.iommu.replace_pasid(owner, req.domain, device, req.pasid)
+    log.info("pasid replaced", mdev=device.uuid, pasid=req.pasid, domain=req.domain)
+    return {}
+
+
+@registry.command(Command.DETACH_PASID, PasidDetach)
+def detach_pasid(ctx: Context, req: PasidDetach) -> dict[str, Any]:
+    owner = ctx.session.id
+    device = ctx.daemon.bus.device(owner, req.device)
+    ctx.daemon.iommu.detach_pasid(owner, req.domain, device, req.pasid)
+    log.info("pasid detached", mdev=device.uuid, pasid=req.pasid)
+    return {}
+
+
+@registry.command(Command.MAP, Map)
+def map_(ctx: Context, req: Map) -> dict[str, Any]:
+    daemon, owner = ctx.daemon, ctx.session.id
+    domains = daemon.iommu.domains(owner)
+    max_mappings = daemon.config.limits.mappings
+    if sum(len(d.areas) for d in domains) >= max_mappings:
+        raise SiovError(errno.ENOSPC, f"limit reached: limits.mappings = {max_mappings}")
+    limit = daemon.config.limits.mapped_bytes
+    mapped = sum(d.mapped_bytes for d in domains)
+    if mapped + req.size > limit:
+        raise SiovError(
+            errno.ENOSPC,
+            f"limit reached: limits.mapped_bytes = {limit} ({mapped} mapped, {req.size} asked)",
+        )
+    iova = daemon.iommu.map(owner, req.domain, req.iova, req.phys, req.size, req.prot)
+    log.debug("mapped", domain=req.domain, iova=hex(iova), size=req.size, prot=req.prot)
+    return {"iova": iova, "size": req.size}
+
+
+@registry.command(Command.UNMAP, Unmap)
+def unmap(ctx: Context, req: Unmap) -> dict[str, Any]:
+    unmapped = ctx.daemon.iommu.unmap(ctx.session.id, req.domain, req.iova, req.size)
+    log.debug("unmapped", domain=req.domain, iova=hex(req.iova), bytes=unmapped)
+    ctx.daemon.close_dead_mappings()
+    return {"unmapped": unmapped}
+
+
+@registry.command(Command.IOVA_TO_PHYS, IovaToPhys)
+def iova_to_phys(ctx: Context, req: IovaToPhys) -> dict[str, Any]:
+    phys = ctx.daemon.iommu.iova_to_phys(ctx.session.id, req.domain, req.iova)
+    if phys is None:
+        raise SiovError(errno.ENOENT, f"iova {req.iova:#x} is not mapped in domain {req.domain}")
+    return {"phys": phys}
+
+
+@registry.command(Command.DIRTY_BITMAP, DirtyBitmap)
+def dirty_bitmap(ctx: Context, req: DirtyBitmap) -> dict[str, Any]:
+    # Refuse before reading (and maybe clearing) D bits a reply could not carry.
+    fits = (ctx.session.max_msg_size - 64) * 8
+    if req.size // 4096 > fits:
+        raise SiovError(
+            errno.EMSGSIZE,
+            f"a bitmap of {req.size // 4096} pages does not fit one reply "
+            f"(max_msg_size {ctx.session.max_msg_size}: at most {fits} pages)",
+        )
+    bitmap = ctx.daemon.iommu.dirty_bitmap(
+        ctx.session.id, req.domain, req.iova, req.size, req.clear
+    )
+    return {"bitmap": bitmap, "page_size": 4096, "pages": req.size // 4096}
+
+
+@registry.command(Command.IOTLB_INVALIDATE, IotlbInvalidate)
+def iotlb_invalidate(ctx: Context, req: IotlbInvalidate) -> dict[str, Any]:
+    pasid = req.pasid
+    if req.device is not None:
+        # A device-relative invalidation: its requests without PASID carry its default PASID.
+        device = ctx.daemon.bus.device(ctx.session.id, req.device)
+        if pasid is None:
+            pasid = device.default_pasid
+    dropped = ctx.daemon.iommu.iotlb_invalidate(
+        ctx.session.id, req.scope, req.domain, pasid, req.iova or 0, req.am
+    )
+    return {"invalidated": dropped}

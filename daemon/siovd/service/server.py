@@ -1,0 +1,486 @@
+"""The trio layer: listen, one task per connection, fds in and out, events, shutdown.
+
+Everything about bytes is :mod:`siov_protocol`'s job and everything about devices is the domain
+model's; this module only moves messages between them. No exception from one connection ever
+reaches the listener: a connection that misbehaves is answered or closed, and logged.
+"""
+
+from __future__ import annotations
+
+import array
+import contextlib
+import errno
+import os
+import socket
+import stat
+import struct
+from collections.abc import Callable
+from typing import Any
+
+import structlog
+import trio
+
+from siov_protocol import (
+    NEED_DATA,
+    BadMessage,
+    Command,
+    Connection,
+    FieldError,
+    Message,
+    ProtocolError,
+    Role,
+    decode,
+)
+from siov_protocol.header import FLAG_NO_REPLY, HEADER_SIZE
+from siov_protocol.schema import encode
+from siovd.host.auth import peer_credentials
+from siovd.model.errors import SiovError
+from siovd.service.daemon import Daemon
+from siovd.service.engines import daemon_tasks
+from siovd.service.handlers import Context, Handler, registry
+from siovd.service.session import Phase, Session
+
+log = structlog.get_logger("siovd.server")
+
+RECV_SIZE = 256 * 1024
+YIELD_EVERY = 16  # messages one connection handles before letting the others run
+REFUSE_WAIT_S = 1.0  # how long a refused connection may take to send its first header
+MAX_REFUSING = 64  # refusals answered at once; past that a refused connection is just closed
+MAX_FDS_RECEIVED = 253  # receive everything the kernel can carry, then judge it
+ANC_SIZE = socket.CMSG_SPACE(MAX_FDS_RECEIVED * 4)
+
+
+def close_fds(fds: list[int] | tuple[int, ...]) -> None:
+    for fd in fds:
+        with contextlib.suppress(OSError):
+            os.close(fd)
+
+
+def fds_from_ancillary(anc: list[tuple[int, int, bytes]]) -> list[int]:
+    fds: list[int] = []
+    for level, kind, data in anc:
+        if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS:
+            arr = array.array("i")
+            arr.frombytes(data[: len(data) - (len(data) % arr.itemsize)])
+            fds.extend(arr)
+    return fds
+
+
+class ClientGone(Exception):
+    """The client stopped reading or went away; its connection ends."""
+
+
+class ClientConnection:
+    """One connected client: the reader loop, writes, and the event pump."""
+
+    def __init__(self, server: Server, sock: trio.socket.SocketType) -> None:
+        self.server = server
+        self.daemon = server.daemon
+        self.sock = sock
+        self.raw = socket.socket(fileno=os.dup(sock.fileno()))  # for non-blocking fast writes
+        self.raw.setblocking(False)
+        cfg = self.daemon.config
+        self.conn = Connection(
+            Role.SERVER, max_msg_size=cfg.protocol.max_msg_size, max_fds=MAX_FDS_RECEIVED
+        )
+        self.session = Session(peer=_peer_credentials(self.raw), event_limit=cfg.limits.event_queue)
+        self.write_lock = trio.Lock()
+        self.events_ready = trio.Event()
+        self.log = log
+        self.nursery: trio.Nursery | None = None
+        self.async_in_flight = 0  # async handlers of this connection not yet done
+
+    # ---- writing ---------------------------------------------------------------------------
+
+    async def send(self, data: bytes, fds: tuple[int, ...] | list[int] = ()) -> None:
+        """Write one whole message; fds ride on its first byte.
+
+        The common case is one non-blocking sendmsg with no scheduling; only a full socket
+        buffer takes the slow path, which waits at most ``write_timeout_s`` for the client.
+        """
+        anc = [(socket.SOL_SOCKET, socket.SCM_RIGHTS, array.array("i", fds))] if fds else []
+        if not self.write_lock.locked():
+            try:
+                sent = self.raw.sendmsg([data], anc)
+            except BlockingIOError:
+                sent = 0
+            except OSError as exc:
+                raise ClientGone(str(exc)) from None
+            if sent == len(data):
+                return
+            if sent:
+                anc = []
+            data = data[sent:]
+        async with self.write_lock:
+            with trio.move_on_after(self.daemon.config.server.write_timeout_s) as scope:
+                while data:
+                    await trio.lowlevel.wait_writable(self.raw)
+                    try:
+                        sent = self.raw.sendmsg([data], anc)
+                    except BlockingIOError:
+                        continue
+                    except OSError as exc:
+                        raise ClientGone(str(exc)) from None
+                    anc = []
+                    data = data[sent:]
+            if scope.cancelled_caught:
+                self.daemon.counters["clients_dropped_stuck"] += 1
+                raise ClientGone("client stopped reading; write timed out")
+
+    async def reply_error(self, msg_id: int, command: int, err: int, message: str) -> None:
+        self.daemon.counters["error_replies"] += 1
+        await self.send(self.conn.send_error(msg_id, command, err, message))
+
+    # ---- the connection's life ------------------------------------------------------------
+
+    async def run(self) -> None:
+        daemon = self.daemon
+        daemon.open_session(self.session)
+        self.session.wake = self.events_ready.set
+        # Each connection task has its own copy of the context: everything logged while serving
+        # this client, in any layer, carries its id.
+        structlog.contextvars.bind_contextvars(client=self.session.id)
+        self.log.info("client connected", peer=self.session.peer)
+        try:
+            async with trio.open_nursery() as nursery:
+                self.nursery = nursery
+                nursery.start_soon(self.pump_events)
+                nursery.start_soon(self.handshake_deadline)
+                await self.read_loop()
+                nursery.cancel_scope.cancel()
+        except* ClientGone as group:
+            self.log.info("client dropped", reason=str(group.exceptions[0]))
+        except* Exception:
+            self.log.exception("connection failed")
+        finally:
+            self.finish()
+
+    async def handshake_deadline(self) -> None:
+        """A connection that has not negotiated (and authenticated) in time is closed, so idle
+        sockets cannot hold ``server.max_clients`` slots for ever."""
+        await trio.sleep(self.daemon.config.server.handshake_timeout_s)
+        if self.session.phase is not Phase.READY:
+            self.daemon.counters["handshake_timeouts"] += 1
+            raise ClientGone("no VERSION/AUTH within server.handshake_timeout_s")
+
+    def finish(self) -> None:
+        close_fds(self.conn.pending_fds())
+        try:
+            self.daemon.release(self.session)
+        except Exception:
+            self.log.exception("release failed")
+        self.raw.close()
+        self.sock.close()
+        self.log.info("client disconnected", requests=self.session.requests)
+
+    async def read_loop(self) -> None:
+        conn = self.conn
+        handled = 0
+        while True:
+            try:
+                data, anc, flags, _ = await self.sock.recvmsg(RECV_SIZE, ANC_SIZE)
+            except OSError as exc:
+                raise ClientGone(str(exc)) from None
+            fds = fds_from_ancillary(anc)
+            if flags & socket.MSG_CTRUNC:  # the kernel closed what did not fit
+                self.daemon.counters["fds_truncated"] += 1
+            conn.receive_data(data, fds)
+            if not data:
+                return
+            while True:
+                try:
+                    event = conn.next_event()
+                except ProtocolError as exc:
+                    self.daemon.counters["protocol_errors"] += 1
+                    self.log.warning("protocol error, closing", error=str(exc))
+                    if exc.msg_id is not None:
+                        with contextlib.suppress(ClientGone):
+                            await self.reply_error(exc.msg_id, 0, exc.errno, exc.message)
+                    return
+                if event is NEED_DATA:
+                    break
+                handled += 1
+                if handled % YIELD_EVERY == 0:
+                    # Sync handlers and writes that fit never yield: without this, one client's
+                    # pipelined burst would hold off every other client and its own event pump.
+                    await trio.lowlevel.checkpoint()
+                if isinstance(event, BadMessage):
+                    close_fds(event.fds)
+                    if not event.flags & FLAG_NO_REPLY:  # SPEC §5: not even an error reply
+                        await self.reply_error(
+                            event.msg_id, event.command, event.errno, event.reason
+                        )
+                    continue
+                assert isinstance(event, Message)
+                await self.dispatch(event)
+            if self.server.closing and not self.server.accepting:
+                return
+
+    async def dispatch(self, msg: Message) -> None:
+        session = self.session
+        session.requests += 1
+        handler = registry.handlers.get(msg.command)
+        fds = list(msg.fds)
+        err = self.refusal(handler, msg, fds)
+        if err is not None:
+            close_fds(fds)
+            if not msg.no_reply:
+                await self.reply_error(msg.msg_id, msg.command, *err)
+            return
+        assert handler is not None
+        if handler.is_async:
+            limit = self.daemon.config.limits.requests_in_flight
+            if self.async_in_flight >= limit:
+                close_fds(fds)
+                if not msg.no_reply:
+                    text = f"limit reached: limits.requests_in_flight = {limit} still running"
+                    await self.reply_error(msg.msg_id, msg.command, errno.EAGAIN, text)
+                return
+            assert self.nursery is not None
+            self.async_in_flight += 1
+            self.nursery.start_soon(self.run_counted, handler, msg, fds)
+            return
+        self.server.in_flight += 1
+        try:
+            reply = self.call(handler, msg, fds)
+        finally:
+            self.server.in_flight -= 1
+        if reply is not None and not msg.no_reply:
+            await self.send(*reply)
+
+    def refusal(
+        self, handler: Handler | None, msg: Message, fds: list[int]
+    ) -> tuple[int, str] | None:
+        """Why a message may not run at all, or None."""
+        session = self.session
+        if handler is None:
+            return errno.ENOSYS, f"unknown command {msg.command:#x}"
+        name = handler.command.name
+        if session.phase < handler.phase:
+            if session.phase is Phase.AWAIT_VERSION:
+                return errno.EPROTO, f"{name} before VERSION: negotiate the version first"
+            return errno.EACCES, f"{name} before AUTH: authenticate first"
+        if handler.phase is Phase.AWAIT_AUTH and session.phase is Phase.AWAIT_VERSION:
+            return errno.EPROTO, f"{name} before VERSION: negotiate the version first"
+        if len(fds) > session.max_fds:
+            return errno.EINVAL, f"{len(fds)} fds exceed the negotiated max_fds {session.max_fds}"
+        if len(fds) > handler.max_fds:
+            if handler.max_fds == 0:
+                return errno.EINVAL, f"{name} takes no file descriptors, got {len(fds)}"
+            return errno.EINVAL, f"{name} takes at most {handler.max_fds} fds, got {len(fds)}"
+        if handler.admin and not session.is_admin:
+            return errno.EPERM, f"{name} needs the admin role"
+        return None
+
+    def call(
+        self, handler: Handler, msg: Message, fds: list[int]
+    ) -> tuple[bytes, tuple[int, ...]] | None:
+        """Run a synchronous handler; return the reply bytes and fds to send."""
+        ctx = Context(self.daemon, self.session, msg.msg_id, msg.command, fds)
+        try:
+            req: Any = decode(handler.schema, msg.body)
+            result = handler.fn(ctx, req)
+        except (FieldError, SiovError) as exc:
+            close_fds(ctx.fds)
+            return self.conn.send_error(msg.msg_id, msg.command, exc.errno, exc.message), ()
+        except Exception as exc:
+            close_fds(ctx.fds)
+            self.log.exception("handler failed", command=handler.command.name)
+            self.daemon.counters["handler_failures"] += 1
+            text = f"internal error in {handler.command.name}: {type(exc).__name__}"
+            return self.conn.send_error(msg.msg_id, msg.command, errno.EIO, text), ()
+        return self.encode_reply(msg, result)
+
+    def encode_reply(self, msg: Message, result: Any) -> tuple[bytes, tuple[int, ...]]:
+        reply_fds: tuple[int, ...] = ()
+        if isinstance(result, tuple):  # (body, fds to send)
+            result, reply_fds = result
+        body = result if isinstance(result, dict) or result is None else encode(result)
+        data = self.conn.send_reply(msg.msg_id, msg.command, body)
+        limit = self.session.max_msg_size
+        if len(data) > limit:  # SPEC §6: no message is larger than the negotiated size
+            close_fds(reply_fds)
+            self.daemon.counters["replies_too_large"] += 1
+            text = f"the reply ({len(data)} bytes) exceeds the negotiated max_msg_size {limit}"
+            return self.conn.send_error(msg.msg_id, msg.command, errno.EMSGSIZE, text), ()
+        return data, reply_fds
+
+    async def run_counted(self, handler: Handler, msg: Message, fds: list[int]) -> None:
+        """:meth:`run_async`, counted against ``limits.requests_in_flight`` until its reply
+        is written (a reply waiting for a slow reader still holds its memory)."""
+        try:
+            await self.run_async(handler, msg, fds)
+        finally:
+            self.async_in_flight -= 1
+
+    async def run_async(self, handler: Handler, msg: Message, fds: list[int]) -> None:
+        ctx = Context(self.daemon, self.session, msg.msg_id, msg.command, fds)
+        self.server.in_flight += 1
+        try:
+            try:
+                req: Any = decode(handler.schema, msg.body)
+                result = await handler.fn(ctx, req)  # type: ignore[misc]
+                reply = self.encode_reply(msg, result)
+            except (FieldError, SiovError) as exc:
+                close_fds(ctx.fds)
+                reply = self.conn.send_error(msg.msg_id, msg.command, exc.errno, exc.message), ()
+            except Exception as exc:
+                close_fds(ctx.fds)
+                self.log.exception("handler failed", command=handler.command.name)
+                self.daemon.counters["handler_failures"] += 1
+                text = f"internal error in {handler.command.name}: {type(exc).__name__}"
+                reply = self.conn.send_error(msg.msg_id, msg.command, errno.EIO, text), ()
+        finally:
+            self.server.in_flight -= 1
+        if not msg.no_reply:
+            await self.send(*reply)
+
+    async def pump_events(self) -> None:
+        """Send queued events in order; the queue itself is bounded by the session."""
+        session = self.session
+        while True:
+            await self.events_ready.wait()
+            self.events_ready = trio.Event()
+            session.wake = self.events_ready.set
+            while session.events:
+                ev = session.events.popleft()
+                _, data = self.conn.send_command(ev.command, ev.body, no_reply=True)
+                try:
+                    await self.send(data, ev.fds)
+                finally:
+                    close_fds(ev.fds)
+                session.events_sent += 1
+
+
+def _peer_credentials(sock: socket.socket) -> tuple[int, int, int] | None:
+    try:
+        creds = peer_credentials(sock)
+    except OSError:
+        return None
+    return creds.pid, creds.uid, creds.gid
+
+
+def bind_unix_socket(path: str, mode: int) -> socket.socket:
+    """Bind ``path``, replacing a stale socket file only when no daemon answers on it."""
+    if os.path.lexists(path):
+        st = os.lstat(path)
+        if not stat.S_ISSOCK(st.st_mode):
+            raise SiovError(errno.EEXIST, f"{path} exists and is not a socket")
+        probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        try:
+            probe.connect(path)
+        except (ConnectionRefusedError, FileNotFoundError):
+            os.unlink(path)
+        else:
+            raise SiovError(errno.EADDRINUSE, f"another daemon is listening on {path}")
+        finally:
+            probe.close()
+    parent = os.path.dirname(path)
+    if parent:
+        os.makedirs(parent, mode=0o755, exist_ok=True)
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    old = os.umask(0o777 & ~mode)
+    try:
+        sock.bind(path)
+    finally:
+        os.umask(old)
+    os.chmod(path, mode)
+    sock.listen(128)
+    return sock
+
+
+class Server:
+    """Accepts connections and runs each in its own task; knows how to stop gracefully."""
+
+    def __init__(self, daemon: Daemon) -> None:
+        self.daemon = daemon
+        self.connections: set[ClientConnection] = set()
+        self.in_flight = 0
+        self.refusing = 0  # connections over the limit being told so
+        self.accepting = True
+        self.closing = False
+        self.stopped = trio.Event()
+        self.ready_hooks: list[Callable[[], None]] = []
+
+    async def serve(
+        self,
+        listener: socket.socket,
+        *,
+        task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
+    ) -> None:
+        tsock = trio.socket.from_stdlib_socket(listener)
+        async with trio.open_nursery() as nursery:
+            self.nursery = nursery
+            await nursery.start(daemon_tasks, self.daemon)
+            task_status.started()
+            with tsock:
+                while self.accepting:
+                    try:
+                        conn_sock, _ = await tsock.accept()
+                    except OSError as exc:
+                        if exc.errno in (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM):
+                            log.warning("accept failed, backing off", error=str(exc))
+                            await trio.sleep(0.1)
+                            continue
+                        raise
+                    limit = self.daemon.config.server.max_clients
+                    if len(self.connections) >= limit:
+                        self.daemon.counters["clients_refused"] += 1
+                        if self.refusing < MAX_REFUSING:
+                            self.refusing += 1
+                            nursery.start_soon(self._refuse, conn_sock, limit)
+                        else:
+                            conn_sock.close()
+                        continue
+                    # Counted at once, so a burst of connects cannot slip past the limit.
+                    try:
+                        client = ClientConnection(self, conn_sock)
+                    except OSError as exc:  # out of fds for its dup: as an accept that failed
+                        log.warning("accept failed", error=str(exc))
+                        conn_sock.close()
+                        continue
+                    self.connections.add(client)
+                    nursery.start_soon(self._run_connection, client)
+
+    async def _run_connection(self, client: ClientConnection) -> None:
+        try:
+            await client.run()
+        finally:
+            self.connections.discard(client)
+
+    async def _refuse(self, sock: trio.socket.SocketType, limit: int) -> None:
+        """SPEC §4: a connection over ``server.max_clients`` gets EAGAIN for its first message
+        (so the client learns why), then the close; a silent one is closed after a second."""
+        message = f"server.max_clients = {limit} clients are connected; try again later"
+        log.warning("client refused", reason=message)
+        try:
+            with sock, trio.move_on_after(REFUSE_WAIT_S):
+                head = b""
+                while len(head) < HEADER_SIZE:  # fds that come along are dropped by the kernel
+                    data = await sock.recv(HEADER_SIZE - len(head))
+                    if not data:
+                        return
+                    head += data
+                msg_id, command = struct.unpack_from("<HH", head)
+                reply = Connection(Role.SERVER).send_error(msg_id, command, errno.EAGAIN, message)
+                await sock.send(reply)
+                sock.shutdown(socket.SHUT_WR)
+                while await sock.recv(65536):  # the client closes first: a clean EOF, no reset
+                    pass
+        except OSError:
+            pass
+        finally:
+            self.refusing -= 1
+
+    async def shutdown(self, grace: float) -> None:
+        """Stop accepting, let in-flight requests finish within ``grace``, then close all."""
+        self.accepting = False
+        self.closing = True
+        log.info("shutting down", clients=len(self.connections), in_flight=self.in_flight)
+        for client in list(self.connections):
+            client.session.push_event(Command.EVENT_SHUTDOWN, {"grace_s": grace})
+        with trio.move_on_after(grace):
+            # Polling is bounded by the grace period and runs once per process life.
+            while self.in_flight or any(c.session.events for c in self.connections):  # noqa: ASYNC110
+                await trio.sleep(0.01)
+        self.nursery.cancel_scope.cancel()

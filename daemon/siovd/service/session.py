@@ -1,0 +1,90 @@
+"""A session: who one connected client is, what it negotiated, what the daemon owes it.
+
+Plain Python, no trio: the server gives it a ``wake`` callback to run when an event is queued.
+The session id is the ``owner`` the domain model records on every object the client creates.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import enum
+import errno
+import itertools
+import os
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from siovd.model.errors import SiovError
+
+_ids = itertools.count(1)
+
+
+class Phase(enum.IntEnum):
+    """Where a connection is in its life; commands are allowed from a phase on."""
+
+    AWAIT_VERSION = 0
+    AWAIT_AUTH = 1
+    READY = 2
+
+
+class Role(enum.Enum):
+    USER = "user"
+    ADMIN = "admin"
+
+
+@dataclass(slots=True)
+class QueuedEvent:
+    command: int
+    body: dict[str, Any]
+    fds: tuple[int, ...] = ()
+
+
+@dataclass(eq=False)
+class Session:
+    peer: tuple[int, int, int] | None = None  # SO_PEERCRED pid, uid, gid
+    event_limit: int = 4096
+    id: int = field(default_factory=lambda: next(_ids))
+    phase: Phase = Phase.AWAIT_VERSION
+    role: Role = Role.USER
+    identity: str = ""
+    client_name: str = ""
+    max_msg_size: int = 1 << 20
+    max_fds: int = 8
+    nonce: bytes | None = None
+    events: deque[QueuedEvent] = field(default_factory=deque)
+    events_sent: int = 0
+    events_dropped: int = 0
+    requests: int = 0
+    wake: Callable[[], None] = field(default=lambda: None, repr=False)
+
+    @property
+    def is_admin(self) -> bool:
+        return self.role is Role.ADMIN
+
+    @property
+    def owner_filter(self) -> int | None:
+        """What lookups of the model take: None (everything) for an admin."""
+        return None if self.is_admin else self.id
+
+    def list_filter(self, everything: bool) -> int | None:
+        """What list methods take: the caller's own objects unless an admin asks for all."""
+        if everything and not self.is_admin:
+            raise SiovError(errno.EPERM, "listing every client's objects needs the admin role")
+        return None if everything else self.id
+
+    def push_event(self, command: int, body: dict[str, Any], fds: tuple[int, ...] = ()) -> bool:
+        """Queue an event for the client; a full queue drops it and counts the drop.
+
+        The session owns ``fds`` from here on: a dropped event's fds are closed at once.
+        """
+        if len(self.events) >= self.event_limit:
+            self.events_dropped += 1
+            for fd in fds:
+                with contextlib.suppress(OSError):
+                    os.close(fd)
+            return False
+        self.events.append(QueuedEvent(command, body, fds))
+        self.wake()
+        return True
