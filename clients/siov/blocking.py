@@ -146,6 +146,7 @@ class BlockingClient:
     accel_list = _blocking(Client.accel_list)
     accel_save_config = _blocking(Client.accel_save_config)
     accel_load_config = _blocking(Client.accel_load_config)
+    accel_load_config_report = _blocking(Client.accel_load_config_report)
     accel_config_device = _blocking(Client.accel_config_device)
     accel_config_group = _blocking(Client.accel_config_group)
     accel_config_engine = _blocking(Client.accel_config_engine)

@@ -609,9 +609,19 @@ class Client:
     async def accel_load_config(
         self, config: list[dict[str, Any]], *, enable: bool = False
     ) -> list[dict[str, Any]]:
-        """``accel-config load-config [-e]`` (admin); the devices must be disabled."""
-        body = {"config": config, "enable": enable}
-        return list((await self.call(Command.ACCEL_LOAD_CONFIG, body))["devices"])
+        """``accel-config load-config [-e]`` (admin): the listing after it. Enabled devices
+        are skipped (see :meth:`accel_load_config_report` for what was skipped, and ``-f``)."""
+        report = await self.accel_load_config_report(config, enable=enable)
+        return list(report["devices"])
+
+    async def accel_load_config_report(
+        self, config: list[dict[str, Any]], *, enable: bool = False, force: bool = False
+    ) -> dict[str, Any]:
+        """``accel-config load-config [-e] [-f]`` (admin): ``devices`` (the listing after it),
+        ``messages`` (what accel-config prints on stderr: "dsa0 is active. Skipping...") and
+        ``enabled`` (its "Enabling ..." lines with ``-e``)."""
+        body = {"config": config, "enable": enable, "force": force}
+        return dict(await self.call(Command.ACCEL_LOAD_CONFIG, body))
 
     async def accel_config_device(self, device: str, /, **attrs: Any) -> dict[str, Any]:
         body = {"device": device, "attrs": attrs}

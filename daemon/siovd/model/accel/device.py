@@ -32,6 +32,7 @@ GROUP_ATTR_ALIASES: Final = {
     "use_token_limit": "use_read_buffer_limit",
 }
 DEVICE_ATTRS: Final = ("read_buffer_limit",)
+DEVICE_KINDS: Final = ("dsa", "iax")
 DEVICE_ATTR_ALIASES: Final = {"token_limit": "read_buffer_limit"}
 
 
@@ -198,9 +199,15 @@ class DsaDevice:
         max_engines: int = caps.MAX_ENGINES,
         max_wqs: int = caps.MAX_WQS,
         total_wq_size: int = caps.TOTAL_WQ_SIZE,
+        kind: str = "dsa",
     ) -> None:
+        if kind not in DEVICE_KINDS:
+            raise ValueError(f"device kind {kind!r} is not one of {', '.join(DEVICE_KINDS)}")
         self.id = dev_id
-        self.name = f"dsa{dev_id}"
+        #: accel-config's device type: ``dsa`` or ``iax`` (an IAA device is configured the same
+        #: way; siov runs no IAA operations, so an ``iax`` device is not an mdev parent)
+        self.kind = kind
+        self.name = f"{kind}{dev_id}"
         self.total_wq_size = total_wq_size
         self.configurable = True
         self.enabled = False
