@@ -391,3 +391,23 @@ def test_bar0_capability_registers(device: DsaDevice) -> None:
     device.wqs[0].set_pasid(0x12345)
     wq0 = device.bar0()[wqcfg : wqcfg + 64]
     assert (u32(wq0, 8) >> 8) & 0xFFFFF == 0x12345 and u32(wq0, 8) >> 28 & 1
+
+
+def test_event_log_size_and_progress_limits() -> None:
+    # accel-config 4.x config-device -e and config-group -d/-p
+    accels = Accelerators.embedded()
+    device = accels.device("dsa0")
+    refused(errno.EPERM, lambda: device.configure({"event_log_size": 128}), "event_log_size")
+    device.disable()
+    refused(errno.EINVAL, lambda: device.configure({"event_log_size": 63}), "64..65535")
+    refused(
+        errno.EINVAL, lambda: device.configure({"event_log_size": 128, "read_buffer_limit": 999})
+    )
+    assert device.event_log_size == 64  # all or nothing
+    device.configure({"event_log_size": 128})
+    assert accels.to_json()[0]["event_log_size"] == 128
+    refused(
+        errno.EOPNOTSUPP,
+        lambda: device.groups[0].configure({"desc_progress_limit": 1}),
+        "progress limits",
+    )

@@ -59,7 +59,6 @@ _DEVICE_READONLY: Final = frozenset(
         "errors",
         "mdevs",
         "iaa_cap",
-        "event_log_size",
     }
 )
 _GROUP_READONLY: Final = frozenset({"desc_progress_limit", "batch_progress_limit"})
@@ -168,6 +167,7 @@ def device_to_json(device: DsaDevice, save: bool = False) -> Json:
                 "pasid_enabled": 1,
                 "cdev_major": CDEV_MAJOR,
                 "clients": sum(wq.clients for wq in device.wqs),
+                "event_log_size": device.event_log_size,  # siov's extra (accel-config 4.x)
             }
         )
     obj["groups"] = [group_to_json(group, save) for group in device.groups]
@@ -456,13 +456,13 @@ def _same_group(where: str, obj: Mapping[str, Any], group_id: int) -> None:
 
 
 _Snapshot = tuple[
-    int, list[dict[str, object]], list[Group | None], list[tuple[Group | None, dict[str, object]]]
+    tuple[int, int], list[dict[str, object]], list[Group | None], list[tuple[Group | None, dict[str, object]]]
 ]
 
 
 def _save_device(device: DsaDevice) -> _Snapshot:
     return (
-        device.read_buffer_limit,
+        (device.read_buffer_limit, device.event_log_size),
         [group.config() for group in device.groups],
         [engine.group for engine in device.engines],
         [wq._save() for wq in device.wqs],
@@ -471,8 +471,8 @@ def _save_device(device: DsaDevice) -> _Snapshot:
 
 def _restore_device(device: DsaDevice, snapshot: _Snapshot) -> None:
     """Put a disabled device back as it was; bypasses the rules, which held for it before."""
-    limit, groups, engine_groups, wqs = snapshot
-    device.read_buffer_limit = limit
+    (limit, evl), groups, engine_groups, wqs = snapshot
+    device.read_buffer_limit, device.event_log_size = limit, evl
     for group, values in zip(device.groups, groups, strict=True):
         for name, value in values.items():
             setattr(group, name, bool(value) if name == "use_read_buffer_limit" else value)

@@ -208,7 +208,11 @@ def accel_load_config(ctx: Context, req: AccelLoadConfig) -> dict[str, Any]:
 def accel_config_device(ctx: Context, req: AccelConfigDevice) -> dict[str, Any]:
     device = ctx.daemon.accel.device(req.device)
     device.configure(req.attrs)
-    return {"dev": device.name, "read_buffer_limit": device.read_buffer_limit}
+    return {
+        "dev": device.name,
+        "read_buffer_limit": device.read_buffer_limit,
+        "event_log_size": device.event_log_size,
+    }
 
 
 @registry.command(Command.ACCEL_CONFIG_GROUP, AccelConfigGroup, admin=True)
