@@ -13,8 +13,12 @@ import os
 import sys
 import time
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
 from typing import Any
 
+from siov_protocol import jsonc
+
+from .accel_config import ListError, list_output
 from .blocking import BlockingClient
 from .client import default_socket_path
 from .errors import SiovError
@@ -326,110 +330,401 @@ def cmd_translate(client: BlockingClient, args: argparse.Namespace) -> Any:
 
 
 # ---- the accelerator (accel-config's commands and object names) ----------------------------
+#
+# The verbs, options, messages and output of accel-config: 3.5.3 (Debian bookworm) for `list`,
+# `save-config` and `load-config` output, plus the options 4.x added (config-device -e,
+# config-group -d/-p, config-wq -r/-o, config-user-default). Messages go where accel-config
+# sends them (accfg/enable.c, accfg/config.c: progress and refusals on stderr, "Enabling ..." on
+# stdout); success is otherwise quiet.
+
+#: accel-config's default configuration file (ACCFG_CONF_FILE)
+ACCFG_CONF_FILE = "/etc/accel-config/accel-config.conf"
+
+
+@dataclass
+class Printed:
+    """A command's output as it is to appear, verbatim: accel-config's own text."""
+
+    stdout: str = ""
+    stderr: list[str] = field(default_factory=list)
+    code: int = 0
+
 
 _WQ_OPTIONS: tuple[tuple[str, str, str, Callable[[str], Any]], ...] = (
-    # (short, long, attribute, type): accel-config config-wq's options
+    # (short, long, attribute, type): accel-config 4.x config-wq's options, in the order
+    # accel-config writes them (config_attr.c: mode, type, name, driver_name, size, ...)
     ("-g", "--group-id", "group_id", int),
-    ("-s", "--wq-size", "size", int),
-    ("-p", "--priority", "priority", int),
-    ("-b", "--block-on-fault", "block_on_fault", int),
-    ("-t", "--threshold", "threshold", int),
+    ("-m", "--mode", "mode", str),
     ("-y", "--type", "type", str),
     ("-n", "--name", "name", str),
     ("-d", "--driver-name", "driver_name", str),
-    ("-m", "--mode", "mode", str),
+    ("-s", "--wq-size", "size", int),
+    ("-p", "--priority", "priority", int),
+    ("-r", "--prs-disable", "prs_disable", int),
+    ("-b", "--block-on-fault", "block_on_fault", int),
+    ("-t", "--threshold", "threshold", int),
     ("-c", "--max-batch-size", "max_batch_size", int),
     ("-x", "--max-transfer-size", "max_transfer_size", int),
     ("-a", "--ats-disable", "ats_disable", int),
-    ("-r", "--prs-disable", "prs_disable", int),
     ("-o", "--op-config", "op_config", str),
 )
-_GROUP_OPTIONS: tuple[tuple[str, str, Callable[[str], Any]], ...] = (
-    ("--read-buffers-reserved", "read_buffers_reserved", int),
-    ("--read-buffers-allowed", "read_buffers_allowed", int),
-    ("--use-read-buffer-limit", "use_read_buffer_limit", int),
-    ("--traffic-class-a", "traffic_class_a", int),
-    ("--traffic-class-b", "traffic_class_b", int),
+_GROUP_OPTIONS: tuple[tuple[str, str, str, Callable[[str], Any]], ...] = (
+    ("-r", "--read-buffers-reserved", "read_buffers_reserved", int),
+    ("-t", "--read-buffers-allowed", "read_buffers_allowed", int),
+    ("-l", "--use-read-buffer-limit", "use_read_buffer_limit", int),
+    ("-a", "--traffic-class-a", "traffic_class_a", int),
+    ("-b", "--traffic-class-b", "traffic_class_b", int),
+    ("-d", "--desc-progress-limit", "desc_progress_limit", int),
+    ("-p", "--batch-progress-limit", "batch_progress_limit", int),
 )
+_DEVICE_OPTIONS: tuple[tuple[str, str, str, Callable[[str], Any]], ...] = (
+    ("-l", "--read-buffer-limit", "read_buffer_limit", int),
+    ("-e", "--event-log-size", "event_log_size", int),
+)
+
+
+def _options(
+    p: argparse.ArgumentParser, table: Sequence[tuple[str, str, str, Callable[[str], Any]]]
+) -> None:
+    for short, flag, attr, kind in table:
+        p.add_argument(short, flag, dest=attr, type=kind)
 
 
 def _accel_args(p: argparse.ArgumentParser) -> None:
     sub = p.add_subparsers(dest="accel_command", required=True, metavar="ACTION")
-    sub.add_parser("list", help="devices, groups, engines and WQs as accel-config JSON")
+    ls = sub.add_parser("list", help="devices, groups, engines and WQs as accel-config shows them")
+    ls.add_argument("-d", "--device", help="filter by device")
+    ls.add_argument("-g", "--group", help="filter by group (dsa0/group0.0)")
+    ls.add_argument("-q", "--workqueue", help="filter by workqueue (dsa0/wq0.0)")
+    ls.add_argument("-e", "--engine", help="filter by engine (dsa0/engine0.0)")
+    ls.add_argument("-G", "--groups", action="store_true", help="include group info")
+    ls.add_argument("-D", "--devices", action="store_true", help="include device info")
+    ls.add_argument("-E", "--engines", action="store_true", help="include engine info")
+    ls.add_argument("-Q", "--workqueues", action="store_true", help="include workqueue info")
+    ls.add_argument("-i", "--idle", action="store_true", help="include idle components")
+    ls.add_argument(
+        "--siov", action="store_true", help="add siov's extra keys (prs_disable, op_config, ...)"
+    )
     device = sub.add_parser("config-device", help="set device attributes (admin)")
-    device.add_argument("device", help="e.g. dsa0")
-    device.add_argument("-l", "--read-buffer-limit", dest="read_buffer_limit", type=int)
+    device.add_argument("names", nargs="+", metavar="DEVICE", help="e.g. dsa0, or all")
+    _options(device, _DEVICE_OPTIONS)
     group = sub.add_parser("config-group", help="set group attributes (admin)")
-    group.add_argument("group", help="e.g. dsa0/group0.0")
-    for flag, attr, kind in _GROUP_OPTIONS:
-        group.add_argument(flag, dest=attr, type=kind)
-    engine = sub.add_parser("config-engine", help="move an engine to a group (admin)")
-    engine.add_argument("engine", help="e.g. dsa0/engine0.1")
+    group.add_argument("names", nargs="+", metavar="GROUP", help="e.g. dsa0/group0.0, or all")
+    _options(group, _GROUP_OPTIONS)
+    engine = sub.add_parser("config-engine", help="move engines to a group (admin)")
+    engine.add_argument("names", nargs="+", metavar="ENGINE", help="e.g. dsa0/engine0.1, or all")
     engine.add_argument("-g", "--group-id", dest="group_id", type=int)
     wq = sub.add_parser("config-wq", help="set WQ attributes (admin)")
-    wq.add_argument("wq", help="e.g. dsa0/wq0.1")
-    for short, flag, attr, kind in _WQ_OPTIONS:
-        wq.add_argument(short, flag, dest=attr, type=kind)
-    for action, what in (("enable-device", "device"), ("disable-device", "device")):
-        sub.add_parser(action, help=f"{action.split('-')[0]} a device (admin)").add_argument(what)
-    for action in ("enable-wq", "disable-wq"):
-        sub.add_parser(action, help=f"{action.split('-')[0]} a WQ (admin)").add_argument("wq")
-    save = sub.add_parser("save-config", help="the configuration as load-config takes it")
-    save.add_argument("-s", "--saved-file", metavar="FILE", help="write it here (default: print)")
+    wq.add_argument("names", nargs="+", metavar="WQ", help="e.g. dsa0/wq0.1, or all")
+    _options(wq, _WQ_OPTIONS)
+    for action in ("enable-device", "disable-device", "enable-wq", "disable-wq"):
+        what = "DEVICE" if action.endswith("device") else "WQ"
+        verb = action.split("-")[0]
+        q = sub.add_parser(action, help=f"{verb} devices or WQs (admin)")
+        q.add_argument("names", nargs="+", metavar=what, help="names, or all")
+        q.add_argument("-v", "--verbose", action="store_true", help="turn on debug")
+        if verb == "disable":
+            q.add_argument("-f", "--force", action="store_true", help="force action")
+    save = sub.add_parser("save-config", help="write the configuration as load-config takes it")
+    save.add_argument(
+        "-s",
+        "--saved-file",
+        metavar="FILE",
+        default=ACCFG_CONF_FILE,
+        help=f"where (default {ACCFG_CONF_FILE}; - for stdout)",
+    )
     load = sub.add_parser("load-config", help="apply a saved configuration (admin)")
-    load.add_argument("-c", "--config", metavar="FILE", required=True)
-    load.add_argument("-e", "--enable", action="store_true", help="enable devices and WQs after")
+    load.add_argument("-c", "--config-file", dest="config", metavar="FILE", default=ACCFG_CONF_FILE)
+    load.add_argument("-v", "--verbose", action="store_true", help="the listing after, on stderr")
+    load.add_argument("-e", "--enable", action="store_true", help="enable the file's devices/WQs")
+    load.add_argument(
+        "-f", "--forced", action="store_true", help="disable enabled devices before configuring"
+    )
+    default = sub.add_parser(
+        "config-user-default", help="a shared user WQ on every WQ of each disabled device"
+    )
+    default.add_argument("-c", "--config-file", dest="config", metavar="FILE")
+    default.add_argument("-d", "--disable", action="store_true", help="disable them again")
+    default.add_argument("-n", "--name", default="user_default_wq", help="WQ name (with -d)")
+    default.add_argument("-v", "--verbose", action="store_true")
 
 
 def _attrs(args: argparse.Namespace, names: Sequence[str]) -> dict[str, Any]:
     return {name: getattr(args, name) for name in names if getattr(args, name) is not None}
 
 
+def _wq_names(listing: list[dict[str, Any]]) -> list[str]:
+    names = []
+    for dev in listing:
+        wqs = [w for g in dev.get("groups", []) for w in g.get("grouped_workqueues", [])]
+        wqs += dev.get("ungrouped workqueues", [])
+        names += sorted(f"{dev['dev']}/{w['dev']}" for w in wqs)
+    return names
+
+
+def _component_names(listing: list[dict[str, Any]], kind: str) -> list[str]:
+    if kind == "device":
+        return [str(d["dev"]) for d in listing]
+    if kind == "wq":
+        return _wq_names(listing)
+    names = []
+    for dev in listing:
+        if kind == "group":
+            names += [f"{dev['dev']}/{g['dev']}" for g in dev.get("groups", [])]
+        else:
+            engines = [e for g in dev.get("groups", []) for e in g.get("grouped_engines", [])]
+            engines += dev.get("ungrouped_engines", [])
+            names += sorted(f"{dev['dev']}/{e['dev']}" for e in engines)
+    return names
+
+
+def _names(client: BlockingClient, args: argparse.Namespace, kind: str) -> list[str]:
+    """The names given, or every one of that kind for ``all`` (accel-config 4.x)."""
+    names: list[str] = args.names
+    if "all" in names:
+        return _component_names(client.accel_list(), kind)
+    return names
+
+
+def _configure(
+    client: BlockingClient, args: argparse.Namespace, kind: str, attrs: dict[str, Any]
+) -> Printed:
+    """config-device/-group/-engine/-wq: each name in turn; the first failure stops
+    (accfg/config_attr.c returns on the first attribute that fails)."""
+    call = {
+        "device": client.accel_config_device,
+        "group": client.accel_config_group,
+        "engine": client.accel_config_engine,
+        "wq": client.accel_config_wq,
+    }[kind]
+    out = Printed()
+    for name in _names(client, args, kind):
+        if kind != "device" and "/" not in name:
+            out.stderr.append(f"{name} is not a valid {kind} name")
+            continue
+        try:
+            call(name, **attrs)
+        except SiovError as exc:
+            if exc.errno == errno.ENODEV:
+                out.stderr.append(f"{name} is not a valid {kind} name")
+                continue
+            out.stderr.append(f"{name}: {exc}")
+            out.code = 1
+            return out
+    return out
+
+
+def _enable_disable(client: BlockingClient, args: argparse.Namespace, action: str) -> Printed:
+    """accfg/enable.c device_action / wq_action: each name, then "enabled N device(s) out of M"
+    on stderr; success when any succeeded."""
+    verb, kind = action.split("-")
+    listing = client.accel_list()
+    names = _component_names(listing, kind) if "all" in args.names else list(args.names)
+    states: dict[str, str] = {}
+    for dev in listing:
+        states[str(dev["dev"])] = str(dev["state"])
+        for g in dev.get("groups", []):
+            for w in g.get("grouped_workqueues", []):
+                states[f"{dev['dev']}/{w['dev']}"] = str(w["state"])
+        for w in dev.get("ungrouped workqueues", []):
+            states[f"{dev['dev']}/{w['dev']}"] = str(w["state"])
+    out = Printed()
+    success = 0
+    for name in names:
+        if name not in states:
+            if args.verbose:
+                out.stderr.append(f"{name} {'device' if kind == 'device' else 'wq'} not found")
+            continue
+        wanted = "enabled" if verb == "enable" else "disabled"
+        if states[name] == wanted:
+            if kind == "device":
+                out.stderr.append(f"{name} is in {wanted} state already, skipping...")
+            elif verb == "enable":
+                out.stderr.append(f"{name} is in enabled or locked mode, skipping...")
+            else:
+                out.stderr.append(f"{name} is in disabled mode already, skipping...")
+            out.stderr.append(f"failed in {name}")
+            continue
+        try:
+            if kind == "device":
+                (client.accel_enable_device if verb == "enable" else client.accel_disable_device)(
+                    name
+                )
+            else:
+                (client.accel_enable_wq if verb == "enable" else client.accel_disable_wq)(name)
+        except SiovError as exc:
+            out.stderr.append(f"{name}: {exc}")
+            out.stderr.append(f"failed in {name}")
+            continue
+        success += 1
+    what = "device(s)" if kind == "device" else "wq(s)"
+    out.stderr.append(f"{verb}d {success} {what} out of {len(names)}")
+    out.code = 0 if success else 1
+    return out
+
+
+def _read_accfg_file(path: str) -> list[Any]:
+    try:
+        with open(path, "rb") as fh:
+            config = jsonc.loads(fh.read())
+    except OSError as exc:
+        raise SiovError(exc.errno or errno.EIO, f"{path}: {exc.strerror or exc}") from None
+    except (ValueError, RecursionError) as exc:
+        raise SiovError(errno.EINVAL, f"{path}: not accel-config JSON: {exc}") from None
+    return config if isinstance(config, list) else [config]
+
+
+def _user_default(client: BlockingClient, args: argparse.Namespace) -> Printed:
+    """accel-config 4.x config-user-default (accfg/config.c cmd_config_default): every WQ of
+    each disabled device becomes a shared user WQ "user_default_wq" (priority 10, group 0,
+    block_on_fault 1, prs_disable 1, size = work_queue_size / max_work_queues, threshold =
+    size), the engines join group 0, the device and its WQs are enabled. ``-d`` disables the
+    WQs of that name, and a device none of whose other WQs is enabled."""
+    out = Printed()
+    listing = client.accel_list()
+    if args.disable:
+        lines = [f"disable WQs named as {args.name}"]
+        for dev in listing:
+            wqs = [w for g in dev.get("groups", []) for w in g.get("grouped_workqueues", [])]
+            enabled = [w for w in wqs if w["state"] == "enabled"]
+            others = False
+            for w in enabled:
+                if w["name"] == args.name:
+                    if args.verbose:
+                        lines.append(f"disable {w['dev']}")
+                    _quietly(out, client.accel_disable_wq, f"{dev['dev']}/{w['dev']}")
+                else:
+                    others = True
+            if dev["state"] == "enabled" and not others:
+                _quietly(out, client.accel_disable_device, str(dev["dev"]))
+        out.stdout = "".join(line + "\n" for line in lines)
+        return out
+    lines = []
+    for dev in listing:
+        if dev["state"] == "enabled":
+            continue  # "Don't enable WQs/engines on partially enabled devices"
+        name = str(dev["dev"])
+        size = int(dev["work_queue_size"]) // int(dev["max_work_queues"])
+        wqs = _wq_names([dev])
+        for wq in wqs:
+            if args.verbose:
+                lines.append(f"config {wq.split('/')[1]}")
+            steps: list[dict[str, Any]] = [
+                {"priority": 10},
+                {"group_id": 0},
+                {"block_on_fault": 1},
+                {"mode": "shared"},
+                {"type": "user"},
+                {"name": "user_default_wq"},
+                {"driver_name": "user"},
+                {"size": size},
+                {"threshold": size},
+                {"prs_disable": 1},
+                {"ats_disable": 0},
+            ]
+            for step in steps:  # each write on its own; accel-config ignores their errors
+                _quietly(out, client.accel_config_wq, wq, quiet=not args.verbose, **step)
+        for engine in _component_names([dev], "engine"):
+            _quietly(out, client.accel_config_engine, engine, group_id=0)
+        if args.verbose:
+            lines.append(f"enable {name}")
+        if not _quietly(out, client.accel_enable_device, name, failure=f"Error enabling {name}"):
+            continue
+        for wq in wqs:
+            if args.verbose:
+                lines.append(f"enable {wq.split('/')[1]}")
+            _quietly(out, client.accel_enable_wq, wq, failure=f"Error enabling {wq}")
+    out.stdout = "".join(line + "\n" for line in lines)
+    return out
+
+
+def _quietly(
+    out: Printed,
+    call: Callable[..., Any],
+    *args: Any,
+    failure: str | None = None,
+    quiet: bool = False,
+    **kwargs: Any,
+) -> bool:
+    try:
+        call(*args, **kwargs)
+    except SiovError as exc:
+        if failure is not None:
+            out.stderr.append(failure)
+        if not quiet:
+            out.stderr.append(f"{args[0] if args else ''}: {exc}")
+        return False
+    return True
+
+
 @command("accel", "the accelerator, as accel-config shows and configures it", _accel_args)
 def cmd_accel(client: BlockingClient, args: argparse.Namespace) -> Any:
     action = args.accel_command
     if action == "list":
-        devices = client.accel_list()
-        return devices if args.json else json.dumps(devices, indent=2)
+        listing = client.accel_list()
+        if args.json:
+            return listing  # siov's full view: every component, with its extras
+        try:
+            text = list_output(
+                listing,
+                device=args.device,
+                group=args.group,
+                wq=args.workqueue,
+                engine=args.engine,
+                devices_view=args.devices,
+                groups_view=args.groups,
+                wqs_view=args.workqueues,
+                engines_view=args.engines,
+                idle=args.idle,
+                extras=args.siov,
+            )
+        except ListError as exc:
+            return Printed(stderr=[str(exc)] if str(exc) else [], code=1)
+        return Printed(stdout=text)
     if action == "config-device":
-        return client.accel_config_device(args.device, **_attrs(args, ["read_buffer_limit"]))
+        return _configure(
+            client, args, "device", _attrs(args, [a for _, _, a, _ in _DEVICE_OPTIONS])
+        )
     if action == "config-group":
-        attrs = _attrs(args, [attr for _, attr, _ in _GROUP_OPTIONS])
-        return client.accel_config_group(args.group, **attrs)
+        return _configure(client, args, "group", _attrs(args, [a for _, _, a, _ in _GROUP_OPTIONS]))
     if action == "config-engine":
-        return client.accel_config_engine(args.engine, **_attrs(args, ["group_id"]))
+        return _configure(client, args, "engine", _attrs(args, ["group_id"]))
     if action == "config-wq":
-        return client.accel_config_wq(args.wq, **_attrs(args, [a for _, _, a, _ in _WQ_OPTIONS]))
-    if action == "enable-device":
-        client.accel_enable_device(args.device)
-        return {"enabled": args.device}
-    if action == "disable-device":
-        client.accel_disable_device(args.device)
-        return {"disabled": args.device}
-    if action == "enable-wq":
-        client.accel_enable_wq(args.wq)
-        return {"enabled": args.wq}
-    if action == "disable-wq":
-        client.accel_disable_wq(args.wq)
-        return {"disabled": args.wq}
+        return _configure(client, args, "wq", _attrs(args, [a for _, _, a, _ in _WQ_OPTIONS]))
+    if action in ("enable-device", "disable-device", "enable-wq", "disable-wq"):
+        return _enable_disable(client, args, action)
+    if action == "config-user-default":
+        if args.config:
+            raise SiovError(
+                errno.EOPNOTSUPP,
+                "config-user-default -c: siovctl does not take user-default files yet;"
+                " use load-config -c FILE -e",
+            )
+        return _user_default(client, args)
     if action == "save-config":
         config = client.accel_save_config()
-        if args.saved_file:
+        text = jsonc.dumps(config) + "\n"  # util_display_json_array
+        if args.json:
+            return config
+        if args.saved_file == "-":
+            return Printed(stdout=text)
+        try:
             with open(args.saved_file, "w") as fh:
-                json.dump(config, fh, indent=2)
-                fh.write("\n")
-            return {"saved": args.saved_file}
-        return config if args.json else json.dumps(config, indent=2)
+                fh.write(text)
+        except OSError as exc:
+            reason = exc.strerror or str(exc)
+            return Printed(stderr=[f"Failed to open {args.saved_file} for save: {reason}"], code=1)
+        return Printed()
     assert action == "load-config"
-    try:
-        with open(args.config) as fh:
-            config = json.load(fh)
-    except (OSError, ValueError) as exc:
-        raise SiovError(errno.EINVAL, f"{args.config}: {exc}") from None
-    if isinstance(config, dict):
-        config = [config]
-    devices = client.accel_load_config(config, enable=args.enable)
-    return devices if args.json else json.dumps(devices, indent=2)
+    config = _read_accfg_file(args.config)
+    report = client.accel_load_config_report(config, enable=args.enable, force=args.forced)
+    if args.json:
+        return report
+    out = Printed(stderr=list(report["messages"]))
+    out.stdout = "".join(line + "\n" for line in report["enabled"])
+    if args.verbose:
+        out.stderr.append(jsonc.dumps(report["devices"]))
+    return out
 
 
 # ---- main ----------------------------------------------------------------------------------
@@ -465,6 +760,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     except SiovError as exc:
         print(f"siovctl: {args.command}: {exc}", file=sys.stderr)
         return 1
+    if isinstance(result, Printed):
+        sys.stdout.write(result.stdout)
+        sys.stdout.flush()
+        for line in result.stderr:
+            print(line, file=sys.stderr)
+        return result.code
     if args.json:
         json.dump(
             result,
