@@ -253,7 +253,6 @@ def test_list_json_shape() -> None:
         "work_queue_size", "numa_node", "op_cap", "gen_cap", "version", "state",
         "max_read_buffers", "max_batch_size", "ims_size", "max_transfer_size", "configurable",
         "pasid_enabled", "cdev_major", "clients", "groups", "ungrouped workqueues",
-        "ungrouped_engines",
     ]  # fmt: skip
     assert list(dwq) == [
         "dev", "mode", "size", "group_id", "priority", "block_on_fault", "max_batch_size",
