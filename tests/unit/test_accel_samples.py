@@ -189,3 +189,16 @@ def test_iax_device_lists_as_accel_config_lists_one() -> None:
     assert [e["dev"] for e in iax["ungrouped_engines"]] == [f"engine1.{i}" for i in range(8)]
     with pytest.raises(ValueError):
         make_device("qat0")
+
+
+def test_daemon_config_file_reads_json_c_and_names_devices() -> None:
+    from siovd.host.config import ConfigError
+    from siovd.service.daemon import load_accelerators
+
+    net = next(p for p in SAMPLES if p.name == "net_profile.conf")  # has trailing commas
+    accels = load_accelerators(str(net), ["dsa0", "iax1"])
+    assert [wq.name for wq in accels.device("dsa0").wqs[:4]] == ["app1", "app2", "app3", "app4"]
+    assert not accels.device("iax1").enabled
+    with pytest.raises(ConfigError) as exc:
+        load_accelerators("", ["dsa0", "qat1"])
+    assert "accel.devices" in str(exc.value) and "qat1" in str(exc.value)

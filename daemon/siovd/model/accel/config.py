@@ -456,7 +456,10 @@ def _same_group(where: str, obj: Mapping[str, Any], group_id: int) -> None:
 
 
 _Snapshot = tuple[
-    tuple[int, int], list[dict[str, object]], list[Group | None], list[tuple[Group | None, dict[str, object]]]
+    tuple[int, int],
+    list[dict[str, object]],
+    list[Group | None],
+    list[tuple[Group | None, dict[str, object]]],
 ]
 
 
