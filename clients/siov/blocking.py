@@ -156,6 +156,8 @@ class BlockingClient:
     accel_enable_wq = _blocking(Client.accel_enable_wq)
     accel_disable_wq = _blocking(Client.accel_disable_wq)
     define = _blocking(Client.define)
+    define_many = _blocking(Client.define_many)
+    set_attrs = _blocking(Client.set_attrs)
     undefine = _blocking(Client.undefine)
     start = _blocking(Client.start)
     stop = _blocking(Client.stop)

@@ -655,32 +655,84 @@ class Client:
 
     async def define(
         self,
-        parent: str,
+        parent: str | None,
         mdev_type: str | None = None,
         *,
         uuid: str | None = None,
         start: str = "manual",
         attrs: list[dict[str, str]] | None = None,
         config: dict[str, Any] | None = None,
+        replace: bool = False,
     ) -> dict[str, Any]:
-        """Persist an mdev definition (admin); ``config`` is mdevctl's single-definition JSON."""
-        body: dict[str, Any] = {"parent": parent, "start": start}
-        for key, value in (("mdev_type", mdev_type), ("uuid", uuid), ("config", config)):
+        """Persist an mdev definition (admin); ``config`` is mdevctl's single-definition JSON.
+        ``replace=True`` is mdevctl modify: the definition of ``parent`` + ``uuid`` must exist
+        and is replaced."""
+        body: dict[str, Any] = {"start": start, "replace": replace}
+        for key, value in (
+            ("parent", parent),
+            ("mdev_type", mdev_type),
+            ("uuid", uuid),
+            ("config", config),
+        ):
             if value is not None:
                 body[key] = value
         if attrs:
             body["attrs"] = attrs
         return await self.call(Command.MDEV_DEFINE, body)
 
-    async def undefine(self, uuid: str, parent: str | None = None) -> None:
+    async def define_many(
+        self,
+        definitions: list[dict[str, Any]],
+        *,
+        parent: str | None = None,
+        uuid: str | None = None,
+    ) -> list[dict[str, Any]]:
+        """Define every entry of mdevctl's list shape ``[{parent: [{uuid: config}]}]`` at
+        once, all or none (admin); ``parent``/``uuid`` pick the entries to define."""
+        body: dict[str, Any] = {"definitions": definitions}
+        if parent is not None:
+            body["parent"] = parent
+        if uuid is not None:
+            body["uuid"] = uuid
+        return list((await self.call(Command.MDEV_DEFINE, body))["definitions"])
+
+    async def undefine(self, uuid: str, parent: str | None = None) -> list[dict[str, Any]]:
+        """Forget the definitions of ``uuid`` (only under ``parent`` when given), as mdevctl
+        undefine does; returns the ``{uuid, parent}`` undefined."""
         body: dict[str, Any] = {"uuid": uuid}
         if parent is not None:
             body["parent"] = parent
-        await self.call(Command.MDEV_UNDEFINE, body)
+        return list((await self.call(Command.MDEV_UNDEFINE, body)).get("undefined", []))
 
-    async def start(self, uuid: str) -> dict[str, Any]:
-        """Create a defined mdev (owned by the host until someone claims it)."""
-        return await self.call(Command.MDEV_START, {"uuid": uuid})
+    async def start(
+        self,
+        uuid: str | None = None,
+        *,
+        parent: str | None = None,
+        mdev_type: str | None = None,
+        attrs: list[dict[str, str]] | None = None,
+        config: dict[str, Any] | None = None,
+    ) -> dict[str, Any]:
+        """Create a defined mdev (``parent`` when its UUID is defined under several), or a
+        transient one from ``parent`` and ``mdev_type`` (+ ``attrs``) or ``config``; it is
+        owned by the host until someone claims it. Attributes are written in order and a
+        failed write fails the start."""
+        body: dict[str, Any] = {}
+        for key, value in (
+            ("uuid", uuid),
+            ("parent", parent),
+            ("mdev_type", mdev_type),
+            ("config", config),
+        ):
+            if value is not None:
+                body[key] = value
+        if attrs:
+            body["attrs"] = attrs
+        return await self.call(Command.MDEV_START, body)
+
+    async def set_attrs(self, uuid: str, attrs: list[dict[str, str]]) -> None:
+        """Write attributes of a running mdev in order (admin; mdevctl modify --live)."""
+        await self.call(Command.MDEV_SET_ATTRS, {"uuid": uuid, "attrs": attrs})
 
     async def stop(self, uuid: str) -> None:
         await self.call(Command.MDEV_STOP, {"uuid": uuid})

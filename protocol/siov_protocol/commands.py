@@ -82,6 +82,7 @@ class Command(enum.IntEnum):
     MDEV_START = 0x162
     MDEV_STOP = 0x163
     MDEV_LIST_DEFINED = 0x164
+    MDEV_SET_ATTRS = 0x1B0
 
     # events: daemon -> client, sent as commands with the no-reply flag
     EVENT_FAULT = 0x200

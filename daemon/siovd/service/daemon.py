@@ -99,19 +99,36 @@ class Daemon:
             return failed
         for definition in self.definitions.autostart():
             try:
-                self.start_definition(definition.uuid)
+                self.start_definition(definition.uuid, definition.parent)
             except SiovError as exc:
                 failed[definition.uuid] = exc.message
         return failed
 
-    def start_definition(self, uuid: str) -> Any:
-        """Create a defined mdev, owned by the host until a client claims it."""
+    def start_definition(self, uuid: str, parent: str | None = None) -> Any:
+        """Create a defined mdev, owned by the host until a client claims it; its attributes
+        are written in order and the start fails (the mdev removed) if one cannot be."""
         if self.definitions is None:
             raise SiovError(errno.EOPNOTSUPP, "this daemon has no state directory")
-        definition = self.definitions.get(uuid)
-        return self.bus.create_mdev(
-            0, definition.parent, definition.mdev_type, definition.uuid, host=True
+        definition = self.definitions.get(uuid, parent)
+        return self.start_mdev(
+            definition.parent, definition.mdev_type, definition.uuid, definition.attrs
         )
+
+    def start_mdev(
+        self, parent: str, mdev_type: str, uuid: str | None, attrs: Sequence[tuple[str, str]]
+    ) -> Any:
+        """mdevctl start: create a host mdev, then write each attribute (mdev.rs start: on a
+        failed write the device is stopped and the start fails)."""
+        device = self.bus.create_mdev(0, parent, mdev_type, uuid, host=True)
+        for name, value in attrs:
+            try:
+                self.bus.set_mdev_attr(device.uuid, name, value)
+            except SiovError as exc:
+                self.bus.stop_host_mdev(device.uuid)
+                raise SiovError(
+                    exc.errno, f"mdev {device.uuid}: attribute {name}={value!r}: {exc.message}"
+                ) from None
+        return device
 
     def close(self) -> None:
         if self.definitions is not None:
