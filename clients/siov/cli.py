@@ -12,12 +12,14 @@ import json
 import os
 import sys
 import time
+import uuid as uuid_module
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 from siov_protocol import jsonc
 
+from . import mdevctl
 from .accel_config import ListError, list_output
 from .blocking import BlockingClient
 from .client import default_socket_path
@@ -134,30 +136,114 @@ def _num(text: str) -> int:
     return int(text, 0)
 
 
-@command("types", "mdev types offered by the parents on the bus")
+# mdevctl's verbs and options (src/cli.rs), output (src/main.rs, src/mdev.rs) and messages. siov
+# runs no callout scripts, so -f/--force is accepted and changes nothing.
+
+
+def _types_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("-p", "--parent", help="Show supported types for the specified parent")
+    p.add_argument("--dumpjson", action="store_true", help="mdev types list in JSON format")
+
+
+@command("types", "mdev types offered by the parents on the bus (mdevctl types)", _types_args)
 def cmd_types(client: BlockingClient, args: argparse.Namespace) -> Any:
-    return client.types()
+    types = [t for t in client.types() if args.parent is None or t["parent"] == args.parent]
+    if args.json:
+        return types
+    if args.dumpjson:
+        return Printed(stdout=mdevctl.types_dumpjson(types))
+    return Printed(stdout=mdevctl.types_text(types))
 
 
 def _list_args(p: argparse.ArgumentParser) -> None:
     _all_arg(p)
-    p.add_argument("-d", "--defined", action="store_true", help="persistent definitions")
-    p.add_argument("-u", "--uuid", help="with --defined: one definition (JSON: its config)")
-    p.add_argument("-p", "--parent", help="with --defined: one parent's definitions")
+    p.add_argument("-d", "--defined", action="store_true", help="Show defined devices")
+    p.add_argument("--dumpjson", action="store_true", help="device list in JSON format")
+    p.add_argument("-v", "--verbose", action="store_true", help="show attributes")
+    p.add_argument("-u", "--uuid", help="devices matching the specified UUID")
+    p.add_argument("-p", "--parent", help="devices of the specified parent")
 
 
-@command("list", "devices on the bus, or persistent definitions with --defined", _list_args)
+def _uuid_text(value: str | None) -> str | None:
+    if value is None:
+        return None
+    try:
+        return str(uuid_module.UUID(value))
+    except ValueError:
+        raise SiovError(errno.EINVAL, f"invalid UUID {value!r}") from None
+
+
+def _active(client: BlockingClient, everything: bool = True) -> list[dict[str, Any]]:
+    """Running mdevs: every client's when allowed (mdevctl lists the whole system)."""
+    try:
+        devices = client.devices(everything=everything)
+    except SiovError as exc:
+        if exc.errno != errno.EPERM:
+            raise
+        devices = client.devices()
+    return [d for d in devices if d.get("parent") is not None]
+
+
+def _defined_mdevs(client: BlockingClient, uuid: str | None, parent: str | None) -> list[Any]:
+    try:
+        out = client.defined(parent=parent, uuid=uuid)
+    except SiovError as exc:
+        if exc.errno in (errno.ENOENT, errno.EOPNOTSUPP):
+            return []
+        raise
+    return [
+        mdevctl.Mdev(
+            d["uuid"], d["parent"], d["mdev_type"], d["start"], list(d["attrs"]), d["running"]
+        )
+        for d in out["definitions"]
+    ]
+
+
+@command(
+    "list", "running mdevs, or persistent definitions with --defined (mdevctl list)", _list_args
+)
 def cmd_list(client: BlockingClient, args: argparse.Namespace) -> Any:
+    uuid = _uuid_text(args.uuid)
     if args.defined:
-        out = client.defined(parent=args.parent, uuid=args.uuid)
         if args.json:
-            # mdevctl's shapes: one definition's config, or the dumpjson list; both feed
+            # siov's --json: one definition's config, or the dumpjson list; both feed
             # `siovctl define --jsonfile`.
-            return out["config"] if args.uuid else out["dumpjson"]
-        columns = ("uuid", "parent", "mdev_type", "start", "running", "claimed", "attrs")
-        return [{k: d[k] for k in columns} for d in out["definitions"]]
-    columns = ("uuid", "parent", "type_id", "name", "group_id", "domain_id", "default_pasid")
-    return [{k: d[k] for k in columns} for d in client.devices(everything=args.all)]
+            out = client.defined(parent=args.parent, uuid=uuid)
+            return out["config"] if uuid and "config" in out else out["dumpjson"]
+        found = _defined_mdevs(client, uuid, args.parent)
+    else:
+        running = [
+            d
+            for d in _active(client, True)
+            if (uuid is None or d["uuid"] == uuid)
+            and (args.parent is None or d["parent"] == args.parent)
+        ]
+        if args.json:
+            return running  # siov's own view: owner, group, domain, PASID
+        defined = {(m.parent, m.uuid) for m in _defined_mdevs(client, None, None)}
+        found = [
+            mdevctl.Mdev(
+                d["uuid"], d["parent"], d["type_id"], other=(d["parent"], d["uuid"]) in defined
+            )
+            for d in running
+        ]
+    if args.dumpjson:
+        return Printed(stdout=mdevctl.dumpjson(found, uuid))
+    return Printed(stdout=mdevctl.text(found, defined=args.defined, verbose=args.verbose))
+
+
+def _force(p: argparse.ArgumentParser) -> None:
+    p.add_argument("-f", "--force", action="store_true", help="accepted; siov has no callouts")
+
+
+def _read_json(path: str) -> Any:
+    try:
+        with open(path) as fh:
+            return json.load(fh)
+    except OSError as exc:
+        raise SiovError(exc.errno or errno.EIO, f"Unable to read file {path!r}: {exc}") from None
+    except ValueError as exc:
+        raise SiovError(errno.EINVAL, f"{path}: invalid json: {exc}") from None
 
 
 def _define_args(p: argparse.ArgumentParser) -> None:
@@ -170,57 +256,264 @@ def _define_args(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--addattr", action="append", default=[], metavar="NAME=VALUE", help="an attribute"
     )
-    p.add_argument("--jsonfile", help="definition(s) as JSON: `list --defined --json` output")
+    p.add_argument(
+        "--jsonfile",
+        help="one definition's config (needs -p), or the list shape of `list --defined"
+        " --dumpjson` (all or none; -p/-u pick entries)",
+    )
+    _force(p)
 
 
-@command("define", "persist an mdev definition (admin)", _define_args)
-def cmd_define(client: BlockingClient, args: argparse.Namespace) -> Any:
-    if args.jsonfile:
-        with open(args.jsonfile) as fh:
-            data = json.load(fh)
-        if isinstance(data, list):  # the dumpjson list: [{parent: [{uuid: config}]}]
-            defined = []
-            for by_parent in data:
-                for parent, entries in by_parent.items():
-                    for entry in entries:
-                        for uuid, config in entry.items():
-                            defined.append(client.define(parent, uuid=uuid, config=config))
-            return [{"uuid": d["uuid"], "parent": d["parent"]} for d in defined]
-        if not args.parent:
-            raise SiovError(22, "define --jsonfile with one definition needs --parent")
-        return client.define(args.parent, uuid=args.uuid, config=data)
-    if not args.parent or not args.mdev_type:
-        raise SiovError(22, "define needs --parent and --type (or --jsonfile)")
+def _pairs(items: list[str]) -> list[dict[str, str]]:
     attrs = []
-    for item in args.addattr:
+    for item in items:
         name, sep, value = item.partition("=")
         if not sep:
-            raise SiovError(22, f"--addattr {item!r}: expected NAME=VALUE")
+            raise SiovError(errno.EINVAL, f"--addattr {item!r}: expected NAME=VALUE")
         attrs.append({name: value})
-    start = "auto" if args.auto else "manual"
-    return client.define(args.parent, args.mdev_type, uuid=args.uuid, start=start, attrs=attrs)
+    return attrs
 
 
-def _uuid_opt(p: argparse.ArgumentParser) -> None:
+@command("define", "persist an mdev definition (admin; mdevctl define)", _define_args)
+def cmd_define(client: BlockingClient, args: argparse.Namespace) -> Any:
+    uuid = _uuid_text(args.uuid)
+    if args.jsonfile:
+        if args.mdev_type or args.auto:
+            raise SiovError(
+                errno.EINVAL, f"Device type cannot be specified separately from {args.jsonfile}"
+            )
+        data = _read_json(args.jsonfile)
+        if isinstance(data, list):  # the dumpjson list: [{parent: [{uuid: config}]}]
+            defined = client.define_many(data, parent=args.parent, uuid=uuid)
+            if args.json:
+                return [{"uuid": d["uuid"], "parent": d["parent"]} for d in defined]
+            return Printed()
+        if not args.parent:
+            raise SiovError(
+                errno.EINVAL, f"Parent device required to define device via {args.jsonfile}"
+            )
+        reply = client.define(args.parent, uuid=uuid, config=data)
+    else:
+        parent, mdev_type = args.parent, args.mdev_type
+        if uuid is not None and (parent is None or mdev_type is None):
+            # mdevctl define -u of a running device takes its parent and type
+            for d in _active(client):
+                if d["uuid"] == uuid and (parent is None or d["parent"] == parent):
+                    parent, mdev_type = parent or d["parent"], mdev_type or d["type_id"]
+        if parent is None:
+            raise SiovError(errno.EINVAL, "No parent specified")
+        if mdev_type is None:
+            raise SiovError(errno.EINVAL, "No type specified")
+        start = "auto" if args.auto else "manual"
+        attrs = _pairs(args.addattr)
+        reply = client.define(parent, mdev_type, uuid=uuid, start=start, attrs=attrs)
+    if args.json:
+        return reply
+    return Printed(stdout="" if uuid else reply["uuid"] + "\n")  # mdevctl prints a new UUID
+
+
+def _undefine_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("-u", "--uuid", required=True)
     p.add_argument("-p", "--parent")
+    _force(p)
 
 
-@command("undefine", "remove a persistent definition (admin)", _uuid_opt)
+@command("undefine", "remove persistent definitions (admin; mdevctl undefine)", _undefine_args)
 def cmd_undefine(client: BlockingClient, args: argparse.Namespace) -> Any:
-    client.undefine(args.uuid, args.parent)
-    return {"undefined": args.uuid}
+    gone = client.undefine(_uuid_text(args.uuid) or "", args.parent)
+    return gone if args.json else Printed()
 
 
-@command("start", "create a defined mdev now (admin)", _uuid_opt)
+def _modify_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("-u", "--uuid", required=True, help="UUID of the mdev to modify")
+    p.add_argument("-p", "--parent", help="parent of the mdev to modify")
+    p.add_argument("-t", "--type", dest="mdev_type", help="modify the mdev type")
+    p.add_argument("--addattr", metavar="NAME", help="add an attribute (with --value)")
+    p.add_argument("--delattr", action="store_true", help="delete an attribute")
+    p.add_argument("-i", "--index", type=int, help="index of the attribute to add or delete")
+    p.add_argument("--value", help="value for the attribute named by --addattr")
+    p.add_argument("-a", "--auto", action="store_true", help="start automatically")
+    p.add_argument("-m", "--manual", action="store_true", help="start manually")
+    p.add_argument(
+        "-l", "--live", action="store_true", help="modify the running device (with --jsonfile)"
+    )
+    p.add_argument("-d", "--defined", action="store_true", help="modify the stored definition")
+    p.add_argument("--jsonfile", help="replace start mode and attributes with the file's")
+    _force(p)
+
+
+def _modify_checks(args: argparse.Namespace) -> None:
+    """clap's rules in mdevctl src/cli.rs Modify."""
+
+    def conflict(a: str, b: str) -> SiovError:
+        return SiovError(errno.EINVAL, f"the argument '{a}' cannot be used with '{b}'")
+
+    if not (args.auto or args.manual or args.addattr or args.delattr or args.jsonfile):
+        raise SiovError(
+            errno.EINVAL,
+            "modify needs one of --auto, --manual, --addattr, --delattr, --jsonfile",
+        )
+    if args.addattr is not None and args.value is None:
+        raise SiovError(errno.EINVAL, "No attribute value provided")
+    if args.value is not None and args.addattr is None:
+        raise SiovError(errno.EINVAL, "the argument '--value' requires '--addattr'")
+    if args.value is not None and args.delattr:
+        raise conflict("--value", "--delattr")
+    for flag in ("auto", "manual", "live", "jsonfile"):
+        if getattr(args, flag):
+            for other in ("index", "value"):
+                if getattr(args, other) is not None:
+                    raise conflict(f"--{flag}", f"--{other}")
+    if (args.live or args.jsonfile) and args.mdev_type is not None:
+        raise conflict("--live" if args.live else "--jsonfile", "--type")
+    if args.live and not args.jsonfile:
+        raise SiovError(errno.EINVAL, "'live' option must be used with 'jsonfile' option")
+    if args.auto and args.manual:
+        raise SiovError(errno.EINVAL, "'auto' and 'manual' are mutually exclusive")
+
+
+def _attribute_hint(uuid: str, attrs: list[dict[str, str]]) -> str:
+    if not attrs:
+        return f"Device {uuid} has no attributes"
+    shown = mdevctl.text([mdevctl.Mdev(uuid, "", "", attrs=attrs)], defined=True, verbose=True)
+    return shown.split("\n", 1)[1]  # mdev.rs fmt_attrs: the attribute lines only
+
+
+@command("modify", "change a definition, or a running mdev with --live (admin)", _modify_args)
+def cmd_modify(client: BlockingClient, args: argparse.Namespace) -> Any:
+    """mdevctl modify (src/main.rs modify_command)."""
+    _modify_checks(args)
+    uuid = _uuid_text(args.uuid) or ""
+    if args.live:
+        running = [
+            d
+            for d in _active(client)
+            if d["uuid"] == uuid and (args.parent is None or d["parent"] == args.parent)
+        ]
+        if not running:
+            raise SiovError(errno.ENOENT, f"mdev {uuid} is not running")
+        active = running[0]
+        config = _read_json(args.jsonfile)
+        if not isinstance(config, dict) or config.get("mdev_type") != active["type_id"]:
+            raise SiovError(errno.EINVAL, "'type' cannot be changed on active mdev")
+        if args.defined:
+            (stored,) = _defined_mdevs(client, uuid, active["parent"]) or [None]
+            if stored is None:
+                raise SiovError(errno.ENOENT, f"mdev {uuid} is not defined on {active['parent']}")
+            if stored.mdev_type != active["type_id"]:
+                raise SiovError(errno.EINVAL, "'type' of active and defined mdev does not match")
+        client.set_attrs(uuid, list(config.get("attrs") or []))
+        if args.defined:
+            client.define(active["parent"], uuid=uuid, config=config, replace=True)
+        return Printed()
+    if args.jsonfile:
+        if args.parent is None:
+            raise SiovError(errno.EINVAL, "Parent device required to modify device via json file")
+        config = _read_json(args.jsonfile)
+        if not isinstance(config, dict):
+            raise SiovError(errno.EINVAL, f"{args.jsonfile}: expected one device's config")
+        parent = args.parent
+        mdev_type, start = config.get("mdev_type"), config.get("start")
+        attrs = list(config.get("attrs") or [])
+    else:
+        found = _defined_mdevs(client, uuid, args.parent)
+        if len(found) > 1:
+            raise SiovError(
+                errno.EINVAL,
+                f"Multiple definitions found for device {uuid}. Please specify a parent.",
+            )
+        if not found:
+            where = f" on {args.parent}" if args.parent else ""
+            raise SiovError(errno.ENOENT, f"mdev {uuid} is not defined{where}")
+        stored = found[0]
+        parent, mdev_type, attrs = stored.parent, stored.mdev_type, list(stored.attrs)
+        if args.mdev_type is not None:
+            mdev_type = args.mdev_type
+        start = "auto" if args.auto else "manual" if args.manual else stored.start
+    if args.addattr is not None:
+        index = len(attrs) if args.index is None else args.index
+        if not 0 <= index <= len(attrs):
+            raise SiovError(
+                errno.EINVAL,
+                f"Attribute index {index} is invalid\n{_attribute_hint(uuid, attrs)}".rstrip(),
+            )
+        attrs.insert(index, {args.addattr: args.value})
+    elif args.delattr:
+        if args.index is None:
+            if attrs:
+                attrs.pop()  # mdev.rs delete_attribute: the last one
+        elif not 0 <= args.index < len(attrs):
+            raise SiovError(
+                errno.EINVAL,
+                f"Attribute index {args.index} is invalid\n{_attribute_hint(uuid, attrs)}".rstrip(),
+            )
+        else:
+            del attrs[args.index]
+    reply = client.define(
+        parent, uuid=uuid, config={"mdev_type": mdev_type, "start": start, "attrs": attrs},
+        replace=True,
+    )  # fmt: skip
+    return reply if args.json else Printed()
+
+
+def _start_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("-u", "--uuid", help="UUID of the device to start")
+    p.add_argument("-p", "--parent", help="parent of the device to start")
+    p.add_argument("-t", "--type", dest="mdev_type", help="type of a device not defined")
+    p.add_argument("--jsonfile", help="details of the device to be started, in JSON format")
+    _force(p)
+
+
+@command("start", "create a defined or fully specified mdev (admin; mdevctl start)", _start_args)
 def cmd_start(client: BlockingClient, args: argparse.Namespace) -> Any:
-    return client.start(args.uuid)
+    """mdevctl start (src/main.rs start_command_helper)."""
+    uuid = _uuid_text(args.uuid)
+    if args.jsonfile:
+        if args.mdev_type is not None:
+            raise SiovError(
+                errno.EINVAL, "Device type cannot be specified separately from json file"
+            )
+        if args.parent is None:
+            raise SiovError(errno.EINVAL, "Parent device required to start device via json file")
+        config = _read_json(args.jsonfile)
+        if not isinstance(config, dict):
+            raise SiovError(errno.EINVAL, f"{args.jsonfile}: expected one device's config")
+        reply = client.start(uuid, parent=args.parent, config=config)
+    else:
+        found = _defined_mdevs(client, uuid, args.parent) if uuid is not None else []
+        if len(found) > 1:
+            raise SiovError(
+                errno.EINVAL,
+                f"Multiple definitions found for device {uuid}. Please specify a parent.",
+            )
+        if found:
+            d = found[0]
+            if args.mdev_type is not None and args.mdev_type != d.mdev_type:
+                raise SiovError(
+                    errno.EEXIST,
+                    f"Device {d.uuid} already exists on parent {d.parent} with type {d.mdev_type}",
+                )
+            reply = client.start(d.uuid, parent=d.parent)
+        else:
+            if args.mdev_type is not None and args.parent is None:
+                raise SiovError(errno.EINVAL, "can't provide type without parent")
+            if args.mdev_type is None or args.parent is None:
+                raise SiovError(errno.EINVAL, "Device is insufficiently specified")
+            reply = client.start(uuid, parent=args.parent, mdev_type=args.mdev_type)
+    if args.json:
+        return reply
+    return Printed(stdout="" if uuid else reply["uuid"] + "\n")
 
 
-@command("stop", "remove a started definition's mdev (admin)", _uuid_opt)
+def _stop_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("-u", "--uuid", required=True, help="UUID of the device to stop")
+    _force(p)
+
+
+@command("stop", "remove a started mdev (admin; mdevctl stop)", _stop_args)
 def cmd_stop(client: BlockingClient, args: argparse.Namespace) -> Any:
-    client.stop(args.uuid)
-    return {"stopped": args.uuid}
+    client.stop(_uuid_text(args.uuid) or "")
+    return {"stopped": args.uuid} if args.json else Printed()
 
 
 def _keygen_args(p: argparse.ArgumentParser) -> None:
