@@ -348,6 +348,8 @@ def _modify_checks(args: argparse.Namespace) -> None:
     def conflict(a: str, b: str) -> SiovError:
         return SiovError(errno.EINVAL, f"the argument '{a}' cannot be used with '{b}'")
 
+    if args.value is not None and args.addattr is None:
+        raise SiovError(errno.EINVAL, "the argument '--value' requires '--addattr'")
     if not (args.auto or args.manual or args.addattr or args.delattr or args.jsonfile):
         raise SiovError(
             errno.EINVAL,
@@ -355,8 +357,6 @@ def _modify_checks(args: argparse.Namespace) -> None:
         )
     if args.addattr is not None and args.value is None:
         raise SiovError(errno.EINVAL, "No attribute value provided")
-    if args.value is not None and args.addattr is None:
-        raise SiovError(errno.EINVAL, "the argument '--value' requires '--addattr'")
     if args.value is not None and args.delattr:
         raise conflict("--value", "--delattr")
     for flag in ("auto", "manual", "live", "jsonfile"):
