@@ -202,3 +202,14 @@ def test_daemon_config_file_reads_json_c_and_names_devices() -> None:
     with pytest.raises(ConfigError) as exc:
         load_accelerators("", ["dsa0", "qat1"])
     assert "accel.devices" in str(exc.value) and "qat1" in str(exc.value)
+
+
+def test_a_failed_forced_load_leaves_the_device_as_it_was() -> None:
+    accels = accelerators()
+    before = accels.to_json()
+    saved = accels.to_json(save=True)
+    saved[0]["groups"][0]["grouped_workqueues"][1]["priority"] = 99
+    with pytest.raises(SiovError) as exc:
+        accels.load_config(saved, enable=True, force=True)
+    assert exc.value.errno == errno.EINVAL and "priority" in exc.value.message
+    assert accels.to_json() == before

@@ -256,8 +256,8 @@ class Accelerators:
 
         As accfg/config.c: an enabled device is skipped with a message ("dsa0 is active.
         Skipping...") unless ``force``, which disables it first (``EBUSY`` while mdevs use its
-        WQs). Only the attributes an entry names change. Every object's first key must be
-        ``"dev"`` (``EINVAL``); unknown attributes are ``EINVAL``; read-only ones that ``list``
+        WQs; re-enabled as it was if the load fails). Only the attributes an entry names
+        change. Every object's first key must be ``"dev"`` (``EINVAL``); unknown attributes are ``EINVAL``; read-only ones that ``list``
         shows are ignored, and so are those accel-config does not write: ``threshold`` of a
         dedicated WQ, a group read-buffer value of -1, ``use_read_buffer_limit`` while the
         device's ``read_buffer_limit`` is 0, read-buffer values of an IAA device. With
@@ -287,6 +287,13 @@ class Accelerators:
                         f"{device.name} is active and {', '.join(busy)} in use by mdevs:"
                         " remove them before load-config -f",
                     )
+        # what -f disables comes back if the load fails: their WQs have no mdevs (checked),
+        # so nothing but the enabled flags changes
+        forced = {
+            device.name: [wq for wq in device.wqs if wq.enabled]
+            for device, _ in plan
+            if device.enabled
+        }
         for device, _ in plan:
             if device.enabled:
                 report.messages.append(f"{device.name} is active. Disabling...")
@@ -307,6 +314,10 @@ class Accelerators:
                     wq.enabled = False
                 device.enabled = False
                 _restore_device(device, snapshot)
+                if device.name in forced:
+                    device.enabled = True
+                    for wq in forced[device.name]:
+                        wq.enabled = True
             raise
         return report
 
