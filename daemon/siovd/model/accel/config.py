@@ -255,14 +255,15 @@ class Accelerators:
         """``accel-config load-config [-e] [-f]``: apply a saved configuration; all or nothing.
 
         As accfg/config.c: an enabled device is skipped with a message ("dsa0 is active.
-        Skipping...") unless ``force``, which disables it first (``EBUSY`` while mdevs use its
-        WQs; re-enabled as it was if the load fails). Only the attributes an entry names
+        Skipping...") unless ``force``, which disables it first (``EBUSY`` while mdevs use
+        its WQs; re-enabled as it was if the load fails). Only the attributes an entry names
         change. Every object's first key must be ``"dev"`` (``EINVAL``); unknown attributes
-        are ``EINVAL``; read-only ones that ``list`` shows are ignored, and so are those accel-config does not write: ``threshold`` of a
-        dedicated WQ, a group read-buffer value of -1, ``use_read_buffer_limit`` while the
-        device's ``read_buffer_limit`` is 0, read-buffer values of an IAA device. With
-        ``enable`` the loaded devices and exactly the WQs the file lists are enabled, in the
-        order accel-config enables them (its activation lists are LIFO).
+        are ``EINVAL``; read-only ones that ``list`` shows are ignored, and so are those
+        accel-config does not write: ``threshold`` of a dedicated WQ, a group read-buffer
+        value of -1, ``use_read_buffer_limit`` while the device's ``read_buffer_limit`` is 0,
+        read-buffer values of an IAA device. With ``enable`` the loaded devices and exactly
+        the WQs the file lists are enabled, in the order accel-config enables them (its
+        activation lists are LIFO).
         """
         entries = [config] if isinstance(config, Mapping) else list(config)
         report = LoadReport()
