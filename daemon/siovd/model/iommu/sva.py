@@ -181,6 +181,8 @@ class AddressSpace:
         except ValueError as exc:
             raise SiovError(errno.EINVAL, f"maps of process {pid}: {exc}") from None
         except OSError as exc:
+            if exc.errno == errno.ESRCH:
+                raise SiovError(errno.ESRCH, f"process {pid} has exited") from None
             raise SiovError(exc.errno or errno.EIO, f"maps of process {pid}: {exc}") from None
         if not space.vmas or not space.probe():
             raise SiovError(errno.ESRCH, f"process {pid} has exited")
