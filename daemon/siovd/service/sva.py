@@ -97,7 +97,7 @@ class SvaRuntime:
         self.binds_total = 0
         self.opens_total = 0
         self.drained = 0
-        daemon.iommu.register_bus(PCI_BUS)
+        daemon.iommu.register_internal_bus(PCI_BUS)
         # Registered after the accelerator runtime, so (release runs newest first) a leaving
         # session's opens are drained before the runtime cancels what is left.
         daemon.on_release(self.release_session)
