@@ -388,3 +388,56 @@ def test_bad_fds_get_precise_errors(daemon: LoggedDaemon) -> None:
             other.wait()
             mdev.remove()
     assert daemon.failures_logged() == []
+
+
+BROKERED = """
+import ctypes, os, socket, sys
+sock = socket.socket(fileno=int(sys.argv[1]))
+mem = os.open("/proc/self/mem", os.O_RDWR)
+maps = os.open("/proc/self/maps", os.O_RDONLY)
+buf = ctypes.create_string_buffer(b"brokered" * 512, 4096)
+socket.send_fds(sock, [str(ctypes.addressof(buf)).encode()], [mem, maps])
+sys.stdin.readline()
+"""
+
+
+def test_the_bound_process_exiting_unbinds_even_when_a_broker_holds_the_connection(
+    daemon: LoggedDaemon,
+) -> None:
+    """A broker (this test) binds and opens on behalf of a child that passed it its own fds;
+    when the child is killed the bindings go, though the broker's connection stays."""
+    ours, theirs = socket.socketpair()
+    child = subprocess.Popen(
+        [sys.executable, "-c", BROKERED, str(theirs.fileno())],
+        stdin=subprocess.PIPE,
+        pass_fds=[theirs.fileno()],
+    )
+    theirs.close()
+    try:
+        _, fds, _, _ = socket.recv_fds(ours, 64, 2)
+        with siov.BlockingClient(daemon.path) as broker:
+            mdev = broker.create_dsa_mdev("dsa-1swq")
+            assert broker.call(Command.SVA_BIND, {"dev": mdev.uuid}, fds=fds)["pasid"] > 0
+            opened = broker.call(Command.WQ_OPEN, {"device": "dsa0", "wq": 0}, fds=fds)
+            during = broker.stats()["sva"]
+            assert during["bindings"] == 1 and during["opens"] == 1 and during["watched"] == 2
+            child.kill()
+            child.wait()
+
+            def gone() -> bool:
+                now = broker.stats()["sva"]
+                return now["bindings"] == 0 and now["opens"] == 0 and now["watched"] == 0
+
+            settle(gone, "the exited process's binding and open are gone")
+            assert broker.stats()["sva"]["process_exits"] >= during["process_exits"] + 2
+            with pytest.raises(siov.SiovError) as exc:
+                broker.wq_close(opened["handle"])
+            assert exc.value.errno == errno.ENOENT
+            assert broker.ping(b"x") == b"x"  # the broker's connection is untouched
+            mdev.remove()
+        for fd in fds:
+            os.close(fd)
+    finally:
+        child.kill()
+        child.wait()
+        ours.close()

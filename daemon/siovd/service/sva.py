@@ -15,10 +15,13 @@ Everything a session bound or opened is closed when it leaves; opens are drained
 from __future__ import annotations
 
 import errno
+import os
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, ClassVar, Final
 
 import structlog
+import trio
 
 from siov_protocol.messages_sva import SVA_FDS, WQ_MODE_DEDICATED, WQ_MODE_SHARED
 from siovd.model.accel.cdev import as_enqcmd, closed, open_wq, opened
@@ -97,6 +100,10 @@ class SvaRuntime:
         self.binds_total = 0
         self.opens_total = 0
         self.drained = 0
+        self.exits = 0
+        #: Set by the service's task nursery (siovd.service.engines): watch a bound process.
+        self.start_watch: Callable[[SvaDomain], None] = lambda domain: None
+        self._watches: dict[int, trio.CancelScope] = {}
         daemon.iommu.register_internal_bus(PCI_BUS)
         # Registered after the accelerator runtime, so (release runs newest first) a leaving
         # session's opens are drained before the runtime cancels what is left.
@@ -117,6 +124,7 @@ class SvaRuntime:
         self._forget_space(device.uuid, domain.pasid)
         self.bindings[(session.id, device.uuid, domain.pasid)] = Binding(session.id, device, domain)
         self.binds_total += 1
+        self.start_watch(domain)
         log.info("sva bound", device=device.uuid, pasid=domain.pasid, pid=mm.pid)
         return domain
 
@@ -124,6 +132,7 @@ class SvaRuntime:
         binding = self.bindings.pop((session.id, uuid.lower(), pasid), None)
         if binding is None or binding.domain.pasid != pasid:
             raise SiovError(errno.ENOENT, f"no SVA binding at PASID {pasid} of device {uuid}")
+        self._unwatch(binding.domain)
         self.daemon.iommu.sva_unbind(binding.domain)
         self._forget_space(binding.device.uuid, pasid)
         log.info("sva unbound", device=binding.device.uuid, pasid=pasid)
@@ -172,6 +181,7 @@ class SvaRuntime:
         self.opens[handle] = state
         self.daemon.accel_runtime.mdevs[state.uuid] = state
         self.opens_total += 1
+        self.start_watch(domain)
         log.info("wq opened", wq=wq.path, handle=handle, pasid=domain.pasid, pid=mm.pid)
         return state
 
@@ -217,6 +227,7 @@ class SvaRuntime:
                 break  # nothing left to take: what remains waits on a page request
         self.drained += 1
         runtime.forget(state.uuid)  # aborts what still waits, closes eventfds
+        self._unwatch(state.domain)
         self.daemon.iommu.sva_unbind(state.domain)
         closed(state.mdev.wq)
         log.info("wq closed", wq=state.mdev.wq.path, handle=state.handle)
@@ -228,7 +239,50 @@ class SvaRuntime:
             self._close(state)
         for key in [k for k in self.bindings if k[0] == session.id]:
             binding = self.bindings.pop(key)
+            self._unwatch(binding.domain)
             self.daemon.iommu.sva_unbind(binding.domain)
+
+    # -- the bound process's exit ------------------------------------------------------------------
+
+    async def watch(self, domain: SvaDomain) -> None:
+        """Wait for the bound process to exit (its pidfd turns readable), then unbind what it
+        had, as the kernel does when the process's mm goes, even if the connection that
+        bound it (a broker, say) stays."""
+        mm = domain.mm
+        if mm is None or mm.pidfd < 0:
+            return
+        fd = os.dup(mm.pidfd)  # ours: the binding closes its own at unbind
+        try:
+            with trio.CancelScope() as scope:
+                self._watches[domain.id] = scope
+                await trio.lowlevel.wait_readable(fd)
+        finally:
+            if self._watches.get(domain.id) is scope:
+                del self._watches[domain.id]
+            os.close(fd)
+        if not scope.cancelled_caught:
+            self.exited(domain)
+
+    def _unwatch(self, domain: SvaDomain) -> None:
+        scope = self._watches.pop(domain.id, None)
+        if scope is not None:
+            scope.cancel()
+
+    def exited(self, domain: SvaDomain) -> None:
+        for state in list(self.opens.values()):
+            if state.domain is domain:
+                self.exits += 1
+                log.info("bound process exited", wq=state.mdev.wq.path, handle=state.handle)
+                self._close(state)
+                return
+        for key, binding in list(self.bindings.items()):
+            if binding.domain is domain:
+                self.exits += 1
+                log.info("bound process exited", device=key[1], pasid=key[2])
+                del self.bindings[key]
+                self.daemon.iommu.sva_unbind(domain)
+                self._forget_space(key[1], key[2])
+                return
 
     def stats_dict(self) -> dict[str, Any]:
         domains = self.daemon.iommu.sva_domains()
@@ -240,6 +294,8 @@ class SvaRuntime:
             "binds_total": self.binds_total,
             "opens_total": self.opens_total,
             "closes_drained": self.drained,
+            "process_exits": self.exits,
+            "watched": len(self._watches),
             "maps_reads": sum(mm.maps_reads for mm in spaces),
             "snapshot_hits": sum(mm.snapshot_hits for mm in spaces),
             "write_failures": sum(mm.write_failures for mm in spaces),

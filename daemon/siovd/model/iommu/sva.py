@@ -142,6 +142,7 @@ class AddressSpace:
         "maps_reads",
         "mem_fd",
         "pid",
+        "pidfd",
         "recent",
         "snapshot_hits",
         "stale",
@@ -152,7 +153,10 @@ class AddressSpace:
     def __init__(self, mem_fd: int, maps_fd: int, pid: int) -> None:
         self.mem_fd = mem_fd
         self.maps_fd = maps_fd
-        self.pid = pid  # as the daemon's procfs named it: for messages only, never to reach it
+        self.pid = pid  # as the mem fd's procfs names it: never used to reach the process
+        #: A pidfd of the process, readable once it exits; -1 when the pid cannot be trusted
+        #: to mean the same process here (see :func:`_pidfd_for`).
+        self.pidfd = -1
         self.vmas: list[Vma] = []
         self._starts: list[int] = []
         #: The mappings the last successful lookups ended in, newest first: (start, end, perms).
@@ -181,17 +185,34 @@ class AddressSpace:
         if _fl(maps_fd) & os.O_ACCMODE not in (os.O_RDONLY, os.O_RDWR):
             raise SiovError(errno.EACCES, f"maps of process {pid} is not open for reading")
         space = cls(mem_fd, maps_fd, pid)
+        # A pidfd to learn of the exit, opened before the probe below: if the address space
+        # still reads after it was opened, the pid named that process then (no reuse race).
+        space.pidfd = _pidfd_for(mem_fd, pid)
         try:
-            space.refresh()
+            space._first_refresh()
+        except BaseException:
+            space._close_pidfd()
+            raise
+        if not space.vmas or not space.probe():
+            space._close_pidfd()
+            raise SiovError(errno.ESRCH, f"process {pid} has exited")
+        return space
+
+    def _first_refresh(self) -> None:
+        pid = self.pid
+        try:
+            self.refresh()
         except ValueError as exc:
             raise SiovError(errno.EINVAL, f"maps of process {pid}: {exc}") from None
         except OSError as exc:
             if exc.errno == errno.ESRCH:
                 raise SiovError(errno.ESRCH, f"process {pid} has exited") from None
             raise SiovError(exc.errno or errno.EIO, f"maps of process {pid}: {exc}") from None
-        if not space.vmas or not space.probe():
-            raise SiovError(errno.ESRCH, f"process {pid} has exited")
-        return space
+
+    def _close_pidfd(self) -> None:
+        if self.pidfd >= 0:
+            os.close(self.pidfd)
+            self.pidfd = -1
 
     # -- the snapshot -------------------------------------------------------------------------
 
@@ -306,12 +327,25 @@ class AddressSpace:
 
     def close(self) -> None:
         self.alive = False
+        self._close_pidfd()
         for fd in (self.mem_fd, self.maps_fd):
             try:
                 os.close(fd)
             except OSError:
                 pass
         self.mem_fd = self.maps_fd = -1
+
+
+def _pidfd_for(mem_fd: int, pid: int) -> int:
+    """A pidfd for ``pid``, or -1. Only when the mem fd comes from the same procfs instance as
+    the daemon's own ``/proc`` does its pid number mean the same process here (another
+    instance may be of another pid namespace)."""
+    try:
+        if os.fstat(mem_fd).st_dev != os.stat("/proc/self/mem").st_dev:
+            return -1
+        return os.pidfd_open(pid)
+    except (OSError, AttributeError):
+        return -1
 
 
 def _fl(fd: int) -> int:
