@@ -351,3 +351,56 @@ def test_enqcmd_replaces_pasid_and_priv() -> None:
     with pytest.raises(SiovError) as exc:
         as_enqcmd(b"x" * 65, 1)
     assert exc.value.errno == errno.EINVAL
+
+
+def test_random_descriptors_never_reach_past_the_processes_protections(world: World) -> None:
+    """Thousands of random descriptors aimed around a writable area, a read-only canary and a
+    hole: the executor never raises, the canary never changes, every record is written once."""
+    import random
+
+    rng = random.Random(1207)
+    area_map, area = anon(8)
+    canary_map, canary = anon(2)
+    canary_map[:] = b"C" * (2 * PAGE)
+    libc.mprotect(canary, 2 * PAGE, mmap.PROT_READ)
+    hole_map, hole = anon(1)
+    libc.munmap(hole, PAGE)
+    records = (ctypes.c_char * (32 * 64 + 32))()
+    rec_base = (ctypes.addressof(records) + 31) & ~31
+    wq = embedded_default().wqs[1]
+    executor = SvaExecutor()
+    targets = [area, area + 3 * PAGE + 17, canary, canary + PAGE - 8, hole, hole + 100, 0, 1 << 47]
+    opcodes = [0x00, 0x02, 0x03, 0x04, 0x05, 0x06, 0x09, 0x10, 0x11, 0x20, 0x07, 0x08, 0x01]
+    blocked = 0
+    for n in range(3000):
+        rec = rec_base + 32 * (n % 64)
+        ctypes.memset(rec, 0, 32)
+        fields = [rng.choice(targets) + rng.randrange(0, 64) * rng.choice((0, 1)) for _ in range(3)]
+        size = rng.choice((0, 1, 8, 100, PAGE, 3 * PAGE, 9 * PAGE))
+        opcode = rng.choice(opcodes)
+        flags = rng.choice((0, 0x0C, 0x0E, 0x0D, 0x80C)) | rng.choice((0, 0, 0x10000))
+        desc = struct.pack(
+            "<IIQQQIHHQQQ",
+            world.domain.pasid,
+            flags | opcode << 24,
+            rec,
+            fields[0],
+            fields[1],
+            size,
+            0,
+            0,
+            fields[2] if rng.random() < 0.5 else 0,
+            rng.choice((0, 80, 8192)),
+            0,
+        )
+        outcome = executor.run(WorkItem(wq, desc, world.domain.pasid, n, None, 2), world.space)
+        if isinstance(outcome, Blocked):
+            blocked += 1
+            outcome = executor.resume(outcome.state, PageResponse.INVALID)
+        assert isinstance(outcome, Completed)
+        if outcome.written:
+            assert ctypes.c_uint8.from_address(rec).value != 0
+    assert canary_map[:] == b"C" * (2 * PAGE)
+    assert blocked > 0
+    libc.mprotect(canary, 2 * PAGE, mmap.PROT_READ | mmap.PROT_WRITE)
+    del area_map, hole_map
