@@ -404,3 +404,15 @@ def test_random_descriptors_never_reach_past_the_processes_protections(world: Wo
     assert blocked > 0
     libc.mprotect(canary, 2 * PAGE, mmap.PROT_READ | mmap.PROT_WRITE)
     del area_map, hole_map
+
+
+def test_emulator_dma_reaches_a_bound_process_and_translate_says_why_not(world: World) -> None:
+    buf = ctypes.create_string_buffer(b"before..", 8)
+    addr = ctypes.addressof(buf)
+    iommu, device, pasid = world.env.iommu, world.device, world.domain.pasid
+    assert iommu.dma_read(device, pasid, addr, 8) == (b"before..", None)
+    assert iommu.dma_write(device, pasid, addr, b"after!!!") == (8, None)
+    assert buf.raw == b"after!!!"
+    with pytest.raises(SiovError) as exc:
+        iommu.translate(device, pasid, addr, 8, False)
+    assert exc.value.errno == errno.EOPNOTSUPP

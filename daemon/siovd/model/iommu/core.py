@@ -767,6 +767,12 @@ class Iommu:
         ``(iova, phys, length, prot)`` of the translated prefix, and the fault that ended it.
         At most ``max_runs`` runs and ``max_pages`` page lookups: past either, the prefix ends
         with no fault."""
+        if sva_domain(device, pasid) is not None:
+            raise SiovError(
+                errno.EOPNOTSUPP,
+                f"PASID {pasid} of device {device.uuid} is bound to a process's address space "
+                "(SVA): it translates to no physical memory; use DMA_READ/DMA_WRITE",
+            )
         runs, failure = translate_runs(
             self, device, pasid, iova, length, write, max_runs, max_pages
         )
@@ -787,12 +793,15 @@ class Iommu:
     ) -> tuple[int, DmaFault | None]:
         """Write through the IOMMU: the bytes written before any fault, and the fault."""
         src = memoryview(data).cast("B")
-        views, fault = self.dma_space(device, pasid).runs(iova, len(src), True)
+        space = self.dma_space(device, pasid)
+        views, fault = space.runs(iova, len(src), True)
         done = 0
         for view in views:
             n = len(view)
             view[:] = src[done : done + n]
             done += n
+        if isinstance(space, SvaDmaSpace):
+            space.flush()  # a process's memory: the bytes go back now
         return done, fault
 
     # -- lifecycle ---------------------------------------------------------------------------
