@@ -164,8 +164,10 @@ def sva_desc_4k_per_s() -> Figure:
 
 
 def sva_desc_4k_vs_submit() -> Figure:
-    sva, base, note = _measured(64)
-    return figure("sva_desc_4k_vs_submit", round(sva / base, 3), "x SUBMIT", 1.0, None, note)
+    _, _, note = _measured(64)
+    sva, base = _cache[64]
+    ratio = statistics.median(s / b for s, b in zip(sva, base, strict=True))  # per run pair
+    return figure("sva_desc_4k_vs_submit", round(ratio, 3), "x SUBMIT", 1.0, None, note)
 
 
 def sva_desc_4k_single_per_s() -> Figure:
