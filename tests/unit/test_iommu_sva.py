@@ -21,6 +21,7 @@ from siovd.model.accel.wq import WorkItem
 from siovd.model.errors import SiovError
 from siovd.model.iommu.faults import FR_FS_NOT_PRESENT, FR_SM_WRITE
 from siovd.model.iommu.sva import (
+    MAX_RANGE,
     PERM_R,
     PERM_W,
     AddressSpace,
@@ -416,3 +417,27 @@ def test_emulator_dma_reaches_a_bound_process_and_translate_says_why_not(world: 
     with pytest.raises(SiovError) as exc:
         iommu.translate(device, pasid, addr, 8, False)
     assert exc.value.errno == errno.EOPNOTSUPP
+
+
+def test_a_range_past_what_the_daemon_buffers_completes_partially(world: World) -> None:
+    """The bytes pass through the daemon: a range ends at MAX_RANGE, as at a page fault
+    (software resumes there), and no fault record is sent for it."""
+    size = MAX_RANGE + 8 * PAGE
+    big, addr = anon(size // PAGE)  # untouched: reading it costs no memory of ours
+    records = (ctypes.c_char * 64)()
+    rec = (ctypes.addressof(records) + 31) & ~31
+    faults = len(world.env.faults)
+    desc = dsa.compval(addr, 0, size, completion=rec)
+    wq = embedded_default().wqs[0]
+    wq.max_transfer_size = 1 << 31
+    outcome = SvaExecutor().run(WorkItem(wq, desc, world.domain.pasid, 1, None, None), world.space)
+    assert isinstance(outcome, Completed)
+    record = dsa.parse_completion(ctypes.string_at(rec, 32))
+    assert record.status == 0x03 and record.bytes_completed == MAX_RANGE
+    assert record.fault_addr == addr + MAX_RANGE
+    assert len(world.env.faults) == faults
+    # the rest, resubmitted from there, completes
+    desc = dsa.compval(addr + MAX_RANGE, 0, size - MAX_RANGE, completion=rec)
+    SvaExecutor().run(WorkItem(wq, desc, world.domain.pasid, 2, None, None), world.space)
+    assert dsa.parse_completion(ctypes.string_at(rec, 32)).status == dsa.DSA_COMP_SUCCESS
+    del big

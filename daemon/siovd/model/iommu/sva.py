@@ -60,6 +60,10 @@ _MEM_PATH: Final = re.compile(r"/(\d+)/mem$")
 _MAPS_PATH: Final = re.compile(r"/(\d+)/maps$")
 #: Writes this small go out in two parts, their first byte last (a completion record).
 _SMALL_WRITE: Final = 64
+#: The most one translated range may hold, and the most the write ranges of one descriptor
+#: (with a batch's) may hold until they are written back: the bytes pass through the daemon.
+MAX_RANGE: Final = 64 << 20
+MAX_PENDING: Final = 256 << 20
 #: Mappings remembered for the fast path (a descriptor's source, destination and record).
 _RECENT: Final = 4
 
@@ -378,7 +382,7 @@ class SvaDmaSpace:
     IOMMU path answers.
     """
 
-    __slots__ = ("_iommu", "_pending", "_plain", "device", "pasid")
+    __slots__ = ("_iommu", "_pending", "_pending_bytes", "_plain", "device", "pasid")
 
     def __init__(self, iommu: Iommu, device: Device, pasid: int) -> None:
         self._iommu = iommu
@@ -387,6 +391,7 @@ class SvaDmaSpace:
         self.pasid = pasid
         #: Write ranges handed out and not yet written back: (address space, addr, buffer).
         self._pending: list[tuple[AddressSpace, int, bytearray]] = []
+        self._pending_bytes = 0
 
     def runs(self, iova: int, length: int, write: bool) -> tuple[list[memoryview], DmaFault | None]:
         domain, _ = resolve(self.device, self.pasid)
@@ -395,6 +400,14 @@ class SvaDmaSpace:
         if length <= 0:
             return [], None
         mm = domain.mm
+        # The bytes pass through the daemon's memory: bound what one range, and the writes of
+        # one descriptor (a batch), may hold. Past that the range ends early, as at a fault.
+        cap = MAX_RANGE if not write else min(MAX_RANGE, MAX_PENDING - self._pending_bytes)
+        if length > cap:
+            head, fault = self.runs(iova, cap, write) if cap > 0 else ([], None)
+            if fault is None:
+                fault = DmaFault(iova + max(cap, 0), write, FR_FS_NOT_PRESENT, self.pasid)
+            return head, fault
         # Fast path: the range lies in the mapping the last lookup found, which allows the
         # access, and the live address space has all of it.
         end = iova + length
@@ -415,6 +428,7 @@ class SvaDmaSpace:
                     if self._pending:
                         self._overlay(mm, iova, buf)
                     self._pending.append((mm, iova, buf))
+                    self._pending_bytes += length
                     return [memoryview(buf)], None
             elif not self._pending:
                 try:
@@ -440,6 +454,7 @@ class SvaDmaSpace:
         if got:
             if write:
                 self._pending.append((mm, iova, buf))
+                self._pending_bytes += got
                 views.append(memoryview(buf))
             else:
                 views.append(memoryview(buf).toreadonly())
@@ -460,6 +475,7 @@ class SvaDmaSpace:
     def flush(self) -> None:
         """Write back every write range handed out, in order (see the module doc)."""
         pending, self._pending = self._pending, []
+        self._pending_bytes = 0
         for mm, addr, buf in pending:
             view = memoryview(buf)
             size = len(view)
@@ -483,6 +499,7 @@ class SvaDmaSpace:
     def discard(self) -> None:
         """Forget unwritten ranges (the descriptor was abandoned)."""
         self._pending = []
+        self._pending_bytes = 0
 
 
 def sva_domain(device: Device, pasid: int) -> SvaDomain | None:
