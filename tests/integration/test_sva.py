@@ -441,3 +441,16 @@ def test_the_bound_process_exiting_unbinds_even_when_a_broker_holds_the_connecti
         child.kill()
         child.wait()
         ours.close()
+
+
+def test_a_connection_holds_at_most_64_opens(daemon: LoggedDaemon) -> None:
+    with siov.BlockingClient(daemon.path) as client:
+        handles = [client.wq_open("dsa0", 1)["handle"] for _ in range(64)]
+        with pytest.raises(siov.SiovError) as exc:
+            client.wq_open("dsa0", 1)
+        assert exc.value.errno == errno.ENOSPC and "64 SVA opens" in str(exc.value)
+        client.wq_close(handles.pop())
+        handles.append(client.wq_open("dsa0", 1)["handle"])
+        for handle in handles:
+            client.wq_close(handle)
+        assert client.stats()["sva"]["opens"] == 0

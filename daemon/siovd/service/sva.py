@@ -38,8 +38,10 @@ if TYPE_CHECKING:
 
 log = structlog.get_logger("siovd.sva")
 
-#: Bindings (SVA_BIND) and opens (WQ_OPEN) one connection may hold, each.
-MAX_PER_SESSION: Final = 1024
+#: Bindings (SVA_BIND) and opens (WQ_OPEN) one connection may hold, each, and all
+#: connections together: each holds three fds of the daemon (mem, maps, pidfd) and a watch.
+MAX_PER_SESSION: Final = 64
+MAX_TOTAL: Final = 4096
 #: The bus of the DSA devices' own PCI functions (requesters for their char devices).
 PCI_BUS: Final = "pci"
 #: Rounds of engine work WQ_CLOSE gives the opener's descriptors before aborting the rest.
@@ -143,11 +145,14 @@ class SvaRuntime:
         if state is not None:
             state.spaces.pop(pasid, None)
 
-    @staticmethod
-    def _room(session: Session, have: int, what: str) -> None:
+    def _room(self, session: Session, have: int, what: str) -> None:
         if have >= MAX_PER_SESSION:
             raise SiovError(
                 errno.ENOSPC, f"limit reached: {MAX_PER_SESSION} SVA {what} per connection"
+            )
+        if len(self.bindings) + len(self.opens) >= MAX_TOTAL:
+            raise SiovError(
+                errno.ENOSPC, f"limit reached: {MAX_TOTAL} SVA bindings and opens in the daemon"
             )
 
     # -- WQ_OPEN / WQ_SUBMIT / WQ_CLOSE ----------------------------------------------------------
@@ -251,7 +256,11 @@ class SvaRuntime:
         mm = domain.mm
         if mm is None or mm.pidfd < 0:
             return
-        fd = os.dup(mm.pidfd)  # ours: the binding closes its own at unbind
+        try:
+            fd = os.dup(mm.pidfd)  # ours: the binding closes its own at unbind
+        except OSError as exc:  # out of fds: the binding lives until its connection leaves
+            log.warning("cannot watch a bound process", pid=mm.pid, error=str(exc))
+            return
         try:
             with trio.CancelScope() as scope:
                 self._watches[domain.id] = scope
