@@ -33,6 +33,7 @@ import ctypes
 import ctypes.util
 import errno
 import fcntl
+import functools
 import os
 import re
 from bisect import bisect_right
@@ -105,11 +106,18 @@ def parse_maps(text: bytes) -> list[Vma]:
     return vmas
 
 
+@functools.cache
+def _libc() -> ctypes.CDLL | None:
+    try:
+        return ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+    except OSError:
+        return None
+
+
 def _fs_type(fd: int) -> int | None:
     """``fstatfs(fd).f_type``, or None when it cannot be asked."""
-    try:
-        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
-    except OSError:
+    libc = _libc()
+    if libc is None:
         return None
     buf = ctypes.create_string_buffer(256)  # struct statfs; f_type is its first word
     if libc.fstatfs(fd, buf) != 0:
@@ -128,7 +136,8 @@ def _check_proc_fd(fd: int, pattern: re.Pattern[str], what: str) -> int:
     """The pid a ``/proc/<pid>/{mem,maps}`` fd names; ``EINVAL`` for any other fd."""
     path = _fd_path(fd)
     match = pattern.search(path)
-    if match is None or not path.startswith("/proc/"):
+    # (The path is as the client's mount namespace names it; procfs itself is checked next.)
+    if match is None:
         shown = path or "an fd that cannot be inspected"
         raise SiovError(errno.EINVAL, f"{what}: expected /proc/<pid>/{what}, got {shown}")
     if _fs_type(fd) != PROC_SUPER_MAGIC:
