@@ -105,7 +105,9 @@ class SvaRuntime:
         self.exits = 0
         #: Set by the service's task nursery (siovd.service.engines): watch a bound process.
         self.start_watch: Callable[[SvaDomain], None] = lambda domain: None
-        self._watches: dict[int, trio.CancelScope] = {}
+        #: Bindings whose process is watched (by SVA domain id), with the watching task's
+        #: cancel scope once it runs.
+        self._watches: dict[int, trio.CancelScope | None] = {}
         daemon.iommu.register_internal_bus(PCI_BUS)
         # Registered after the accelerator runtime, so (release runs newest first) a leaving
         # session's opens are drained before the runtime cancels what is left.
@@ -126,7 +128,7 @@ class SvaRuntime:
         self._forget_space(device.uuid, domain.pasid)
         self.bindings[(session.id, device.uuid, domain.pasid)] = Binding(session.id, device, domain)
         self.binds_total += 1
-        self.start_watch(domain)
+        self._watch(domain)
         log.info("sva bound", device=device.uuid, pasid=domain.pasid, pid=mm.pid)
         return domain
 
@@ -186,7 +188,7 @@ class SvaRuntime:
         self.opens[handle] = state
         self.daemon.accel_runtime.mdevs[state.uuid] = state
         self.opens_total += 1
-        self.start_watch(domain)
+        self._watch(domain)
         log.info("wq opened", wq=wq.path, handle=handle, pasid=domain.pasid, pid=mm.pid)
         return state
 
@@ -254,12 +256,13 @@ class SvaRuntime:
         had, as the kernel does when the process's mm goes, even if the connection that
         bound it (a broker, say) stays."""
         mm = domain.mm
-        if mm is None or mm.pidfd < 0:
-            return
+        if mm is None or mm.pidfd < 0 or domain.id not in self._watches:
+            return  # unbound before this task ran
         try:
             fd = os.dup(mm.pidfd)  # ours: the binding closes its own at unbind
         except OSError as exc:  # out of fds: the binding lives until its connection leaves
             log.warning("cannot watch a bound process", pid=mm.pid, error=str(exc))
+            self._watches.pop(domain.id, None)
             return
         try:
             with trio.CancelScope() as scope:
@@ -271,6 +274,12 @@ class SvaRuntime:
             os.close(fd)
         if not scope.cancelled_caught:
             self.exited(domain)
+
+    def _watch(self, domain: SvaDomain) -> None:
+        """Watch the bound process when its pid can be trusted (see AddressSpace.pidfd)."""
+        if domain.mm is not None and domain.mm.pidfd >= 0:
+            self._watches[domain.id] = None
+            self.start_watch(domain)
 
     def _unwatch(self, domain: SvaDomain) -> None:
         scope = self._watches.pop(domain.id, None)
