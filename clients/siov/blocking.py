@@ -162,6 +162,11 @@ class BlockingClient:
     start = _blocking(Client.start)
     stop = _blocking(Client.stop)
     defined = _blocking(Client.defined)
+    sva_bind = _blocking(Client.sva_bind)
+    sva_unbind = _blocking(Client.sva_unbind)
+    wq_open = _blocking(Client.wq_open)
+    wq_submit = _blocking(Client.wq_submit)
+    wq_close = _blocking(Client.wq_close)
 
     def open_mdev(self, uuid: str) -> BlockingMdev:
         """A :class:`BlockingMdev` for an accelerator mdev you created."""

@@ -577,6 +577,51 @@ class Client:
         body = {"device": device, "iova": iova, "length": length, "write": write, "pasid": pasid}
         return await self.call(Command.TRANSLATE, body)
 
+    # ---- SVA and the user WQ char device -------------------------------------------------------
+
+    async def _with_own_mm(self, command: Command, body: dict[str, Any]) -> dict[str, Any]:
+        """Send ``command`` with this process's own /proc/self/mem (O_RDWR: the consent to
+        be reached) and /proc/self/maps; our copies are closed once the message is sent."""
+        mem = os.open("/proc/self/mem", os.O_RDWR | os.O_CLOEXEC)
+        try:
+            maps = os.open("/proc/self/maps", os.O_RDONLY | os.O_CLOEXEC)
+        except BaseException:
+            os.close(mem)
+            raise
+        try:
+            return await self.call(command, body, fds=[mem, maps])
+        finally:
+            os.close(mem)
+            os.close(maps)
+
+    async def sva_bind(self, dev: str) -> dict[str, Any]:
+        """Bind a PASID of ``dev`` (an mdev UUID) to this process's address space
+        (``iommu_sva_bind_device``): ``{pasid, domain}``. Descriptors tagged with that PASID
+        (SUBMIT ``pasid=`` on a shared-WQ mdev) carry this process's virtual addresses."""
+        return await self._with_own_mm(Command.SVA_BIND, {"dev": dev})
+
+    async def sva_unbind(self, dev: str, pasid: int) -> None:
+        await self.call(Command.SVA_UNBIND, {"dev": dev, "pasid": pasid})
+
+    async def wq_open(self, device: str, wq: int) -> dict[str, Any]:
+        """``open("/dev/dsa/wq<D>.<wq>")`` as this process: ``{handle, pasid, mode, size, wq,
+        domain}``. Only an enabled user WQ opens; a dedicated one has one opener at a time."""
+        return await self._with_own_mm(Command.WQ_OPEN, {"device": device, "wq": wq})
+
+    async def wq_submit(self, handle: int, descriptors: bytes, *, posted: bool = False) -> bytes:
+        """Write descriptors to the opened WQ's portal: one result byte per descriptor
+        (0 accepted, 1 retry, 2 dropped). ``posted`` sends with the no-reply flag, as a
+        MOVDIR64B is posted: nothing comes back, not even an error, and ``b""`` is returned."""
+        body = {"handle": handle, "descriptors": bytes(descriptors)}
+        if posted:
+            await self.send_no_reply(Command.WQ_SUBMIT, body)
+            return b""
+        return bytes((await self.call(Command.WQ_SUBMIT, body))["results"])
+
+    async def wq_close(self, handle: int) -> None:
+        """``close()`` of the char device: the opener's work is drained, its PASID unbound."""
+        await self.call(Command.WQ_CLOSE, {"handle": handle})
+
     # ---- accelerator ------------------------------------------------------------------------
 
     async def open_mdev(self, uuid: str) -> Mdev:
