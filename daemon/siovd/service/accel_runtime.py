@@ -541,6 +541,16 @@ class AccelRuntime:
             self._session_outstanding.pop(sid, None)
         state.outstanding = 0
 
+    def abort_queued(self, state: MdevState) -> int:
+        """Drop the mdev's descriptors no engine has taken (a device's abort command): they
+        never complete, and no longer count as outstanding."""
+        removed = len(state.mdev.wq.abort(owner=state.uuid))
+        if removed:
+            state.outstanding -= removed
+            sid = state.session
+            self._session_outstanding[sid] = self._session_outstanding.get(sid, 0) - removed
+        return removed
+
     def release_session(self, session: Session) -> None:
         """The client left: its mdevs' waiting work is cancelled before the bus removes them
         (which aborts what is still queued) and the IOMMU frees its memory."""
