@@ -66,6 +66,7 @@ def test_version_json_rules() -> None:
 def test_region_info_sparse_mmap_capability_and_argsz() -> None:
     full = vu.pack_region_info(64, 0, vu.REGION_INFO_FLAG_READ, 0x10000, 0, [(0x1000, 0x1000)])
     argsz, flags, index, cap_offset, size, _ = struct.unpack_from("<IIIIQQ", full)
+    assert index == 0
     assert argsz == len(full) == 32 + 8 + 8 + 16
     assert flags & vu.REGION_INFO_FLAG_CAPS and cap_offset == 32 and size == 0x10000
     assert vu.parse_sparse_mmap(full) == [(0x1000, 0x1000)]
