@@ -39,7 +39,7 @@ if [ ! -f "$out/initrd.img" ]; then
   chmod +x "$ird/init"
   cp "$root"/build/siov_movdir64b.ko "$root"/build/siov_dmacheck.ko "$ird/m/"
   for mod in idxd_bus idxd; do
-    xz -dc "$root/kimage/usr/lib/modules/$kver/kernel/drivers/dma/idxd/$mod.ko.xz" >"$ird/m/$mod.ko"
+    chroot "$root" xz -dc "/kimage/usr/lib/modules/$kver/kernel/drivers/dma/idxd/$mod.ko.xz" >"$ird/m/$mod.ko"
   done
   chroot "$root" sh -c 'cd /initrd-stage && find . | cpio -o -H newc --quiet | gzip -1' >"$tmp/initrd.img"
   rm -rf "$ird" "$root/build"
