@@ -196,8 +196,21 @@ def test_guest_sequence_copies_and_no_stale_translation(daemon: LoggedDaemon) ->
         assert record.fault_addr == dst
         record = copy(0xF0000000)  # mapped without an fd: the device cannot reach it
         assert record.status & 0x3F == DsaCompStatus.PAGE_FAULT_NOBOF
+        # no completion record to report a fault in: the device logs it in SWERR and raises
+        # INTCAUSE ERR on vector 0 (GENCTRL softerr_int_en), as idxd's misc handler expects
+        c.write32(BAR0, 0x88, 1)
+        eventfd_count(irqs[0])
+        bare = Descriptor.new(DsaOpcode.MEMMOVE, src_addr=src, dst_addr=dst, xfer_size=4096)
+        submit_8byte(c, bare.pack())
+        swerr = struct.unpack("<QQQQ", c.read(BAR0, vdsa.SWERR_OFFSET, 32))
+        assert swerr[0] & 1 and (swerr[0] >> 32) & 0xFF == DsaOpcode.MEMMOVE
+        assert swerr[2] == dst
+        assert c.read32(BAR0, vdsa.INTCAUSE_OFFSET) & vdsa.INTC_ERR
+        assert eventfd_count(irqs[0]) == 1
+        c.write(BAR0, vdsa.SWERR_OFFSET, struct.pack("<Q", vdsa.SWERR_ACK))
+        assert c.read32(BAR0, vdsa.SWERR_OFFSET) & 3 == 0
         stats = owner.stats()["vfio_user"][uuid]
-        assert stats["device_descriptors"] == 3 and stats["maps"] == 3
+        assert stats["device_descriptors"] == 4 and stats["maps"] == 3
         # UNMAP_ALL; then the next DMA_MAP at the same address works again
         c.dma_unmap(0, 0, vu.UNMAP_ALL)
         assert owner.stats()["vfio_user"][uuid]["maps"] == 0

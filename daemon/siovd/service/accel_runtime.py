@@ -174,6 +174,8 @@ class AccelRuntime:
         #: task that waits for a page request's answer.
         self.wake_engines: Callable[[Group], None] = lambda group: None
         self.start_waiter: Callable[[PageRequest], None] = lambda request: None
+        #: mdev UUID -> who logs its software errors instead (a vfio-user device's SWERR)
+        self.software_error_hooks: dict[str, Callable[[SoftwareError], None]] = {}
         daemon.on_release(self.release_session)
         daemon.on_stats(lambda: {"accel": self.stats_dict()})
         previous = daemon.bus.on_device_removed
@@ -402,6 +404,10 @@ class AccelRuntime:
 
     def _software_error(self, state: MdevState, error: SoftwareError) -> None:
         self.stats.software_errors += 1
+        hook = self.software_error_hooks.get(state.uuid)
+        if hook is not None:
+            hook(error)
+            return
         swerr: dict[str, Any] = {
             "status": error.status,
             "opcode": error.opcode,

@@ -130,6 +130,9 @@ class Endpoint:
             drain=self._drain,
             abort=self._abort,
         )
+        runtime.software_error_hooks[state.uuid] = lambda error: self.vdsa.software_error(
+            error.status, error.opcode, error.fault_addr
+        )
 
     @property
     def uuid(self) -> str:
@@ -558,6 +561,7 @@ class Endpoint:
             return
         self.closed = True
         self.cancel.cancel()
+        self.daemon.accel_runtime.software_error_hooks.pop(self.uuid, None)
         self.drop_client_state()
         if self.sock is not None:
             self.sock.close()

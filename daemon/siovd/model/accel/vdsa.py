@@ -472,7 +472,7 @@ class VirtualDsa:
         if first & 1:
             self._put32(SWERR_OFFSET, first | 2)  # overflow
         else:
-            word0 = 1 | 1 << 3 | (status & 0xFF) << 8 | (opcode & 0xFF) << 32
+            word0 = 1 | 1 << 2 | 1 << 3 | (status & 0xFF) << 8 | (opcode & 0xFF) << 32
             _U64.pack_into(self.bar0, SWERR_OFFSET, word0)
             _U64.pack_into(self.bar0, SWERR_OFFSET + 16, fault_addr)
         self._put32(INTCAUSE_OFFSET, self._u32(INTCAUSE_OFFSET) | INTC_ERR)
