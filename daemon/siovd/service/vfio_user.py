@@ -116,6 +116,7 @@ class Endpoint:
     cancel: trio.CancelScope = field(default_factory=trio.CancelScope)
     peer_xfer: int = vu.DEFAULT_PEER_XFER
     negotiated: bool = False
+    connected: bool = False
     closed: bool = False
 
     def __post_init__(self) -> None:
@@ -500,6 +501,7 @@ class Endpoint:
 
     async def _run_client(self, conn: trio.socket.SocketType, busy: trio.Semaphore) -> None:
         self.stats.connections += 1
+        self.connected = True
         log.info("vfio-user client connected", mdev=self.uuid, path=self.path)
         framer = vu.Framer()
         try:
@@ -507,10 +509,12 @@ class Endpoint:
         except (OSError, vu.FramingError, trio.BrokenResourceError) as exc:
             log.info("vfio-user client dropped", mdev=self.uuid, reason=str(exc))
         finally:
+            # The endpoint is free again before the client can see the hang-up.
             _close_all(framer.take_fds())
-            conn.close()
             self.drop_client_state()
+            self.connected = False
             busy.release()
+            conn.close()
             log.info("vfio-user client gone", mdev=self.uuid)
 
     async def _client_loop(self, conn: trio.socket.SocketType, framer: vu.Framer) -> None:
@@ -683,6 +687,7 @@ class Endpoints:
         for uuid, e in self.by_uuid.items():
             out[uuid] = {
                 "path": e.path,
+                "connected": int(e.connected),
                 "maps": len(e.maps),
                 **{k: getattr(e.stats, k) for k in EndpointStats.__dataclass_fields__},
                 **{f"device_{k}": getattr(e.vdsa.stats, k) for k in ("commands", "descriptors")},
