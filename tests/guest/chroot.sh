@@ -19,10 +19,23 @@ if ! command -v debootstrap >/dev/null 2>&1; then
 fi
 
 tmp="$dest.tmp.$$"
+unmount_all() {
+  for m in dev/pts dev sys proc; do
+    if mountpoint -q "$1/$m"; then umount "$1/$m" 2>/dev/null || umount -l "$1/$m"; fi
+  done
+}
 cleanup() {
-  for m in dev/pts dev sys proc; do umount "$tmp/$m" 2>/dev/null || true; done
+  unmount_all "$tmp"
+  # never remove a tree that still has the host's /dev or /proc mounted in it
+  for m in dev/pts dev sys proc; do
+    if mountpoint -q "$tmp/$m"; then echo "chroot.sh: $tmp/$m still mounted, kept" >&2; return; fi
+  done
   rm -rf "$tmp"
 }
+# a build killed earlier left its mounts behind: take them down (the tree stays)
+for stale in "$dest".tmp.*; do
+  [ -d "$stale" ] && unmount_all "$stale"
+done
 trap cleanup EXIT
 debootstrap --variant=minbase trixie "$tmp" "$mirror" >"$tmp.log" 2>&1 || { tail -n 30 "$tmp.log" >&2; exit 1; }
 rm -f "$tmp.log"
@@ -42,6 +55,6 @@ inroot sh -c "cd /tmp && apt-get download -qq linux-image-$kver"
 inroot sh -c "dpkg-deb -x /tmp/linux-image-${kver}_*.deb /kimage && rm /tmp/linux-image-*.deb"
 echo "$kver" >"$tmp/kernel-version"
 inroot apt-get clean
-for m in dev/pts dev sys proc; do umount "$tmp/$m"; done
+unmount_all "$tmp"
 mv "$tmp" "$dest"
 trap - EXIT
