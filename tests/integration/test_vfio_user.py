@@ -350,3 +350,30 @@ def test_expose_rules(daemon: LoggedDaemon) -> None:
         a.remove_mdev(mdev)
         assert not os.path.exists(path)
         assert json.dumps(a.stats()["vfio_user"]) == "{}"
+
+
+def test_siovctl_vfio_user_serves_until_interrupted(daemon: LoggedDaemon) -> None:
+    import signal
+    import subprocess
+    import sys
+
+    path = os.path.join(daemon.dir, "ctl.sock")
+    argv = [sys.executable, "-m", "siov.cli", "--socket", daemon.path, "--json", "vfio-user", path]
+    proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        settle(lambda: os.path.exists(path) or proc.poll() is not None, "siovctl serving")
+        assert proc.poll() is None, proc.stderr.read() if proc.stderr else ""
+        with VfioUserClient(path) as c:
+            c.negotiate()
+            assert c.read32(CONFIG, 0) == 0x0B258086
+        proc.send_signal(signal.SIGINT)
+        out, _ = proc.communicate(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert proc.returncode == 0
+    first, *rest = out.splitlines()
+    assert first.startswith("siovctl: serving mdev") and path in first
+    assert json.loads("\n".join(rest))["path"] == path
+    settle(lambda: not os.path.exists(path), "the socket removed with siovctl's connection")
