@@ -48,9 +48,10 @@ if [ ! -f "$out/initrd.img" ]; then
   rm -rf "$out"
   mv "$tmp" "$out"
 fi
-# older recipes' trees go (1 GB each); never one with something mounted in it
+# older recipes' trees and killed builds' leftovers go (1 GB each; the lock keeps builds
+# apart); never a tree with something mounted in it
 for old in "$cache"/root-* "$cache"/boot-*; do
-  case "$old" in "$root" | "$out" | *.tmp.*) continue ;; esac
+  case "$old" in "$root" | "$out") continue ;; esac
   [ -d "$old" ] || continue
   if [ -z "$(awk -v p="$old/" 'index($2, p) == 1' /proc/mounts)" ]; then rm -rf "$old"; fi
 done
