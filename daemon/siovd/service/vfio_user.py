@@ -556,6 +556,10 @@ class Endpoint:
             self.stats.errors += 1
             log.debug("vfio-user error reply", mdev=self.uuid, cmd=msg.command, error=str(exc))
             return None if msg.no_reply else vu.pack_error(msg.msg_id, msg.command, exc.errno)
+        except Exception:  # a bug: the client still gets its reply, the log says what
+            self.stats.errors += 1
+            log.exception("handler failed", mdev=self.uuid, cmd=msg.command)
+            return None if msg.no_reply else vu.pack_error(msg.msg_id, msg.command, errno.EIO)
         finally:
             _close_all(msg.fds)
 
