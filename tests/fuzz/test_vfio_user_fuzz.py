@@ -49,13 +49,21 @@ def test_random_vfio_user_messages() -> None:
         path = os.path.join(daemon.dir, "f.sock")
         owner.vfio_user_expose(mdev, path)
         answered = errors = 0
+        fds_before = daemon.fds()
         with VfioUserClient(path) as c:
             c.negotiate()
             for _ in range(MESSAGES):
                 cmd = rng.choice(commands)
                 if cmd == vu.Cmd.VERSION:
                     continue
-                msg = c.request(cmd, payload(rng, cmd))
+                fds: tuple[int, ...] = ()
+                if rng.random() < 0.1:  # an eventfd or two, on any command
+                    fds = tuple(os.eventfd(0) for _ in range(rng.choice([1, 2])))
+                try:
+                    msg = c.request(cmd, payload(rng, cmd), fds)
+                finally:
+                    for fd in fds:
+                        os.close(fd)
                 answered += 1
                 errors += bool(msg.flags & vu.FLAG_ERROR)
                 if msg.flags & vu.FLAG_ERROR:
@@ -67,6 +75,8 @@ def test_random_vfio_user_messages() -> None:
             return dict(owner.stats()["vfio_user"][mdev])
 
         settle(lambda: not endpoint()["connected"], "the endpoint saw the client leave")
+        # every fd it was given is closed again (or, as an MSI-X eventfd, with the client)
+        settle(lambda: daemon.fds() <= fds_before, "the daemon kept none of the fuzzer's fds")
         with VfioUserClient(path) as c:  # the endpoint serves the next client
             c.negotiate()
             assert c.read32(vu.PCI_CONFIG_REGION, 0) == 0x0B258086
