@@ -121,6 +121,8 @@ class BlockingClient:
     create_mdev = _blocking(Client.create_mdev)
     remove_mdev = _blocking(Client.remove_mdev)
     devices = _blocking(Client.devices)
+    vfio_user_expose = _blocking(Client.vfio_user_expose)
+    vfio_user_unexpose = _blocking(Client.vfio_user_unexpose)
     register_device = _blocking(Client.register_device)
     unregister_device = _blocking(Client.unregister_device)
     claim_device = _blocking(Client.claim_device)

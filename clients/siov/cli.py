@@ -17,7 +17,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from siov_protocol import jsonc
+from siov_protocol import Command, jsonc
 
 from . import mdevctl
 from .accel_config import ListError, list_output
@@ -559,6 +559,33 @@ def _uuid_arg(p: argparse.ArgumentParser) -> None:
 def cmd_remove(client: BlockingClient, args: argparse.Namespace) -> Any:
     client.remove_mdev(args.uuid)
     return {"removed": args.uuid}
+
+
+def _vfio_user_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("socket_path", metavar="SOCKET", help="Unix socket QEMU connects to")
+    p.add_argument("-p", "--parent", default="dsa0", help="DSA parent (default dsa0)")
+    p.add_argument("-u", "--uuid", help="UUID to give the mdev (default: generated)")
+
+
+@command(
+    "vfio-user",
+    "create a dsa-1dwq mdev and serve it as a vfio-user PCI device on SOCKET until "
+    "interrupted (QEMU >= 10.1: -device vfio-user-pci,socket=SOCKET)",
+    _vfio_user_args,
+)
+def cmd_vfio_user(client: BlockingClient, args: argparse.Namespace) -> Any:
+    mdev = client.create_mdev(args.parent, "dsa-1dwq", args.uuid)
+    path = os.path.abspath(args.socket_path)
+    served = client.vfio_user_expose(mdev["uuid"], path)
+    print(f"siovctl: serving mdev {mdev['uuid']} at {path}; Ctrl-C to stop", flush=True)
+    try:
+        while True:
+            event = client.next_event()
+            if event.command == Command.EVENT_DEVICE_REMOVED:
+                break
+    except KeyboardInterrupt:
+        pass
+    return served
 
 
 @command("groups", "IOMMU groups: devices, current and default domain, PASIDs", _all_arg)

@@ -420,6 +420,15 @@ class Client:
     async def remove_mdev(self, uuid: str) -> None:
         await self.call(Command.MDEV_REMOVE, {"uuid": uuid})
 
+    async def vfio_user_expose(self, uuid: str, path: str, mode: int = 0o600) -> dict[str, Any]:
+        """Serve the ``dsa-1dwq`` mdev ``uuid`` you own as a real vfio-user PCI device on the
+        Unix socket ``path`` (for QEMU's ``vfio-user-pci``). Its DMA then belongs to the
+        vfio-user client; it ends with :meth:`vfio_user_unexpose` or with the mdev."""
+        return await self.call(Command.VFIO_USER_EXPOSE, {"uuid": uuid, "path": path, "mode": mode})
+
+    async def vfio_user_unexpose(self, uuid: str) -> None:
+        await self.call(Command.VFIO_USER_UNEXPOSE, {"uuid": uuid})
+
     async def devices(self, *, everything: bool = False) -> list[dict[str, Any]]:
         """Your own devices; ``everything=True`` (admin role) lists every client's."""
         return list((await self.call(Command.MDEV_LIST, {"all": everything}))["devices"])

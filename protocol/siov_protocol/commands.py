@@ -91,6 +91,10 @@ class Command(enum.IntEnum):
     WQ_SUBMIT = 0x173
     WQ_CLOSE = 0x174
 
+    # real vfio-user endpoints for mdevs (siov_protocol.vfio_user)
+    VFIO_USER_EXPOSE = 0x180
+    VFIO_USER_UNEXPOSE = 0x181
+
     # events: daemon -> client, sent as commands with the no-reply flag
     EVENT_FAULT = 0x200
     EVENT_PAGE_REQUEST = 0x201
