@@ -236,6 +236,7 @@ def other_client_registers(path: str) -> bool | str:
 # ---- 1. a blocking eventfd -------------------------------------------------------------------
 
 EVENTFD_FULL = 0xFFFF_FFFF_FFFF_FFFE  # the largest count: one more write would block
+FIRE_TIMES = 200
 
 
 @attack("blocking_eventfd")
@@ -243,17 +244,21 @@ def blocking_eventfd(d: LoggedDaemon) -> dict[str, Any]:
     """A blocking eventfd at its maximum count as an MSI-X vector, then the vector fired."""
     efd = os.eventfd(0)  # blocking, as a careless or hostile client would make it
     os.write(efd, EVENTFD_FULL.to_bytes(8, "little"))
-    with closing_fds(efd), Raw(d.path) as raw:
+    with closing_fds(efd), Raw(d.path, timeout=10.0) as raw:
         dev = raw.call(Command.MDEV_CREATE, {"parent": "dsa0", "type_id": "dsa-1dwq"})
         uuid = dev["uuid"]
         irq = {"device": uuid, "index": 2, "start": 0, "count": 1}
         raw.call(Command.DEVICE_SET_IRQS, {**irq, "flags": 4 | 32}, [efd])  # DATA_EVENTFD
         fired = 0
-        for _ in range(4):  # DATA_NONE | TRIGGER: fire it, as the device would
-            raw.call(Command.DEVICE_SET_IRQS, {**irq, "flags": 1 | 32})
-            fired += 1
-        after = raw.call(Command.STATS)
-    return {"fired": fired, "accel": after.get("accel", {})}
+        try:
+            for _ in range(FIRE_TIMES):  # DATA_NONE | TRIGGER: fire it, as the device would
+                raw.call(Command.DEVICE_SET_IRQS, {**irq, "flags": 1 | 32})
+                fired += 1
+            accel = raw.call(Command.STATS).get("accel", {})
+        except OSError as exc:  # the daemon stopped answering even the attacker
+            return {"fired": fired, "stalled": f"{type(exc).__name__}: {exc}"}
+        nonblocking = not os.get_blocking(efd)
+    return {"fired": fired, "accel": accel, "made_nonblocking": nonblocking}
 
 
 # ---- 2. a close() that lingers -----------------------------------------------------------------
@@ -350,13 +355,25 @@ def hugetlb_memfd(size: int) -> int:
     return fd
 
 
+def free_huge_pages() -> int:
+    """Huge pages free and not reserved (what a new mapping can still fault in)."""
+    info: dict[str, int] = {}
+    with open("/proc/meminfo") as fh:
+        for line in fh:
+            key, _, rest = line.partition(":")
+            if key in ("HugePages_Free", "HugePages_Rsvd"):
+                info[key] = int(rest.split()[0])
+    return info["HugePages_Free"] - info["HugePages_Rsvd"]
+
+
 @attack("hugetlb_sigbus", needs=hugetlb_needs)
 def hugetlb_sigbus(d: LoggedDaemon) -> dict[str, Any]:
     """An MFD_HUGETLB memfd registered, its page punched out, the pool exhausted, then DMA."""
     import mmap
 
     out: dict[str, Any] = {}
-    with huge_pages(2) as got, Raw(d.path) as raw:
+    iova = 0x4000_0000
+    with huge_pages(4) as got, Raw(d.path) as raw:
         out["pool"] = got
         fd = hugetlb_memfd(HUGE)
         with closing_fds(fd):
@@ -367,28 +384,22 @@ def hugetlb_sigbus(d: LoggedDaemon) -> dict[str, Any]:
                 return out
             out["register"] = 0
             dev = raw.call(Command.BUS_REGISTER_DEVICE, {"name": "hostile-emu"})
-            domain = dev["domain_id"]
-            raw.call(
-                Command.MAP,
-                {
-                    "domain": domain,
-                    "phys": region["phys"],
-                    "size": HUGE,
-                    "iova": 0x4000_0000,
-                    "prot": 3,
-                },
-            )
-            punch_hole(fd, 0, HUGE)
-            hog = hugetlb_memfd(got * HUGE)  # take every free huge page
+            mapping = {"domain": dev["domain_id"], "phys": region["phys"], "size": HUGE}
+            iova = raw.call(Command.MAP, {**mapping, "iova": iova})["iova"]
+            read = {"device": dev["uuid"], "iova": iova, "length": 8}
+            raw.call(Command.DMA_READ, read)  # the daemon faults the huge page in
+            punch_hole(fd, 0, HUGE)  # ... and it is gone
+            free = free_huge_pages()
+            hog = hugetlb_memfd(max(free, 1) * HUGE)
             with closing_fds(hog):
-                hold = mmap.mmap(hog, got * HUGE)
-                for off in range(0, got * HUGE, HUGE):
-                    with contextlib.suppress(Exception):
-                        hold[off] = 1
-                got_read = raw.request(
-                    Command.DMA_READ, {"device": dev["uuid"], "iova": 0x4000_0000, "length": 8}
-                )
-                out["dma_read"] = got_read.error
+                hold = mmap.mmap(hog, max(free, 1) * HUGE)
+                for off in range(0, free * HUGE, HUGE):
+                    hold[off] = 1  # every free huge page is now the hog's
+                out["hogged"] = free
+                try:
+                    out["dma_read"] = raw.request(Command.DMA_READ, read).error
+                except (OSError, ConnectionError) as exc:
+                    out["dma_read"] = f"{type(exc).__name__}: {exc}"
                 hold.close()
     return out
 
