@@ -70,7 +70,7 @@ class LimitsConfig:
     requests_in_flight: int = u(1, 1 << 20, default=4096)
     #: Fds of one connection's messages whose bytes have not all arrived; at least
     #: protocol.max_fds, so one whole message always fits.
-    pending_fds: int = u(1, 4096, default=64)
+    pending_fds: int = u(1, 4096, default=32)
     #: Bytes of one connection's undelivered events, as they go on the wire.
     event_queue_bytes: int = u(4096, 1 << 32, default=16 << 20)
     #: The same ceilings over all connections of one uid (SO_PEERCRED), so one user cannot

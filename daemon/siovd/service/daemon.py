@@ -6,12 +6,13 @@ The server owns one :class:`Daemon`; handlers reach the model through it. Discon
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import mmap
 import os
 import time
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 from siov_protocol import Command
@@ -43,6 +44,8 @@ class Daemon:
         self.started = time.monotonic()
         self.sessions: dict[int, Session] = {}
         self.uids: dict[int, UidUsage] = {}  # per-uid ledger of the live connections
+        self._mute_faults = 0
+        self.fd_budget: dict[str, Any] = {}  # RLIMIT_NOFILE against the limits (host.fdlimit)
         self.counters: Counter[str] = Counter()
         self._releasers: list[Callable[[Session], None]] = []
         self._stats: list[Callable[[], dict[str, Any]]] = []
@@ -118,7 +121,19 @@ class Daemon:
 
     # ---- the domain model's callbacks ----------------------------------------------------------
 
+    @contextlib.contextmanager
+    def faults_muted(self) -> Iterator[None]:
+        """Faults within the block are not queued to anyone (counted ``faults_muted``)."""
+        self._mute_faults += 1
+        try:
+            yield
+        finally:
+            self._mute_faults -= 1
+
     def _deliver_fault(self, owner: int, record: FaultRecord) -> None:
+        if self._mute_faults:
+            self.counters["faults_muted"] += 1
+            return
         session = self.sessions.get(owner)
         if session is None:
             return
@@ -272,6 +287,9 @@ class Daemon:
             out.update(fn())
         out["daemon"].update(CLOSER.stats())
         out["daemon"]["fds_open"] = _open_fds()
+        if self.fd_budget:
+            out["daemon"]["fd_limit"] = self.fd_budget["soft"]
+            out["daemon"]["fd_need"] = self.fd_budget["need"]
         return out
 
     def session_cost(self, session: Session) -> dict[str, int]:
