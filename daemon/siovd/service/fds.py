@@ -60,7 +60,8 @@ class Closer:
         self._queue: queue.SimpleQueue[Callable[[], None] | None] = queue.SimpleQueue()
         self._lock = threading.Lock()
         self._threads = 0
-        self._idle = 0
+        self._idle = 0  # threads waiting for work
+        self._untaken = 0  # work queued that no thread has taken yet
         self.queued = 0  # handed to the threads and not yet done
         self.closed_inline = 0
         self.closed_in_thread = 0
@@ -84,7 +85,8 @@ class Closer:
         """Run ``work`` (a close, an unmap) in a closer thread."""
         with self._lock:
             self.queued += 1
-            start = self._idle == 0 and self._threads < MAX_THREADS
+            self._untaken += 1
+            start = self._untaken > self._idle and self._threads < MAX_THREADS
             if start:
                 self._threads += 1
         if start:
@@ -98,6 +100,7 @@ class Closer:
             work = self._queue.get()
             with self._lock:
                 self._idle -= 1
+                self._untaken -= 1
             if work is None:
                 return
             start = time.monotonic()
