@@ -477,17 +477,49 @@ def fd_drip(d: LoggedDaemon) -> dict[str, Any]:
 
 # ---- 6. many connections with regions up to the limits ----------------------------------------
 
-REGION_CLIENTS = 8
-REGIONS_EACH = 64
-REGIONS_CONFIG = f"[limits]\nmemory_regions = {REGIONS_EACH}\n"
+REGION_CLIENTS = 6
+REGIONS_EACH = 256  # limits.memory_regions, default
+UID_REGIONS = 1024  # limits.uid_memory_regions, default
+OTHER_UID = 65534  # nobody
+#: The socket is open to every user, so a second uid can connect (the default mode is 0660).
+REGIONS_CONFIG = "[server]\nsocket_mode = 0o666\n"
+
+
+def other_uid_registers(path: str) -> str:
+    """In a forked child running as uid 65534: connect, register a page; ``"<uid> True"`` when
+    it could (root only: the child drops to nobody with setuid)."""
+    os.chmod(os.path.dirname(path), 0o755)
+    r, w = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child: no exec (nobody may not read this interpreter), no threads
+        try:
+            os.close(r)
+            os.setgid(OTHER_UID)
+            os.setuid(OTHER_UID)
+            with Raw(path, timeout=10.0) as raw:
+                fd = memfd(4096)
+                ok = raw.call(Command.MEM_REGISTER, {"size": 4096}, [fd])["region"] > 0
+                text = f"{os.getuid()} {ok}"
+        except BaseException as exc:
+            text = f"{type(exc).__name__}: {exc}"
+        os.write(w, text.encode())
+        os._exit(0)
+    os.close(w)
+    with os.fdopen(r, "rb") as fh:
+        text = fh.read().decode()
+    os.waitpid(pid, 0)
+    return text
 
 
 @attack("region_fds", config=REGIONS_CONFIG)
 def region_fds(d: LoggedDaemon) -> dict[str, Any]:
-    """Connections registering regions up to limits.memory_regions, counting the daemon's fds."""
+    """Connections of one uid registering regions up to limits.memory_regions each, until
+    limits.uid_memory_regions stops them; the daemon's fds do not grow with regions, and a
+    client of another uid is still served."""
     before = d.fds()
     clients = [Raw(d.path) for _ in range(REGION_CLIENTS)]
-    refused: tuple[int, str] | None = None
+    refused: list[tuple[int, str]] = []
+    regions = 0
     try:
         for raw in clients:
             for _ in range(REGIONS_EACH + 1):
@@ -495,12 +527,14 @@ def region_fds(d: LoggedDaemon) -> dict[str, Any]:
                 with closing_fds(fd):
                     try:
                         raw.call(Command.MEM_REGISTER, {"size": 4096}, [fd])
+                        regions += 1
                     except Refused as exc:
-                        refused = (exc.errno, exc.message)
-        regions = REGION_CLIENTS * REGIONS_EACH
-        held = d.fds() - before
+                        refused.append((exc.errno, exc.message))
+                        break
+        held = d.fds() - before - 2 * REGION_CLIENTS  # each connection is two of the daemon's
         maps = d.memfd_maps()
-        cost = clients[0].call(Command.STATS).get("session", {})
+        cost = clients[0].call(Command.STATS)
+        other = other_uid_registers(d.path) if os.geteuid() == 0 else "not root"
     finally:
         for raw in clients:
             raw.close()
@@ -508,6 +542,9 @@ def region_fds(d: LoggedDaemon) -> dict[str, Any]:
         "regions": regions,
         "fds_held": held,
         "memfd_maps": maps,
-        "refused": refused,
-        "session": cost,
+        "refused": sorted(set(refused)),
+        "session": cost["session"],
+        "uid": cost["uid"],
+        "daemon": {k: v for k, v in cost["daemon"].items() if k.startswith("fd")},
+        "other_uid": other,
     }

@@ -10,8 +10,19 @@ the bystander's worst PING in the summary (``siov hostile world``).
 from __future__ import annotations
 
 import errno
+import os
 
-from tests.attacks import ATTACKS, FIRE_TIMES, LINGER_S, Outcome, require, run_attack
+from tests.attacks import (
+    ATTACKS,
+    FIRE_TIMES,
+    LINGER_S,
+    OTHER_UID,
+    UID_REGIONS,
+    Outcome,
+    require,
+    run_attack,
+)
+from tests.daemonproc import logged_siovd
 from tests.integration.conftest import REPORT
 
 SUMMARY = REPORT.setdefault("siov hostile world", [])
@@ -73,9 +84,37 @@ def test_fd_drip_is_capped() -> None:
     assert "limits.pending_fds" in out.result["reply"][1]
 
 
-def test_regions_hold_no_fd() -> None:
+def test_regions_hold_no_fd_and_one_uid_cannot_take_them_all() -> None:
     out = run_attack("region_fds")
     survived(out)
-    assert out.result["memfd_maps"] == out.result["regions"]
-    assert out.result["fds_held"] < 50, out.result
-    assert out.result["refused"] == (errno.ENOSPC, "limit reached: limits.memory_regions = 64")
+    r = out.result
+    assert r["regions"] == UID_REGIONS and r["memfd_maps"] == UID_REGIONS
+    assert r["fds_held"] < 16, r  # regions hold no fd: only the connections' own (and noise)
+    uid = os.getuid()
+    assert r["refused"] == [
+        (errno.ENOSPC, "limit reached: limits.memory_regions = 256"),
+        (errno.ENOSPC, f"limit reached: limits.uid_memory_regions = 1024 (uid {uid})"),
+    ]
+    assert r["session"]["memory_regions"] == 256 and r["uid"]["memory_regions"] == UID_REGIONS
+    assert r["daemon"]["fd_need"] == 35405 and r["daemon"]["fd_limit"] > 0
+    if os.geteuid() == 0:
+        assert r["other_uid"] == f"{OTHER_UID} True", r["other_uid"]
+
+
+def test_the_daemon_checks_its_fd_limit_at_start() -> None:
+    """siovd raises its soft RLIMIT_NOFILE to what the limits need (35405 fds by default)
+    and logs it; with a hard limit below that it says how many clients fit at their worst."""
+    with logged_siovd("") as d:
+        with open(f"/proc/{d.pid}/limits") as fh:
+            line = next(x for x in fh if x.startswith("Max open files"))
+        soft, hard = (int(v) if v.isdigit() else -1 for v in line.split()[3:5])
+        entries = [e for e in d.log_entries() if e.get("event", "").startswith("fd limit")]
+    assert len(entries) == 1, entries
+    entry = entries[0]
+    assert "the limits need up to 35405 fds" in entry["detail"]
+    if hard == -1 or hard >= 35405:
+        assert entry["event"] == "fd limit" and soft >= 35405
+    else:
+        assert entry["event"] == "fd limit too low" and soft == hard
+        allowed = (hard - 589) // 34
+        assert f"the limit allows {allowed} clients at their worst" in entry["detail"]
