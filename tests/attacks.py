@@ -366,6 +366,47 @@ def linger_close(d: LoggedDaemon) -> dict[str, Any]:
     return seen
 
 
+REFUSED_CONFIG = "[limits]\nuid_connections = 2\n"  # the bystander and one more
+
+
+def _connect_retrying(path: str, within_s: float = 10.0) -> Raw:
+    """A negotiated connection, retried while the previous run's are still being released."""
+    deadline = time.monotonic() + within_s
+    while True:
+        try:
+            return Raw(path)
+        except Refused:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.02)
+
+
+@attack("linger_refused", config=REFUSED_CONFIG)
+def linger_refused(d: LoggedDaemon) -> dict[str, Any]:
+    """A connection over limits.uid_connections sends a lingering TCP socket with its first
+    header: the refusal must not release it on the loop (a recv() without room for the fd
+    frees it in the reader's task, and a lingering close blocks that task)."""
+    with _connect_retrying(d.path), lingering_socket() as victim:
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        sock.settimeout(10)
+        with sock:
+            sock.connect(d.path)
+            fd = victim.detach()
+            try:
+                send_fds(sock, frame(1, Command.PING, b""), [fd])
+            finally:
+                os.close(fd)
+            reply = parse_replies(recv_exact(sock, HEADER_SIZE) + _rest(sock))[0]
+    return {"refused": (reply.error, str(reply.body.get("message", "")))}
+
+
+def _rest(sock: socket.socket) -> bytes:
+    out = b""
+    while chunk := sock.recv(65536):
+        out += chunk
+    return out
+
+
 # ---- 3. a hugetlb memfd whose page vanishes ----------------------------------------------------
 
 HUGE = 2 * MiB

@@ -64,6 +64,14 @@ def test_lingering_socket_close_cannot_block_the_loop() -> None:
     assert out.under.worst_s < LINGER_S / 4
 
 
+def test_lingering_socket_on_a_refused_connection_cannot_block_the_loop() -> None:
+    out = run_attack("linger_refused")
+    survived(out)
+    err, message = out.result["refused"]
+    assert err == errno.EAGAIN and "limits.uid_connections = 2" in message
+    assert out.under.worst_s < LINGER_S / 4
+
+
 def test_hugetlb_memfd_is_refused_before_it_can_sigbus() -> None:
     require(ATTACKS["hugetlb_sigbus"])
     out = run_attack("hugetlb_sigbus")
