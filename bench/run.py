@@ -24,6 +24,7 @@ MODULES = [
     "bench.accel_figures",
     "bench.sva_figures",
     "bench.guest_figures",
+    "bench.hostile_figures",
 ]
 
 

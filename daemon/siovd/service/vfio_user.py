@@ -45,6 +45,12 @@ from siovd.model.accel.vdsa import BAR0_SIZE, BAR2_SIZE, VirtualDsa
 from siovd.model.errors import SiovError
 from siovd.model.iommu.pagetable import PROT_READ, PROT_WRITE
 from siovd.model.memory import PAGE_SIZE, Region
+from siovd.service.handlers.memory import (
+    HUGETLBFS_MAGIC,
+    TMPFS_MAGIC,
+    fs_type,
+    map_without_fd,
+)
 
 if TYPE_CHECKING:
     from siovd.service.accel_runtime import MdevState
@@ -210,6 +216,12 @@ class Endpoint:
             raise vu.VfioUserError(
                 errno.EINVAL, "DMA_MAP: the fd must be a memfd sealed (or sealable) against shrink"
             ) from None
+        # A hugetlb page punched out of the file SIGBUSes the daemon once the pool is empty;
+        # only shmem refaults as zeroes (SPEC §8.3), so the same rule as MEM_REGISTER.
+        kind = fs_type(fd)
+        if kind != TMPFS_MAGIC:
+            what = "hugetlb memfds are refused" if kind == HUGETLBFS_MAGIC else "not shmem"
+            raise vu.VfioUserError(errno.EINVAL, f"DMA_MAP: {what} (file system {kind:#x})")
         # Large mappings start at the file offset rounded down to 2 MiB, so IOVA and physical
         # address agree modulo 2 MiB when they did in the guest, and large pages can be used.
         lead = req.offset % _SIZE_2M if req.size >= _SIZE_2M else 0
@@ -217,8 +229,8 @@ class Endpoint:
         prot = mmap.PROT_READ | (mmap.PROT_WRITE if writable else 0)
         try:
             start = req.offset - lead
-            mapping = mmap.mmap(fd, lead + req.size, mmap.MAP_SHARED, prot, offset=start)
-        except OSError as exc:
+            mapping = map_without_fd(fd, lead + req.size, start, prot)  # holds no fd
+        except (OSError, SiovError) as exc:
             raise vu.VfioUserError(exc.errno or errno.EINVAL, f"DMA_MAP: mmap: {exc}") from None
         daemon = self.daemon
         try:
