@@ -326,6 +326,34 @@ _DESC_ALIASES: Final[dict[str, tuple[int, struct.Struct]]] = {
     "seed_addr": (48, _U64),
     "pattern_upper": (40, _U64),
     "region_stride": (48, _U32),
+    # DIF check / strip
+    "src_dif_flags": (40, _U8),
+    "dif_chk_flags": (42, _U8),
+    "chk_ref_tag_seed": (48, _U32),
+    "chk_app_tag_mask": (52, _U16),
+    "chk_app_tag_seed": (54, _U16),
+    # DIF insert
+    "dest_dif_flag": (41, _U8),
+    "dif_ins_flags": (42, _U8),
+    "ins_ref_tag_seed": (56, _U32),
+    "ins_app_tag_mask": (60, _U16),
+    "ins_app_tag_seed": (62, _U16),
+    # DIF update
+    "src_upd_flags": (40, _U8),
+    "upd_dest_flags": (41, _U8),
+    "dif_upd_flags": (42, _U8),
+    "src_ref_tag_seed": (48, _U32),
+    "src_app_tag_mask": (52, _U16),
+    "src_app_tag_seed": (54, _U16),
+    "dest_ref_tag_seed": (56, _U32),
+    "dest_app_tag_mask": (60, _U16),
+    "dest_app_tag_seed": (62, _U16),
+    # DIX generate
+    "dest_dif_flags": (41, _U8),
+    "dif_flags": (42, _U8),
+    "ref_tag_seed": (56, _U32),
+    "app_tag_mask": (60, _U16),
+    "app_tag_seed": (62, _U16),
 }
 
 # Fields stored directly in the dataclass, with their width in bits.
@@ -343,6 +371,25 @@ _DESC_PLAIN: Final[dict[str, int]] = {
 _COMP_ALIASES: Final[dict[str, tuple[int, struct.Struct]]] = {
     "delta_rec_size": (16, _U32),
     "crc_val": (16, _U64),
+    # DIF check & strip
+    "dif_chk_ref_tag": (16, _U32),
+    "dif_chk_app_tag_mask": (20, _U16),
+    "dif_chk_app_tag": (22, _U16),
+    # DIF insert
+    "dif_ins_ref_tag": (24, _U32),
+    "dif_ins_app_tag_mask": (28, _U16),
+    "dif_ins_app_tag": (30, _U16),
+    # DIF update
+    "dif_upd_src_ref_tag": (16, _U32),
+    "dif_upd_src_app_tag_mask": (20, _U16),
+    "dif_upd_src_app_tag": (22, _U16),
+    "dif_upd_dest_ref_tag": (24, _U32),
+    "dif_upd_dest_app_tag_mask": (28, _U16),
+    "dif_upd_dest_app_tag": (30, _U16),
+    # DIX generate
+    "dix_ref_tag": (24, _U32),
+    "dix_app_tag_mask": (28, _U16),
+    "dix_app_tag": (30, _U16),
 }
 
 
@@ -535,6 +582,10 @@ class Descriptor:
     def region_stride(self) -> int:
         return self._field("region_stride")
 
+    def field(self, name: str) -> int:
+        """Any ``idxd.h`` union member by name (``chk_ref_tag_seed``, ``dif_ins_flags``, ...)."""
+        return self._field(name)
+
 
 @dataclass(frozen=True, slots=True)
 class CompletionRecord:
@@ -652,6 +703,17 @@ class CompletionRecord:
     @property
     def invalid_flags(self) -> int:
         return int(_U32.unpack_from(self.op_specific)[0]) & 0xFFFFFF
+
+    @property
+    def dif_status(self) -> int:
+        """The result byte of a DIF operation: 0x01 guard, 0x02 app tag, 0x04 ref tag
+        mismatch, 0x08 all-F detected."""
+        return self.result
+
+    def field(self, name: str) -> int:
+        """An op-specific member by its ``idxd.h`` name (``dif_chk_ref_tag``, ...)."""
+        offset, st = _COMP_ALIASES[name]
+        return int(st.unpack_from(self.op_specific, offset - 16)[0])
 
 
 #: Offsets of every descriptor field, for documentation and tests: name -> (offset, size).
