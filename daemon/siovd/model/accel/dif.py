@@ -48,7 +48,30 @@ from array import array
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Final
 
-from siov_protocol.dsa import DsaCompStatus, DsaOpcode
+from siov_protocol.dsa import (
+    DIF_BLOCK_SIZES,
+    DIF_DST_APP_TAG_PASS,
+    DIF_DST_FIXED_REF_TAG,
+    DIF_DST_GUARD_PASS,
+    DIF_DST_INC_APP_TAG,
+    DIF_DST_REF_TAG_PASS,
+    DIF_FLAG_INVERT_CRC_RESULT,
+    DIF_FLAG_INVERT_CRC_SEED,
+    DIF_SRC_ALL_F_DETECT,
+    DIF_SRC_ALL_F_ERROR,
+    DIF_SRC_APP_REF_TAG_F_DETECT,
+    DIF_SRC_APP_TAG_F_DETECT,
+    DIF_SRC_FIXED_REF_TAG,
+    DIF_SRC_GUARD_CHECK_DISABLE,
+    DIF_SRC_INC_APP_TAG,
+    DIF_SRC_REF_TAG_CHECK_DISABLE,
+    DIF_STATUS_ALL_F,
+    DIF_STATUS_APP_TAG,
+    DIF_STATUS_GUARD,
+    DIF_STATUS_REF_TAG,
+    DsaCompStatus,
+    DsaOpcode,
+)
 from siovd.model.accel.ranges import overlaps, total
 from siovd.model.accel.results import SUCCESS, Desc, Res, finished, partial
 
@@ -57,34 +80,28 @@ if TYPE_CHECKING:
     from siovd.model.accel.wq import WorkItem
     from siovd.model.dma import DmaSpace
 
-BLOCK_SIZES: Final = (512, 520, 4096, 4104)
 TUPLE_SIZE: Final = 8
 POLY: Final = 0x8BB7
-
-# dif_flags (@42)
-DIF_FLAG_INVERT_SEED: Final = 0x04
-DIF_FLAG_INVERT_RESULT: Final = 0x08
-# src_dif_flags (@40)
-SRC_ALL_F_ERROR: Final = 0x01
-SRC_ALL_F_DETECT: Final = 0x02
-SRC_APP_F_DETECT: Final = 0x04
-SRC_APP_REF_F_DETECT: Final = 0x08
-SRC_INC_APP_TAG: Final = 0x10
-SRC_GUARD_CHECK_DISABLE: Final = 0x20
-SRC_REF_CHECK_DISABLE: Final = 0x40
-SRC_FIXED_REF_TAG: Final = 0x80
-# dest_dif_flags (@41)
-DST_APP_PASS: Final = 0x08
-DST_INC_APP_TAG: Final = 0x10
-DST_GUARD_PASS: Final = 0x20
-DST_REF_PASS: Final = 0x40
-DST_FIXED_REF_TAG: Final = 0x80
-DST_RESERVED: Final = 0x07
-# dif_status bits in the result byte
-STATUS_GUARD: Final = 0x01
-STATUS_APP: Final = 0x02
-STATUS_REF: Final = 0x04
-STATUS_ALL_F: Final = 0x08
+BLOCK_SIZES: Final = DIF_BLOCK_SIZES
+DIF_FLAG_INVERT_SEED: Final = DIF_FLAG_INVERT_CRC_SEED
+DIF_FLAG_INVERT_RESULT: Final = DIF_FLAG_INVERT_CRC_RESULT
+SRC_ALL_F_ERROR: Final = DIF_SRC_ALL_F_ERROR
+SRC_ALL_F_DETECT: Final = DIF_SRC_ALL_F_DETECT
+SRC_APP_F_DETECT: Final = DIF_SRC_APP_TAG_F_DETECT
+SRC_APP_REF_F_DETECT: Final = DIF_SRC_APP_REF_TAG_F_DETECT
+SRC_INC_APP_TAG: Final = DIF_SRC_INC_APP_TAG
+SRC_GUARD_CHECK_DISABLE: Final = DIF_SRC_GUARD_CHECK_DISABLE
+SRC_REF_CHECK_DISABLE: Final = DIF_SRC_REF_TAG_CHECK_DISABLE
+SRC_FIXED_REF_TAG: Final = DIF_SRC_FIXED_REF_TAG
+DST_APP_PASS: Final = DIF_DST_APP_TAG_PASS
+DST_INC_APP_TAG: Final = DIF_DST_INC_APP_TAG
+DST_GUARD_PASS: Final = DIF_DST_GUARD_PASS
+DST_REF_PASS: Final = DIF_DST_REF_TAG_PASS
+DST_FIXED_REF_TAG: Final = DIF_DST_FIXED_REF_TAG
+STATUS_GUARD: Final = DIF_STATUS_GUARD
+STATUS_APP: Final = DIF_STATUS_APP_TAG
+STATUS_REF: Final = DIF_STATUS_REF_TAG
+STATUS_ALL_F: Final = DIF_STATUS_ALL_F
 
 _DIF_ERR: Final = int(DsaCompStatus.DIF_ERR)
 _XFER_ERANGE: Final = int(DsaCompStatus.XFER_ERANGE)
