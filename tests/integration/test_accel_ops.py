@@ -529,3 +529,34 @@ async def test_dif_family_through_the_socket(siovd: RunningDaemon) -> None:
 
 def strip_tuples(protected: bytes) -> bytes:
     return b"".join(protected[i : i + 512] for i in range(0, len(protected), 520))
+
+
+async def test_software_errors_land_in_the_event_log(siovd: RunningDaemon) -> None:
+    """A record address that is not 32-byte aligned cannot carry the error: besides the
+    software-error interrupt, the device writes a registers.h ``struct dsa_evl_entry``."""
+    async with siov.connect(siovd.path) as client:
+        mdev, _buf = await setup(client)
+        # consume what earlier tests left, and arm the one-shot EVENT_EVL
+        while True:
+            drained = await client.call(Command.ACCEL_EVL_READ, {"device": "dsa0", "arm": True})
+            if not drained["entries"]:
+                break
+        assert drained["size"] == 64 and drained["head"] == drained["tail"]
+        result = await mdev.submit(dsa.memmove(DST, SRC, 64, completion=CR + 8))
+        assert result.all_accepted
+        with trio.fail_after(5):
+            event = await client.next_event(Command.EVENT_EVL)
+        assert event.body == {"device": "dsa0", "entries": 1}
+        reply = await client.call(Command.ACCEL_EVL_READ, {"device": "dsa0"})
+        assert reply["int_pending"] is True and reply["lost"] == 0
+        entry = reply["entries"]
+        assert len(entry) == 64
+        word, _, _, _, fault_addr, _ = struct.unpack_from("<QHHIQQ", entry)
+        assert word >> 2 & 1 and word >> 3 & 1  # desc_valid, wq_idx_valid
+        assert not word >> 4 & 1  # not in a batch
+        assert word >> 8 & 0xFF == dsa.DSA_COMP_CRA_ALIGN  # error
+        assert word >> 32 & 0xFF == dsa.DSA_OPCODE_MEMMOVE  # operation
+        assert fault_addr == CR + 8
+        assert entry[32] == dsa.DSA_COMP_CRA_ALIGN  # the completion record it could not write
+        again = await client.call(Command.ACCEL_EVL_READ, {"device": "dsa0"})
+        assert again["entries"] == b"" and again["int_pending"] is False
