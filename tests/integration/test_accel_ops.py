@@ -538,7 +538,7 @@ async def test_software_errors_land_in_the_event_log(siovd: RunningDaemon) -> No
         mdev, _buf = await setup(client)
         # consume what earlier tests left, and arm the one-shot EVENT_EVL
         while True:
-            drained = await client.call(Command.ACCEL_EVL_READ, {"device": "dsa0", "arm": True})
+            drained = await client.accel_evl_read("dsa0", arm=True)
             if not drained["entries"]:
                 break
         assert drained["size"] == 64 and drained["head"] == drained["tail"]
