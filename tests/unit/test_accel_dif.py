@@ -97,6 +97,15 @@ def test_crc16_t10_table_agrees_with_the_bit_serial_reference() -> None:
         assert crc16_t10(data[length // 2 :], crc16_t10(data[: length // 2])) == crc16_t10(data)
 
 
+@pytest.mark.parametrize("length", [2, 9, 511, *BLOCKS])
+def test_guard_by_parity_masks_agrees_with_the_bit_serial_reference(length: int) -> None:
+    rnd = random.Random(length)
+    for _ in range(3):
+        data = rnd.randbytes(length)
+        for flags in (0, DIF_FLAG_INVERT_CRC_SEED, DIF_FLAG_INVERT_CRC_RESULT, 0x0C):
+            assert guard(data, flags) == ref_guard(data, flags)
+
+
 def test_guard_seed_and_result_inversion() -> None:
     data = b"123456789"
     assert guard(data) == 0xD0DB
