@@ -151,7 +151,7 @@ def device_to_json(device: DsaDevice, save: bool = False) -> Json:
                 "work_queue_size": device.total_wq_size,
                 "numa_node": -1,
                 "op_cap": _op_cap_words(caps.OPCAP),
-                "gen_cap": _hex(caps.GENCAP),
+                "gen_cap": _hex(caps.GENCAP | caps.GENCAP_EVL_SUPPORT),
                 "version": _hex(caps.DSA_VERSION),
                 "state": "enabled" if device.enabled else "disabled",
             }

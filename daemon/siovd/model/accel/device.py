@@ -14,6 +14,7 @@ from typing import Final
 
 from siovd.model.accel import caps
 from siovd.model.accel.attrs import as_bool, as_int
+from siovd.model.accel.evl import EVL_SIZE_DEFAULT, EVL_SIZE_MAX, EVL_SIZE_MIN, EventLog
 from siovd.model.accel.registers import GroupRegs, WqRegs, bar0_image
 from siovd.model.accel.wq import SubmitResult, WorkItem, WorkQueue
 from siovd.model.errors import SiovError
@@ -35,8 +36,8 @@ GROUP_ATTR_ALIASES: Final = {
 GROUP_PROGRESS_LIMITS: Final = ("desc_progress_limit", "batch_progress_limit")
 DEVICE_ATTRS: Final = ("read_buffer_limit", "event_log_size")
 #: sysfs.c event_log_size_store: IDXD_EVL_SIZE_MIN..IDXD_EVL_SIZE_MAX entries
-EVENT_LOG_SIZE_MIN: Final = 0x40
-EVENT_LOG_SIZE_MAX: Final = 0xFFFF
+EVENT_LOG_SIZE_MIN: Final = EVL_SIZE_MIN
+EVENT_LOG_SIZE_MAX: Final = EVL_SIZE_MAX
 DEVICE_KINDS: Final = ("dsa", "iax")
 DEVICE_ATTR_ALIASES: Final = {"token_limit": "read_buffer_limit"}
 
@@ -225,9 +226,10 @@ class DsaDevice:
         self.configurable = True
         self.enabled = False
         self.read_buffer_limit = 0
-        #: DSA 2.0 event log entries (stored for accel-config; the event log itself is not
-        #: modelled here)
-        self.event_log_size = EVENT_LOG_SIZE_MIN
+        #: entries of the event log set up when the device is enabled (accel-config
+        #: ``event_log_size``); the log itself exists while the device is enabled
+        self.event_log_size = EVL_SIZE_DEFAULT
+        self.event_log: EventLog | None = None
         self.groups = [Group(self, i) for i in range(max_groups)]
         self.engines = [Engine(self, i) for i in range(max_engines)]
         self.wqs = [WorkQueue(self, i) for i in range(max_wqs)]
@@ -311,6 +313,7 @@ class DsaDevice:
         for group in self.groups:
             if group.wqs and not group.engines:
                 raise SiovError(errno.ENXIO, f"{self.name}: {group.dev_name} has WQs but no engine")
+        self.event_log = EventLog(self.event_log_size)
         self.enabled = True
 
     def disable(self) -> None:
@@ -325,6 +328,7 @@ class DsaDevice:
         for wq in self.wqs:
             if wq.enabled:
                 wq.disable()
+        self.event_log = None
         self.enabled = False
 
     # -- portals ------------------------------------------------------------------------------
