@@ -294,12 +294,6 @@ class Client:
         """:meth:`request` for commands whose reply carries no fds: just the body."""
         return (await self.request(command, body, fds)).body
 
-    async def send_no_reply(
-        self, command: Command | int, body: dict[str, Any] | None = None
-    ) -> None:
-        _, data = self._conn.send_command(command, body, no_reply=True)
-        await self._send(data)
-
     def events(self) -> trio.MemoryReceiveChannel[Event]:
         """The stream of daemon events (faults, page requests, interrupts, removals).
 

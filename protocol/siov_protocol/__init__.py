@@ -11,7 +11,7 @@ from .connection import (
     Role,
 )
 from .errors import FieldError, ProtocolError, SiovProtocolError
-from .header import HEADER_SIZE, Header
+from .header import HEADER_SIZE
 from .messages import PROTOCOL_MAJOR, PROTOCOL_MINOR
 from .schema import decode, encode
 
@@ -26,7 +26,6 @@ __all__ = [
     "Command",
     "Connection",
     "FieldError",
-    "Header",
     "Message",
     "ProtocolError",
     "Role",

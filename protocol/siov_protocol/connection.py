@@ -2,7 +2,8 @@
 
 Nothing here touches a socket. The caller feeds what ``recvmsg`` gave it with
 :meth:`Connection.receive_data` and pulls events with :meth:`Connection.next_event`, and asks
-:meth:`Connection.send` for the bytes of a message before writing them (with their fds) itself.
+:meth:`Connection.send_command`, :meth:`~Connection.send_reply` or :meth:`~Connection.send_error`
+for the bytes of a message before writing them (with their fds) itself.
 
 Framing rules (SPEC.md "Framing"):
 
@@ -31,6 +32,7 @@ from .header import (
     FLAG_NO_REPLY,
     HEADER,
     HEADER_SIZE,
+    KNOWN_FLAGS,
     MAX_MSG_ID,
     TYPE_COMMAND,
     TYPE_MASK,
@@ -244,9 +246,7 @@ class Connection:
                 msg_id,
             )
         kind = flags & TYPE_MASK
-        if kind not in (TYPE_COMMAND, TYPE_REPLY) or flags & ~(
-            TYPE_MASK | FLAG_NO_REPLY | FLAG_ERROR
-        ):
+        if kind not in (TYPE_COMMAND, TYPE_REPLY) or flags & ~KNOWN_FLAGS:
             raise ProtocolError(errno.EINVAL, f"unknown flags {flags:#x}", msg_id)
         if kind == TYPE_REPLY:
             if self.role is Role.SERVER or msg_id not in self._outstanding:

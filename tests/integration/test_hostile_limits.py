@@ -1,9 +1,9 @@
 """Limits a hostile client runs into: each answers with its errno and names itself.
 
 ``server.max_clients`` (EAGAIN to the first message of a connection over it, then the close),
-``limits.requests_in_flight`` (EAGAIN past it), and the negotiated ``max_msg_size``, which no
-reply exceeds: TRANSLATE returns as many runs as fit, DIRTY_BITMAP refuses before it reads (and
-maybe clears) D bits it could not send, anything else too large is EMSGSIZE.
+and the negotiated ``max_msg_size``, which no reply exceeds: TRANSLATE returns as many runs as
+fit, DIRTY_BITMAP refuses before it reads (and maybe clears) D bits it could not send,
+anything else too large is EMSGSIZE.
 """
 
 from __future__ import annotations
@@ -20,10 +20,7 @@ import trio
 
 import siov
 from siov_protocol import Command
-from siov_protocol.messages import Empty
-from siovd.service.handlers import Context, Handler, registry
 from siovd.service.server import MAX_REFUSING
-from siovd.service.session import Phase
 from tests.conftest import RunningDaemon, make_config, start_daemon
 from tests.fuzz.wire import HDR, HEADER_SIZE, body, frame
 
@@ -137,39 +134,6 @@ async def test_max_clients_answers_eagain_naming_the_limit(
             await trio.sleep(0.01)
     async with siov.connect(running.path) as c:  # room again
         assert await c.ping(b"c") == b"c"
-    running.server.nursery.cancel_scope.cancel()
-
-
-async def test_async_requests_in_flight_are_capped(nursery: trio.Nursery, sock_dir: str) -> None:
-    """A handler that waits (as a page request does) holds a slot; past the limit, EAGAIN."""
-    limit = 8
-    cfg = make_config(limits={"requests_in_flight": limit})
-    running = await start_daemon(nursery, os.path.join(sock_dir, "f.sock"), cfg)
-    release = trio.Event()
-
-    async def waits(ctx: Context, req: Empty) -> dict[str, Any]:
-        await release.wait()
-        return {"done": True}
-
-    # a number no handler serves (every command has one now: borrow an event's number)
-    command = next(c for c in Command if c not in registry.handlers)
-    registry.handlers[command] = Handler(command, Empty, waits, True, Phase.READY, 0, False)
-    try:
-        raw = await negotiated(running.path, 1 << 20)
-        ids = [await raw.send(command, {}) for _ in range(limit + 12)]
-        refused = [await raw.recv() for _ in range(12)]  # answered at once, while 8 wait
-        assert [m for m, _, _ in refused] == ids[limit:]
-        for _, err, reply in refused:
-            assert err == errno.EAGAIN
-            assert f"limits.requests_in_flight = {limit}" in reply["message"]
-        release.set()
-        done = [await raw.recv() for _ in range(limit)]
-        assert sorted(m for m, _, _ in done) == ids[:limit]
-        assert all(err == 0 and reply == {"done": True} for _, err, reply in done)
-        assert await raw.call(command, {}) == {"done": True}  # the slots came back
-        raw.sock.close()
-    finally:
-        del registry.handlers[command]
     running.server.nursery.cancel_scope.cancel()
 
 

@@ -43,7 +43,6 @@ from siov_protocol.dsa import DSA_DESC_SIZE
 from siov_protocol.messages_accel import (
     PAGE_RESP_SUCCESS,
     SUBMIT_ACCEPTED,
-    SUBMIT_DROPPED,
     SUBMIT_RETRY,
 )
 from siovd.model.accel import (
@@ -74,11 +73,6 @@ log = structlog.get_logger("siovd.accel")
 #: How long one run of a group's engines may go on before other tasks get the loop back.
 TIME_SLICE_S: Final = 0.002
 _ONE: Final = (1).to_bytes(8, "little")
-_RESULT_BYTE: Final = {
-    SubmitResult.ACCEPTED: SUBMIT_ACCEPTED,
-    SubmitResult.RETRY: SUBMIT_RETRY,
-    SubmitResult.DROPPED: SUBMIT_DROPPED,
-}
 
 
 class MdevState:

@@ -87,8 +87,6 @@ class ClientConnection:
         self.write_lock = trio.Lock()
         self.events_ready = trio.Event()
         self.log = log
-        self.nursery: trio.Nursery | None = None
-        self.async_in_flight = 0  # async handlers of this connection not yet done
 
     # ---- writing ---------------------------------------------------------------------------
 
@@ -143,7 +141,6 @@ class ClientConnection:
         self.log.info("client connected", peer=self.session.peer)
         try:
             async with trio.open_nursery() as nursery:
-                self.nursery = nursery
                 nursery.start_soon(self.pump_events)
                 nursery.start_soon(self.handshake_deadline)
                 await self.read_loop()
@@ -228,18 +225,6 @@ class ClientConnection:
                 await self.reply_error(msg.msg_id, msg.command, *err)
             return
         assert handler is not None
-        if handler.is_async:
-            limit = self.daemon.config.limits.requests_in_flight
-            if self.async_in_flight >= limit:
-                close_fds(fds)
-                if not msg.no_reply:
-                    text = f"limit reached: limits.requests_in_flight = {limit} still running"
-                    await self.reply_error(msg.msg_id, msg.command, errno.EAGAIN, text)
-                return
-            assert self.nursery is not None
-            self.async_in_flight += 1
-            self.nursery.start_soon(self.run_counted, handler, msg, fds)
-            return
         self.server.in_flight += 1
         try:
             reply = self.call(handler, msg, fds)
@@ -275,7 +260,7 @@ class ClientConnection:
     def call(
         self, handler: Handler, msg: Message, fds: list[int]
     ) -> tuple[bytes, tuple[int, ...]] | None:
-        """Run a synchronous handler; return the reply bytes and fds to send."""
+        """Run a handler; return the reply bytes and fds to send."""
         ctx = Context(self.daemon, self.session, msg.msg_id, msg.command, fds)
         try:
             req: Any = decode(handler.schema, msg.body)
@@ -304,36 +289,6 @@ class ClientConnection:
             text = f"the reply ({len(data)} bytes) exceeds the negotiated max_msg_size {limit}"
             return self.conn.send_error(msg.msg_id, msg.command, errno.EMSGSIZE, text), ()
         return data, reply_fds
-
-    async def run_counted(self, handler: Handler, msg: Message, fds: list[int]) -> None:
-        """:meth:`run_async`, counted against ``limits.requests_in_flight`` until its reply
-        is written (a reply waiting for a slow reader still holds its memory)."""
-        try:
-            await self.run_async(handler, msg, fds)
-        finally:
-            self.async_in_flight -= 1
-
-    async def run_async(self, handler: Handler, msg: Message, fds: list[int]) -> None:
-        ctx = Context(self.daemon, self.session, msg.msg_id, msg.command, fds)
-        self.server.in_flight += 1
-        try:
-            try:
-                req: Any = decode(handler.schema, msg.body)
-                result = await handler.fn(ctx, req)  # type: ignore[misc]
-                reply = self.encode_reply(msg, result)
-            except (FieldError, SiovError) as exc:
-                close_fds(ctx.fds)
-                reply = self.conn.send_error(msg.msg_id, msg.command, exc.errno, exc.message), ()
-            except Exception as exc:
-                close_fds(ctx.fds)
-                self.log.exception("handler failed", command=handler.command.name)
-                self.daemon.counters["handler_failures"] += 1
-                text = f"internal error in {handler.command.name}: {type(exc).__name__}"
-                reply = self.conn.send_error(msg.msg_id, msg.command, errno.EIO, text), ()
-        finally:
-            self.server.in_flight -= 1
-        if not msg.no_reply:
-            await self.send(*reply)
 
     async def pump_events(self) -> None:
         """Send queued events in order; the queue itself is bounded by the session."""

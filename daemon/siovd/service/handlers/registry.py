@@ -1,14 +1,13 @@
 """The table from command number to handler.
 
-A handler is a thin function: its request arrives validated against its schema, it calls the
-domain model, it returns the reply body. Handlers that may wait (a page request, a slow drain)
-are ``async`` and run in their own task, so one client can have many requests in flight.
+A handler is a thin, synchronous function: its request arrives validated against its schema,
+it calls the domain model, it returns the reply. Nothing a handler does waits: work that takes
+time (descriptors, page requests) is queued to the engine tasks, which answer with events.
 """
 
 from __future__ import annotations
 
-import inspect
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -32,16 +31,14 @@ class Context:
 
 
 Reply = dict[str, Any] | Any | None
-SyncFn = Callable[[Context, Any], Reply]
-AsyncFn = Callable[[Context, Any], Awaitable[Reply]]
+HandlerFn = Callable[[Context, Any], Reply]
 
 
 @dataclass(frozen=True, slots=True)
 class Handler:
     command: Command
     schema: type
-    fn: SyncFn | AsyncFn
-    is_async: bool
+    fn: HandlerFn
     phase: Phase  # the earliest phase the command is allowed in
     max_fds: int  # fds the command takes; more is EINVAL
     admin: bool  # admin role only
@@ -63,9 +60,7 @@ class Registry:
         def register(fn: Any) -> Any:
             if command in self.handlers:
                 raise RuntimeError(f"{command.name} registered twice")
-            self.handlers[command] = Handler(
-                command, schema, fn, inspect.iscoroutinefunction(fn), phase, max_fds, admin
-            )
+            self.handlers[command] = Handler(command, schema, fn, phase, max_fds, admin)
             return fn
 
         return register
