@@ -27,7 +27,7 @@ from siov_protocol import (
     Connection,
     Message,
     ProtocolError,
-    Role,
+    Side,
 )
 
 from .buffers import Buffer, memfd, page_align
@@ -83,7 +83,7 @@ class Client:
         self._sock = sock
         self._raw = socket.socket(fileno=os.dup(sock.fileno()))
         self._raw.setblocking(False)
-        self._conn = Connection(Role.CLIENT, max_msg_size=64 << 20, max_fds=253)
+        self._conn = Connection(Side.CLIENT, max_msg_size=64 << 20, max_fds=253)
         self._pending: dict[int, _Pending] = {}
         self._write_lock = trio.Lock()
         self._events_send, self._events_recv = trio.open_memory_channel[Event](event_buffer)

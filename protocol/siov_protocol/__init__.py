@@ -8,7 +8,7 @@ from .connection import (
     BadMessage,
     Connection,
     Message,
-    Role,
+    Side,
 )
 from .errors import FieldError, ProtocolError, SiovProtocolError
 from .header import HEADER_SIZE
@@ -28,7 +28,7 @@ __all__ = [
     "FieldError",
     "Message",
     "ProtocolError",
-    "Role",
+    "Side",
     "SiovProtocolError",
     "decode",
     "encode",

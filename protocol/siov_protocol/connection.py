@@ -44,7 +44,9 @@ DEFAULT_MAX_FDS = 8
 MAX_DEPTH = 32  # nesting of maps/arrays in a body; msgpack's own limit is 1024
 
 
-class Role(enum.Enum):
+class Side(enum.Enum):
+    """Which end of the connection this is (not to be confused with a client's auth Role)."""
+
     CLIENT = "client"
     SERVER = "server"
 
@@ -152,13 +154,14 @@ def encode_body(body: dict[str, Any] | None) -> bytes:
 class Connection:
     """One side of a siov connection, without I/O.
 
-    ``role`` decides what may arrive: a server accepts only commands (a reply would answer a
-    command it never sent), a client accepts replies to its outstanding commands and events.
+    ``role`` (a :class:`Side`) decides what may arrive: a server accepts only commands (a reply
+    would answer a command it never sent), a client accepts replies to its outstanding commands
+    and events.
     """
 
     def __init__(
         self,
-        role: Role,
+        role: Side,
         *,
         max_msg_size: int = DEFAULT_MAX_MSG_SIZE,
         max_fds: int = DEFAULT_MAX_FDS,
@@ -249,11 +252,11 @@ class Connection:
         if kind not in (TYPE_COMMAND, TYPE_REPLY) or flags & ~KNOWN_FLAGS:
             raise ProtocolError(errno.EINVAL, f"unknown flags {flags:#x}", msg_id)
         if kind == TYPE_REPLY:
-            if self.role is Role.SERVER or msg_id not in self._outstanding:
+            if self.role is Side.SERVER or msg_id not in self._outstanding:
                 raise ProtocolError(
                     errno.EPROTO, f"reply {msg_id} answers no command that was sent", msg_id
                 )
-        elif self.role is Role.CLIENT and not is_event(command):
+        elif self.role is Side.CLIENT and not is_event(command):
             raise ProtocolError(errno.EPROTO, f"command {command:#x} sent to a client", msg_id)
 
     def _compact(self) -> None:

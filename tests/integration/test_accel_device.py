@@ -17,6 +17,7 @@ import trio
 import siov
 from siov import dsa
 from siov_protocol import Command
+from siov_protocol.auth import Role
 from siov_protocol.messages_accel import (
     IRQ_MSIX,
     IRQ_SET_ACTION_MASK,
@@ -28,7 +29,6 @@ from siov_protocol.messages_accel import (
     REGION_FLAG_WRITE,
     SUBMIT_ACCEPTED,
 )
-from siovd.service.session import Role
 from tests.conftest import DaemonProcess, RunningDaemon
 
 MiB = 1 << 20

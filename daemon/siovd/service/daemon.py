@@ -15,6 +15,7 @@ from collections.abc import Callable
 from typing import Any
 
 from siov_protocol import Command
+from siov_protocol.auth import Role
 from siovd import __version__
 from siovd.host.auth import AuthPolicy, PeerCredentials, new_nonce
 from siovd.host.config import Config, ConfigError
@@ -26,9 +27,10 @@ from siovd.model.bus import Bus
 from siovd.model.errors import SiovError
 from siovd.model.iommu import FaultRecord, Iommu
 from siovd.model.memory import PhysicalMemory, Region
+from siovd.model.owner import HOST
 from siovd.model.testparent import SiovTestParent
 from siovd.service.accel_runtime import AccelRuntime
-from siovd.service.session import Role, Session
+from siovd.service.session import Session
 
 Authenticator = Callable[[Session, bytes | None, bytes | None], tuple[str, Role]]
 
@@ -87,7 +89,7 @@ class Daemon:
         identity = self.auth_policy.authenticate(
             peer, nonce=session.nonce, public_key=public_key, signature=signature
         )
-        return identity.name, Role(identity.role.value)
+        return identity.name, identity.role
 
     def _autostart(self) -> dict[str, str]:
         """Start every ``auto`` definition with its UUID; return the ones that failed."""
@@ -157,7 +159,7 @@ class Daemon:
             "devices": len(self.bus.list(None)),
             "groups": len(self.iommu.groups(None)),
             "domains": len(self.iommu.domains(None)),
-            "memory_regions": sum(1 for r in self.memory.regions(None) if r.owner != 0),
+            "memory_regions": sum(1 for r in self.memory.regions(None) if r.owner != HOST),
         }
 
     # ---- authentication ---------------------------------------------------------------------

@@ -28,7 +28,7 @@ from siov_protocol import (
     FieldError,
     Message,
     ProtocolError,
-    Role,
+    Side,
     decode,
 )
 from siov_protocol.header import FLAG_NO_REPLY, HEADER_SIZE
@@ -81,7 +81,7 @@ class ClientConnection:
         self.raw.setblocking(False)
         cfg = self.daemon.config
         self.conn = Connection(
-            Role.SERVER, max_msg_size=cfg.protocol.max_msg_size, max_fds=MAX_FDS_RECEIVED
+            Side.SERVER, max_msg_size=cfg.protocol.max_msg_size, max_fds=MAX_FDS_RECEIVED
         )
         self.session = Session(peer=_peer_credentials(self.raw), event_limit=cfg.limits.event_queue)
         self.write_lock = trio.Lock()
@@ -417,7 +417,7 @@ class Server:
                         return
                     head += data
                 msg_id, command = struct.unpack_from("<HH", head)
-                reply = Connection(Role.SERVER).send_error(msg_id, command, errno.EAGAIN, message)
+                reply = Connection(Side.SERVER).send_error(msg_id, command, errno.EAGAIN, message)
                 await sock.send(reply)
                 sock.shutdown(socket.SHUT_WR)
                 while await sock.recv(65536):  # the client closes first: a clean EOF, no reset

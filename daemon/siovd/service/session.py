@@ -16,6 +16,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from siov_protocol.auth import Role
 from siovd.model.errors import SiovError
 
 _ids = itertools.count(1)
@@ -27,11 +28,6 @@ class Phase(enum.IntEnum):
     AWAIT_VERSION = 0
     AWAIT_AUTH = 1
     READY = 2
-
-
-class Role(enum.Enum):
-    USER = "user"
-    ADMIN = "admin"
 
 
 @dataclass(slots=True)

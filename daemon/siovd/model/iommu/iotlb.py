@@ -16,8 +16,7 @@ from __future__ import annotations
 from collections import OrderedDict
 from typing import Any
 
-PASID_BITS = 20
-PASID_MASK = (1 << PASID_BITS) - 1
+from siov_protocol.ids import PASID_BITS
 
 # Entry fields.
 E_PHYS = 0  # physical base of the page

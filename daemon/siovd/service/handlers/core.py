@@ -8,6 +8,7 @@ from typing import Any
 import structlog
 
 from siov_protocol import PROTOCOL_MAJOR, PROTOCOL_MINOR, Command
+from siov_protocol.auth import Role
 from siov_protocol.messages import (
     PAGE_SIZES,
     AuthRequest,
@@ -20,7 +21,7 @@ from siov_protocol.messages import (
 from siovd import __version__
 from siovd.model.errors import SiovError
 from siovd.service.handlers.registry import Context, registry
-from siovd.service.session import Phase, Role
+from siovd.service.session import Phase
 
 log = structlog.get_logger("siovd")
 

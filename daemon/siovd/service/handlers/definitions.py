@@ -16,6 +16,7 @@ from siov_protocol import Command
 from siov_protocol.messages_defs import MdevDefine, MdevDefinitionRef, MdevListDefined
 from siovd.host.definitions import Definition, DefinitionStore, dumpjson
 from siovd.model.errors import SiovError
+from siovd.model.owner import HOST
 from siovd.service.handlers.registry import Context, registry
 
 log = structlog.get_logger("siovd")
@@ -35,7 +36,7 @@ def _describe(ctx: Context, definition: Definition) -> dict[str, Any]:
         "parent": definition.parent,
         **definition.config_json(),
         "running": device is not None,
-        "claimed": device is not None and device.owner != 0,
+        "claimed": device is not None and device.owner != HOST,
     }
 
 
