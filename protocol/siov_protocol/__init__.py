@@ -10,7 +10,13 @@ from .connection import (
     Message,
     Side,
 )
-from .errors import FieldError, ProtocolError, SiovProtocolError
+from .errors import (
+    FieldError,
+    LocalProtocolError,
+    ProtocolError,
+    RemoteProtocolError,
+    SiovError,
+)
 from .header import HEADER_SIZE
 from .messages import PROTOCOL_MAJOR, PROTOCOL_MINOR
 from .schema import decode, encode
@@ -26,10 +32,12 @@ __all__ = [
     "Command",
     "Connection",
     "FieldError",
+    "LocalProtocolError",
     "Message",
     "ProtocolError",
+    "RemoteProtocolError",
     "Side",
-    "SiovProtocolError",
+    "SiovError",
     "decode",
     "encode",
     "is_event",

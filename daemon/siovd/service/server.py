@@ -25,7 +25,6 @@ from siov_protocol import (
     BadMessage,
     Command,
     Connection,
-    FieldError,
     Message,
     ProtocolError,
     Side,
@@ -265,7 +264,7 @@ class ClientConnection:
         try:
             req: Any = decode(handler.schema, msg.body)
             result = handler.fn(ctx, req)
-        except (FieldError, SiovError) as exc:
+        except SiovError as exc:
             close_fds(ctx.fds)
             return self.conn.send_error(msg.msg_id, msg.command, exc.errno, exc.message), ()
         except Exception as exc:
