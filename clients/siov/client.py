@@ -7,7 +7,6 @@ requests by msg_id, and daemon events arrive on :meth:`Client.events`.
 
 from __future__ import annotations
 
-import array
 import errno
 import os
 import socket
@@ -29,6 +28,7 @@ from siov_protocol import (
     ProtocolError,
     Side,
 )
+from siov_protocol.fdpass import ANC_SPACE, fds_from_ancillary, send_nowait
 
 from .buffers import Buffer, memfd, page_align
 from .errors import ConnectionClosed, PermissionDenied, SiovError, error_for
@@ -37,7 +37,6 @@ if TYPE_CHECKING:
     from .mdev import Mdev
 
 RECV_SIZE = 256 * 1024
-ANC_SIZE = socket.CMSG_SPACE(253 * 4)
 
 
 def default_socket_path() -> str:
@@ -109,13 +108,10 @@ class Client:
         A message is never left half-written: once its first byte is out, the rest is sent
         shielded from cancellation, or the daemon would read the next message as garbage.
         """
-        anc = [(socket.SOL_SOCKET, socket.SCM_RIGHTS, array.array("i", fds))] if fds else []
         sent = 0
         if not self._write_lock.locked():
             try:
-                sent = self._raw.sendmsg([data], anc)
-            except BlockingIOError:
-                sent = 0
+                sent = send_nowait(self._raw, data, fds)
             except OSError as exc:
                 raise ConnectionClosed(f"send failed: {exc}") from None
             if sent == len(data):
@@ -125,13 +121,12 @@ class Client:
                 while sent < len(data):
                     await trio.lowlevel.wait_writable(self._raw)
                     try:
-                        n = self._raw.sendmsg([data[sent:]], [] if sent else anc)
-                    except BlockingIOError:
-                        continue
+                        n = send_nowait(self._raw, data[sent:], () if sent else fds)
                     except OSError as exc:
                         raise ConnectionClosed(f"send failed: {exc}") from None
-                    sent += n
-                    scope.shield = True
+                    if n:
+                        sent += n
+                        scope.shield = True
         return True
 
     # ---- reading: one task at a time holds the baton ----------------------------------------
@@ -145,14 +140,8 @@ class Client:
         """Wait for data, receive one chunk, deliver every message in it."""
         conn = self._conn
         try:
-            data, anc, _flags, _ = await self._sock.recvmsg(RECV_SIZE, ANC_SIZE)
-            fds: list[int] = []
-            for level, kind, blob in anc:
-                if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS:
-                    arr = array.array("i")
-                    arr.frombytes(blob[: len(blob) - len(blob) % arr.itemsize])
-                    fds.extend(arr)
-            conn.receive_data(data, fds)
+            data, anc, _flags, _ = await self._sock.recvmsg(RECV_SIZE, ANC_SPACE)
+            conn.receive_data(data, fds_from_ancillary(anc))
             if not data:
                 self._fail(ConnectionClosed("the daemon closed the connection"))
                 return

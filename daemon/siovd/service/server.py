@@ -7,7 +7,6 @@ reaches the listener: a connection that misbehaves is answered or closed, and lo
 
 from __future__ import annotations
 
-import array
 import contextlib
 import errno
 import os
@@ -30,6 +29,13 @@ from siov_protocol import (
     Side,
     decode,
 )
+from siov_protocol.fdpass import (
+    ANC_SPACE,
+    MAX_FDS_PER_MESSAGE,
+    close_fds,
+    fds_from_ancillary,
+    send_nowait,
+)
 from siov_protocol.header import FLAG_NO_REPLY, HEADER_SIZE
 from siov_protocol.schema import encode
 from siovd.host.auth import peer_credentials
@@ -45,24 +51,7 @@ RECV_SIZE = 256 * 1024
 YIELD_EVERY = 16  # messages one connection handles before letting the others run
 REFUSE_WAIT_S = 1.0  # how long a refused connection may take to send its first header
 MAX_REFUSING = 64  # refusals answered at once; past that a refused connection is just closed
-MAX_FDS_RECEIVED = 253  # receive everything the kernel can carry, then judge it
-ANC_SIZE = socket.CMSG_SPACE(MAX_FDS_RECEIVED * 4)
-
-
-def close_fds(fds: list[int] | tuple[int, ...]) -> None:
-    for fd in fds:
-        with contextlib.suppress(OSError):
-            os.close(fd)
-
-
-def fds_from_ancillary(anc: list[tuple[int, int, bytes]]) -> list[int]:
-    fds: list[int] = []
-    for level, kind, data in anc:
-        if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS:
-            arr = array.array("i")
-            arr.frombytes(data[: len(data) - (len(data) % arr.itemsize)])
-            fds.extend(arr)
-    return fds
+MAX_FDS_RECEIVED = MAX_FDS_PER_MESSAGE  # receive everything the kernel can carry, then judge it
 
 
 class ClientGone(Exception):
@@ -95,31 +84,27 @@ class ClientConnection:
         The common case is one non-blocking sendmsg with no scheduling; only a full socket
         buffer takes the slow path, which waits at most ``write_timeout_s`` for the client.
         """
-        anc = [(socket.SOL_SOCKET, socket.SCM_RIGHTS, array.array("i", fds))] if fds else []
         if not self.write_lock.locked():
             try:
-                sent = self.raw.sendmsg([data], anc)
-            except BlockingIOError:
-                sent = 0
+                sent = send_nowait(self.raw, data, fds)
             except OSError as exc:
                 raise ClientGone(str(exc)) from None
             if sent == len(data):
                 return
             if sent:
-                anc = []
+                fds = ()
             data = data[sent:]
         async with self.write_lock:
             with trio.move_on_after(self.daemon.config.server.write_timeout_s) as scope:
                 while data:
                     await trio.lowlevel.wait_writable(self.raw)
                     try:
-                        sent = self.raw.sendmsg([data], anc)
-                    except BlockingIOError:
-                        continue
+                        sent = send_nowait(self.raw, data, fds)
                     except OSError as exc:
                         raise ClientGone(str(exc)) from None
-                    anc = []
-                    data = data[sent:]
+                    if sent:
+                        fds = ()
+                        data = data[sent:]
             if scope.cancelled_caught:
                 self.daemon.counters["clients_dropped_stuck"] += 1
                 raise ClientGone("client stopped reading; write timed out")
@@ -174,7 +159,7 @@ class ClientConnection:
         handled = 0
         while True:
             try:
-                data, anc, flags, _ = await self.sock.recvmsg(RECV_SIZE, ANC_SIZE)
+                data, anc, flags, _ = await self.sock.recvmsg(RECV_SIZE, ANC_SPACE)
             except OSError as exc:
                 raise ClientGone(str(exc)) from None
             fds = fds_from_ancillary(anc)
