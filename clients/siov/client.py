@@ -258,7 +258,7 @@ class Client:
         """Send one command and wait for its reply; raise :class:`SiovError` on an error reply."""
         if self._closed is not None:
             raise self._closed
-        msg_id, data = self._conn.send_command(command, body)
+        msg_id, data = self._conn.send_command(command, body, n_fds=len(fds))
         pending = self._pending[msg_id] = _Pending()
         sent = False
         try:
@@ -316,6 +316,12 @@ class Client:
     # ---- core commands --------------------------------------------------------------------
 
     async def negotiate(self, name: str = "siov-python", *, key_path: str | None = None) -> None:
+        """VERSION, then AUTH when the daemon asks for it.
+
+        The connection's state machine (:class:`siov_protocol.ConnectionState`) moves on as
+        the replies arrive: it takes the agreed limits from the VERSION reply and says whether
+        AUTH must follow; until it is READY, it refuses to send any other command.
+        """
         body = {
             "major": PROTOCOL_MAJOR,
             "minor": PROTOCOL_MINOR,
@@ -323,7 +329,10 @@ class Client:
             "client": name,
         }
         self.version = await self.call(Command.VERSION, body)
-        mode = self.version.get("auth", "none")
+        state = self._conn.state
+        if state.ready:
+            return
+        mode = state.auth
         if mode == "peercred":
             self.identity = await self.call(Command.AUTH, {})
         elif mode == "key":

@@ -8,7 +8,6 @@ from .connection import (
     BadMessage,
     Connection,
     Message,
-    Side,
 )
 from .errors import (
     FieldError,
@@ -20,6 +19,7 @@ from .errors import (
 from .header import HEADER_SIZE
 from .messages import PROTOCOL_MAJOR, PROTOCOL_MINOR
 from .schema import decode, encode
+from .state import ConnectionState, Limits, Phase, Side, allowed_from
 
 __all__ = [
     "DEFAULT_MAX_FDS",
@@ -31,13 +31,17 @@ __all__ = [
     "BadMessage",
     "Command",
     "Connection",
+    "ConnectionState",
     "FieldError",
+    "Limits",
     "LocalProtocolError",
     "Message",
+    "Phase",
     "ProtocolError",
     "RemoteProtocolError",
     "Side",
     "SiovError",
+    "allowed_from",
     "decode",
     "encode",
     "is_event",

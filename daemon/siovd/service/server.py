@@ -24,6 +24,7 @@ from siov_protocol import (
     BadMessage,
     Command,
     Connection,
+    LocalProtocolError,
     Message,
     ProtocolError,
     Side,
@@ -43,7 +44,7 @@ from siovd.model.errors import SiovError
 from siovd.service.daemon import Daemon
 from siovd.service.engines import daemon_tasks
 from siovd.service.handlers import Context, Handler, registry
-from siovd.service.session import Phase, Session
+from siovd.service.session import Session
 
 log = structlog.get_logger("siovd.server")
 
@@ -71,7 +72,11 @@ class ClientConnection:
         self.conn = Connection(
             Side.SERVER, max_msg_size=cfg.protocol.max_msg_size, max_fds=MAX_FDS_RECEIVED
         )
-        self.session = Session(peer=_peer_credentials(self.raw), event_limit=cfg.limits.event_queue)
+        self.session = Session(
+            peer=_peer_credentials(self.raw),
+            event_limit=cfg.limits.event_queue,
+            protocol=self.conn.state,
+        )
         self.write_lock = trio.Lock()
         self.events_ready = trio.Event()
         self.log = log
@@ -140,7 +145,7 @@ class ClientConnection:
         """A connection that has not negotiated (and authenticated) in time is closed, so idle
         sockets cannot hold ``server.max_clients`` slots for ever."""
         await trio.sleep(self.daemon.config.server.handshake_timeout_s)
-        if self.session.phase is not Phase.READY:
+        if not self.session.protocol.ready:
             self.daemon.counters["handshake_timeouts"] += 1
             raise ClientGone("no VERSION/AUTH within server.handshake_timeout_s")
 
@@ -220,19 +225,15 @@ class ClientConnection:
     def refusal(
         self, handler: Handler | None, msg: Message, fds: list[int]
     ) -> tuple[int, str] | None:
-        """Why a message may not run at all, or None."""
+        """Why a message may not run at all, or None. The phase and the negotiated limits are
+        the state machine's to judge; the handler table adds its own fd count and role."""
         session = self.session
         if handler is None:
             return errno.ENOSYS, f"unknown command {msg.command:#x}"
         name = handler.command.name
-        if session.phase < handler.phase:
-            if session.phase is Phase.AWAIT_VERSION:
-                return errno.EPROTO, f"{name} before VERSION: negotiate the version first"
-            return errno.EACCES, f"{name} before AUTH: authenticate first"
-        if handler.phase is Phase.AWAIT_AUTH and session.phase is Phase.AWAIT_VERSION:
-            return errno.EPROTO, f"{name} before VERSION: negotiate the version first"
-        if len(fds) > session.max_fds:
-            return errno.EINVAL, f"{len(fds)} fds exceed the negotiated max_fds {session.max_fds}"
+        why = session.protocol.refusal(msg.command, len(fds))
+        if why is not None:
+            return why
         if len(fds) > handler.max_fds:
             if handler.max_fds == 0:
                 return errno.EINVAL, f"{name} takes no file descriptors, got {len(fds)}"
@@ -248,6 +249,9 @@ class ClientConnection:
         ctx = Context(self.daemon, self.session, msg.msg_id, msg.command, fds)
         try:
             req: Any = decode(handler.schema, msg.body)
+            again = self.session.protocol.repeat_refusal(msg.command)
+            if again is not None:
+                raise SiovError(*again)
             result = handler.fn(ctx, req)
         except SiovError as exc:
             close_fds(ctx.fds)
@@ -265,13 +269,12 @@ class ClientConnection:
         if isinstance(result, tuple):  # (body, fds to send)
             result, reply_fds = result
         body = result if isinstance(result, dict) or result is None else encode(result)
-        data = self.conn.send_reply(msg.msg_id, msg.command, body)
-        limit = self.session.max_msg_size
-        if len(data) > limit:  # SPEC §6: no message is larger than the negotiated size
+        try:
+            data = self.conn.send_reply(msg.msg_id, msg.command, body)
+        except LocalProtocolError as exc:  # SPEC §6: larger than the negotiated size
             close_fds(reply_fds)
             self.daemon.counters["replies_too_large"] += 1
-            text = f"the reply ({len(data)} bytes) exceeds the negotiated max_msg_size {limit}"
-            return self.conn.send_error(msg.msg_id, msg.command, errno.EMSGSIZE, text), ()
+            return self.conn.send_error(msg.msg_id, msg.command, exc.errno, exc.message), ()
         return data, reply_fds
 
     async def pump_events(self) -> None:
@@ -283,7 +286,14 @@ class ClientConnection:
             session.wake = self.events_ready.set
             while session.events:
                 ev = session.events.popleft()
-                _, data = self.conn.send_command(ev.command, ev.body, no_reply=True)
+                try:
+                    _, data = self.conn.send_command(
+                        ev.command, ev.body, no_reply=True, n_fds=len(ev.fds)
+                    )
+                except ProtocolError:  # too large for the client, or the connection broke
+                    close_fds(ev.fds)
+                    session.events_dropped += 1
+                    continue
                 try:
                     await self.send(data, ev.fds)
                 finally:

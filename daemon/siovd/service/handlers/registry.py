@@ -12,7 +12,6 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from siov_protocol import Command
-from siovd.service.session import Phase
 
 if TYPE_CHECKING:
     from siovd.service.daemon import Daemon
@@ -39,7 +38,6 @@ class Handler:
     command: Command
     schema: type
     fn: HandlerFn
-    phase: Phase  # the earliest phase the command is allowed in
     max_fds: int  # fds the command takes; more is EINVAL
     admin: bool  # admin role only
 
@@ -53,14 +51,13 @@ class Registry:
         command: Command,
         schema: type,
         *,
-        phase: Phase = Phase.READY,
         max_fds: int = 0,
         admin: bool = False,
     ) -> Callable[[Any], Any]:
         def register(fn: Any) -> Any:
             if command in self.handlers:
                 raise RuntimeError(f"{command.name} registered twice")
-            self.handlers[command] = Handler(command, schema, fn, phase, max_fds, admin)
+            self.handlers[command] = Handler(command, schema, fn, max_fds, admin)
             return fn
 
         return register
