@@ -11,6 +11,9 @@ from typing import Any
 import pytest
 import trio
 
+# Every daemon the tests run checks each reply against its schema (siovd.service.server).
+os.environ["SIOVD_CHECK_REPLIES"] = "1"
+
 from siovd.host import config as siovd_config
 from siovd.service.daemon import Daemon
 from siovd.service.server import Server, bind_unix_socket

@@ -24,11 +24,25 @@ from siov_protocol import (
     BadMessage,
     Command,
     Connection,
+    FieldError,
     Message,
     ProtocolError,
     Side,
 )
 from siov_protocol.fdpass import ANC_SPACE, fds_from_ancillary, send_nowait
+from siov_protocol.messages import PingReply
+from siov_protocol.replies import (
+    EVENTS,
+    REPLIES,
+    DirtyBitmapReply,
+    DmaReadReply,
+    DmaWriteReply,
+    InvalidateReply,
+    IovaToPhysReply,
+    MapReply,
+    UnmapReply,
+)
+from siov_protocol.schema import decode
 
 from .buffers import Buffer, memfd, page_align
 from .errors import ConnectionClosed, PermissionDenied, SiovError, error_for
@@ -53,6 +67,15 @@ def default_socket_path() -> str:
 class Reply:
     body: dict[str, Any]
     fds: tuple[int, ...] = ()
+    command: int | None = None
+
+    @property
+    def typed(self) -> Any:
+        """The body decoded through its command's reply schema (``siov_protocol.replies``);
+        a body that does not fit raises :class:`~siov_protocol.FieldError`."""
+        if self.command is None or self.command not in REPLIES:
+            raise FieldError(0, "", "no reply schema is known for this reply")
+        return decode(REPLIES[self.command], self.body)
 
 
 @dataclass(frozen=True, slots=True)
@@ -66,6 +89,15 @@ class Event:
     @property
     def name(self) -> str:
         return self.command.name if isinstance(self.command, Command) else hex(self.command)
+
+    @property
+    def typed(self) -> Any:
+        """The body decoded through the event's schema (``FaultEvent``, ``IrqEvent``, ...);
+        a body that does not fit raises :class:`~siov_protocol.FieldError`."""
+        schema = EVENTS.get(int(self.command))
+        if schema is None:
+            raise FieldError(0, "", f"no schema is known for event {self.name}")
+        return decode(schema, self.body)
 
 
 @dataclass
@@ -231,7 +263,7 @@ class Client:
             for fd in event.fds:
                 os.close(fd)
         else:
-            pending.reply = Reply(event.body, event.fds)
+            pending.reply = Reply(event.body, event.fds, event.command)
         pending.done.set()
 
     def _fail(self, exc: SiovError) -> None:
@@ -282,6 +314,12 @@ class Client:
     ) -> dict[str, Any]:
         """:meth:`request` for commands whose reply carries no fds: just the body."""
         return (await self.request(command, body, fds)).body
+
+    async def call_typed(
+        self, command: Command | int, body: dict[str, Any] | None = None, fds: Sequence[int] = ()
+    ) -> Any:
+        """:meth:`request`, the reply decoded through its schema (:attr:`Reply.typed`)."""
+        return (await self.request(command, body, fds)).typed
 
     def events(self) -> trio.MemoryReceiveChannel[Event]:
         """The stream of daemon events (faults, page requests, interrupts, removals).
@@ -350,9 +388,9 @@ class Client:
             )
 
     async def ping(self, payload: bytes | None = None) -> bytes | None:
-        body = await self.call(Command.PING, {"payload": payload} if payload is not None else None)
-        value = body.get("payload")
-        return bytes(value) if value is not None else None
+        body = {"payload": payload} if payload is not None else None
+        reply: PingReply = await self.call_typed(Command.PING, body)
+        return reply.payload
 
     async def info(self) -> dict[str, Any]:
         return await self.call(Command.INFO)
@@ -512,23 +550,26 @@ class Client:
         }
         if iova is not None:
             body["iova"] = iova
-        return int((await self.call(Command.MAP, body))["iova"])
+        reply: MapReply = await self.call_typed(Command.MAP, body)
+        return reply.iova
 
     async def unmap(self, domain: int, iova: int, size: int) -> int:
         """Unmap whole earlier mappings in the range; returns the bytes unmapped."""
         body = {"domain": domain, "iova": iova, "size": size}
-        return int((await self.call(Command.UNMAP, body))["unmapped"])
+        reply: UnmapReply = await self.call_typed(Command.UNMAP, body)
+        return reply.unmapped
 
     async def iova_to_phys(self, domain: int, iova: int) -> int:
-        return int(
-            (await self.call(Command.IOVA_TO_PHYS, {"domain": domain, "iova": iova}))["phys"]
-        )
+        body = {"domain": domain, "iova": iova}
+        reply: IovaToPhysReply = await self.call_typed(Command.IOVA_TO_PHYS, body)
+        return reply.phys
 
     async def dirty_bitmap(
         self, domain: int, iova: int, size: int, *, clear: bool = False
     ) -> bytes:
         body = {"domain": domain, "iova": iova, "size": size, "clear": clear}
-        return bytes((await self.call(Command.DIRTY_BITMAP, body))["bitmap"])
+        reply: DirtyBitmapReply = await self.call_typed(Command.DIRTY_BITMAP, body)
+        return reply.bitmap
 
     async def invalidate(
         self,
@@ -550,17 +591,20 @@ class Client:
         ):
             if value is not None:
                 body[key] = value
-        return int((await self.call(Command.IOTLB_INVALIDATE, body))["invalidated"])
+        reply: InvalidateReply = await self.call_typed(Command.IOTLB_INVALIDATE, body)
+        return reply.invalidated
 
     # ---- external emulators: DMA through the IOMMU -------------------------------------------
 
     async def dma_read(self, device: str, iova: int, length: int, *, pasid: int = 0) -> bytes:
         body = {"device": device, "iova": iova, "length": length, "pasid": pasid}
-        return bytes((await self.call(Command.DMA_READ, body))["data"])
+        reply: DmaReadReply = await self.call_typed(Command.DMA_READ, body)
+        return reply.data
 
     async def dma_write(self, device: str, iova: int, data: bytes, *, pasid: int = 0) -> int:
         body = {"device": device, "iova": iova, "data": bytes(data), "pasid": pasid}
-        return int((await self.call(Command.DMA_WRITE, body))["written"])
+        reply: DmaWriteReply = await self.call_typed(Command.DMA_WRITE, body)
+        return reply.written
 
     async def translate(
         self, device: str, iova: int, length: int, *, write: bool = False, pasid: int = 0

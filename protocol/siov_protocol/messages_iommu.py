@@ -197,7 +197,7 @@ class FaultEvent:
     reason: int = u(*U8)  # VT-d fault reason
     write: bool = False
     reason_name: str = text(64, default="")
-    domain: int | None = u(*U32, default=None)
+    domain: int | None = u(*U32, default=None, nil=True)
 
 
 @dataclass(frozen=True, slots=True)
@@ -207,7 +207,7 @@ class PageRequestEvent:
     pasid: int = u(*U32)
     iova: int = u(*U64)
     write: bool = False
-    domain: int | None = u(*U32, default=None)
+    domain: int | None = u(*U32, default=None, nil=True)
 
 
 @dataclass(frozen=True, slots=True)

@@ -8,7 +8,8 @@ or raises :class:`FieldError` naming the first bad field:
 * a number outside its declared range, or a text/bytes value over its declared length:
   ``ERANGE``.
 
-:func:`encode` goes the other way and leaves out fields equal to ``None``.
+:func:`encode` goes the other way and leaves out fields equal to ``None``, except those
+declared ``nil=True``: they are sent as msgpack nil (the peer learns "none", not "absent").
 """
 
 from __future__ import annotations
@@ -36,17 +37,20 @@ def u(
     *,
     default: Any = dataclasses.MISSING,
     doc: str = "",
+    nil: bool = False,
 ) -> Any:
-    """An integer field bounded to ``[lo, hi]``."""
-    meta = {"range": (lo, hi), "doc": doc}
+    """An integer field bounded to ``[lo, hi]``; ``nil``: encoded as nil when None."""
+    meta = {"range": (lo, hi), "doc": doc, "nil": nil}
     if default is dataclasses.MISSING:
         return dataclasses.field(metadata=meta)
     return dataclasses.field(default=default, metadata=meta)
 
 
-def text(max_len: int = 4096, *, default: Any = dataclasses.MISSING, doc: str = "") -> Any:
-    """A str or bytes field of at most ``max_len`` characters/bytes."""
-    meta = {"max_len": max_len, "doc": doc}
+def text(
+    max_len: int = 4096, *, default: Any = dataclasses.MISSING, doc: str = "", nil: bool = False
+) -> Any:
+    """A str or bytes field of at most ``max_len`` characters/bytes; ``nil`` as for :func:`u`."""
+    meta = {"max_len": max_len, "doc": doc, "nil": nil}
     if default is dataclasses.MISSING:
         return dataclasses.field(metadata=meta)
     return dataclasses.field(default=default, metadata=meta)
@@ -199,11 +203,25 @@ def _plain(value: Any) -> Any:
     return value
 
 
+def required() -> Any:
+    """A required field with no bounds (a bool, a map, a list of records)."""
+    return dataclasses.field()
+
+
+def nil(*, default: Any = dataclasses.MISSING) -> Any:
+    """A field of any other kind (a map, a bool, ...) encoded as nil when None."""
+    if default is dataclasses.MISSING:
+        return dataclasses.field(metadata={"nil": True})
+    return dataclasses.field(default=default, metadata={"nil": True})
+
+
 def encode(obj: Any) -> dict[str, Any]:
-    """A schema instance as a msgpack-ready map (``None`` fields left out)."""
+    """A schema instance as a msgpack-ready map (``None`` fields left out unless ``nil``)."""
     out: dict[str, Any] = {}
     for f in dataclasses.fields(obj):
         value = getattr(obj, f.name)
         if value is not None:
             out[f.name] = _plain(value)
+        elif f.metadata.get("nil"):
+            out[f.name] = None
     return out

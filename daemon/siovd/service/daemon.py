@@ -14,8 +14,9 @@ from collections import Counter
 from collections.abc import Callable
 from typing import Any
 
-from siov_protocol import Command
 from siov_protocol.auth import Role
+from siov_protocol.messages_iommu import DeviceRemovedEvent, FaultEvent
+from siov_protocol.replies import event_message
 from siovd import __version__
 from siovd.host.auth import AuthPolicy, PeerCredentials, new_nonce
 from siovd.host.config import Config, ConfigError
@@ -122,24 +123,22 @@ class Daemon:
         session = self.sessions.get(owner)
         if session is None:
             return
-        session.push_event(
-            Command.EVENT_FAULT,
-            {
-                "device": record.device,
-                "pasid": record.pasid,
-                "iova": record.iova,
-                "reason": record.reason,
-                "write": record.write,
-                "reason_name": record.reason_name,
-                "domain": record.domain,
-            },
+        event = FaultEvent(
+            device=record.device,
+            pasid=record.pasid,
+            iova=record.iova,
+            reason=record.reason,
+            write=record.write,
+            reason_name=record.reason_name,
+            domain=record.domain,
         )
+        session.push_event(*event_message(event))
 
     def _device_removed(self, device: Any) -> None:
         session = self.sessions.get(device.owner)
         if session is not None:
             session.push_event(
-                Command.EVENT_DEVICE_REMOVED, {"uuid": device.uuid, "reason": "removed"}
+                *event_message(DeviceRemovedEvent(uuid=device.uuid, reason="removed"))
             )
 
     def _release_model(self, session: Session) -> None:

@@ -22,8 +22,8 @@ import trio
 from siov_protocol import (
     NEED_DATA,
     BadMessage,
-    Command,
     Connection,
+    FieldError,
     LocalProtocolError,
     Message,
     ProtocolError,
@@ -38,6 +38,7 @@ from siov_protocol.fdpass import (
     send_nowait,
 )
 from siov_protocol.header import FLAG_NO_REPLY, HEADER_SIZE
+from siov_protocol.replies import ShutdownEvent, event_message
 from siov_protocol.schema import encode
 from siovd.host.auth import peer_credentials
 from siovd.model.errors import SiovError
@@ -50,6 +51,10 @@ log = structlog.get_logger("siovd.server")
 
 RECV_SIZE = 256 * 1024
 YIELD_EVERY = 16  # messages one connection handles before letting the others run
+#: Check every reply body against its command's reply schema before it is sent. The test
+#: suite turns this on (``SIOVD_CHECK_REPLIES=1`` reaches daemons it runs as processes too); a
+#: reply that does not decode is then answered EIO and logged as a handler bug.
+CHECK_REPLIES = os.environ.get("SIOVD_CHECK_REPLIES") == "1"
 REFUSE_WAIT_S = 1.0  # how long a refused connection may take to send its first header
 MAX_REFUSING = 64  # refusals answered at once; past that a refused connection is just closed
 MAX_FDS_RECEIVED = MAX_FDS_PER_MESSAGE  # receive everything the kernel can carry, then judge it
@@ -262,13 +267,24 @@ class ClientConnection:
             self.daemon.counters["handler_failures"] += 1
             text = f"internal error in {handler.command.name}: {type(exc).__name__}"
             return self.conn.send_error(msg.msg_id, msg.command, errno.EIO, text), ()
-        return self.encode_reply(msg, result)
+        return self.encode_reply(handler, msg, result)
 
-    def encode_reply(self, msg: Message, result: Any) -> tuple[bytes, tuple[int, ...]]:
+    def encode_reply(
+        self, handler: Handler, msg: Message, result: Any
+    ) -> tuple[bytes, tuple[int, ...]]:
         reply_fds: tuple[int, ...] = ()
         if isinstance(result, tuple):  # (body, fds to send)
             result, reply_fds = result
         body = result if isinstance(result, dict) or result is None else encode(result)
+        if CHECK_REPLIES:
+            try:
+                decode(handler.reply, body or {})
+            except FieldError as exc:
+                close_fds(reply_fds)
+                self.log.error("reply does not match its schema", command=handler.command.name)
+                self.daemon.counters["handler_failures"] += 1
+                text = f"internal error in {handler.command.name}: reply {exc.message}"
+                return self.conn.send_error(msg.msg_id, msg.command, errno.EIO, text), ()
         try:
             data = self.conn.send_reply(msg.msg_id, msg.command, body)
         except LocalProtocolError as exc:  # SPEC §6: larger than the negotiated size
@@ -427,7 +443,7 @@ class Server:
         self.closing = True
         log.info("shutting down", clients=len(self.connections), in_flight=self.in_flight)
         for client in list(self.connections):
-            client.session.push_event(Command.EVENT_SHUTDOWN, {"grace_s": grace})
+            client.session.push_event(*event_message(ShutdownEvent(grace_s=grace)))
         with trio.move_on_after(grace):
             # Polling is bounded by the grace period and runs once per process life.
             while self.in_flight or any(c.session.events for c in self.connections):  # noqa: ASYNC110

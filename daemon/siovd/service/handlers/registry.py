@@ -3,6 +3,10 @@
 A handler is a thin, synchronous function: its request arrives validated against its schema,
 it calls the domain model, it returns the reply. Nothing a handler does waits: work that takes
 time (descriptors, page requests) is queued to the engine tasks, which answer with events.
+
+Each command's reply schema comes from :data:`siov_protocol.replies.REPLIES` (a command with
+none cannot be registered): a handler returns an instance of it, or the map it encodes to, and
+the server can check the map against the schema (:attr:`Handler.reply`).
 """
 
 from __future__ import annotations
@@ -12,6 +16,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from siov_protocol import Command
+from siov_protocol.replies import REPLIES
 
 if TYPE_CHECKING:
     from siovd.service.daemon import Daemon
@@ -36,7 +41,8 @@ HandlerFn = Callable[[Context, Any], Reply]
 @dataclass(frozen=True, slots=True)
 class Handler:
     command: Command
-    schema: type
+    schema: type  # the request's
+    reply: type  # the successful reply's (siov_protocol.replies.REPLIES)
     fn: HandlerFn
     max_fds: int  # fds the command takes; more is EINVAL
     admin: bool  # admin role only
@@ -57,7 +63,10 @@ class Registry:
         def register(fn: Any) -> Any:
             if command in self.handlers:
                 raise RuntimeError(f"{command.name} registered twice")
-            self.handlers[command] = Handler(command, schema, fn, max_fds, admin)
+            reply = REPLIES.get(command)
+            if reply is None:
+                raise RuntimeError(f"{command.name} has no reply schema in REPLIES")
+            self.handlers[command] = Handler(command, schema, reply, fn, max_fds, admin)
             return fn
 
         return register
