@@ -301,7 +301,10 @@ async def test_block_on_fault_invalid_response_completes_with_the_fault(
         assert done.bytes_completed == 4096 and done.fault_addr == 0x20_0000 + 4096
 
 
-async def test_block_on_fault_times_out(nursery: trio.Nursery, sock_dir: str) -> None:
+async def test_block_on_fault_times_out(
+    nursery: trio.Nursery, sock_dir: str, autojump_clock: trio.testing.MockClock
+) -> None:
+    """On virtual time: nobody answers, and the timeout fires as soon as every task waits."""
     cfg = make_config(iommu={"page_request_timeout_s": 0.2})
     running = await start_daemon(nursery, os.path.join(sock_dir, "t.sock"), cfg)
     async with siov.connect(running.path) as client:

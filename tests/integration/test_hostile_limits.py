@@ -256,9 +256,9 @@ async def test_registered_memory_is_capped_in_bytes(nursery: trio.Nursery, sock_
 
 
 async def test_a_connection_that_never_negotiates_is_closed(
-    nursery: trio.Nursery, sock_dir: str
+    nursery: trio.Nursery, sock_dir: str, autojump_clock: trio.testing.MockClock
 ) -> None:
-
+    """On virtual time: the deadline passes as soon as every task waits, not after 0.3 s."""
     cfg = make_config(server={"handshake_timeout_s": 0.3})
     running = await start_daemon(nursery, os.path.join(sock_dir, "hs.sock"), cfg)
     idle = trio.socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
