@@ -99,12 +99,3 @@ def logged_siovd(
             except subprocess.TimeoutExpired:
                 proc.kill()
                 proc.wait()
-
-
-def settle(check: Callable[[], bool], what: str, timeout: float = 10.0) -> None:
-    """Wait until ``check()`` holds; fail naming ``what`` after ``timeout`` seconds."""
-    deadline = time.monotonic() + timeout
-    while not check():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"did not settle: {what}")
-        time.sleep(0.02)

@@ -23,6 +23,7 @@ from siov_protocol import Command
 from siovd.service.server import MAX_REFUSING
 from tests.conftest import RunningDaemon, make_config, start_daemon
 from tests.fuzz.wire import HDR, HEADER_SIZE, body, frame
+from tests.helpers import asettle
 
 MiB = 1 << 20
 PAGE = 4096
@@ -129,9 +130,7 @@ async def test_max_clients_answers_eagain_naming_the_limit(
         assert stats["daemon"]["clients_refused"] == 3 + 3 * MAX_REFUSING
         refused.sock.close()
         silent.sock.close()
-    with trio.fail_after(5):
-        while running.server.connections:  # noqa: ASYNC110  (a bounded test poll)
-            await trio.sleep(0.01)
+    await asettle(lambda: not running.server.connections, "every connection is gone", 5)
     async with siov.connect(running.path) as c:  # room again
         assert await c.ping(b"c") == b"c"
     running.server.nursery.cancel_scope.cancel()

@@ -11,16 +11,9 @@ import trio
 
 import siov
 from tests.conftest import RunningDaemon, make_config, start_daemon
+from tests.helpers import expect
 
 MiB = 1 << 20
-
-
-async def expect(err: int, coro: object, words: str = "") -> siov.SiovError:
-    with pytest.raises(siov.SiovError) as info:
-        await coro  # type: ignore[misc]
-    assert info.value.errno == err, (errno.errorcode.get(info.value.errno), info.value.message)
-    assert words in info.value.message, info.value.message
-    return info.value
 
 
 async def test_the_aux_domain_case_done_the_plain_way(siovd: RunningDaemon) -> None:

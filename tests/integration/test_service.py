@@ -12,7 +12,6 @@ import socket
 import subprocess
 import sys
 import textwrap
-import time
 from collections.abc import Iterator
 
 import pytest
@@ -21,17 +20,10 @@ import siov
 from siov.keys import generate_keypair, public_key_line
 from siov_protocol import Command
 from tests.conftest import spawn_siovd
+from tests.helpers import settle
 from tests.rawclient import RawClient
 
 SIOVCTL = [sys.executable, "-m", "siov.cli"]
-
-
-def wait_for(predicate: object, timeout: float = 15.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():  # type: ignore[operator]
-        if time.monotonic() > deadline:
-            raise AssertionError("condition not met in time")
-        time.sleep(0.02)
 
 
 # ---- socket activation and sd_notify ---------------------------------------------------------
@@ -112,7 +104,7 @@ def test_systemd_socket_activate_starts_siovd_on_first_connection(sock_dir: str)
         stderr=subprocess.DEVNULL,
     )
     try:
-        wait_for(lambda: os.path.exists(path))
+        settle(lambda: os.path.exists(path), f"{path} appears", 15)
         out = subprocess.run(
             [*SIOVCTL, "--socket", path, "--json", "info"],
             capture_output=True,
@@ -355,7 +347,11 @@ def test_definitions_survive_restarts_and_autostart(sock_dir: str) -> None:
                 vmm.remove_mdev(auto["uuid"])
         with siov.BlockingClient(path) as admin:
             # the VMM left: the mdev went back to the host, on its default domain
-            wait_for(lambda: not admin.defined(uuid=auto["uuid"])["definitions"][0]["claimed"])
+            settle(
+                lambda: not admin.defined(uuid=auto["uuid"])["definitions"][0]["claimed"],
+                "the definition's mdev is unclaimed again",
+                15,
+            )
             admin.stop(auto["uuid"])
             with pytest.raises(siov.Busy):
                 admin.undefine(manual["uuid"])  # running

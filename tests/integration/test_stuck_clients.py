@@ -24,8 +24,9 @@ import trio
 import siov
 from siov_protocol import Command
 from tests.conftest import make_config, start_daemon
-from tests.daemonproc import LoggedDaemon, logged_siovd, settle
+from tests.daemonproc import LoggedDaemon, logged_siovd
 from tests.fuzz.wire import HDR, HEADER_SIZE, TYPE_MASK, TYPE_REPLY, body, frame, request
+from tests.helpers import settle
 
 MiB = 1 << 20
 WRITE_TIMEOUT_S = 3.0
