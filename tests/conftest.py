@@ -1,4 +1,5 @@
-"""Shared fixtures: a daemon in the test's own nursery, raw frame helpers."""
+"""Shared fixtures: a daemon in the test's own nursery (start_daemon, siovd), or as a process
+(siovd_proc, through tests.daemonproc.spawn_siovd)."""
 
 from __future__ import annotations
 
@@ -17,6 +18,7 @@ os.environ["SIOVD_CHECK_REPLIES"] = "1"
 from siovd.host import config as siovd_config
 from siovd.service.daemon import Daemon
 from siovd.service.server import Server, bind_unix_socket
+from tests.daemonproc import SiovdProcess, spawn_siovd
 
 
 @dataclass
@@ -64,47 +66,10 @@ async def siovd(nursery: trio.Nursery, sock_dir: str) -> AsyncIterator[RunningDa
     running.server.nursery.cancel_scope.cancel()
 
 
-def _answers(path: str) -> bool:
-    import socket
-
-    probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    try:
-        probe.connect(path)
-        return True
-    except OSError:
-        return False
-    finally:
-        probe.close()
-
-
 @dataclass
 class DaemonProcess:
     path: str
-    proc: Any  # subprocess.Popen[bytes]
-
-
-def spawn_siovd(path: str, *args: str, env: dict[str, str] | None = None) -> Any:
-    import subprocess
-    import sys
-    import time
-
-    if "--state-dir" not in args:
-        args = ("--state-dir", path + ".state", *args)
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "siovd", "--socket", path, "--log-format", "json", *args],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        env=env,
-    )
-    deadline = time.monotonic() + 20
-    while not _answers(path):
-        if proc.poll() is not None:
-            raise RuntimeError(f"siovd exited: {proc.stderr.read().decode()}")
-        if time.monotonic() > deadline:
-            proc.kill()
-            raise RuntimeError("siovd did not start in 20 s")
-        time.sleep(0.02)
-    return proc
+    proc: SiovdProcess
 
 
 @pytest.fixture(scope="module")

@@ -19,7 +19,7 @@ import pytest
 import siov
 from siov.keys import generate_keypair, public_key_line
 from siov_protocol import Command
-from tests.conftest import spawn_siovd
+from tests.daemonproc import spawn_siovd
 from tests.helpers import settle
 from tests.rawclient import RawClient
 
@@ -27,6 +27,11 @@ SIOVCTL = [sys.executable, "-m", "siov.cli"]
 
 
 # ---- socket activation and sd_notify ---------------------------------------------------------
+
+
+def read_log_text(path: str) -> str:
+    with open(path, errors="replace") as fh:
+        return fh.read()
 
 
 def _activated(path: str, sock_dir: str, env: dict[str, str]) -> subprocess.Popen[bytes]:
@@ -87,6 +92,8 @@ def test_socket_activation_serves_the_inherited_socket(sock_dir: str) -> None:
 @pytest.mark.skipif(shutil.which("systemd-socket-activate") is None, reason="needs systemd")
 def test_systemd_socket_activate_starts_siovd_on_first_connection(sock_dir: str) -> None:
     path = os.path.join(sock_dir, "sa.sock")
+    log_path = os.path.join(sock_dir, "sa.log")  # not DEVNULL: a failure shows the daemon's log
+    log = open(log_path, "wb")  # noqa: SIM115  (closed in the finally below)
     proc = subprocess.Popen(
         [
             "systemd-socket-activate",
@@ -101,21 +108,26 @@ def test_systemd_socket_activate_starts_siovd_on_first_connection(sock_dir: str)
             "--log-format",
             "json",
         ],
-        stderr=subprocess.DEVNULL,
+        stdout=log,
+        stderr=log,
     )
     try:
-        settle(lambda: os.path.exists(path), f"{path} appears", 15)
+        try:
+            settle(lambda: os.path.exists(path), f"{path} appears", 15)
+        except AssertionError as exc:
+            raise AssertionError(f"{exc}; the daemon logged:\n{read_log_text(log_path)}") from None
         out = subprocess.run(
             [*SIOVCTL, "--socket", path, "--json", "info"],
             capture_output=True,
             timeout=60,
             text=True,
         )
-        assert out.returncode == 0, out.stderr
+        assert out.returncode == 0, (out.stderr, read_log_text(log_path))
         assert json.loads(out.stdout)["socket"] == path
     finally:
         proc.terminate()
         proc.wait(15)
+        log.close()
 
 
 @pytest.fixture
