@@ -8,8 +8,9 @@ or raises :class:`FieldError` naming the first bad field:
 * a number outside its declared range, or a text/bytes value over its declared length:
   ``ERANGE``.
 
-:func:`encode` goes the other way and leaves out fields equal to ``None``, except those
-declared ``nil=True``: they are sent as msgpack nil (the peer learns "none", not "absent").
+:func:`encode` goes the other way and leaves out optional fields equal to ``None``; a
+required field, or one declared ``nil=True``, is sent as msgpack nil (the peer learns "none",
+not "absent").
 """
 
 from __future__ import annotations
@@ -72,6 +73,7 @@ class _Field:
     default: Any
     range: tuple[int, int] | None
     max_len: int | None
+    nil: bool  # encoded as nil when None
 
 
 _cache: dict[type, tuple[_Field, ...]] = {}
@@ -98,6 +100,7 @@ def _fields(cls: type) -> tuple[_Field, ...]:
                     default,
                     f.metadata.get("range"),
                     f.metadata.get("max_len"),
+                    bool(f.metadata.get("nil")),
                 )
             )
         spec = tuple(out)
@@ -218,10 +221,10 @@ def nil(*, default: Any = dataclasses.MISSING) -> Any:
 def encode(obj: Any) -> dict[str, Any]:
     """A schema instance as a msgpack-ready map (``None`` fields left out unless ``nil``)."""
     out: dict[str, Any] = {}
-    for f in dataclasses.fields(obj):
+    for f in _fields(type(obj)):
         value = getattr(obj, f.name)
         if value is not None:
             out[f.name] = _plain(value)
-        elif f.metadata.get("nil"):
+        elif f.required or f.nil:
             out[f.name] = None
     return out

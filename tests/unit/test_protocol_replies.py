@@ -19,7 +19,7 @@ from typing import Any, get_args, get_origin
 
 import msgpack
 
-from siov_protocol import Command, decode, is_event
+from siov_protocol import Command, decode, encode, is_event
 from siov_protocol.messages_iommu import FaultEvent, PageRequestEvent
 from siov_protocol.replies import EVENTS, REPLIES, ShutdownEvent, event_message
 from siovd.service.handlers import registry
@@ -119,3 +119,27 @@ def test_events_keep_their_wire_bytes() -> None:
     assert msgpack.packb(event_message(request)[1]) == msgpack.packb(old)
     assert event_message(ShutdownEvent(grace_s=2.0)) == (Command.EVENT_SHUTDOWN, {"grace_s": 2.0})
     assert decode(FaultEvent, body) == fault
+
+
+def test_replies_handlers_return_as_instances_keep_their_wire_bytes() -> None:
+    """Handlers that return schema instances encode to the maps they used to build."""
+    from siov_protocol.messages_accel import RegionInfo, SubmitReply
+    from siov_protocol.replies import DirtyBitmapReply, MapReply
+
+    pairs = [
+        (MapReply(iova=0x1000, size=4096), {"iova": 0x1000, "size": 4096}),
+        (
+            SubmitReply(accepted=1, retry=0, dropped=0, results=b"\x00"),
+            {"accepted": 1, "retry": 0, "dropped": 0, "results": b"\x00"},
+        ),
+        (
+            RegionInfo(index=2, flags=3, size=4096, offset=0),
+            {"index": 2, "flags": 3, "size": 4096, "offset": 0},
+        ),
+        (
+            DirtyBitmapReply(bitmap=b"\x01", page_size=4096, pages=8),
+            {"bitmap": b"\x01", "page_size": 4096, "pages": 8},
+        ),
+    ]
+    for instance, old in pairs:
+        assert msgpack.packb(encode(instance)) == msgpack.packb(old), instance

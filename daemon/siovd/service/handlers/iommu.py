@@ -22,6 +22,13 @@ from siov_protocol.messages_iommu import (
     PasidDetach,
     Unmap,
 )
+from siov_protocol.replies import (
+    DirtyBitmapReply,
+    InvalidateReply,
+    IovaToPhysReply,
+    MapReply,
+    UnmapReply,
+)
 from siovd.model.errors import SiovError
 from siovd.service.handlers.registry import Context, registry
 
@@ -111,7 +118,7 @@ def detach_pasid(ctx: Context, req: PasidDetach) -> dict[str, Any]:
 
 
 @registry.command(Command.MAP, Map)
-def map_(ctx: Context, req: Map) -> dict[str, Any]:
+def map_(ctx: Context, req: Map) -> MapReply:
     daemon, owner = ctx.daemon, ctx.session.id
     domains = daemon.iommu.domains(owner)
     max_mappings = daemon.config.limits.mappings
@@ -126,27 +133,27 @@ def map_(ctx: Context, req: Map) -> dict[str, Any]:
         )
     iova = daemon.iommu.map(owner, req.domain, req.iova, req.phys, req.size, req.prot)
     log.debug("mapped", domain=req.domain, iova=hex(iova), size=req.size, prot=req.prot)
-    return {"iova": iova, "size": req.size}
+    return MapReply(iova=iova, size=req.size)
 
 
 @registry.command(Command.UNMAP, Unmap)
-def unmap(ctx: Context, req: Unmap) -> dict[str, Any]:
+def unmap(ctx: Context, req: Unmap) -> UnmapReply:
     unmapped = ctx.daemon.iommu.unmap(ctx.session.id, req.domain, req.iova, req.size)
     log.debug("unmapped", domain=req.domain, iova=hex(req.iova), bytes=unmapped)
     ctx.daemon.close_dead_mappings()
-    return {"unmapped": unmapped}
+    return UnmapReply(unmapped=unmapped)
 
 
 @registry.command(Command.IOVA_TO_PHYS, IovaToPhys)
-def iova_to_phys(ctx: Context, req: IovaToPhys) -> dict[str, Any]:
+def iova_to_phys(ctx: Context, req: IovaToPhys) -> IovaToPhysReply:
     phys = ctx.daemon.iommu.iova_to_phys(ctx.session.id, req.domain, req.iova)
     if phys is None:
         raise SiovError(errno.ENOENT, f"iova {req.iova:#x} is not mapped in domain {req.domain}")
-    return {"phys": phys}
+    return IovaToPhysReply(phys=phys)
 
 
 @registry.command(Command.DIRTY_BITMAP, DirtyBitmap)
-def dirty_bitmap(ctx: Context, req: DirtyBitmap) -> dict[str, Any]:
+def dirty_bitmap(ctx: Context, req: DirtyBitmap) -> DirtyBitmapReply:
     # Refuse before reading (and maybe clearing) D bits a reply could not carry.
     fits = (ctx.session.max_msg_size - 64) * 8
     if req.size // 4096 > fits:
@@ -158,11 +165,11 @@ def dirty_bitmap(ctx: Context, req: DirtyBitmap) -> dict[str, Any]:
     bitmap = ctx.daemon.iommu.dirty_bitmap(
         ctx.session.id, req.domain, req.iova, req.size, req.clear
     )
-    return {"bitmap": bitmap, "page_size": 4096, "pages": req.size // 4096}
+    return DirtyBitmapReply(bitmap=bitmap, page_size=4096, pages=req.size // 4096)
 
 
 @registry.command(Command.IOTLB_INVALIDATE, IotlbInvalidate)
-def iotlb_invalidate(ctx: Context, req: IotlbInvalidate) -> dict[str, Any]:
+def iotlb_invalidate(ctx: Context, req: IotlbInvalidate) -> InvalidateReply:
     pasid = req.pasid
     if req.device is not None:
         # A device-relative invalidation: its requests without PASID carry its default PASID.
@@ -172,4 +179,4 @@ def iotlb_invalidate(ctx: Context, req: IotlbInvalidate) -> dict[str, Any]:
     dropped = ctx.daemon.iommu.iotlb_invalidate(
         ctx.session.id, req.scope, req.domain, pasid, req.iova or 0, req.am
     )
-    return {"invalidated": dropped}
+    return InvalidateReply(invalidated=dropped)
