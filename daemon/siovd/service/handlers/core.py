@@ -11,9 +11,11 @@ from siov_protocol import PROTOCOL_MAJOR, PROTOCOL_MINOR, Command
 from siov_protocol.auth import Role
 from siov_protocol.messages import (
     PAGE_SIZES,
+    AuthReply,
     AuthRequest,
     Capabilities,
     Empty,
+    PingReply,
     PingRequest,
     VersionReply,
     VersionRequest,
@@ -64,7 +66,7 @@ def version(ctx: Context, req: VersionRequest) -> VersionReply:
 
 
 @registry.command(Command.AUTH, AuthRequest)
-def auth(ctx: Context, req: AuthRequest) -> dict[str, Any]:
+def auth(ctx: Context, req: AuthRequest) -> AuthReply:
     """Prove who the client is; sending this reply makes the connection READY."""
     session = ctx.session
     try:
@@ -75,12 +77,12 @@ def auth(ctx: Context, req: AuthRequest) -> dict[str, Any]:
     session.identity = identity
     session.role = role
     log.info("authenticated", identity=identity, role=role.value)
-    return {"identity": identity, "role": role.value}
+    return AuthReply(identity=identity, role=role.value)
 
 
 @registry.command(Command.PING, PingRequest)
-def ping(ctx: Context, req: PingRequest) -> dict[str, Any]:
-    return {"payload": req.payload} if req.payload is not None else {}
+def ping(ctx: Context, req: PingRequest) -> PingReply:
+    return PingReply(payload=req.payload)
 
 
 @registry.command(Command.INFO, Empty)
