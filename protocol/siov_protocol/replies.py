@@ -18,6 +18,7 @@ from .commands import Command
 from .ids import UUID_LEN
 from .messages import AuthReply, Empty, InfoReply, PingReply, StatsReply, VersionReply
 from .messages_accel import (
+    SUBMIT_MAX_DESCRIPTORS,
     DeviceInfo,
     IrqEvent,
     RegionInfo,
@@ -282,10 +283,60 @@ class DefinitionInfo:
 
 
 @dataclass(frozen=True, slots=True)
+class MdevDefineReply:
+    """One definition (the fields of :class:`DefinitionInfo`), or, for a batch define,
+    ``definitions`` alone."""
+
+    uuid: str | None = text(UUID_LEN, default=None)
+    parent: str | None = text(64, default=None)
+    mdev_type: str | None = text(64, default=None)
+    start: str | None = text(16, default=None)
+    attrs: list[dict[str, Any]] | None = None
+    running: bool | None = None
+    claimed: bool | None = None
+    definitions: list[DefinitionInfo] | None = None
+
+
+@dataclass(frozen=True, slots=True)
 class ListDefinedReply:
     definitions: list[DefinitionInfo] = required()
     dumpjson: list[dict[str, Any]] | None = None  # without uuid: mdevctl's --dumpjson
     config: dict[str, Any] | None = None  # with uuid: that definition's single JSON
+
+
+# ---- SVA and the user WQ char device -------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class SvaBindReply:
+    pasid: int = u(*U32)
+    domain: int = u(*U32)
+
+
+@dataclass(frozen=True, slots=True)
+class WqOpenReply:
+    handle: int = u(*U64)
+    pasid: int = u(*U32)
+    mode: str = text(16)
+    size: int = u(*U32)
+    wq: str = text(64)
+    domain: int = u(*U32)
+
+
+@dataclass(frozen=True, slots=True)
+class WqSubmitReply:
+    results: bytes = text(SUBMIT_MAX_DESCRIPTORS)  # one SUBMIT_* byte per descriptor
+
+
+# ---- vfio-user endpoints --------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class VfioUserEndpoint:
+    uuid: str = text(UUID_LEN)
+    path: str = text(4096)
+    domain_id: int = u(*U32)
+    dma_maps: int = u(*U32)
 
 
 # ---- events ---------------------------------------------------------------------------------
@@ -348,7 +399,15 @@ REPLIES: dict[int, type] = {
     Command.ACCEL_DISABLE_DEVICE: Empty,
     Command.ACCEL_ENABLE_WQ: Empty,
     Command.ACCEL_DISABLE_WQ: Empty,
-    Command.MDEV_DEFINE: DefinitionInfo,
+    Command.MDEV_DEFINE: MdevDefineReply,
+    Command.MDEV_SET_ATTRS: Empty,
+    Command.SVA_BIND: SvaBindReply,
+    Command.SVA_UNBIND: Empty,
+    Command.WQ_OPEN: WqOpenReply,
+    Command.WQ_SUBMIT: WqSubmitReply,
+    Command.WQ_CLOSE: Empty,
+    Command.VFIO_USER_EXPOSE: VfioUserEndpoint,
+    Command.VFIO_USER_UNEXPOSE: Empty,
     Command.MDEV_UNDEFINE: Empty,
     Command.MDEV_START: DeviceDescription,
     Command.MDEV_STOP: Empty,

@@ -26,7 +26,7 @@ from siovd.service.handlers.registry import Context, registry
 
 log = structlog.get_logger("siovd")
 
-FEATURES = ["events", "fd-memory", "dma", "dsa"]
+FEATURES = ["events", "fd-memory", "dma", "dsa", "sva"]
 
 
 @registry.command(Command.VERSION, VersionRequest)
