@@ -231,6 +231,14 @@ class AccelSaveConfigReply:
 class AccelConfigDeviceReply:
     dev: str = text(64)
     read_buffer_limit: int = u(*U32)
+    event_log_size: int = u(*U32)
+
+
+@dataclass(frozen=True, slots=True)
+class AccelLoadConfigReply:
+    devices: list[dict[str, Any]] = required()  # as ACCEL_LIST
+    messages: list[str] = required()  # what accel-config would print while loading
+    enabled: list[str] = required()  # devices and WQs the load enabled
 
 
 @dataclass(frozen=True, slots=True)
@@ -280,6 +288,17 @@ class DefinitionInfo:
     attrs: list[dict[str, Any]] = required()
     running: bool = required()
     claimed: bool = required()
+
+
+@dataclass(frozen=True, slots=True)
+class DefinitionRef:
+    uuid: str = text(UUID_LEN)
+    parent: str = text(64)
+
+
+@dataclass(frozen=True, slots=True)
+class UndefineReply:
+    undefined: list[DefinitionRef] = required()  # every definition the UUID (and parent) named
 
 
 @dataclass(frozen=True, slots=True)
@@ -390,7 +409,7 @@ REPLIES: dict[int, type] = {
     Command.SUBMIT: SubmitReply,
     Command.ACCEL_LIST: AccelDevicesReply,
     Command.ACCEL_SAVE_CONFIG: AccelSaveConfigReply,
-    Command.ACCEL_LOAD_CONFIG: AccelDevicesReply,
+    Command.ACCEL_LOAD_CONFIG: AccelLoadConfigReply,
     Command.ACCEL_CONFIG_DEVICE: AccelConfigDeviceReply,
     Command.ACCEL_CONFIG_GROUP: AccelConfigGroupReply,
     Command.ACCEL_CONFIG_ENGINE: AccelConfigEngineReply,
@@ -408,7 +427,7 @@ REPLIES: dict[int, type] = {
     Command.WQ_CLOSE: Empty,
     Command.VFIO_USER_EXPOSE: VfioUserEndpoint,
     Command.VFIO_USER_UNEXPOSE: Empty,
-    Command.MDEV_UNDEFINE: Empty,
+    Command.MDEV_UNDEFINE: UndefineReply,
     Command.MDEV_START: DeviceDescription,
     Command.MDEV_STOP: Empty,
     Command.MDEV_LIST_DEFINED: ListDefinedReply,
