@@ -28,7 +28,8 @@ from siov_protocol.dsa import (
     DsaOpcode,
 )
 from siovd.model.accel import vdsa
-from tests.daemonproc import LoggedDaemon, logged_siovd, settle
+from tests.daemonproc import LoggedDaemon, logged_siovd
+from tests.helpers import settle
 from tests.vfio_user_client import VfioUserClient
 
 MiB = 1 << 20

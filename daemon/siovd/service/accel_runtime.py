@@ -43,9 +43,11 @@ from siov_protocol.dsa import DSA_DESC_SIZE
 from siov_protocol.messages_accel import (
     PAGE_RESP_SUCCESS,
     SUBMIT_ACCEPTED,
-    SUBMIT_DROPPED,
     SUBMIT_RETRY,
+    IrqEvent,
 )
+from siov_protocol.messages_iommu import PageRequestEvent
+from siov_protocol.replies import event_message
 from siovd.model.accel import (
     MDEV_IRQ_COUNT,
     Blocked,
@@ -75,11 +77,6 @@ log = structlog.get_logger("siovd.accel")
 #: How long one run of a group's engines may go on before other tasks get the loop back.
 TIME_SLICE_S: Final = 0.002
 _ONE: Final = (1).to_bytes(8, "little")
-_RESULT_BYTE: Final = {
-    SubmitResult.ACCEPTED: SUBMIT_ACCEPTED,
-    SubmitResult.RETRY: SUBMIT_RETRY,
-    SubmitResult.DROPPED: SUBMIT_DROPPED,
-}
 
 
 class MdevState:
@@ -405,10 +402,8 @@ class AccelRuntime:
         session = self.daemon.sessions.get(state.session)
         if session is None:
             return
-        body: dict[str, Any] = {"device": state.uuid, "vector": vector}
-        if swerr is not None:
-            body["swerr"] = swerr
-        if session.push_event(Command.EVENT_IRQ, body):
+        event = IrqEvent(device=state.uuid, vector=vector, swerr=swerr)
+        if session.push_event(*event_message(event)):
             self.stats.irqs_event += 1
 
     def _software_error(self, state: MdevState, error: SoftwareError) -> None:
@@ -499,17 +494,15 @@ class AccelRuntime:
         self.stats.page_requests += 1
         session = self.daemon.sessions.get(owner)
         if session is not None:
-            session.push_event(
-                Command.EVENT_PAGE_REQUEST,
-                {
-                    "request": request.id,
-                    "device": state.uuid,
-                    "pasid": fault.pasid,
-                    "iova": fault.iova,
-                    "write": fault.write,
-                    "domain": domain.id if domain is not None and domain.id else None,
-                },
+            event = PageRequestEvent(
+                request=request.id,
+                device=state.uuid,
+                pasid=fault.pasid,
+                iova=fault.iova,
+                write=fault.write,
+                domain=domain.id if domain is not None and domain.id else None,
             )
+            session.push_event(*event_message(event))
         self.start_waiter(request)
 
     def page_response(self, session: Session, request_id: int, code: int) -> None:

@@ -31,7 +31,8 @@ from siovd.model.iommu.pagetable import (
 from siovd.model.iommu.pasid import PASID_LIMIT, PasidAllocator
 from siovd.model.iommu.sva import AddressSpace, SvaDmaSpace, SvaDomain, sva_domain
 from siovd.model.iommu.translate import Failure, IommuDmaSpace, translate_runs
-from siovd.model.memory import DAEMON_OWNER, PAGE_SIZE, PageTablePool, PhysicalMemory, Region
+from siovd.model.memory import PAGE_SIZE, PageTablePool, PhysicalMemory, Region
+from siovd.model.owner import HOST
 
 U64 = 1 << 64
 #: ``unmap(iova=0, size=UNMAP_ALL)`` removes every mapping, even from an empty domain.
@@ -78,7 +79,7 @@ class Iommu:
         self._next_domain = 1
         self._next_group = 1
         # The static blocking domain every group falls back to (never listed, never freed).
-        self._blocking = Domain(0, DAEMON_OWNER, "*", DomainType.BLOCKED)
+        self._blocking = Domain(0, HOST, "*", DomainType.BLOCKED)
         self._lazy_pending = 0
         self.faults = 0
         self.devtlb_hits = 0  # translations a device TLB answered without the IOTLB
