@@ -102,6 +102,7 @@ class StatsReply:
     accel: dict[str, Any] | None = None
     sva: dict[str, Any] | None = None
     vfio_user: dict[str, Any] | None = None
+    uid: dict[str, Any] | None = None  # what all connections of the caller's uid hold (§9)
 
 
 @dataclass(frozen=True, slots=True)

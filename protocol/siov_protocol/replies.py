@@ -358,12 +358,28 @@ class VfioUserEndpoint:
     dma_maps: int = u(*U32)
 
 
+@dataclass(frozen=True, slots=True)
+class AccelEvlReadReply:
+    size: int = u(*U32)
+    head: int = u(*U32)
+    tail: int = u(*U32)
+    int_pending: bool = required()
+    lost: int = u(*U64)
+    entries: bytes = text(64 << 20)  # whole ``struct dsa_evl_entry`` records, head first
+
+
 # ---- events ---------------------------------------------------------------------------------
 
 
 @dataclass(frozen=True, slots=True)
 class ShutdownEvent:
     grace_s: float = required()
+
+
+@dataclass(frozen=True, slots=True)
+class EvlEvent:
+    device: str = text(64)
+    entries: int = u(*U32)  # entries in the log (unread) when the event was raised
 
 
 REPLIES: dict[int, type] = {
@@ -409,6 +425,7 @@ REPLIES: dict[int, type] = {
     Command.SUBMIT: SubmitReply,
     Command.ACCEL_LIST: AccelDevicesReply,
     Command.ACCEL_SAVE_CONFIG: AccelSaveConfigReply,
+    Command.ACCEL_EVL_READ: AccelEvlReadReply,
     Command.ACCEL_LOAD_CONFIG: AccelLoadConfigReply,
     Command.ACCEL_CONFIG_DEVICE: AccelConfigDeviceReply,
     Command.ACCEL_CONFIG_GROUP: AccelConfigGroupReply,
@@ -439,6 +456,7 @@ EVENTS: dict[int, type] = {
     Command.EVENT_IRQ: IrqEvent,
     Command.EVENT_DEVICE_REMOVED: DeviceRemovedEvent,
     Command.EVENT_SHUTDOWN: ShutdownEvent,
+    Command.EVENT_EVL: EvlEvent,
 }
 _EVENT_NUMBERS = {schema: command for command, schema in EVENTS.items()}
 

@@ -38,7 +38,6 @@ from typing import TYPE_CHECKING, Any, ClassVar, Final
 
 import structlog
 
-from siov_protocol import Command
 from siov_protocol.dsa import DSA_DESC_SIZE
 from siov_protocol.messages_accel import (
     PAGE_RESP_SUCCESS,
@@ -47,7 +46,7 @@ from siov_protocol.messages_accel import (
     IrqEvent,
 )
 from siov_protocol.messages_iommu import PageRequestEvent
-from siov_protocol.replies import event_message
+from siov_protocol.replies import EvlEvent, event_message
 from siovd.model.accel import (
     MDEV_IRQ_COUNT,
     Blocked,
@@ -449,9 +448,7 @@ class AccelRuntime:
         for session_id in sorted(armed):
             session = self.daemon.sessions.get(session_id)
             if session is not None:
-                session.push_event(
-                    Command.EVENT_EVL, {"device": device.name, "entries": log_.count}
-                )
+                session.push_event(*event_message(EvlEvent(device=device.name, entries=log_.count)))
 
     def set_irqs(self, state: MdevState, start: int, fds: list[int]) -> None:
         """Install eventfds for vectors ``[start, start + len(fds))``, closing the ones they
