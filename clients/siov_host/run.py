@@ -1,0 +1,183 @@
+"""``siov-run [--socket S] -- CMD...``: run an unmodified DSA program against siovd.
+
+The launcher enters a mount namespace of its own (as root ``unshare -m``; otherwise a user
+namespace too), mounts the idxd view (a FUSE file system fed live by siovd) and lays it over
+``/sys/bus``, ``/sys/module`` and ``/dev`` one level up, with the real entries bind-mounted back
+beside ``dsa``, ``idxd`` and ``dsa``. Then it runs CMD there with ``LD_PRELOAD`` set to the portal
+library, whose stores it forwards to siovd. Only CMD and its children see any of it; the host
+is untouched; any number of launchers share one siovd and its devices.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import signal
+import sys
+import tempfile
+from importlib import resources
+
+import trio
+
+import siov
+from siov_host import mounts
+from siov_host.broker import Broker
+
+#: modules the runner scripts load: the emulated idxd "module" is always loaded
+IDXD_MODULES = ("idxd", "idxd_bus", "idxd_vdev", "idxd_uacce", "iaa_crypto", "iax_crypto")
+
+
+def library_path() -> str:
+    path = str(resources.files("siov_host") / "libsiov_portal.so")
+    if not os.path.exists(path):
+        raise SystemExit(
+            f"siov-run: {path} is missing: reinstall siov (its build compiles it with cc)"
+        )
+    return path
+
+
+def _modprobe_shim(bindir: str) -> None:
+    """A ``modprobe`` first on PATH that answers success for the idxd family (the view's
+    ``/sys/module/idxd`` says it is loaded) and hands anything else to the real one."""
+    os.makedirs(bindir, exist_ok=True)
+    real = shutil.which("modprobe") or ""
+    names = " ".join(IDXD_MODULES)
+    script = f"""#!/bin/sh
+# siov-run: the idxd driver is emulated by siovd and always loaded
+for arg in "$@"; do
+  case "$arg" in -*) continue ;; esac
+  case " {names} " in *" $arg "*) continue ;; esac
+  if [ -n "{real}" ]; then exec "{real}" "$@"; fi
+  echo "modprobe: FATAL: Module $arg not found." >&2
+  exit 1
+done
+exit 0
+"""
+    path = os.path.join(bindir, "modprobe")
+    with open(path, "w") as fh:
+        fh.write(script)
+    os.chmod(path, 0o755)
+
+
+def _layout(fs: str, work: str) -> None:
+    """Lay the view over the host's trees (blocking: run in a thread while FUSE serves)."""
+    mounts.overlay_one_level_up(
+        "/sys/bus", {"dsa": os.path.join(fs, "bus/dsa")}, os.path.join(work, "stash/bus")
+    )
+    mounts.overlay_one_level_up(
+        "/sys/module",
+        {"idxd": os.path.join(fs, "module/idxd")},
+        os.path.join(work, "stash/module"),
+    )
+    mounts.overlay_one_level_up(
+        "/dev", {"dsa": os.path.join(fs, "dev/dsa")}, os.path.join(work, "stash/dev")
+    )
+
+
+def child_env(work: str, lib: str | None, broker_path: str) -> dict[str, str]:
+    env = dict(os.environ)
+    if lib is not None:
+        preload = env.get("LD_PRELOAD", "")
+        env["LD_PRELOAD"] = f"{lib} {preload}".strip()
+    env["SIOV_PORTAL_SOCKET"] = broker_path
+    env["PATH"] = os.path.join(work, "bin") + os.pathsep + env.get("PATH", "/usr/bin:/bin")
+    return env
+
+
+async def _serve(args: argparse.Namespace, work: str) -> int:
+    import pyfuse3
+
+    from siov_host.fs import OpCapByReader, SysfsOps
+
+    fs = os.path.join(work, "fs")
+    os.makedirs(fs)
+    broker_path = os.path.join(work, "portal.sock")
+    lib = None if args.no_preload else library_path()
+    _modprobe_shim(os.path.join(work, "bin"))
+    forced = None if args.op_cap_format == "auto" else args.op_cap_format
+    async with siov.connect(args.socket, name="siov-run") as client:
+        ops = SysfsOps(client, op_cap=OpCapByReader(forced=forced))
+        await ops.refresh()
+        options = {"fsname=siov-idxd", "subtype=siov"}
+        if os.geteuid() == 0:
+            options.add("allow_other")
+        pyfuse3.init(ops, fs, options)
+        status = 0
+        try:
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(pyfuse3.main)
+                broker = Broker(broker_path, args.socket)
+                await nursery.start(broker.serve)
+                await trio.to_thread.run_sync(_layout, fs, work)
+                env = child_env(work, lib, broker_path)
+                proc = await trio.lowlevel.open_process(args.command, env=env)
+                try:
+                    status = await proc.wait()
+                finally:
+                    if proc.returncode is None:
+                        proc.kill()
+                nursery.cancel_scope.cancel()
+        finally:
+            pyfuse3.close(unmount=False)
+    return status
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="siov-run",
+        description="Run a program against siovd's emulated DSA: the idxd sysfs view, "
+        "/dev/dsa and WQ portals, in a private mount namespace.",
+    )
+    parser.add_argument("--socket", help="siovd's socket (default: $SIOV_SOCKET or the usual)")
+    parser.add_argument(
+        "--op-cap-format",
+        choices=["auto", "u64x4", "bitmap"],
+        default="auto",
+        help="op_cap as an old kernel (four 64-bit words, accel-config 3.x) or a new one "
+        "(256-bit bitmap, accel-config 4.x) prints it; auto: by the reader's libaccel-config",
+    )
+    parser.add_argument(
+        "--no-preload", action="store_true", help="do not set LD_PRELOAD (sysfs view only)"
+    )
+    parser.add_argument("command", nargs=argparse.REMAINDER, help="-- CMD [ARGS...]")
+    args = parser.parse_args(argv)
+    if args.command and args.command[0] == "--":
+        args.command = args.command[1:]
+    if not args.command:
+        parser.error("no command given (siov-run [--socket S] -- CMD...)")
+    if args.socket is None:
+        args.socket = siov.default_socket_path()
+    try:
+        mounts.private_namespace()
+    except OSError as exc:
+        print(f"siov-run: cannot make a private mount namespace: {exc}", file=sys.stderr)
+        return 125
+    work = tempfile.mkdtemp(prefix="siov-run-")
+    try:
+        status = trio.run(_serve, args, work)
+    except siov.SiovError as exc:
+        print(f"siov-run: {exc}", file=sys.stderr)
+        return 125
+    finally:
+        _cleanup(work)
+    if status < 0:
+        signal.signal(-status, signal.SIG_DFL)
+        os.kill(os.getpid(), -status)
+    return status
+
+
+def _cleanup(work: str) -> None:
+    # Everything is mounted in our private namespace: detach what lies under the work dir so
+    # it can be removed (the host never saw these mounts).
+    for sub in ("fs", "stash/bus", "stash/module", "stash/dev"):
+        path = os.path.join(work, sub)
+        try:
+            mounts.umount(path)
+        except OSError:
+            pass
+    shutil.rmtree(work, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
