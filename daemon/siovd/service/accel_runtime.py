@@ -34,7 +34,7 @@ import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Final
+from typing import TYPE_CHECKING, Any, ClassVar, Final
 
 import structlog
 
@@ -53,13 +53,13 @@ from siovd.model.accel import (
     DsaMdev,
     DsaParent,
     Engine,
-    Executor,
     Group,
     Interrupt,
     PageResponse,
     SoftwareError,
     SubmitResult,
 )
+from siovd.model.accel.cdev import SvaExecutor
 from siovd.model.device import Device
 from siovd.model.dma import DmaSpace
 from siovd.model.errors import SiovError
@@ -83,6 +83,10 @@ _RESULT_BYTE: Final = {
 
 class MdevState:
     """What the runtime keeps for one accelerator mdev a client uses."""
+
+    #: A user-WQ char-device open (siovd.service.sva.CdevState), never reachable by mdev
+    #: commands (SUBMIT, REGION_WRITE, ...): its PASID tagging is the char device's.
+    cdev: ClassVar[bool] = False
 
     __slots__ = (
         "device",
@@ -161,7 +165,7 @@ class AccelRuntime:
 
     def __init__(self, daemon: Daemon) -> None:
         self.daemon = daemon
-        self.executor = Executor()
+        self.executor = SvaExecutor()  # an Executor that writes SVA results back
         self.mdevs: dict[str, MdevState] = {}
         self.requests: dict[int, PageRequest] = {}
         self.stats = RuntimeStats()
@@ -191,7 +195,7 @@ class AccelRuntime:
         """The caller's accelerator mdev ``uuid``: ``ENOENT`` if it is not the caller's,
         ``ENODEV`` if it is not an accelerator mdev."""
         state = self.mdevs.get(uuid)
-        if state is not None and state.session == session.id:
+        if state is not None and state.session == session.id and not state.cdev:
             return state
         device = self.daemon.bus.device(session.id, uuid)
         parent = self.daemon.dsa_parents.get(device.parent or "")

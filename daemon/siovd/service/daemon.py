@@ -29,6 +29,7 @@ from siovd.model.memory import PhysicalMemory, Region
 from siovd.model.testparent import SiovTestParent
 from siovd.service.accel_runtime import AccelRuntime
 from siovd.service.session import Role, Session
+from siovd.service.sva import SvaRuntime
 
 Authenticator = Callable[[Session, bytes | None, bytes | None], tuple[str, Role]]
 
@@ -78,6 +79,8 @@ class Daemon:
         self.on_counts(self._model_counts)
         # Registered after the model: on release it cancels the session's waiting work first.
         self.accel_runtime = AccelRuntime(self)
+        # SVA bindings and char-device opens: after the runtime, so they are released first.
+        self.sva = SvaRuntime(self)
 
     def _authenticate(
         self, session: Session, public_key: bytes | None, signature: bytes | None

@@ -29,6 +29,7 @@ from siovd.model.iommu.pagetable import (
     walk,
 )
 from siovd.model.iommu.pasid import PASID_LIMIT, PasidAllocator
+from siovd.model.iommu.sva import AddressSpace, SvaDmaSpace, SvaDomain, sva_domain
 from siovd.model.iommu.translate import Failure, IommuDmaSpace, translate_runs
 from siovd.model.memory import DAEMON_OWNER, PAGE_SIZE, PageTablePool, PhysicalMemory, Region
 
@@ -138,6 +139,8 @@ class Iommu:
             dtype = DomainType(type)
         except ValueError:
             raise SiovError(errno.EINVAL, f"unknown domain type {type!r}") from None
+        if dtype is DomainType.SVA:
+            raise SiovError(errno.EINVAL, "an SVA domain is made by SVA_BIND, not allocated")
         if levels not in (4, 5):
             raise SiovError(errno.EINVAL, f"first-stage tables have 4 or 5 levels, not {levels}")
         if (user_managed or lazy) and dtype is not DomainType.PAGING:
@@ -258,8 +261,10 @@ class Iommu:
         group.devices.remove(device)
         self.iotlb.invalidate_tag(make_tag(group.domain.id, device.default_pasid))
         if not group.devices:
-            for pasid in list(group.pasids):
+            for pasid, bound in list(group.pasids.items()):
                 self._set_pasid(group, pasid, None)
+                if isinstance(bound, SvaDomain):
+                    self.sva_unbind(bound)  # the binding goes with its device
             group.domain.groups.discard(group)
             default = group.default_domain
             default.default_of = None
@@ -647,6 +652,9 @@ class Iommu:
         for one PASID or, with ``pasid=None``, all of them. PASID 0 is the RID.
         """
         if scope == "global":
+            for sva in self.sva_domains(owner):
+                if sva.mm is not None:
+                    sva.mm.stale = True  # the mmu-notifier's flush: re-read the maps
             if owner is None:
                 return self.iotlb.invalidate_all()
             return sum(self.iotlb.invalidate_domain(d.id) for d in self.domains(owner))
@@ -655,6 +663,8 @@ class Iommu:
         if domain_id is None:
             raise SiovError(errno.EINVAL, f"a {scope} invalidation needs a domain")
         domain = self.domain(owner, domain_id)
+        if isinstance(domain, SvaDomain) and domain.mm is not None:
+            domain.mm.stale = True
         if pasid is not None and not 0 <= pasid < PASID_LIMIT:
             raise SiovError(errno.EINVAL, f"PASID {pasid} is not a 20-bit PASID")
         if scope == "domain":
@@ -673,12 +683,52 @@ class Iommu:
 
     def dma_space(
         self, device: Device, pasid: int = 0, *, devtlb: bool = False
-    ) -> IommuDmaSpace | DevTlbDmaSpace:
+    ) -> IommuDmaSpace | DevTlbDmaSpace | SvaDmaSpace:
         """The DMA view of ``device`` tagged with ``pasid`` (0: no PASID). ``devtlb`` puts a
         device TLB in front (an ATS device's translation cache, see :mod:`.devtlb`)."""
+        if sva_domain(device, pasid) is not None:
+            return SvaDmaSpace(self, device, pasid)  # no device TLB: the process's own memory
         if devtlb:
             return DevTlbDmaSpace(self, device, pasid)
         return IommuDmaSpace(self, device, pasid)
+
+    # -- SVA (siovd.model.iommu.sva) ---------------------------------------------------------
+
+    def sva_bind(self, owner: int, device: Device, mm: AddressSpace) -> SvaDomain:
+        """``iommu_sva_bind_device``: a fresh global PASID of ``device`` now translates
+        through ``mm``. The caller has checked that ``owner`` may use the device."""
+        group = device.group
+        if group is None or not device.alive:
+            raise SiovError(errno.ENODEV, f"device {device.uuid} has no IOMMU group")
+        pasid = self.pasids.alloc()
+        if pasid >= min(device.max_pasids, PASID_LIMIT):
+            self.pasids.free(pasid)
+            raise SiovError(errno.ENOSPC, f"no PASID left within device {device.uuid}'s width")
+        domain = SvaDomain(self._next_domain, owner, device.bus, DomainType.SVA)
+        domain.mm, domain.pasid, domain.device = mm, pasid, device
+        self._next_domain += 1
+        self._domains[domain.id] = domain
+        self._set_pasid(group, pasid, domain)
+        return domain
+
+    def sva_unbind(self, domain: SvaDomain) -> None:
+        """``iommu_sva_unbind_device``: detach the PASID, free it, close the process's fds."""
+        for group, pasid in list(domain.pasid_users):
+            self._set_pasid(group, pasid, None)
+        if domain.id in self._domains:
+            self._destroy(domain)
+        if domain.pasid in self.pasids:
+            self.pasids.free(domain.pasid)
+        domain.pasid = 0
+        if domain.mm is not None:
+            domain.mm.close()
+
+    def sva_domains(self, owner: int | None = None) -> list[SvaDomain]:
+        return [
+            d
+            for d in self._domains.values()
+            if isinstance(d, SvaDomain) and (owner is None or d.owner == owner)
+        ]
 
     def report_fault(self, device: Device, pasid: int, write: bool, failure: Failure) -> DmaFault:
         """Count a failed translation and deliver its record to the owner."""
@@ -747,6 +797,8 @@ class Iommu:
         The bus removes the owner's devices before calling this; a default domain whose
         device is still present is emptied instead of freed.
         """
+        for sva in self.sva_domains(owner):
+            self.sva_unbind(sva)
         mine = [d for d in self._domains.values() if d.owner == owner]
         for domain in mine:
             if domain.default_of is not None:

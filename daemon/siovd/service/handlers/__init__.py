@@ -8,6 +8,7 @@ from siovd.service.handlers import (  # noqa: F401  (each registers its commands
     dma,
     iommu,
     memory,
+    sva,
 )
 from siovd.service.handlers.registry import Context, Handler, registry
 
