@@ -37,27 +37,69 @@ def library_path() -> str:
     return path
 
 
-def _modprobe_shim(bindir: str) -> None:
-    """A ``modprobe`` first on PATH that answers success for the idxd family (the view's
-    ``/sys/module/idxd`` says it is loaded) and hands anything else to the real one."""
+def _write_script(bindir: str, name: str, script: str) -> None:
+    path = os.path.join(bindir, name)
+    with open(path, "w") as fh:
+        fh.write(script)
+    os.chmod(path, 0o755)
+
+
+def _module_shims(bindir: str) -> None:
+    """``modprobe``, ``lsmod`` and ``rmmod`` first on PATH, for the idxd family only: the
+    emulated idxd module is loaded (the view's ``/sys/module/idxd``), ``modprobe idxd``
+    succeeds, ``rmmod idxd`` unbinds every WQ and device (what unloading the driver does to
+    them) through the view's sysfs. Other modules go to the real tools."""
     os.makedirs(bindir, exist_ok=True)
-    real = shutil.which("modprobe") or ""
     names = " ".join(IDXD_MODULES)
-    script = f"""#!/bin/sh
+    real = {tool: shutil.which(tool) or "" for tool in ("modprobe", "lsmod", "rmmod")}
+    _write_script(
+        bindir,
+        "modprobe",
+        f"""#!/bin/sh
 # siov-run: the idxd driver is emulated by siovd and always loaded
 for arg in "$@"; do
   case "$arg" in -*) continue ;; esac
   case " {names} " in *" $arg "*) continue ;; esac
-  if [ -n "{real}" ]; then exec "{real}" "$@"; fi
+  if [ -n "{real["modprobe"]}" ]; then exec "{real["modprobe"]}" "$@"; fi
   echo "modprobe: FATAL: Module $arg not found." >&2
   exit 1
 done
 exit 0
-"""
-    path = os.path.join(bindir, "modprobe")
-    with open(path, "w") as fh:
-        fh.write(script)
-    os.chmod(path, 0o755)
+""",
+    )
+    _write_script(
+        bindir,
+        "lsmod",
+        f"""#!/bin/sh
+# siov-run: the real modules, and the emulated idxd
+if [ -n "{real["lsmod"]}" ]; then "{real["lsmod"]}" | grep -v '^idxd '; else echo "Module                  Size  Used by"; fi
+echo "idxd                       0  0"
+""",
+    )
+    _write_script(
+        bindir,
+        "rmmod",
+        f"""#!/bin/sh
+# siov-run: "unloading" the emulated idxd unbinds its WQs and devices
+for arg in "$@"; do
+  case "$arg" in -*) continue ;; esac
+  if [ "$arg" != idxd ]; then
+    if [ -n "{real["rmmod"]}" ]; then exec "{real["rmmod"]}" "$@"; fi
+    echo "rmmod: ERROR: Module $arg is not currently loaded" >&2
+    exit 1
+  fi
+done
+for obj in /sys/bus/dsa/devices/wq* /sys/bus/dsa/devices/dsa*; do
+  [ -e "$obj/driver" ] || continue
+  drv=$(basename "$(readlink "$obj/driver")")
+  if ! printf %s "$(basename "$obj")" > "/sys/bus/dsa/drivers/$drv/unbind"; then
+    echo "rmmod: ERROR: Module idxd is in use" >&2
+    exit 1
+  fi
+done
+exit 0
+""",
+    )
 
 
 def _layout(fs: str, work: str) -> None:
@@ -94,7 +136,7 @@ async def _serve(args: argparse.Namespace, work: str) -> int:
     os.makedirs(fs)
     broker_path = os.path.join(work, "portal.sock")
     lib = None if args.no_preload else library_path()
-    _modprobe_shim(os.path.join(work, "bin"))
+    _module_shims(os.path.join(work, "bin"))
     forced = None if args.op_cap_format == "auto" else args.op_cap_format
     async with siov.connect(args.socket, name="siov-run") as client:
         ops = SysfsOps(client, op_cap=OpCapByReader(forced=forced))
