@@ -26,6 +26,9 @@ import siov_protocol.dsa as _abi
 from siov_protocol.dsa import *  # noqa: F403 - the uapi names, as <linux/idxd.h> gives them
 from siov_protocol.dsa import (
     DESC_STRUCT,
+    DIF_BLOCK_SIZES,
+    DIF_FLAG_INVERT_CRC_RESULT,
+    DIF_FLAG_INVERT_CRC_SEED,
     DSA_DESC_SIZE,
     IDXD_OP_FLAG_CRAV,
     IDXD_OP_FLAG_FILL_16B,
@@ -47,6 +50,12 @@ __all__ = [
     "copy_crc",
     "crcgen",
     "create_delta",
+    "dif_check",
+    "dif_insert",
+    "dif_strip",
+    "dif_tags",
+    "dif_update",
+    "dix_gen",
     "drain",
     "dualcast",
     "fill",
@@ -55,6 +64,7 @@ __all__ = [
     "noop",
     "parse_completion",
     "status_name",
+    "t10_crc16",
 ]
 __all__ += _abi.__all__
 
@@ -353,6 +363,207 @@ def cflush(
 ) -> bytes:
     """Flush ``size`` bytes at ``addr`` from CPU caches."""
     return _build(DsaOpcode.CFLUSH, flags, completion, int_handle, pasid, 0, addr, size)
+
+
+def dif_tags(ref_tag: int = 0, app_tag: int = 0, app_tag_mask: int = 0) -> int:
+    """The 8 bytes of a DIF tag seed (ref u32, app mask u16, app u16) as the u64 the
+    descriptor stores at @48 (source) or @56 (destination)."""
+    if not (0 <= ref_tag < 1 << 32 and 0 <= app_tag < 1 << 16 and 0 <= app_tag_mask < 1 << 16):
+        raise ValueError("ref_tag is 32 bits, app_tag and app_tag_mask 16 bits")
+    return ref_tag | app_tag_mask << 32 | app_tag << 48
+
+
+def _dif_byte(block_size: int, dif_flags: int) -> int:
+    try:
+        index = DIF_BLOCK_SIZES.index(block_size)
+    except ValueError:
+        raise ValueError(f"DIF block size is one of {DIF_BLOCK_SIZES}, got {block_size}") from None
+    if dif_flags & ~(DIF_FLAG_INVERT_CRC_SEED | DIF_FLAG_INVERT_CRC_RESULT):
+        raise ValueError(f"dif_flags {dif_flags:#x}: only the invert-seed/result bits")
+    return index | dif_flags
+
+
+def _dif_op0(src_flags: int, dest_flags: int, block_size: int, dif_flags: int) -> int:
+    if not (0 <= src_flags < 256 and 0 <= dest_flags < 256):
+        raise ValueError("DIF source and destination flags are one byte each")
+    return src_flags | dest_flags << 8 | _dif_byte(block_size, dif_flags) << 16
+
+
+def dif_check(
+    src: int,
+    size: int,
+    *,
+    block_size: int = 512,
+    ref_tag: int = 0,
+    app_tag: int = 0,
+    app_tag_mask: int = 0,
+    src_flags: int = 0,
+    dif_flags: int = 0,
+    completion: int | None = None,
+    flags: int = 0,
+    int_handle: int = 0,
+    pasid: int = 0,
+) -> bytes:
+    """Check the 8-byte T10 tuple after each ``block_size`` block of ``src``; ``size``
+    counts data and tuples. ``ref_tag``/``app_tag`` are the first block's expected tags
+    (``DIF_SRC_*`` in ``src_flags`` say how they advance and what is checked); a mismatch
+    completes with ``DSA_COMP_DIF_ERR`` and ``dif_status`` bits."""
+    return _build(
+        DsaOpcode.DIF_CHECK,
+        flags,
+        completion,
+        int_handle,
+        pasid,
+        src,
+        0,
+        size,
+        _dif_op0(src_flags, 0, block_size, dif_flags),
+        dif_tags(ref_tag, app_tag, app_tag_mask),
+    )
+
+
+def dif_strip(
+    dst: int,
+    src: int,
+    size: int,
+    *,
+    block_size: int = 512,
+    ref_tag: int = 0,
+    app_tag: int = 0,
+    app_tag_mask: int = 0,
+    src_flags: int = 0,
+    dif_flags: int = 0,
+    completion: int | None = None,
+    flags: int = 0,
+    int_handle: int = 0,
+    pasid: int = 0,
+) -> bytes:
+    """Check like :func:`dif_check` and copy the data without its tuples to ``dst``."""
+    return _build(
+        DsaOpcode.DIF_STRP,
+        flags,
+        completion,
+        int_handle,
+        pasid,
+        src,
+        dst,
+        size,
+        _dif_op0(src_flags, 0, block_size, dif_flags),
+        dif_tags(ref_tag, app_tag, app_tag_mask),
+    )
+
+
+def dif_insert(
+    dst: int,
+    src: int,
+    size: int,
+    *,
+    block_size: int = 512,
+    ref_tag: int = 0,
+    app_tag: int = 0,
+    app_tag_mask: int = 0,
+    dest_flags: int = 0,
+    dif_flags: int = 0,
+    completion: int | None = None,
+    flags: int = 0,
+    int_handle: int = 0,
+    pasid: int = 0,
+) -> bytes:
+    """Copy ``size`` bytes of data (whole blocks) to ``dst`` with a generated tuple after
+    each block (``dst`` takes ``size + 8 * blocks`` bytes)."""
+    return _build(
+        DsaOpcode.DIF_INS,
+        flags,
+        completion,
+        int_handle,
+        pasid,
+        src,
+        dst,
+        size,
+        _dif_op0(0, dest_flags, block_size, dif_flags),
+        0,
+        dif_tags(ref_tag, app_tag, app_tag_mask),
+    )
+
+
+def dif_update(
+    dst: int,
+    src: int,
+    size: int,
+    *,
+    block_size: int = 512,
+    src_ref_tag: int = 0,
+    src_app_tag: int = 0,
+    src_app_tag_mask: int = 0,
+    dest_ref_tag: int = 0,
+    dest_app_tag: int = 0,
+    dest_app_tag_mask: int = 0,
+    src_flags: int = 0,
+    dest_flags: int = 0,
+    dif_flags: int = 0,
+    completion: int | None = None,
+    flags: int = 0,
+    int_handle: int = 0,
+    pasid: int = 0,
+) -> bytes:
+    """Check the source tuples and copy the blocks to ``dst`` with new tuples (or fields
+    passed through, ``DIF_DST_*_PASS``)."""
+    return _build(
+        DsaOpcode.DIF_UPDT,
+        flags,
+        completion,
+        int_handle,
+        pasid,
+        src,
+        dst,
+        size,
+        _dif_op0(src_flags, dest_flags, block_size, dif_flags),
+        dif_tags(src_ref_tag, src_app_tag, src_app_tag_mask),
+        dif_tags(dest_ref_tag, dest_app_tag, dest_app_tag_mask),
+    )
+
+
+def dix_gen(
+    dst: int,
+    src: int,
+    size: int,
+    *,
+    block_size: int = 512,
+    ref_tag: int = 0,
+    app_tag: int = 0,
+    app_tag_mask: int = 0,
+    dest_flags: int = 0,
+    dif_flags: int = 0,
+    completion: int | None = None,
+    flags: int = 0,
+    int_handle: int = 0,
+    pasid: int = 0,
+) -> bytes:
+    """DSA 2.0: generate the tuples of ``src``'s blocks into a separate buffer at ``dst``
+    (8 bytes per block, DIX)."""
+    return _build(
+        DsaOpcode.DIX_GEN,
+        flags,
+        completion,
+        int_handle,
+        pasid,
+        src,
+        dst,
+        size,
+        _dif_op0(0, dest_flags, block_size, dif_flags),
+        0,
+        dif_tags(ref_tag, app_tag, app_tag_mask),
+    )
+
+
+def t10_crc16(data: bytes | bytearray | memoryview, crc: int = 0) -> int:
+    """CRC-16/T10-DIF (polynomial 0x8BB7, MSB first, no reflection, no final XOR), the
+    guard of a DIF tuple, computed bit by bit: to check what the device reports."""
+    for byte in bytes(data):
+        crc ^= byte << 8
+        for _ in range(8):
+            crc = ((crc << 1) ^ 0x8BB7) & 0xFFFF if crc & 0x8000 else (crc << 1) & 0xFFFF
+    return crc
 
 
 def parse_completion(buf: bytes | bytearray | memoryview) -> CompletionRecord:

@@ -22,6 +22,30 @@ __all__ = [
     "COMP_STRUCT",
     "DESC_FIELD_OFFSETS",
     "DESC_STRUCT",
+    "DIF_BLOCK_SIZES",
+    "DIF_DST_APP_TAG_PASS",
+    "DIF_DST_FIXED_REF_TAG",
+    "DIF_DST_GUARD_PASS",
+    "DIF_DST_INC_APP_TAG",
+    "DIF_DST_REF_TAG_PASS",
+    "DIF_FLAG_BLOCK_512",
+    "DIF_FLAG_BLOCK_520",
+    "DIF_FLAG_BLOCK_4096",
+    "DIF_FLAG_BLOCK_4104",
+    "DIF_FLAG_INVERT_CRC_RESULT",
+    "DIF_FLAG_INVERT_CRC_SEED",
+    "DIF_SRC_ALL_F_DETECT",
+    "DIF_SRC_ALL_F_ERROR",
+    "DIF_SRC_APP_REF_TAG_F_DETECT",
+    "DIF_SRC_APP_TAG_F_DETECT",
+    "DIF_SRC_FIXED_REF_TAG",
+    "DIF_SRC_GUARD_CHECK_DISABLE",
+    "DIF_SRC_INC_APP_TAG",
+    "DIF_SRC_REF_TAG_CHECK_DISABLE",
+    "DIF_STATUS_ALL_F",
+    "DIF_STATUS_APP_TAG",
+    "DIF_STATUS_GUARD",
+    "DIF_STATUS_REF_TAG",
     "DSA_COMP_ADDR_ALIGN",
     "DSA_COMP_BAD_OPCODE",
     "DSA_COMP_BATCH_EVL_ERR",
@@ -148,6 +172,37 @@ IDXD_OP_FLAG_RDBACK_ADDR2: Final = 0x020000
 # MEMFILL: use the 16-byte pattern (pattern_lower @16, pattern_upper @40). DSA 2.0 adds the
 # 16-byte fill; the spec that names its flag bit is not public, so siov assigns bit 16.
 IDXD_OP_FLAG_FILL_16B: Final = 0x010000
+
+# T10 DIF (DIF_CHECK, DIF_INS, DIF_STRP, DIF_UPDT, DIX_GEN). ``dif_flags`` byte @42: bits 1:0
+# the block size, bit 2 CRC seed 0xFFFF, bit 3 invert the CRC (DML specific_flags.hpp).
+DIF_FLAG_BLOCK_512: Final = 0
+DIF_FLAG_BLOCK_520: Final = 1
+DIF_FLAG_BLOCK_4096: Final = 2
+DIF_FLAG_BLOCK_4104: Final = 3
+DIF_FLAG_INVERT_CRC_SEED: Final = 0x04
+DIF_FLAG_INVERT_CRC_RESULT: Final = 0x08
+#: Protected block size per value of ``dif_flags`` bits 1:0.
+DIF_BLOCK_SIZES: Final = (512, 520, 4096, 4104)
+# ``src_dif_flags`` byte @40 (DIF_CHECK, DIF_STRP, DIF_UPDT source).
+DIF_SRC_ALL_F_ERROR: Final = 0x01
+DIF_SRC_ALL_F_DETECT: Final = 0x02
+DIF_SRC_APP_TAG_F_DETECT: Final = 0x04
+DIF_SRC_APP_REF_TAG_F_DETECT: Final = 0x08
+DIF_SRC_INC_APP_TAG: Final = 0x10
+DIF_SRC_GUARD_CHECK_DISABLE: Final = 0x20
+DIF_SRC_REF_TAG_CHECK_DISABLE: Final = 0x40
+DIF_SRC_FIXED_REF_TAG: Final = 0x80
+# ``dest_dif_flags`` byte @41 (DIF_INS, DIF_UPDT, DIX_GEN); bits 2:0 are reserved.
+DIF_DST_APP_TAG_PASS: Final = 0x08
+DIF_DST_INC_APP_TAG: Final = 0x10
+DIF_DST_GUARD_PASS: Final = 0x20
+DIF_DST_REF_TAG_PASS: Final = 0x40
+DIF_DST_FIXED_REF_TAG: Final = 0x80
+# ``dif_status`` (the result byte) of a DSA_COMP_DIF_ERR completion (DML dmldefs.h).
+DIF_STATUS_GUARD: Final = 0x01
+DIF_STATUS_APP_TAG: Final = 0x02
+DIF_STATUS_REF_TAG: Final = 0x04
+DIF_STATUS_ALL_F: Final = 0x08
 
 #: The common flag bits a descriptor may carry (bit 6 is reserved).
 IDXD_OP_FLAG_COMMON_MASK: Final = 0xFFBF
@@ -326,6 +381,34 @@ _DESC_ALIASES: Final[dict[str, tuple[int, struct.Struct]]] = {
     "seed_addr": (48, _U64),
     "pattern_upper": (40, _U64),
     "region_stride": (48, _U32),
+    # DIF check / strip
+    "src_dif_flags": (40, _U8),
+    "dif_chk_flags": (42, _U8),
+    "chk_ref_tag_seed": (48, _U32),
+    "chk_app_tag_mask": (52, _U16),
+    "chk_app_tag_seed": (54, _U16),
+    # DIF insert
+    "dest_dif_flag": (41, _U8),
+    "dif_ins_flags": (42, _U8),
+    "ins_ref_tag_seed": (56, _U32),
+    "ins_app_tag_mask": (60, _U16),
+    "ins_app_tag_seed": (62, _U16),
+    # DIF update
+    "src_upd_flags": (40, _U8),
+    "upd_dest_flags": (41, _U8),
+    "dif_upd_flags": (42, _U8),
+    "src_ref_tag_seed": (48, _U32),
+    "src_app_tag_mask": (52, _U16),
+    "src_app_tag_seed": (54, _U16),
+    "dest_ref_tag_seed": (56, _U32),
+    "dest_app_tag_mask": (60, _U16),
+    "dest_app_tag_seed": (62, _U16),
+    # DIX generate
+    "dest_dif_flags": (41, _U8),
+    "dif_flags": (42, _U8),
+    "ref_tag_seed": (56, _U32),
+    "app_tag_mask": (60, _U16),
+    "app_tag_seed": (62, _U16),
 }
 
 # Fields stored directly in the dataclass, with their width in bits.
@@ -343,6 +426,25 @@ _DESC_PLAIN: Final[dict[str, int]] = {
 _COMP_ALIASES: Final[dict[str, tuple[int, struct.Struct]]] = {
     "delta_rec_size": (16, _U32),
     "crc_val": (16, _U64),
+    # DIF check & strip
+    "dif_chk_ref_tag": (16, _U32),
+    "dif_chk_app_tag_mask": (20, _U16),
+    "dif_chk_app_tag": (22, _U16),
+    # DIF insert
+    "dif_ins_ref_tag": (24, _U32),
+    "dif_ins_app_tag_mask": (28, _U16),
+    "dif_ins_app_tag": (30, _U16),
+    # DIF update
+    "dif_upd_src_ref_tag": (16, _U32),
+    "dif_upd_src_app_tag_mask": (20, _U16),
+    "dif_upd_src_app_tag": (22, _U16),
+    "dif_upd_dest_ref_tag": (24, _U32),
+    "dif_upd_dest_app_tag_mask": (28, _U16),
+    "dif_upd_dest_app_tag": (30, _U16),
+    # DIX generate
+    "dix_ref_tag": (24, _U32),
+    "dix_app_tag_mask": (28, _U16),
+    "dix_app_tag": (30, _U16),
 }
 
 
@@ -535,6 +637,10 @@ class Descriptor:
     def region_stride(self) -> int:
         return self._field("region_stride")
 
+    def field(self, name: str) -> int:
+        """Any ``idxd.h`` union member by name (``chk_ref_tag_seed``, ``dif_ins_flags``, ...)."""
+        return self._field(name)
+
 
 @dataclass(frozen=True, slots=True)
 class CompletionRecord:
@@ -652,6 +758,17 @@ class CompletionRecord:
     @property
     def invalid_flags(self) -> int:
         return int(_U32.unpack_from(self.op_specific)[0]) & 0xFFFFFF
+
+    @property
+    def dif_status(self) -> int:
+        """The result byte of a DIF operation: 0x01 guard, 0x02 app tag, 0x04 ref tag
+        mismatch, 0x08 all-F detected."""
+        return self.result
+
+    def field(self, name: str) -> int:
+        """An op-specific member by its ``idxd.h`` name (``dif_chk_ref_tag``, ...)."""
+        offset, st = _COMP_ALIASES[name]
+        return int(st.unpack_from(self.op_specific, offset - 16)[0])
 
 
 #: Offsets of every descriptor field, for documentation and tests: name -> (offset, size).

@@ -53,6 +53,14 @@ FLAG_BITS = [
 ]
 OPCODES = [int(op) for op in DsaOpcode]
 IMPLEMENTED = sorted(int(op) for op in SPECS)
+DIF_OPS = {
+    DsaOpcode.DIF_CHECK,
+    DsaOpcode.DIF_INS,
+    DsaOpcode.DIF_STRP,
+    DsaOpcode.DIF_UPDT,
+    DsaOpcode.DIX_GEN,
+}
+DIF_CHECKED = {DsaOpcode.DIF_CHECK, DsaOpcode.DIF_STRP, DsaOpcode.DIF_UPDT}  # source has tuples
 
 
 def pattern(seed: int, size: int) -> bytes:
@@ -196,6 +204,11 @@ class Generator:
             ops[0] = r.choice([10, 20, 80, r.randrange(200)])
         if opcode == DsaOpcode.DUALCAST and r.random() < 0.7:
             ops[0] = (self.address() & ~0xFFF) | (dst & 0xFFF)
+        if opcode in DIF_OPS and r.random() < 0.7:
+            # whole blocks, so the DIF engine runs rather than stopping at XFER_ERANGE
+            block = dsa.DIF_BLOCK_SIZES[(ops[0] >> 16) & 3]
+            step = block + 8 if opcode in DIF_CHECKED else block
+            size = r.randrange(8) * step
         fields = [src, dst, size, *ops]
         spec = SPECS.get(opcode)
         if spec is not None and r.random() < 0.8:

@@ -165,7 +165,7 @@ async def test_invalid_descriptors_complete_with_their_status(siovd: RunningDaem
             dsa.dualcast(DST, DST2 + 8, SRC, 64, completion=cr(5)),  # bits 11:0 differ
             dsa.copy_crc(SRC + 8, SRC, 64, completion=cr(6)),  # overlapping buffers
             dsa.noop(completion=cr(7), flags=dsa.IDXD_OP_FLAG_RCI, int_handle=2),  # 2 vectors
-            dsa.create_delta(SRC, SRC2, 64, DELTA, 81, completion=cr(8)),  # not a multiple of 10
+            dsa.create_delta(SRC, SRC2, 64, DELTA, 79, completion=cr(8)),  # below 80 bytes
         ]
         records = await run_all(mdev, records_of(buf), descriptors)
         assert [r.code for r in records] == [

@@ -389,7 +389,7 @@ DELTA = {"src_addr": SRC, "src2_addr": DST, "delta_addr": 0x60000, "max_delta_si
 MOVE = {"src_addr": SRC, "dst_addr": DST, "xfer_size": 8}
 INVALID = [
     (raw(0x30), DSA_COMP_BAD_OPCODE),
-    (raw(M.DIF_CHECK, src_addr=SRC, xfer_size=512), DSA_COMP_BAD_OPCODE),
+    (raw(0x16, src_addr=SRC, xfer_size=512), DSA_COMP_BAD_OPCODE),
     (raw(M.TRANSL_FETCH), DSA_COMP_BAD_OPCODE),
     (raw(0xFF), DSA_COMP_BAD_OPCODE),
     (raw(M.MEMMOVE, FLAGS | 0x40, **MOVE), DSA_COMP_INVALID_FLAGS),
@@ -417,7 +417,7 @@ INVALID = [
     (raw(M.CR_DELTA, **DELTA, xfer_size=60), DSA_COMP_XFER_ERANGE),
     (raw(M.CR_DELTA, **DELTA, xfer_size=0x80008), DSA_COMP_XFER_ERANGE),
     (raw(M.CR_DELTA, **{**DELTA, "max_delta_size": 70}, **SZ), DSA_COMP_DR_ERANGE),
-    (raw(M.CR_DELTA, **{**DELTA, "max_delta_size": 85}, **SZ), DSA_COMP_DR_ERANGE),
+    (raw(M.CR_DELTA, **{**DELTA, "max_delta_size": 79}, **SZ), DSA_COMP_DR_ERANGE),
     (
         raw(M.AP_DELTA, src_addr=DST + 8, dst_addr=DST, delta_rec_size=10, **SZ),
         DSA_COMP_OVERLAP_BUFFERS,

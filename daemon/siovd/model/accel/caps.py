@@ -52,6 +52,11 @@ SUPPORTED_OPCODES: Final = frozenset(
         DsaOpcode.CRCGEN,
         DsaOpcode.COPY_CRC,
         DsaOpcode.CFLUSH,
+        DsaOpcode.DIF_CHECK,
+        DsaOpcode.DIF_INS,
+        DsaOpcode.DIF_STRP,
+        DsaOpcode.DIF_UPDT,
+        DsaOpcode.DIX_GEN,
     }
 )
 OPCAP: Final = sum(1 << int(op) for op in SUPPORTED_OPCODES)

@@ -31,6 +31,10 @@ from siovd.model.accel.wq import WorkItem
 ALL: Final = (1 << 64) - 1
 HI32: Final = ALL ^ 0xFFFFFFFF
 U32_ALL: Final = 0xFFFFFFFF
+# The defined bits of the DIF flag bytes at @40, @41, @42, in the u64 at @40.
+_SRC_FLAGS: Final = 0xFF
+_DST_FLAGS: Final = 0xF8 << 8
+_DIF_FLAGS: Final = 0x0F << 16
 
 
 # For each opcode: which op-specific flags it accepts, whether it takes CR (check result), and
@@ -72,6 +76,18 @@ SPECS: Final[dict[int, Spec]] = {
         ((IDXD_OP_FLAG_READ_CRC_SEED, 4),),
     ),
     DsaOpcode.CFLUSH: (0, False, (ALL, 0, 0, ALL, ALL, ALL), ()),
+    # DIF (siovd.model.accel.dif): src flags @40, dest flags @41 (bits 2:0 reserved), dif
+    # flags @42 (bits 7:4 reserved), source tags @48, destination tags @56 (linux/idxd.h).
+    DsaOpcode.DIF_CHECK: (0, False, (0, ALL, 0, ALL ^ _SRC_FLAGS ^ _DIF_FLAGS, 0, ALL), ()),
+    DsaOpcode.DIF_STRP: (0, False, (0, 0, 0, ALL ^ _SRC_FLAGS ^ _DIF_FLAGS, 0, ALL), ()),
+    DsaOpcode.DIF_INS: (0, False, (0, 0, 0, ALL ^ _DST_FLAGS ^ _DIF_FLAGS, ALL, 0), ()),
+    DsaOpcode.DIX_GEN: (0, False, (0, 0, 0, ALL ^ _DST_FLAGS ^ _DIF_FLAGS, ALL, 0), ()),
+    DsaOpcode.DIF_UPDT: (
+        0,
+        False,
+        (0, 0, 0, ALL ^ _SRC_FLAGS ^ _DST_FLAGS ^ _DIF_FLAGS, 0, 0),
+        (),
+    ),
 }
 # Operations whose @32 field is a transfer size checked against the WQ's max_transfer_size.
 SIZED: Final = frozenset(
