@@ -204,8 +204,11 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         _cleanup(work)
     if status < 0:
-        signal.signal(-status, signal.SIG_DFL)
+        # die of the same signal as the program did, so the caller sees it
+        if -status not in (signal.SIGKILL, signal.SIGSTOP):
+            signal.signal(-status, signal.SIG_DFL)
         os.kill(os.getpid(), -status)
+        return 128 - status
     return status
 
 
