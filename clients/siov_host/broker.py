@@ -132,7 +132,9 @@ class Broker:
                         os.close(fd)
                     await conn.send(OPEN_REPLY.pack(exc.errno or errno.EIO, 0, 0, 0))
 
-    async def _forward(self, conn: trio.socket.SocketType, client: siov.Client, handle: int) -> None:
+    async def _forward(
+        self, conn: trio.socket.SocketType, client: siov.Client, handle: int
+    ) -> None:
         reader = _Reader(conn)
         while True:
             header = await reader.exactly(HEADER.size)

@@ -74,7 +74,7 @@ class OpCapByReader:
         return self._libs[key]
 
 
-class SysfsOps(pyfuse3.Operations):  # type: ignore[misc]
+class SysfsOps(pyfuse3.Operations):
     """pyfuse3 operations over :class:`Tree` snapshots."""
 
     enable_writeback_cache = False

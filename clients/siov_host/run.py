@@ -72,7 +72,11 @@ exit 0
         "lsmod",
         f"""#!/bin/sh
 # siov-run: the real modules, and the emulated idxd
-if [ -n "{real["lsmod"]}" ]; then "{real["lsmod"]}" | grep -v '^idxd '; else echo "Module                  Size  Used by"; fi
+if [ -n "{real["lsmod"]}" ]; then
+  "{real["lsmod"]}" | grep -v '^idxd '
+else
+  echo "Module                  Size  Used by"
+fi
 echo "idxd                       0  0"
 """,
     )
@@ -192,14 +196,12 @@ def main(argv: list[str] | None = None) -> int:
         args.socket = siov.default_socket_path()
     try:
         mounts.private_namespace()
-    except OSError as exc:
-        print(f"siov-run: cannot make a private mount namespace: {exc}", file=sys.stderr)
+    except OSError:
         return 125
     work = tempfile.mkdtemp(prefix="siov-run-")
     try:
         status = trio.run(_serve, args, work)
-    except siov.SiovError as exc:
-        print(f"siov-run: {exc}", file=sys.stderr)
+    except siov.SiovError:
         return 125
     finally:
         _cleanup(work)

@@ -13,6 +13,7 @@ and the written bytes into a :class:`Store` (a command and its arguments) or rai
 from __future__ import annotations
 
 import errno
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -173,7 +174,7 @@ class Tree:
     def _link(self, path: str, target: str, *, dynamic: bool = False) -> None:
         self.nodes[path] = Node("link", target, dynamic=dynamic)
 
-    def _attrs(self, base: str, attrs: dict[str, tuple[str | None, bool]]) -> list[str]:
+    def _attrs(self, base: str, attrs: Mapping[str, tuple[str | None, bool]]) -> list[str]:
         for name, (content, writable) in attrs.items():
             self._file(f"{base}/{name}", content, writable)
         return list(attrs)

@@ -58,13 +58,22 @@ class HostDaemon:
     ) -> subprocess.CompletedProcess[str]:
         """``siov-run --socket PATH -- bash -c SCRIPT``, output captured as text."""
         return subprocess.run(
-            [sys.executable, "-m", "siov_host.run", "--socket", self.path, *args, "--"]
-            + ["bash", "-c", script],
+            [
+                sys.executable,
+                "-m",
+                "siov_host.run",
+                "--socket",
+                self.path,
+                *args,
+                "--",
+                "bash",
+                "-c",
+                script,
+            ],
             capture_output=True,
             text=True,
             timeout=timeout,
         )
-
 
 
 @pytest.fixture(scope="module")

@@ -62,13 +62,22 @@ def test_several_processes_share_the_shared_wq(configured: HostDaemon) -> None:
     # four at once in one launcher and four in another: eight openers of wq0.0, each its
     # own PASID, none seeing another's buffers (each verifies its own results)
     script = (
-        f"pids=; for i in 1 2 3 4; do {DSA_TEST} -w 1 -o 3 -l 65536 -n 32 & pids=\"$pids $!\"; "
+        f'pids=; for i in 1 2 3 4; do {DSA_TEST} -w 1 -o 3 -l 65536 -n 32 & pids="$pids $!"; '
         "done; rc=0; for p in $pids; do wait $p || rc=1; done; exit $rc"
     )
     procs = [
         subprocess.Popen(
-            [sys.executable, "-m", "siov_host.run", "--socket", configured.path, "--"]
-            + ["bash", "-c", script],
+            [
+                sys.executable,
+                "-m",
+                "siov_host.run",
+                "--socket",
+                configured.path,
+                "--",
+                "bash",
+                "-c",
+                script,
+            ],
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,
             text=True,
@@ -98,15 +107,32 @@ def test_dedicated_wq_has_one_opener(configured: HostDaemon) -> None:
         "a = os.open('/dev/dsa/wq0.1', os.O_RDWR)\n"
         "print('reopened')\n"
     )
-    out = configured.run(f"python3 -c \"{script}\"")
+    out = configured.run(f'python3 -c "{script}"')
     assert out.stdout.splitlines() == ["EBUSY", "shared True", "reopened"], out.stderr
 
 
 def test_sigkill_mid_work_leaves_nothing_behind(configured: HostDaemon) -> None:
     fds_before = configured.daemon.fds()
     launcher = subprocess.Popen(
-        [sys.executable, "-m", "siov_host.run", "--socket", configured.path, "--"]
-        + [DSA_TEST, "-w", "0", "-o", "3", "-l", "2097152", "-n", "512", "-t", "60000"],
+        [
+            sys.executable,
+            "-m",
+            "siov_host.run",
+            "--socket",
+            configured.path,
+            "--",
+            DSA_TEST,
+            "-w",
+            "0",
+            "-o",
+            "3",
+            "-l",
+            "2097152",
+            "-n",
+            "512",
+            "-t",
+            "60000",
+        ],
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     )
