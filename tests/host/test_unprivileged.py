@@ -30,8 +30,18 @@ def test_siov_run_as_nobody() -> None:
         path = os.path.join(tmp, "d.sock")
         log = open(os.path.join(tmp, "siovd.log"), "wb")  # noqa: SIM115
         daemon = subprocess.Popen(
-            [*NOBODY, sys.executable, "-m", "siovd", "--socket", path]
-            + ["--state-dir", os.path.join(tmp, "state"), "--log-format", "json"],
+            [
+                *NOBODY,
+                sys.executable,
+                "-m",
+                "siovd",
+                "--socket",
+                path,
+                "--state-dir",
+                os.path.join(tmp, "state"),
+                "--log-format",
+                "json",
+            ],
             stdout=log,
             stderr=log,
         )
@@ -41,8 +51,18 @@ def test_siov_run_as_nobody() -> None:
                 assert daemon.poll() is None and time.monotonic() < deadline, "siovd failed"
                 time.sleep(0.02)
             out = subprocess.run(
-                [*NOBODY, sys.executable, "-m", "siov_host.run", "--socket", path, "--"]
-                + ["sh", "-c", f"accel-config list >/dev/null && {DSA_TEST} -w 0 -o 3 -l 4096"],
+                [
+                    *NOBODY,
+                    sys.executable,
+                    "-m",
+                    "siov_host.run",
+                    "--socket",
+                    path,
+                    "--",
+                    "sh",
+                    "-c",
+                    f"accel-config list >/dev/null && {DSA_TEST} -w 0 -o 3 -l 4096",
+                ],
                 capture_output=True,
                 text=True,
                 timeout=120,
