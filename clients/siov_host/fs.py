@@ -56,12 +56,12 @@ class OpCapByReader:
         except OSError:
             return self.default
         for lib in sorted(libs):
-            fmt = self._lib_format(f"/proc/{pid}/map_files", lib)
+            fmt = self._lib_format(lib)
             if fmt is not None:
                 return fmt
         return self.default
 
-    def _lib_format(self, _map_files: str, lib: str) -> OpCapFormat | None:
+    def _lib_format(self, lib: str) -> OpCapFormat | None:
         try:
             st = os.stat(lib)
         except OSError:
