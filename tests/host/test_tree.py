@@ -12,8 +12,8 @@ import pytest
 
 pytest.importorskip("pyfuse3")
 
-from siov_host.fs import OpCapByReader  # noqa: E402
-from siov_host.tree import Store, SysfsError, Tree, op_cap_text, store_for  # noqa: E402
+from siov_host.fs import OpCapByReader
+from siov_host.tree import Store, SysfsError, Tree, op_cap_text, store_for
 
 BITMAP = "00000000,00000000,00000000,00000000,00000000,00000000,00000001,000303ff"
 
