@@ -1,9 +1,11 @@
 /* Test program for libsiov_portal.so: stores to WQ portals with MOVDIR64B and ENQCMD in
  * several addressing modes, under LD_PRELOAD, against the test's fake broker.
  *
- * usage: portal_prog N_POSTED N_ENQ [segv]
+ * usage: portal_prog N_POSTED N_ENQ [segv|fork]
  * prints "enq ok=A retry=B" and exits 0; with "segv" it then writes to a bad address (the
- * library must pass a fault that is not a portal store on to the default action).
+ * library must pass a fault that is not a portal store on to the default action); with
+ * "fork" a child stores to the portal (it has none: it must die of SIGSEGV) and the parent
+ * prints "child signal N".
  */
 #include <fcntl.h>
 #include <stdint.h>
@@ -11,6 +13,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/mman.h>
+#include <sys/wait.h>
 #include <unistd.h>
 
 struct desc {
@@ -116,5 +119,16 @@ int main(int argc, char **argv)
 	fflush(stdout);
 	if (argc > 3 && strcmp(argv[3], "segv") == 0)
 		*(volatile int *)(uintptr_t)strtoul("16", NULL, 0) = 1;
+	if (argc > 3 && strcmp(argv[3], "fork") == 0) {
+		int status;
+		pid_t pid = fork();
+		if (pid == 0) {
+			fill(&d, 999, 0);
+			__asm__ volatile("movdir64b (%1), %0" ::"D"(dwq), "S"(&d) : "memory");
+			_exit(0);
+		}
+		waitpid(pid, &status, 0);
+		printf("child signal %d\n", WIFSIGNALED(status) ? WTERMSIG(status) : 0);
+	}
 	return 0;
 }

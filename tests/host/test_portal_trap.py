@@ -158,6 +158,16 @@ def test_other_faults_still_kill(prog: str, broker: tuple[FakeBroker, dict[str, 
     assert out.stdout.startswith(b"enq ok=0 retry=0")
 
 
+def test_a_forked_child_has_no_portal(prog: str, broker: tuple[FakeBroker, dict[str, str]]) -> None:
+    b, env = broker
+    out = subprocess.run([prog, "3", "0", "fork"], env=env, capture_output=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.decode().splitlines()[-1] == f"child signal {int(signal.SIGSEGV)}"
+    b.join()
+    dwq = next(c for c in b.conns if c.wq == 0)
+    assert [d[:4] for d in dwq.posted] == [struct.pack("<I", i) for i in range(3)]
+
+
 def test_open_without_char_device_is_enoent(
     tmp_path: Path, broker: tuple[FakeBroker, dict[str, str]]
 ) -> None:

@@ -54,6 +54,7 @@ struct portal {
 	uintptr_t start; /* 0: free */
 	size_t len;
 	int fd;
+	pid_t pid; /* the process that mapped it: a child of fork() inherits the table, not the page */
 };
 
 static struct wq_fd wq_fds[MAX_WQ_FDS];
@@ -363,6 +364,8 @@ void *mmap(void *addr, size_t len, int prot, int flags, int fd, off_t off)
 		      MAP_PRIVATE | MAP_ANONYMOUS | (flags & MAP_FIXED), -1, 0);
 	if (p == MAP_FAILED)
 		return p;
+	/* cdev.c maps the portal VM_DONTCOPY: a child of fork() has no portal (its stores fault) */
+	madvise(p, PORTAL_SIZE, MADV_DONTFORK);
 	install_handlers();
 	lock(&table_lock);
 	for (int i = 0; i < MAX_PORTALS; i++) {
@@ -370,6 +373,7 @@ void *mmap(void *addr, size_t len, int prot, int flags, int fd, off_t off)
 			portals[i].start = (uintptr_t)p;
 			portals[i].len = PORTAL_SIZE;
 			portals[i].fd = fd;
+			portals[i].pid = (pid_t)syscall(SYS_getpid);
 			unlock(&table_lock);
 			return p;
 		}
@@ -398,8 +402,10 @@ int munmap(void *addr, size_t len)
 /* the portal (and its fd) that contains addr; fd -1 when closed */
 static struct portal *find_portal(uintptr_t addr)
 {
+	pid_t self = (pid_t)syscall(SYS_getpid);
+
 	for (int i = 0; i < MAX_PORTALS; i++)
-		if (portals[i].start && addr >= portals[i].start &&
+		if (portals[i].start && portals[i].pid == self && addr >= portals[i].start &&
 		    addr < portals[i].start + portals[i].len)
 			return &portals[i];
 	return NULL;
