@@ -40,6 +40,13 @@ class _Reader:
         self.sock = sock
         self.buf = bytearray()
 
+    def has_posted(self) -> bool:
+        """A whole POSTED message is already buffered (no waiting)."""
+        if len(self.buf) < HEADER.size + 64:
+            return False
+        kind, length = HEADER.unpack_from(self.buf)
+        return bool(kind == MSG_POSTED and length == 64)
+
     async def exactly(self, n: int) -> bytes | None:
         while len(self.buf) < n:
             chunk = await self.sock.recv(max(65536, n))
@@ -120,7 +127,7 @@ class Broker:
                         async with trio.open_nursery() as nursery:
                             nursery.start_soon(_answer_page_requests, client)
                             nursery.start_soon(_drain_events, client)
-                            await self._forward(conn, client, handle)
+                            await self._forward(conn, client, handle, int(reply["size"]))
                             nursery.cancel_scope.cancel()
                         with trio.move_on_after(5):
                             await client.wq_close(handle)
@@ -133,9 +140,13 @@ class Broker:
                     await conn.send(OPEN_REPLY.pack(exc.errno or errno.EIO, 0, 0, 0))
 
     async def _forward(
-        self, conn: trio.socket.SocketType, client: siov.Client, handle: int
+        self, conn: trio.socket.SocketType, client: siov.Client, handle: int, size: int
     ) -> None:
         reader = _Reader(conn)
+        # MOVDIR64Bs that have already arrived together go as one posted WQ_SUBMIT, in order,
+        # at most half the WQ's size at a time: the daemon runs a message's descriptors before
+        # it reads the next one, so a batch that fits never meets a full WQ on its own.
+        batch_limit = max(1, size // 2)
         while True:
             header = await reader.exactly(HEADER.size)
             if header is None:
@@ -146,7 +157,14 @@ class Broker:
                 return
             self.forwarded += 1
             if kind == MSG_POSTED:
-                await client.wq_submit(handle, payload, posted=True)
+                batch = [payload]
+                while len(batch) < batch_limit and reader.has_posted():
+                    header = await reader.exactly(HEADER.size)
+                    more = await reader.exactly(64)
+                    assert header is not None and more is not None
+                    batch.append(more)
+                    self.forwarded += 1
+                await client.wq_submit(handle, b"".join(batch), posted=True)
                 continue
             try:
                 results = await client.wq_submit(handle, payload)
