@@ -15,10 +15,13 @@ Everything a session bound or opened is closed when it leaves; opens are drained
 from __future__ import annotations
 
 import errno
+import os
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, ClassVar, Final
 
 import structlog
+import trio
 
 from siov_protocol.messages_sva import SVA_FDS, WQ_MODE_DEDICATED, WQ_MODE_SHARED
 from siovd.model.accel.cdev import as_enqcmd, closed, open_wq, opened
@@ -35,8 +38,10 @@ if TYPE_CHECKING:
 
 log = structlog.get_logger("siovd.sva")
 
-#: Bindings (SVA_BIND) and opens (WQ_OPEN) one connection may hold, each.
-MAX_PER_SESSION: Final = 1024
+#: Bindings (SVA_BIND) and opens (WQ_OPEN) one connection may hold, each, and all
+#: connections together: each holds three fds of the daemon (mem, maps, pidfd) and a watch.
+MAX_PER_SESSION: Final = 64
+MAX_TOTAL: Final = 4096
 #: The bus of the DSA devices' own PCI functions (requesters for their char devices).
 PCI_BUS: Final = "pci"
 #: Rounds of engine work WQ_CLOSE gives the opener's descriptors before aborting the rest.
@@ -97,7 +102,13 @@ class SvaRuntime:
         self.binds_total = 0
         self.opens_total = 0
         self.drained = 0
-        daemon.iommu.register_bus(PCI_BUS)
+        self.exits = 0
+        #: Set by the service's task nursery (siovd.service.engines): watch a bound process.
+        self.start_watch: Callable[[SvaDomain], None] = lambda domain: None
+        #: Bindings whose process is watched (by SVA domain id), with the watching task's
+        #: cancel scope once it runs.
+        self._watches: dict[int, trio.CancelScope | None] = {}
+        daemon.iommu.register_internal_bus(PCI_BUS)
         # Registered after the accelerator runtime, so (release runs newest first) a leaving
         # session's opens are drained before the runtime cancels what is left.
         daemon.on_release(self.release_session)
@@ -117,6 +128,7 @@ class SvaRuntime:
         self._forget_space(device.uuid, domain.pasid)
         self.bindings[(session.id, device.uuid, domain.pasid)] = Binding(session.id, device, domain)
         self.binds_total += 1
+        self._watch(domain)
         log.info("sva bound", device=device.uuid, pasid=domain.pasid, pid=mm.pid)
         return domain
 
@@ -124,6 +136,7 @@ class SvaRuntime:
         binding = self.bindings.pop((session.id, uuid.lower(), pasid), None)
         if binding is None or binding.domain.pasid != pasid:
             raise SiovError(errno.ENOENT, f"no SVA binding at PASID {pasid} of device {uuid}")
+        self._unwatch(binding.domain)
         self.daemon.iommu.sva_unbind(binding.domain)
         self._forget_space(binding.device.uuid, pasid)
         log.info("sva unbound", device=binding.device.uuid, pasid=pasid)
@@ -134,11 +147,14 @@ class SvaRuntime:
         if state is not None:
             state.spaces.pop(pasid, None)
 
-    @staticmethod
-    def _room(session: Session, have: int, what: str) -> None:
+    def _room(self, session: Session, have: int, what: str) -> None:
         if have >= MAX_PER_SESSION:
             raise SiovError(
                 errno.ENOSPC, f"limit reached: {MAX_PER_SESSION} SVA {what} per connection"
+            )
+        if len(self.bindings) + len(self.opens) >= MAX_TOTAL:
+            raise SiovError(
+                errno.ENOSPC, f"limit reached: {MAX_TOTAL} SVA bindings and opens in the daemon"
             )
 
     # -- WQ_OPEN / WQ_SUBMIT / WQ_CLOSE ----------------------------------------------------------
@@ -172,6 +188,7 @@ class SvaRuntime:
         self.opens[handle] = state
         self.daemon.accel_runtime.mdevs[state.uuid] = state
         self.opens_total += 1
+        self._watch(domain)
         log.info("wq opened", wq=wq.path, handle=handle, pasid=domain.pasid, pid=mm.pid)
         return state
 
@@ -217,6 +234,7 @@ class SvaRuntime:
                 break  # nothing left to take: what remains waits on a page request
         self.drained += 1
         runtime.forget(state.uuid)  # aborts what still waits, closes eventfds
+        self._unwatch(state.domain)
         self.daemon.iommu.sva_unbind(state.domain)
         closed(state.mdev.wq)
         log.info("wq closed", wq=state.mdev.wq.path, handle=state.handle)
@@ -228,7 +246,61 @@ class SvaRuntime:
             self._close(state)
         for key in [k for k in self.bindings if k[0] == session.id]:
             binding = self.bindings.pop(key)
+            self._unwatch(binding.domain)
             self.daemon.iommu.sva_unbind(binding.domain)
+
+    # -- the bound process's exit ------------------------------------------------------------------
+
+    async def watch(self, domain: SvaDomain) -> None:
+        """Wait for the bound process to exit (its pidfd turns readable), then unbind what it
+        had, as the kernel does when the process's mm goes, even if the connection that
+        bound it (a broker, say) stays."""
+        mm = domain.mm
+        if mm is None or mm.pidfd < 0 or domain.id not in self._watches:
+            return  # unbound before this task ran
+        try:
+            fd = os.dup(mm.pidfd)  # ours: the binding closes its own at unbind
+        except OSError as exc:  # out of fds: the binding lives until its connection leaves
+            log.warning("cannot watch a bound process", pid=mm.pid, error=str(exc))
+            self._watches.pop(domain.id, None)
+            return
+        try:
+            with trio.CancelScope() as scope:
+                self._watches[domain.id] = scope
+                await trio.lowlevel.wait_readable(fd)
+        finally:
+            if self._watches.get(domain.id) is scope:
+                del self._watches[domain.id]
+            os.close(fd)
+        if not scope.cancelled_caught:
+            self.exited(domain)
+
+    def _watch(self, domain: SvaDomain) -> None:
+        """Watch the bound process when its pid can be trusted (see AddressSpace.pidfd)."""
+        if domain.mm is not None and domain.mm.pidfd >= 0:
+            self._watches[domain.id] = None
+            self.start_watch(domain)
+
+    def _unwatch(self, domain: SvaDomain) -> None:
+        scope = self._watches.pop(domain.id, None)
+        if scope is not None:
+            scope.cancel()
+
+    def exited(self, domain: SvaDomain) -> None:
+        for state in list(self.opens.values()):
+            if state.domain is domain:
+                self.exits += 1
+                log.info("bound process exited", wq=state.mdev.wq.path, handle=state.handle)
+                self._close(state)
+                return
+        for key, binding in list(self.bindings.items()):
+            if binding.domain is domain:
+                self.exits += 1
+                log.info("bound process exited", device=key[1], pasid=key[2])
+                del self.bindings[key]
+                self.daemon.iommu.sva_unbind(domain)
+                self._forget_space(key[1], key[2])
+                return
 
     def stats_dict(self) -> dict[str, Any]:
         domains = self.daemon.iommu.sva_domains()
@@ -240,6 +312,8 @@ class SvaRuntime:
             "binds_total": self.binds_total,
             "opens_total": self.opens_total,
             "closes_drained": self.drained,
+            "process_exits": self.exits,
+            "watched": len(self._watches),
             "maps_reads": sum(mm.maps_reads for mm in spaces),
             "snapshot_hits": sum(mm.snapshot_hits for mm in spaces),
             "write_failures": sum(mm.write_failures for mm in spaces),

@@ -72,6 +72,7 @@ class Iommu:
         self.pasids = PasidAllocator()
         self.on_fault: FaultCallback | None = None
         self._buses: set[str] = set()
+        self._internal_buses: set[str] = set()
         self._domains: dict[int, Domain] = {}
         self._groups: dict[int, Group] = {}
         self._next_domain = 1
@@ -87,6 +88,11 @@ class Iommu:
     def register_bus(self, bus: str) -> None:
         """Serve ``bus``: its devices are probed, domains may be allocated for it."""
         self._buses.add(bus)
+
+    def register_internal_bus(self, bus: str) -> None:
+        """Probe devices of ``bus`` (the DSA devices' own PCI functions, requesters of their
+        char devices), but allocate no domain for it: clients never see that bus."""
+        self._internal_buses.add(bus)
 
     # -- lookup ------------------------------------------------------------------------------
 
@@ -230,7 +236,7 @@ class Iommu:
         One group per device (``generic_device_group``), unless the device is a requester-ID
         alias of ``alias``, whose group it joins (as ``pci_device_group`` does).
         """
-        if device.bus not in self._buses:
+        if device.bus not in self._buses and device.bus not in self._internal_buses:
             raise SiovError(errno.ENODEV, f"this IOMMU does not serve bus {device.bus!r}")
         if alias is not None:
             if alias.group is None:
@@ -761,6 +767,12 @@ class Iommu:
         ``(iova, phys, length, prot)`` of the translated prefix, and the fault that ended it.
         At most ``max_runs`` runs and ``max_pages`` page lookups: past either, the prefix ends
         with no fault."""
+        if sva_domain(device, pasid) is not None:
+            raise SiovError(
+                errno.EOPNOTSUPP,
+                f"PASID {pasid} of device {device.uuid} is bound to a process's address space "
+                "(SVA): it translates to no physical memory; use DMA_READ/DMA_WRITE",
+            )
         runs, failure = translate_runs(
             self, device, pasid, iova, length, write, max_runs, max_pages
         )
@@ -781,12 +793,15 @@ class Iommu:
     ) -> tuple[int, DmaFault | None]:
         """Write through the IOMMU: the bytes written before any fault, and the fault."""
         src = memoryview(data).cast("B")
-        views, fault = self.dma_space(device, pasid).runs(iova, len(src), True)
+        space = self.dma_space(device, pasid)
+        views, fault = space.runs(iova, len(src), True)
         done = 0
         for view in views:
             n = len(view)
             view[:] = src[done : done + n]
             done += n
+        if isinstance(space, SvaDmaSpace):
+            space.flush()  # a process's memory: the bytes go back now
         return done, fault
 
     # -- lifecycle ---------------------------------------------------------------------------

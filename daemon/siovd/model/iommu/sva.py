@@ -33,6 +33,7 @@ import ctypes
 import ctypes.util
 import errno
 import fcntl
+import functools
 import os
 import re
 from bisect import bisect_right
@@ -60,6 +61,12 @@ _MEM_PATH: Final = re.compile(r"/(\d+)/mem$")
 _MAPS_PATH: Final = re.compile(r"/(\d+)/maps$")
 #: Writes this small go out in two parts, their first byte last (a completion record).
 _SMALL_WRITE: Final = 64
+#: The most one translated range may hold, and the most the write ranges of one descriptor
+#: (with a batch's) may hold until they are written back: the bytes pass through the daemon.
+MAX_RANGE: Final = 64 << 20
+MAX_PENDING: Final = 256 << 20
+#: Mappings remembered for the fast path (a descriptor's source, destination and record).
+_RECENT: Final = 4
 
 PERM_R: Final = 1
 PERM_W: Final = 2
@@ -99,11 +106,18 @@ def parse_maps(text: bytes) -> list[Vma]:
     return vmas
 
 
+@functools.cache
+def _libc() -> ctypes.CDLL | None:
+    try:
+        return ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+    except OSError:
+        return None
+
+
 def _fs_type(fd: int) -> int | None:
     """``fstatfs(fd).f_type``, or None when it cannot be asked."""
-    try:
-        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
-    except OSError:
+    libc = _libc()
+    if libc is None:
         return None
     buf = ctypes.create_string_buffer(256)  # struct statfs; f_type is its first word
     if libc.fstatfs(fd, buf) != 0:
@@ -122,7 +136,8 @@ def _check_proc_fd(fd: int, pattern: re.Pattern[str], what: str) -> int:
     """The pid a ``/proc/<pid>/{mem,maps}`` fd names; ``EINVAL`` for any other fd."""
     path = _fd_path(fd)
     match = pattern.search(path)
-    if match is None or not path.startswith("/proc/"):
+    # (The path is as the client's mount namespace names it; procfs itself is checked next.)
+    if match is None:
         shown = path or "an fd that cannot be inspected"
         raise SiovError(errno.EINVAL, f"{what}: expected /proc/<pid>/{what}, got {shown}")
     if _fs_type(fd) != PROC_SUPER_MAGIC:
@@ -140,6 +155,8 @@ class AddressSpace:
         "maps_reads",
         "mem_fd",
         "pid",
+        "pidfd",
+        "recent",
         "snapshot_hits",
         "stale",
         "vmas",
@@ -149,9 +166,14 @@ class AddressSpace:
     def __init__(self, mem_fd: int, maps_fd: int, pid: int) -> None:
         self.mem_fd = mem_fd
         self.maps_fd = maps_fd
-        self.pid = pid  # as the daemon's procfs named it: for messages only, never to reach it
+        self.pid = pid  # as the mem fd's procfs names it: never used to reach the process
+        #: A pidfd of the process, readable once it exits; -1 when the pid cannot be trusted
+        #: to mean the same process here (see :func:`_pidfd_for`).
+        self.pidfd = -1
         self.vmas: list[Vma] = []
         self._starts: list[int] = []
+        #: The mappings the last successful lookups ended in, newest first: (start, end, perms).
+        self.recent: list[tuple[int, int, int]] = []
         self.alive = True
         self.stale = True
         self.maps_reads = 0
@@ -176,15 +198,34 @@ class AddressSpace:
         if _fl(maps_fd) & os.O_ACCMODE not in (os.O_RDONLY, os.O_RDWR):
             raise SiovError(errno.EACCES, f"maps of process {pid} is not open for reading")
         space = cls(mem_fd, maps_fd, pid)
+        # A pidfd to learn of the exit, opened before the probe below: if the address space
+        # still reads after it was opened, the pid named that process then (no reuse race).
+        space.pidfd = _pidfd_for(mem_fd, pid)
         try:
-            space.refresh()
+            space._first_refresh()
+        except BaseException:
+            space._close_pidfd()
+            raise
+        if not space.vmas or not space.probe():
+            space._close_pidfd()
+            raise SiovError(errno.ESRCH, f"process {pid} has exited")
+        return space
+
+    def _first_refresh(self) -> None:
+        pid = self.pid
+        try:
+            self.refresh()
         except ValueError as exc:
             raise SiovError(errno.EINVAL, f"maps of process {pid}: {exc}") from None
         except OSError as exc:
+            if exc.errno == errno.ESRCH:
+                raise SiovError(errno.ESRCH, f"process {pid} has exited") from None
             raise SiovError(exc.errno or errno.EIO, f"maps of process {pid}: {exc}") from None
-        if not space.vmas or not space.probe():
-            raise SiovError(errno.ESRCH, f"process {pid} has exited")
-        return space
+
+    def _close_pidfd(self) -> None:
+        if self.pidfd >= 0:
+            os.close(self.pidfd)
+            self.pidfd = -1
 
     # -- the snapshot -------------------------------------------------------------------------
 
@@ -203,6 +244,7 @@ class AddressSpace:
         self.maps_reads += 1
         self.vmas = parse_maps(b"".join(chunks))
         self._starts = [v.start for v in self.vmas]
+        self.recent = []
         self.stale = False
         if not self.vmas:
             self.alive = False  # an exited process's maps read empty
@@ -237,6 +279,11 @@ class AddressSpace:
                 return pos - addr, FR_FS_NOT_PRESENT
             pos = vma.end
             index += 1
+        entry = (vma.start, vma.end, vma.perms)
+        recent = self.recent
+        if entry not in recent:
+            recent.insert(0, entry)
+            del recent[_RECENT:]
         return length, None
 
     def translate(self, addr: int, length: int, write: bool) -> tuple[int, int | None]:
@@ -258,6 +305,7 @@ class AddressSpace:
             self.refresh()
         except (OSError, ValueError):
             self.vmas, self._starts, self.alive = [], [], False
+            self.recent = []
 
     # -- data ---------------------------------------------------------------------------------
 
@@ -292,12 +340,25 @@ class AddressSpace:
 
     def close(self) -> None:
         self.alive = False
+        self._close_pidfd()
         for fd in (self.mem_fd, self.maps_fd):
             try:
                 os.close(fd)
             except OSError:
                 pass
         self.mem_fd = self.maps_fd = -1
+
+
+def _pidfd_for(mem_fd: int, pid: int) -> int:
+    """A pidfd for ``pid``, or -1. Only when the mem fd comes from the same procfs instance as
+    the daemon's own ``/proc`` does its pid number mean the same process here (another
+    instance may be of another pid namespace)."""
+    try:
+        if os.fstat(mem_fd).st_dev != os.stat("/proc/self/mem").st_dev:
+            return -1
+        return os.pidfd_open(pid)
+    except (OSError, AttributeError):
+        return -1
 
 
 def _fl(fd: int) -> int:
@@ -330,7 +391,7 @@ class SvaDmaSpace:
     IOMMU path answers.
     """
 
-    __slots__ = ("_iommu", "_pending", "_plain", "device", "pasid")
+    __slots__ = ("_iommu", "_pending", "_pending_bytes", "_plain", "device", "pasid")
 
     def __init__(self, iommu: Iommu, device: Device, pasid: int) -> None:
         self._iommu = iommu
@@ -339,6 +400,7 @@ class SvaDmaSpace:
         self.pasid = pasid
         #: Write ranges handed out and not yet written back: (address space, addr, buffer).
         self._pending: list[tuple[AddressSpace, int, bytearray]] = []
+        self._pending_bytes = 0
 
     def runs(self, iova: int, length: int, write: bool) -> tuple[list[memoryview], DmaFault | None]:
         domain, _ = resolve(self.device, self.pasid)
@@ -347,6 +409,43 @@ class SvaDmaSpace:
         if length <= 0:
             return [], None
         mm = domain.mm
+        # The bytes pass through the daemon's memory: bound what one range, and the writes of
+        # one descriptor (a batch), may hold. Past that the range ends early, as at a fault.
+        cap = MAX_RANGE if not write else min(MAX_RANGE, MAX_PENDING - self._pending_bytes)
+        if length > cap:
+            head, fault = self.runs(iova, cap, write) if cap > 0 else ([], None)
+            if fault is None:
+                fault = DmaFault(iova + max(cap, 0), write, FR_FS_NOT_PRESENT, self.pasid)
+            return head, fault
+        # Fast path: the range lies in the mapping the last lookup found, which allows the
+        # access, and the live address space has all of it.
+        end = iova + length
+        perms = -1
+        for lo, hi, allowed in mm.recent:
+            if lo <= iova and end <= hi:
+                perms = allowed
+                break
+        if perms >= 0 and not mm.stale and (perms & PERM_W or not write):
+            mm.snapshot_hits += 1
+            if write:
+                buf = bytearray(length)
+                try:
+                    n = os.preadv(mm.mem_fd, [buf], iova)
+                except OSError:
+                    n = -1
+                if n == length:
+                    if self._pending:
+                        self._overlay(mm, iova, buf)
+                    self._pending.append((mm, iova, buf))
+                    self._pending_bytes += length
+                    return [memoryview(buf)], None
+            elif not self._pending:
+                try:
+                    data = os.pread(mm.mem_fd, length, iova)
+                except OSError:
+                    data = b""
+                if len(data) == length:
+                    return [memoryview(data)], None
         ok, reason = mm.translate(iova, length, write)
         data = mm.read(iova, ok) if ok else b""
         if len(data) < ok:
@@ -364,6 +463,7 @@ class SvaDmaSpace:
         if got:
             if write:
                 self._pending.append((mm, iova, buf))
+                self._pending_bytes += got
                 views.append(memoryview(buf))
             else:
                 views.append(memoryview(buf).toreadonly())
@@ -384,9 +484,22 @@ class SvaDmaSpace:
     def flush(self) -> None:
         """Write back every write range handed out, in order (see the module doc)."""
         pending, self._pending = self._pending, []
+        self._pending_bytes = 0
         for mm, addr, buf in pending:
             view = memoryview(buf)
-            if len(view) <= _SMALL_WRITE:
+            size = len(view)
+            fd = mm.mem_fd
+            try:
+                if size <= _SMALL_WRITE:
+                    if os.pwrite(fd, view[1:], addr + 1) == size - 1:
+                        os.pwrite(fd, view[:1], addr)
+                        continue
+                elif os.pwrite(fd, view, addr) == size:
+                    continue
+            except OSError:
+                pass
+            # Short or failed: the careful way, which counts a failure.
+            if size <= _SMALL_WRITE:
                 if mm.write(addr + 1, view[1:]):
                     mm.write(addr, view[:1])
             else:
@@ -395,6 +508,7 @@ class SvaDmaSpace:
     def discard(self) -> None:
         """Forget unwritten ranges (the descriptor was abandoned)."""
         self._pending = []
+        self._pending_bytes = 0
 
 
 def sva_domain(device: Device, pasid: int) -> SvaDomain | None:

@@ -24,7 +24,7 @@ from siovd.service.session import Phase, Role
 
 log = structlog.get_logger("siovd")
 
-FEATURES = ["events", "fd-memory", "dma", "dsa"]
+FEATURES = ["events", "fd-memory", "dma", "dsa", "sva"]
 
 
 @registry.command(Command.VERSION, VersionRequest, phase=Phase.AWAIT_VERSION)
