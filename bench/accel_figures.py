@@ -8,6 +8,8 @@ Socket figures run a real ``siovd`` subprocess and a client in this process:
   copy of the same size in this process (target >= 0.9).
 - ``desc_4k_per_s``: 4 KiB MEMMOVE descriptors, 64 per SUBMIT, completions awaited in the
   records, a few SUBMITs in flight (target >= 150000; the daemon runs on one core).
+- ``dif_check_4k_per_s``: the same, with DIF_CHECK descriptors of one 4 KiB block and its
+  8-byte tuple each (no target: DSA's own DIF rate is not published).
 - ``desc_4k_socket_vs_inproc``: that rate over the rate of the same descriptors submitted to the
   daemon's accelerator runtime in process (submit, engines, IOMMU, completion; no socket).
 - ``crcgen_64m_vs_crc32c``: CRCGEN over 64 MiB through the daemon against the ``crc32c``
@@ -23,6 +25,7 @@ import json
 import mmap
 import os
 import statistics
+import struct
 import sys
 import time
 from collections.abc import Callable
@@ -84,11 +87,26 @@ def _best(run: Callable[[], object], repeat: int) -> float:
 # ---- through the daemon ---------------------------------------------------------------------
 
 
-def _rate_descriptors(base: int, records: int, task: int) -> bytes:
-    """64 MEMMOVEs of 4 KiB (from the first 2 MiB to the second) with their records."""
+def _rate_descriptors(base: int, records: int, task: int, op: str = "memmove") -> bytes:
+    """64 MEMMOVEs of 4 KiB (from the first 2 MiB to the second) with their records, or
+    (``op="dif_check"``) 64 DIF_CHECKs of one 4096-byte block and its tuple each, at 8 KiB
+    strides in the first 2 MiB (see :func:`_dif_source`)."""
     out = []
     for i in range(PER_SUBMIT):
         page = (task * PER_SUBMIT + i) % 512
+        if op == "dif_check":
+            slot = page % 256
+            out.append(
+                sdk.dif_check(
+                    base + slot * 8192,
+                    4104,
+                    block_size=4096,
+                    ref_tag=DIF_REF,
+                    app_tag=DIF_APP,
+                    completion=records + 32 * i,
+                )
+            )
+            continue
         out.append(
             sdk.memmove(
                 base + 2 * MIB + page * 4096,
@@ -100,7 +118,21 @@ def _rate_descriptors(base: int, records: int, task: int) -> bytes:
     return b"".join(out)
 
 
-async def _socket_rate(path: str, seconds: float) -> float:
+DIF_REF, DIF_APP = 0xABBA, 0xFACE
+
+
+def _dif_source(view: memoryview) -> None:
+    """Fill the first 2 MiB with 256 protected 4 KiB blocks (data, then guard, app tag, ref
+    tag big-endian), one per 8 KiB slot; the guard comes from the SDK's bit-serial CRC."""
+    data = bytes(range(256)) * 16
+    block = data + struct.pack(">HHI", sdk.t10_crc16(data), DIF_APP, DIF_REF)
+    for slot in range(256):
+        view[slot * 8192 : slot * 8192 + len(block)] = block
+
+
+async def _socket_rate(
+    path: str, seconds: float, op: str = "memmove", in_flight: int = IN_FLIGHT
+) -> float:
     async with siov.connect(path, name="bench") as client:
         mdev = await client.create_dsa_mdev()
         assert mdev.domain_id is not None
@@ -108,6 +140,8 @@ async def _socket_rate(path: str, seconds: float) -> float:
         await client.map(mdev.domain_id, buf.phys, buf.size, iova=0)
         view = buf.view
         view[:] = b"\x5a" * buf.size
+        if op == "dif_check":
+            _dif_source(view)
         done = 0
 
         async def submitter(task: int, until: float) -> None:
@@ -115,7 +149,7 @@ async def _socket_rate(path: str, seconds: float) -> float:
             records = 4 * MIB + task * PER_SUBMIT * 32
             body = {
                 "device": mdev.uuid,
-                "descriptors": _rate_descriptors(0, records, task),
+                "descriptors": _rate_descriptors(0, records, task, op),
             }
             clear = bytes(PER_SUBMIT * 32)
             statuses = view[records : records + PER_SUBMIT * 32 : 32]
@@ -125,6 +159,8 @@ async def _socket_rate(path: str, seconds: float) -> float:
                 if 0 in statuses.tobytes():  # the records are the completion
                     for i in range(PER_SUBMIT):
                         await mdev.wait(view[records + 32 * i : records + 32 * i + 32])
+                if op == "dif_check" and bytes(statuses) != b"\x01" * PER_SUBMIT:
+                    raise RuntimeError(f"DIF_CHECK did not succeed: {bytes(statuses).hex()}")
                 done += reply["accepted"]
                 if reply["accepted"] != PER_SUBMIT:
                     raise RuntimeError(f"descriptors not accepted: {reply}")
@@ -134,7 +170,7 @@ async def _socket_rate(path: str, seconds: float) -> float:
             done = 0
             start = time.perf_counter()
             async with trio.open_nursery() as nursery:
-                for task in range(IN_FLIGHT):
+                for task in range(in_flight):
                     nursery.start_soon(submitter, task, start + duration)
             return done / (time.perf_counter() - start)
 
@@ -191,6 +227,24 @@ def desc_4k_per_s() -> Figure:
         f"4 KiB MEMMOVEs, {PER_SUBMIT} per SUBMIT, {IN_FLIGHT} SUBMITs in flight, completion "
         f"records polled; median of {RUNS} runs of 1 s (min {min(rates):.0f}, "
         f"max {max(rates):.0f})",
+    )
+
+
+def dif_check_4k_per_s() -> Figure:
+    with daemon() as path:
+        # One SUBMIT in flight: 64 DIF_CHECKs are more than the 2 ms the daemon runs before
+        # reading the next message, so a second SUBMIT would overrun the dedicated WQ.
+        rates = [trio.run(_socket_rate, path, 1.0, "dif_check", 1) for _ in range(RUNS)]
+    rate = statistics.median(rates)
+    return figure(
+        "dif_check_4k_per_s",
+        round(rate),
+        "desc/s",
+        None,
+        None,
+        f"DIF_CHECK of one 4096-byte block + tuple each (guard, app and ref tag checked), "
+        f"{PER_SUBMIT} per SUBMIT, one SUBMIT in flight, completion records polled; "
+        f"median of {RUNS} runs of 1 s (min {min(rates):.0f}, max {max(rates):.0f})",
     )
 
 
@@ -404,6 +458,7 @@ def memmove_64m_inproc_vs_memcpy() -> Figure:
 FIGURES: dict[str, Callable[[], Figure]] = {
     "memmove_64m_vs_memcpy": memmove_64m_vs_memcpy,
     "desc_4k_per_s": desc_4k_per_s,
+    "dif_check_4k_per_s": dif_check_4k_per_s,
     "desc_4k_socket_vs_inproc": desc_4k_socket_vs_inproc,
     "crcgen_64m_vs_crc32c": crcgen_64m_vs_crc32c,
     "desc_4k_inproc_per_s": desc_4k_inproc_per_s,

@@ -147,6 +147,7 @@ class BlockingClient:
     accel_save_config = _blocking(Client.accel_save_config)
     accel_load_config = _blocking(Client.accel_load_config)
     accel_config_device = _blocking(Client.accel_config_device)
+    accel_evl_read = _blocking(Client.accel_evl_read)
     accel_config_group = _blocking(Client.accel_config_group)
     accel_config_engine = _blocking(Client.accel_config_engine)
     accel_config_wq = _blocking(Client.accel_config_wq)

@@ -359,6 +359,7 @@ def _accel_args(p: argparse.ArgumentParser) -> None:
     device = sub.add_parser("config-device", help="set device attributes (admin)")
     device.add_argument("device", help="e.g. dsa0")
     device.add_argument("-l", "--read-buffer-limit", dest="read_buffer_limit", type=int)
+    device.add_argument("-e", "--event-log-size", dest="event_log_size", type=int)
     group = sub.add_parser("config-group", help="set group attributes (admin)")
     group.add_argument("group", help="e.g. dsa0/group0.0")
     for flag, attr, kind in _GROUP_OPTIONS:
@@ -392,7 +393,9 @@ def cmd_accel(client: BlockingClient, args: argparse.Namespace) -> Any:
         devices = client.accel_list()
         return devices if args.json else json.dumps(devices, indent=2)
     if action == "config-device":
-        return client.accel_config_device(args.device, **_attrs(args, ["read_buffer_limit"]))
+        return client.accel_config_device(
+            args.device, **_attrs(args, ["read_buffer_limit", "event_log_size"])
+        )
     if action == "config-group":
         attrs = _attrs(args, [attr for _, attr, _ in _GROUP_OPTIONS])
         return client.accel_config_group(args.group, **attrs)

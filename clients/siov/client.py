@@ -662,6 +662,14 @@ class Client:
         body = {"device": device, "attrs": attrs}
         return await self.call(Command.ACCEL_CONFIG_DEVICE, body)
 
+    async def accel_evl_read(
+        self, device: str = "dsa0", *, max_entries: int = 64, arm: bool = False
+    ) -> dict[str, Any]:
+        """Consume up to ``max_entries`` 64-byte entries of the device's event log (admin);
+        ``arm`` asks for one EVENT_EVL when the next entry is written."""
+        body = {"device": device, "max": max_entries, "arm": arm}
+        return await self.call(Command.ACCEL_EVL_READ, body)
+
     async def accel_config_group(self, group: str, /, **attrs: Any) -> dict[str, Any]:
         """``accel-config config-group dsa0/group0.0 ...`` (admin)."""
         return await self.call(Command.ACCEL_CONFIG_GROUP, {"group": group, "attrs": attrs})

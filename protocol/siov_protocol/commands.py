@@ -75,6 +75,7 @@ class Command(enum.IntEnum):
     ACCEL_LOAD_CONFIG = 0x159
     ACCEL_SAVE_CONFIG = 0x15A
     SUBMIT = 0x15B
+    ACCEL_EVL_READ = 0x190  # the DSA 2.0 event log
 
     # persistent mdev definitions (mdevctl style)
     MDEV_DEFINE = 0x160
@@ -96,6 +97,7 @@ class Command(enum.IntEnum):
     EVENT_IRQ = 0x202
     EVENT_DEVICE_REMOVED = 0x203
     EVENT_SHUTDOWN = 0x204
+    EVENT_EVL = 0x230  # an entry was written to an event log a session armed
 
 
 EVENT_BASE = 0x200

@@ -187,6 +187,13 @@ class AccelConfigDevice:
 
 
 @dataclass(frozen=True, slots=True)
+class AccelEvlRead:
+    device: str = text(64)
+    max: int = u(1, 0xFFFF, default=64)  # entries to consume at most
+    arm: bool = False  # send EVENT_EVL once when the next entry is written
+
+
+@dataclass(frozen=True, slots=True)
 class AccelConfigGroup:
     group: str = text(64)  # "dsa0/group0.0" or "group0.0"
     attrs: dict[str, Any] = field(default_factory=dict)

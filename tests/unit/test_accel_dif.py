@@ -97,6 +97,15 @@ def test_crc16_t10_table_agrees_with_the_bit_serial_reference() -> None:
         assert crc16_t10(data[length // 2 :], crc16_t10(data[: length // 2])) == crc16_t10(data)
 
 
+@pytest.mark.parametrize("length", [2, 9, 511, *BLOCKS])
+def test_guard_by_parity_masks_agrees_with_the_bit_serial_reference(length: int) -> None:
+    rnd = random.Random(length)
+    for _ in range(3):
+        data = rnd.randbytes(length)
+        for flags in (0, DIF_FLAG_INVERT_CRC_SEED, DIF_FLAG_INVERT_CRC_RESULT, 0x0C):
+            assert guard(data, flags) == ref_guard(data, flags)
+
+
 def test_guard_seed_and_result_inversion() -> None:
     data = b"123456789"
     assert guard(data) == 0xD0DB
@@ -868,3 +877,39 @@ def test_a_large_transfer_crosses_its_internal_batches() -> None:
     rig.run(sdk.dif_insert(dst, SRC, len(data), ref_tag=1, completion=CR))
     assert rig.record().status == DSA_COMP_SUCCESS
     assert rig.get(dst, 600 * 520) == protect(data, 512, 1, 0)
+
+
+# --- OPCAP and the fidelity fixes ---------------------------------------------------------------
+
+
+def test_opcap_lists_exactly_what_runs() -> None:
+    from siovd.model.accel import caps
+    from siovd.model.accel.checks import SPECS
+
+    running = {
+        0x00, 0x01, 0x02, 0x03, 0x04, 0x05, 0x06, 0x07, 0x08, 0x09,
+        0x10, 0x11, 0x12, 0x13, 0x14, 0x15, 0x17, 0x20,
+    }  # fmt: skip
+    assert {op for op in range(256) if caps.OPCAP >> op & 1} == running == set(SPECS)
+
+
+@pytest.mark.parametrize("opcode", [0x0A, 0x21, *range(0x23, 0x28), *range(0x33, 0x38)])
+def test_dsa2_operations_left_out_of_opcap_are_bad_opcodes(opcode: int) -> None:
+    rig = Rig()
+    assert run(rig, raw(opcode)).status == DSA_COMP_BAD_OPCODE
+
+
+def test_create_delta_takes_accel_configs_max_delta_size() -> None:
+    """dsa_test's init_cr_delta asks for 2 x xfer_size (8192 for 4 KiB) and expects SUCCESS;
+    the record holds floor(max_delta_size / 10) entries."""
+    rig = Rig()
+    a = bytes(4096)
+    b = bytes(range(256)) * 16  # every 8-byte word differs from zero
+    rig.put(SRC, a)
+    rig.put(DST, b)
+    delta = 0x80000
+    record = run(rig, sdk.create_delta(SRC, DST, 4096, delta, 8192, completion=CR))
+    assert (record.status, record.result, record.delta_rec_size) == (DSA_COMP_SUCCESS, 1, 5120)
+    # 95 bytes hold 9 entries: the tenth overflows
+    record = run(rig, sdk.create_delta(SRC, DST, 4096, delta, 95, completion=CR))
+    assert (record.status, record.result, record.delta_rec_size) == (DSA_COMP_SUCCESS, 2, 90)

@@ -60,6 +60,7 @@ from siovd.model.accel import (
     SubmitResult,
 )
 from siovd.model.accel.cdev import SvaExecutor
+from siovd.model.accel.evl import pack_entry
 from siovd.model.device import Device
 from siovd.model.dma import DmaSpace
 from siovd.model.errors import SiovError
@@ -158,6 +159,8 @@ class RuntimeStats:
     irqs_event: int = 0
     irq_write_failures: int = 0
     software_errors: int = 0
+    evl_entries: int = 0
+    evl_lost: int = 0
 
 
 class AccelRuntime:
@@ -169,6 +172,8 @@ class AccelRuntime:
         self.mdevs: dict[str, MdevState] = {}
         self.requests: dict[int, PageRequest] = {}
         self.stats = RuntimeStats()
+        #: device name -> sessions that asked (ACCEL_EVL_READ arm) for one EVENT_EVL
+        self.evl_armed: dict[str, set[int]] = {}
         self._next_request = 1
         self._session_outstanding: dict[int, int] = {}
         self._engine_runs: dict[Engine, int] = {}
@@ -417,6 +422,7 @@ class AccelRuntime:
         }
         if error.batch_index is not None:
             swerr["batch_index"] = error.batch_index
+        self._log_event(state, error)
         fd = state.irq_fds[0]
         if fd is not None:
             try:
@@ -425,6 +431,26 @@ class AccelRuntime:
             except OSError:
                 self.stats.irq_write_failures += 1
         self._irq_event(state, 0, swerr)
+
+    def _log_event(self, state: MdevState, error: SoftwareError) -> None:
+        """A software error also goes to the device's event log (DSA 2.0), with an EVENT_EVL
+        for the sessions that armed it."""
+        wq = state.mdev.wq
+        device = wq.device
+        log_ = device.event_log
+        if log_ is None:
+            return
+        if not log_.append(pack_entry(error, wq.id)):
+            self.stats.evl_lost += 1
+            return
+        self.stats.evl_entries += 1
+        armed = self.evl_armed.pop(device.name, set())
+        for session_id in sorted(armed):
+            session = self.daemon.sessions.get(session_id)
+            if session is not None:
+                session.push_event(
+                    Command.EVENT_EVL, {"device": device.name, "entries": log_.count}
+                )
 
     def set_irqs(self, state: MdevState, start: int, fds: list[int]) -> None:
         """Install eventfds for vectors ``[start, start + len(fds))``, closing the ones they

@@ -68,6 +68,9 @@ GENCAP_CACHE_CONTROL_MEM: Final = 1 << 2
 GENCAP_CACHE_CONTROL_CACHE: Final = 1 << 3
 GENCAP_DEST_READBACK: Final = 1 << 8
 GENCAP_DRAIN_READBACK: Final = 1 << 9
+#: GENCAP bits 14:13 evl_support. The device-level view (accel-config's gen_cap) sets it; an
+#: mdev's BAR0 does not, since its registers are read-only and it has no EVLCFG to program.
+GENCAP_EVL_SUPPORT: Final = 1 << 13
 GENCAP_MAX_XFER_SHIFT_BIT: Final = 16
 GENCAP_MAX_BATCH_SHIFT_BIT: Final = 21
 GENCAP_CONFIG_EN: Final = 1 << 31

@@ -57,7 +57,6 @@ _DEVICE_READONLY: Final = frozenset(
         "errors",
         "mdevs",
         "iaa_cap",
-        "event_log_size",
     }
 )
 _GROUP_READONLY: Final = frozenset({"desc_progress_limit", "batch_progress_limit"})
@@ -103,7 +102,11 @@ def group_to_json(group: Group, save: bool = False) -> Json:
 
 
 def device_to_json(device: DsaDevice, save: bool = False) -> Json:
-    obj: Json = {"dev": device.name, "read_buffer_limit": device.read_buffer_limit}
+    obj: Json = {
+        "dev": device.name,
+        "read_buffer_limit": device.read_buffer_limit,
+        "event_log_size": device.event_log_size,
+    }
     if not save:
         obj.update(
             {
@@ -113,7 +116,7 @@ def device_to_json(device: DsaDevice, save: bool = False) -> Json:
                 "work_queue_size": device.total_wq_size,
                 "numa_node": -1,
                 "op_cap": bitmap256_text(caps.OPCAP),
-                "gen_cap": hex(caps.GENCAP),
+                "gen_cap": hex(caps.GENCAP | caps.GENCAP_EVL_SUPPORT),
                 "version": hex(caps.DSA_VERSION),
                 "state": "enabled" if device.enabled else "disabled",
                 "max_read_buffers": caps.MAX_READ_BUFFERS,
@@ -310,13 +313,16 @@ def _same_group(where: str, obj: Mapping[str, Any], group_id: int) -> None:
 
 
 _Snapshot = tuple[
-    int, list[dict[str, object]], list[Group | None], list[tuple[Group | None, dict[str, object]]]
+    tuple[int, int],
+    list[dict[str, object]],
+    list[Group | None],
+    list[tuple[Group | None, dict[str, object]]],
 ]
 
 
 def _save_device(device: DsaDevice) -> _Snapshot:
     return (
-        device.read_buffer_limit,
+        (device.read_buffer_limit, device.event_log_size),
         [group.config() for group in device.groups],
         [engine.group for engine in device.engines],
         [wq._save() for wq in device.wqs],
@@ -325,8 +331,9 @@ def _save_device(device: DsaDevice) -> _Snapshot:
 
 def _restore_device(device: DsaDevice, snapshot: _Snapshot) -> None:
     """Put a disabled device back as it was; bypasses the rules, which held for it before."""
-    limit, groups, engine_groups, wqs = snapshot
+    (limit, evl_size), groups, engine_groups, wqs = snapshot
     device.read_buffer_limit = limit
+    device.event_log_size = evl_size
     for group, values in zip(device.groups, groups, strict=True):
         for name, value in values.items():
             setattr(group, name, bool(value) if name == "use_read_buffer_limit" else value)

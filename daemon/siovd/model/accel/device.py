@@ -14,6 +14,7 @@ from typing import Final
 
 from siovd.model.accel import caps
 from siovd.model.accel.attrs import as_bool, as_int
+from siovd.model.accel.evl import EVL_SIZE_DEFAULT, EVL_SIZE_MAX, EVL_SIZE_MIN, EventLog
 from siovd.model.accel.registers import GroupRegs, WqRegs, bar0_image
 from siovd.model.accel.wq import SubmitResult, WorkItem, WorkQueue
 from siovd.model.errors import SiovError
@@ -31,7 +32,7 @@ GROUP_ATTR_ALIASES: Final = {
     "tokens_allowed": "read_buffers_allowed",
     "use_token_limit": "use_read_buffer_limit",
 }
-DEVICE_ATTRS: Final = ("read_buffer_limit",)
+DEVICE_ATTRS: Final = ("read_buffer_limit", "event_log_size")
 DEVICE_ATTR_ALIASES: Final = {"token_limit": "read_buffer_limit"}
 
 
@@ -205,6 +206,10 @@ class DsaDevice:
         self.configurable = True
         self.enabled = False
         self.read_buffer_limit = 0
+        #: entries of the event log set up when the device is enabled (accel-config
+        #: ``event_log_size``); the log itself exists while the device is enabled
+        self.event_log_size = EVL_SIZE_DEFAULT
+        self.event_log: EventLog | None = None
         self.groups = [Group(self, i) for i in range(max_groups)]
         self.engines = [Engine(self, i) for i in range(max_engines)]
         self.wqs = [WorkQueue(self, i) for i in range(max_wqs)]
@@ -243,20 +248,34 @@ class DsaDevice:
         unknown = sorted(set(attrs) - set(DEVICE_ATTRS))
         if unknown:
             raise SiovError(errno.EINVAL, f"{self.name}: unknown attribute(s) {', '.join(unknown)}")
-        if "read_buffer_limit" not in attrs:
+        if not attrs:
             return
-        limit = as_int(self.name, "read_buffer_limit", attrs["read_buffer_limit"])
         if self.enabled:
+            names = ", ".join(sorted(attrs))
             raise SiovError(
-                errno.EPERM, f"{self.name} is enabled: disable it before setting read_buffer_limit"
+                errno.EPERM, f"{self.name} is enabled: disable it before setting {names}"
             )
         if not self.configurable:
             raise SiovError(errno.EPERM, f"{self.name} is not configurable")
-        if not 0 <= limit <= caps.MAX_READ_BUFFERS:
-            raise SiovError(
-                errno.EINVAL, f"{self.name}: read_buffer_limit must be 0..{caps.MAX_READ_BUFFERS}"
-            )
+        limit = self.read_buffer_limit
+        if "read_buffer_limit" in attrs:
+            limit = as_int(self.name, "read_buffer_limit", attrs["read_buffer_limit"])
+            if not 0 <= limit <= caps.MAX_READ_BUFFERS:
+                raise SiovError(
+                    errno.EINVAL,
+                    f"{self.name}: read_buffer_limit must be 0..{caps.MAX_READ_BUFFERS}",
+                )
+        size = self.event_log_size
+        if "event_log_size" in attrs:
+            # sysfs.c event_log_size_store: IDXD_EVL_SIZE_MIN..IDXD_EVL_SIZE_MAX entries
+            size = as_int(self.name, "event_log_size", attrs["event_log_size"])
+            if not EVL_SIZE_MIN <= size <= EVL_SIZE_MAX:
+                raise SiovError(
+                    errno.EINVAL,
+                    f"{self.name}: event_log_size must be {EVL_SIZE_MIN}..{EVL_SIZE_MAX}",
+                )
         self.read_buffer_limit = limit
+        self.event_log_size = size
 
     def enable(self) -> None:
         """``accel-config enable-device``: the group configuration must make sense."""
@@ -269,6 +288,7 @@ class DsaDevice:
         for group in self.groups:
             if group.wqs and not group.engines:
                 raise SiovError(errno.ENXIO, f"{self.name}: {group.dev_name} has WQs but no engine")
+        self.event_log = EventLog(self.event_log_size)
         self.enabled = True
 
     def disable(self) -> None:
@@ -283,6 +303,7 @@ class DsaDevice:
         for wq in self.wqs:
             if wq.enabled:
                 wq.disable()
+        self.event_log = None
         self.enabled = False
 
     # -- portals ------------------------------------------------------------------------------

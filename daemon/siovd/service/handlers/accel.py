@@ -34,6 +34,7 @@ from siov_protocol.messages_accel import (
     AccelConfigGroup,
     AccelConfigWq,
     AccelDevice,
+    AccelEvlRead,
     AccelLoadConfig,
     AccelWq,
     DeviceInfoRequest,
@@ -204,11 +205,37 @@ def accel_load_config(ctx: Context, req: AccelLoadConfig) -> dict[str, Any]:
     return {"devices": ctx.daemon.accel.to_json()}
 
 
+@registry.command(Command.ACCEL_EVL_READ, AccelEvlRead, admin=True)
+def accel_evl_read(ctx: Context, req: AccelEvlRead) -> dict[str, Any]:
+    """Consume entries of a device's event log, as its driver does (head moves, the
+    interrupt-pending bit clears); ``arm`` asks for one EVENT_EVL at the next entry."""
+    device = ctx.daemon.accel.device(req.device)
+    log_ = device.event_log
+    if log_ is None:
+        raise SiovError(errno.ENXIO, f"{device.name} is not enabled: it has no event log")
+    pending = log_.int_pending
+    entries = log_.read(req.max)
+    if req.arm:
+        ctx.daemon.accel_runtime.evl_armed.setdefault(device.name, set()).add(ctx.session.id)
+    return {
+        "size": log_.size,
+        "head": log_.head,
+        "tail": log_.tail,
+        "int_pending": pending,
+        "lost": log_.lost,
+        "entries": b"".join(entries),
+    }
+
+
 @registry.command(Command.ACCEL_CONFIG_DEVICE, AccelConfigDevice, admin=True)
 def accel_config_device(ctx: Context, req: AccelConfigDevice) -> dict[str, Any]:
     device = ctx.daemon.accel.device(req.device)
     device.configure(req.attrs)
-    return {"dev": device.name, "read_buffer_limit": device.read_buffer_limit}
+    return {
+        "dev": device.name,
+        "read_buffer_limit": device.read_buffer_limit,
+        "event_log_size": device.event_log_size,
+    }
 
 
 @registry.command(Command.ACCEL_CONFIG_GROUP, AccelConfigGroup, admin=True)
