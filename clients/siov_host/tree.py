@@ -119,7 +119,11 @@ DRIVERS = ("idxd", "user", "dmaengine")
 
 #: writable attributes of each object (sysfs.c's 0644 ones) and old names accel-config falls
 #: back to (tokens were renamed read buffers in 5.17)
-DEVICE_RW = {"read_buffer_limit": "read_buffer_limit", "token_limit": "read_buffer_limit"}
+DEVICE_RW = {
+    "read_buffer_limit": "read_buffer_limit",
+    "token_limit": "read_buffer_limit",
+    "event_log_size": "event_log_size",
+}
 GROUP_RW = {
     "read_buffers_reserved": "read_buffers_reserved",
     "read_buffers_allowed": "read_buffers_allowed",
@@ -254,6 +258,9 @@ class Tree:
             "clients": (_num(d.get("clients", 0)), False),
             "uevent": ("", True),
         }
+        if "event_log_size" in d:
+            # sysfs.c shows it only on a device with an event log (DSA 2.0 GENCAP.EVL)
+            attrs["event_log_size"] = (_num(d["event_log_size"]), True)
         children = self._attrs(base, attrs)
         if enabled:
             self._link(f"{base}/driver", "../../drivers/idxd", dynamic=True)
