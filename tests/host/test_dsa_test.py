@@ -171,3 +171,23 @@ def test_intel_runner_passes(host_daemon: HostDaemon) -> None:
     )
     assert out.returncode == 0, out.stdout[-4000:] + out.stderr[-4000:]
     assert out.stdout.count("Testing 2097152 bytes") == 76
+
+
+def test_a_process_never_reaches_another_ones_memory(
+    configured: HostDaemon, tmp_path_factory: pytest.TempPathFactory
+) -> None:
+    """Two openers of the shared WQ: the holder has a page of 0xa5 at an address the prober
+    either leaves unmapped (its MEMMOVE from there is a page fault, status 0x03) or maps with
+    its own 0x5a (it copies 0x5a): the holder's bytes never come back."""
+    prog = str(tmp_path_factory.mktemp("probe") / "sva_probe")
+    src = os.path.join(os.path.dirname(__file__), "sva_probe.c")
+    subprocess.run(["cc", "-O2", "-Wall", "-Wextra", "-Werror", "-o", prog, src], check=True)
+    script = (
+        f'coproc H {{ {prog} hold 0xa5 /dev/dsa/wq0.0; }}; read -r line <&"${{H[0]}}"; '
+        f"echo $line; {prog} copy /dev/dsa/wq0.0 -; {prog} copy /dev/dsa/wq0.0 0x5a; "
+        "exec {H[1]}>&-; wait"
+    )
+    out = configured.run(script)
+    assert out.stdout.splitlines() == ["ready", "status 0x3 byte 0", "status 0x1 byte 0x5a"], (
+        out.stdout + out.stderr
+    )
