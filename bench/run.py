@@ -23,6 +23,7 @@ MODULES = [
     "bench.iommu_figures",
     "bench.accel_figures",
     "bench.sva_figures",
+    "bench.guest_figures",
     "bench.host_figures",
 ]
 

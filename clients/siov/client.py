@@ -420,6 +420,15 @@ class Client:
     async def remove_mdev(self, uuid: str) -> None:
         await self.call(Command.MDEV_REMOVE, {"uuid": uuid})
 
+    async def vfio_user_expose(self, uuid: str, path: str, mode: int = 0o600) -> dict[str, Any]:
+        """Serve the ``dsa-1dwq`` mdev ``uuid`` you own as a real vfio-user PCI device on the
+        Unix socket ``path`` (for QEMU's ``vfio-user-pci``). Its DMA then belongs to the
+        vfio-user client; it ends with :meth:`vfio_user_unexpose` or with the mdev."""
+        return await self.call(Command.VFIO_USER_EXPOSE, {"uuid": uuid, "path": path, "mode": mode})
+
+    async def vfio_user_unexpose(self, uuid: str) -> None:
+        await self.call(Command.VFIO_USER_UNEXPOSE, {"uuid": uuid})
+
     async def devices(self, *, everything: bool = False) -> list[dict[str, Any]]:
         """Your own devices; ``everything=True`` (admin role) lists every client's."""
         return list((await self.call(Command.MDEV_LIST, {"all": everything}))["devices"])
@@ -654,9 +663,19 @@ class Client:
     async def accel_load_config(
         self, config: list[dict[str, Any]], *, enable: bool = False
     ) -> list[dict[str, Any]]:
-        """``accel-config load-config [-e]`` (admin); the devices must be disabled."""
-        body = {"config": config, "enable": enable}
-        return list((await self.call(Command.ACCEL_LOAD_CONFIG, body))["devices"])
+        """``accel-config load-config [-e]`` (admin): the listing after it. Enabled devices
+        are skipped (see :meth:`accel_load_config_report` for what was skipped, and ``-f``)."""
+        report = await self.accel_load_config_report(config, enable=enable)
+        return list(report["devices"])
+
+    async def accel_load_config_report(
+        self, config: list[dict[str, Any]], *, enable: bool = False, force: bool = False
+    ) -> dict[str, Any]:
+        """``accel-config load-config [-e] [-f]`` (admin): ``devices`` (the listing after it),
+        ``messages`` (what accel-config prints on stderr: "dsa0 is active. Skipping...") and
+        ``enabled`` (its "Enabling ..." lines with ``-e``)."""
+        body = {"config": config, "enable": enable, "force": force}
+        return dict(await self.call(Command.ACCEL_LOAD_CONFIG, body))
 
     async def accel_config_device(self, device: str, /, **attrs: Any) -> dict[str, Any]:
         body = {"device": device, "attrs": attrs}
@@ -698,32 +717,84 @@ class Client:
 
     async def define(
         self,
-        parent: str,
+        parent: str | None,
         mdev_type: str | None = None,
         *,
         uuid: str | None = None,
         start: str = "manual",
         attrs: list[dict[str, str]] | None = None,
         config: dict[str, Any] | None = None,
+        replace: bool = False,
     ) -> dict[str, Any]:
-        """Persist an mdev definition (admin); ``config`` is mdevctl's single-definition JSON."""
-        body: dict[str, Any] = {"parent": parent, "start": start}
-        for key, value in (("mdev_type", mdev_type), ("uuid", uuid), ("config", config)):
+        """Persist an mdev definition (admin); ``config`` is mdevctl's single-definition JSON.
+        ``replace=True`` is mdevctl modify: the definition of ``parent`` + ``uuid`` must exist
+        and is replaced."""
+        body: dict[str, Any] = {"start": start, "replace": replace}
+        for key, value in (
+            ("parent", parent),
+            ("mdev_type", mdev_type),
+            ("uuid", uuid),
+            ("config", config),
+        ):
             if value is not None:
                 body[key] = value
         if attrs:
             body["attrs"] = attrs
         return await self.call(Command.MDEV_DEFINE, body)
 
-    async def undefine(self, uuid: str, parent: str | None = None) -> None:
+    async def define_many(
+        self,
+        definitions: list[dict[str, Any]],
+        *,
+        parent: str | None = None,
+        uuid: str | None = None,
+    ) -> list[dict[str, Any]]:
+        """Define every entry of mdevctl's list shape ``[{parent: [{uuid: config}]}]`` at
+        once, all or none (admin); ``parent``/``uuid`` pick the entries to define."""
+        body: dict[str, Any] = {"definitions": definitions}
+        if parent is not None:
+            body["parent"] = parent
+        if uuid is not None:
+            body["uuid"] = uuid
+        return list((await self.call(Command.MDEV_DEFINE, body))["definitions"])
+
+    async def undefine(self, uuid: str, parent: str | None = None) -> list[dict[str, Any]]:
+        """Forget the definitions of ``uuid`` (only under ``parent`` when given), as mdevctl
+        undefine does; returns the ``{uuid, parent}`` undefined."""
         body: dict[str, Any] = {"uuid": uuid}
         if parent is not None:
             body["parent"] = parent
-        await self.call(Command.MDEV_UNDEFINE, body)
+        return list((await self.call(Command.MDEV_UNDEFINE, body)).get("undefined", []))
 
-    async def start(self, uuid: str) -> dict[str, Any]:
-        """Create a defined mdev (owned by the host until someone claims it)."""
-        return await self.call(Command.MDEV_START, {"uuid": uuid})
+    async def start(
+        self,
+        uuid: str | None = None,
+        *,
+        parent: str | None = None,
+        mdev_type: str | None = None,
+        attrs: list[dict[str, str]] | None = None,
+        config: dict[str, Any] | None = None,
+    ) -> dict[str, Any]:
+        """Create a defined mdev (``parent`` when its UUID is defined under several), or a
+        transient one from ``parent`` and ``mdev_type`` (+ ``attrs``) or ``config``; it is
+        owned by the host until someone claims it. Attributes are written in order and a
+        failed write fails the start."""
+        body: dict[str, Any] = {}
+        for key, value in (
+            ("uuid", uuid),
+            ("parent", parent),
+            ("mdev_type", mdev_type),
+            ("config", config),
+        ):
+            if value is not None:
+                body[key] = value
+        if attrs:
+            body["attrs"] = attrs
+        return await self.call(Command.MDEV_START, body)
+
+    async def set_attrs(self, uuid: str, attrs: list[dict[str, str]]) -> None:
+        """Write attributes of a running mdev in order (admin; mdevctl modify --live)."""
+        await self.call(Command.MDEV_SET_ATTRS, {"uuid": uuid, "attrs": attrs})
 
     async def stop(self, uuid: str) -> None:
         await self.call(Command.MDEV_STOP, {"uuid": uuid})

@@ -78,8 +78,6 @@ def test_event_log_size_follows_sysfs_rules() -> None:
     with pytest.raises(SiovError) as exc:
         device.configure({"event_log_size": 128})
     assert exc.value.errno == errno.EPERM
-    for mdev_wq in device.wqs:
-        assert mdev_wq.clients == 0
     device.disable()
     assert device.event_log is None
     for bad in (63, 0x10000, "many"):
@@ -88,7 +86,7 @@ def test_event_log_size_follows_sysfs_rules() -> None:
         assert exc.value.errno == errno.EINVAL
     device.configure({"event_log_size": 4096})
     assert device_to_json(device)["event_log_size"] == 4096
-    assert device_to_json(device, save=True)["event_log_size"] == 4096
+    assert "event_log_size" not in device_to_json(device, save=True)  # 3.5.3 does not save it
     device.enable()
     assert device.event_log is not None and device.event_log.size == 4096
     assert int(device_to_json(device)["gen_cap"], 16) >> 13 & 3 == 1  # evl_support

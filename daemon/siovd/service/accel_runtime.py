@@ -183,6 +183,8 @@ class AccelRuntime:
         #: task that waits for a page request's answer.
         self.wake_engines: Callable[[Group], None] = lambda group: None
         self.start_waiter: Callable[[PageRequest], None] = lambda request: None
+        #: mdev UUID -> who logs its software errors instead (a vfio-user device's SWERR)
+        self.software_error_hooks: dict[str, Callable[[SoftwareError], None]] = {}
         daemon.on_release(self.release_session)
         daemon.on_stats(lambda: {"accel": self.stats_dict()})
         previous = daemon.bus.on_device_removed
@@ -411,6 +413,10 @@ class AccelRuntime:
 
     def _software_error(self, state: MdevState, error: SoftwareError) -> None:
         self.stats.software_errors += 1
+        hook = self.software_error_hooks.get(state.uuid)
+        if hook is not None:
+            hook(error)
+            return
         swerr: dict[str, Any] = {
             "status": error.status,
             "opcode": error.opcode,
@@ -570,6 +576,16 @@ class AccelRuntime:
         else:
             self._session_outstanding.pop(sid, None)
         state.outstanding = 0
+
+    def abort_queued(self, state: MdevState) -> int:
+        """Drop the mdev's descriptors no engine has taken (a device's abort command): they
+        never complete, and no longer count as outstanding."""
+        removed = len(state.mdev.wq.abort(owner=state.uuid))
+        if removed:
+            state.outstanding -= removed
+            sid = state.session
+            self._session_outstanding[sid] = self._session_outstanding.get(sid, 0) - removed
+        return removed
 
     def release_session(self, session: Session) -> None:
         """The client left: its mdevs' waiting work is cancelled before the bus removes them

@@ -237,7 +237,16 @@ class SvaRuntime:
         self._unwatch(state.domain)
         self.daemon.iommu.sva_unbind(state.domain)
         closed(state.mdev.wq)
+        self._release_pf_if_unused(state.device)
         log.info("wq closed", wq=state.mdev.wq.path, handle=state.handle)
+
+    def _release_pf_if_unused(self, pf: Device) -> None:
+        """The device's own requester exists while it has openers, so a daemon with no open
+        char device holds no group, domain or PASID for it (what INFO counts comes back)."""
+        if any(s.device is pf for s in self.opens.values()):
+            return
+        self.daemon.iommu.release_device(pf)
+        self._pf = {name: dev for name, dev in self._pf.items() if dev is not pf}
 
     # -- cleanup and introspection -----------------------------------------------------------------
 

@@ -9,6 +9,7 @@ from siovd.service.handlers import (  # noqa: F401  (each registers its commands
     iommu,
     memory,
     sva,
+    vfio_user,
 )
 from siovd.service.handlers.registry import Context, Handler, registry
 

@@ -201,8 +201,8 @@ def accel_save_config(ctx: Context, req: Empty) -> dict[str, Any]:
 
 @registry.command(Command.ACCEL_LOAD_CONFIG, AccelLoadConfig, admin=True)
 def accel_load_config(ctx: Context, req: AccelLoadConfig) -> dict[str, Any]:
-    ctx.daemon.accel.load_config(req.config, enable=req.enable)
-    return {"devices": ctx.daemon.accel.to_json()}
+    report = ctx.daemon.accel.load_config(req.config, enable=req.enable, force=req.force)
+    return {"devices": ctx.daemon.accel.to_json(), **report.to_json()}
 
 
 @registry.command(Command.ACCEL_EVL_READ, AccelEvlRead, admin=True)
