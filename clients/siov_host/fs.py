@@ -10,11 +10,14 @@ command) or fails with the errno ``drivers/dma/idxd/sysfs.c`` would return.
 from __future__ import annotations
 
 import errno
+import functools
 import os
 import stat
+import sys
+import traceback
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 import pyfuse3
 
@@ -23,6 +26,27 @@ from siov.errors import SiovError
 from siov_host.tree import Node, OpCapFormat, Store, SysfsError, Tree, store_for
 
 ROOT = pyfuse3.ROOT_INODE
+
+_Op = TypeVar("_Op", bound=Callable[..., Awaitable[Any]])
+
+
+def _guarded(fn: _Op) -> _Op:
+    """An unexpected error in one request answers EIO to that request (and is printed)
+    instead of ending the file system for everybody."""
+
+    @functools.wraps(fn)
+    async def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return await fn(*args, **kwargs)
+        except pyfuse3.FUSEError:
+            raise
+        except SiovError as exc:
+            raise pyfuse3.FUSEError(exc.errno or errno.EIO) from None
+        except Exception:
+            traceback.print_exc(file=sys.stderr)
+            raise pyfuse3.FUSEError(errno.EIO) from None
+
+    return wrapper  # type: ignore[return-value]
 
 
 @dataclass
@@ -163,6 +187,7 @@ class SysfsOps(pyfuse3.Operations):
 
     # -- operations --
 
+    @_guarded
     async def lookup(
         self, parent_inode: int, name: bytes, ctx: Any = None
     ) -> pyfuse3.EntryAttributes:
@@ -176,10 +201,12 @@ class SysfsOps(pyfuse3.Operations):
             path = f"{parent}/{text}" if parent else text
         return self._attr(path, await self._node(path))
 
+    @_guarded
     async def getattr(self, inode: int, ctx: Any = None) -> pyfuse3.EntryAttributes:
         path = self._path_of(inode)
         return self._attr(path, await self._node(path))
 
+    @_guarded
     async def setattr(
         self, inode: int, attr: Any, fields: Any, fh: int | None, ctx: Any
     ) -> pyfuse3.EntryAttributes:
@@ -187,18 +214,21 @@ class SysfsOps(pyfuse3.Operations):
         path = self._path_of(inode)
         return self._attr(path, await self._node(path))
 
+    @_guarded
     async def readlink(self, inode: int, ctx: Any) -> bytes:
         node = await self._node(self._path_of(inode))
         if node.kind != "link":
             raise pyfuse3.FUSEError(errno.EINVAL)
         return os.fsencode(node.content or "")
 
+    @_guarded
     async def opendir(self, inode: int, ctx: Any) -> int:
         node = await self._node(self._path_of(inode))
         if node.kind != "dir":
             raise pyfuse3.FUSEError(errno.ENOTDIR)
         return inode
 
+    @_guarded
     async def readdir(self, fh: int, start_id: int, token: Any) -> None:
         path = self._path_of(fh)
         node = await self._node(path)
@@ -218,6 +248,7 @@ class SysfsOps(pyfuse3.Operations):
     async def releasedir(self, fh: int) -> None:
         return None
 
+    @_guarded
     async def open(self, inode: int, flags: int, ctx: Any) -> pyfuse3.FileInfo:
         path = self._path_of(inode)
         fmt = self.op_cap.for_pid(ctx.pid) if path.endswith("/op_cap") else None
@@ -236,6 +267,7 @@ class SysfsOps(pyfuse3.Operations):
         self._open[fh] = _Open(path, data, node.read_errno)
         return pyfuse3.FileInfo(fh=fh, direct_io=True, keep_cache=False, nonseekable=False)
 
+    @_guarded
     async def read(self, fh: int, off: int, size: int) -> bytes:
         entry = self._open.get(fh)
         if entry is None:
@@ -244,6 +276,7 @@ class SysfsOps(pyfuse3.Operations):
             raise pyfuse3.FUSEError(entry.read_errno or errno.EIO)
         return entry.data[off : off + size]
 
+    @_guarded
     async def write(self, fh: int, off: int, buf: bytes) -> int:
         entry = self._open.get(fh)
         if entry is None:

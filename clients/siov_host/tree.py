@@ -74,14 +74,23 @@ def _dev_index(name: str) -> str:
     return name[len(name.rstrip("0123456789")) :]
 
 
-def op_cap_text(bitmap_text: str, fmt: OpCapFormat) -> str:
-    """The device's op_cap in the requested format, from the daemon's ``%*pb`` text."""
-    if fmt == "bitmap":
-        return bitmap_text + "\n"
-    words = [int(w, 16) for w in bitmap_text.split(",")]
+def op_cap_number(value: Any) -> int:
+    """The daemon's op_cap as a 256-bit number: accel-config 3.x's four hex words (least
+    significant first) or the kernel's ``%*pb`` text (eight 32-bit words, most significant
+    first)."""
+    if isinstance(value, list):
+        return sum(int(str(w), 16) << (64 * i) for i, w in enumerate(value))
     number = 0
-    for w in words:
-        number = (number << 32) | w
+    for w in str(value).split(","):
+        number = (number << 32) | int(w, 16)
+    return number
+
+
+def op_cap_text(value: Any, fmt: OpCapFormat) -> str:
+    """The device's op_cap as the kernel prints it in the requested format."""
+    number = op_cap_number(value)
+    if fmt == "bitmap":
+        return ",".join(f"{(number >> (32 * i)) & 0xFFFFFFFF:08x}" for i in range(7, -1, -1)) + "\n"
     # old sysfs.c: for (i = 0; i < 4; i++) "%#llx " over the four u64 words, low word first
     parts = [f"{(number >> (64 * i)) & ((1 << 64) - 1):#x}" for i in range(4)]
     return " ".join(parts) + " \n"
@@ -240,7 +249,7 @@ class Tree:
             "max_engines": (_num(d["max_engines"]), False),
             "max_work_queues_size": (_num(d["work_queue_size"]), False),
             "numa_node": (_num(d.get("numa_node", -1)), False),
-            "ims_size": (_num(IMS_SIZE), False),
+            "ims_size": (_num(d.get("ims_size", IMS_SIZE)), False),
             "max_batch_size": (_num(d["max_batch_size"]), False),
             "max_transfer_size": (_num(d["max_transfer_size"]), False),
             "gen_cap": (f"{d['gen_cap']}\n", False),
@@ -250,9 +259,9 @@ class Tree:
             "max_tokens": (_num(d["max_read_buffers"]), False),
             "read_buffer_limit": (_num(d["read_buffer_limit"]), True),
             "token_limit": (_num(d["read_buffer_limit"]), True),
-            "cdev_major": (_num(CDEV_MAJOR), False),
+            "cdev_major": (_num(d.get("cdev_major", CDEV_MAJOR)), False),
             "version": (f"{d['version']}\n", False),
-            "op_cap": (op_cap_text(str(d["op_cap"]), self.op_cap_format), False),
+            "op_cap": (op_cap_text(d["op_cap"], self.op_cap_format), False),
             "errors": (" ".join(["0x" + "0" * 16] * 4) + " \n", False),
             "state": (f"{d['state']}\n", False),
             "clients": (_num(d.get("clients", 0)), False),
@@ -287,7 +296,7 @@ class Tree:
             children.append(gname)
         for engine in _engines(d):
             ename = str(engine["dev"])
-            e = {"group_id": (_num(engine["group_id"]), True)}
+            e = {"group_id": (_num(engine.get("group_id", -1)), True)}
             self._dir(f"{base}/{ename}", self._attrs(f"{base}/{ename}", e))
             children.append(ename)
         for wq in _wqs(d):
@@ -295,17 +304,36 @@ class Tree:
             wbase = f"{base}/{wname}"
             driver = _wq_driver(wq)
             has_cdev = driver == "user"
+            # accel-config's JSON leaves some keys out (an ungrouped WQ has no group_id):
+            # sysfs always has the attribute, with the driver's reset value
+            defaults: dict[str, Any] = {
+                "group_id": -1,
+                "mode": "dedicated",
+                "size": 0,
+                "priority": 0,
+                "block_on_fault": 0,
+                "threshold": 0,
+                "type": "none",
+                "name": "",
+                "driver_name": "",
+                "max_batch_size": d["max_batch_size"],
+                "max_transfer_size": d["max_transfer_size"],
+                "ats_disable": 0,
+                "prs_disable": 0,
+                "op_config": op_cap_text(d["op_cap"], "bitmap").strip(),
+            }
+            values = {**defaults, **wq}
             w: dict[str, tuple[str | None, bool]] = {
-                key: (_num(wq[key]) if key not in WQ_STRINGS else f"{wq[key]}\n", True)
+                key: (_num(values[key]) if key not in WQ_STRINGS else f"{values[key]}\n", True)
                 for key in WQ_RW
-                if key in wq
             }
             w["state"] = (f"{wq['state']}\n", False)
             w["clients"] = (_num(wq.get("clients", 0)), False)
             w["occupancy"] = (_num(wq.get("occupancy", 0)), False)
             w["enqcmds_retries"] = ("0\n", True)
             # sysfs.c wq_cdev_minor_show: ENXIO without a char device
-            w["cdev_minor"] = (f"{wname.split('.')[1]}\n" if has_cdev else None, False)
+            minor = wq.get("cdev_minor", wname.split(".")[1])
+            w["cdev_minor"] = (f"{minor}\n" if has_cdev else None, False)
             kids = self._attrs(wbase, w)
             if not has_cdev:
                 self.nodes[f"{wbase}/cdev_minor"] = Node("file", None, read_errno=errno.ENXIO)

@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
+
 from siov_host.run import library_path
 
 HERE = Path(__file__).parent

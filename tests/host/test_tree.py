@@ -82,6 +82,10 @@ def test_op_cap_in_both_kernel_formats() -> None:
     assert op_cap_text(BITMAP, "bitmap") == BITMAP + "\n"
     # the old sysfs.c: four u64 words, lowest first, "%#llx " each
     assert op_cap_text(BITMAP, "u64x4") == "0x1000303ff 0x0 0x0 0x0 \n"
+    # the daemon may also list it as accel-config 3.x prints it: four words, lowest first
+    words = ["0x1000303ff", "0", "0", "0"]
+    assert op_cap_text(words, "bitmap") == BITMAP + "\n"
+    assert op_cap_text(words, "u64x4") == "0x1000303ff 0x0 0x0 0x0 \n"
 
 
 def test_tree_layout_and_links() -> None:
