@@ -215,15 +215,24 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _cleanup(work: str) -> None:
-    # Everything is mounted in our private namespace: detach what lies under the work dir so
-    # it can be removed (the host never saw these mounts).
+    """Undo what lies under the work dir. Never a recursive delete: the stash directories are
+    bind mounts of the real /dev and /sys trees, so only our own files are unlinked and
+    directories removed with rmdir, which fails harmlessly on anything still mounted."""
     for sub in ("fs", "stash/bus", "stash/module", "stash/dev"):
-        path = os.path.join(work, sub)
         try:
-            mounts.umount(path)
+            mounts.umount(os.path.join(work, sub))
         except OSError:
             pass
-    shutil.rmtree(work, ignore_errors=True)
+    for name in ("portal.sock", "bin/modprobe", "bin/lsmod", "bin/rmmod"):
+        try:
+            os.unlink(os.path.join(work, name))
+        except OSError:
+            pass
+    for sub in ("bin", "fs", "stash/bus", "stash/module", "stash/dev", "stash", ""):
+        try:
+            os.rmdir(os.path.join(work, sub) if sub else work)
+        except OSError:
+            pass
 
 
 if __name__ == "__main__":
