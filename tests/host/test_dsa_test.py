@@ -182,7 +182,9 @@ def test_a_process_never_reaches_another_ones_memory(
     prog = str(tmp_path_factory.mktemp("probe") / "sva_probe")
     src = os.path.join(os.path.dirname(__file__), "sva_probe.c")
     subprocess.run(["cc", "-O2", "-Wall", "-Wextra", "-Werror", "-o", prog, src], check=True)
+    # the runner (which may have run before) disables everything when it is done
     script = (
+        f"{SETUP} >/dev/null; "
         f'coproc H {{ {prog} hold 0xa5 /dev/dsa/wq0.0; }}; read -r line <&"${{H[0]}}"; '
         f"echo $line; {prog} copy /dev/dsa/wq0.0 -; {prog} copy /dev/dsa/wq0.0 0x5a; "
         "exec {H[1]}>&-; wait"
