@@ -53,13 +53,16 @@ from siovd.model.accel import (
     DsaMdev,
     DsaParent,
     Engine,
-    Executor,
     Group,
     Interrupt,
     PageResponse,
+    Preempted,
     SoftwareError,
     SubmitResult,
+    WorkItem,
 )
+from siovd.model.accel.scheduler import Scheduler
+from siovd.model.budget import Budget
 from siovd.model.device import Device
 from siovd.model.dma import DmaSpace
 from siovd.model.errors import SiovError
@@ -73,6 +76,8 @@ log = structlog.get_logger("siovd.accel")
 
 #: How long one run of a group's engines may go on before other tasks get the loop back.
 TIME_SLICE_S: Final = 0.002
+#: Bytes of data one turn of a group's engines may touch (about a millisecond of copying).
+WORK_BUDGET: Final = 4 << 20
 _ONE: Final = (1).to_bytes(8, "little")
 _RESULT_BYTE: Final = {
     SubmitResult.ACCEPTED: SUBMIT_ACCEPTED,
@@ -161,15 +166,17 @@ class AccelRuntime:
 
     def __init__(self, daemon: Daemon) -> None:
         self.daemon = daemon
-        self.executor = Executor()
+        self.scheduler = Scheduler()
+        self.executor = self.scheduler.executor
         self.mdevs: dict[str, MdevState] = {}
         self.requests: dict[int, PageRequest] = {}
         self.stats = RuntimeStats()
         self._next_request = 1
         self._session_outstanding: dict[int, int] = {}
-        self._engine_runs: dict[Engine, int] = {}
         #: How long one run of a group's engines may hold the event loop.
         self.time_slice = TIME_SLICE_S
+        #: How much data one run of a group's engines may touch.
+        self.work_budget = WORK_BUDGET
         #: Hooks the trio layer sets (siovd.service.engines): run a group's engines later; start a
         #: task that waits for a page request's answer.
         self.wake_engines: Callable[[Group], None] = lambda group: None
@@ -290,68 +297,44 @@ class AccelRuntime:
     # -- engines ------------------------------------------------------------------------------
 
     def run_group(self, group: Group, engine: Engine | None = None) -> bool:
-        """Let the group's engines (or just ``engine``) take and run descriptors until none is
-        left to take or :attr:`time_slice` is used up; then the engine tasks continue. Returns
-        whether work was left."""
-        engines = [engine] if engine is not None else group.engines
-        if not engines:
-            return False
-        take = group.take
-        execute = self.executor.run
-        mdevs = self.mdevs
+        """One turn of the group's engines (or just ``engine``) under a work budget of
+        :attr:`work_budget` bytes and :attr:`time_slice` seconds, whichever ends first (the
+        model's :class:`~siovd.model.accel.scheduler.Scheduler` stops big transfers and
+        batches mid-way and continues them next turn); then the engine tasks continue.
+        Returns whether work was left."""
         clock = time.perf_counter
         deadline = clock() + self.time_slice
-        taken = 0  # the engines take turns, from the first
-        owner: object = None
-        state: MdevState | None = None
-        pasid = -1
-        space: DmaSpace | None = None
-        done = 0  # completions of ``state`` not yet counted in it
-        try:
-            while True:
-                item = take()
-                if item is None:
-                    return False
-                taken += 1
-                if item.owner is not owner:
-                    if done:
-                        self._count_done(state, done)
-                        done = 0
-                    owner = item.owner
-                    state = mdevs.get(owner)  # type: ignore[call-overload]
-                    pasid = -1
-                if state is None:  # its mdev is gone; nothing may run on its behalf
-                    item.wq.cancel(item)
-                    continue
-                if item.pasid != pasid:
-                    pasid = item.pasid
-                    space = state.spaces.get(pasid) or self._space(state, pasid)
-                assert space is not None
-                outcome = execute(item, space)
-                if type(outcome) is Completed:
-                    done += 1
-                    item.wq.retire(item)
-                    if outcome.events:
-                        self._deliver(state, outcome.events)
-                    if outcome.interrupt:
-                        self._signal(state, outcome.int_handle)
-                else:
-                    assert isinstance(outcome, Blocked)
-                    self._block(state, outcome)
-                if clock() > deadline:
-                    if any(wq.occupancy for wq in group.wqs):
-                        self.wake_engines(group)
-                        return True
-                    return False
-        finally:
-            if done:
-                self._count_done(state, done)
-            runs = self._engine_runs
-            count = len(engines)
-            for index, current in enumerate(engines):
-                number = (taken - index + count - 1) // count
-                if number > 0:
-                    runs[current] = runs.get(current, 0) + number
+        turn = self.scheduler.run(
+            group, Budget(self.work_budget, lambda: clock() > deadline), self._space_for, engine
+        )
+        for outcome in turn.outcomes:
+            self._settled(outcome)
+        if turn.more:
+            self.wake_engines(group)
+        return turn.more
+
+    def _space_for(self, item: WorkItem) -> DmaSpace | None:
+        state = self.mdevs.get(item.owner)  # type: ignore[call-overload]
+        if state is None:
+            return None
+        space = state.spaces.get(item.pasid)
+        return space if space is not None else self._space(state, item.pasid)
+
+    def _settled(self, outcome: Completed | Blocked | Preempted) -> None:
+        """Turn one outcome of the model into counts, interrupts, events and page requests."""
+        state = self.mdevs.get(outcome.item.owner)  # type: ignore[call-overload]
+        if state is None:
+            return
+        if type(outcome) is Completed:
+            self._count_done(state, 1)
+            if outcome.events:
+                self._deliver(state, outcome.events)
+            if outcome.interrupt:
+                self._signal(state, outcome.int_handle)
+        elif type(outcome) is Blocked:
+            self._block(state, outcome)
+        elif outcome.events:
+            self._deliver(state, outcome.events)
 
     def _count_done(self, state: MdevState | None, done: int) -> None:
         assert state is not None
@@ -359,14 +342,11 @@ class AccelRuntime:
         self._session_outstanding[state.session] -= done
         self.stats.completed += done
 
-    def _complete(self, state: MdevState, outcome: Completed) -> None:
-        item = outcome.item
-        item.wq.retire(item)
-        self._count_done(state, 1)
-        if outcome.events:
-            self._deliver(state, outcome.events)
-        if outcome.interrupt:
-            self._signal(state, outcome.int_handle)
+    def _resume(self, blocked: Blocked, response: PageResponse) -> None:
+        clock = time.perf_counter
+        deadline = clock() + self.time_slice
+        budget = Budget(self.work_budget, lambda: clock() > deadline)
+        self._settled(self.scheduler.resume(blocked.state, response, budget))
 
     def _deliver(self, state: MdevState, events: tuple[Interrupt | SoftwareError, ...]) -> None:
         for event in events:
@@ -448,12 +428,10 @@ class AccelRuntime:
             # request, so it answers Invalid Request itself (the fault record already went to
             # the device's owner). The descriptor completes with PAGE_FAULT_IR.
             self.stats.page_requests_refused += 1
-            outcome = self.executor.resume(blocked.state, PageResponse.INVALID)
-            if type(outcome) is Completed:
-                self._complete(state, outcome)
-            else:
-                assert isinstance(outcome, Blocked)
-                self._block(state, outcome)
+            self._resume(blocked, PageResponse.INVALID)
+            group = blocked.item.wq.group
+            if group is not None and self.scheduler.in_progress(group):
+                self.wake_engines(group)
             return
         owner = domain.owner if domain is not None and domain.owner else state.session
         request = PageRequest(self._next_request, state, blocked, owner)
@@ -501,12 +479,7 @@ class AccelRuntime:
             self.stats.page_timeouts += 1
             response = PageResponse.INVALID
         item = request.blocked.item
-        outcome = self.executor.resume(request.blocked.state, response)
-        if type(outcome) is Completed:
-            self._complete(state, outcome)
-        else:
-            assert isinstance(outcome, Blocked)
-            self._block(state, outcome)
+        self._resume(request.blocked, response)
         group = item.wq.group
         if group is not None:
             self.wake_engines(group)  # a drain may have been waiting for this descriptor
@@ -529,6 +502,7 @@ class AccelRuntime:
             self.stats.page_requests_cancelled += 1
             request.wake()
         state.requests.clear()
+        self.scheduler.forget(state.uuid)
         # What is still queued goes too (already gone if the mdev left the bus; a started
         # definition's mdev stays and returns to the host, empty).
         state.mdev.wq.abort(owner=state.uuid)
@@ -568,13 +542,15 @@ class AccelRuntime:
                     if wq.enabled or wq.stats.submitted
                 },
                 "engines": {
-                    engine.dev_name: self._engine_runs.get(engine, 0) for engine in device.engines
+                    engine.dev_name: self.scheduler.engine_runs.get(engine, 0)
+                    for engine in device.engines
                 },
             }
         out: dict[str, Any] = {
             "devices": devices,
             "outstanding": sum(self._session_outstanding.values()),
             "page_requests_pending": len(self.requests),
+            "preemptions": self.scheduler.preemptions,
         }
         for name in RuntimeStats.__slots__:
             out[name] = getattr(self.stats, name)
