@@ -1,0 +1,465 @@
+"""The hostile world: each attack a client can make on a shared daemon, runnable with a bystander.
+
+An :class:`Attack` is a daemon config (TOML) and a function that attacks a running
+:class:`~tests.daemonproc.LoggedDaemon` for real and returns what it observed (errnos, counts),
+for the test to assert on. :func:`run_attack` starts the daemon, measures the bystander's worst
+PING with no attack (the baseline), then during the attack, and says whether the daemon lived.
+The tests in ``tests/integration/test_hostile_*.py`` and the figures
+``bystander_ping_worst_ms_<name>`` of ``bench/hostile_figures.py`` run the same attacks.
+
+To add an attack: write ``def my_attack(d: LoggedDaemon) -> dict[str, Any]`` that finishes in a
+few seconds, decorate it with ``@attack("my_attack", config=...)``, and write its test with
+:func:`run_attack`. ``needs`` returns why it cannot run on this machine (or None); the test
+skips with that reason, except under ``CI=true`` where it fails.
+"""
+
+from __future__ import annotations
+
+import array
+import contextlib
+import ctypes
+import os
+import socket
+import struct
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+from siov_protocol import Command
+from tests.bystander import Bystander, Window
+from tests.daemonproc import LoggedDaemon, logged_siovd
+from tests.fuzz.wire import HDR, HEADER_SIZE, Received, body, frame, parse_replies
+
+MiB = 1 << 20
+
+AttackFn = Callable[[LoggedDaemon], dict[str, Any]]
+
+
+@dataclass(frozen=True)
+class Attack:
+    name: str
+    fn: AttackFn
+    config: str = ""
+    needs: Callable[[], str | None] = lambda: None
+    doc: str = ""
+
+
+ATTACKS: dict[str, Attack] = {}
+
+
+def attack(
+    name: str, *, config: str = "", needs: Callable[[], str | None] = lambda: None
+) -> Callable[[AttackFn], AttackFn]:
+    def register(fn: AttackFn) -> AttackFn:
+        doc = (fn.__doc__ or "").strip().splitlines()[0] if fn.__doc__ else ""
+        ATTACKS[name] = Attack(name, fn, config, needs, doc)
+        return fn
+
+    return register
+
+
+@dataclass
+class Outcome:
+    """What one attack did: its own observations, the bystander's two windows, the daemon."""
+
+    name: str
+    result: dict[str, Any]
+    baseline: Window
+    under: Window
+    alive: bool
+    returncode: int | None
+    failures: list[dict[str, Any]] = field(default_factory=list)
+
+    def line(self) -> str:
+        return self.under.line(self.name, self.baseline)
+
+
+def require(attack: Attack) -> None:
+    """Skip (or, under CI=true, fail) when the attack cannot run on this machine."""
+    reason = attack.needs()
+    if reason is None:
+        return
+    import pytest  # here, so that bench/hostile_figures.py needs no pytest
+
+    if os.environ.get("CI") == "true":
+        pytest.fail(f"{attack.name} must run under CI=true: {reason}")
+    pytest.skip(reason)
+
+
+def run_attack(
+    name: str, baseline_s: float = 1.0, check: Callable[[LoggedDaemon], None] | None = None
+) -> Outcome:
+    """Start a daemon with the attack's config, a bystander on it, and run the attack.
+
+    ``check(d)`` runs after the attack, on the still-running daemon (for STATS, /proc).
+    """
+    spec = ATTACKS[name]
+    with logged_siovd(spec.config) as d, Bystander(d.path) as by:
+        _, baseline = by.measure(lambda: time.sleep(baseline_s))
+        result, under = by.measure(lambda: spec.fn(d))
+        if check is not None and d.alive():
+            check(d)
+        alive = d.alive()
+        failures = d.failures_logged()
+    return Outcome(name, result, baseline, under, alive, d.proc.returncode, failures)
+
+
+# ---- raw sessions ------------------------------------------------------------------------
+
+
+class Refused(Exception):
+    def __init__(self, reply: Received) -> None:
+        super().__init__(f"errno {reply.error}: {reply.body.get('message')}")
+        self.errno = reply.error
+        self.message = str(reply.body.get("message", ""))
+
+
+class Raw:
+    """A blocking raw connection: exact frames out, replies (skipping events) back."""
+
+    def __init__(self, path: str, *, negotiate: bool = True, timeout: float = 20.0) -> None:
+        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        self.sock.settimeout(timeout)
+        self.sock.connect(path)
+        self.next_id = 1
+        self.events: list[Received] = []
+        if negotiate:
+            self.call(Command.VERSION, {"major": 1, "minor": 0, "capabilities": {"max_fds": 253}})
+
+    def close(self) -> None:
+        self.sock.close()
+
+    def __enter__(self) -> Raw:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def send(self, command: int, fields: dict[str, Any] | None = None, fds: list[int] = ()) -> int:  # type: ignore[assignment]
+        msg_id = self.next_id
+        self.next_id = self.next_id % 0xFFFF + 1
+        send_fds(self.sock, frame(msg_id, command, body(fields or {})), fds)
+        return msg_id
+
+    def reply(self) -> Received:
+        while True:
+            head = recv_exact(self.sock, HEADER_SIZE)
+            size = HDR.unpack(head)[2]
+            got = parse_replies(head + recv_exact(self.sock, size - HEADER_SIZE))[0]
+            if got.command >= 0x200:
+                self.events.append(got)
+                continue
+            return got
+
+    def request(
+        self, command: int, fields: dict[str, Any] | None = None, fds: list[int] = ()
+    ) -> Received:
+        self.send(command, fields, list(fds))
+        return self.reply()
+
+    def call(
+        self, command: int, fields: dict[str, Any] | None = None, fds: list[int] = ()
+    ) -> dict[str, Any]:
+        got = self.request(command, fields, fds)
+        if got.is_error:
+            raise Refused(got)
+        return dict(got.body)
+
+
+def send_fds(sock: socket.socket, data: bytes, fds: list[int] | tuple[int, ...] = ()) -> None:
+    if fds:
+        anc = [(socket.SOL_SOCKET, socket.SCM_RIGHTS, array.array("i", fds))]
+        sent = sock.sendmsg([data], anc)
+        if sent < len(data):
+            sock.sendall(data[sent:])
+    else:
+        sock.sendall(data)
+
+
+def recv_exact(sock: socket.socket, n: int) -> bytes:
+    out = b""
+    while len(out) < n:
+        chunk = sock.recv(n - len(out))
+        if not chunk:
+            raise ConnectionError("the daemon closed the connection")
+        out += chunk
+    return out
+
+
+def memfd(size: int, flags: int = 0) -> int:
+    fd = os.memfd_create("hostile", os.MFD_CLOEXEC | os.MFD_ALLOW_SEALING | flags)
+    os.ftruncate(fd, size)
+    return fd
+
+
+@contextlib.contextmanager
+def closing_fds(*fds: int) -> Iterator[None]:
+    try:
+        yield
+    finally:
+        for fd in fds:
+            with contextlib.suppress(OSError):
+                os.close(fd)
+
+
+_libc = ctypes.CDLL(None, use_errno=True)
+FALLOC_FL_KEEP_SIZE = 1
+FALLOC_FL_PUNCH_HOLE = 2
+
+
+def punch_hole(fd: int, offset: int, length: int) -> None:
+    """``fallocate(PUNCH_HOLE)``, which F_SEAL_SHRINK does not forbid."""
+    _libc.fallocate.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_longlong, ctypes.c_longlong]
+    mode = FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE
+    if _libc.fallocate(fd, mode, offset, length) != 0:
+        err = ctypes.get_errno()
+        raise OSError(err, os.strerror(err))
+
+
+def stats(path: str) -> dict[str, Any]:
+    with Raw(path) as raw:
+        return raw.call(Command.STATS)
+
+
+def other_client_registers(path: str) -> bool | str:
+    """True when a new client can connect, negotiate and register a memfd; else why not."""
+    try:
+        with Raw(path, timeout=5.0) as other:
+            mfd = memfd(4096)
+            with closing_fds(mfd):
+                return "region" in other.call(Command.MEM_REGISTER, {"size": 4096}, [mfd])
+    except (OSError, ConnectionError, Refused) as exc:
+        return f"{type(exc).__name__}: {exc}"
+
+
+# ---- 1. a blocking eventfd -------------------------------------------------------------------
+
+EVENTFD_FULL = 0xFFFF_FFFF_FFFF_FFFE  # the largest count: one more write would block
+
+
+@attack("blocking_eventfd")
+def blocking_eventfd(d: LoggedDaemon) -> dict[str, Any]:
+    """A blocking eventfd at its maximum count as an MSI-X vector, then the vector fired."""
+    efd = os.eventfd(0)  # blocking, as a careless or hostile client would make it
+    os.write(efd, EVENTFD_FULL.to_bytes(8, "little"))
+    with closing_fds(efd), Raw(d.path) as raw:
+        dev = raw.call(Command.MDEV_CREATE, {"parent": "dsa0", "type_id": "dsa-1dwq"})
+        uuid = dev["uuid"]
+        irq = {"device": uuid, "index": 2, "start": 0, "count": 1}
+        raw.call(Command.DEVICE_SET_IRQS, {**irq, "flags": 4 | 32}, [efd])  # DATA_EVENTFD
+        fired = 0
+        for _ in range(4):  # DATA_NONE | TRIGGER: fire it, as the device would
+            raw.call(Command.DEVICE_SET_IRQS, {**irq, "flags": 1 | 32})
+            fired += 1
+        after = raw.call(Command.STATS)
+    return {"fired": fired, "accel": after.get("accel", {})}
+
+
+# ---- 2. a close() that lingers -----------------------------------------------------------------
+
+LINGER_S = 8
+
+
+@contextlib.contextmanager
+def lingering_socket(linger_s: int = LINGER_S) -> Iterator[socket.socket]:
+    """A loopback TCP socket with SO_LINGER on and unsent data: its last close() blocks for
+    ``linger_s`` seconds (the peer never reads, its receive window is shut)."""
+    server = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    server.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    server.bind(("127.0.0.1", 0))
+    server.listen(1)
+    client = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    client.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)
+    client.connect(server.getsockname())
+    peer, _ = server.accept()
+    try:
+        client.setblocking(False)
+        with contextlib.suppress(BlockingIOError):
+            while True:
+                client.send(b"x" * 65536)
+        client.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, linger_s))
+        yield client
+    finally:
+        client.close()
+        peer.close()
+        server.close()
+
+
+@attack("linger_close")
+def linger_close(d: LoggedDaemon) -> dict[str, Any]:
+    """Lingering TCP sockets handed over every way the daemon discards an fd: refused before
+    VERSION, on a bad body, on a command that takes none, and pending at disconnect."""
+    seen: dict[str, Any] = {}
+
+    def hand(route: str, send: Callable[[socket.socket, int], None]) -> None:
+        with lingering_socket() as victim, Raw(d.path, negotiate=route != "before_version") as raw:
+            fd = victim.detach()  # the daemon's copy becomes the last one
+            try:
+                send(raw.sock, fd)
+            finally:
+                os.close(fd)
+            if route != "pending_at_disconnect":
+                got = raw.reply()
+                seen[route] = got.error
+
+    # Refused before VERSION (EPROTO), a bad body (EINVAL), no fds taken (EINVAL).
+    hand("before_version", lambda s, fd: send_fds(s, frame(1, Command.PING, b""), [fd]))
+    hand("bad_body", lambda s, fd: send_fds(s, frame(7, Command.PING, b"\xc1"), [fd]))
+    hand("ping_with_fd", lambda s, fd: send_fds(s, frame(8, Command.PING, body({})), [fd]))
+    # Half a message with the fd, then the connection goes away.
+    hand(
+        "pending_at_disconnect",
+        lambda s, fd: send_fds(s, HDR.pack(9, Command.PING, 64, 0, 0), [fd]),
+    )
+    return seen
+
+
+# ---- 3. a hugetlb memfd whose page vanishes ----------------------------------------------------
+
+HUGE = 2 * MiB
+NR_HUGEPAGES = "/proc/sys/vm/nr_hugepages"
+
+
+def hugetlb_needs() -> str | None:
+    if os.geteuid() != 0:
+        return "needs root to set /proc/sys/vm/nr_hugepages"
+    if not os.access(NR_HUGEPAGES, os.W_OK):
+        return f"{NR_HUGEPAGES} is not writable here"
+    return None
+
+
+@contextlib.contextmanager
+def huge_pages(count: int) -> Iterator[int]:
+    """Set the 2 MiB pool to ``count`` pages for the block; yields how many it got."""
+    with open(NR_HUGEPAGES) as fh:
+        old = fh.read().strip()
+    try:
+        with open(NR_HUGEPAGES, "w") as fh:
+            fh.write(str(count))
+        with open(NR_HUGEPAGES) as fh:
+            yield int(fh.read())
+    finally:
+        with open(NR_HUGEPAGES, "w") as fh:
+            fh.write(old)
+
+
+def hugetlb_memfd(size: int) -> int:
+    fd = os.memfd_create("hostile-huge", os.MFD_CLOEXEC | os.MFD_ALLOW_SEALING | os.MFD_HUGETLB)
+    os.ftruncate(fd, size)
+    return fd
+
+
+@attack("hugetlb_sigbus", needs=hugetlb_needs)
+def hugetlb_sigbus(d: LoggedDaemon) -> dict[str, Any]:
+    """An MFD_HUGETLB memfd registered, its page punched out, the pool exhausted, then DMA."""
+    import mmap
+
+    out: dict[str, Any] = {}
+    with huge_pages(2) as got, Raw(d.path) as raw:
+        out["pool"] = got
+        fd = hugetlb_memfd(HUGE)
+        with closing_fds(fd):
+            try:
+                region = raw.call(Command.MEM_REGISTER, {"size": HUGE}, [fd])
+            except Refused as exc:
+                out["register"] = (exc.errno, exc.message)
+                return out
+            out["register"] = 0
+            dev = raw.call(Command.BUS_REGISTER_DEVICE, {"name": "hostile-emu"})
+            domain = dev["domain_id"]
+            raw.call(
+                Command.MAP,
+                {
+                    "domain": domain,
+                    "phys": region["phys"],
+                    "size": HUGE,
+                    "iova": 0x4000_0000,
+                    "prot": 3,
+                },
+            )
+            punch_hole(fd, 0, HUGE)
+            hog = hugetlb_memfd(got * HUGE)  # take every free huge page
+            with closing_fds(hog):
+                hold = mmap.mmap(hog, got * HUGE)
+                for off in range(0, got * HUGE, HUGE):
+                    with contextlib.suppress(Exception):
+                        hold[off] = 1
+                got_read = raw.request(
+                    Command.DMA_READ, {"device": dev["uuid"], "iova": 0x4000_0000, "length": 8}
+                )
+                out["dma_read"] = got_read.error
+                hold.close()
+    return out
+
+
+# ---- 5. fds dripped into a message that never completes ---------------------------------------
+
+DRIP_ROUNDS = 100
+DRIP_FDS = 253
+
+
+@attack("fd_drip")
+def fd_drip(d: LoggedDaemon) -> dict[str, Any]:
+    """A header claiming 1 MiB, then 100 x sendmsg(1 byte + 253 fds), never completing."""
+    out: dict[str, Any] = {"sent_fds": 0}
+    before = d.fds()
+    spare = [os.eventfd(0, os.EFD_CLOEXEC) for _ in range(DRIP_FDS)]
+    with closing_fds(*spare), Raw(d.path) as raw:
+        raw.sock.sendall(HDR.pack(1, Command.PING, MiB, 0, 0))
+        error = None
+        try:
+            for _ in range(DRIP_ROUNDS):
+                send_fds(raw.sock, b"\0", spare)
+                out["sent_fds"] += DRIP_FDS
+        except OSError as exc:  # the daemon dropped us: the cap worked
+            error = exc.errno
+        out["send_error"] = error
+        out["peak_fds"] = d.fds() - before
+        raw.sock.settimeout(5)
+        try:
+            got = raw.reply()
+            out["reply"] = (got.error, got.body.get("message"))
+        except (OSError, ConnectionError):
+            out["reply"] = None
+        # Another client can still connect and hand over an fd.
+        out["other_register"] = other_client_registers(d.path)
+    return out
+
+
+# ---- 6. many connections with regions up to the limits ----------------------------------------
+
+REGION_CLIENTS = 8
+REGIONS_EACH = 64
+REGIONS_CONFIG = f"[limits]\nmemory_regions = {REGIONS_EACH}\n"
+
+
+@attack("region_fds", config=REGIONS_CONFIG)
+def region_fds(d: LoggedDaemon) -> dict[str, Any]:
+    """Connections registering regions up to limits.memory_regions, counting the daemon's fds."""
+    before = d.fds()
+    clients = [Raw(d.path) for _ in range(REGION_CLIENTS)]
+    refused: tuple[int, str] | None = None
+    try:
+        for raw in clients:
+            for _ in range(REGIONS_EACH + 1):
+                fd = memfd(4096)
+                with closing_fds(fd):
+                    try:
+                        raw.call(Command.MEM_REGISTER, {"size": 4096}, [fd])
+                    except Refused as exc:
+                        refused = (exc.errno, exc.message)
+        regions = REGION_CLIENTS * REGIONS_EACH
+        held = d.fds() - before
+        maps = d.memfd_maps()
+        cost = clients[0].call(Command.STATS).get("session", {})
+    finally:
+        for raw in clients:
+            raw.close()
+    return {
+        "regions": regions,
+        "fds_held": held,
+        "memfd_maps": maps,
+        "refused": refused,
+        "session": cost,
+    }

@@ -1,0 +1,175 @@
+"""A bystander client: PINGs a daemon every 50 ms and keeps the worst round trip.
+
+The hostile-world tests and ``bench/hostile_figures.py`` both use it the same way::
+
+    with logged_siovd(config) as d, Bystander(d.path) as by:
+        quiet = by.measure(lambda: time.sleep(1.0))      # the baseline: no attack
+        under = by.measure(lambda: attack(d))            # the same client, during the attack
+    under.assert_served()                                # served, within a generous bound
+
+It is a raw socket in a thread of its own (no trio, no SDK), so what it times is the daemon's
+answer and little else. A PING outstanding when a window closes counts with the time it has
+waited so far, so a daemon that stops answering shows as a huge worst case, not as no sample.
+A PING that gets no reply within ``stall_s`` ends the bystander with an error that names it.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import TypeVar
+
+from siov_protocol import Command
+from tests.fuzz.wire import HDR, HEADER_SIZE, body, frame
+
+T = TypeVar("T")
+
+#: Interval between the bystander's PINGs.
+INTERVAL_S = 0.05
+#: The liveness bound the tests assert: far above any scheduling noise on a loaded 2-core
+#: machine, far below the stalls the attacks caused before they were fixed (seconds to forever).
+LIVENESS_S = 2.0
+
+
+@dataclass
+class Window:
+    """What the bystander saw between two instants."""
+
+    pings: int
+    worst_s: float
+    error: str | None
+
+    @property
+    def worst_ms(self) -> float:
+        return self.worst_s * 1000.0
+
+    def assert_served(self, bound_s: float = LIVENESS_S) -> None:
+        """The bystander was answered throughout: no error, at least one PING, none slower
+        than ``bound_s`` (a liveness bound, not a performance target)."""
+        assert self.error is None, f"bystander: {self.error}"
+        assert self.pings > 0, "bystander: no PING completed in the window"
+        assert self.worst_s < bound_s, (
+            f"bystander: worst PING {self.worst_ms:.0f} ms exceeds the {bound_s:.1f} s bound"
+        )
+
+    def line(self, attack: str, baseline: Window | None = None) -> str:
+        """One summary line: ``bystander_ping_worst_ms_<attack> = ...``."""
+        text = f"bystander_ping_worst_ms_{attack} = {self.worst_ms:.1f} ms ({self.pings} PINGs)"
+        if baseline is not None:
+            text += f", baseline {baseline.worst_ms:.1f} ms"
+        return text + (f", ERROR {self.error}" if self.error else "")
+
+
+class Bystander(threading.Thread):
+    """A negotiated connection that PINGs every ``interval_s`` until stopped."""
+
+    def __init__(self, path: str, *, interval_s: float = INTERVAL_S, stall_s: float = 30.0):
+        super().__init__(daemon=True, name="bystander")
+        self.path = path
+        self.interval_s = interval_s
+        self.stall_s = stall_s
+        self._lock = threading.Lock()
+        self._halt = threading.Event()
+        self._started_ok = threading.Event()
+        self._pings = 0
+        self._worst = 0.0
+        self._outstanding: float | None = None  # monotonic start of the PING in flight
+        self._last_answered_start = 0.0
+        self.error: str | None = None
+        self.total_pings = 0
+
+    # ---- the thread ---------------------------------------------------------------------
+
+    def run(self) -> None:
+        try:
+            sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            sock.settimeout(self.stall_s)
+            with sock:
+                sock.connect(self.path)
+                self._round_trip(sock, frame(1, Command.VERSION, body({"major": 1, "minor": 0})))
+                self._started_ok.set()
+                msg_id = 1
+                while not self._halt.is_set():
+                    msg_id = msg_id % 0xFFFF + 1
+                    start = time.monotonic()
+                    with self._lock:
+                        self._outstanding = start
+                    self._round_trip(sock, frame(msg_id, Command.PING))
+                    rtt = time.monotonic() - start
+                    with self._lock:
+                        self._outstanding = None
+                        self._pings += 1
+                        self.total_pings += 1
+                        self._worst = max(self._worst, rtt)
+                        self._last_answered_start = start
+                    self._halt.wait(self.interval_s)
+        except TimeoutError:
+            self.error = f"no reply to a PING within {self.stall_s:.0f} s"
+        except OSError as exc:
+            self.error = f"connection failed: {exc}"
+        except AssertionError as exc:
+            self.error = str(exc)
+        finally:
+            self._started_ok.set()
+
+    @staticmethod
+    def _round_trip(sock: socket.socket, data: bytes) -> None:
+        sock.sendall(data)
+        head = _recv_exact(sock, HEADER_SIZE)
+        size, flags, err = HDR.unpack(head)[2:5]
+        _recv_exact(sock, size - HEADER_SIZE)
+        assert not flags & 0x20, f"the daemon answered errno {err} ({os.strerror(err)})"
+
+    # ---- the caller's side ----------------------------------------------------------------
+
+    def __enter__(self) -> Bystander:
+        self.start()
+        self._started_ok.wait(self.stall_s)
+        if self.error is not None:
+            raise AssertionError(f"bystander could not start: {self.error}")
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._halt.set()
+        self.join(self.stall_s + 5)
+
+    def reset(self) -> Window:
+        """Close the current window (returning it) and open a new one."""
+        with self._lock:
+            worst = self._worst
+            if self._outstanding is not None:
+                worst = max(worst, time.monotonic() - self._outstanding)
+            window = Window(self._pings, worst, self.error)
+            self._pings = 0
+            self._worst = 0.0
+        return window
+
+    def measure(self, fn: Callable[[], T]) -> tuple[T, Window]:
+        """Run ``fn`` and return its result with what the bystander saw meanwhile.
+
+        The window closes only once a PING that started after ``fn`` returned has been
+        answered, so a stall that outlives the attack is seen too (bounded by ``stall_s``).
+        """
+        self.reset()
+        result = fn()
+        done = time.monotonic()
+        while self.is_alive() and time.monotonic() < done + self.stall_s + 1:
+            with self._lock:
+                if self._last_answered_start > done:
+                    break
+            time.sleep(0.01)
+        return result, self.reset()
+
+
+def _recv_exact(sock: socket.socket, n: int) -> bytes:
+    out = b""
+    while len(out) < n:
+        chunk = sock.recv(n - len(out))
+        if not chunk:
+            raise OSError("the daemon closed the bystander's connection")
+        out += chunk
+    return out
