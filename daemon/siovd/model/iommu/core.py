@@ -14,16 +14,20 @@ from collections.abc import Callable
 from siovd.model.device import Device
 from siovd.model.dma import DmaFault
 from siovd.model.errors import SiovError
-from siovd.model.iommu.areas import Area, first_fit
+from siovd.model.iommu.areas import Area
 from siovd.model.iommu.devtlb import DevTlbDmaSpace
 from siovd.model.iommu.domain import Domain, DomainType
 from siovd.model.iommu.faults import FaultRecord
 from siovd.model.iommu.group import Group
+from siovd.model.iommu.io_pagetable import (
+    DirtyJob,
+    MapJob,
+    UnmapJob,
+    areas_to_unmap,
+    run_to_end,
+)
 from siovd.model.iommu.iotlb import Iotlb, make_tag
 from siovd.model.iommu.pagetable import (
-    PROT_READ,
-    PROT_WRITE,
-    SIZE_1G,
     PageTable,
     Translation,
     walk,
@@ -32,13 +36,8 @@ from siovd.model.iommu.pasid import PASID_LIMIT, PasidAllocator
 from siovd.model.iommu.translate import Failure, IommuDmaSpace, translate_runs
 from siovd.model.memory import DAEMON_OWNER, PAGE_SIZE, PageTablePool, PhysicalMemory, Region
 
-U64 = 1 << 64
-#: ``unmap(iova=0, size=UNMAP_ALL)`` removes every mapping, even from an empty domain.
-UNMAP_ALL = U64 - 1
 #: VT-d's maximum address-mask value for page-selective invalidation.
 MAX_AM = 18
-#: One dirty-bitmap call covers at most this many pages (a 1 MiB bitmap, 32 GiB of IOVA).
-MAX_DIRTY_PAGES = 1 << 23
 
 FaultCallback = Callable[[int, FaultRecord], None]
 TranslatedRun = tuple[int, int, int, int]  # (iova, phys, length, prot)
@@ -445,60 +444,16 @@ class Iommu:
         so a map cannot be used to probe the physical space. Writable mappings of a
         read-only region are ``EFAULT`` too.
         """
-        domain = self._paging(owner, domain_id)
-        if prot & ~(PROT_READ | PROT_WRITE) or not prot:
-            raise SiovError(errno.EINVAL, f"prot {prot:#x}: use READ (1) and/or WRITE (2)")
-        if size <= 0 or (phys | size) % PAGE_SIZE or (iova is not None and iova % PAGE_SIZE):
-            raise SiovError(
-                errno.EINVAL, "iova, phys and size must be 4 KiB-aligned and size non-zero"
-            )
-        if phys < 0 or (iova is not None and iova < 0):
-            raise SiovError(errno.EINVAL, "addresses are unsigned")
-        if iova is not None:
-            if iova + size > U64:
-                raise SiovError(errno.EOVERFLOW, "iova + size wraps around 2**64")
-            if iova + size > domain.aperture_end:
-                raise SiovError(
-                    errno.EINVAL,
-                    f"iova range ends beyond the domain's aperture {domain.aperture_end:#x}",
-                )
-            if domain.areas.overlaps(iova, iova + size - 1):
-                raise SiovError(
-                    errno.EEXIST, f"iova {iova:#x}+{size:#x} overlaps an existing mapping"
-                )
-        regions = self.memory.regions_in(owner, phys, size)
-        if regions is None:
-            raise SiovError(errno.EFAULT, f"physical range {phys:#x}+{size:#x} is not your memory")
-        if prot & PROT_WRITE and not all(r.writable for r in regions):
-            raise SiovError(errno.EFAULT, "a writable mapping of read-only memory")
-        if iova is None:
-            iova = self._alloc_iova(domain, size, phys)
-        elif domain.lazy_pending and any(
-            a.iova < iova + size and iova <= a.last for a in domain.lazy_pending
-        ):
-            # The IOVA is still in the flush queue: flush before it is reused.
-            self._flush_domain(domain)
-        assert domain.pt is not None
-        domain.pt.map(iova, phys, size, prot)
-        domain.areas.add(Area(iova, size, phys, prot, tuple(regions)))
-        for region in regions:
-            region.map_count += 1
-        return iova
+        job = self.map_job(owner, domain_id, iova, phys, size, prot)
+        run_to_end(job)
+        return job.iova
 
-    def _alloc_iova(self, domain: Domain, size: int, phys: int) -> int:
-        """Auto-IOVA: aligned at least to the size's lowest set bit (iommufd), and to the
-        physical alignment up to the size, so large pages stay possible."""
-        low = size & -size
-        phys_align = phys & -phys if phys else SIZE_1G
-        align = max(low, min(1 << (size - 1).bit_length(), phys_align, SIZE_1G))
-        busy = sorted(
-            [(a.iova, a.last) for a in domain.areas.all()]
-            + [(a.iova, a.last) for a in domain.lazy_pending]
-        )
-        iova = first_fit(busy, size, align, max(align, PAGE_SIZE), domain.aperture_end)
-        if iova is None:
-            raise SiovError(errno.ENOSPC, f"no free IOVA range of {size:#x} bytes")
-        return iova
+    def map_job(
+        self, owner: int, domain_id: int, iova: int | None, phys: int, size: int, prot: int
+    ) -> MapJob:
+        """:meth:`map` as a job (see :mod:`siovd.model.iommu.io_pagetable`): checked and
+        reserved now, written a budget at a time."""
+        return MapJob(self, self._paging(owner, domain_id), iova, phys, size, prot, owner)
 
     def unmap(self, owner: int, domain_id: int, iova: int, size: int) -> int:
         """Unmap whole earlier mappings inside ``[iova, iova + size)``; return the bytes.
@@ -512,33 +467,28 @@ class Iommu:
         In strict mode the IOTLB is invalidated before this returns; in lazy mode the flush
         is queued (see :meth:`flush_lazy`).
         """
+        job = self.unmap_job(owner, domain_id, iova, size)
+        run_to_end(job)
+        return job.unmapped
+
+    def unmap_job(self, owner: int, domain_id: int, iova: int, size: int) -> UnmapJob:
         domain = self._paging(owner, domain_id)
-        if iova == 0 and size in (UNMAP_ALL, U64):
-            return self._unmap_areas(domain, domain.areas.all())
-        if size <= 0 or (iova | size) % PAGE_SIZE or iova < 0:
-            raise SiovError(errno.EINVAL, "iova and size must be 4 KiB-aligned and size non-zero")
-        if iova + size > U64:
-            raise SiovError(errno.EOVERFLOW, "iova + size wraps around 2**64")
-        last = iova + size - 1
-        areas = domain.areas.intersecting(iova, last)
-        for area in areas:
-            if area.iova < iova or area.last > last:
-                raise SiovError(
-                    errno.ENOENT,
-                    f"unmap {iova:#x}+{size:#x} would split the mapping "
-                    f"{area.iova:#x}+{area.size:#x}",
-                )
-        if not areas:
-            raise SiovError(errno.ENOENT, f"nothing is mapped in {iova:#x}+{size:#x}")
-        return self._unmap_areas(domain, areas)
+        return UnmapJob(self, domain, areas_to_unmap(domain, iova, size))
 
     def _unmap_areas(self, domain: Domain, areas: list[Area]) -> int:
-        assert domain.pt is not None
-        total = 0
+        job = UnmapJob(self, domain, areas)
+        run_to_end(job)
+        return job.unmapped
+
+    def holds(self, domain: Domain) -> bool:
+        """Whether ``domain`` is still one of this IOMMU's (not destroyed)."""
+        return self._domains.get(domain.id) is domain
+
+    def retire_unmapped(self, domain: Domain, areas: list[Area]) -> None:
+        """The entries of ``areas`` are cleared: they leave the domain, and their IOTLB
+        entries go now (strict) or with the next lazy flush; then their memory may go."""
         for area in areas:
-            domain.pt.unmap(area.iova, area.size)
             domain.areas.remove(area)
-            total += area.size
         if domain.lazy:
             domain.lazy_pending.extend(areas)
             self._lazy_pending += len(areas)
@@ -546,7 +496,6 @@ class Iommu:
                 self.flush_lazy()
         else:
             self._retire(domain, areas)
-        return total
 
     def _retire(self, domain: Domain, areas: list[Area]) -> None:
         """The IOTLB forgets the areas; then their memory may go."""
@@ -571,6 +520,9 @@ class Iommu:
         if flushed:
             self.lazy_flushes += 1
         return flushed
+
+    def flush_domain(self, domain: Domain) -> int:
+        return self._flush_domain(domain)
 
     def _flush_domain(self, domain: Domain) -> int:
         pending = domain.lazy_pending
@@ -608,27 +560,12 @@ class Iommu:
         set where the leaf's D bit is. A dirty large page marks all its pages in range.
         ``clear`` clears the D bits read and invalidates their IOTLB entries, so the next
         write sets D again (a cached entry would otherwise remember it as dirty)."""
-        domain = self._paging(owner, domain_id)
-        if size <= 0 or (iova | size) % PAGE_SIZE or iova < 0:
-            raise SiovError(errno.EINVAL, "iova and size must be 4 KiB-aligned, size non-zero")
-        if iova + size > U64:
-            raise SiovError(errno.EOVERFLOW, "iova + size wraps around 2**64")
-        if size >> 12 > MAX_DIRTY_PAGES:
-            raise SiovError(
-                errno.EINVAL, f"a dirty bitmap covers at most {MAX_DIRTY_PAGES} pages per call"
-            )
-        assert domain.pt is not None
-        npages = size >> 12
-        bitmap = bytearray((npages + 7) // 8)
-        first = iova >> 12
-        for leaf_iova, pg in domain.pt.read_dirty(iova, size, clear):
-            lo = max(leaf_iova >> 12, first) - first
-            hi = min((leaf_iova + pg) >> 12, first + npages) - first
-            for bit in range(lo, hi):
-                bitmap[bit >> 3] |= 1 << (bit & 7)
-            if clear:
-                self.iotlb.invalidate_span(domain.id, None, leaf_iova, pg)
-        return bytes(bitmap)
+        job = self.dirty_job(owner, domain_id, iova, size, clear)
+        run_to_end(job)
+        return bytes(job.bitmap)
+
+    def dirty_job(self, owner: int, domain_id: int, iova: int, size: int, clear: bool) -> DirtyJob:
+        return DirtyJob(self, self._paging(owner, domain_id), iova, size, clear)
 
     def iotlb_invalidate(
         self,

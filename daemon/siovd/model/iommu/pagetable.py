@@ -219,15 +219,27 @@ class PageTable:
 
     def map(self, iova: int, phys: int, size: int, prot: int) -> None:
         """Write leaves for ``[iova, iova + size)`` → ``phys``; the range must be unmapped."""
+        done = 0
+        while done < size:
+            done = self.map_step(iova, phys, size, prot, done, 1 << 62)
+
+    def map_step(
+        self, iova: int, phys: int, size: int, prot: int, done: int, max_entries: int
+    ) -> int:
+        """Part of :meth:`map`: continue at byte ``done`` and stop at a table boundary once
+        about ``max_entries`` entries are written; returns the bytes mapped so far. The
+        leaves are the ones one :meth:`map` call writes (page sizes depend on the whole
+        range, never on where a step stops)."""
         if (iova | phys | size) & (PAGE_SIZE - 1) or size <= 0:
             raise ValueError("map needs a positive size and 4 KiB alignment")
         if iova + size > self.aperture_end:
             raise ValueError("map beyond the lower canonical half")
         flags = leaf_flags(prot)
         end = iova + size
-        pos, p = iova, phys
+        pos, p = iova + done, phys + done
         loc = self._loc
-        while pos < end:
+        written = 0
+        while pos < end and written < max_entries:
             pg = self.pgsize(pos, p, end - pos)
             level = 1 if pg == SIZE_4K else 2 if pg == SIZE_2M else 3
             table = self._table_for(pos, level)
@@ -242,7 +254,9 @@ class PageTable:
             self._used[table] += n
             pos += n * pg
             p += n * pg
-        self.mapped_bytes += size
+            written += n
+            self.mapped_bytes += n * pg
+        return pos - iova
 
     def unmap(self, iova: int, size: int) -> int:
         """Clear every leaf in ``[iova, iova + size)``; return the bytes they mapped.
@@ -250,11 +264,21 @@ class PageTable:
         Holes are skipped. A large leaf that sticks out of the range is an error (the domain
         never asks for a split).
         """
+        done = cleared = 0
+        while done < size:
+            done, got = self.unmap_step(iova, size, done, 1 << 62)
+            cleared += got
+        return cleared
+
+    def unmap_step(self, iova: int, size: int, done: int, max_entries: int) -> tuple[int, int]:
+        """Part of :meth:`unmap`: continue at byte ``done``, stop once about ``max_entries``
+        entries are cleared; returns (bytes of the range done, bytes cleared now)."""
         end = min(iova + size, self.aperture_end)
-        pos = iova
+        pos = iova + done
         loc, used = self._loc, self._used
         cleared = 0
-        while pos < end:
+        touched = 0
+        while pos < end and touched < max_entries:
             path: list[tuple[int, int]] = []
             table, level = self.root, self.levels
             while True:
@@ -264,6 +288,7 @@ class PageTable:
                 entry = int(q[base + idx])
                 if not entry & PTE_P:
                     pos = ((pos >> shift) + 1) << shift  # skip the hole this entry covers
+                    touched += 1
                     break
                 if level == 1 or entry & PTE_PS:
                     pg = 1 << shift
@@ -280,6 +305,7 @@ class PageTable:
                     used[table] -= present
                     cleared += present * pg
                     pos += n * pg
+                    touched += n
                     while table != self.root and used[table] == 0:
                         self._free_table(table)
                         table, pidx = path.pop()
@@ -291,7 +317,7 @@ class PageTable:
                 table = entry & ADDR_MASK
                 level -= 1
         self.mapped_bytes -= cleared
-        return cleared
+        return (min(pos, iova + size) - iova if pos < end else size), cleared
 
     # -- reading -----------------------------------------------------------------------------
 
