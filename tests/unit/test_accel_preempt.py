@@ -164,4 +164,4 @@ def test_the_scheduler_keeps_a_preempted_compare_and_lets_other_work_pass() -> N
     # The noop passed the compare still in progress; the drain waited for both.
     assert order == [int(DsaOpcode.NOOP), int(DsaOpcode.COMPARE), int(DsaOpcode.DRAIN)]
     assert scheduler.preemptions == 3 and scheduler.in_progress(group) == 0
-    assert SLICE == MiB
+    assert MiB == SLICE

@@ -37,6 +37,9 @@ class ServerConfig:
     write_timeout_s: float = 10.0
     handshake_timeout_s: float = 10.0  # VERSION (and AUTH) must be done by then
     max_clients: int = u(1, 65536, default=1024)
+    #: How long one connection may run before the others get the loop: its requests, and
+    #: each step of a long one (MAP, UNMAP, DIRTY_BITMAP), are cut into turns this long.
+    turn_ms: float = 2.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -129,7 +132,7 @@ def _validate(cfg: Config) -> None:
         value = getattr(getattr(cfg, section), key)
         if value not in allowed:
             raise ConfigError(f"{section}.{key}: {value!r} is not one of {', '.join(allowed)}")
-    for name in ("grace_period_s", "write_timeout_s", "handshake_timeout_s"):
+    for name in ("grace_period_s", "write_timeout_s", "handshake_timeout_s", "turn_ms"):
         if getattr(cfg.server, name) <= 0:
             raise ConfigError(f"server.{name}: must be positive")
     if cfg.auth.mode == "key" and not cfg.auth.authorized_keys:
