@@ -68,6 +68,12 @@ class LimitsConfig:
     mapped_bytes: int = u(0, 1 << 48, default=64 << 30)
     mappings: int = u(1, 1 << 24, default=65536)  # MAP calls alive at once, over all domains
     outstanding_descriptors: int = u(1, 1 << 24, default=65536)
+    #: Descriptors of one client waiting for page responses at once (each holds its progress
+    #: and a waiting task, a few KiB): past it SUBMIT is ENOSPC and a descriptor that would
+    #: block completes as if answered Invalid Request.
+    blocked_descriptors: int = u(1, 1 << 20, default=1024)
+    #: 4 KiB page-table pages the daemon allocates for one client's domains (256 MiB).
+    page_table_pages: int = u(1, 1 << 24, default=65536)
     #: Requests of one connection whose handlers are still running (those that wait, such as a
     #: page request); past it a request gets EAGAIN, so pipelining cannot pile up tasks.
     requests_in_flight: int = u(1, 1 << 20, default=4096)

@@ -41,7 +41,6 @@ import structlog
 from siov_protocol import Command
 from siov_protocol.dsa import DSA_DESC_SIZE
 from siov_protocol.messages_accel import (
-    PAGE_RESP_SUCCESS,
     SUBMIT_ACCEPTED,
     SUBMIT_DROPPED,
     SUBMIT_RETRY,
@@ -66,6 +65,7 @@ from siovd.model.budget import Budget
 from siovd.model.device import Device
 from siovd.model.dma import DmaSpace
 from siovd.model.errors import SiovError
+from siovd.model.iommu.prq import PageAnswer, PageRequest, PageRequestQueue
 from siovd.model.iommu.translate import resolve
 
 if TYPE_CHECKING:
@@ -95,7 +95,6 @@ class MdevState:
         "mdev",
         "outstanding",
         "parent",
-        "requests",
         "session",
         "spaces",
         "uuid",
@@ -113,7 +112,6 @@ class MdevState:
         self.irq_fds: list[int | None] = [None] * MDEV_IRQ_COUNT
         #: Descriptors accepted and not yet completed (queued, running or blocked).
         self.outstanding = 0
-        self.requests: set[int] = set()
 
     def close_irqs(self, start: int = 0, count: int = MDEV_IRQ_COUNT) -> None:
         for vector in range(start, start + count):
@@ -126,26 +124,6 @@ class MdevState:
                     pass
 
 
-class PageRequest:
-    """A blocked descriptor waiting for its page response."""
-
-    __slots__ = ("blocked", "cancelled", "id", "owner", "response", "state", "wake")
-
-    def __init__(self, request_id: int, state: MdevState, blocked: Blocked, owner: int) -> None:
-        self.id = request_id
-        self.state = state
-        self.blocked = blocked
-        self.owner = owner  # the session that may answer (the domain's owner)
-        self.response: PageResponse | None = None
-        self.cancelled = False
-        #: Set by the task that waits: wakes it when the answer comes (or the mdev goes).
-        self.wake: Callable[[], None] = _nothing
-
-
-def _nothing() -> None:
-    return None
-
-
 @dataclass(slots=True)
 class RuntimeStats:
     submitted: int = 0
@@ -155,6 +133,7 @@ class RuntimeStats:
     page_timeouts: int = 0
     page_requests_cancelled: int = 0
     page_requests_refused: int = 0  # no PASID entry to route them: answered INVALID at once
+    page_requests_over_limit: int = 0  # limits.blocked_descriptors reached: answered INVALID
     irqs_eventfd: int = 0
     irqs_event: int = 0
     irq_write_failures: int = 0
@@ -169,9 +148,7 @@ class AccelRuntime:
         self.scheduler = Scheduler()
         self.executor = self.scheduler.executor
         self.mdevs: dict[str, MdevState] = {}
-        self.requests: dict[int, PageRequest] = {}
         self.stats = RuntimeStats()
-        self._next_request = 1
         self._session_outstanding: dict[int, int] = {}
         #: How long one run of a group's engines may hold the event loop.
         self.time_slice = TIME_SLICE_S
@@ -222,6 +199,14 @@ class AccelRuntime:
     # -- submission ---------------------------------------------------------------------------
 
     def _check_limit(self, state: MdevState, count: int) -> None:
+        blocked = self.prq.blocked(state.session)
+        cap = self.prq.limit
+        if blocked >= cap:
+            raise SiovError(
+                errno.ENOSPC,
+                f"limit reached: limits.blocked_descriptors = {cap} "
+                f"({blocked} descriptors wait for page responses)",
+            )
         limit = self.daemon.config.limits.outstanding_descriptors
         have = self._session_outstanding.get(state.session, 0)
         if have + count > limit:
@@ -423,23 +408,28 @@ class AccelRuntime:
             self._deliver(state, blocked.events)
         fault = blocked.fault
         domain, _ = resolve(state.device, fault.pasid)
+        request = None
         if domain is None:
             # No PASID entry (or a blocked domain): the IOMMU has nowhere to route a page
             # request, so it answers Invalid Request itself (the fault record already went to
             # the device's owner). The descriptor completes with PAGE_FAULT_IR.
             self.stats.page_requests_refused += 1
+        else:
+            owner = domain.owner if domain.owner else state.session
+            request = self.prq.open(
+                state.uuid, fault.pasid, fault.iova, fault.write, owner, state.session, blocked
+            )
+            if request is None:  # the submitter's queue is full: Invalid Request, at once
+                self.stats.page_requests_over_limit += 1
+        if request is None:
             self._resume(blocked, PageResponse.INVALID)
             group = blocked.item.wq.group
             if group is not None and self.scheduler.in_progress(group):
                 self.wake_engines(group)
             return
-        owner = domain.owner if domain is not None and domain.owner else state.session
-        request = PageRequest(self._next_request, state, blocked, owner)
-        self._next_request += 1
-        self.requests[request.id] = request
-        state.requests.add(request.id)
+        assert domain is not None
         self.stats.page_requests += 1
-        session = self.daemon.sessions.get(owner)
+        session = self.daemon.sessions.get(request.owner)
         if session is not None:
             session.push_event(
                 Command.EVENT_PAGE_REQUEST,
@@ -449,38 +439,37 @@ class AccelRuntime:
                     "pasid": fault.pasid,
                     "iova": fault.iova,
                     "write": fault.write,
-                    "domain": domain.id if domain is not None and domain.id else None,
+                    "domain": domain.id if domain.id else None,
                 },
             )
         self.start_waiter(request)
 
+    @property
+    def prq(self) -> PageRequestQueue:
+        return self.daemon.iommu.prq
+
+    @property
+    def requests(self) -> dict[int, PageRequest]:
+        """Page requests pending (the IOMMU's queue)."""
+        return self.prq.pending
+
     def page_response(self, session: Session, request_id: int, code: int) -> None:
         """PAGE_RESPONSE: ``ENOENT`` unless the request is pending and the caller owns the
         domain it was sent for."""
-        request = self.requests.get(request_id)
-        if request is None or request.owner != session.id:
-            raise SiovError(errno.ENOENT, f"no pending page request {request_id}")
-        del self.requests[request_id]
-        # iommufd: SUCCESS retries the access; INVALID and FAILURE both end it.
-        success = code == PAGE_RESP_SUCCESS
-        request.response = PageResponse.SUCCESS if success else PageResponse.INVALID
+        self.prq.respond(session.id, request_id, code)
         self.stats.page_responses += 1
-        request.wake()
 
     def resume(self, request: PageRequest) -> None:
         """Called by the waiting task once the answer came, the mdev went, or time ran out."""
-        self.requests.pop(request.id, None)
-        state = request.state
-        state.requests.discard(request.id)
+        answer = self.prq.finish(request)
         if request.cancelled:
             return
-        response = request.response
-        if response is None:
+        if answer is None:
             self.stats.page_timeouts += 1
-            response = PageResponse.INVALID
-        item = request.blocked.item
-        self._resume(request.blocked, response)
-        group = item.wq.group
+        blocked: Blocked = request.payload
+        response = PageResponse.SUCCESS if answer == PageAnswer.SUCCESS else PageResponse.INVALID
+        self._resume(blocked, response)
+        group = blocked.item.wq.group
         if group is not None:
             self.wake_engines(group)  # a drain may have been waiting for this descriptor
 
@@ -492,16 +481,10 @@ class AccelRuntime:
         state = self.mdevs.pop(uuid, None)
         if state is None:
             return
-        for request_id in list(state.requests):
-            request = self.requests.pop(request_id, None)
-            if request is None:
-                continue
-            request.cancelled = True
-            item = request.blocked.item
+        for request in self.prq.cancel_device(uuid):
+            item = request.payload.item
             item.wq.cancel(item)
             self.stats.page_requests_cancelled += 1
-            request.wake()
-        state.requests.clear()
         self.scheduler.forget(state.uuid)
         # What is still queued goes too (already gone if the mdev left the bus; a started
         # definition's mdev stays and returns to the host, empty).
@@ -549,7 +532,7 @@ class AccelRuntime:
         out: dict[str, Any] = {
             "devices": devices,
             "outstanding": sum(self._session_outstanding.values()),
-            "page_requests_pending": len(self.requests),
+            "page_requests_pending": len(self.prq.pending),
             "preemptions": self.scheduler.preemptions,
         }
         for name in RuntimeStats.__slots__:

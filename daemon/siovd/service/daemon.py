@@ -54,6 +54,7 @@ class Daemon:
             iotlb_entries=config.iommu.iotlb_entries,
             default_domain=config.iommu.default_domain,
             lazy_flush_threshold=config.iommu.lazy_flush_threshold,
+            blocked_limit=config.limits.blocked_descriptors,
         )
         self.iommu.on_fault = self._deliver_fault
         self.bus = Bus(self.iommu, name="mdev")

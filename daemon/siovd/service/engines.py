@@ -11,7 +11,8 @@ from __future__ import annotations
 import trio
 
 from siovd.model.accel import Engine, Group
-from siovd.service.accel_runtime import AccelRuntime, PageRequest
+from siovd.model.iommu.prq import PageRequest
+from siovd.service.accel_runtime import AccelRuntime
 from siovd.service.daemon import Daemon
 
 
@@ -49,7 +50,7 @@ class EngineTasks:
         """Wait for the page response (or the timeout) and resume the descriptor."""
         answered = trio.Event()
         request.wake = answered.set
-        if request.response is None and not request.cancelled:
+        if request.answer is None and not request.cancelled:
             with trio.move_on_after(self.daemon.config.iommu.page_request_timeout_s):
                 await answered.wait()
         self.runtime.resume(request)

@@ -33,6 +33,7 @@ from siovd.model.iommu.pagetable import (
     walk,
 )
 from siovd.model.iommu.pasid import PASID_LIMIT, PasidAllocator
+from siovd.model.iommu.prq import PageRequestQueue
 from siovd.model.iommu.translate import Failure, IommuDmaSpace, translate_runs
 from siovd.model.memory import DAEMON_OWNER, PAGE_SIZE, PageTablePool, PhysicalMemory, Region
 
@@ -60,6 +61,7 @@ class Iommu:
         default_lazy: bool = False,
         lazy_flush_threshold: int = 250,
         pool: PageTablePool | None = None,
+        blocked_limit: int = 1 << 20,
     ) -> None:
         self.memory = memory
         self.pool = pool if pool is not None else PageTablePool(memory)
@@ -68,6 +70,8 @@ class Iommu:
         self.default_lazy = default_lazy
         self.lazy_flush_threshold = lazy_flush_threshold
         self.pasids = PasidAllocator()
+        #: Page requests waiting for their owners' answers (PRI / the PRQ).
+        self.prq = PageRequestQueue(blocked_limit)
         self.on_fault: FaultCallback | None = None
         self._buses: set[str] = set()
         self._domains: dict[int, Domain] = {}
