@@ -596,7 +596,8 @@ class WorkQueue:
         Descriptors leave in order, except that a DRAIN waits until every earlier descriptor
         of its submitter and PASID has been retired; later descriptors may pass a waiting
         drain, as on the device, where a drain holds an engine but not the WQ. The item stays
-        "in flight" until :meth:`retire`. A disabled WQ still hands out what was queued before it was disabled.
+        "in flight" until :meth:`retire`. A disabled WQ still hands out what was queued
+        before it was disabled.
         """
         queue = self._queue
         if not queue:
