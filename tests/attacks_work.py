@@ -16,6 +16,7 @@ from typing import Any
 
 from siov import dsa
 from siov_protocol import Command
+from siov_protocol.dsa import IDXD_OP_FLAG_BOF
 from tests.attacks import Raw, Refused, attack, closing_fds, memfd
 from tests.daemonproc import LoggedDaemon
 
@@ -36,6 +37,7 @@ class AccelClient:
         dev = self.raw.call(Command.MDEV_CREATE, {"parent": "dsa0", "type_id": type_id})
         self.uuid: str = dev["uuid"]
         self.domain: int = dev["domain_id"]
+        self.default_pasid: int = dev["default_pasid"]
         self.fd = memfd(ALIAS)
         region = self.raw.call(Command.MEM_REGISTER, {"size": ALIAS}, [self.fd])
         self.phys: int = region["phys"]
@@ -46,17 +48,19 @@ class AccelClient:
         fields = {"domain": self.domain, "iova": iova, "phys": self.phys, "size": size, "prot": 3}
         self.raw.call(Command.MAP, fields)
 
-    def alias(self, size: int) -> None:
-        """Map the memfd at ``BIG``, ``BIG + 2 MiB``, ... until ``size`` bytes, pipelined."""
-        count = size // ALIAS
+    def alias(self, size: int, offset: int = 0) -> None:
+        """Map the memfd (from byte ``offset`` on) at ``BIG``, ``BIG + 2 MiB - offset``, ...
+        until ``size`` bytes, pipelined."""
+        step = ALIAS - offset
+        count = size // step
         for first in range(0, count, 64):  # 64 in flight: both sides' buffers hold them
             batch = range(first, min(first + 64, count))
             for i in batch:
                 fields = {
                     "domain": self.domain,
-                    "iova": BIG + i * ALIAS,
-                    "phys": self.phys,
-                    "size": ALIAS,
+                    "iova": BIG + i * step,
+                    "phys": self.phys + offset,
+                    "size": step,
                     "prot": 3,
                 }
                 self.raw.send(Command.MAP, fields)
@@ -88,7 +92,7 @@ class AccelClient:
         self.close()
 
 
-# ---- item 4: one BATCH of 8 x 1 GiB COMPARE --------------------------------------------------
+# ---- item 4: one BATCH of 8 x 1 GiB COMPARE ------------------------------------------------------
 
 BATCH_ENTRIES = 8
 
@@ -115,7 +119,7 @@ def batch_compare(d: LoggedDaemon) -> dict[str, Any]:
     }
 
 
-# ---- item 7: long requests ---------------------------------------------------------------------
+# ---- item 7: long requests -----------------------------------------------------------------------
 
 HUGE_MAP = 64 * GiB
 SMALL_PAGES_IOVA = (1 << 41) + 0x1000  # 4 KiB-aligned only: every page a 4 KiB leaf
@@ -214,3 +218,140 @@ def submit_compare_64(d: LoggedDaemon) -> dict[str, Any]:
         "first_seconds": round(seconds, 2),
         "outstanding": after["accel"]["outstanding"],
     }
+
+
+# ---- item 8: an apply-delta record of gigabytes --------------------------------------------------
+
+DELTA_DST = 0x8_0000  # 512 KiB of destination at IOVA 512 KiB (memfd bytes 512 KiB..1 MiB)
+DELTA_XFER = 512 << 10
+#: Record bytes the aliased gigabytes hold from memfd byte 1 MiB on: ~2 GiB, a multiple of 10.
+DELTA_RECORD = 2146435070
+DELTA_ENTRY = 10
+
+
+@attack("ap_delta_record")
+def ap_delta_record(d: LoggedDaemon) -> dict[str, Any]:
+    """AP_DELTA with a 4 GiB record (over max_transfer_size) and a 2 GiB one (aliased), whose
+    65537th entry points past the destination."""
+    with AccelClient(d.path) as c:
+        c.alias(DELTA_RECORD + MiB, offset=MiB)
+        # 65536 increasing entries, then one past the 512 KiB destination.
+        entries = b"".join(
+            i.to_bytes(2, "little") + (i * 3).to_bytes(8, "little") for i in range(65536)
+        )
+        tail = (1).to_bytes(2, "little") + bytes(8)  # index 1 after 65535: not increasing
+        c.mem[MiB : MiB + len(entries) + DELTA_ENTRY] = entries + tail
+        rss_before = d.rss_kib()
+        out: dict[str, Any] = {}
+        for name, size in (("over_max", 0xFFFFFFFA), ("aliased_2g", DELTA_RECORD)):
+            c.mem[CR : CR + 32] = bytes(32)
+            desc = dsa.apply_delta(DELTA_DST, BIG, size, DELTA_XFER, completion=CR)
+            c.raw.call(Command.SUBMIT, {"device": c.uuid, "descriptors": desc})
+            record = c.wait()
+            out[name] = (record.status, record.bytes_completed)
+        out["rss_growth_kib"] = d.rss_kib() - rss_before
+        out["applied"] = c.mem[DELTA_DST + 8 * 65535 : DELTA_DST + 8 * 65536] == (
+            65535 * 3
+        ).to_bytes(8, "little")
+    return out
+
+
+# ---- item 9: another client's PASID number -------------------------------------------------------
+
+PASID_CONFIG = "[iommu]\npage_request_timeout_s = 30.0\n"
+ATTACKER_BLOCKED = 8
+UNMAPPED = 0x4000_0000
+
+
+@attack("pasid_alias_drain", config=PASID_CONFIG)
+def pasid_alias_drain(d: LoggedDaemon) -> dict[str, Any]:
+    """An attacker on the shared WQ attaches the victim's default PASID number to its own
+    mdev and leaves BOF descriptors of that PASID blocked; the victim then DRAINs."""
+    with AccelClient(d.path, "dsa-1swq") as victim, AccelClient(d.path, "dsa-1swq") as attacker:
+        number = victim.default_pasid
+        domain = attacker.raw.call(Command.DOMAIN_ALLOC, {})["domain_id"]
+        fields = {"domain": domain, "iova": 0, "phys": attacker.phys, "size": ALIAS, "prot": 3}
+        attacker.raw.call(Command.MAP, fields)
+        attach = {"device": attacker.uuid, "domain": domain, "pasid": number}
+        attacker.raw.call(Command.ATTACH_PASID, attach)
+        blocked = [
+            dsa.memmove(0x10_0000, UNMAPPED, 4096, completion=CR + 32 * i, flags=IDXD_OP_FLAG_BOF)
+            for i in range(ATTACKER_BLOCKED)
+        ]
+        submit = {"device": attacker.uuid, "descriptors": b"".join(blocked), "pasid": number}
+        attacker.raw.call(Command.SUBMIT, submit)
+        pending = attacker.raw.call(Command.STATS)["accel"]["page_requests_pending"]
+        # The victim's DRAIN, with its own (the same) PASID number.
+        victim.raw.call(
+            Command.SUBMIT,
+            {"device": victim.uuid, "descriptors": dsa.drain(completion=CR)},
+        )
+        record = victim.wait(0, timeout=60)
+        after = attacker.raw.call(Command.STATS)
+        still = after["accel"]["page_requests_pending"]
+        attacker_done = [attacker.mem[CR + 32 * i] for i in range(ATTACKER_BLOCKED)]
+        victim.raw.call(Command.PING)
+        victim_events = [e.command for e in victim.raw.events]
+    return {
+        "pasid": number,
+        "pending_before": pending,
+        "pending_after_drain": still,
+        "drain_status": record.status,
+        "attacker_records": attacker_done,
+        "victim_events": victim_events,
+    }
+
+
+# ---- item 10: what a client makes the daemon hold ------------------------------------------------
+
+CAPS_BLOCKED = 64
+CAPS_TABLES = 1024
+CAPS_MAP = 32 * GiB
+CAPS_CONFIG = (
+    f"[limits]\nblocked_descriptors = {CAPS_BLOCKED}\npage_table_pages = {CAPS_TABLES}\n"
+    "[iommu]\npage_request_timeout_s = 30.0\n"
+)
+
+
+@attack("client_caps", config=CAPS_CONFIG)
+def client_caps(d: LoggedDaemon) -> dict[str, Any]:
+    """Blocked descriptors never answered, and a 32 GiB map in 4 KiB pages, against
+    limits.blocked_descriptors = 64 and limits.page_table_pages = 1024."""
+    out: dict[str, Any] = {}
+    with AccelClient(d.path) as c:
+        batch = 48
+        accepted = 0
+        for first in (0, batch):
+            descs = [
+                dsa.memmove(
+                    0x10_0000, UNMAPPED, 4096, completion=CR + 32 * i, flags=IDXD_OP_FLAG_BOF
+                )
+                for i in range(first, first + batch)
+            ]
+            got = c.raw.call(Command.SUBMIT, {"device": c.uuid, "descriptors": b"".join(descs)})
+            accepted += got["accepted"]
+        out["accepted"] = accepted
+        refused = c.raw.request(
+            Command.SUBMIT, {"device": c.uuid, "descriptors": dsa.noop(completion=CR)}
+        )
+        out["submit_refused"] = (refused.error, refused.body.get("message"))
+        statuses = [c.mem[CR + 32 * i] & 0x7F for i in range(2 * batch)]
+        out["completed_ir"] = statuses.count(4)  # DSA_COMP_PAGE_FAULT_IR
+        out["still_blocked"] = statuses.count(0)
+        phys, _ = _sparse_region(c.raw, CAPS_MAP)
+        fields = {
+            "domain": c.domain,
+            "iova": SMALL_PAGES_IOVA,
+            "phys": phys,
+            "size": CAPS_MAP,
+            "prot": 3,
+        }
+        big = c.raw.request(Command.MAP, fields)
+        out["map_refused"] = (big.error, big.body.get("message"))
+        # 1 GiB of 2 MiB pages needs a handful of tables: fine.
+        ok = c.raw.call(Command.MAP, {**fields, "iova": 1 << 42, "size": GiB})
+        out["map_ok"] = ok["size"]
+        stats = c.raw.call(Command.STATS)
+        out["costs"] = stats["session"]["costs"]
+        out["over_limit"] = stats["accel"]["page_requests_over_limit"]
+    return out

@@ -25,6 +25,7 @@ from siovd.model.accel import Accelerators, DsaParent
 from siovd.model.bus import Bus
 from siovd.model.errors import SiovError
 from siovd.model.iommu import FaultRecord, Iommu
+from siovd.model.iommu.io_pagetable import owner_usage
 from siovd.model.memory import PhysicalMemory, Region
 from siovd.model.testparent import SiovTestParent
 from siovd.service.accel_runtime import AccelRuntime
@@ -241,6 +242,17 @@ class Daemon:
         for fn in self._stats:
             out.update(fn())
         return out
+
+    def session_costs(self, session: Session) -> dict[str, int]:
+        """What ``session`` makes the daemon hold, against the limits that bound it."""
+        mappings, mapped, tables = owner_usage(self.iommu, session.id)
+        return {
+            "mappings": mappings,
+            "mapped_bytes": mapped,
+            "page_table_pages": tables,
+            "blocked_descriptors": self.iommu.prq.blocked(session.id),
+            "outstanding_descriptors": self.accel_runtime.outstanding(session.id),
+        }
 
     def info(self) -> dict[str, Any]:
         cfg = self.config

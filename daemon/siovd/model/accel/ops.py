@@ -110,8 +110,8 @@ _MAX_DELTA_XFER: Final = 0x80000  # 2^16 eight-byte words (DML validation.cpp)
 _MIN_DELTA_RECORD: Final = 80  # accel-config test/dsa.h MIN_DELTA_RECORD_SIZE
 #: What starting one descriptor (or one batch entry) costs the work budget, beside its data.
 DESC_COST: Final = 4096
-#: Delta-record bytes apply-delta reads (and copies, once) per step: 6553 entries.
-_DELTA_SLICE: Final = 65530
+#: Delta-record bytes apply-delta reads (and copies, once) per step: 655 entries.
+_DELTA_SLICE: Final = 6550
 
 
 class _BatchProgress:

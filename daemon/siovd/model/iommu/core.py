@@ -22,6 +22,7 @@ from siovd.model.iommu.group import Group
 from siovd.model.iommu.io_pagetable import (
     DirtyJob,
     MapJob,
+    MapQuota,
     UnmapJob,
     areas_to_unmap,
     run_to_end,
@@ -453,11 +454,19 @@ class Iommu:
         return job.iova
 
     def map_job(
-        self, owner: int, domain_id: int, iova: int | None, phys: int, size: int, prot: int
+        self,
+        owner: int,
+        domain_id: int,
+        iova: int | None,
+        phys: int,
+        size: int,
+        prot: int,
+        quota: MapQuota | None = None,
     ) -> MapJob:
-        """:meth:`map` as a job (see :mod:`siovd.model.iommu.io_pagetable`): checked and
-        reserved now, written a budget at a time."""
-        return MapJob(self, self._paging(owner, domain_id), iova, phys, size, prot, owner)
+        """:meth:`map` as a job (see :mod:`siovd.model.iommu.io_pagetable`): checked (the
+        owner's ``quota`` too) and reserved now, written a budget at a time."""
+        domain = self._paging(owner, domain_id)
+        return MapJob(self, domain, iova, phys, size, prot, owner, quota)
 
     def unmap(self, owner: int, domain_id: int, iova: int, size: int) -> int:
         """Unmap whole earlier mappings inside ``[iova, iova + size)``; return the bytes.

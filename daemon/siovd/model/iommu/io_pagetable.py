@@ -26,13 +26,14 @@ What others observe while a job is part way (the choices, after iommufd):
 from __future__ import annotations
 
 import errno
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Final, Protocol
 
 from siovd.model.budget import Budget
 from siovd.model.errors import SiovError
 from siovd.model.iommu.areas import Area, first_fit
 from siovd.model.iommu.domain import Domain
-from siovd.model.iommu.pagetable import PROT_READ, PROT_WRITE, SIZE_1G
+from siovd.model.iommu.pagetable import PROT_READ, PROT_WRITE, SIZE_1G, SIZE_2M
 from siovd.model.memory import PAGE_SIZE
 
 if TYPE_CHECKING:
@@ -74,6 +75,42 @@ def check_alive(iommu: Iommu, domain: Domain) -> None:
 # -- map -----------------------------------------------------------------------------------------
 
 
+@dataclass(frozen=True, slots=True)
+class MapQuota:
+    """What one owner may hold over all its domains (``limits.*``); checked in one place,
+    :class:`MapJob`, before anything changes. Each is ``ENOSPC`` naming its limit."""
+
+    mappings: int = 1 << 62
+    mapped_bytes: int = 1 << 62
+    page_table_pages: int = 1 << 62
+
+
+def tables_bound(iova: int, phys: int, size: int, levels: int) -> int:
+    """At most how many new table pages a map can need: a leaf table per 2 MiB block it
+    touches with 4 KiB pages, a directory per 1 GiB block, and so on up (tables that exist
+    already make it fewer)."""
+
+    def blocks(shift: int) -> int:
+        return ((iova + size - 1) >> shift) - (iova >> shift) + 1
+
+    # 2 MiB-aligned iova and phys: 4 KiB leaves at most in the tail
+    tail = 1 if size & (SIZE_2M - 1) else 0
+    small = blocks(21) if (iova | phys) & (SIZE_2M - 1) else tail
+    upper = sum(blocks(30 + 9 * k) for k in range(levels - 2))
+    return small + upper
+
+
+def owner_usage(iommu: Iommu, owner: int) -> tuple[int, int, int]:
+    """(mappings, mapped bytes, page-table pages) of ``owner``'s domains."""
+    mappings = mapped = tables = 0
+    for domain in iommu.domains(owner):
+        mappings += len(domain.areas)
+        mapped += domain.mapped_bytes
+        if domain.pt is not None:
+            tables += domain.pt.table_pages
+    return mappings, mapped, tables
+
+
 class MapJob:
     """MAP: checked and reserved when made, entries written by :meth:`step`."""
 
@@ -86,6 +123,7 @@ class MapJob:
         size: int,
         prot: int,
         owner: int,
+        quota: MapQuota | None = None,
     ) -> None:
         self.iommu = iommu
         self.domain = domain
@@ -100,7 +138,9 @@ class MapJob:
             raise SiovError(errno.EFAULT, "a writable mapping of read-only memory")
         if iova is None:
             iova = alloc_iova(domain, size, phys)
-        elif domain.lazy_pending and any(
+        if quota is not None:
+            check_quota(iommu, owner, quota, iova, phys, size, domain.levels)
+        if domain.lazy_pending and any(
             a.iova < iova + size and iova <= a.last for a in domain.lazy_pending
         ):
             # The IOVA is still in the flush queue: flush before it is reused.
@@ -124,6 +164,27 @@ class MapJob:
             if self.done < self.size and budget.charge(entry_cost(self.done - before)):
                 return False
         return True
+
+
+def check_quota(
+    iommu: Iommu, owner: int, quota: MapQuota, iova: int, phys: int, size: int, levels: int
+) -> None:
+    mappings, mapped, tables = owner_usage(iommu, owner)
+    if mappings >= quota.mappings:
+        raise SiovError(errno.ENOSPC, f"limit reached: limits.mappings = {quota.mappings}")
+    if mapped + size > quota.mapped_bytes:
+        raise SiovError(
+            errno.ENOSPC,
+            f"limit reached: limits.mapped_bytes = {quota.mapped_bytes} "
+            f"({mapped} mapped, {size} asked)",
+        )
+    need = tables_bound(iova, phys, size, levels)
+    if tables + need > quota.page_table_pages:
+        raise SiovError(
+            errno.ENOSPC,
+            f"limit reached: limits.page_table_pages = {quota.page_table_pages} "
+            f"({tables} in use, this map may need {need} more)",
+        )
 
 
 def check_map_args(domain: Domain, iova: int | None, phys: int, size: int, prot: int) -> None:

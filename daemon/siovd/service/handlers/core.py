@@ -111,4 +111,5 @@ def stats(ctx: Context, req: Empty) -> dict[str, Any]:
         "events_dropped": ctx.session.events_dropped,
         "events_queued": len(ctx.session.events),
     }
+    out["session"]["costs"] = ctx.daemon.session_costs(ctx.session)
     return out

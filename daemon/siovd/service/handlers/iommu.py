@@ -23,6 +23,7 @@ from siov_protocol.messages_iommu import (
     Unmap,
 )
 from siovd.model.errors import SiovError
+from siovd.model.iommu.io_pagetable import MapQuota
 from siovd.service.handlers.registry import Context, Deferred, registry
 
 log = structlog.get_logger("siovd")
@@ -113,18 +114,9 @@ def detach_pasid(ctx: Context, req: PasidDetach) -> dict[str, Any]:
 @registry.command(Command.MAP, Map)
 def map_(ctx: Context, req: Map) -> Deferred:
     daemon, owner = ctx.daemon, ctx.session.id
-    domains = daemon.iommu.domains(owner)
-    max_mappings = daemon.config.limits.mappings
-    if sum(len(d.areas) for d in domains) >= max_mappings:
-        raise SiovError(errno.ENOSPC, f"limit reached: limits.mappings = {max_mappings}")
-    limit = daemon.config.limits.mapped_bytes
-    mapped = sum(d.mapped_bytes for d in domains)
-    if mapped + req.size > limit:
-        raise SiovError(
-            errno.ENOSPC,
-            f"limit reached: limits.mapped_bytes = {limit} ({mapped} mapped, {req.size} asked)",
-        )
-    job = daemon.iommu.map_job(owner, req.domain, req.iova, req.phys, req.size, req.prot)
+    limits = daemon.config.limits
+    quota = MapQuota(limits.mappings, limits.mapped_bytes, limits.page_table_pages)
+    job = daemon.iommu.map_job(owner, req.domain, req.iova, req.phys, req.size, req.prot, quota)
 
     def finish() -> dict[str, Any]:
         log.debug("mapped", domain=req.domain, iova=hex(job.iova), size=req.size, prot=req.prot)
