@@ -1,5 +1,5 @@
 """Long IOMMU requests as jobs: a map, an unmap and a dirty read run a budget at a time, leave
-the table exactly as one uninterrupted call would, and show what SPEC §9.4 says mid-way."""
+the table exactly as one uninterrupted call would, and show what SPEC §8.13 says mid-way."""
 
 from __future__ import annotations
 

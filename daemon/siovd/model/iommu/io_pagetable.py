@@ -5,7 +5,7 @@ Each verb is a *job*: its checks run when it is made (a refusal is an exception 
 changed), and :meth:`Job.step` then does the work in slices under a
 :class:`~siovd.model.budget.Budget`, returning True once done. ``Iommu.map`` and friends run a
 job to its end in one call; the service runs it a budget at a time so a 64 GiB map in 4 KiB
-pages never holds the event loop (SPEC §9.4, "Long requests").
+pages never holds the event loop (SPEC §8.13).
 
 What others observe while a job is part way (the choices, after iommufd):
 
