@@ -88,16 +88,30 @@ def require(attack: Attack) -> None:
 
 
 def run_attack(
-    name: str, baseline_s: float = 1.0, check: Callable[[LoggedDaemon], None] | None = None
+    name: str,
+    baseline_s: float = 1.0,
+    attack_s: float = 1.0,
+    check: Callable[[LoggedDaemon], None] | None = None,
 ) -> Outcome:
     """Start a daemon with the attack's config, a bystander on it, and run the attack.
 
-    ``check(d)`` runs after the attack, on the still-running daemon (for STATS, /proc).
+    The attack is repeated until ``attack_s`` has passed (at least once, while the daemon
+    lives), so the bystander's window holds a few dozen PINGs; ``result`` is the last run's,
+    with ``runs``. ``check(d)`` runs after the attack, on the still-running daemon.
     """
     spec = ATTACKS[name]
+
+    def repeated(d: LoggedDaemon) -> dict[str, Any]:
+        start, runs = time.monotonic(), 0
+        while True:
+            result = spec.fn(d)
+            runs += 1
+            if time.monotonic() - start >= attack_s or not d.alive():
+                return {**result, "runs": runs}
+
     with logged_siovd(spec.config) as d, Bystander(d.path) as by:
         _, baseline = by.measure(lambda: time.sleep(baseline_s))
-        result, under = by.measure(lambda: spec.fn(d))
+        result, under = by.measure(lambda: repeated(d))
         if check is not None and d.alive():
             check(d)
         alive = d.alive()
@@ -236,6 +250,7 @@ def other_client_registers(path: str) -> bool | str:
 # ---- 1. a blocking eventfd -------------------------------------------------------------------
 
 EVENTFD_FULL = 0xFFFF_FFFF_FFFF_FFFE  # the largest count: one more write would block
+FIRE_TIMES = 200
 
 
 @attack("blocking_eventfd")
@@ -243,17 +258,21 @@ def blocking_eventfd(d: LoggedDaemon) -> dict[str, Any]:
     """A blocking eventfd at its maximum count as an MSI-X vector, then the vector fired."""
     efd = os.eventfd(0)  # blocking, as a careless or hostile client would make it
     os.write(efd, EVENTFD_FULL.to_bytes(8, "little"))
-    with closing_fds(efd), Raw(d.path) as raw:
+    with closing_fds(efd), Raw(d.path, timeout=10.0) as raw:
         dev = raw.call(Command.MDEV_CREATE, {"parent": "dsa0", "type_id": "dsa-1dwq"})
         uuid = dev["uuid"]
         irq = {"device": uuid, "index": 2, "start": 0, "count": 1}
         raw.call(Command.DEVICE_SET_IRQS, {**irq, "flags": 4 | 32}, [efd])  # DATA_EVENTFD
         fired = 0
-        for _ in range(4):  # DATA_NONE | TRIGGER: fire it, as the device would
-            raw.call(Command.DEVICE_SET_IRQS, {**irq, "flags": 1 | 32})
-            fired += 1
-        after = raw.call(Command.STATS)
-    return {"fired": fired, "accel": after.get("accel", {})}
+        try:
+            for _ in range(FIRE_TIMES):  # DATA_NONE | TRIGGER: fire it, as the device would
+                raw.call(Command.DEVICE_SET_IRQS, {**irq, "flags": 1 | 32})
+                fired += 1
+            accel = raw.call(Command.STATS).get("accel", {})
+        except OSError as exc:  # the daemon stopped answering even the attacker
+            return {"fired": fired, "stalled": f"{type(exc).__name__}: {exc}"}
+        nonblocking = not os.get_blocking(efd)
+    return {"fired": fired, "accel": accel, "made_nonblocking": nonblocking}
 
 
 # ---- 2. a close() that lingers -----------------------------------------------------------------
@@ -307,6 +326,9 @@ def linger_close(d: LoggedDaemon) -> dict[str, Any]:
     hand("before_version", lambda s, fd: send_fds(s, frame(1, Command.PING, b""), [fd]))
     hand("bad_body", lambda s, fd: send_fds(s, frame(7, Command.PING, b"\xc1"), [fd]))
     hand("ping_with_fd", lambda s, fd: send_fds(s, frame(8, Command.PING, body({})), [fd]))
+    # As the memory of a MEM_REGISTER: not a memfd (EINVAL), and discarded.
+    mem = frame(10, Command.MEM_REGISTER, body({"size": 4096}))
+    hand("mem_register", lambda s, fd: send_fds(s, mem, [fd]))
     # Half a message with the fd, then the connection goes away.
     hand(
         "pending_at_disconnect",
@@ -350,13 +372,25 @@ def hugetlb_memfd(size: int) -> int:
     return fd
 
 
+def free_huge_pages() -> int:
+    """Huge pages free and not reserved (what a new mapping can still fault in)."""
+    info: dict[str, int] = {}
+    with open("/proc/meminfo") as fh:
+        for line in fh:
+            key, _, rest = line.partition(":")
+            if key in ("HugePages_Free", "HugePages_Rsvd"):
+                info[key] = int(rest.split()[0])
+    return info["HugePages_Free"] - info["HugePages_Rsvd"]
+
+
 @attack("hugetlb_sigbus", needs=hugetlb_needs)
 def hugetlb_sigbus(d: LoggedDaemon) -> dict[str, Any]:
     """An MFD_HUGETLB memfd registered, its page punched out, the pool exhausted, then DMA."""
     import mmap
 
     out: dict[str, Any] = {}
-    with huge_pages(2) as got, Raw(d.path) as raw:
+    iova = 0x4000_0000
+    with huge_pages(4) as got, Raw(d.path) as raw:
         out["pool"] = got
         fd = hugetlb_memfd(HUGE)
         with closing_fds(fd):
@@ -367,29 +401,43 @@ def hugetlb_sigbus(d: LoggedDaemon) -> dict[str, Any]:
                 return out
             out["register"] = 0
             dev = raw.call(Command.BUS_REGISTER_DEVICE, {"name": "hostile-emu"})
-            domain = dev["domain_id"]
-            raw.call(
-                Command.MAP,
-                {
-                    "domain": domain,
-                    "phys": region["phys"],
-                    "size": HUGE,
-                    "iova": 0x4000_0000,
-                    "prot": 3,
-                },
-            )
-            punch_hole(fd, 0, HUGE)
-            hog = hugetlb_memfd(got * HUGE)  # take every free huge page
+            mapping = {"domain": dev["domain_id"], "phys": region["phys"], "size": HUGE}
+            iova = raw.call(Command.MAP, {**mapping, "iova": iova})["iova"]
+            read = {"device": dev["uuid"], "iova": iova, "length": 8}
+            raw.call(Command.DMA_READ, read)  # the daemon faults the huge page in
+            punch_hole(fd, 0, HUGE)  # ... and it is gone
+            free = free_huge_pages()
+            hog = hugetlb_memfd(max(free, 1) * HUGE)
             with closing_fds(hog):
-                hold = mmap.mmap(hog, got * HUGE)
-                for off in range(0, got * HUGE, HUGE):
-                    with contextlib.suppress(Exception):
-                        hold[off] = 1
-                got_read = raw.request(
-                    Command.DMA_READ, {"device": dev["uuid"], "iova": 0x4000_0000, "length": 8}
-                )
-                out["dma_read"] = got_read.error
+                hold = mmap.mmap(hog, max(free, 1) * HUGE)
+                for off in range(0, free * HUGE, HUGE):
+                    hold[off] = 1  # every free huge page is now the hog's
+                out["hogged"] = free
+                try:
+                    out["dma_read"] = raw.request(Command.DMA_READ, read).error
+                except (OSError, ConnectionError) as exc:
+                    out["dma_read"] = f"{type(exc).__name__}: {exc}"
                 hold.close()
+    return out
+
+
+@attack("shmem_punch")
+def shmem_punch(d: LoggedDaemon) -> dict[str, Any]:
+    """A shmem memfd registered, read by DMA, its page punched out, read again: zeroes, no
+    SIGBUS (SPEC 8.3: the one kind of memfd the daemon takes)."""
+    out: dict[str, Any] = {}
+    with Raw(d.path) as raw:
+        fd = memfd(HUGE)
+        with closing_fds(fd):
+            os.pwrite(fd, b"secret!!", 0)
+            region = raw.call(Command.MEM_REGISTER, {"size": HUGE}, [fd])
+            dev = raw.call(Command.BUS_REGISTER_DEVICE, {"name": "hostile-emu"})
+            mapping = {"domain": dev["domain_id"], "phys": region["phys"], "size": HUGE}
+            iova = raw.call(Command.MAP, mapping)["iova"]
+            read = {"device": dev["uuid"], "iova": iova, "length": 8}
+            out["before"] = bytes(raw.call(Command.DMA_READ, read)["data"])
+            punch_hole(fd, 0, HUGE)
+            out["after"] = bytes(raw.call(Command.DMA_READ, read)["data"])
     return out
 
 
@@ -429,17 +477,49 @@ def fd_drip(d: LoggedDaemon) -> dict[str, Any]:
 
 # ---- 6. many connections with regions up to the limits ----------------------------------------
 
-REGION_CLIENTS = 8
-REGIONS_EACH = 64
-REGIONS_CONFIG = f"[limits]\nmemory_regions = {REGIONS_EACH}\n"
+REGION_CLIENTS = 6
+REGIONS_EACH = 256  # limits.memory_regions, default
+UID_REGIONS = 1024  # limits.uid_memory_regions, default
+OTHER_UID = 65534  # nobody
+#: The socket is open to every user, so a second uid can connect (the default mode is 0660).
+REGIONS_CONFIG = "[server]\nsocket_mode = 0o666\n"
+
+
+def other_uid_registers(path: str) -> str:
+    """In a forked child running as uid 65534: connect, register a page; ``"<uid> True"`` when
+    it could (root only: the child drops to nobody with setuid)."""
+    os.chmod(os.path.dirname(path), 0o755)
+    r, w = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child: no exec (nobody may not read this interpreter), no threads
+        try:
+            os.close(r)
+            os.setgid(OTHER_UID)
+            os.setuid(OTHER_UID)
+            with Raw(path, timeout=10.0) as raw:
+                fd = memfd(4096)
+                ok = raw.call(Command.MEM_REGISTER, {"size": 4096}, [fd])["region"] > 0
+                text = f"{os.getuid()} {ok}"
+        except BaseException as exc:
+            text = f"{type(exc).__name__}: {exc}"
+        os.write(w, text.encode())
+        os._exit(0)
+    os.close(w)
+    with os.fdopen(r, "rb") as fh:
+        text = fh.read().decode()
+    os.waitpid(pid, 0)
+    return text
 
 
 @attack("region_fds", config=REGIONS_CONFIG)
 def region_fds(d: LoggedDaemon) -> dict[str, Any]:
-    """Connections registering regions up to limits.memory_regions, counting the daemon's fds."""
+    """Connections of one uid registering regions up to limits.memory_regions each, until
+    limits.uid_memory_regions stops them; the daemon's fds do not grow with regions, and a
+    client of another uid is still served."""
     before = d.fds()
     clients = [Raw(d.path) for _ in range(REGION_CLIENTS)]
-    refused: tuple[int, str] | None = None
+    refused: list[tuple[int, str]] = []
+    regions = 0
     try:
         for raw in clients:
             for _ in range(REGIONS_EACH + 1):
@@ -447,12 +527,14 @@ def region_fds(d: LoggedDaemon) -> dict[str, Any]:
                 with closing_fds(fd):
                     try:
                         raw.call(Command.MEM_REGISTER, {"size": 4096}, [fd])
+                        regions += 1
                     except Refused as exc:
-                        refused = (exc.errno, exc.message)
-        regions = REGION_CLIENTS * REGIONS_EACH
-        held = d.fds() - before
+                        refused.append((exc.errno, exc.message))
+                        break
+        held = d.fds() - before - 2 * REGION_CLIENTS  # each connection is two of the daemon's
         maps = d.memfd_maps()
-        cost = clients[0].call(Command.STATS).get("session", {})
+        cost = clients[0].call(Command.STATS)
+        other = other_uid_registers(d.path) if os.geteuid() == 0 else "not root"
     finally:
         for raw in clients:
             raw.close()
@@ -460,6 +542,9 @@ def region_fds(d: LoggedDaemon) -> dict[str, Any]:
         "regions": regions,
         "fds_held": held,
         "memfd_maps": maps,
-        "refused": refused,
-        "session": cost,
+        "refused": sorted(set(refused)),
+        "session": cost["session"],
+        "uid": cost["uid"],
+        "daemon": {k: v for k, v in cost["daemon"].items() if k.startswith("fd")},
+        "other_uid": other,
     }

@@ -352,6 +352,6 @@ def client_caps(d: LoggedDaemon) -> dict[str, Any]:
         ok = c.raw.call(Command.MAP, {**fields, "iova": 1 << 42, "size": GiB})
         out["map_ok"] = ok["size"]
         stats = c.raw.call(Command.STATS)
-        out["costs"] = stats["session"]["costs"]
+        out["costs"] = stats["session"]
         out["over_limit"] = stats["accel"]["page_requests_over_limit"]
     return out

@@ -7,8 +7,9 @@ The hostile-world tests and ``bench/hostile_figures.py`` both use it the same wa
         under = by.measure(lambda: attack(d))            # the same client, during the attack
     under.assert_served()                                # served, within a generous bound
 
-It is a raw socket in a thread of its own (no trio, no SDK), so what it times is the daemon's
-answer and little else. A PING outstanding when a window closes counts with the time it has
+It is a raw socket (no trio, no SDK) in a process of its own, so what it times is the daemon's
+answer and little else (not the test process's GIL); a thread here reads its reports.
+A PING outstanding when a window closes counts with the time it has
 waited so far, so a daemon that stops answering shows as a huge worst case, not as no sample.
 A PING that gets no reply within ``stall_s`` ends the bystander with an error that names it.
 """
@@ -17,6 +18,8 @@ from __future__ import annotations
 
 import os
 import socket
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Callable
@@ -81,48 +84,39 @@ class Bystander(threading.Thread):
         self._last_answered_start = 0.0
         self.error: str | None = None
         self.total_pings = 0
+        self._proc: subprocess.Popen[str] | None = None
 
-    # ---- the thread ---------------------------------------------------------------------
+    # ---- the thread: reads what the bystander process reports ---------------------------
 
     def run(self) -> None:
+        root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+        env = {**os.environ, "PYTHONPATH": root + os.pathsep + os.environ.get("PYTHONPATH", "")}
+        argv = [sys.executable, "-m", "tests.bystander", self.path]
+        argv += [str(self.interval_s), str(self.stall_s)]
+        self._proc = subprocess.Popen(argv, stdout=subprocess.PIPE, text=True, env=env, cwd=root)
+        assert self._proc.stdout is not None
         try:
-            sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-            sock.settimeout(self.stall_s)
-            with sock:
-                sock.connect(self.path)
-                self._round_trip(sock, frame(1, Command.VERSION, body({"major": 1, "minor": 0})))
-                self._started_ok.set()
-                msg_id = 1
-                while not self._halt.is_set():
-                    msg_id = msg_id % 0xFFFF + 1
-                    start = time.monotonic()
+            for line in self._proc.stdout:
+                kind, _, rest = line.strip().partition(" ")
+                if kind == "ready":
+                    self._started_ok.set()
+                elif kind == "start":
                     with self._lock:
-                        self._outstanding = start
-                    self._round_trip(sock, frame(msg_id, Command.PING))
-                    rtt = time.monotonic() - start
+                        self._outstanding = float(rest)
+                elif kind == "done":
+                    start, rtt = (float(v) for v in rest.split())
                     with self._lock:
                         self._outstanding = None
                         self._pings += 1
                         self.total_pings += 1
                         self._worst = max(self._worst, rtt)
                         self._last_answered_start = start
-                    self._halt.wait(self.interval_s)
-        except TimeoutError:
-            self.error = f"no reply to a PING within {self.stall_s:.0f} s"
-        except OSError as exc:
-            self.error = f"connection failed: {exc}"
-        except AssertionError as exc:
-            self.error = str(exc)
+                elif kind == "error":
+                    self.error = rest
+            if self.error is None and not self._halt.is_set():
+                self.error = f"the bystander process ended (exit {self._proc.wait()})"
         finally:
             self._started_ok.set()
-
-    @staticmethod
-    def _round_trip(sock: socket.socket, data: bytes) -> None:
-        sock.sendall(data)
-        head = _recv_exact(sock, HEADER_SIZE)
-        size, flags, err = HDR.unpack(head)[2:5]
-        _recv_exact(sock, size - HEADER_SIZE)
-        assert not flags & 0x20, f"the daemon answered errno {err} ({os.strerror(err)})"
 
     # ---- the caller's side ----------------------------------------------------------------
 
@@ -135,6 +129,9 @@ class Bystander(threading.Thread):
 
     def __exit__(self, *exc: object) -> None:
         self._halt.set()
+        if self._proc is not None:
+            self._proc.terminate()
+            self._proc.wait(10)
         self.join(self.stall_s + 5)
 
     def reset(self) -> Window:
@@ -173,3 +170,48 @@ def _recv_exact(sock: socket.socket, n: int) -> bytes:
             raise OSError("the daemon closed the bystander's connection")
         out += chunk
     return out
+
+
+def ping_loop(path: str, interval_s: float, stall_s: float) -> None:
+    """The bystander process: PING every ``interval_s``, report each on stdout (monotonic
+    times, the clock every process shares): ``ready``, ``start T``, ``done T RTT``, ``error``.
+
+    A process of its own, so the attacker's threads in the test process (and their GIL) do not
+    show up in its round trips.
+    """
+
+    def say(text: str) -> None:
+        sys.stdout.write(text + "\n")
+        sys.stdout.flush()
+
+    def round_trip(sock: socket.socket, data: bytes) -> None:
+        sock.sendall(data)
+        head = _recv_exact(sock, HEADER_SIZE)
+        size, flags, err = HDR.unpack(head)[2:5]
+        _recv_exact(sock, size - HEADER_SIZE)
+        if flags & 0x20:
+            raise ValueError(f"the daemon answered errno {err} ({os.strerror(err)})")
+
+    try:
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        sock.settimeout(stall_s)
+        with sock:
+            sock.connect(path)
+            round_trip(sock, frame(1, Command.VERSION, body({"major": 1, "minor": 0})))
+            say("ready")
+            msg_id = 1
+            while True:
+                msg_id = msg_id % 0xFFFF + 1
+                start = time.monotonic()
+                say(f"start {start!r}")
+                round_trip(sock, frame(msg_id, Command.PING))
+                say(f"done {start!r} {time.monotonic() - start!r}")
+                time.sleep(interval_s)
+    except TimeoutError:
+        say(f"error no reply to a PING within {stall_s:.0f} s")
+    except (OSError, ValueError) as exc:
+        say(f"error connection failed: {exc}")
+
+
+if __name__ == "__main__":
+    ping_loop(sys.argv[1], float(sys.argv[2]), float(sys.argv[3]))

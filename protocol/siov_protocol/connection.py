@@ -197,6 +197,18 @@ class Connection:
             taken.extend(self._fds.popleft()[1])
         return tuple(taken)
 
+    def held_fds(self) -> int:
+        """How many received fds wait for their message's remaining bytes (not cleared)."""
+        return sum(len(fds) for _, fds in self._fds)
+
+    def pending_header(self) -> tuple[int, int] | None:
+        """``(msg_id, command)`` of the message whose bytes are still arriving, once its
+        header is in."""
+        if len(self._buf) - self._start < HEADER_SIZE:
+            return None
+        msg_id, command = HEADER.unpack_from(self._buf, self._start)[:2]
+        return msg_id, command
+
     def pending_fds(self) -> list[int]:
         """Fds received but not yet handed out with a message: the caller must close them."""
         out = [fd for _, fds in self._fds for fd in fds]

@@ -253,3 +253,18 @@ def test_daemon_stack_runs_without_writable_executable_memory() -> None:
     )
     assert done.returncode == 0, done.stderr
     assert done.stdout.splitlines()[0] == '{"who": "mdwe"}'
+
+
+def test_unit_fd_limit_covers_what_the_default_limits_need() -> None:
+    """LimitNOFILE= is the unit's job (setrlimit is in the filtered @resources set); it must
+    cover every fd the default limits let clients make the daemon hold (host/fdlimit.py)."""
+    from siovd.host.config import from_dict
+    from siovd.host.fdlimit import fd_need
+    from siovd.model.accel import Accelerators
+
+    service = parse_unit(UNITS / "siovd.service")
+    accel = Accelerators.embedded()
+    bound = sum(d.total_wq_size + len(d.wqs) for d in accel.devices.values())
+    need, _, _ = fd_need(from_dict({}), bound)
+    assert int(value(service, "Service", "LimitNOFILE")) >= need
+    assert "@resources" in " ".join(v for k, v in service["Service"] if k == "SystemCallFilter")

@@ -77,6 +77,19 @@ class LimitsConfig:
     #: Requests of one connection whose handlers are still running (those that wait, such as a
     #: page request); past it a request gets EAGAIN, so pipelining cannot pile up tasks.
     requests_in_flight: int = u(1, 1 << 20, default=4096)
+    #: Fds of one connection's messages whose bytes have not all arrived; at least
+    #: protocol.max_fds, so one whole message always fits.
+    pending_fds: int = u(1, 4096, default=32)
+    #: Bytes of one connection's undelivered events, as they go on the wire.
+    event_queue_bytes: int = u(4096, 1 << 32, default=16 << 20)
+    #: The same ceilings over all connections of one uid (SO_PEERCRED), so one user cannot
+    #: take what the others need by opening more connections.
+    uid_connections: int = u(1, 65536, default=64)
+    uid_pending_fds: int = u(1, 1 << 20, default=256)
+    uid_event_queue_bytes: int = u(4096, 1 << 36, default=64 << 20)
+    uid_mdevs: int = u(1, 1 << 20, default=128)
+    uid_memory_regions: int = u(1, 1 << 24, default=1024)
+    uid_memory_bytes: int = u(4096, 1 << 48, default=256 << 30)
 
 
 @dataclass(frozen=True, slots=True)
@@ -141,6 +154,13 @@ def _validate(cfg: Config) -> None:
     for name in ("grace_period_s", "write_timeout_s", "handshake_timeout_s", "turn_ms"):
         if getattr(cfg.server, name) <= 0:
             raise ConfigError(f"server.{name}: must be positive")
+    if cfg.limits.pending_fds < cfg.protocol.max_fds:
+        raise ConfigError(
+            f"limits.pending_fds: {cfg.limits.pending_fds} is below protocol.max_fds "
+            f"{cfg.protocol.max_fds} (one whole message must fit)"
+        )
+    if cfg.limits.uid_pending_fds < cfg.limits.pending_fds:
+        raise ConfigError("limits.uid_pending_fds: must be at least limits.pending_fds")
     if cfg.auth.mode == "key" and not cfg.auth.authorized_keys:
         raise ConfigError("auth.authorized_keys: required when auth.mode is 'key'")
 

@@ -17,6 +17,7 @@ import trio
 from siovd import __version__
 from siovd.host import logs
 from siovd.host.config import Config, ConfigError, default_socket_path, load, with_overrides
+from siovd.host.fdlimit import FdBudget, check_nofile
 from siovd.host.systemd import Notifier, listen_fds, stream_listener, watchdog_interval
 from siovd.model.errors import SiovError
 from siovd.service.daemon import Daemon
@@ -146,6 +147,19 @@ async def run(daemon: Daemon, config_path: str | None = None) -> None:
     log.info("stopped")
 
 
+def check_fd_limit(daemon: Daemon) -> FdBudget:
+    """Raise RLIMIT_NOFILE to what the limits need; say what the limit allows (fdlimit.py)."""
+    bound = sum(d.total_wq_size + len(d.wqs) for d in daemon.accel.devices.values())
+    budget = check_nofile(daemon.config, bound)
+    daemon.fd_budget = budget.__dict__ | {"clients_allowed": budget.clients_allowed}
+    text = budget.message(daemon.config)
+    if budget.enough:
+        log.info("fd limit", detail=text, raised_from=budget.raised_from)
+    else:
+        log.warning("fd limit too low", detail=text, setrlimit_error=budget.error)
+    return budget
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     try:
@@ -166,6 +180,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except SiovError as exc:  # e.g. the state directory is locked by another daemon
         log.error("cannot start", error=exc.message)
         return 1
+    check_fd_limit(daemon)
     try:
         trio.run(run, daemon, args.config)
     except SiovError as exc:

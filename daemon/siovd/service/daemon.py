@@ -6,12 +6,13 @@ The server owns one :class:`Daemon`; handlers reach the model through it. Discon
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import mmap
 import os
 import time
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 from siov_protocol import Command
@@ -29,7 +30,8 @@ from siovd.model.iommu.io_pagetable import owner_usage
 from siovd.model.memory import PhysicalMemory, Region
 from siovd.model.testparent import SiovTestParent
 from siovd.service.accel_runtime import AccelRuntime
-from siovd.service.session import Role, Session
+from siovd.service.fds import CLOSER
+from siovd.service.session import Role, Session, UidUsage
 
 Authenticator = Callable[[Session, bytes | None, bytes | None], tuple[str, Role]]
 
@@ -42,6 +44,9 @@ class Daemon:
         self.socket_path = socket_path
         self.started = time.monotonic()
         self.sessions: dict[int, Session] = {}
+        self.uids: dict[int, UidUsage] = {}  # per-uid ledger of the live connections
+        self._mute_faults = 0
+        self.fd_budget: dict[str, Any] = {}  # RLIMIT_NOFILE against the limits (host.fdlimit)
         self.counters: Counter[str] = Counter()
         self._releasers: list[Callable[[Session], None]] = []
         self._stats: list[Callable[[], dict[str, Any]]] = []
@@ -118,7 +123,19 @@ class Daemon:
 
     # ---- the domain model's callbacks ----------------------------------------------------------
 
+    @contextlib.contextmanager
+    def faults_muted(self) -> Iterator[None]:
+        """Faults within the block are not queued to anyone (counted ``faults_muted``)."""
+        self._mute_faults += 1
+        try:
+            yield
+        finally:
+            self._mute_faults -= 1
+
     def _deliver_fault(self, owner: int, record: FaultRecord) -> None:
+        if self._mute_faults:
+            self.counters["faults_muted"] += 1
+            return
         session = self.sessions.get(owner)
         if session is None:
             return
@@ -148,11 +165,15 @@ class Daemon:
         self.close_dead_mappings()
 
     def close_dead_mappings(self) -> None:
-        """Unmap the memory of regions that left the physical space."""
+        """Unmap the memory of regions that left the physical space.
+
+        In a closer thread: when the daemon's mapping is the memfd's last user, the unmap frees
+        every page of it, which for gigabytes takes long enough to stall the loop.
+        """
         for region_id, (region, mapping) in list(self.mappings.items()):
             if not region.alive:
                 del self.mappings[region_id]
-                mapping.close()
+                CLOSER.defer(mapping.close)
 
     def _model_counts(self) -> dict[str, int]:
         return {
@@ -190,20 +211,42 @@ class Daemon:
 
     # ---- sessions ---------------------------------------------------------------------------
 
+    def uid_usage(self, uid: int) -> UidUsage:
+        """The ledger of ``uid``'s live connections (made on first use)."""
+        usage = self.uids.get(uid)
+        if usage is None:
+            limit = self.config.limits.uid_event_queue_bytes
+            usage = self.uids[uid] = UidUsage(uid, event_bytes_limit=limit)
+        return usage
+
+    def uid_sessions(self, uid: int) -> list[Session]:
+        return [s for s in self.sessions.values() if s.uid == uid]
+
     def open_session(self, session: Session) -> None:
         self.sessions[session.id] = session
+        session.usage = self.uid_usage(session.uid)
+        session.usage.connections += 1
+        session.event_bytes_limit = self.config.limits.event_queue_bytes
         self.counters["clients_connected"] += 1
 
     def release(self, session: Session) -> None:
         """Free everything ``session`` owned, newest area first."""
         self.sessions.pop(session.id, None)
         self.counters["events_dropped"] += session.events_dropped  # stats outlive the session
-        for fn in reversed(self._releasers):
-            fn(session)
-        for ev in session.events:
-            for fd in ev.fds:
-                os.close(fd)
-        session.events.clear()
+        try:
+            for fn in reversed(self._releasers):
+                fn(session)
+        finally:
+            for ev in session.clear_events():
+                for fd in ev.fds:
+                    os.close(fd)
+            usage, session.usage = session.usage, None
+            if usage is not None:
+                usage.connections -= 1
+                usage.pending_fds -= session.pending_fds
+                session.pending_fds = 0
+                if usage.idle():
+                    self.uids.pop(usage.uid, None)
 
     # ---- run-time reload ---------------------------------------------------------------------
 
@@ -222,6 +265,9 @@ class Daemon:
             self.config = config_from_dict(merged)
             for session in self.sessions.values():
                 session.event_limit = self.config.limits.event_queue
+                session.event_bytes_limit = self.config.limits.event_queue_bytes
+            for usage in self.uids.values():
+                usage.event_bytes_limit = self.config.limits.uid_event_queue_bytes
         return applied, restart
 
     # ---- introspection ----------------------------------------------------------------------
@@ -241,18 +287,39 @@ class Daemon:
         out["daemon"]["events_dropped"] = self.counters["events_dropped"] + live
         for fn in self._stats:
             out.update(fn())
+        out["daemon"].update(CLOSER.stats())
+        out["daemon"]["fds_open"] = _open_fds()
+        if self.fd_budget:
+            out["daemon"]["fd_limit"] = self.fd_budget["soft"]
+            out["daemon"]["fd_need"] = self.fd_budget["need"]
         return out
 
-    def session_costs(self, session: Session) -> dict[str, int]:
-        """What ``session`` makes the daemon hold, against the limits that bound it."""
+    def session_cost(self, session: Session) -> dict[str, int]:
+        """What one session holds of what the limits bound (STATS ``session``)."""
+        regions = self.memory.regions(session.id)
         mappings, mapped, tables = owner_usage(self.iommu, session.id)
         return {
+            "memory_regions": len(regions),
+            "memory_bytes": sum(r.size for r in regions),
+            "mdevs": len(self.bus.list(session.id)),
+            "domains": len(self.iommu.domains(session.id)),
+            "pending_fds": session.pending_fds,
+            "event_queue_bytes": session.event_bytes,
             "mappings": mappings,
             "mapped_bytes": mapped,
             "page_table_pages": tables,
             "blocked_descriptors": self.iommu.prq.blocked(session.id),
             "outstanding_descriptors": self.accel_runtime.outstanding(session.id),
         }
+
+    def uid_cost(self, uid: int) -> dict[str, int]:
+        """The same over every live connection of ``uid`` (STATS ``uid``)."""
+        total: Counter[str] = Counter()
+        for session in self.uid_sessions(uid):
+            total.update(self.session_cost(session))
+        total["connections"] = len(self.uid_sessions(uid))
+        total["uid"] = uid
+        return dict(total)
 
     def info(self) -> dict[str, Any]:
         cfg = self.config
@@ -270,6 +337,13 @@ class Daemon:
             },
             "counts": self.counts(),
         }
+
+
+def _open_fds() -> int:
+    try:
+        return len(os.listdir("/proc/self/fd"))
+    except OSError:
+        return -1
 
 
 def resolve_state_dir(config: Config) -> str:

@@ -39,8 +39,9 @@ from siovd.model.budget import Budget
 from siovd.model.errors import SiovError
 from siovd.service.daemon import Daemon
 from siovd.service.engines import daemon_tasks
+from siovd.service.fds import discard
 from siovd.service.handlers import Context, Deferred, Handler, registry
-from siovd.service.session import Phase, Session
+from siovd.service.session import UNKNOWN_UID, Phase, Session
 
 log = structlog.get_logger("siovd.server")
 
@@ -56,9 +57,8 @@ ANC_SIZE = socket.CMSG_SPACE(MAX_FDS_RECEIVED * 4)
 
 
 def close_fds(fds: list[int] | tuple[int, ...]) -> None:
-    for fd in fds:
-        with contextlib.suppress(OSError):
-            os.close(fd)
+    """Discard fds a client handed over, where a close cannot stall the loop (fds.py)."""
+    discard(fds)
 
 
 def fds_from_ancillary(anc: list[tuple[int, int, bytes]]) -> list[int]:
@@ -231,8 +231,38 @@ class ClientConnection:
                     continue
                 assert isinstance(event, Message)
                 await self.dispatch(event)
+            hoarding = self.count_pending_fds()
+            if hoarding is not None:
+                self.daemon.counters["clients_dropped_pending_fds"] += 1
+                self.log.warning("too many fds for unfinished messages, closing", error=hoarding)
+                msg_id, command = conn.pending_header() or (0, 0)
+                with contextlib.suppress(ClientGone):
+                    await self.reply_error(msg_id, command, errno.ENOSPC, hoarding)
+                return
             if self.server.closing and not self.server.accepting:
                 return
+
+    def count_pending_fds(self) -> str | None:
+        """Account the fds that wait for the rest of their message (per connection and per
+        uid); past a limit, the message naming it (the connection is then closed: its fds
+        cannot be dropped without losing its framing)."""
+        session, limits = self.session, self.daemon.config.limits
+        held = self.conn.held_fds()
+        if session.usage is not None:
+            session.usage.pending_fds += held - session.pending_fds
+        session.pending_fds = held
+        if held > limits.pending_fds:
+            return (
+                f"limit reached: limits.pending_fds = {limits.pending_fds} "
+                f"({held} fds wait for messages whose bytes have not all arrived)"
+            )
+        usage = session.usage
+        if usage is not None and usage.pending_fds > limits.uid_pending_fds:
+            return (
+                f"limit reached: limits.uid_pending_fds = {limits.uid_pending_fds} "
+                f"({usage.pending_fds} fds of uid {usage.uid} wait for unfinished messages)"
+            )
+        return None
 
     async def dispatch(self, msg: Message) -> None:
         session = self.session
@@ -385,7 +415,7 @@ class ClientConnection:
             self.events_ready = trio.Event()
             session.wake = self.events_ready.set
             while session.events:
-                ev = session.events.popleft()
+                ev = session.pop_event()
                 _, data = self.conn.send_command(ev.command, ev.body, no_reply=True)
                 try:
                     await self.send(data, ev.fds)
@@ -394,7 +424,7 @@ class ClientConnection:
                 session.events_sent += 1
 
 
-def _peer_credentials(sock: socket.socket) -> tuple[int, int, int] | None:
+def _peer_credentials(sock: socket.socket | trio.socket.SocketType) -> tuple[int, int, int] | None:
     try:
         creds = peer_credentials(sock)
     except OSError:
@@ -465,12 +495,12 @@ class Server:
                             await trio.sleep(0.1)
                             continue
                         raise
-                    limit = self.daemon.config.server.max_clients
-                    if len(self.connections) >= limit:
+                    refusal = self._over_limit(conn_sock)
+                    if refusal is not None:
                         self.daemon.counters["clients_refused"] += 1
                         if self.refusing < MAX_REFUSING:
                             self.refusing += 1
-                            nursery.start_soon(self._refuse, conn_sock, limit)
+                            nursery.start_soon(self._refuse, conn_sock, refusal)
                         else:
                             conn_sock.close()
                         continue
@@ -490,10 +520,28 @@ class Server:
         finally:
             self.connections.discard(client)
 
-    async def _refuse(self, sock: trio.socket.SocketType, limit: int) -> None:
-        """SPEC §4: a connection over ``server.max_clients`` gets EAGAIN for its first message
-        (so the client learns why), then the close; a silent one is closed after a second."""
-        message = f"server.max_clients = {limit} clients are connected; try again later"
+    def _over_limit(self, sock: trio.socket.SocketType) -> str | None:
+        """Why a new connection is refused (``server.max_clients``, ``limits.uid_connections``),
+        or None. Counted against ``self.connections`` at once, so a burst cannot slip past."""
+        cfg = self.daemon.config
+        if len(self.connections) >= cfg.server.max_clients:
+            limit = cfg.server.max_clients
+            return f"server.max_clients = {limit} clients are connected; try again later"
+        peer = _peer_credentials(sock)
+        uid = peer[1] if peer is not None else UNKNOWN_UID
+        mine = sum(1 for c in self.connections if c.session.uid == uid)
+        if mine >= cfg.limits.uid_connections:
+            limit = cfg.limits.uid_connections
+            return (
+                f"limit reached: limits.uid_connections = {limit} connections of uid {uid} "
+                "are open; try again later"
+            )
+        return None
+
+    async def _refuse(self, sock: trio.socket.SocketType, message: str) -> None:
+        """SPEC §4: a connection over ``server.max_clients`` (or ``limits.uid_connections``)
+        gets EAGAIN for its first message (so the client learns why), then the close; a
+        silent one is closed after a second."""
         log.warning("client refused", reason=message)
         try:
             with sock, trio.move_on_after(REFUSE_WAIT_S):

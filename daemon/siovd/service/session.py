@@ -16,6 +16,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from siov_protocol.connection import encode_body
+from siov_protocol.header import HEADER_SIZE
 from siovd.model.errors import SiovError
 
 _ids = itertools.count(1)
@@ -39,6 +41,25 @@ class QueuedEvent:
     command: int
     body: dict[str, Any]
     fds: tuple[int, ...] = ()
+    size: int = 0  # bytes on the wire
+
+
+#: The uid of a connection whose peer credentials could not be read.
+UNKNOWN_UID = -1
+
+
+@dataclass(eq=False, slots=True)
+class UidUsage:
+    """What all live connections of one uid hold at once (the per-uid limits' ledger)."""
+
+    uid: int
+    connections: int = 0
+    pending_fds: int = 0  # fds of messages whose bytes are still arriving
+    event_bytes: int = 0  # undelivered events, as encoded
+    event_bytes_limit: int = 64 << 20
+
+    def idle(self) -> bool:
+        return not (self.connections or self.pending_fds or self.event_bytes)
 
 
 @dataclass(eq=False)
@@ -57,7 +78,16 @@ class Session:
     events_sent: int = 0
     events_dropped: int = 0
     requests: int = 0
+    event_bytes: int = 0  # bytes of the undelivered events in ``events``
+    event_bytes_limit: int = 16 << 20
+    events_dropped_bytes: int = 0  # drops because of a byte limit (counted in events_dropped)
+    pending_fds: int = 0  # fds of messages whose bytes are still arriving
+    usage: UidUsage | None = field(default=None, repr=False)
     wake: Callable[[], None] = field(default=lambda: None, repr=False)
+
+    @property
+    def uid(self) -> int:
+        return self.peer[1] if self.peer is not None else UNKNOWN_UID
 
     @property
     def is_admin(self) -> bool:
@@ -79,12 +109,38 @@ class Session:
 
         The session owns ``fds`` from here on: a dropped event's fds are closed at once.
         """
-        if len(self.events) >= self.event_limit:
+        size = HEADER_SIZE + len(encode_body(body))
+        usage = self.usage
+        over_bytes = self.event_bytes + size > self.event_bytes_limit or (
+            usage is not None and usage.event_bytes + size > usage.event_bytes_limit
+        )
+        if len(self.events) >= self.event_limit or over_bytes:
             self.events_dropped += 1
+            self.events_dropped_bytes += over_bytes
             for fd in fds:
                 with contextlib.suppress(OSError):
                     os.close(fd)
             return False
-        self.events.append(QueuedEvent(command, body, fds))
+        self.events.append(QueuedEvent(command, body, fds, size))
+        self.event_bytes += size
+        if usage is not None:
+            usage.event_bytes += size
         self.wake()
         return True
+
+    def pop_event(self) -> QueuedEvent:
+        """The oldest undelivered event, taken off the queue (and off the byte counts)."""
+        ev = self.events.popleft()
+        self.event_bytes -= ev.size
+        if self.usage is not None:
+            self.usage.event_bytes -= ev.size
+        return ev
+
+    def clear_events(self) -> list[QueuedEvent]:
+        """Every undelivered event, taken off the queue; the caller closes their fds."""
+        out = list(self.events)
+        self.events.clear()
+        if self.usage is not None:
+            self.usage.event_bytes -= self.event_bytes
+        self.event_bytes = 0
+        return out

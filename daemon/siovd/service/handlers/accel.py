@@ -124,6 +124,12 @@ def device_set_irqs(ctx: Context, req: SetIrqs) -> dict[str, Any]:
             )
         if not all(_is_eventfd(fd) for fd in ctx.fds):
             raise SiovError(errno.EINVAL, "every fd must be an eventfd")
+        for fd in ctx.fds:
+            # The daemon's interrupt writes must never block the loop: an eventfd at its
+            # largest count (0xfffffffffffffffe) blocks a blocking write(2) until it is read.
+            # O_NONBLOCK is on the open file, so the client's copy turns non-blocking too
+            # (SPEC 8.12); a full eventfd then costs an EAGAIN, counted as irq_write_failures.
+            os.set_blocking(fd, False)
         fds, ctx.fds[:] = list(ctx.fds), []
         runtime.set_irqs(state, req.start, fds)
         return {}

@@ -33,9 +33,19 @@ def group_info(group: Group) -> dict[str, Any]:
 
 
 def _check_mdev_limit(ctx: Context) -> None:
-    limit = ctx.daemon.config.limits.mdevs
-    if len(ctx.daemon.bus.list(ctx.session.id)) >= limit:
+    daemon, session = ctx.daemon, ctx.session
+    limit = daemon.config.limits.mdevs
+    if len(daemon.bus.list(session.id)) >= limit:
         raise SiovError(errno.ENOSPC, f"limit reached: limits.mdevs = {limit}")
+    # Per uid: one user's many connections cannot take every instance the bus offers.
+    limit = daemon.config.limits.uid_mdevs
+    ids = {s.id for s in daemon.uid_sessions(session.uid)}
+    have = sum(1 for d in daemon.bus.list(None) if d.owner in ids)
+    if have >= limit:
+        raise SiovError(
+            errno.ENOSPC,
+            f"limit reached: limits.uid_mdevs = {limit} (uid {session.uid} has {have})",
+        )
 
 
 @registry.command(Command.TYPES_LIST, Empty)

@@ -104,12 +104,15 @@ def info(ctx: Context, req: Empty) -> dict[str, Any]:
 
 @registry.command(Command.STATS, Empty)
 def stats(ctx: Context, req: Empty) -> dict[str, Any]:
-    out = ctx.daemon.stats()
+    daemon, session = ctx.daemon, ctx.session
+    out = daemon.stats()
     out["session"] = {
-        "requests": ctx.session.requests,
-        "events_sent": ctx.session.events_sent,
-        "events_dropped": ctx.session.events_dropped,
-        "events_queued": len(ctx.session.events),
+        "requests": session.requests,
+        "events_sent": session.events_sent,
+        "events_dropped": session.events_dropped,
+        "events_dropped_bytes": session.events_dropped_bytes,
+        "events_queued": len(session.events),
+        **daemon.session_cost(session),
     }
-    out["session"]["costs"] = ctx.daemon.session_costs(ctx.session)
+    out["uid"] = daemon.uid_cost(session.uid)
     return out

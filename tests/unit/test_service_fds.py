@@ -1,0 +1,69 @@
+"""The closer: what a client hands over is closed without blocking the caller."""
+
+from __future__ import annotations
+
+import os
+import socket
+import struct
+import tempfile
+import time
+
+from siovd.service.fds import Closer
+
+
+def test_lingering_tcp_socket_closes_at_once() -> None:
+    """SO_LINGER on with unsent data would make close() wait; the closer turns it off first."""
+    server = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    server.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    server.bind(("127.0.0.1", 0))
+    server.listen(1)
+    client = socket.create_connection(server.getsockname())
+    peer, _ = server.accept()
+    client.setblocking(False)
+    try:
+        while True:
+            client.send(b"x" * 65536)
+    except BlockingIOError:
+        pass
+    client.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 30))
+    closer = Closer()
+    start = time.monotonic()
+    closer.discard([client.detach()])
+    took = time.monotonic() - start
+    assert took < 5, f"the close lingered {took:.1f} s"  # liveness: it would be 30 s
+    assert closer.closed_inline == 1 and closer.queued == 0
+    peer.close()
+    server.close()
+
+
+def test_files_close_in_a_closer_thread_and_eventfds_inline() -> None:
+    closer = Closer()
+    with tempfile.TemporaryFile() as fh:
+        fd = os.dup(fh.fileno())
+        efd = os.eventfd(0)
+        closer.discard([fd, efd])
+        assert closer.wait_idle(10)
+        stats = closer.stats()
+        assert stats["fd_closes_inline"] == 1 and stats["fd_closes_deferred"] == 1
+        for gone in (fd, efd):
+            try:
+                os.fstat(gone)
+            except OSError:
+                continue
+            # The number may be reused by now only if something else opened it; nothing did.
+            raise AssertionError(f"fd {gone} is still open")
+
+
+def test_deferred_work_that_blocks_holds_one_thread_only() -> None:
+    closer = Closer()
+    gate = __import__("threading").Event()
+    closer.defer(gate.wait)
+    done: list[int] = []
+    closer.defer(lambda: done.append(1))
+    deadline = time.monotonic() + 10
+    while not done and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert done == [1], "work queued behind a blocked close never ran"
+    assert closer.stats()["closer_threads"] == 2
+    gate.set()
+    assert closer.wait_idle(10)
