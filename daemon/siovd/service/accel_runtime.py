@@ -424,7 +424,8 @@ class AccelRuntime:
         if request is None:
             self._resume(blocked, PageResponse.INVALID)
             group = blocked.item.wq.group
-            if group is not None and self.scheduler.in_progress(group):
+            if group is not None:
+                # Its completion may free a DRAIN the turn that blocked it could not take.
                 self.wake_engines(group)
             return
         assert domain is not None
