@@ -111,3 +111,36 @@ def test_a_job_on_a_domain_destroyed_under_it_is_enodev(env: Env) -> None:
     env.iommu.release_owner(1)
     with raises_errno(errno.ENODEV):
         job.step(Budget(1))
+
+
+def test_a_big_table_is_given_back_a_budget_at_a_time(env: Env) -> None:
+    r = env.region(1, 2 * GiB)
+    d = env.iommu.domain_alloc(1, "mdev").id
+    env.iommu.map(1, d, 0x1000_1000, r.base, GiB, RW)  # 4 KiB leaves: 513+ tables
+    woken: list[int] = []
+    env.iommu.wake_reaper = lambda: woken.append(1)
+    before = env.iommu.pool.pages_in_use
+    env.iommu.domain_free(1, d)
+    assert woken and env.iommu.reaping > 256
+    assert env.iommu.pool.pages_in_use == before  # nothing freed in the call itself
+    turns = 1
+    while not env.iommu.reap(Budget(1)):
+        turns += 1
+    assert turns > 1 and env.iommu.reaping == 0
+    assert before > 513 and env.iommu.pool.pages_in_use == 0  # all of it, the root too
+    assert r.map_count == 0
+
+
+def test_resetting_a_big_default_domain_swaps_in_a_fresh_table(env: Env) -> None:
+    dev = env.mdev(1)
+    d = env.default_domain(dev)
+    r = env.region(1, 2 * GiB)
+    env.iommu.map(1, d, 0x1000_1000, r.base, GiB, RW)
+    assert dev.group is not None
+    env.iommu.reset_group(dev.group)
+    domain = env.iommu.domain(1, d)
+    assert len(domain.areas) == 0 and domain.mapped_bytes == 0
+    assert env.iommu.iova_to_phys(1, d, 0x1000_1000) is None
+    assert env.iommu.reaping > 256 and r.map_count == 0
+    env.iommu.map(1, d, 0x1000_1000, r.base, 4 * PAGE, RW)  # the fresh table works
+    assert env.iommu.iova_to_phys(1, d, 0x1000_1000) == r.base

@@ -11,10 +11,11 @@ from __future__ import annotations
 import errno
 from collections.abc import Callable
 
+from siovd.model.budget import Budget
 from siovd.model.device import Device
 from siovd.model.dma import DmaFault
 from siovd.model.errors import SiovError
-from siovd.model.iommu.areas import Area
+from siovd.model.iommu.areas import Area, AreaMap
 from siovd.model.iommu.devtlb import DevTlbDmaSpace
 from siovd.model.iommu.domain import Domain, DomainType
 from siovd.model.iommu.faults import FaultRecord
@@ -41,6 +42,10 @@ from siovd.model.memory import DAEMON_OWNER, PAGE_SIZE, PageTablePool, PhysicalM
 #: VT-d's maximum address-mask value for page-selective invalidation.
 MAX_AM = 18
 
+#: A table with more pages than this is freed by :meth:`Iommu.reap`, not in the call that
+#: retires it; each step of that gives back ``REAP_STEP`` pages.
+REAP_INLINE = 256
+REAP_STEP = 256
 FaultCallback = Callable[[int, FaultRecord], None]
 TranslatedRun = tuple[int, int, int, int]  # (iova, phys, length, prot)
 
@@ -82,6 +87,10 @@ class Iommu:
         # The static blocking domain every group falls back to (never listed, never freed).
         self._blocking = Domain(0, DAEMON_OWNER, "*", DomainType.BLOCKED)
         self._lazy_pending = 0
+        #: Page tables of destroyed domains still to give back (:meth:`reap`).
+        self._reaping: list[PageTable] = []
+        #: Called when :meth:`reap` has work: the service runs it a turn at a time.
+        self.wake_reaper: Callable[[], None] = lambda: None
         self.faults = 0
         self.devtlb_hits = 0  # translations a device TLB answered without the IOTLB
         self.lazy_flushes = 0
@@ -216,7 +225,7 @@ class Iommu:
         self._flush_domain(domain)
         if domain.pt is not None:
             self._drop_areas(domain, domain.areas.all())
-            domain.pt.destroy()
+            self._retire_table(domain.pt)
         if domain.root_region is not None:
             domain.root_region.map_count -= 1
             domain.root_region = None
@@ -280,7 +289,19 @@ class Iommu:
         if group.domain is not group.default_domain:
             self._set_group_domain(group, group.default_domain)
         default = group.default_domain
-        if default.pt is not None and len(default.areas):
+        self._flush_domain(default)
+        pt = default.pt
+        if pt is not None and pt.table_pages > REAP_INLINE:
+            # Emptying a big table entry by entry would hold the caller for seconds: the
+            # domain gets a fresh table at once and the old one is freed a turn at a time.
+            self._drop_areas(default, default.areas.all())
+            default.areas = AreaMap()
+            default.pt = PageTable(self.memory, self.pool, default.levels)
+            default.root = default.pt.root
+            default.locate = default.pt.locate
+            self.iotlb.invalidate_domain(default.id)
+            self._retire_table(pt)
+        elif pt is not None and len(default.areas):
             self._unmap_areas(default, default.areas.all())
         self._flush_domain(default)
 
@@ -492,6 +513,30 @@ class Iommu:
         job = UnmapJob(self, domain, areas)
         run_to_end(job)
         return job.unmapped
+
+    def _retire_table(self, pt: PageTable) -> None:
+        """A table no walk can reach any more goes back to the pool: at once when small,
+        else by :meth:`reap`, a budget at a time."""
+        if pt.table_pages <= REAP_INLINE:
+            pt.destroy()
+        else:
+            self._reaping.append(pt)
+            self.wake_reaper()
+
+    @property
+    def reaping(self) -> int:
+        """Table pages of destroyed domains not yet given back."""
+        return sum(pt.table_pages for pt in self._reaping)
+
+    def reap(self, budget: Budget) -> bool:
+        """Give back tables of destroyed domains until ``budget`` is spent; True when none
+        is left."""
+        while self._reaping:
+            if self._reaping[0].destroy_step(REAP_STEP):
+                self._reaping.pop(0)
+            elif budget.charge(REAP_STEP * 8):
+                return False
+        return True
 
     def holds(self, domain: Domain) -> bool:
         """Whether ``domain`` is still one of this IOMMU's (not destroyed)."""
@@ -723,6 +768,7 @@ class Iommu:
             groups=len(self._groups),
             mapped_bytes=sum(d.mapped_bytes for d in self._domains.values()),
             page_table_pages=self.pool.pages_in_use,
+            page_table_pages_reaping=self.reaping,
             pasids_allocated=len(self.pasids),
         )
         return out
