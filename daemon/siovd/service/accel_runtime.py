@@ -158,16 +158,6 @@ class AccelRuntime:
         #: task that waits for a page request's answer.
         self.wake_engines: Callable[[Group], None] = lambda group: None
         self.start_waiter: Callable[[PageRequest], None] = lambda request: None
-        daemon.on_release(self.release_session)
-        daemon.on_stats(lambda: {"accel": self.stats_dict()})
-        previous = daemon.bus.on_device_removed
-
-        def removed(device: Device) -> None:
-            self.forget(device.uuid)
-            if previous is not None:
-                previous(device)
-
-        daemon.bus.on_device_removed = removed
 
     # -- lookup -------------------------------------------------------------------------------
 

@@ -48,9 +48,8 @@ class Daemon:
         self._mute_faults = 0
         self.fd_budget: dict[str, Any] = {}  # RLIMIT_NOFILE against the limits (host.fdlimit)
         self.counters: Counter[str] = Counter()
+        #: Extra release hooks (tools, tests): called after every area has released.
         self._releasers: list[Callable[[Session], None]] = []
-        self._stats: list[Callable[[], dict[str, Any]]] = []
-        self._counts: list[Callable[[], dict[str, int]]] = []
         self.authenticator: Authenticator | None = None
 
         # The domain model: one physical space, one IOMMU serving the mdev bus, the parents.
@@ -73,7 +72,6 @@ class Daemon:
             parent = DsaParent(device)
             self.dsa_parents[name] = parent
             self.bus.add_parent(parent)
-        self.on_release(self._release_model)
         self.auth_policy = build_auth_policy(config)
         if self.auth_policy is not None:
             self.authenticator = self._authenticate
@@ -81,9 +79,8 @@ class Daemon:
         self.state_dir = state_dir if state_dir is not None else resolve_state_dir(config)
         self.definitions = DefinitionStore(self.state_dir) if self.state_dir else None
         self.autostart_errors = self._autostart()
-        self.on_stats(lambda: {"iommu": self.iommu.stats()})
-        self.on_counts(self._model_counts)
-        # Registered after the model: on release it cancels the session's waiting work first.
+        # The accelerator at run time. It hooks into nothing: release, stats and device removal
+        # call it from here, in the order written below.
         self.accel_runtime = AccelRuntime(self)
 
     def _authenticate(
@@ -153,16 +150,14 @@ class Daemon:
         )
 
     def _device_removed(self, device: Any) -> None:
+        """The bus removed ``device``. In this order: the accelerator drops its work (queued,
+        running, waiting for page responses) and its eventfds; then its owner is told."""
+        self.accel_runtime.forget(device.uuid)
         session = self.sessions.get(device.owner)
         if session is not None:
             session.push_event(
                 Command.EVENT_DEVICE_REMOVED, {"uuid": device.uuid, "reason": "removed"}
             )
-
-    def _release_model(self, session: Session) -> None:
-        self.iommu.flush_lazy()  # lazily unmapped pages still pin their regions
-        self.bus.release_owner(session.id)
-        self.close_dead_mappings()
 
     def close_dead_mappings(self) -> None:
         """Unmap the memory of regions that left the physical space.
@@ -200,14 +195,9 @@ class Daemon:
     # ---- extension points the areas plug into ----------------------------------------------
 
     def on_release(self, fn: Callable[[Session], None]) -> None:
-        """Run ``fn`` when a session ends (areas free what the session owned)."""
+        """Also run ``fn`` when a session ends, after every area has released (for tools and
+        tests; the areas themselves are called by :meth:`release` directly)."""
         self._releasers.append(fn)
-
-    def on_stats(self, fn: Callable[[], dict[str, Any]]) -> None:
-        self._stats.append(fn)
-
-    def on_counts(self, fn: Callable[[], dict[str, int]]) -> None:
-        self._counts.append(fn)
 
     # ---- sessions ---------------------------------------------------------------------------
 
@@ -230,11 +220,23 @@ class Daemon:
         self.counters["clients_connected"] += 1
 
     def release(self, session: Session) -> None:
-        """Free everything ``session`` owned, newest area first."""
+        """Free everything ``session`` owned. The order is fixed, and matters:
+
+        1. the accelerator: the session's waiting work is cancelled and its queued and running
+           descriptors dropped, so nothing runs against memory about to go;
+        2. the model: the bus removes its devices (each through :meth:`_device_removed`), the
+           IOMMU frees its domains (lazy flushes first: they pin regions), then its memory;
+        3. the daemon's own mappings of regions that left;
+        4. extra hooks (:meth:`on_release`), then its queued events and its per-uid counts.
+        """
         self.sessions.pop(session.id, None)
         self.counters["events_dropped"] += session.events_dropped  # stats outlive the session
         try:
-            for fn in reversed(self._releasers):
+            self.accel_runtime.release_session(session)
+            self.iommu.flush_lazy()
+            self.bus.release_owner(session.id)
+            self.close_dead_mappings()
+            for fn in self._releasers:
                 fn(session)
         finally:
             for ev in session.clear_events():
@@ -276,17 +278,14 @@ class Daemon:
         return time.monotonic() - self.started
 
     def counts(self) -> dict[str, int]:
-        out = {"clients": len(self.sessions)}
-        for fn in self._counts:
-            out.update(fn())
-        return out
+        return {"clients": len(self.sessions), **self._model_counts()}
 
     def stats(self) -> dict[str, Any]:
         out: dict[str, Any] = {"daemon": dict(self.counters)}
         live = sum(s.events_dropped for s in self.sessions.values())
         out["daemon"]["events_dropped"] = self.counters["events_dropped"] + live
-        for fn in self._stats:
-            out.update(fn())
+        out["iommu"] = self.iommu.stats()
+        out["accel"] = self.accel_runtime.stats_dict()
         out["daemon"].update(CLOSER.stats())
         out["daemon"]["fds_open"] = _open_fds()
         if self.fd_budget:
