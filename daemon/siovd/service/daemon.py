@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import contextlib
 import errno
-import mmap
 import os
 import time
 from collections import Counter
@@ -27,7 +26,7 @@ from siovd.model.bus import Bus
 from siovd.model.errors import SiovError
 from siovd.model.iommu import FaultRecord, Iommu
 from siovd.model.iommu.io_pagetable import owner_usage
-from siovd.model.memory import PhysicalMemory, Region
+from siovd.model.memory import PhysicalMemory
 from siovd.model.testparent import SiovTestParent
 from siovd.service.accel_runtime import AccelRuntime
 from siovd.service.fds import CLOSER
@@ -66,7 +65,6 @@ class Daemon:
         self.bus.on_device_removed = self._device_removed
         self.bus.add_parent(SiovTestParent())
         self.accel = load_accelerators(config.accel.config_file)
-        self.mappings: dict[int, tuple[Region, mmap.mmap]] = {}  # region id -> our mmap
         self.dsa_parents: dict[str, DsaParent] = {}
         for name, device in self.accel.devices.items():
             parent = DsaParent(device)
@@ -165,10 +163,8 @@ class Daemon:
         In a closer thread: when the daemon's mapping is the memfd's last user, the unmap frees
         every page of it, which for gigabytes takes long enough to stall the loop.
         """
-        for region_id, (region, mapping) in list(self.mappings.items()):
-            if not region.alive:
-                del self.mappings[region_id]
-                CLOSER.defer(mapping.close)
+        for region in self.memory.take_dead_mappings():
+            CLOSER.defer(region.close_mapping)
 
     def _model_counts(self) -> dict[str, int]:
         return {
