@@ -26,7 +26,9 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
+from siov import dsa
 from siov_protocol import Command
+from siov_protocol.dsa import IDXD_OP_FLAG_RCI
 from tests.bystander import Bystander, Window
 from tests.daemonproc import LoggedDaemon, logged_siovd
 from tests.fuzz.wire import HDR, HEADER_SIZE, Received, body, frame, parse_replies
@@ -52,7 +54,7 @@ def attack(
     name: str, *, config: str = "", needs: Callable[[], str | None] = lambda: None
 ) -> Callable[[AttackFn], AttackFn]:
     def register(fn: AttackFn) -> AttackFn:
-        doc = (fn.__doc__ or "").strip().splitlines()[0] if fn.__doc__ else ""
+        doc = " ".join((fn.__doc__ or "").strip().split("\n\n")[0].split())
         ATTACKS[name] = Attack(name, fn, config, needs, doc)
         return fn
 
@@ -139,7 +141,12 @@ class Raw:
         self.next_id = 1
         self.events: list[Received] = []
         if negotiate:
-            self.call(Command.VERSION, {"major": 1, "minor": 0, "capabilities": {"max_fds": 253}})
+            try:
+                caps = {"max_fds": 253}
+                self.call(Command.VERSION, {"major": 1, "minor": 0, "capabilities": caps})
+            except BaseException:
+                self.sock.close()
+                raise
 
     def close(self) -> None:
         self.sock.close()
@@ -251,6 +258,7 @@ def other_client_registers(path: str) -> bool | str:
 
 EVENTFD_FULL = 0xFFFF_FFFF_FFFF_FFFE  # the largest count: one more write would block
 FIRE_TIMES = 200
+RCI_TIMES = 20
 
 
 @attack("blocking_eventfd")
@@ -268,11 +276,32 @@ def blocking_eventfd(d: LoggedDaemon) -> dict[str, Any]:
             for _ in range(FIRE_TIMES):  # DATA_NONE | TRIGGER: fire it, as the device would
                 raw.call(Command.DEVICE_SET_IRQS, {**irq, "flags": 1 | 32})
                 fired += 1
-            accel = raw.call(Command.STATS).get("accel", {})
+            # ... and let completions fire it: NOOPs asking for a completion interrupt (RCI).
+            mem = memfd(4096)
+            with closing_fds(mem):
+                region = raw.call(Command.MEM_REGISTER, {"size": 4096}, [mem])
+                mapping = {"domain": dev["domain_id"], "phys": region["phys"], "size": 4096}
+                record = raw.call(Command.MAP, mapping)["iova"]
+            descriptor = dsa.noop(completion=record, flags=IDXD_OP_FLAG_RCI, int_handle=0)
+            completed = 0
+            for _ in range(RCI_TIMES):
+                got = raw.call(Command.SUBMIT, {"device": uuid, "descriptors": descriptor})
+                completed += got["accepted"]
+            deadline = time.monotonic() + 10
+            while time.monotonic() < deadline:  # completions run on the engines
+                accel = raw.call(Command.STATS).get("accel", {})
+                if accel.get("completed", 0) >= completed:
+                    break
+                time.sleep(0.01)
         except OSError as exc:  # the daemon stopped answering even the attacker
             return {"fired": fired, "stalled": f"{type(exc).__name__}: {exc}"}
         nonblocking = not os.get_blocking(efd)
-    return {"fired": fired, "accel": accel, "made_nonblocking": nonblocking}
+    return {
+        "fired": fired,
+        "rci": completed,
+        "accel": accel,
+        "made_nonblocking": nonblocking,
+    }
 
 
 # ---- 2. a close() that lingers -----------------------------------------------------------------
@@ -335,6 +364,47 @@ def linger_close(d: LoggedDaemon) -> dict[str, Any]:
         lambda s, fd: send_fds(s, HDR.pack(9, Command.PING, 64, 0, 0), [fd]),
     )
     return seen
+
+
+REFUSED_CONFIG = "[limits]\nuid_connections = 2\n"  # the bystander and one more
+
+
+def _connect_retrying(path: str, within_s: float = 10.0) -> Raw:
+    """A negotiated connection, retried while the previous run's are still being released."""
+    deadline = time.monotonic() + within_s
+    while True:
+        try:
+            return Raw(path)
+        except Refused:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.02)
+
+
+@attack("linger_refused", config=REFUSED_CONFIG)
+def linger_refused(d: LoggedDaemon) -> dict[str, Any]:
+    """A connection over limits.uid_connections sends a lingering TCP socket with its first
+    header: the refusal must not release it on the loop (a recv() without room for the fd
+    frees it in the reader's task, and a lingering close blocks that task)."""
+    with _connect_retrying(d.path), lingering_socket() as victim:
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        sock.settimeout(10)
+        with sock:
+            sock.connect(d.path)
+            fd = victim.detach()
+            try:
+                send_fds(sock, frame(1, Command.PING, b""), [fd])
+            finally:
+                os.close(fd)
+            reply = parse_replies(recv_exact(sock, HEADER_SIZE) + _rest(sock))[0]
+    return {"refused": (reply.error, str(reply.body.get("message", "")))}
+
+
+def _rest(sock: socket.socket) -> bytes:
+    out = b""
+    while chunk := sock.recv(65536):
+        out += chunk
+    return out
 
 
 # ---- 3. a hugetlb memfd whose page vanishes ----------------------------------------------------
@@ -548,3 +618,27 @@ def region_fds(d: LoggedDaemon) -> dict[str, Any]:
         "daemon": {k: v for k, v in cost["daemon"].items() if k.startswith("fd")},
         "other_uid": other,
     }
+
+
+# ---- 11. one uid takes every connection slot -------------------------------------------------
+
+FLOOD_CONNECTIONS = 80  # past limits.uid_connections (64 by default)
+
+
+@attack("connection_flood", config=REGIONS_CONFIG)
+def connection_flood(d: LoggedDaemon) -> dict[str, Any]:
+    """One uid opens more connections than limits.uid_connections allows; the ones past it
+    are refused naming the limit, and a client of another uid still gets in."""
+    held: list[Raw] = []
+    refused: list[tuple[int, str]] = []
+    try:
+        for _ in range(FLOOD_CONNECTIONS):
+            try:
+                held.append(Raw(d.path, timeout=10.0))
+            except Refused as exc:
+                refused.append((exc.errno, exc.message))
+        other = other_uid_registers(d.path) if os.geteuid() == 0 else "not root"
+    finally:
+        for raw in held:
+            raw.close()
+    return {"held": len(held), "refused": sorted(set(refused)), "other_uid": other}

@@ -17,6 +17,7 @@ from tests.attacks import (
     FIRE_TIMES,
     LINGER_S,
     OTHER_UID,
+    RCI_TIMES,
     UID_REGIONS,
     Outcome,
     require,
@@ -43,7 +44,9 @@ def test_blocking_eventfd_cannot_block_the_loop() -> None:
     # counted, and the interrupt went as EVENT_IRQ instead (SPEC 8.12).
     assert out.result["made_nonblocking"] is True
     accel = out.result["accel"]
-    fired = FIRE_TIMES * out.result["runs"]  # the attack repeats; the daemon's counters add up
+    assert out.result["rci"] == RCI_TIMES  # completions that asked for the interrupt
+    # The attack repeats; the daemon's counters add up.
+    fired = (FIRE_TIMES + RCI_TIMES) * out.result["runs"]
     assert accel["irq_write_failures"] == fired and accel["irqs_event"] == fired
 
 
@@ -58,6 +61,14 @@ def test_lingering_socket_close_cannot_block_the_loop() -> None:
         "mem_register": errno.EINVAL,
     }
     # Each close would have lingered LINGER_S; the bystander saw none of it.
+    assert out.under.worst_s < LINGER_S / 4
+
+
+def test_lingering_socket_on_a_refused_connection_cannot_block_the_loop() -> None:
+    out = run_attack("linger_refused")
+    survived(out)
+    err, message = out.result["refused"]
+    assert err == errno.EAGAIN and "limits.uid_connections = 2" in message
     assert out.under.worst_s < LINGER_S / 4
 
 
@@ -118,3 +129,20 @@ def test_the_daemon_checks_its_fd_limit_at_start() -> None:
         assert entry["event"] == "fd limit too low" and soft == hard
         allowed = (hard - 589) // 34
         assert f"the limit allows {allowed} clients at their worst" in entry["detail"]
+
+
+def test_one_uid_cannot_take_every_connection() -> None:
+    out = run_attack("connection_flood")
+    survived(out)
+    uid = os.getuid()
+    # The bystander is of the same uid and holds one of its 64 connections.
+    assert out.result["held"] == 63
+    assert out.result["refused"] == [
+        (
+            errno.EAGAIN,
+            f"limit reached: limits.uid_connections = 64 connections of uid {uid} are open; "
+            "try again later",
+        )
+    ]
+    if os.geteuid() == 0:
+        assert out.result["other_uid"] == f"{OTHER_UID} True", out.result["other_uid"]

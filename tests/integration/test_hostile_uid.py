@@ -148,3 +148,27 @@ async def test_translate_by_another_session_queues_no_fault_to_the_owner(
         assert stats["daemon"]["faults_muted"] == 1
         assert stats["session"]["events_sent"] == 1
     running.server.nursery.cancel_scope.cancel()
+
+
+async def test_uid_event_queue_bytes_span_connections(nursery: trio.Nursery, sock_dir: str) -> None:
+    cfg = make_config(limits={"event_queue_bytes": 8192, "uid_event_queue_bytes": 8192})
+    running = await start_daemon(nursery, os.path.join(sock_dir, "q.sock"), cfg)
+    async with siov.connect(running.path) as a, siov.connect(running.path) as b:
+        sessions = sorted(running.daemon.sessions.values(), key=lambda s: s.id)
+        first, second = sessions[-2], sessions[-1]
+        body = {"device": "x" * 36, "iova": 0, "pad": b"\0" * 1000}
+        while first.push_event(Command.EVENT_FAULT, body):
+            pass  # the first fills the uid's 8 KiB alone ...
+        assert first.events_dropped_bytes == 1
+        assert not second.push_event(Command.EVENT_FAULT, body)  # ... so the second gets none
+        assert second.events_dropped_bytes == 1 and second.event_bytes == 0
+        usage = running.daemon.uid_usage(first.uid)
+        assert usage.event_bytes == first.event_bytes <= 8192
+        # Delivered events give their bytes back.
+        with trio.fail_after(10):
+            while first.events:  # noqa: ASYNC110  (a bounded test poll)
+                await trio.sleep(0.01)
+        assert usage.event_bytes == 0
+        assert second.push_event(Command.EVENT_FAULT, body)
+        assert await a.ping(b"a") == b"a" and await b.ping(b"b") == b"b"
+    running.server.nursery.cancel_scope.cancel()

@@ -19,6 +19,7 @@ The kind is read with ``readlink(/proc/self/fd/N)``, which asks no file system d
 
 from __future__ import annotations
 
+import array
 import contextlib
 import os
 import queue
@@ -66,6 +67,7 @@ class Closer:
         self.closed_inline = 0
         self.closed_in_thread = 0
         self.slow = 0
+        self.failed = 0
         self.worst_s = 0.0
 
     def discard(self, fds: Iterable[int]) -> None:
@@ -104,10 +106,14 @@ class Closer:
             if work is None:
                 return
             start = time.monotonic()
-            with contextlib.suppress(Exception):
+            failed = False
+            try:
                 work()
+            except Exception:  # a close of a closed fd, an unmap whose buffer is still exported
+                failed = True
             took = time.monotonic() - start
             with self._lock:
+                self.failed += failed
                 self.queued -= 1
                 self.closed_in_thread += 1
                 self.worst_s = max(self.worst_s, took)
@@ -129,9 +135,53 @@ class Closer:
             "fd_closes_deferred": self.closed_in_thread,
             "fd_closes_queued": self.queued,
             "fd_closes_slow": self.slow,
+            "fd_closes_failed": self.failed,
             "fd_close_worst_ms": round(self.worst_s * 1000, 3),
             "closer_threads": self._threads,
         }
+
+
+def fds_in(anc: list[tuple[int, int, bytes]]) -> list[int]:
+    """The fds of SCM_RIGHTS ancillary data."""
+    fds: list[int] = []
+    for level, kind, data in anc:
+        if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS:
+            arr = array.array("i")
+            arr.frombytes(data[: len(data) - (len(data) % arr.itemsize)])
+            fds.extend(arr)
+    return fds
+
+
+_ANC_SIZE = socket.CMSG_SPACE(253 * 4)  # SCM_MAX_FD fds: the most one skb carries
+
+
+def drain_and_close(fd: int, closer: Closer | None = None) -> None:
+    """Close a client's Unix socket and everything still queued on it, without the queue's
+    fds being released in the caller's task.
+
+    Fds in flight on a socket whose last close frees them get their final fput in the task that
+    closes it (and a recv() without room for them frees them the same way), so a lingering TCP
+    socket queued on a connection would block whoever closes it. This runs in a closer thread:
+    no more data may come (SHUT_RD: the peer's sends fail), what is queued is received and its
+    fds discarded like any other, then the socket is closed.
+    """
+    sock = socket.socket(fileno=fd)
+    try:
+        with contextlib.suppress(OSError):
+            sock.shutdown(socket.SHUT_RD)
+        sock.setblocking(False)
+        while True:
+            try:
+                data, anc, _, _ = sock.recvmsg(65536, _ANC_SIZE)
+            except (BlockingIOError, InterruptedError):
+                break
+            except OSError:
+                break
+            (closer or CLOSER).discard(fds_in(anc))
+            if not data and not anc:
+                break
+    finally:
+        sock.close()
 
 
 def _closer(fd: int) -> Callable[[], None]:
@@ -147,3 +197,8 @@ CLOSER = Closer()
 
 def discard(fds: Iterable[int]) -> None:
     CLOSER.discard(fds)
+
+
+def retire(fd: int) -> None:
+    """Hand a client connection's socket fd to a closer thread (:func:`drain_and_close`)."""
+    CLOSER.defer(lambda: drain_and_close(fd))

@@ -39,7 +39,7 @@ from siovd.model.budget import Budget
 from siovd.model.errors import SiovError
 from siovd.service.daemon import Daemon
 from siovd.service.engines import daemon_tasks
-from siovd.service.fds import discard
+from siovd.service.fds import discard, fds_in, retire
 from siovd.service.handlers import Context, Deferred, Handler, registry
 from siovd.service.session import UNKNOWN_UID, Phase, Session
 
@@ -62,13 +62,7 @@ def close_fds(fds: list[int] | tuple[int, ...]) -> None:
 
 
 def fds_from_ancillary(anc: list[tuple[int, int, bytes]]) -> list[int]:
-    fds: list[int] = []
-    for level, kind, data in anc:
-        if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS:
-            arr = array.array("i")
-            arr.frombytes(data[: len(data) - (len(data) % arr.itemsize)])
-            fds.extend(arr)
-    return fds
+    return fds_in(anc)
 
 
 class ClientGone(Exception):
@@ -174,8 +168,8 @@ class ClientConnection:
             self.daemon.release(self.session)
         except Exception:
             self.log.exception("release failed")
-        self.raw.close()
-        self.sock.close()
+        retire_socket(self.raw)
+        retire_socket(self.sock)
         self.log.info("client disconnected", requests=self.session.requests)
 
     def turn_budget(self) -> Budget:
@@ -424,6 +418,19 @@ class ClientConnection:
                 session.events_sent += 1
 
 
+def retire_socket(sock: socket.socket | trio.socket.SocketType) -> None:
+    """Close a client's connection socket in a closer thread: fds still queued on it would be
+    released (and a lingering one would block) in whichever task closes it (fds.py)."""
+    with contextlib.suppress(OSError, ValueError):
+        trio.lowlevel.notify_closing(sock)
+    try:
+        fd = sock.detach()
+    except OSError:
+        return
+    if fd >= 0:
+        retire(fd)
+
+
 def _peer_credentials(sock: socket.socket | trio.socket.SocketType) -> tuple[int, int, int] | None:
     try:
         creds = peer_credentials(sock)
@@ -502,14 +509,14 @@ class Server:
                             self.refusing += 1
                             nursery.start_soon(self._refuse, conn_sock, refusal)
                         else:
-                            conn_sock.close()
+                            retire_socket(conn_sock)
                         continue
                     # Counted at once, so a burst of connects cannot slip past the limit.
                     try:
                         client = ClientConnection(self, conn_sock)
                     except OSError as exc:  # out of fds for its dup: as an accept that failed
                         log.warning("accept failed", error=str(exc))
-                        conn_sock.close()
+                        retire_socket(conn_sock)
                         continue
                     self.connections.add(client)
                     nursery.start_soon(self._run_connection, client)
@@ -544,10 +551,13 @@ class Server:
         silent one is closed after a second."""
         log.warning("client refused", reason=message)
         try:
-            with sock, trio.move_on_after(REFUSE_WAIT_S):
+            with trio.move_on_after(REFUSE_WAIT_S):
                 head = b""
-                while len(head) < HEADER_SIZE:  # fds that come along are dropped by the kernel
-                    data = await sock.recv(HEADER_SIZE - len(head))
+                while len(head) < HEADER_SIZE:
+                    # recvmsg, not recv: fds a recv had no room for would be released here, on
+                    # the loop, and a lingering socket's release blocks (fds.py).
+                    data, anc, _, _ = await sock.recvmsg(HEADER_SIZE - len(head), ANC_SIZE)
+                    discard(fds_in(anc))
                     if not data:
                         return
                     head += data
@@ -555,12 +565,16 @@ class Server:
                 reply = Connection(Role.SERVER).send_error(msg_id, command, errno.EAGAIN, message)
                 await sock.send(reply)
                 sock.shutdown(socket.SHUT_WR)
-                while await sock.recv(65536):  # the client closes first: a clean EOF, no reset
-                    pass
+                while True:  # the client closes first: a clean EOF, no reset
+                    data, anc, _, _ = await sock.recvmsg(65536, ANC_SIZE)
+                    discard(fds_in(anc))
+                    if not data:
+                        break
         except OSError:
             pass
         finally:
             self.refusing -= 1
+            retire_socket(sock)
 
     async def shutdown(self, grace: float) -> None:
         """Stop accepting, let in-flight requests finish within ``grace``, then close all."""
