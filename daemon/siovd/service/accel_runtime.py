@@ -7,19 +7,22 @@ its DSA parent, its interrupt eventfds and its DMA spaces, one per PASID). Work 
 mdev UUID as their ``owner``, so a completion finds its way back to the mdev and to the session
 that owns it.
 
-Execution: a SUBMIT (or a portal write) queues descriptors in the mdev's WQ and then runs its
-group's engines at once, in the handler, until the group has nothing left to take or a time
-slice is used up; the engine tasks take over from there (:meth:`AccelRuntime.run_group`). Each
-descriptor runs to completion in one go, so the connection that submitted it reads its next
-message only after its descriptors completed or blocked: a pipelining client never overruns a
-dedicated WQ by accident, and other clients wait at most a time slice (plus one descriptor).
+Execution: a SUBMIT (or a portal write) queues descriptors in the mdev's WQ and then gives its
+group's engines one turn at once, in the handler; the engine tasks take over from there
+(:meth:`AccelRuntime.run_group`). A turn is the model's
+(:class:`~siovd.model.accel.scheduler.Scheduler`): it runs descriptors under a work budget
+(:attr:`AccelRuntime.work_budget` bytes and :attr:`AccelRuntime.time_slice` seconds) and stops a
+big transfer or a batch mid-way, to continue it next turn, so no client's descriptor holds the
+loop for more than a turn. This module is the adapter around it: it turns each outcome into
+counts, interrupts, events and page requests.
 
 Block-on-fault: a descriptor that stops on a fault (BOF in the descriptor and block_on_fault on
-its WQ) leaves its engine and waits as a :class:`PageRequest`; the owner of the domain the
-faulting PASID reaches gets EVENT_PAGE_REQUEST and answers with PAGE_RESPONSE. SUCCESS resumes
+its WQ) leaves its engine and waits as a page request of the IOMMU's queue
+(:mod:`siovd.model.iommu.prq`, at most ``limits.blocked_descriptors`` per client); the owner
+of the domain the faulting PASID reaches gets EVENT_PAGE_REQUEST and answers with PAGE_RESPONSE. SUCCESS resumes
 the descriptor where it stopped; INVALID, FAILURE or the timeout (``iommu.page_request_timeout_s``)
 complete it with ``DSA_COMP_PAGE_FAULT_IR``. Other work keeps running meanwhile; a DRAIN waits
-for it, like for any earlier descriptor of its PASID.
+for it, like for any earlier descriptor of its mdev and PASID.
 
 Interrupts: a completion interrupt (RCI) signals the mdev's eventfd for the descriptor's
 ``int_handle`` (an 8-byte write of 1, as ``vfu_irq_trigger`` does) or, without one, sends
