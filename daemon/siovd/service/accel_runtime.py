@@ -19,10 +19,11 @@ counts, interrupts, events and page requests.
 Block-on-fault: a descriptor that stops on a fault (BOF in the descriptor and block_on_fault on
 its WQ) leaves its engine and waits as a page request of the IOMMU's queue
 (:mod:`siovd.model.iommu.prq`, at most ``limits.blocked_descriptors`` per client); the owner
-of the domain the faulting PASID reaches gets EVENT_PAGE_REQUEST and answers with PAGE_RESPONSE. SUCCESS resumes
-the descriptor where it stopped; INVALID, FAILURE or the timeout (``iommu.page_request_timeout_s``)
-complete it with ``DSA_COMP_PAGE_FAULT_IR``. Other work keeps running meanwhile; a DRAIN waits
-for it, like for any earlier descriptor of its mdev and PASID.
+of the domain the faulting PASID reaches gets EVENT_PAGE_REQUEST and answers with
+PAGE_RESPONSE. SUCCESS resumes the descriptor where it stopped; INVALID, FAILURE or the
+timeout (``iommu.page_request_timeout_s``) complete it with ``DSA_COMP_PAGE_FAULT_IR``. Other
+work keeps running meanwhile; a DRAIN waits for it, like for any earlier descriptor of its mdev
+and PASID.
 
 Interrupts: a completion interrupt (RCI) signals the mdev's eventfd for the descriptor's
 ``int_handle`` (an 8-byte write of 1, as ``vfu_irq_trigger`` does) or, without one, sends
