@@ -108,6 +108,9 @@ _U32 = struct.Struct("<I")
 _U64 = struct.Struct("<Q")
 _MAX_DELTA_XFER: Final = 0x80000  # 2^16 eight-byte words (DML validation.cpp)
 _MIN_DELTA_RECORD: Final = 80  # accel-config test/dsa.h MIN_DELTA_RECORD_SIZE
+#: The budget of calls made without one: 2**62 bytes, never spent (shared, so a descriptor
+#: run without a budget allocates nothing for it).
+_UNBOUNDED: Final = Budget()
 #: What starting one descriptor (or one batch entry) costs the work budget, beside its data.
 DESC_COST: Final = 4096
 #: Delta-record bytes apply-delta reads (and copies, once) per step: 655 entries.
@@ -155,7 +158,7 @@ class Executor:
     """
 
     def __init__(self) -> None:
-        self._budget = Budget()
+        self._budget = _UNBOUNDED
 
     # -- entry points --------------------------------------------------------------------------
 
@@ -170,7 +173,7 @@ class Executor:
         self, item: WorkItem, dma: DmaSpace, budget: Budget | None = None
     ) -> Completed | Blocked | Preempted:
         """:meth:`execute` with the DMA space already chosen."""
-        self._budget = Budget() if budget is None else budget
+        self._budget = _UNBOUNDED if budget is None else budget
         desc = _unpack_desc(item.desc)
         events: list[AccelEvent] = []
         opcode = desc[1] >> 24
@@ -204,7 +207,7 @@ class Executor:
     ) -> Completed | Blocked | Preempted:
         """Continue after the page response: SUCCESS picks up where the fault stopped the work,
         INVALID completes it with ``PAGE_FAULT_IR`` and the partial values."""
-        self._budget = Budget() if budget is None else budget
+        self._budget = _UNBOUNDED if budget is None else budget
         item, dma, desc = state.item, state.dma, state.desc
         events: list[AccelEvent] = []
         progress = state.progress
