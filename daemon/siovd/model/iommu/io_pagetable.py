@@ -44,8 +44,10 @@ U64: Final = 1 << 64
 UNMAP_ALL: Final = U64 - 1
 #: One dirty-bitmap call covers at most this many pages (a 1 MiB bitmap, 32 GiB of IOVA).
 MAX_DIRTY_PAGES: Final = 1 << 23
-#: IOVA one step of a dirty read covers: 2048 entries of 4 KiB pages.
-STEP_BYTES: Final = 8 << 20
+#: IOVA one step of a dirty read covers: 512 entries of 4 KiB pages. Reading an entry (a
+#: Python call per leaf) costs about four times writing one, and is charged so.
+STEP_BYTES: Final = 2 << 20
+DIRTY_COST: Final = 4
 #: Entries one step of a map or an unmap writes, at most (and then to the table's end).
 STEP_ENTRIES: Final = 2048
 
@@ -323,6 +325,6 @@ class DirtyJob:
                 if self.clear:
                     iotlb.invalidate_span(self.domain.id, None, leaf_iova, pg)
             self.done += length
-            if self.done < self.size and budget.charge(entry_cost(length)):
+            if self.done < self.size and budget.charge(entry_cost(length) * DIRTY_COST):
                 return False
         return True
