@@ -62,16 +62,26 @@ async def siovd(nursery: trio.Nursery, sock_dir: str) -> AsyncIterator[RunningDa
 
 
 def _answers(path: str) -> bool:
+    """Whether a daemon serves ``path``. The probe's connection is over, on the daemon's side
+    too, when this returns True: it half-closes and waits for the daemon's close, so a test's
+    baseline (fds, counts) taken next never includes the probe."""
     import socket
 
     probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     try:
         probe.connect(path)
-        return True
     except OSError:
         return False
+    try:
+        probe.settimeout(10)
+        probe.shutdown(socket.SHUT_WR)
+        while probe.recv(4096):
+            pass
+    except OSError:
+        pass  # it answered: that is all a probe asks
     finally:
         probe.close()
+    return True
 
 
 @dataclass

@@ -67,3 +67,29 @@ def test_deferred_work_that_blocks_holds_one_thread_only() -> None:
     assert closer.stats()["closer_threads"] == 2
     gate.set()
     assert closer.wait_idle(10)
+
+
+def test_a_socket_stuffed_with_fds_is_drained_before_its_close() -> None:
+    """Fds queued on a socket are released by whoever closes it; draining first takes them out
+    as ordinary discards (here: eventfds, closed inline), a message at a time when limited."""
+    import array
+
+    from siovd.service.fds import drain_and_close, shut_and_drain
+
+    a, b = socket.socketpair()
+    spare = [os.eventfd(0) for _ in range(8)]
+    anc = [(socket.SOL_SOCKET, socket.SCM_RIGHTS, array.array("i", spare))]
+    for _ in range(3):
+        b.sendmsg([b"\0"], anc)
+    for fd in spare:
+        os.close(fd)
+    closer = Closer()
+    assert shut_and_drain(a.fileno(), limit=1, closer=closer) is False
+    assert closer.closed_inline == 8
+    try:
+        b.send(b"more")  # SHUT_RD: the peer can queue nothing new
+        raise AssertionError("a send after SHUT_RD went through")
+    except OSError:
+        pass
+    drain_and_close(a.detach())  # the rest, as a closer thread does it
+    b.close()

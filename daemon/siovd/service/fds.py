@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import array
 import contextlib
+import ctypes
 import os
 import queue
 import socket
@@ -155,33 +156,69 @@ def fds_in(anc: list[tuple[int, int, bytes]]) -> list[int]:
 _ANC_SIZE = socket.CMSG_SPACE(253 * 4)  # SCM_MAX_FD fds: the most one skb carries
 
 
-def drain_and_close(fd: int, closer: Closer | None = None) -> None:
-    """Close a client's Unix socket and everything still queued on it, without the queue's
-    fds being released in the caller's task.
+#: Queued messages a close drains on the caller's thread; the rest go to a closer thread.
+DRAIN_INLINE = 1
 
-    Fds in flight on a socket whose last close frees them get their final fput in the task that
-    closes it (and a recv() without room for them frees them the same way), so a lingering TCP
-    socket queued on a connection would block whoever closes it. This runs in a closer thread:
-    no more data may come (SHUT_RD: the peer's sends fail), what is queued is received and its
-    fds discarded like any other, then the socket is closed.
+
+def shut_and_drain(fd: int, limit: int | None = None, closer: Closer | None = None) -> bool:
+    """Empty a client's Unix socket before its last close, without blocking; True when it is
+    empty, False when ``limit`` messages were taken and more are queued.
+
+    Fds in flight on a socket get their final release in whichever task frees them: the one
+    that closes the socket with them still queued, or a recv() with no room for them. A
+    lingering TCP socket queued on a connection would so block that task. SHUT_RD first (the
+    peer's further sends fail with EPIPE, af_unix checks it under the socket lock), then what is
+    queued is received (non-blocking, bounded by the socket buffer) and its fds are discarded
+    like any other; a close then frees an empty socket, which never waits.
     """
     sock = socket.socket(fileno=fd)
+    taken = 0
     try:
         with contextlib.suppress(OSError):
             sock.shutdown(socket.SHUT_RD)
         sock.setblocking(False)
-        while True:
+        while limit is None or taken < limit:
             try:
                 data, anc, _, _ = sock.recvmsg(65536, _ANC_SIZE)
-            except (BlockingIOError, InterruptedError):
-                break
-            except OSError:
-                break
-            (closer or CLOSER).discard(fds_in(anc))
+            except OSError:  # EAGAIN: empty; anything else: nothing more to take
+                return True
+            taken += 1
+            if limit is None:  # a closer thread's drain: close them right here, cheaply
+                close_here(fds_in(anc))
+            else:
+                (closer or CLOSER).discard(fds_in(anc))
             if not data and not anc:
-                break
+                return True
+        return False
     finally:
-        sock.close()
+        sock.detach()
+
+
+_libc = ctypes.CDLL(None, use_errno=True)
+_libc.setsockopt.argtypes = [
+    ctypes.c_int,
+    ctypes.c_int,
+    ctypes.c_int,
+    ctypes.c_char_p,
+    ctypes.c_uint,
+]
+
+
+def close_here(fds: Iterable[int]) -> None:
+    """Close fds on this (closer) thread: SO_LINGER off first (a non-socket answers ENOTSOCK
+    at once), then close; no per-fd Python objects, and the GIL is released in both calls."""
+    for fd in fds:
+        _libc.setsockopt(fd, socket.SOL_SOCKET, socket.SO_LINGER, _LINGER_OFF, len(_LINGER_OFF))
+        with contextlib.suppress(OSError):
+            os.close(fd)
+
+
+def drain_and_close(fd: int) -> None:
+    """The rest of :func:`shut_and_drain`, then the close: work for a closer thread."""
+    try:
+        shut_and_drain(fd)
+    finally:
+        os.close(fd)
 
 
 def _closer(fd: int) -> Callable[[], None]:
@@ -197,8 +234,3 @@ CLOSER = Closer()
 
 def discard(fds: Iterable[int]) -> None:
     CLOSER.discard(fds)
-
-
-def retire(fd: int) -> None:
-    """Hand a client connection's socket fd to a closer thread (:func:`drain_and_close`)."""
-    CLOSER.defer(lambda: drain_and_close(fd))

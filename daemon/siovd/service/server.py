@@ -10,6 +10,7 @@ from __future__ import annotations
 import array
 import contextlib
 import errno
+import functools
 import os
 import socket
 import stat
@@ -39,7 +40,14 @@ from siovd.model.budget import Budget
 from siovd.model.errors import SiovError
 from siovd.service.daemon import Daemon
 from siovd.service.engines import daemon_tasks
-from siovd.service.fds import discard, fds_in, retire
+from siovd.service.fds import (
+    CLOSER,
+    DRAIN_INLINE,
+    discard,
+    drain_and_close,
+    fds_in,
+    shut_and_drain,
+)
 from siovd.service.handlers import Context, Deferred, Handler, registry
 from siovd.service.session import UNKNOWN_UID, Phase, Session
 
@@ -168,7 +176,7 @@ class ClientConnection:
             self.daemon.release(self.session)
         except Exception:
             self.log.exception("release failed")
-        retire_socket(self.raw)
+        self.raw.close()  # a dup: the file lives on in self.sock, nothing is released here
         retire_socket(self.sock)
         self.log.info("client disconnected", requests=self.session.requests)
 
@@ -419,16 +427,25 @@ class ClientConnection:
 
 
 def retire_socket(sock: socket.socket | trio.socket.SocketType) -> None:
-    """Close a client's connection socket in a closer thread: fds still queued on it would be
-    released (and a lingering one would block) in whichever task closes it (fds.py)."""
-    with contextlib.suppress(OSError, ValueError):
-        trio.lowlevel.notify_closing(sock)
+    """Close a client's connection socket once nothing is queued on it: fds still queued would
+    be released, and a lingering one would block, in the task that closes it (fds.py). A few
+    queued messages are drained here; a socket stuffed with more goes to a closer thread."""
     try:
-        fd = sock.detach()
+        fd = sock.fileno()
     except OSError:
         return
-    if fd >= 0:
-        retire(fd)
+    if fd < 0:
+        return
+    try:
+        empty = shut_and_drain(fd, DRAIN_INLINE)
+    except (OSError, ValueError):
+        empty = True
+    if empty:
+        sock.close()
+        return
+    with contextlib.suppress(OSError, ValueError):
+        trio.lowlevel.notify_closing(sock)
+    CLOSER.defer(functools.partial(drain_and_close, sock.detach()))
 
 
 def _peer_credentials(sock: socket.socket | trio.socket.SocketType) -> tuple[int, int, int] | None:
