@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 import tempfile
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -125,3 +125,24 @@ def siovd_proc() -> Iterator[DaemonProcess]:
         finally:
             proc.terminate()
             proc.wait(10)
+
+
+# ---- figures in the test summary -----------------------------------------------------------
+
+FIGURE_LINES = pytest.StashKey[list[str]]()
+
+
+@pytest.fixture
+def report_figure(request: pytest.FixtureRequest) -> Callable[[str], None]:
+    """``report_figure(line)``: print ``line`` in the summary at the end of the run (the
+    hostile-world tests report what the bystander measured this way)."""
+    lines = request.config.stash.setdefault(FIGURE_LINES, [])
+    return lines.append
+
+
+def pytest_terminal_summary(terminalreporter: Any, exitstatus: int, config: pytest.Config) -> None:
+    lines = config.stash.get(FIGURE_LINES, [])
+    if lines:
+        terminalreporter.section("hostile-world figures")
+        for line in lines:
+            terminalreporter.write_line(line)

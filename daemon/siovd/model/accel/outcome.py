@@ -138,4 +138,20 @@ class Blocked:
         return f"<Blocked {self.item!r} fault={self.fault}>"
 
 
-Outcome = Completed | Blocked
+class Preempted:
+    """The work budget ran out in the middle of the descriptor (a big transfer, a long batch):
+    it keeps its engine and continues with ``Executor.proceed(state, budget)`` in a later turn.
+    Deliver ``events`` now (interrupts of batch entries that already completed)."""
+
+    __slots__ = ("events", "item", "state")
+
+    def __init__(self, item: WorkItem, state: ResumeState, events: tuple[AccelEvent, ...]) -> None:
+        self.item = item
+        self.state = state
+        self.events = events
+
+    def __repr__(self) -> str:
+        return f"<Preempted {self.item!r}>"
+
+
+Outcome = Completed | Blocked | Preempted

@@ -10,12 +10,13 @@ from __future__ import annotations
 import inspect
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 from siov_protocol import Command
 from siovd.service.session import Phase
 
 if TYPE_CHECKING:
+    from siovd.model.budget import Budget
     from siovd.service.daemon import Daemon
     from siovd.service.session import Session
 
@@ -32,6 +33,25 @@ class Context:
 
 
 Reply = dict[str, Any] | Any | None
+
+
+class Job(Protocol):
+    """Long work in the model (a map, an unmap, a dirty read): one step under a budget."""
+
+    def step(self, budget: Budget) -> bool: ...
+
+
+@dataclass(slots=True)
+class Deferred:
+    """What a handler returns for a request that needs long work first: the server runs
+    ``job`` a turn at a time (other connections run between turns; this connection reads its
+    next request only after), then replies with ``finish()``. An error a step raises is the
+    reply instead."""
+
+    job: Job
+    finish: Callable[[], Reply]
+
+
 SyncFn = Callable[[Context, Any], Reply]
 AsyncFn = Callable[[Context, Any], Awaitable[Reply]]
 
