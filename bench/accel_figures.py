@@ -40,10 +40,11 @@ if __package__ in (None, ""):
 import trio.lowlevel
 
 import siov
+from bench.baselines import run_inprocess
 from bench.common import Figure, daemon, figure
 from siov import dsa as sdk
 from siov_protocol import Command
-from siovd.model.accel import Completed, Executor, WorkItem, embedded_default, run_inprocess
+from siovd.model.accel import Completed, Executor, WorkItem, embedded_default
 from siovd.model.dma import DmaFault
 
 MIB = 1 << 20

@@ -12,7 +12,7 @@ from collections.abc import Callable
 import trio
 
 import siov
-from siov_protocol import Command, Connection, Role
+from siov_protocol import Command, Connection, Side
 
 from .common import Figure, daemon, figure, median_of
 
@@ -56,7 +56,7 @@ def _echo_rtt(path: str, size: int) -> float:
 
 
 def ping_rtt_ratio() -> Figure:
-    _, ping_frame = Connection(Role.CLIENT).send_command(Command.PING)
+    _, ping_frame = Connection(Side.CLIENT).send_command(Command.PING)
     with tempfile.TemporaryDirectory() as tmp:
         echo_path = os.path.join(tmp, "echo.sock")
         server = subprocess.Popen(

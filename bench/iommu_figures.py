@@ -31,11 +31,12 @@ from typing import Any
 if __package__ in (None, ""):
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+from bench.baselines import QemuPolicyIotlb
 from bench.common import Figure, figure
 from bench.common import median_of as median
 from siovd.model.bus import Bus
 from siovd.model.device import Device
-from siovd.model.iommu import Iommu, Iotlb, QemuPolicyIotlb
+from siovd.model.iommu import Iommu, Iotlb
 from siovd.model.iommu.iotlb import make_tag
 from siovd.model.iommu.pagetable import PROT_READ, PROT_WRITE, walk
 from siovd.model.memory import PhysicalMemory, Region

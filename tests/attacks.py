@@ -22,7 +22,7 @@ import os
 import socket
 import struct
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -31,7 +31,8 @@ from siov_protocol import Command
 from siov_protocol.dsa import IDXD_OP_FLAG_RCI
 from tests.bystander import Bystander, Window
 from tests.daemonproc import LoggedDaemon, logged_siovd
-from tests.fuzz.wire import HDR, HEADER_SIZE, Received, body, frame, parse_replies
+from tests.fuzz.wire import Received, parse_replies
+from tests.rawclient import HDR, HEADER_SIZE, body, frame
 
 MiB = 1 << 20
 
@@ -174,13 +175,13 @@ class Raw:
             return got
 
     def request(
-        self, command: int, fields: dict[str, Any] | None = None, fds: list[int] = ()
+        self, command: int, fields: dict[str, Any] | None = None, fds: Sequence[int] = ()
     ) -> Received:
         self.send(command, fields, list(fds))
         return self.reply()
 
     def call(
-        self, command: int, fields: dict[str, Any] | None = None, fds: list[int] = ()
+        self, command: int, fields: dict[str, Any] | None = None, fds: Sequence[int] = ()
     ) -> dict[str, Any]:
         got = self.request(command, fields, fds)
         if got.is_error:

@@ -27,7 +27,7 @@ from dataclasses import dataclass
 from typing import TypeVar
 
 from siov_protocol import Command
-from tests.fuzz.wire import HDR, HEADER_SIZE, body, frame
+from tests.rawclient import HDR, HEADER_SIZE, body, frame
 
 T = TypeVar("T")
 

@@ -7,7 +7,6 @@ requests by msg_id, and daemon events arrive on :meth:`Client.events`.
 
 from __future__ import annotations
 
-import array
 import errno
 import os
 import socket
@@ -25,10 +24,25 @@ from siov_protocol import (
     BadMessage,
     Command,
     Connection,
+    FieldError,
     Message,
     ProtocolError,
-    Role,
+    Side,
 )
+from siov_protocol.fdpass import ANC_SPACE, fds_from_ancillary, send_nowait
+from siov_protocol.messages import PingReply
+from siov_protocol.replies import (
+    EVENTS,
+    REPLIES,
+    DirtyBitmapReply,
+    DmaReadReply,
+    DmaWriteReply,
+    InvalidateReply,
+    IovaToPhysReply,
+    MapReply,
+    UnmapReply,
+)
+from siov_protocol.schema import decode
 
 from .buffers import Buffer, memfd, page_align
 from .errors import ConnectionClosed, PermissionDenied, SiovError, error_for
@@ -37,7 +51,6 @@ if TYPE_CHECKING:
     from .mdev import Mdev
 
 RECV_SIZE = 256 * 1024
-ANC_SIZE = socket.CMSG_SPACE(253 * 4)
 
 
 def default_socket_path() -> str:
@@ -54,6 +67,15 @@ def default_socket_path() -> str:
 class Reply:
     body: dict[str, Any]
     fds: tuple[int, ...] = ()
+    command: int | None = None
+
+    @property
+    def typed(self) -> Any:
+        """The body decoded through its command's reply schema (``siov_protocol.replies``);
+        a body that does not fit raises :class:`~siov_protocol.FieldError`."""
+        if self.command is None or self.command not in REPLIES:
+            raise FieldError(0, "", "no reply schema is known for this reply")
+        return decode(REPLIES[self.command], self.body)
 
 
 @dataclass(frozen=True, slots=True)
@@ -67,6 +89,15 @@ class Event:
     @property
     def name(self) -> str:
         return self.command.name if isinstance(self.command, Command) else hex(self.command)
+
+    @property
+    def typed(self) -> Any:
+        """The body decoded through the event's schema (``FaultEvent``, ``IrqEvent``, ...);
+        a body that does not fit raises :class:`~siov_protocol.FieldError`."""
+        schema = EVENTS.get(int(self.command))
+        if schema is None:
+            raise FieldError(0, "", f"no schema is known for event {self.name}")
+        return decode(schema, self.body)
 
 
 @dataclass
@@ -83,7 +114,7 @@ class Client:
         self._sock = sock
         self._raw = socket.socket(fileno=os.dup(sock.fileno()))
         self._raw.setblocking(False)
-        self._conn = Connection(Role.CLIENT, max_msg_size=64 << 20, max_fds=253)
+        self._conn = Connection(Side.CLIENT, max_msg_size=64 << 20, max_fds=253)
         self._pending: dict[int, _Pending] = {}
         self._write_lock = trio.Lock()
         self._events_send, self._events_recv = trio.open_memory_channel[Event](event_buffer)
@@ -109,13 +140,10 @@ class Client:
         A message is never left half-written: once its first byte is out, the rest is sent
         shielded from cancellation, or the daemon would read the next message as garbage.
         """
-        anc = [(socket.SOL_SOCKET, socket.SCM_RIGHTS, array.array("i", fds))] if fds else []
         sent = 0
         if not self._write_lock.locked():
             try:
-                sent = self._raw.sendmsg([data], anc)
-            except BlockingIOError:
-                sent = 0
+                sent = send_nowait(self._raw, data, fds)
             except OSError as exc:
                 raise ConnectionClosed(f"send failed: {exc}") from None
             if sent == len(data):
@@ -125,13 +153,12 @@ class Client:
                 while sent < len(data):
                     await trio.lowlevel.wait_writable(self._raw)
                     try:
-                        n = self._raw.sendmsg([data[sent:]], [] if sent else anc)
-                    except BlockingIOError:
-                        continue
+                        n = send_nowait(self._raw, data[sent:], () if sent else fds)
                     except OSError as exc:
                         raise ConnectionClosed(f"send failed: {exc}") from None
-                    sent += n
-                    scope.shield = True
+                    if n:
+                        sent += n
+                        scope.shield = True
         return True
 
     # ---- reading: one task at a time holds the baton ----------------------------------------
@@ -145,14 +172,8 @@ class Client:
         """Wait for data, receive one chunk, deliver every message in it."""
         conn = self._conn
         try:
-            data, anc, _flags, _ = await self._sock.recvmsg(RECV_SIZE, ANC_SIZE)
-            fds: list[int] = []
-            for level, kind, blob in anc:
-                if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS:
-                    arr = array.array("i")
-                    arr.frombytes(blob[: len(blob) - len(blob) % arr.itemsize])
-                    fds.extend(arr)
-            conn.receive_data(data, fds)
+            data, anc, _flags, _ = await self._sock.recvmsg(RECV_SIZE, ANC_SPACE)
+            conn.receive_data(data, fds_from_ancillary(anc))
             if not data:
                 self._fail(ConnectionClosed("the daemon closed the connection"))
                 return
@@ -242,7 +263,7 @@ class Client:
             for fd in event.fds:
                 os.close(fd)
         else:
-            pending.reply = Reply(event.body, event.fds)
+            pending.reply = Reply(event.body, event.fds, event.command)
         pending.done.set()
 
     def _fail(self, exc: SiovError) -> None:
@@ -269,7 +290,7 @@ class Client:
         """Send one command and wait for its reply; raise :class:`SiovError` on an error reply."""
         if self._closed is not None:
             raise self._closed
-        msg_id, data = self._conn.send_command(command, body)
+        msg_id, data = self._conn.send_command(command, body, n_fds=len(fds))
         pending = self._pending[msg_id] = _Pending()
         sent = False
         try:
@@ -294,9 +315,16 @@ class Client:
         """:meth:`request` for commands whose reply carries no fds: just the body."""
         return (await self.request(command, body, fds)).body
 
+    async def call_typed(
+        self, command: Command | int, body: dict[str, Any] | None = None, fds: Sequence[int] = ()
+    ) -> Any:
+        """:meth:`request`, the reply decoded through its schema (:attr:`Reply.typed`)."""
+        return (await self.request(command, body, fds)).typed
+
     async def send_no_reply(
         self, command: Command | int, body: dict[str, Any] | None = None
     ) -> None:
+        """Send a command with the no-reply flag: nothing comes back, not even an error."""
         _, data = self._conn.send_command(command, body, no_reply=True)
         await self._send(data)
 
@@ -333,6 +361,12 @@ class Client:
     # ---- core commands --------------------------------------------------------------------
 
     async def negotiate(self, name: str = "siov-python", *, key_path: str | None = None) -> None:
+        """VERSION, then AUTH when the daemon asks for it.
+
+        The connection's state machine (:class:`siov_protocol.ConnectionState`) moves on as
+        the replies arrive: it takes the agreed limits from the VERSION reply and says whether
+        AUTH must follow; until it is READY, it refuses to send any other command.
+        """
         body = {
             "major": PROTOCOL_MAJOR,
             "minor": PROTOCOL_MINOR,
@@ -340,7 +374,10 @@ class Client:
             "client": name,
         }
         self.version = await self.call(Command.VERSION, body)
-        mode = self.version.get("auth", "none")
+        state = self._conn.state
+        if state.ready:
+            return
+        mode = state.auth
         if mode == "peercred":
             self.identity = await self.call(Command.AUTH, {})
         elif mode == "key":
@@ -358,9 +395,9 @@ class Client:
             )
 
     async def ping(self, payload: bytes | None = None) -> bytes | None:
-        body = await self.call(Command.PING, {"payload": payload} if payload is not None else None)
-        value = body.get("payload")
-        return bytes(value) if value is not None else None
+        body = {"payload": payload} if payload is not None else None
+        reply: PingReply = await self.call_typed(Command.PING, body)
+        return reply.payload
 
     async def info(self) -> dict[str, Any]:
         return await self.call(Command.INFO)
@@ -529,23 +566,26 @@ class Client:
         }
         if iova is not None:
             body["iova"] = iova
-        return int((await self.call(Command.MAP, body))["iova"])
+        reply: MapReply = await self.call_typed(Command.MAP, body)
+        return reply.iova
 
     async def unmap(self, domain: int, iova: int, size: int) -> int:
         """Unmap whole earlier mappings in the range; returns the bytes unmapped."""
         body = {"domain": domain, "iova": iova, "size": size}
-        return int((await self.call(Command.UNMAP, body))["unmapped"])
+        reply: UnmapReply = await self.call_typed(Command.UNMAP, body)
+        return reply.unmapped
 
     async def iova_to_phys(self, domain: int, iova: int) -> int:
-        return int(
-            (await self.call(Command.IOVA_TO_PHYS, {"domain": domain, "iova": iova}))["phys"]
-        )
+        body = {"domain": domain, "iova": iova}
+        reply: IovaToPhysReply = await self.call_typed(Command.IOVA_TO_PHYS, body)
+        return reply.phys
 
     async def dirty_bitmap(
         self, domain: int, iova: int, size: int, *, clear: bool = False
     ) -> bytes:
         body = {"domain": domain, "iova": iova, "size": size, "clear": clear}
-        return bytes((await self.call(Command.DIRTY_BITMAP, body))["bitmap"])
+        reply: DirtyBitmapReply = await self.call_typed(Command.DIRTY_BITMAP, body)
+        return reply.bitmap
 
     async def invalidate(
         self,
@@ -567,17 +607,20 @@ class Client:
         ):
             if value is not None:
                 body[key] = value
-        return int((await self.call(Command.IOTLB_INVALIDATE, body))["invalidated"])
+        reply: InvalidateReply = await self.call_typed(Command.IOTLB_INVALIDATE, body)
+        return reply.invalidated
 
     # ---- external emulators: DMA through the IOMMU -------------------------------------------
 
     async def dma_read(self, device: str, iova: int, length: int, *, pasid: int = 0) -> bytes:
         body = {"device": device, "iova": iova, "length": length, "pasid": pasid}
-        return bytes((await self.call(Command.DMA_READ, body))["data"])
+        reply: DmaReadReply = await self.call_typed(Command.DMA_READ, body)
+        return reply.data
 
     async def dma_write(self, device: str, iova: int, data: bytes, *, pasid: int = 0) -> int:
         body = {"device": device, "iova": iova, "data": bytes(data), "pasid": pasid}
-        return int((await self.call(Command.DMA_WRITE, body))["written"])
+        reply: DmaWriteReply = await self.call_typed(Command.DMA_WRITE, body)
+        return reply.written
 
     async def translate(
         self, device: str, iova: int, length: int, *, write: bool = False, pasid: int = 0

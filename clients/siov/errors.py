@@ -1,22 +1,15 @@
-"""Typed exceptions for error replies: each carries the errno and the daemon's message."""
+"""Typed exceptions for error replies: each carries the errno and the daemon's message.
+
+They all derive from :class:`siov_protocol.errors.SiovError` (re-exported here as
+``siov.SiovError``), the same base the protocol's own errors use, so one ``except SiovError``
+catches an error reply, a malformed reply and a refused local encode alike.
+"""
 
 from __future__ import annotations
 
 import errno as _errno
 
-
-class SiovError(Exception):
-    """An error reply from the daemon (or a local failure with the same shape)."""
-
-    def __init__(self, errno: int, message: str, command: int | None = None) -> None:
-        super().__init__(message)
-        self.errno = errno
-        self.message = message
-        self.command = command
-
-    def __str__(self) -> str:
-        name = _errno.errorcode.get(self.errno, str(self.errno))
-        return f"[{name}] {self.message}"
+from siov_protocol.errors import SiovError
 
 
 class InvalidArgument(SiovError):
@@ -82,3 +75,19 @@ _BY_ERRNO: dict[int, type[SiovError]] = {
 def error_for(errno: int, message: str, command: int | None = None) -> SiovError:
     """The most specific exception class for ``errno``."""
     return _BY_ERRNO.get(errno, SiovError)(errno, message, command)
+
+
+__all__ = [
+    "AlreadyExists",
+    "Busy",
+    "ConnectionClosed",
+    "InvalidArgument",
+    "NoSpace",
+    "NotFound",
+    "NotSupported",
+    "PermissionDenied",
+    "ProtocolViolation",
+    "SiovError",
+    "TryAgain",
+    "error_for",
+]

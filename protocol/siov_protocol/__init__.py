@@ -8,12 +8,18 @@ from .connection import (
     BadMessage,
     Connection,
     Message,
-    Role,
 )
-from .errors import FieldError, ProtocolError, SiovProtocolError
-from .header import HEADER_SIZE, Header
+from .errors import (
+    FieldError,
+    LocalProtocolError,
+    ProtocolError,
+    RemoteProtocolError,
+    SiovError,
+)
+from .header import HEADER_SIZE
 from .messages import PROTOCOL_MAJOR, PROTOCOL_MINOR
 from .schema import decode, encode
+from .state import ConnectionState, Limits, Phase, Side, allowed_from
 
 __all__ = [
     "DEFAULT_MAX_FDS",
@@ -25,12 +31,17 @@ __all__ = [
     "BadMessage",
     "Command",
     "Connection",
+    "ConnectionState",
     "FieldError",
-    "Header",
+    "Limits",
+    "LocalProtocolError",
     "Message",
+    "Phase",
     "ProtocolError",
-    "Role",
-    "SiovProtocolError",
+    "RemoteProtocolError",
+    "Side",
+    "SiovError",
+    "allowed_from",
     "decode",
     "encode",
     "is_event",

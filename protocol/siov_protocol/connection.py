@@ -2,12 +2,18 @@
 
 Nothing here touches a socket. The caller feeds what ``recvmsg`` gave it with
 :meth:`Connection.receive_data` and pulls events with :meth:`Connection.next_event`, and asks
-:meth:`Connection.send` for the bytes of a message before writing them (with their fds) itself.
+:meth:`Connection.send_command`, :meth:`~Connection.send_reply` or :meth:`~Connection.send_error`
+for the bytes of a message before writing them (with their fds) itself.
+
+What may be sent or received in which phase, and the negotiated limits, are the state
+machine's (:mod:`.state`); each Connection holds one as :attr:`Connection.state` and consults
+it on every message.
 
 Framing rules (SPEC.md "Framing"):
 
-* a bad header (size < 16, size > the negotiated maximum, unknown type, a reply we never asked
-  for) breaks the framing: :class:`ProtocolError`, and the connection is over;
+* a bad header (size < 16, size > the maximum, unknown type, a reply we never asked for)
+  breaks the framing: :class:`RemoteProtocolError`, latched by the state machine, and the
+  connection is over;
 * a bad body (not msgpack, not a map, too deep, too many fds) costs one :class:`BadMessage`; the
   framing survives and the next message decodes normally. Each body is decoded on its own with
   ``msgpack.unpackb`` and limits, never with a shared streaming ``Unpacker`` (msgpack < 1.2.1
@@ -25,26 +31,34 @@ from typing import Any
 import msgpack
 
 from .commands import is_event
-from .errors import ProtocolError
+from .errors import LocalProtocolError
 from .header import (
     FLAG_ERROR,
     FLAG_NO_REPLY,
     HEADER,
     HEADER_SIZE,
+    KNOWN_FLAGS,
     MAX_MSG_ID,
     TYPE_COMMAND,
     TYPE_MASK,
     TYPE_REPLY,
 )
+from .state import DEFAULT_MAX_FDS, DEFAULT_MAX_MSG_SIZE, HANDSHAKE, ConnectionState, Side
 
-DEFAULT_MAX_MSG_SIZE = 1 << 20
-DEFAULT_MAX_FDS = 8
+__all__ = [
+    "DEFAULT_MAX_FDS",
+    "DEFAULT_MAX_MSG_SIZE",
+    "NEED_DATA",
+    "BadMessage",
+    "Connection",
+    "Event",
+    "Message",
+    "Side",
+    "decode_body",
+    "encode_body",
+]
+
 MAX_DEPTH = 32  # nesting of maps/arrays in a body; msgpack's own limit is 1024
-
-
-class Role(enum.Enum):
-    CLIENT = "client"
-    SERVER = "server"
 
 
 class NeedData(enum.Enum):
@@ -150,13 +164,14 @@ def encode_body(body: dict[str, Any] | None) -> bytes:
 class Connection:
     """One side of a siov connection, without I/O.
 
-    ``role`` decides what may arrive: a server accepts only commands (a reply would answer a
-    command it never sent), a client accepts replies to its outstanding commands and events.
+    ``role`` (a :class:`Side`) decides what may arrive: a server accepts only commands (a reply
+    would answer a command it never sent), a client accepts replies to its outstanding commands
+    and events.
     """
 
     def __init__(
         self,
-        role: Role,
+        role: Side,
         *,
         max_msg_size: int = DEFAULT_MAX_MSG_SIZE,
         max_fds: int = DEFAULT_MAX_FDS,
@@ -171,6 +186,7 @@ class Connection:
         self._next_id = 0
         self._outstanding: set[int] = set()
         self.closed = False
+        self.state = ConnectionState(role)
 
     # ---- receiving -------------------------------------------------------------------------
 
@@ -190,6 +206,7 @@ class Connection:
             self._buf += data
         else:
             self.closed = True
+            self.state.close()
 
     def _take_fds(self, end: int) -> tuple[int, ...]:
         taken: list[int] = []
@@ -216,6 +233,7 @@ class Connection:
         return out
 
     def next_event(self) -> Event:
+        self.state.check_open()
         avail = len(self._buf) - self._start
         if avail < HEADER_SIZE:
             return NEED_DATA
@@ -244,29 +262,29 @@ class Connection:
             body = decode_body(payload)
         except ValueError as exc:
             return BadMessage(msg_id, command, flags, errno.EINVAL, str(exc), fds)
+        if command in HANDSHAKE and self.role is Side.CLIENT and flags == TYPE_REPLY:
+            self.state.replied(command, body)
+            self.max_msg_size = min(self.max_msg_size, self.state.limits.max_msg_size)
         return Message(msg_id, command, flags, error, body, fds)
 
     def _check_header(self, msg_id: int, command: int, size: int, flags: int) -> None:
+        fail = self.state.remote_error
         if size < HEADER_SIZE:
-            raise ProtocolError(errno.EINVAL, f"message size {size} is below the header", msg_id)
+            fail(errno.EINVAL, f"message size {size} is below the header", msg_id)
         if size > self.max_msg_size:
-            raise ProtocolError(
+            fail(
                 errno.EMSGSIZE,
                 f"message size {size} exceeds the maximum {self.max_msg_size}",
                 msg_id,
             )
         kind = flags & TYPE_MASK
-        if kind not in (TYPE_COMMAND, TYPE_REPLY) or flags & ~(
-            TYPE_MASK | FLAG_NO_REPLY | FLAG_ERROR
-        ):
-            raise ProtocolError(errno.EINVAL, f"unknown flags {flags:#x}", msg_id)
+        if kind not in (TYPE_COMMAND, TYPE_REPLY) or flags & ~KNOWN_FLAGS:
+            fail(errno.EINVAL, f"unknown flags {flags:#x}", msg_id)
         if kind == TYPE_REPLY:
-            if self.role is Role.SERVER or msg_id not in self._outstanding:
-                raise ProtocolError(
-                    errno.EPROTO, f"reply {msg_id} answers no command that was sent", msg_id
-                )
-        elif self.role is Role.CLIENT and not is_event(command):
-            raise ProtocolError(errno.EPROTO, f"command {command:#x} sent to a client", msg_id)
+            if self.role is Side.SERVER or msg_id not in self._outstanding:
+                fail(errno.EPROTO, f"reply {msg_id} answers no command that was sent", msg_id)
+        elif self.role is Side.CLIENT and not is_event(command):
+            fail(errno.EPROTO, f"command {command:#x} sent to a client", msg_id)
 
     def _compact(self) -> None:
         if self._start == len(self._buf):
@@ -283,7 +301,7 @@ class Connection:
     def next_msg_id(self) -> int:
         """A msg_id no outstanding command uses (ids are 16 bits and wrap)."""
         if len(self._outstanding) > MAX_MSG_ID:
-            raise ProtocolError(errno.EAGAIN, "every msg_id is in flight")
+            raise LocalProtocolError(errno.EAGAIN, "every msg_id is in flight")
         while True:
             msg_id = self._next_id
             self._next_id = (self._next_id + 1) & MAX_MSG_ID
@@ -297,17 +315,30 @@ class Connection:
         *,
         msg_id: int | None = None,
         no_reply: bool = False,
+        n_fds: int = 0,
     ) -> tuple[int, bytes]:
-        """Bytes of a command; returns ``(msg_id, data)``. A reply is expected unless no_reply."""
+        """Bytes of a command (``n_fds`` fds will ride on it); returns ``(msg_id, data)``.
+
+        A reply is expected unless no_reply. The state machine must allow the command now:
+        otherwise :class:`LocalProtocolError`, and nothing is recorded.
+        """
         if msg_id is None:
             msg_id = self.next_msg_id()
         flags = TYPE_COMMAND | (FLAG_NO_REPLY if no_reply else 0)
+        data = self._frame(msg_id, command, flags, 0, encode_body(body))
+        self.state.check_send_command(command, len(data), n_fds)
         if not no_reply:
             self._outstanding.add(msg_id)
-        return msg_id, self._frame(msg_id, command, flags, 0, encode_body(body))
+        return msg_id, data
 
     def send_reply(self, msg_id: int, command: int, body: dict[str, Any] | None = None) -> bytes:
-        return self._frame(msg_id, command, TYPE_REPLY, 0, encode_body(body))
+        """Bytes of a successful reply. Larger than the negotiated ``max_msg_size``:
+        :class:`LocalProtocolError` (``EMSGSIZE``); a VERSION or AUTH reply moves the state."""
+        data = self._frame(msg_id, command, TYPE_REPLY, 0, encode_body(body))
+        self.state.check_send_reply(len(data))
+        if command in HANDSHAKE and body is not None:
+            self.state.replied(command, body)
+        return data
 
     def send_error(self, msg_id: int, command: int, err: int, message: str) -> bytes:
         """An error reply: the errno in the header, the human message in the body."""

@@ -84,6 +84,25 @@ class InfoReply:
     socket: str
     config: dict[str, Any]
     counts: dict[str, int]
+    session: dict[str, Any]  # id, identity, role of the asking session
+
+
+@dataclass(frozen=True, slots=True)
+class PingReply:
+    payload: bytes | None = text(65536, default=None)
+
+
+@dataclass(frozen=True, slots=True)
+class StatsReply:
+    """Counter maps by area; areas a daemon does not run (no accelerator) are absent."""
+
+    daemon: dict[str, Any]
+    session: dict[str, Any]
+    iommu: dict[str, Any] | None = None
+    accel: dict[str, Any] | None = None
+    sva: dict[str, Any] | None = None
+    vfio_user: dict[str, Any] | None = None
+    uid: dict[str, Any] | None = None  # what all connections of the caller's uid hold (§9)
 
 
 @dataclass(frozen=True, slots=True)

@@ -16,10 +16,9 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Final
 
+from .ids import PASID_MAX, UUID_LEN
 from .schema import U8, U32, U64, items, text, u
 
-UUID_LEN: Final = 36
-PASID_MAX: Final = (1 << 20) - 1
 DESC_SIZE: Final = 64
 #: The most descriptors one SUBMIT carries (256 KiB of descriptors).
 SUBMIT_MAX_DESCRIPTORS: Final = 4096

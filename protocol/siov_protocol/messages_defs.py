@@ -5,9 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+from .ids import UUID_LEN
 from .schema import items, text
-
-UUID_LEN = 36
 
 
 @dataclass(frozen=True, slots=True)

@@ -8,10 +8,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from .ids import PASID_BITS, PASID_MAX, UUID_LEN
 from .schema import U8, U32, U64, text, u
-
-UUID_LEN = 36
-PASID_MAX = (1 << 20) - 1
 
 # prot bits of MAP, as iommufd's IOMMU_IOAS_MAP_READABLE/WRITEABLE mean them
 PROT_READ = 1
@@ -53,7 +51,7 @@ class DeviceRef:
 @dataclass(frozen=True, slots=True)
 class BusRegisterDevice:
     name: str = text(64)
-    pasid_bits: int = u(0, 20, default=20)
+    pasid_bits: int = u(0, PASID_BITS, default=PASID_BITS)
 
 
 @dataclass(frozen=True, slots=True)
@@ -199,7 +197,7 @@ class FaultEvent:
     reason: int = u(*U8)  # VT-d fault reason
     write: bool = False
     reason_name: str = text(64, default="")
-    domain: int | None = u(*U32, default=None)
+    domain: int | None = u(*U32, default=None, nil=True)
 
 
 @dataclass(frozen=True, slots=True)
@@ -209,7 +207,7 @@ class PageRequestEvent:
     pasid: int = u(*U32)
     iova: int = u(*U64)
     write: bool = False
-    domain: int | None = u(*U32, default=None)
+    domain: int | None = u(*U32, default=None, nil=True)
 
 
 @dataclass(frozen=True, slots=True)

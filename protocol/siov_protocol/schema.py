@@ -8,7 +8,9 @@ or raises :class:`FieldError` naming the first bad field:
 * a number outside its declared range, or a text/bytes value over its declared length:
   ``ERANGE``.
 
-:func:`encode` goes the other way and leaves out fields equal to ``None``.
+:func:`encode` goes the other way and leaves out optional fields equal to ``None``; a
+required field, or one declared ``nil=True``, is sent as msgpack nil (the peer learns "none",
+not "absent").
 """
 
 from __future__ import annotations
@@ -36,17 +38,20 @@ def u(
     *,
     default: Any = dataclasses.MISSING,
     doc: str = "",
+    nil: bool = False,
 ) -> Any:
-    """An integer field bounded to ``[lo, hi]``."""
-    meta = {"range": (lo, hi), "doc": doc}
+    """An integer field bounded to ``[lo, hi]``; ``nil``: encoded as nil when None."""
+    meta = {"range": (lo, hi), "doc": doc, "nil": nil}
     if default is dataclasses.MISSING:
         return dataclasses.field(metadata=meta)
     return dataclasses.field(default=default, metadata=meta)
 
 
-def text(max_len: int = 4096, *, default: Any = dataclasses.MISSING, doc: str = "") -> Any:
-    """A str or bytes field of at most ``max_len`` characters/bytes."""
-    meta = {"max_len": max_len, "doc": doc}
+def text(
+    max_len: int = 4096, *, default: Any = dataclasses.MISSING, doc: str = "", nil: bool = False
+) -> Any:
+    """A str or bytes field of at most ``max_len`` characters/bytes; ``nil`` as for :func:`u`."""
+    meta = {"max_len": max_len, "doc": doc, "nil": nil}
     if default is dataclasses.MISSING:
         return dataclasses.field(metadata=meta)
     return dataclasses.field(default=default, metadata=meta)
@@ -68,6 +73,7 @@ class _Field:
     default: Any
     range: tuple[int, int] | None
     max_len: int | None
+    nil: bool  # encoded as nil when None
 
 
 _cache: dict[type, tuple[_Field, ...]] = {}
@@ -94,6 +100,7 @@ def _fields(cls: type) -> tuple[_Field, ...]:
                     default,
                     f.metadata.get("range"),
                     f.metadata.get("max_len"),
+                    bool(f.metadata.get("nil")),
                 )
             )
         spec = tuple(out)
@@ -199,11 +206,25 @@ def _plain(value: Any) -> Any:
     return value
 
 
+def required() -> Any:
+    """A required field with no bounds (a bool, a map, a list of records)."""
+    return dataclasses.field()
+
+
+def nil(*, default: Any = dataclasses.MISSING) -> Any:
+    """A field of any other kind (a map, a bool, ...) encoded as nil when None."""
+    if default is dataclasses.MISSING:
+        return dataclasses.field(metadata={"nil": True})
+    return dataclasses.field(default=default, metadata={"nil": True})
+
+
 def encode(obj: Any) -> dict[str, Any]:
-    """A schema instance as a msgpack-ready map (``None`` fields left out)."""
+    """A schema instance as a msgpack-ready map (``None`` fields left out unless ``nil``)."""
     out: dict[str, Any] = {}
-    for f in dataclasses.fields(obj):
+    for f in _fields(type(obj)):
         value = getattr(obj, f.name)
         if value is not None:
             out[f.name] = _plain(value)
+        elif f.required or f.nil:
+            out[f.name] = None
     return out

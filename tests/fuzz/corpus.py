@@ -21,7 +21,8 @@ from typing import Any, get_args, get_origin
 
 from siov_protocol import Command
 from siovd.service.handlers import registry
-from tests.fuzz.wire import HDR, HEADER_SIZE, MAX_MSG_SIZE, body, frame
+from tests.fuzz.wire import MAX_MSG_SIZE
+from tests.rawclient import HDR, HEADER_SIZE, body, frame
 
 COMMANDS: list[int] = sorted(registry.handlers)
 ALL_NUMBERS: list[int] = sorted({int(c) for c in Command} | {0, 2, 3, 0x104, 0x1FF, 0xFFFF})

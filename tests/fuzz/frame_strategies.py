@@ -17,7 +17,7 @@ from hypothesis import strategies as st
 from siov_protocol.schema import encode
 from siovd.service.handlers import registry
 from tests.fuzz import corpus
-from tests.fuzz.wire import HDR, HEADER_SIZE, body
+from tests.rawclient import HDR, HEADER_SIZE, body
 from tests.strategies import for_schema
 
 FD_KINDS = 4  # pipe, memfd, socket, /dev/null: see runner.make_fds

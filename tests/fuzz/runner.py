@@ -28,14 +28,13 @@ from tests.fuzz.wire import (
     Received,
     Tally,
     account,
-    body,
     connect,
     exchange,
     expected_replies,
-    frame,
     frame_stream,
     request,
 )
+from tests.rawclient import body, frame
 
 MiB = 1 << 20
 

@@ -23,11 +23,11 @@ import pytest
 from hypothesis import HealthCheck, Phase, given, seed, settings
 
 import siov
-from tests.daemonproc import settle
 from tests.fuzz.conftest import FRAMES, SEED, SENT, SUMMARY
 from tests.fuzz.frame_strategies import Batch, batches
 from tests.fuzz.runner import Bystander, FuzzDaemon, fuzz_daemon, run_batch, run_connection
 from tests.fuzz.wire import Tally
+from tests.helpers import settle
 
 WORKERS = 4
 MUTATION_SHARE = 0.97  # of FRAMES; the (slower to generate) hypothesis fuzzer sends the rest

@@ -9,7 +9,8 @@ import struct
 
 import siov
 from siov_protocol import vfio_user as vu
-from tests.daemonproc import logged_siovd, settle
+from tests.daemonproc import logged_siovd
+from tests.helpers import settle
 from tests.vfio_user_client import VfioUserClient
 
 MESSAGES = int(os.environ.get("SIOV_VFIO_USER_FUZZ", "3000"))

@@ -1,7 +1,8 @@
 """The fuzzers' side of the wire: an independent framer, one connection's exchange, accounting.
 
 Nothing here uses :mod:`siov_protocol.connection`: the fuzzers must not trust the code they
-test. :func:`frame_stream` reads a byte stream the way SPEC.md §4 says the daemon must, and so
+test. The wire constants and framing are the tests' raw client's (:mod:`tests.rawclient`).
+:func:`frame_stream` reads a byte stream the way SPEC.md §4 says the daemon must, and so
 predicts, for any bytes a fuzzer sends, how many replies come back and where the daemon closes.
 :func:`account` then checks that the daemon did exactly that.
 """
@@ -12,7 +13,6 @@ import array
 import errno
 import select
 import socket
-import struct
 import time
 from collections import Counter
 from collections.abc import Sequence
@@ -21,13 +21,18 @@ from typing import Any
 
 import msgpack
 
-HDR = struct.Struct("<HHIII")
-HEADER_SIZE = 16
-TYPE_MASK = 0x0F
-TYPE_REPLY = 0x1
-FLAG_NO_REPLY = 0x10
-FLAG_ERROR = 0x20
-KNOWN_FLAGS = TYPE_MASK | FLAG_NO_REPLY | FLAG_ERROR
+from tests.rawclient import (
+    FLAG_ERROR,
+    FLAG_NO_REPLY,
+    HDR,
+    HEADER_SIZE,
+    KNOWN_FLAGS,
+    TYPE_MASK,
+    TYPE_REPLY,
+    recv_exact,
+    rights,
+)
+
 EVENT_BASE = 0x200
 MAX_MSG_SIZE = 1 << 20  # the daemon's protocol.max_msg_size (default)
 
@@ -54,15 +59,6 @@ ALLOWED_ERRNOS = frozenset(
         errno.EAGAIN,
     }
 )
-
-
-def frame(msg_id: int, command: int, payload: bytes = b"", flags: int = 0) -> bytes:
-    return HDR.pack(msg_id & 0xFFFF, command, HEADER_SIZE + len(payload), flags, 0) + payload
-
-
-def body(obj: Any) -> bytes:
-    data: bytes = msgpack.packb(obj, use_bin_type=True)
-    return data
 
 
 # ---- the oracle --------------------------------------------------------------------------------
@@ -215,22 +211,12 @@ def connect(path: str, timeout: float = 30.0) -> socket.socket:
 def request(sock: socket.socket, data: bytes, fds: Sequence[int] = ()) -> Received:
     """A blocking round trip for a prelude (no pipelining)."""
     if fds:
-        sock.sendmsg([data], [(socket.SOL_SOCKET, socket.SCM_RIGHTS, array.array("i", fds))])
+        sock.sendmsg([data], rights(list(fds)))
     else:
         sock.sendall(data)
-    head = _recv_exact(sock, HEADER_SIZE)
+    head = recv_exact(sock, HEADER_SIZE)
     size = HDR.unpack(head)[2]
-    return parse_replies(head + _recv_exact(sock, size - HEADER_SIZE))[0]
-
-
-def _recv_exact(sock: socket.socket, n: int) -> bytes:
-    buf = b""
-    while len(buf) < n:
-        chunk = sock.recv(n - len(buf))
-        if not chunk:
-            raise ConnectionError("closed by the daemon")
-        buf += chunk
-    return buf
+    return parse_replies(head + recv_exact(sock, size - HEADER_SIZE))[0]
 
 
 def exchange(

@@ -14,7 +14,8 @@ from pathlib import Path
 from typing import Any
 
 import siov
-from tests.daemonproc import logged_siovd, settle
+from tests.daemonproc import logged_siovd
+from tests.helpers import settle
 
 HERE = Path(__file__).resolve().parent
 CACHE = Path(os.environ.get("SIOV_GUEST_CACHE", "/var/cache/siov-guest"))

@@ -9,7 +9,6 @@ import os
 import struct
 import subprocess
 import sys
-from collections.abc import Callable
 
 import pytest
 import trio
@@ -17,6 +16,7 @@ import trio
 import siov
 from siov import dsa
 from siov_protocol import Command
+from siov_protocol.auth import Role
 from siov_protocol.messages_accel import (
     IRQ_MSIX,
     IRQ_SET_ACTION_MASK,
@@ -28,20 +28,12 @@ from siov_protocol.messages_accel import (
     REGION_FLAG_WRITE,
     SUBMIT_ACCEPTED,
 )
-from siovd.service.session import Role
 from tests.conftest import DaemonProcess, RunningDaemon
+from tests.helpers import asettle, expect
 
 MiB = 1 << 20
 CR = 0x10_0000
 EVENTFD_FLAGS = os.EFD_NONBLOCK | os.EFD_CLOEXEC
-
-
-async def expect(err: int, coro: object, words: str = "") -> siov.SiovError:
-    with pytest.raises(siov.SiovError) as info:
-        await coro  # type: ignore[misc]
-    assert info.value.errno == err, (errno.errorcode.get(info.value.errno), info.value.message)
-    assert words in info.value.message, info.value.message
-    return info.value
 
 
 async def mapped_mdev(
@@ -52,13 +44,6 @@ async def mapped_mdev(
     assert mdev.domain_id is not None
     await client.map(mdev.domain_id, buf.phys, buf.size, iova=0)
     return mdev, buf
-
-
-async def until(predicate: Callable[[], bool]) -> None:
-    """Wait (polling: what is awaited is the daemon's side effect) for ``predicate``."""
-    with trio.fail_after(5):
-        while not predicate():  # noqa: ASYNC110
-            await trio.sleep(0.01)
 
 
 def open_fds() -> int:
@@ -225,12 +210,12 @@ async def test_interrupts_by_eventfd_and_by_event(siovd: RunningDaemon) -> None:
         assert (await mdev.submit(dsa.noop(completion=CR, flags=rci, int_handle=1))).all_accepted
         with trio.fail_after(5):
             await mdev.wait(record)
-        await until(lambda: mdev.irq_counts[1] >= 1)
+        await asettle(lambda: mdev.irq_counts[1] >= 1)
         # eventfds the Mdev makes and watches itself
         await mdev.set_irqs()
         descs = [dsa.noop(completion=CR, flags=rci, int_handle=1) for i in range(3)]
         assert (await mdev.submit(descs)).all_accepted
-        await until(lambda: mdev.irq_counts[1] >= 2)
+        await asettle(lambda: mdev.irq_counts[1] >= 2)
         # a client that did not open an Mdev gets EVENT_IRQ in its event stream
         raw = await client.create_mdev("dsa0", "dsa-1swq")
         buf2 = await client.alloc(2 * MiB)

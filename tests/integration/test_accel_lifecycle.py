@@ -11,7 +11,9 @@ import trio
 
 import siov
 from siov import dsa
+from siovd.model.owner import HOST
 from tests.conftest import RunningDaemon
+from tests.helpers import asettle
 
 MiB = 1 << 20
 SLOT = 4096  # each descriptor fills its own slot
@@ -142,9 +144,7 @@ async def test_a_client_that_leaves_takes_its_work_and_only_its_own(
                 await leaver.page_requests().receive()
             assert runtime.requests and runtime.outstanding(leaver_id) > 0
         # the leaver is gone: nothing of it is waiting, queued or mapped any more
-        with trio.fail_after(10):
-            while leaver_id in daemon.sessions:  # noqa: ASYNC110 (the server releases it)
-                await trio.sleep(0.01)
+        await asettle(lambda: leaver_id not in daemon.sessions, "the server releases it", 10)
         runtime.time_slice = 0.002
         stats = (await stayer.stats())["accel"]
         assert stats["page_requests_pending"] == 0 and stats["page_requests_cancelled"] == 1
@@ -202,9 +202,7 @@ async def test_a_started_definition_goes_back_to_the_host_empty(siovd: RunningDa
         with trio.fail_after(10):
             await requests.receive()
     device = siovd.daemon.bus.device(None, uuid)
-    with trio.fail_after(10):
-        while device.owner != 0:  # noqa: ASYNC110 (the server releases the claimant)
-            await trio.sleep(0.01)
+    await asettle(lambda: device.owner == HOST, "the server releases the claimant", 10)
     runtime.time_slice = 0.002
     wq = runtime.daemon.dsa_parents["dsa0"].mdev(uuid).wq
     assert wq.occupancy == 0 and wq.inflight == 0 and not runtime.requests

@@ -15,6 +15,7 @@ import siov
 from siov import dsa
 from siov_protocol import Command
 from tests.conftest import RunningDaemon, make_config, start_daemon
+from tests.helpers import asettle
 
 MiB = 1 << 20
 SIZE = 8 * MiB
@@ -183,9 +184,7 @@ async def test_invalid_descriptors_complete_with_their_status(siovd: RunningDaem
         # a misaligned completion record cannot be written: a software error reports it
         result = await mdev.submit(dsa.memmove(DST, SRC, 64, completion=CR + 8))
         assert result.all_accepted
-        with trio.fail_after(5):
-            while not mdev.software_errors:  # noqa: ASYNC110 (an EVENT_IRQ fills it)
-                await trio.sleep(0.01)
+        await asettle(lambda: bool(mdev.software_errors), "an EVENT_IRQ reports it", 5)
         swerr = mdev.software_errors[-1]
         assert swerr["status"] == dsa.DSA_COMP_CRA_ALIGN and swerr["completion_addr"] == CR + 8
         assert mdev.irq_counts[0] == 1
@@ -301,7 +300,10 @@ async def test_block_on_fault_invalid_response_completes_with_the_fault(
         assert done.bytes_completed == 4096 and done.fault_addr == 0x20_0000 + 4096
 
 
-async def test_block_on_fault_times_out(nursery: trio.Nursery, sock_dir: str) -> None:
+async def test_block_on_fault_times_out(
+    nursery: trio.Nursery, sock_dir: str, autojump_clock: trio.testing.MockClock
+) -> None:
+    """On virtual time: nobody answers, and the timeout fires as soon as every task waits."""
     cfg = make_config(iommu={"page_request_timeout_s": 0.2})
     running = await start_daemon(nursery, os.path.join(sock_dir, "t.sock"), cfg)
     async with siov.connect(running.path) as client:
@@ -449,9 +451,7 @@ async def test_block_on_fault_without_a_pasid_entry_is_refused_at_once(
         mdev, _ = await setup(client, "dsa-1swq")
         desc = dsa.fill(SRC, 0x77, 64, completion=cr(0), flags=dsa.IDXD_OP_FLAG_BOF)
         assert (await mdev.submit(desc, pasid=99)).all_accepted  # PASID 99: never attached
-        with trio.fail_after(5):
-            while not mdev.software_errors:  # noqa: ASYNC110 (an EVENT_IRQ fills it)
-                await trio.sleep(0.01)
+        await asettle(lambda: bool(mdev.software_errors), "an EVENT_IRQ reports it", 5)
         # The record itself lives behind PASID 99 too: it cannot be written, so the software
         # error reports the completion (page fault, Invalid Request) instead.
         assert mdev.software_errors[-1]["status"] == dsa.DSA_COMP_CRA_XLAT

@@ -14,6 +14,7 @@ import pytest
 
 from siov_protocol import Command
 from tests.conftest import DaemonProcess
+from tests.helpers import expect_error
 from tests.rawclient import RawClient
 
 
@@ -35,12 +36,6 @@ def still_works(*clients: RawClient) -> None:
     for c in clients:
         reply = c.request(Command.PING, {"payload": b"ok"})
         assert not reply.is_error and reply.body == {"payload": b"ok"}
-
-
-def expect_error(reply: object, err: int, words: str) -> None:
-    assert getattr(reply, "is_error", False), reply
-    assert reply.error == err, (errno.errorcode.get(reply.error), reply.body)  # type: ignore[attr-defined]
-    assert words in reply.body["message"], reply.body  # type: ignore[attr-defined]
 
 
 def test_unknown_command_is_enosys(client: RawClient, bystander: RawClient) -> None:

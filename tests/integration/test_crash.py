@@ -10,7 +10,7 @@ from typing import Any
 import trio
 
 import siov
-from tests.conftest import spawn_siovd
+from tests.daemonproc import spawn_siovd
 
 MiB = 1 << 20
 ROUNDS = 600

@@ -1,9 +1,9 @@
 """Limits a hostile client runs into: each answers with its errno and names itself.
 
 ``server.max_clients`` (EAGAIN to the first message of a connection over it, then the close),
-``limits.requests_in_flight`` (EAGAIN past it), and the negotiated ``max_msg_size``, which no
-reply exceeds: TRANSLATE returns as many runs as fit, DIRTY_BITMAP refuses before it reads (and
-maybe clears) D bits it could not send, anything else too large is EMSGSIZE.
+and the negotiated ``max_msg_size``, which no reply exceeds: TRANSLATE returns as many runs as
+fit, DIRTY_BITMAP refuses before it reads (and maybe clears) D bits it could not send,
+anything else too large is EMSGSIZE.
 """
 
 from __future__ import annotations
@@ -12,72 +12,19 @@ import errno
 import os
 import socket
 from collections.abc import AsyncIterator
-from typing import Any
 
-import msgpack
 import pytest
 import trio
 
 import siov
 from siov_protocol import Command
-from siov_protocol.messages import Empty
-from siovd.service.handlers import Context, Handler, registry
 from siovd.service.server import MAX_REFUSING
-from siovd.service.session import Phase
 from tests.conftest import RunningDaemon, make_config, start_daemon
-from tests.fuzz.wire import HDR, HEADER_SIZE, body, frame
+from tests.helpers import asettle
+from tests.rawclient import HEADER_SIZE, AsyncRawClient, body
 
 MiB = 1 << 20
 PAGE = 4096
-
-
-class Raw:
-    """A raw trio connection: exact bytes out, whole messages back."""
-
-    def __init__(self, sock: trio.socket.SocketType) -> None:
-        self.sock = sock
-        self.next_id = 1
-
-    @classmethod
-    async def connect(cls, path: str) -> Raw:
-        sock = trio.socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        await sock.connect(path)
-        return cls(sock)
-
-    async def send(self, command: int, fields: dict[str, Any], fds: tuple[int, ...] = ()) -> int:
-        msg_id = self.next_id
-        self.next_id += 1
-        data = frame(msg_id, command, body(fields))
-        if fds:
-            import array
-
-            anc = [(socket.SOL_SOCKET, socket.SCM_RIGHTS, array.array("i", fds))]
-            await self.sock.sendmsg([data], anc)
-        else:
-            await self.sock.send(data)
-        return msg_id
-
-    async def recv(self) -> tuple[int, int, dict[str, Any]]:
-        """(msg_id, errno, body) of the next message."""
-        head = await self._exact(HEADER_SIZE)
-        msg_id, _, size, _, err = HDR.unpack(head)
-        rest = await self._exact(size - HEADER_SIZE)
-        return msg_id, err, msgpack.unpackb(rest, raw=False) if rest else {}
-
-    async def call(self, command: int, fields: dict[str, Any], fds: tuple[int, ...] = ()) -> Any:
-        await self.send(command, fields, fds)
-        _, err, reply = await self.recv()
-        assert err == 0, (errno.errorcode.get(err), reply)
-        return reply
-
-    async def _exact(self, n: int) -> bytes:
-        data = b""
-        while len(data) < n:
-            chunk = await self.sock.recv(n - len(data))
-            if not chunk:
-                raise ConnectionError("closed by the daemon")
-            data += chunk
-        return data
 
 
 @pytest.fixture
@@ -87,8 +34,8 @@ async def small(nursery: trio.Nursery, sock_dir: str) -> AsyncIterator[RunningDa
     running.server.nursery.cancel_scope.cancel()
 
 
-async def negotiated(path: str, max_msg_size: int) -> Raw:
-    raw = await Raw.connect(path)
+async def negotiated(path: str, max_msg_size: int) -> AsyncRawClient:
+    raw = await AsyncRawClient.connect(path)
     caps = {"max_msg_size": max_msg_size}
     reply = await raw.call(Command.VERSION, {"major": 1, "minor": 0, "capabilities": caps})
     assert reply["capabilities"]["max_msg_size"] == max_msg_size
@@ -107,21 +54,21 @@ async def test_max_clients_answers_eagain_naming_the_limit(
         assert info.value.errno == errno.EAGAIN
         assert "server.max_clients = 2" in info.value.message
         # A refused client's fds never reach the daemon; one that says nothing is closed.
-        refused = await Raw.connect(running.path)
+        refused = await AsyncRawClient.connect(running.path)
         r, w = os.pipe()
         await refused.send(Command.VERSION, {"major": 1, "minor": 0}, (w,))
         os.close(w)
-        _, err, reply = await refused.recv()
+        _, err, reply = (await refused.recv()).parts()
         assert err == errno.EAGAIN and "server.max_clients" in reply["message"]
         assert await refused.sock.recv(1) == b""
         os.set_blocking(r, False)
         assert os.read(r, 1) == b""
         os.close(r)
-        silent = await Raw.connect(running.path)
+        silent = await AsyncRawClient.connect(running.path)
         with trio.fail_after(5):
             assert await silent.sock.recv(1) == b""
         # A storm of connections over the limit: answered or closed, never piling up.
-        storm = [await Raw.connect(running.path) for _ in range(3 * MAX_REFUSING)]
+        storm = [await AsyncRawClient.connect(running.path) for _ in range(3 * MAX_REFUSING)]
         assert running.server.refusing <= MAX_REFUSING
         with trio.fail_after(10):
             for s in storm:
@@ -132,48 +79,13 @@ async def test_max_clients_answers_eagain_naming_the_limit(
         assert stats["daemon"]["clients_refused"] == 3 + 3 * MAX_REFUSING
         refused.sock.close()
         silent.sock.close()
-    with trio.fail_after(5):
-        while running.server.connections:  # noqa: ASYNC110  (a bounded test poll)
-            await trio.sleep(0.01)
+    await asettle(lambda: not running.server.connections, "every connection is gone", 5)
     async with siov.connect(running.path) as c:  # room again
         assert await c.ping(b"c") == b"c"
     running.server.nursery.cancel_scope.cancel()
 
 
-async def test_async_requests_in_flight_are_capped(nursery: trio.Nursery, sock_dir: str) -> None:
-    """A handler that waits (as a page request does) holds a slot; past the limit, EAGAIN."""
-    limit = 8
-    cfg = make_config(limits={"requests_in_flight": limit})
-    running = await start_daemon(nursery, os.path.join(sock_dir, "f.sock"), cfg)
-    release = trio.Event()
-
-    async def waits(ctx: Context, req: Empty) -> dict[str, Any]:
-        await release.wait()
-        return {"done": True}
-
-    # a number no handler serves (every command has one now: borrow an event's number)
-    command = next(c for c in Command if c not in registry.handlers)
-    registry.handlers[command] = Handler(command, Empty, waits, True, Phase.READY, 0, False)
-    try:
-        raw = await negotiated(running.path, 1 << 20)
-        ids = [await raw.send(command, {}) for _ in range(limit + 12)]
-        refused = [await raw.recv() for _ in range(12)]  # answered at once, while 8 wait
-        assert [m for m, _, _ in refused] == ids[limit:]
-        for _, err, reply in refused:
-            assert err == errno.EAGAIN
-            assert f"limits.requests_in_flight = {limit}" in reply["message"]
-        release.set()
-        done = [await raw.recv() for _ in range(limit)]
-        assert sorted(m for m, _, _ in done) == ids[:limit]
-        assert all(err == 0 and reply == {"done": True} for _, err, reply in done)
-        assert await raw.call(command, {}) == {"done": True}  # the slots came back
-        raw.sock.close()
-    finally:
-        del registry.handlers[command]
-    running.server.nursery.cancel_scope.cancel()
-
-
-async def scattered_mapping(raw: Raw, pages: int) -> tuple[str, int, int]:
+async def scattered_mapping(raw: AsyncRawClient, pages: int) -> tuple[str, int, int]:
     """A device whose domain maps ``pages`` 4 KiB pages in reverse physical order, so each is
     its own run. Returns (device, domain, phys base)."""
     fd = os.memfd_create("scatter", os.MFD_ALLOW_SEALING)
@@ -202,7 +114,7 @@ async def test_translate_returns_the_runs_one_reply_carries(small: RunningDaemon
         msg_id = await raw.send(
             Command.TRANSLATE, {"device": dev, "iova": iova, "length": pages * PAGE - iova}
         )
-        got_id, err, reply = await raw.recv()
+        got_id, err, reply = (await raw.recv()).parts()
         assert got_id == msg_id and err == 0, reply
         assert reply["fault"] is None
         assert len(reply["runs"]) == min(fits, pages - iova // PAGE)
@@ -223,7 +135,7 @@ async def test_dirty_bitmap_too_large_for_a_reply_refuses_before_clearing(
     await raw.send(
         Command.DIRTY_BITMAP, {"domain": dom, "iova": 0, "size": (fits + 1) * PAGE, "clear": True}
     )
-    _, err, reply = await raw.recv()
+    _, err, reply = (await raw.recv()).parts()
     assert err == errno.EMSGSIZE and "max_msg_size 4096" in reply["message"], reply
     bitmap = await raw.call(Command.DIRTY_BITMAP, {"domain": dom, "iova": 0, "size": 4 * PAGE})
     assert bitmap["bitmap"] == b"\x02"  # page 1 is still dirty: nothing was cleared
@@ -233,12 +145,12 @@ async def test_dirty_bitmap_too_large_for_a_reply_refuses_before_clearing(
 async def test_no_reply_exceeds_the_negotiated_size(small: RunningDaemon) -> None:
     raw = await negotiated(small.path, 4096)
     await raw.send(Command.PING, {"payload": b"p" * 4090})  # its echo would not fit
-    _, err, reply = await raw.recv()
+    _, err, reply = (await raw.recv()).parts()
     assert err == errno.EMSGSIZE and "exceeds the negotiated max_msg_size 4096" in reply["message"]
     for _ in range(40):
         await raw.call(Command.DOMAIN_ALLOC, {})
     await raw.send(Command.DOMAIN_LIST, {})
-    _, err, reply = await raw.recv()
+    _, err, reply = (await raw.recv()).parts()
     assert err == errno.EMSGSIZE, reply
     assert small.daemon.counters["replies_too_large"] == 2
     assert await raw.call(Command.PING, {"payload": b"small"}) == {"payload": b"small"}
@@ -292,9 +204,9 @@ async def test_registered_memory_is_capped_in_bytes(nursery: trio.Nursery, sock_
 
 
 async def test_a_connection_that_never_negotiates_is_closed(
-    nursery: trio.Nursery, sock_dir: str
+    nursery: trio.Nursery, sock_dir: str, autojump_clock: trio.testing.MockClock
 ) -> None:
-
+    """On virtual time: the deadline passes as soon as every task waits, not after 0.3 s."""
     cfg = make_config(server={"handshake_timeout_s": 0.3})
     running = await start_daemon(nursery, os.path.join(sock_dir, "hs.sock"), cfg)
     idle = trio.socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)

@@ -17,7 +17,7 @@ import siov
 from siov_protocol import Command
 from tests.conftest import make_config, start_daemon
 from tests.fuzz.wire import HDR
-from tests.integration.test_hostile_limits import Raw
+from tests.rawclient import AsyncRawClient as Raw
 
 
 async def test_uid_connections_caps_one_users_connections(
@@ -85,7 +85,7 @@ async def test_pending_fds_per_uid(nursery: trio.Nursery, sock_dir: str) -> None
             await raw.sock.sendmsg([head], anc)
             raws.append(raw)
         with trio.fail_after(10):
-            msg_id, err, reply = await raws[2].recv()
+            msg_id, err, reply = (await raws[2].recv()).parts()
         assert (msg_id, err) == (102, errno.ENOSPC)
         assert reply["message"] == (
             "limit reached: limits.uid_pending_fds = 25 "
@@ -95,7 +95,7 @@ async def test_pending_fds_per_uid(nursery: trio.Nursery, sock_dir: str) -> None
             assert await raws[2].sock.recv(1) == b""
         # The other two still hold theirs (20 fds) and are served.
         await raws[0].sock.send(b"\0" * (4096 - 16))
-        _, err, _ = await raws[0].recv()
+        _, err, _ = (await raws[0].recv()).parts()
         assert err == errno.EINVAL  # a PING with fds, once whole, is refused as ever
         async with siov.connect(running.path) as c:
             stats = await c.stats()

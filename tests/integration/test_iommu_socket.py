@@ -11,16 +11,9 @@ import trio
 
 import siov
 from tests.conftest import RunningDaemon, make_config, start_daemon
+from tests.helpers import expect
 
 MiB = 1 << 20
-
-
-async def expect(err: int, coro: object, words: str = "") -> siov.SiovError:
-    with pytest.raises(siov.SiovError) as info:
-        await coro  # type: ignore[misc]
-    assert info.value.errno == err, (errno.errorcode.get(info.value.errno), info.value.message)
-    assert words in info.value.message, info.value.message
-    return info.value
 
 
 async def test_the_aux_domain_case_done_the_plain_way(siovd: RunningDaemon) -> None:
@@ -243,4 +236,24 @@ async def test_the_number_of_mappings_is_bounded(nursery: trio.Nursery, sock_dir
         await expect(errno.ENOSPC, client.map(b, buf.phys, 4096, iova=0x1000), "limits.mappings")
         assert await client.unmap(a, 0, 4096) == 4096  # an unmap frees a slot
         await client.map(b, buf.phys, 4096, iova=0x1000)
+    running.server.nursery.cancel_scope.cancel()
+
+
+async def test_lazy_unmaps_are_flushed_by_the_timer(
+    nursery: trio.Nursery, sock_dir: str, autojump_clock: trio.testing.MockClock
+) -> None:
+    """iommu.lazy_flush_ms, on virtual time: a queued unmap is flushed when the timer fires,
+    not before (one queued range is far below lazy_flush_threshold)."""
+    cfg = make_config(iommu={"lazy_flush_ms": 1000.0})
+    running = await start_daemon(nursery, os.path.join(sock_dir, "lazy.sock"), cfg)
+    async with siov.connect(running.path) as client:
+        buf = await client.alloc(2 * MiB)
+        dom = (await client.alloc_domain(lazy=True))["domain_id"]
+        await client.map(dom, buf.phys, 4096, iova=0)
+        await client.unmap(dom, 0, 4096)
+        flushes = (await client.stats())["iommu"]["lazy_flushes"]
+        await trio.sleep(0.5)  # the timer fires 1 s after the daemon started
+        assert (await client.stats())["iommu"]["lazy_flushes"] == flushes
+        await trio.sleep(1.0)
+        assert (await client.stats())["iommu"]["lazy_flushes"] == flushes + 1
     running.server.nursery.cancel_scope.cancel()

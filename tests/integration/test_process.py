@@ -9,7 +9,8 @@ import socket
 import subprocess
 import sys
 
-from tests.conftest import DaemonProcess, spawn_siovd
+from tests.conftest import DaemonProcess
+from tests.daemonproc import spawn_siovd
 
 SIOVCTL = [sys.executable, "-m", "siov.cli"]
 
@@ -24,7 +25,7 @@ def test_sigterm_exits_zero_and_removes_the_socket(sock_dir: str) -> None:
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(15) == 0
     assert not os.path.exists(path)
-    logs = [json.loads(line) for line in proc.stderr.read().decode().splitlines()]
+    logs = proc.log_entries()
     assert any(entry["event"] == "listening" and entry["socket"] == path for entry in logs)
     assert logs[-1]["event"] == "stopped"
 
@@ -136,39 +137,6 @@ def test_siovctl_without_daemon_fails_in_one_line(sock_dir: str) -> None:
     assert len(lines) == 1 and "cannot connect to siovd" in lines[0]
 
 
-_log_buffers: dict[int, bytes] = {}
-
-
-def _read_log_until(
-    proc: subprocess.Popen[bytes], event: str, timeout: float = 15
-) -> dict[str, object]:
-    """Read the daemon's JSON log from the raw pipe (no buffered readline: select would not
-    see lines already sitting in a Python buffer) until ``event`` shows up."""
-    import select
-    import time
-
-    deadline = time.monotonic() + timeout
-    assert proc.stderr is not None
-    fd = proc.stderr.fileno()
-    buf = _log_buffers.get(fd, b"")
-    try:
-        while time.monotonic() < deadline:
-            while b"\n" in buf:
-                line, buf = buf.split(b"\n", 1)
-                entry = json.loads(line)
-                if entry["event"] == event:
-                    return entry  # type: ignore[no-any-return]
-            ready, _, _ = select.select([fd], [], [], 0.2)
-            if ready:
-                chunk = os.read(fd, 65536)
-                if not chunk:
-                    break
-                buf += chunk
-    finally:
-        _log_buffers[fd] = buf
-    raise AssertionError(f"no {event!r} log line")
-
-
 def test_sighup_reloads_what_can_change(sock_dir: str) -> None:
     path = os.path.join(sock_dir, "h.sock")
     cfg = os.path.join(sock_dir, "h.toml")
@@ -181,7 +149,7 @@ def test_sighup_reloads_what_can_change(sock_dir: str) -> None:
                 "[limits]\nevent_queue = 20\n[log]\nlevel = 'debug'\n[iommu]\niotlb_entries = 64\n"
             )
         proc.send_signal(signal.SIGHUP)
-        entry = _read_log_until(proc, "config reloaded")
+        entry = proc.next_log("config reloaded")
         assert entry["changed"] == {
             "limits.event_queue": {"old": 10, "new": 20},
             "log.level": {"old": "info", "new": "debug"},
@@ -190,7 +158,7 @@ def test_sighup_reloads_what_can_change(sock_dir: str) -> None:
         with open(cfg, "w") as fh:
             fh.write("[limits\n")
         proc.send_signal(signal.SIGHUP)
-        entry = _read_log_until(proc, "reload failed, keeping the running config")
+        entry = proc.next_log("reload failed, keeping the running config")
         assert "not valid TOML" in str(entry["error"])
         out = subprocess.run([*SIOVCTL, "--socket", path, "ping"], capture_output=True, timeout=30)
         assert out.returncode == 0

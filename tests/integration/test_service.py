@@ -12,7 +12,6 @@ import socket
 import subprocess
 import sys
 import textwrap
-import time
 from collections.abc import Iterator
 
 import pytest
@@ -20,21 +19,19 @@ import pytest
 import siov
 from siov.keys import generate_keypair, public_key_line
 from siov_protocol import Command
-from tests.conftest import spawn_siovd
+from tests.daemonproc import spawn_siovd
+from tests.helpers import settle
 from tests.rawclient import RawClient
 
 SIOVCTL = [sys.executable, "-m", "siov.cli"]
 
 
-def wait_for(predicate: object, timeout: float = 15.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():  # type: ignore[operator]
-        if time.monotonic() > deadline:
-            raise AssertionError("condition not met in time")
-        time.sleep(0.02)
-
-
 # ---- socket activation and sd_notify ---------------------------------------------------------
+
+
+def read_log_text(path: str) -> str:
+    with open(path, errors="replace") as fh:
+        return fh.read()
 
 
 def _activated(path: str, sock_dir: str, env: dict[str, str]) -> subprocess.Popen[bytes]:
@@ -95,6 +92,8 @@ def test_socket_activation_serves_the_inherited_socket(sock_dir: str) -> None:
 @pytest.mark.skipif(shutil.which("systemd-socket-activate") is None, reason="needs systemd")
 def test_systemd_socket_activate_starts_siovd_on_first_connection(sock_dir: str) -> None:
     path = os.path.join(sock_dir, "sa.sock")
+    log_path = os.path.join(sock_dir, "sa.log")  # not DEVNULL: a failure shows the daemon's log
+    log = open(log_path, "wb")  # noqa: SIM115  (closed in the finally below)
     proc = subprocess.Popen(
         [
             "systemd-socket-activate",
@@ -109,21 +108,26 @@ def test_systemd_socket_activate_starts_siovd_on_first_connection(sock_dir: str)
             "--log-format",
             "json",
         ],
-        stderr=subprocess.DEVNULL,
+        stdout=log,
+        stderr=log,
     )
     try:
-        wait_for(lambda: os.path.exists(path))
+        try:
+            settle(lambda: os.path.exists(path), f"{path} appears", 15)
+        except AssertionError as exc:
+            raise AssertionError(f"{exc}; the daemon logged:\n{read_log_text(log_path)}") from None
         out = subprocess.run(
             [*SIOVCTL, "--socket", path, "--json", "info"],
             capture_output=True,
             timeout=60,
             text=True,
         )
-        assert out.returncode == 0, out.stderr
+        assert out.returncode == 0, (out.stderr, read_log_text(log_path))
         assert json.loads(out.stdout)["socket"] == path
     finally:
         proc.terminate()
         proc.wait(15)
+        log.close()
 
 
 @pytest.fixture
@@ -358,7 +362,11 @@ def test_definitions_survive_restarts_and_autostart(sock_dir: str) -> None:
                 vmm.remove_mdev(auto["uuid"])
         with siov.BlockingClient(path) as admin:
             # the VMM left: the mdev went back to the host, on its default domain
-            wait_for(lambda: not admin.defined(uuid=auto["uuid"])["definitions"][0]["claimed"])
+            settle(
+                lambda: not admin.defined(uuid=auto["uuid"])["definitions"][0]["claimed"],
+                "the definition's mdev is unclaimed again",
+                15,
+            )
             admin.stop(auto["uuid"])
             with pytest.raises(siov.Busy):
                 admin.undefine(manual["uuid"])  # running

@@ -14,7 +14,8 @@ import pytest
 from siov import cli
 from siov.accel_config import DEVICE_KEYS, ENGINE_KEYS, GROUP_KEYS, WQ_KEYS
 from siov_protocol import jsonc
-from tests.conftest import DaemonProcess, spawn_siovd
+from tests.conftest import DaemonProcess
+from tests.daemonproc import spawn_siovd
 from tests.unit.test_accel_samples import SAMPLES
 
 

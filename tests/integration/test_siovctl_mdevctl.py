@@ -16,7 +16,8 @@ from pathlib import Path
 import pytest
 
 from siov import cli
-from tests.conftest import DaemonProcess, spawn_siovd
+from tests.conftest import DaemonProcess
+from tests.daemonproc import spawn_siovd
 
 U_GVT = "4a0a190f-dcf3-4def-9342-c48768f0c940"
 U_AP = "9f579710-6ffc-4201-987a-4ffa0fb1f3a5"

@@ -15,17 +15,17 @@ import socket
 import threading
 import time
 from collections.abc import Iterator
-from typing import Any
 
-import msgpack
 import pytest
 import trio
 
 import siov
 from siov_protocol import Command
 from tests.conftest import make_config, start_daemon
-from tests.daemonproc import LoggedDaemon, logged_siovd, settle
-from tests.fuzz.wire import HDR, HEADER_SIZE, TYPE_MASK, TYPE_REPLY, body, frame, request
+from tests.daemonproc import LoggedDaemon, logged_siovd
+from tests.fuzz.wire import request
+from tests.helpers import settle
+from tests.rawclient import HDR, HEADER_SIZE, TYPE_MASK, TYPE_REPLY, AsyncRawClient, body, frame
 
 MiB = 1 << 20
 WRITE_TIMEOUT_S = 3.0
@@ -229,28 +229,11 @@ def test_a_client_that_pipelines_without_reading_is_held_back_then_dropped(
     assert daemon.alive() and daemon.failures_logged() == []
 
 
-async def recv_exact(sock: trio.socket.SocketType, n: int) -> bytes:
-    data = b""
-    while len(data) < n:
-        chunk = await sock.recv(n - len(data))
-        assert chunk, "closed by the daemon"
-        data += chunk
-    return data
-
-
-async def rpc(sock: trio.socket.SocketType, command: int, fields: dict[str, Any]) -> Any:
-    """One request on a raw trio socket; its reply body (which must not be an error)."""
-    await sock.send(frame(1, command, body(fields)))
-    head = await recv_exact(sock, HEADER_SIZE)
-    rest = await recv_exact(sock, HDR.unpack(head)[2] - HEADER_SIZE)
-    assert not HDR.unpack(head)[3] & 0x20, msgpack.unpackb(rest)
-    return msgpack.unpackb(rest, raw=False) if rest else {}
-
-
 async def test_the_event_queue_of_a_stuck_client_stays_bounded(
-    nursery: trio.Nursery, sock_dir: str
+    nursery: trio.Nursery, sock_dir: str, autojump_clock: trio.testing.MockClock
 ) -> None:
-    """In process, so the stuck session's queue can be watched directly."""
+    """In process, so the stuck session's queue can be watched directly; on virtual time,
+    so server.write_timeout_s passes while the faults keep coming, without a real wait."""
     limit = 16
     cfg = make_config(server={"write_timeout_s": 1.0}, limits={"event_queue": limit})
     running = await start_daemon(nursery, os.path.join(sock_dir, "q.sock"), cfg)
@@ -258,18 +241,21 @@ async def test_the_event_queue_of_a_stuck_client_stays_bounded(
     stuck.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
     await stuck.connect(running.path)
 
-    await rpc(stuck, Command.VERSION, {"major": 1, "minor": 0})
-    me = int(dict(await rpc(stuck, Command.INFO, {}))["session"]["id"])  # type: ignore[index]
+    await AsyncRawClient(stuck).call(Command.VERSION, {"major": 1, "minor": 0})
+    me = int(dict(await AsyncRawClient(stuck).call(Command.INFO, {}))["session"]["id"])  # type: ignore[index]
     session = running.daemon.sessions[me]
     async with siov.connect(running.path) as emu:
         dev = await emu.register_device("nic")
-        await rpc(stuck, Command.DEVICE_CLAIM, {"uuid": dev["uuid"], "token": dev["token"]})
+        await AsyncRawClient(stuck).call(
+            Command.DEVICE_CLAIM, {"uuid": dev["uuid"], "token": dev["token"]}
+        )
         longest = 0
         with trio.fail_after(20):
             while me in running.daemon.sessions:
                 with pytest.raises(siov.SiovError):
                     await emu.dma_read(dev["uuid"], 0x7000_0000, 8)
                 longest = max(longest, len(session.events))
+                await trio.sleep(0.01)  # virtual: lets the write deadline come closer
         assert longest == limit  # it filled, and never went past the limit
         assert session.events_dropped > 0
         assert running.daemon.counters["clients_dropped_stuck"] == 1
@@ -288,8 +274,8 @@ async def test_a_burst_from_one_client_does_not_starve_anothers_events(
     running = await start_daemon(nursery, os.path.join(sock_dir, "b.sock"), cfg)
     emu = trio.socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     await emu.connect(running.path)
-    await rpc(emu, Command.VERSION, {"major": 1, "minor": 0})
-    dev = await rpc(emu, Command.BUS_REGISTER_DEVICE, {"name": "nic"})
+    await AsyncRawClient(emu).call(Command.VERSION, {"major": 1, "minor": 0})
+    dev = await AsyncRawClient(emu).call(Command.BUS_REGISTER_DEVICE, {"name": "nic"})
     fields = {"device": dev["uuid"], "iova": 0x7000_0000, "length": 8}
     faults = b"".join(frame(i, Command.DMA_READ, body(fields)) for i in range(burst))
 

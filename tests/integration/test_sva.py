@@ -22,7 +22,8 @@ import pytest
 import siov
 from siov import dsa
 from siov_protocol import Command
-from tests.daemonproc import LoggedDaemon, logged_siovd, settle
+from tests.daemonproc import LoggedDaemon, logged_siovd
+from tests.helpers import settle
 
 CHILD = os.path.join(os.path.dirname(__file__), "sva_proc.py")
 SUCCESS = dsa.DSA_COMP_SUCCESS

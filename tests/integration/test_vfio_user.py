@@ -28,7 +28,8 @@ from siov_protocol.dsa import (
     DsaOpcode,
 )
 from siovd.model.accel import vdsa
-from tests.daemonproc import LoggedDaemon, logged_siovd, settle
+from tests.daemonproc import LoggedDaemon, logged_siovd
+from tests.helpers import settle
 from tests.vfio_user_client import VfioUserClient
 
 MiB = 1 << 20
@@ -350,6 +351,22 @@ def test_expose_rules(daemon: LoggedDaemon) -> None:
         a.remove_mdev(mdev)
         assert not os.path.exists(path)
         assert json.dumps(a.stats()["vfio_user"]) == "{}"
+
+
+def test_unexpose_before_the_endpoint_serves_leaves_the_daemon_up(daemon: LoggedDaemon) -> None:
+    """An endpoint closed before its task first runs (expose and unexpose pipelined) once
+    ended the daemon: the task met a closed socket. It must simply end."""
+    with siov.BlockingClient(daemon.path) as a:
+        mdev = a.create_mdev("dsa0", "dsa-1dwq")["uuid"]
+        path = os.path.join(daemon.dir, "quick.sock")
+        for _ in range(50):
+            a.vfio_user_expose(mdev, path)
+            a.vfio_user_unexpose(mdev)
+        a.ping()  # the daemon still answers (raises if it is gone)
+        assert json.dumps(a.stats()["vfio_user"]) == "{}"
+        a.remove_mdev(mdev)
+    assert daemon.alive()
+    assert daemon.failures_logged() == []
 
 
 def test_siovctl_vfio_user_serves_until_interrupted(daemon: LoggedDaemon) -> None:

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from siovd.model.iommu.iotlb import Iotlb, QemuPolicyIotlb, make_tag
+from bench.baselines import QemuPolicyIotlb
+from siovd.model.iommu.iotlb import Iotlb, make_tag
 
 K4, M2, G1 = 1 << 12, 1 << 21, 1 << 30
 

@@ -1,6 +1,6 @@
 """The import direction of ARCHITECTURE.md, checked on the source tree.
 
-- ``siov_protocol`` imports neither ``siovd`` nor ``siov``;
+- ``siov_protocol`` imports neither ``siovd`` nor ``siov``, and only ``fdpass`` touches a socket;
 - ``siov`` (the SDK, siovctl) never imports ``siovd``;
 - ``siovd.model`` imports nothing above it (no service, no host) and no I/O framework: no trio,
   no sockets, no structlog.
@@ -60,3 +60,13 @@ def test_model_uses_no_relative_imports_above_itself() -> None:
         if isinstance(node, ast.ImportFrom) and node.level > 0
     ]
     assert climbing == []
+
+
+def test_protocol_touches_a_socket_only_in_fdpass() -> None:
+    """The protocol is sans-IO: only the stateless SCM_RIGHTS helpers may import socket."""
+    users = sorted(
+        str(path.relative_to(ROOT))
+        for path in PACKAGES["siov_protocol"].rglob("*.py")
+        if any(violates(m, ("socket", "trio")) for m in imported_modules(path))
+    )
+    assert users == ["protocol/siov_protocol/fdpass.py"]

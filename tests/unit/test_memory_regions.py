@@ -6,13 +6,13 @@ import errno
 import mmap
 
 from siovd.model.memory import (
-    DAEMON_OWNER,
     FIRST_BASE,
     PAGE_SIZE,
     REGION_ALIGN,
     PageTablePool,
     PhysicalMemory,
 )
+from siovd.model.owner import HOST
 from tests.unit.iommu_env import MiB, raises_errno
 
 
@@ -153,7 +153,7 @@ def test_pool_pages_are_zeroed_daemon_memory_and_reused() -> None:
     pool = PageTablePool(mem)
     p = pool.alloc()
     region = mem.region_of(p)
-    assert region is not None and region.owner == DAEMON_OWNER
+    assert region is not None and region.owner == HOST
     assert p % PAGE_SIZE == 0
     mem.write_u64(p + 64, 0xDEAD)
     pool.free(p)
@@ -170,9 +170,9 @@ def test_pool_grows_by_chunks_and_gives_empty_chunks_back() -> None:
     pages = [pool.alloc() for _ in range(3 * per_chunk + 1)]
     assert len(set(pages)) == len(pages)
     assert pool.chunks == 4
-    assert len(mem.regions(DAEMON_OWNER)) == 4
+    assert len(mem.regions(HOST)) == 4
     for p in pages:
         pool.free(p)
     assert pool.pages_in_use == 0
     assert pool.chunks == 1  # one spare chunk is kept
-    assert len(mem.regions(DAEMON_OWNER)) == 1
+    assert len(mem.regions(HOST)) == 1

@@ -18,14 +18,15 @@ from siov_protocol import (
     Command,
     Connection,
     FieldError,
+    LocalProtocolError,
     Message,
     ProtocolError,
-    Role,
+    Side,
     decode,
     encode,
 )
 from siov_protocol.header import HEADER
-from siov_protocol.messages import Capabilities, VersionRequest
+from siov_protocol.messages import Capabilities, VersionReply, VersionRequest
 from tests.strategies import for_schema, schema_classes
 
 SCHEMA_MODULES = [
@@ -45,8 +46,22 @@ SCHEMAS = sorted(
 )
 
 
+def pair() -> tuple[Connection, Connection]:
+    """A client and a server past VERSION (auth "none"): every command may be sent."""
+    client, server = Connection(Side.CLIENT), Connection(Side.SERVER)
+    msg_id, data = client.send_command(Command.VERSION, {"major": 1, "minor": 0})
+    server.receive_data(data)
+    assert isinstance(server.next_event(), Message)
+    caps = Capabilities()
+    reply = VersionReply(major=1, minor=0, capabilities=caps, server="test", auth="none")
+    client.receive_data(server.send_reply(msg_id, Command.VERSION, encode(reply)))
+    assert isinstance(client.next_event(), Message)
+    assert client.state.ready and server.state.ready
+    return client, server
+
+
 def pipe(body: dict[str, object], command: int = Command.PING) -> Message:
-    client, server = Connection(Role.CLIENT), Connection(Role.SERVER)
+    client, server = pair()
     _, data = client.send_command(command, body)
     server.receive_data(data)
     event = server.next_event()
@@ -72,7 +87,7 @@ def test_there_are_schemas_to_test() -> None:
 @given(st.binary(max_size=4096))
 @settings(max_examples=300, deadline=None)
 def test_random_bytes_raise_only_protocol_errors(data: bytes) -> None:
-    for role in Role:
+    for role in Side:
         conn = Connection(role, max_msg_size=4096)
         conn.receive_data(data)
         try:
@@ -87,8 +102,8 @@ def test_random_bytes_raise_only_protocol_errors(data: bytes) -> None:
 )
 @settings(max_examples=200, deadline=None)
 def test_truncated_frames_wait_for_data(body: dict[str, int], cut: int) -> None:
-    _, data = Connection(Role.CLIENT).send_command(Command.PING, body)
-    server = Connection(Role.SERVER)
+    _, data = pair()[0].send_command(Command.PING, body)
+    server = pair()[1]
     cut = min(cut, len(data) - 1)
     server.receive_data(data[:cut])
     assert server.next_event() is NEED_DATA
@@ -98,7 +113,7 @@ def test_truncated_frames_wait_for_data(body: dict[str, int], cut: int) -> None:
 
 
 def test_many_frames_in_one_chunk_and_fds_follow_their_message() -> None:
-    client, server = Connection(Role.CLIENT), Connection(Role.SERVER)
+    client, server = pair()
     _, a = client.send_command(Command.PING, {"n": 1})
     _, b = client.send_command(Command.MEM_REGISTER, {"n": 2})
     _, c = client.send_command(Command.PING, {"n": 3})
@@ -123,7 +138,7 @@ def test_fds_stay_with_their_message_through_a_real_socket() -> None:
     import socket
 
     a, b = socket.socketpair()
-    client, server = Connection(Role.CLIENT), Connection(Role.SERVER)
+    client, server = pair()
     r, w = os.pipe()
     try:
         frames = [client.send_command(Command.PING, {"n": i})[1] for i in range(40)]
@@ -152,9 +167,9 @@ def test_fds_stay_with_their_message_through_a_real_socket() -> None:
 
 
 def test_bad_body_keeps_framing() -> None:
-    server = Connection(Role.SERVER)
+    server = Connection(Side.SERVER)
     bad = HEADER.pack(1, Command.PING, 16 + 3, 0, 0) + b"\xc1\xc1\xc1"
-    _, good = Connection(Role.CLIENT).send_command(Command.PING, {"ok": True})
+    _, good = pair()[0].send_command(Command.PING, {"ok": True})
     server.receive_data(bad + good)
     first = server.next_event()
     assert isinstance(first, BadMessage) and first.errno == errno.EINVAL
@@ -166,7 +181,7 @@ def test_too_deep_body_is_bad_message() -> None:
     body: object = 1
     for _ in range(40):
         body = {"a": body}
-    server = Connection(Role.SERVER)
+    server = Connection(Side.SERVER)
     server.receive_data(HEADER.pack(1, Command.PING, 0, 0, 0)[:0] + _frame(msgpack.packb(body)))
     event = server.next_event()
     assert isinstance(event, BadMessage) and "deeper" in event.reason
@@ -177,7 +192,7 @@ def _frame(payload: bytes) -> bytes:
 
 
 def test_too_many_fds_is_bad_message() -> None:
-    server = Connection(Role.SERVER, max_fds=2)
+    server = Connection(Side.SERVER, max_fds=2)
     server.receive_data(_frame(b""), [3, 4, 5])
     event = server.next_event()
     assert isinstance(event, BadMessage) and event.fds == (3, 4, 5)
@@ -195,7 +210,7 @@ def test_too_many_fds_is_bad_message() -> None:
     ],
 )
 def test_bad_headers_are_fatal(size: int, flags: int, err: int) -> None:
-    server = Connection(Role.SERVER)
+    server = Connection(Side.SERVER)
     server.receive_data(HEADER.pack(9, Command.PING, size, flags, 0))
     with pytest.raises(ProtocolError) as info:
         server.next_event()
@@ -203,25 +218,26 @@ def test_bad_headers_are_fatal(size: int, flags: int, err: int) -> None:
 
 
 def test_client_accepts_only_its_replies_and_events() -> None:
-    client, server = Connection(Role.CLIENT), Connection(Role.SERVER)
+    client, server = pair()
     msg_id, _ = client.send_command(Command.PING)
     client.receive_data(server.send_reply(msg_id, Command.PING, {}))
     assert isinstance(client.next_event(), Message)
     client.receive_data(server.send_reply(msg_id, Command.PING, {}))  # answered twice
     with pytest.raises(ProtocolError):
         client.next_event()
-    other = Connection(Role.CLIENT)
+    other = Connection(Side.CLIENT)
     _, event = server.send_command(Command.EVENT_FAULT, {"iova": 1}, no_reply=True)
     other.receive_data(event)
     assert isinstance(other.next_event(), Message)
-    _, cmd = server.send_command(Command.PING, {}, no_reply=True)
-    other.receive_data(cmd)
+    other.receive_data(HEADER.pack(0, Command.PING, 16, 0x10, 0))  # a server never sends this
+    with pytest.raises(LocalProtocolError):
+        server.send_command(Command.PING, {}, no_reply=True)
     with pytest.raises(ProtocolError):
         other.next_event()
 
 
 def test_msg_ids_skip_outstanding_ones() -> None:
-    client = Connection(Role.CLIENT)
+    client = pair()[0]
     first, _ = client.send_command(Command.PING)
     seen = {first}
     for _ in range(0xFFFF):
@@ -233,7 +249,7 @@ def test_msg_ids_skip_outstanding_ones() -> None:
 
 
 def test_error_reply_carries_errno_and_message() -> None:
-    client, server = Connection(Role.CLIENT), Connection(Role.SERVER)
+    client, server = pair()
     msg_id, _ = client.send_command(Command.PING)
     client.receive_data(server.send_error(msg_id, Command.PING, errno.EBUSY, "attached"))
     event = client.next_event()

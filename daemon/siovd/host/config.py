@@ -74,8 +74,9 @@ class LimitsConfig:
     blocked_descriptors: int = u(1, 1 << 20, default=1024)
     #: 4 KiB page-table pages the daemon allocates for one client's domains (256 MiB).
     page_table_pages: int = u(1, 1 << 24, default=65536)
-    #: Requests of one connection whose handlers are still running (those that wait, such as a
-    #: page request); past it a request gets EAGAIN, so pipelining cannot pile up tasks.
+    #: Accepted so that older config files still load, and has no effect: no handler waits
+    #: (work that takes time is queued to the engines and answered with events), so nothing
+    #: is ever in flight past the reply.
     requests_in_flight: int = u(1, 1 << 20, default=4096)
     #: Fds of one connection's messages whose bytes have not all arrived; at least
     #: protocol.max_fds, so one whole message always fits.

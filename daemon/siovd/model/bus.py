@@ -20,15 +20,14 @@ import uuid as uuidlib
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from siov_protocol.ids import PASID_BITS
 from siovd.model.device import Device
 from siovd.model.errors import SiovError
 from siovd.model.iommu.core import Iommu
-from siovd.model.iommu.pasid import PASID_BITS
+from siovd.model.owner import HOST
 from siovd.model.parents import MdevParent, MdevTypeInfo
 
 _UUID_RE = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$")
-#: The daemon itself: it owns started persistent definitions while no client has claimed them.
-HOST = 0
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:-]{0,63}$")
 
 

@@ -1,7 +1,7 @@
 """A device on a bus, as the bus and the IOMMU both see it.
 
 The bus creates devices (mdevs from a parent, or devices an external emulator registers);
-the IOMMU's probe path gives each one a group and fills in :attr:`Device.iommu`.
+the IOMMU's probe path gives each one a group and fills in :attr:`Device.group`.
 """
 
 from __future__ import annotations

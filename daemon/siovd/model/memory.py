@@ -20,6 +20,7 @@ from array import array
 from dataclasses import dataclass, field
 
 from siovd.model.errors import SiovError
+from siovd.model.owner import HOST
 
 if sys.byteorder != "little":  # pragma: no cover - x86 page-table entries are little-endian
     raise ImportError("siovd's physical memory model needs a little-endian host")
@@ -31,7 +32,6 @@ REGION_ALIGN = 2 << 20
 FIRST_BASE = REGION_ALIGN
 #: Physical addresses are 52 bits wide (x86 MAXPHYADDR), the width a page-table entry can hold.
 PHYS_LIMIT = 1 << 52
-DAEMON_OWNER = 0
 
 _ZERO_PAGE = array("Q", bytes(PAGE_SIZE))
 
@@ -319,7 +319,7 @@ class PageTablePool:
 
     def _grow(self) -> int:
         buf = mmap.mmap(-1, self.CHUNK)
-        region = self._memory.add_region(memoryview(buf), DAEMON_OWNER, "rw")
+        region = self._memory.add_region(memoryview(buf), HOST, "rw")
         base = region.base
         self._chunks[base] = (region, buf)
         # Highest first, so pop() hands out the chunk's pages in ascending order.
@@ -331,7 +331,7 @@ class PageTablePool:
     def _shrink(self, base: int) -> None:
         region, buf = self._chunks.pop(base)
         del self._free[base]
-        self._memory.remove_region(region.id, DAEMON_OWNER)
+        self._memory.remove_region(region.id, HOST)
         try:
             buf.close()
         except BufferError:  # someone still holds a view; the mapping goes with the last one

@@ -42,13 +42,14 @@ from typing import TYPE_CHECKING, Any, ClassVar, Final
 
 import structlog
 
-from siov_protocol import Command
 from siov_protocol.dsa import DSA_DESC_SIZE
 from siov_protocol.messages_accel import (
     SUBMIT_ACCEPTED,
-    SUBMIT_DROPPED,
     SUBMIT_RETRY,
+    IrqEvent,
 )
+from siov_protocol.messages_iommu import PageRequestEvent
+from siov_protocol.replies import EvlEvent, event_message
 from siovd.model.accel import (
     MDEV_IRQ_COUNT,
     Blocked,
@@ -85,11 +86,6 @@ TIME_SLICE_S: Final = 0.002
 #: Bytes of data one turn of a group's engines may touch (about a millisecond of copying).
 WORK_BUDGET: Final = 4 << 20
 _ONE: Final = (1).to_bytes(8, "little")
-_RESULT_BYTE: Final = {
-    SubmitResult.ACCEPTED: SUBMIT_ACCEPTED,
-    SubmitResult.RETRY: SUBMIT_RETRY,
-    SubmitResult.DROPPED: SUBMIT_DROPPED,
-}
 
 
 class MdevState:
@@ -365,10 +361,8 @@ class AccelRuntime:
         session = self.daemon.sessions.get(state.session)
         if session is None:
             return
-        body: dict[str, Any] = {"device": state.uuid, "vector": vector}
-        if swerr is not None:
-            body["swerr"] = swerr
-        if session.push_event(Command.EVENT_IRQ, body):
+        event = IrqEvent(device=state.uuid, vector=vector, swerr=swerr)
+        if session.push_event(*event_message(event)):
             self.stats.irqs_event += 1
 
     def _software_error(self, state: MdevState, error: SoftwareError) -> None:
@@ -414,9 +408,7 @@ class AccelRuntime:
         for session_id in sorted(armed):
             session = self.daemon.sessions.get(session_id)
             if session is not None:
-                session.push_event(
-                    Command.EVENT_EVL, {"device": device.name, "entries": log_.count}
-                )
+                session.push_event(*event_message(EvlEvent(device=device.name, entries=log_.count)))
 
     def set_irqs(self, state: MdevState, start: int, fds: list[int]) -> None:
         """Install eventfds for vectors ``[start, start + len(fds))``, closing the ones they
@@ -463,17 +455,15 @@ class AccelRuntime:
         self.stats.page_requests += 1
         session = self.daemon.sessions.get(request.owner)
         if session is not None:
-            session.push_event(
-                Command.EVENT_PAGE_REQUEST,
-                {
-                    "request": request.id,
-                    "device": state.uuid,
-                    "pasid": fault.pasid,
-                    "iova": fault.iova,
-                    "write": fault.write,
-                    "domain": domain.id if domain.id else None,
-                },
+            event = PageRequestEvent(
+                request=request.id,
+                device=state.uuid,
+                pasid=fault.pasid,
+                iova=fault.iova,
+                write=fault.write,
+                domain=domain.id if domain.id else None,
             )
+            session.push_event(*event_message(event))
         self.start_waiter(request)
 
     @property

@@ -14,7 +14,10 @@ from collections import Counter
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
-from siov_protocol import Command, jsonc
+from siov_protocol import jsonc
+from siov_protocol.auth import Role
+from siov_protocol.messages_iommu import DeviceRemovedEvent, FaultEvent
+from siov_protocol.replies import event_message
 from siovd import __version__
 from siovd.host.auth import AuthPolicy, PeerCredentials, new_nonce
 from siovd.host.config import Config, ConfigError
@@ -28,10 +31,11 @@ from siovd.model.errors import SiovError
 from siovd.model.iommu import FaultRecord, Iommu
 from siovd.model.iommu.io_pagetable import owner_usage
 from siovd.model.memory import PhysicalMemory
+from siovd.model.owner import HOST
 from siovd.model.testparent import SiovTestParent
 from siovd.service.accel_runtime import AccelRuntime
 from siovd.service.fds import CLOSER
-from siovd.service.session import Role, Session, UidUsage
+from siovd.service.session import Session, UidUsage
 from siovd.service.sva import SvaRuntime
 from siovd.service.vfio_user import Endpoints
 
@@ -100,7 +104,7 @@ class Daemon:
         identity = self.auth_policy.authenticate(
             peer, nonce=session.nonce, public_key=public_key, signature=signature
         )
-        return identity.name, Role(identity.role.value)
+        return identity.name, identity.role
 
     def _autostart(self) -> dict[str, str]:
         """Start every ``auto`` definition with its UUID; return the ones that failed."""
@@ -162,18 +166,16 @@ class Daemon:
         session = self.sessions.get(owner)
         if session is None:
             return
-        session.push_event(
-            Command.EVENT_FAULT,
-            {
-                "device": record.device,
-                "pasid": record.pasid,
-                "iova": record.iova,
-                "reason": record.reason,
-                "write": record.write,
-                "reason_name": record.reason_name,
-                "domain": record.domain,
-            },
+        event = FaultEvent(
+            device=record.device,
+            pasid=record.pasid,
+            iova=record.iova,
+            reason=record.reason,
+            write=record.write,
+            reason_name=record.reason_name,
+            domain=record.domain,
         )
+        session.push_event(*event_message(event))
 
     def _device_removed(self, device: Any) -> None:
         """The bus removed ``device``. In this order: its vfio-user endpoint (if exposed)
@@ -184,7 +186,7 @@ class Daemon:
         session = self.sessions.get(device.owner)
         if session is not None:
             session.push_event(
-                Command.EVENT_DEVICE_REMOVED, {"uuid": device.uuid, "reason": "removed"}
+                *event_message(DeviceRemovedEvent(uuid=device.uuid, reason="removed"))
             )
 
     def close_dead_mappings(self) -> None:
@@ -204,7 +206,7 @@ class Daemon:
             "devices": len(self.bus.list(None)),
             "groups": len(self.iommu.groups(None)),
             "domains": len(self.iommu.domains(None)),
-            "memory_regions": sum(1 for r in self.memory.regions(None) if r.owner != 0),
+            "memory_regions": sum(1 for r in self.memory.regions(None) if r.owner != HOST),
         }
 
     # ---- authentication ---------------------------------------------------------------------

@@ -7,7 +7,6 @@ reaches the listener: a connection that misbehaves is answered or closed, and lo
 
 from __future__ import annotations
 
-import array
 import contextlib
 import errno
 import functools
@@ -25,15 +24,17 @@ import trio
 from siov_protocol import (
     NEED_DATA,
     BadMessage,
-    Command,
     Connection,
     FieldError,
+    LocalProtocolError,
     Message,
     ProtocolError,
-    Role,
+    Side,
     decode,
 )
+from siov_protocol.fdpass import ANC_SPACE, MAX_FDS_PER_MESSAGE, send_nowait
 from siov_protocol.header import FLAG_NO_REPLY, HEADER_SIZE
+from siov_protocol.replies import ShutdownEvent, event_message
 from siov_protocol.schema import encode
 from siovd.host.auth import peer_credentials
 from siovd.model.budget import Budget
@@ -49,7 +50,7 @@ from siovd.service.fds import (
     shut_and_drain,
 )
 from siovd.service.handlers import Context, Deferred, Handler, registry
-from siovd.service.session import UNKNOWN_UID, Phase, Session
+from siovd.service.session import UNKNOWN_UID, Session
 
 log = structlog.get_logger("siovd.server")
 
@@ -58,10 +59,14 @@ YIELD_EVERY = 16  # messages one connection handles at most before letting the o
 #: Work one step of a long request may do besides its time (server.turn_ms): bytes of page
 #: table entries, about a millisecond's worth.
 TURN_WORK = 64 << 10
+#: Check every reply body against its command's reply schema before it is sent. The test
+#: suite turns this on (``SIOVD_CHECK_REPLIES=1`` reaches daemons it runs as processes too); a
+#: reply that does not decode is then answered EIO and logged as a handler bug.
+CHECK_REPLIES = os.environ.get("SIOVD_CHECK_REPLIES") == "1"
 REFUSE_WAIT_S = 1.0  # how long a refused connection may take to send its first header
 MAX_REFUSING = 64  # refusals answered at once; past that a refused connection is just closed
-MAX_FDS_RECEIVED = 253  # receive everything the kernel can carry, then judge it
-ANC_SIZE = socket.CMSG_SPACE(MAX_FDS_RECEIVED * 4)
+MAX_FDS_RECEIVED = MAX_FDS_PER_MESSAGE  # receive everything the kernel can carry, then judge it
+ANC_SIZE = ANC_SPACE
 
 
 def close_fds(fds: list[int] | tuple[int, ...]) -> None:
@@ -88,14 +93,16 @@ class ClientConnection:
         self.raw.setblocking(False)
         cfg = self.daemon.config
         self.conn = Connection(
-            Role.SERVER, max_msg_size=cfg.protocol.max_msg_size, max_fds=MAX_FDS_RECEIVED
+            Side.SERVER, max_msg_size=cfg.protocol.max_msg_size, max_fds=MAX_FDS_RECEIVED
         )
-        self.session = Session(peer=_peer_credentials(self.raw), event_limit=cfg.limits.event_queue)
+        self.session = Session(
+            peer=_peer_credentials(self.raw),
+            event_limit=cfg.limits.event_queue,
+            protocol=self.conn.state,
+        )
         self.write_lock = trio.Lock()
         self.events_ready = trio.Event()
         self.log = log
-        self.nursery: trio.Nursery | None = None
-        self.async_in_flight = 0  # async handlers of this connection not yet done
 
     # ---- writing ---------------------------------------------------------------------------
 
@@ -105,31 +112,27 @@ class ClientConnection:
         The common case is one non-blocking sendmsg with no scheduling; only a full socket
         buffer takes the slow path, which waits at most ``write_timeout_s`` for the client.
         """
-        anc = [(socket.SOL_SOCKET, socket.SCM_RIGHTS, array.array("i", fds))] if fds else []
         if not self.write_lock.locked():
             try:
-                sent = self.raw.sendmsg([data], anc)
-            except BlockingIOError:
-                sent = 0
+                sent = send_nowait(self.raw, data, fds)
             except OSError as exc:
                 raise ClientGone(str(exc)) from None
             if sent == len(data):
                 return
             if sent:
-                anc = []
+                fds = ()
             data = data[sent:]
         async with self.write_lock:
             with trio.move_on_after(self.daemon.config.server.write_timeout_s) as scope:
                 while data:
                     await trio.lowlevel.wait_writable(self.raw)
                     try:
-                        sent = self.raw.sendmsg([data], anc)
-                    except BlockingIOError:
-                        continue
+                        sent = send_nowait(self.raw, data, fds)
                     except OSError as exc:
                         raise ClientGone(str(exc)) from None
-                    anc = []
-                    data = data[sent:]
+                    if sent:
+                        fds = ()
+                        data = data[sent:]
             if scope.cancelled_caught:
                 self.daemon.counters["clients_dropped_stuck"] += 1
                 raise ClientGone("client stopped reading; write timed out")
@@ -150,7 +153,6 @@ class ClientConnection:
         self.log.info("client connected", peer=self.session.peer)
         try:
             async with trio.open_nursery() as nursery:
-                self.nursery = nursery
                 nursery.start_soon(self.pump_events)
                 nursery.start_soon(self.handshake_deadline)
                 await self.read_loop()
@@ -166,7 +168,7 @@ class ClientConnection:
         """A connection that has not negotiated (and authenticated) in time is closed, so idle
         sockets cannot hold ``server.max_clients`` slots for ever."""
         await trio.sleep(self.daemon.config.server.handshake_timeout_s)
-        if self.session.phase is not Phase.READY:
+        if not self.session.protocol.ready:
             self.daemon.counters["handshake_timeouts"] += 1
             raise ClientGone("no VERSION/AUTH within server.handshake_timeout_s")
 
@@ -195,7 +197,7 @@ class ClientConnection:
         turn_end = clock() + turn_s
         while True:
             try:
-                data, anc, flags, _ = await self.sock.recvmsg(RECV_SIZE, ANC_SIZE)
+                data, anc, flags, _ = await self.sock.recvmsg(RECV_SIZE, ANC_SPACE)
             except OSError as exc:
                 raise ClientGone(str(exc)) from None
             fds = fds_from_ancillary(anc)
@@ -278,18 +280,6 @@ class ClientConnection:
                 await self.reply_error(msg.msg_id, msg.command, *err)
             return
         assert handler is not None
-        if handler.is_async:
-            limit = self.daemon.config.limits.requests_in_flight
-            if self.async_in_flight >= limit:
-                close_fds(fds)
-                if not msg.no_reply:
-                    text = f"limit reached: limits.requests_in_flight = {limit} still running"
-                    await self.reply_error(msg.msg_id, msg.command, errno.EAGAIN, text)
-                return
-            assert self.nursery is not None
-            self.async_in_flight += 1
-            self.nursery.start_soon(self.run_counted, handler, msg, fds)
-            return
         self.server.in_flight += 1
         try:
             reply = self.call(handler, msg, fds)
@@ -303,19 +293,15 @@ class ClientConnection:
     def refusal(
         self, handler: Handler | None, msg: Message, fds: list[int]
     ) -> tuple[int, str] | None:
-        """Why a message may not run at all, or None."""
+        """Why a message may not run at all, or None. The phase and the negotiated limits are
+        the state machine's to judge; the handler table adds its own fd count and role."""
         session = self.session
         if handler is None:
             return errno.ENOSYS, f"unknown command {msg.command:#x}"
         name = handler.command.name
-        if session.phase < handler.phase:
-            if session.phase is Phase.AWAIT_VERSION:
-                return errno.EPROTO, f"{name} before VERSION: negotiate the version first"
-            return errno.EACCES, f"{name} before AUTH: authenticate first"
-        if handler.phase is Phase.AWAIT_AUTH and session.phase is Phase.AWAIT_VERSION:
-            return errno.EPROTO, f"{name} before VERSION: negotiate the version first"
-        if len(fds) > session.max_fds:
-            return errno.EINVAL, f"{len(fds)} fds exceed the negotiated max_fds {session.max_fds}"
+        why = session.protocol.refusal(msg.command, len(fds))
+        if why is not None:
+            return why
         if len(fds) > handler.max_fds:
             if handler.max_fds == 0:
                 return errno.EINVAL, f"{name} takes no file descriptors, got {len(fds)}"
@@ -327,15 +313,18 @@ class ClientConnection:
     def call(
         self, handler: Handler, msg: Message, fds: list[int]
     ) -> tuple[bytes, tuple[int, ...]] | Deferred | None:
-        """Run a synchronous handler; return the reply bytes and fds to send (or the long
-        work to run before them)."""
+        """Run a handler; return the reply bytes and fds to send (or the long work to run
+        before them)."""
         ctx = Context(self.daemon, self.session, msg.msg_id, msg.command, fds)
         try:
             req: Any = decode(handler.schema, msg.body)
+            again = self.session.protocol.repeat_refusal(msg.command)
+            if again is not None:
+                raise SiovError(*again)
             result = handler.fn(ctx, req)
             if isinstance(result, Deferred):
                 return result
-        except (FieldError, SiovError) as exc:
+        except SiovError as exc:
             close_fds(ctx.fds)
             return self.conn.send_error(msg.msg_id, msg.command, exc.errno, exc.message), ()
         except Exception as exc:
@@ -344,7 +333,7 @@ class ClientConnection:
             self.daemon.counters["handler_failures"] += 1
             text = f"internal error in {handler.command.name}: {type(exc).__name__}"
             return self.conn.send_error(msg.msg_id, msg.command, errno.EIO, text), ()
-        return self.encode_reply(msg, result)
+        return self.encode_reply(handler, msg, result)
 
     async def run_deferred(
         self, handler: Handler, msg: Message, deferred: Deferred
@@ -356,8 +345,8 @@ class ClientConnection:
             while not deferred.job.step(self.turn_budget()):
                 self.daemon.counters["request_turns"] += 1
                 await trio.lowlevel.checkpoint()
-            return self.encode_reply(msg, deferred.finish())
-        except (FieldError, SiovError) as exc:
+            return self.encode_reply(handler, msg, deferred.finish())
+        except SiovError as exc:
             return self.conn.send_error(msg.msg_id, msg.command, exc.errno, exc.message), ()
         except Exception as exc:
             self.log.exception("handler failed", command=name)
@@ -365,49 +354,29 @@ class ClientConnection:
             text = f"internal error in {name}: {type(exc).__name__}"
             return self.conn.send_error(msg.msg_id, msg.command, errno.EIO, text), ()
 
-    def encode_reply(self, msg: Message, result: Any) -> tuple[bytes, tuple[int, ...]]:
+    def encode_reply(
+        self, handler: Handler, msg: Message, result: Any
+    ) -> tuple[bytes, tuple[int, ...]]:
         reply_fds: tuple[int, ...] = ()
         if isinstance(result, tuple):  # (body, fds to send)
             result, reply_fds = result
         body = result if isinstance(result, dict) or result is None else encode(result)
-        data = self.conn.send_reply(msg.msg_id, msg.command, body)
-        limit = self.session.max_msg_size
-        if len(data) > limit:  # SPEC §6: no message is larger than the negotiated size
+        if CHECK_REPLIES:
+            try:
+                decode(handler.reply, body or {})
+            except FieldError as exc:
+                close_fds(reply_fds)
+                self.log.error("reply does not match its schema", command=handler.command.name)
+                self.daemon.counters["handler_failures"] += 1
+                text = f"internal error in {handler.command.name}: reply {exc.message}"
+                return self.conn.send_error(msg.msg_id, msg.command, errno.EIO, text), ()
+        try:
+            data = self.conn.send_reply(msg.msg_id, msg.command, body)
+        except LocalProtocolError as exc:  # SPEC §6: larger than the negotiated size
             close_fds(reply_fds)
             self.daemon.counters["replies_too_large"] += 1
-            text = f"the reply ({len(data)} bytes) exceeds the negotiated max_msg_size {limit}"
-            return self.conn.send_error(msg.msg_id, msg.command, errno.EMSGSIZE, text), ()
+            return self.conn.send_error(msg.msg_id, msg.command, exc.errno, exc.message), ()
         return data, reply_fds
-
-    async def run_counted(self, handler: Handler, msg: Message, fds: list[int]) -> None:
-        """:meth:`run_async`, counted against ``limits.requests_in_flight`` until its reply
-        is written (a reply waiting for a slow reader still holds its memory)."""
-        try:
-            await self.run_async(handler, msg, fds)
-        finally:
-            self.async_in_flight -= 1
-
-    async def run_async(self, handler: Handler, msg: Message, fds: list[int]) -> None:
-        ctx = Context(self.daemon, self.session, msg.msg_id, msg.command, fds)
-        self.server.in_flight += 1
-        try:
-            try:
-                req: Any = decode(handler.schema, msg.body)
-                result = await handler.fn(ctx, req)  # type: ignore[misc]
-                reply = self.encode_reply(msg, result)
-            except (FieldError, SiovError) as exc:
-                close_fds(ctx.fds)
-                reply = self.conn.send_error(msg.msg_id, msg.command, exc.errno, exc.message), ()
-            except Exception as exc:
-                close_fds(ctx.fds)
-                self.log.exception("handler failed", command=handler.command.name)
-                self.daemon.counters["handler_failures"] += 1
-                text = f"internal error in {handler.command.name}: {type(exc).__name__}"
-                reply = self.conn.send_error(msg.msg_id, msg.command, errno.EIO, text), ()
-        finally:
-            self.server.in_flight -= 1
-        if not msg.no_reply:
-            await self.send(*reply)
 
     async def pump_events(self) -> None:
         """Send queued events in order; the queue itself is bounded by the session."""
@@ -418,7 +387,14 @@ class ClientConnection:
             session.wake = self.events_ready.set
             while session.events:
                 ev = session.pop_event()
-                _, data = self.conn.send_command(ev.command, ev.body, no_reply=True)
+                try:
+                    _, data = self.conn.send_command(
+                        ev.command, ev.body, no_reply=True, n_fds=len(ev.fds)
+                    )
+                except ProtocolError:  # too large for the client, or the connection broke
+                    close_fds(ev.fds)
+                    session.events_dropped += 1
+                    continue
                 try:
                     await self.send(data, ev.fds)
                 finally:
@@ -579,7 +555,7 @@ class Server:
                         return
                     head += data
                 msg_id, command = struct.unpack_from("<HH", head)
-                reply = Connection(Role.SERVER).send_error(msg_id, command, errno.EAGAIN, message)
+                reply = Connection(Side.SERVER).send_error(msg_id, command, errno.EAGAIN, message)
                 await sock.send(reply)
                 sock.shutdown(socket.SHUT_WR)
                 while True:  # the client closes first: a clean EOF, no reset
@@ -599,7 +575,7 @@ class Server:
         self.closing = True
         log.info("shutting down", clients=len(self.connections), in_flight=self.in_flight)
         for client in list(self.connections):
-            client.session.push_event(Command.EVENT_SHUTDOWN, {"grace_s": grace})
+            client.session.push_event(*event_message(ShutdownEvent(grace_s=grace)))
         with trio.move_on_after(grace):
             # Polling is bounded by the grace period and runs once per process life.
             while self.in_flight or any(c.session.events for c in self.connections):  # noqa: ASYNC110

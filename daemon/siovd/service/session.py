@@ -2,12 +2,14 @@
 
 Plain Python, no trio: the server gives it a ``wake`` callback to run when an event is queued.
 The session id is the ``owner`` the domain model records on every object the client creates.
+Where the connection is in its handshake and which limits it negotiated belong to the
+protocol's state machine (:class:`siov_protocol.ConnectionState`), which the session holds as
+:attr:`Session.protocol`.
 """
 
 from __future__ import annotations
 
 import contextlib
-import enum
 import errno
 import itertools
 import os
@@ -16,24 +18,13 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from siov_protocol import ConnectionState, Side
+from siov_protocol.auth import Role
 from siov_protocol.connection import encode_body
 from siov_protocol.header import HEADER_SIZE
 from siovd.model.errors import SiovError
 
 _ids = itertools.count(1)
-
-
-class Phase(enum.IntEnum):
-    """Where a connection is in its life; commands are allowed from a phase on."""
-
-    AWAIT_VERSION = 0
-    AWAIT_AUTH = 1
-    READY = 2
-
-
-class Role(enum.Enum):
-    USER = "user"
-    ADMIN = "admin"
 
 
 @dataclass(slots=True)
@@ -67,12 +58,10 @@ class Session:
     peer: tuple[int, int, int] | None = None  # SO_PEERCRED pid, uid, gid
     event_limit: int = 4096
     id: int = field(default_factory=lambda: next(_ids))
-    phase: Phase = Phase.AWAIT_VERSION
+    protocol: ConnectionState = field(default_factory=lambda: ConnectionState(Side.SERVER))
     role: Role = Role.USER
     identity: str = ""
     client_name: str = ""
-    max_msg_size: int = 1 << 20
-    max_fds: int = 8
     nonce: bytes | None = None
     events: deque[QueuedEvent] = field(default_factory=deque)
     events_sent: int = 0
@@ -88,6 +77,11 @@ class Session:
     @property
     def uid(self) -> int:
         return self.peer[1] if self.peer is not None else UNKNOWN_UID
+
+    @property
+    def max_msg_size(self) -> int:
+        """The negotiated size no message to this client may exceed."""
+        return self.protocol.limits.max_msg_size
 
     @property
     def is_admin(self) -> bool:

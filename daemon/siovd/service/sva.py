@@ -23,13 +23,14 @@ from typing import TYPE_CHECKING, Any, ClassVar, Final
 import structlog
 import trio
 
+from siov_protocol.ids import PASID_BITS
 from siov_protocol.messages_sva import SVA_FDS, WQ_MODE_DEDICATED, WQ_MODE_SHARED
 from siovd.model.accel.cdev import as_enqcmd, closed, open_wq, opened
 from siovd.model.accel.parent import TYPE_1DWQ, TYPE_1SWQ, DsaMdev
 from siovd.model.device import Device
 from siovd.model.errors import SiovError
 from siovd.model.iommu.sva import AddressSpace, SvaDomain
-from siovd.model.memory import DAEMON_OWNER
+from siovd.model.owner import HOST
 from siovd.service.accel_runtime import MdevState
 
 if TYPE_CHECKING:
@@ -161,7 +162,7 @@ class SvaRuntime:
     def _pf_device(self, name: str) -> Device:
         pf = self._pf.get(name)
         if pf is None:
-            pf = Device(name, PCI_BUS, DAEMON_OWNER, 20, name=name)
+            pf = Device(name, PCI_BUS, HOST, PASID_BITS, name=name)
             self.daemon.iommu.probe_device(pf)
             self._pf[name] = pf
         return pf

@@ -480,11 +480,13 @@ class Endpoint:
     # -- the socket ---------------------------------------------------------------------------
 
     async def serve(self) -> None:
-        """Accept one client at a time until unexposed. Never raises."""
-        assert self.sock is not None
-        listener = trio.socket.from_stdlib_socket(self.sock)
+        """Accept one client at a time until unexposed. Never raises: an endpoint unexposed
+        before this task first runs (its socket already closed) just ends."""
+        if self.closed or self.sock is None:
+            return
         with self.cancel:
             try:
+                listener = trio.socket.from_stdlib_socket(self.sock)
                 async with trio.open_nursery() as nursery:
                     busy = trio.Semaphore(1)
                     while True:
@@ -649,8 +651,12 @@ class Endpoints:
         return endpoint
 
     async def _serve(self, endpoint: Endpoint) -> None:
+        # A system task: anything escaping it would end the whole daemon (TrioInternalError).
         try:
             await endpoint.serve()
+        except Exception as exc:
+            log.error("vfio-user endpoint task failed", mdev=endpoint.uuid, error=repr(exc))
+            endpoint.close()
         finally:
             if self.by_uuid.get(endpoint.uuid) is endpoint:
                 del self.by_uuid[endpoint.uuid]

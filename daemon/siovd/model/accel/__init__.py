@@ -3,7 +3,7 @@ and the descriptor executor. Plain synchronous code; the server's engine tasks d
 
 from siovd.model.accel.config import Accelerators, device_to_json
 from siovd.model.accel.device import DsaDevice, Engine, Group, embedded_default
-from siovd.model.accel.ops import Executor, ResumeState, run_inprocess
+from siovd.model.accel.ops import Executor, ResumeState
 from siovd.model.accel.outcome import (
     AccelEvent,
     Blocked,
@@ -44,5 +44,4 @@ __all__ = [
     "WorkQueue",
     "device_to_json",
     "embedded_default",
-    "run_inprocess",
 ]

@@ -27,13 +27,12 @@ The pieces: :mod:`siovd.model.accel.checks` (validation before an operation runs
 from __future__ import annotations
 
 import struct
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from typing import Final
 
 from siov_protocol.dsa import (
     COMP_STRUCT,
     DESC_STRUCT,
-    DSA_COMP_STATUS_MASK,
     DSA_COMP_STATUS_WRITE,
     IDXD_OP_FLAG_BOF,
     IDXD_OP_FLAG_CR,
@@ -51,7 +50,6 @@ from siov_protocol.dsa import (
 from siovd.model.accel import caps
 from siovd.model.accel.checks import SPECS, validate
 from siovd.model.accel.crc import crc_begin, crc_end, crc_update
-from siovd.model.accel.device import embedded_default
 from siovd.model.accel.dif import op_dif
 from siovd.model.accel.outcome import (
     AccelEvent,
@@ -90,7 +88,7 @@ from siovd.model.accel.results import (
     partial,
     preempted,
 )
-from siovd.model.accel.wq import WorkItem, WorkQueue
+from siovd.model.accel.wq import WorkItem
 from siovd.model.budget import Budget
 from siovd.model.dma import DmaFault, DmaSpace
 
@@ -842,23 +840,3 @@ _OPS: Final[dict[int, OpFn]] = {
     DsaOpcode.DIX_GEN: op_dif,
 }
 assert set(_OPS) == set(SPECS) == set(caps.SUPPORTED_OPCODES)
-
-
-def run_inprocess(
-    descriptors: Iterable[bytes],
-    dma: DmaSpace,
-    wq: WorkQueue | None = None,
-    pasid: int = 0,
-) -> int:
-    """Execute ``descriptors`` one after the other against ``dma`` under ``wq``'s limits (a
-    dedicated WQ of the embedded default device when None), without queueing: the bench's
-    in-process baseline. Returns how many completed with SUCCESS."""
-    if wq is None:
-        wq = embedded_default().wqs[0]
-    run = Executor().run
-    ok = 0
-    for number, raw in enumerate(descriptors):
-        outcome = run(WorkItem(wq, raw, pasid, number, None, None), dma)
-        if isinstance(outcome, Completed) and outcome.raw[0] & DSA_COMP_STATUS_MASK == SUCCESS:
-            ok += 1
-    return ok

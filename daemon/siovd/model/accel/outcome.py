@@ -1,17 +1,16 @@
 """What executing a descriptor produces, for the engine task that drives the executor.
 
-An engine task does::
+The service's engine loop (``AccelRuntime.run_group``) does, for each item a group hands out::
 
-    item = engine.take()                       # or group.take() / wq.take()
+    item = group.take()
     outcome = executor.execute(item, dma_for_pasid)
-    while isinstance(outcome, Blocked):        # block-on-fault: a page request is pending
-        deliver(outcome.events)
-        response = await page_response_for(outcome.fault)
-        outcome = executor.resume(outcome.state, response)
-    deliver(outcome.events)
-    if outcome.interrupt:
-        signal(item.owner, outcome.int_handle)
-    item.wq.retire(item)
+    if isinstance(outcome, Blocked):   # block-on-fault: park the item, send a page request
+        ...                            # later, PAGE_RESPONSE calls
+        outcome = executor.resume(outcome.state, response)   # and the same choice follows
+    else:                              # Completed: events, the interrupt, then
+        item.wq.retire(item)
+
+Nothing waits inside the loop: a blocked item is set aside and the engine takes the next one.
 
 ``events`` carry what happened on the way: interrupts requested by descriptors inside a batch,
 and software errors (an error status that no completion record could report).

@@ -29,6 +29,7 @@ import errno
 from dataclasses import dataclass, replace
 from typing import Final
 
+from siov_protocol.ids import PASID_BITS, PASID_LIMIT
 from siovd.model.accel import caps
 from siovd.model.accel.device import DsaDevice, group_regs, portal_wq_index, wq_regs
 from siovd.model.accel.registers import bar0_image
@@ -46,7 +47,6 @@ MDEV_ATTRS: Final = {
 #: MSI-X vectors of a DSA mdev: 0 for errors and miscellaneous causes, 1 for completions
 #: (mdev-idxd.rst); a descriptor's int_handle must name one of them.
 MDEV_IRQ_COUNT: Final = 2
-PASID_BITS: Final = 20
 
 
 @dataclass(slots=True)
@@ -112,7 +112,7 @@ class DsaParent:
     def mdev_create(self, type_id: str, uuid: str, default_pasid: int) -> None:
         if uuid in self.mdevs:
             raise SiovError(errno.EEXIST, f"{self.name}: mdev {uuid} already exists")
-        if not 0 < default_pasid < (1 << PASID_BITS):
+        if not 0 < default_pasid < PASID_LIMIT:
             raise SiovError(errno.EINVAL, f"{self.name}: PASID {default_pasid} out of range")
         if type_id == TYPE_1DWQ:
             free = self._free_dwqs()

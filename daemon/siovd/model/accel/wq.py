@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Final
 
 from siov_protocol.dsa import DSA_DESC_SIZE, DsaOpcode
+from siov_protocol.ids import PASID_MAX
 from siovd.model.accel import caps
 from siovd.model.accel.attrs import (
     as_bitmap256,
@@ -34,7 +35,6 @@ from siovd.model.errors import SiovError
 if TYPE_CHECKING:
     from siovd.model.accel.device import DsaDevice, Group
 
-PASID_MAX: Final = (1 << 20) - 1
 _DRAIN: Final = int(DsaOpcode.DRAIN)
 
 WQ_MODES: Final = ("dedicated", "shared")

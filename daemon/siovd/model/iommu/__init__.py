@@ -9,7 +9,7 @@ from siovd.model.iommu.domain import Domain, DomainType
 from siovd.model.iommu.faults import FaultRecord
 from siovd.model.iommu.group import Group
 from siovd.model.iommu.io_pagetable import UNMAP_ALL
-from siovd.model.iommu.iotlb import Iotlb, QemuPolicyIotlb
+from siovd.model.iommu.iotlb import Iotlb
 from siovd.model.iommu.pagetable import PROT_READ, PROT_WRITE, PageTable
 from siovd.model.iommu.translate import IommuDmaSpace
 
@@ -26,5 +26,4 @@ __all__ = [
     "IommuDmaSpace",
     "Iotlb",
     "PageTable",
-    "QemuPolicyIotlb",
 ]

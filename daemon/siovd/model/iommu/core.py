@@ -37,7 +37,8 @@ from siovd.model.iommu.pagetable_verbs import PagetableVerbs
 from siovd.model.iommu.pasid import PasidAllocator
 from siovd.model.iommu.prq import PageRequestQueue
 from siovd.model.iommu.sva_verbs import SvaVerbs
-from siovd.model.memory import DAEMON_OWNER, PageTablePool, PhysicalMemory
+from siovd.model.memory import PageTablePool, PhysicalMemory
+from siovd.model.owner import HOST
 
 __all__ = ["MAX_AM", "REAP_INLINE", "REAP_STEP", "FaultCallback", "Iommu", "TranslatedRun"]
 
@@ -78,7 +79,7 @@ class Iommu(AttachVerbs, PagetableVerbs, InvalidateVerbs, DmaVerbs, SvaVerbs):
         self._next_domain = 1
         self._next_group = 1
         # The static blocking domain every group falls back to (never listed, never freed).
-        self._blocking = Domain(0, DAEMON_OWNER, "*", DomainType.BLOCKED)
+        self._blocking = Domain(0, HOST, "*", DomainType.BLOCKED)
         self._lazy_pending = 0
         #: Page tables of destroyed domains still to give back (:meth:`reap`).
         self._reaping: list[PageTable] = []

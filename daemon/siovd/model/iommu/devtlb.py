@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Final
 from siovd.model.device import Device
 from siovd.model.dma import DmaFault
 from siovd.model.iommu.domain import DomainType
+from siovd.model.iommu.iotlb import make_tag
 from siovd.model.iommu.pagetable import PTE_D, PTE_RW
 from siovd.model.iommu.translate import IommuDmaSpace, resolve
 from siovd.model.memory import Region
@@ -76,7 +77,7 @@ class DevTlbDmaSpace:
         domain, tag_pasid = resolve(self.device, self.pasid)
         if domain is None or domain.type is not DomainType.PAGING:
             return
-        cached = self._iotlb.peek((domain.id << 20) | tag_pasid, iova)
+        cached = self._iotlb.peek(make_tag(domain.id, tag_pasid), iova)
         if cached is None:
             return
         phys_base, size, flags = cached[0], cached[1], cached[2]

@@ -7,8 +7,8 @@ entry: ``domain id << 20 | pasid`` (PASID 0 for requests without one). A lookup 
 The table is bounded. Unlike QEMU, which drops everything when it reaches 1024 entries, a full
 table evicts one entry by CLOCK (second chance): a hit only sets the entry's reference mark,
 so the hit path is one dict probe and one store, and eviction walks the insertion order
-giving referenced entries another round. :class:`QemuPolicyIotlb` keeps QEMU's policy for
-comparison.
+giving referenced entries another round. The bench keeps QEMU's policy for comparison
+(``bench/baselines.py``).
 """
 
 from __future__ import annotations
@@ -16,8 +16,7 @@ from __future__ import annotations
 from collections import OrderedDict
 from typing import Any
 
-PASID_BITS = 20
-PASID_MASK = (1 << PASID_BITS) - 1
+from siov_protocol.ids import PASID_BITS
 
 # Entry fields.
 E_PHYS = 0  # physical base of the page
@@ -248,17 +247,3 @@ class Iotlb:
             "iotlb_size": len(self._map),
             "iotlb_capacity": self.capacity,
         }
-
-
-class QemuPolicyIotlb(Iotlb):
-    """QEMU intel-iommu's policy: 1024 entries, and an insert into a full table flushes it all."""
-
-    def __init__(self, capacity: int = 1024) -> None:
-        super().__init__(capacity)
-
-    def _make_room(self) -> None:
-        self.generation += 1
-        self.evictions += len(self._map)
-        self._map.clear()
-        self._by_tag.clear()
-        self._domains.clear()

@@ -9,11 +9,10 @@ from __future__ import annotations
 import errno
 import heapq
 
+from siov_protocol.ids import NO_PASID, PASID_BITS, PASID_LIMIT
 from siovd.model.errors import SiovError
 
-PASID_BITS = 20
-PASID_LIMIT = 1 << PASID_BITS
-NO_PASID = 0
+__all__ = ["NO_PASID", "PASID_BITS", "PASID_LIMIT", "PasidAllocator"]
 
 
 class PasidAllocator:

@@ -19,7 +19,7 @@ from siovd.model.iommu.faults import (
     FR_PASID_ENTRY_NOT_PRESENT,
     FR_SM_WRITE,
 )
-from siovd.model.iommu.iotlb import E_REF
+from siovd.model.iommu.iotlb import E_REF, make_tag
 from siovd.model.iommu.pagetable import PROT_READ, PROT_WRITE, PTE_D, PTE_RW, walk
 from siovd.model.memory import Region
 
@@ -132,7 +132,7 @@ def _paging(
     iotlb = iommu.iotlb
     lookup = iotlb.lookup
     region_of = iommu.memory.region_of
-    tag = (domain.id << 20) | tag_pasid
+    tag = make_tag(domain.id, tag_pasid)
     owner = domain.owner
     runs: list[Run] = []
     failure: Failure | None = None
@@ -223,7 +223,7 @@ class IommuDmaSpace:
             domain, tag_pasid = resolve(device, self.pasid)
             if domain is not None and domain.type is DomainType.PAGING:
                 iotlb = self._iommu.iotlb
-                entry = iotlb.peek((domain.id << 20) | tag_pasid, iova)
+                entry = iotlb.peek(make_tag(domain.id, tag_pasid), iova)
                 if entry is not None:
                     size = entry[1]
                     off = iova & (size - 1)

@@ -30,12 +30,17 @@ from siov_protocol.messages_accel import (
     AccelEvlRead,
     AccelLoadConfig,
     AccelWq,
+    DeviceInfo,
     DeviceInfoRequest,
+    RegionInfo,
     RegionInfoRequest,
     RegionRead,
+    RegionReadReply,
     RegionWrite,
+    RegionWriteReply,
     SetIrqs,
     Submit,
+    SubmitReply,
 )
 from siov_protocol.messages_iommu import PageResponse
 from siovd.model.accel import BAR0_SIZE, MDEV_IRQ_COUNT
@@ -52,13 +57,13 @@ def _state(ctx: Context, uuid: str) -> MdevState:
 
 
 @registry.command(Command.DEVICE_GET_INFO, DeviceInfoRequest)
-def device_get_info(ctx: Context, req: DeviceInfoRequest) -> dict[str, Any]:
+def device_get_info(ctx: Context, req: DeviceInfoRequest) -> DeviceInfo:
     _state(ctx, req.device)
-    return {"flags": DEVICE_FLAGS_PCI, "num_regions": NUM_REGIONS, "num_irqs": NUM_IRQS}
+    return DeviceInfo(flags=DEVICE_FLAGS_PCI, num_regions=NUM_REGIONS, num_irqs=NUM_IRQS)
 
 
 @registry.command(Command.DEVICE_GET_REGION_INFO, RegionInfoRequest)
-def device_get_region_info(ctx: Context, req: RegionInfoRequest) -> dict[str, Any]:
+def device_get_region_info(ctx: Context, req: RegionInfoRequest) -> RegionInfo:
     state = _state(ctx, req.device)
     if req.index >= NUM_REGIONS:
         raise SiovError(
@@ -69,7 +74,7 @@ def device_get_region_info(ctx: Context, req: RegionInfoRequest) -> dict[str, An
         flags, size = REGION_FLAG_READ, BAR0_SIZE
     elif req.index == REGION_BAR2:
         flags, size = REGION_FLAG_WRITE, state.parent.mdev_portal_size(state.uuid)
-    return {"index": req.index, "flags": flags, "size": size, "offset": 0}
+    return RegionInfo(index=req.index, flags=flags, size=size, offset=0)
 
 
 def _is_eventfd(fd: int) -> bool:
@@ -108,7 +113,7 @@ def device_set_irqs(ctx: Context, req: SetIrqs) -> dict[str, Any]:
 
 
 @registry.command(Command.REGION_READ, RegionRead)
-def region_read(ctx: Context, req: RegionRead) -> dict[str, Any]:
+def region_read(ctx: Context, req: RegionRead) -> RegionReadReply:
     state = _state(ctx, req.device)
     if req.region != REGION_BAR0:
         raise SiovError(errno.EINVAL, f"region {req.region} is not readable (BAR0 is region 0)")
@@ -118,11 +123,11 @@ def region_read(ctx: Context, req: RegionRead) -> dict[str, Any]:
         )
     image = state.parent.mdev_bar0(state.uuid)
     data = image[req.offset : req.offset + req.count]
-    return {"region": req.region, "offset": req.offset, "count": req.count, "data": data}
+    return RegionReadReply(region=req.region, offset=req.offset, count=req.count, data=data)
 
 
 @registry.command(Command.REGION_WRITE, RegionWrite)
-def region_write(ctx: Context, req: RegionWrite) -> dict[str, Any]:
+def region_write(ctx: Context, req: RegionWrite) -> RegionWriteReply:
     state = _state(ctx, req.device)
     if req.count is not None and req.count != len(req.data):
         raise SiovError(errno.EINVAL, f"count {req.count} but {len(req.data)} bytes of data")
@@ -133,20 +138,21 @@ def region_write(ctx: Context, req: RegionWrite) -> dict[str, Any]:
             "BAR2 (region 2); configure the device with ACCEL_* commands",
         )
     result = ctx.daemon.accel_runtime.portal_write(state, req.offset, req.data, req.pasid)
-    return {"region": req.region, "offset": req.offset, "count": len(req.data), "result": result}
+    count = len(req.data)
+    return RegionWriteReply(region=req.region, offset=req.offset, count=count, result=result)
 
 
 # ---- submission -------------------------------------------------------------------------------
 
 
 @registry.command(Command.SUBMIT, Submit)
-def submit(ctx: Context, req: Submit) -> dict[str, Any]:
+def submit(ctx: Context, req: Submit) -> SubmitReply:
     runtime = ctx.daemon.accel_runtime
     state = runtime.state(ctx.session, req.device)
     accepted, retry, dropped, results = runtime.submit(
         state, req.descriptors, req.pasid, req.limited
     )
-    return {"accepted": accepted, "retry": retry, "dropped": dropped, "results": results}
+    return SubmitReply(accepted=accepted, retry=retry, dropped=dropped, results=results)
 
 
 @registry.command(Command.PAGE_RESPONSE, PageResponse)

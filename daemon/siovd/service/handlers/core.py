@@ -8,11 +8,14 @@ from typing import Any
 import structlog
 
 from siov_protocol import PROTOCOL_MAJOR, PROTOCOL_MINOR, Command
+from siov_protocol.auth import Role
 from siov_protocol.messages import (
     PAGE_SIZES,
+    AuthReply,
     AuthRequest,
     Capabilities,
     Empty,
+    PingReply,
     PingRequest,
     VersionReply,
     VersionRequest,
@@ -20,18 +23,17 @@ from siov_protocol.messages import (
 from siovd import __version__
 from siovd.model.errors import SiovError
 from siovd.service.handlers.registry import Context, registry
-from siovd.service.session import Phase, Role
 
 log = structlog.get_logger("siovd")
 
 FEATURES = ["events", "fd-memory", "dma", "dsa", "sva"]
 
 
-@registry.command(Command.VERSION, VersionRequest, phase=Phase.AWAIT_VERSION)
+@registry.command(Command.VERSION, VersionRequest)
 def version(ctx: Context, req: VersionRequest) -> VersionReply:
+    """Agree on limits and features. Sending this reply moves the connection's state machine
+    on (to AWAIT_AUTH, or READY when auth is "none") with the agreed limits."""
     session = ctx.session
-    if session.phase is not Phase.AWAIT_VERSION:
-        raise SiovError(errno.EINVAL, "VERSION was already negotiated on this connection")
     if req.major != PROTOCOL_MAJOR:
         raise SiovError(
             errno.ENOTSUP,
@@ -45,19 +47,14 @@ def version(ctx: Context, req: VersionRequest) -> VersionReply:
         page_sizes=[p for p in PAGE_SIZES if p in caps.page_sizes] or [PAGE_SIZES[0]],
         features=[f for f in FEATURES if not caps.features or f in caps.features],
     )
-    session.max_msg_size = agreed.max_msg_size
-    session.max_fds = agreed.max_fds
     session.client_name = req.client
     mode = cfg.auth.mode
     nonce = None
     if mode == "none":
-        session.phase = Phase.READY
         session.role = Role.ADMIN
         session.identity = "anonymous"
-    else:
-        session.phase = Phase.AWAIT_AUTH
-        if mode == "key":
-            nonce = ctx.daemon.new_nonce(session)
+    elif mode == "key":
+        nonce = ctx.daemon.new_nonce(session)
     return VersionReply(
         major=PROTOCOL_MAJOR,
         minor=min(req.minor, PROTOCOL_MINOR),
@@ -68,11 +65,10 @@ def version(ctx: Context, req: VersionRequest) -> VersionReply:
     )
 
 
-@registry.command(Command.AUTH, AuthRequest, phase=Phase.AWAIT_AUTH)
-def auth(ctx: Context, req: AuthRequest) -> dict[str, Any]:
+@registry.command(Command.AUTH, AuthRequest)
+def auth(ctx: Context, req: AuthRequest) -> AuthReply:
+    """Prove who the client is; sending this reply makes the connection READY."""
     session = ctx.session
-    if session.phase is Phase.READY:
-        raise SiovError(errno.EINVAL, "this connection is already authenticated")
     try:
         identity, role = ctx.daemon.authenticate(session, req.public_key, req.signature)
     except SiovError as exc:
@@ -80,14 +76,13 @@ def auth(ctx: Context, req: AuthRequest) -> dict[str, Any]:
         raise
     session.identity = identity
     session.role = role
-    session.phase = Phase.READY
     log.info("authenticated", identity=identity, role=role.value)
-    return {"identity": identity, "role": role.value}
+    return AuthReply(identity=identity, role=role.value)
 
 
 @registry.command(Command.PING, PingRequest)
-def ping(ctx: Context, req: PingRequest) -> dict[str, Any]:
-    return {"payload": req.payload} if req.payload is not None else {}
+def ping(ctx: Context, req: PingRequest) -> PingReply:
+    return PingReply(payload=req.payload)
 
 
 @registry.command(Command.INFO, Empty)

@@ -34,6 +34,7 @@ from siovd.host.definitions import (
     make_definition,
 )
 from siovd.model.errors import SiovError
+from siovd.model.owner import HOST
 from siovd.service.handlers.registry import Context, registry
 
 log = structlog.get_logger("siovd")
@@ -57,7 +58,7 @@ def _describe(ctx: Context, definition: Definition) -> dict[str, Any]:
         "parent": definition.parent,
         **definition.config_json(),
         "running": running,
-        "claimed": running and device is not None and device.owner != 0,
+        "claimed": running and device is not None and device.owner != HOST,
     }
 
 

@@ -12,6 +12,7 @@ from typing import Any
 
 from siov_protocol import Command
 from siov_protocol.messages_iommu import DmaRead, DmaWrite, Translate
+from siov_protocol.replies import DmaReadReply, DmaWriteReply
 from siovd.model.dma import DmaFault
 from siovd.model.errors import SiovError
 from siovd.service.handlers.registry import Context, registry
@@ -30,7 +31,7 @@ def fault_info(fault: DmaFault) -> dict[str, Any]:
 
 
 @registry.command(Command.DMA_READ, DmaRead)
-def dma_read(ctx: Context, req: DmaRead) -> dict[str, Any]:
+def dma_read(ctx: Context, req: DmaRead) -> DmaReadReply:
     limit = ctx.session.max_msg_size - 64
     if req.length > limit:
         raise SiovError(errno.EMSGSIZE, f"length {req.length} exceeds what one reply carries")
@@ -42,11 +43,11 @@ def dma_read(ctx: Context, req: DmaRead) -> dict[str, Any]:
             f"DMA read faulted at iova {fault.iova:#x} after {len(data)} bytes "
             f"(reason {fault.reason:#x})",
         )
-    return {"data": data}
+    return DmaReadReply(data=data)
 
 
 @registry.command(Command.DMA_WRITE, DmaWrite)
-def dma_write(ctx: Context, req: DmaWrite) -> dict[str, Any]:
+def dma_write(ctx: Context, req: DmaWrite) -> DmaWriteReply:
     device = ctx.daemon.bus.emulated_device(ctx.session.id, req.device)
     written, fault = ctx.daemon.iommu.dma_write(device, req.pasid, req.iova, req.data)
     if fault is not None:
@@ -55,7 +56,7 @@ def dma_write(ctx: Context, req: DmaWrite) -> dict[str, Any]:
             f"DMA write faulted at iova {fault.iova:#x} after {written} bytes "
             f"(reason {fault.reason:#x})",
         )
-    return {"written": written}
+    return DmaWriteReply(written=written)
 
 
 @registry.command(Command.TRANSLATE, Translate)

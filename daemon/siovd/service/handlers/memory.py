@@ -17,6 +17,7 @@ from siov_protocol.messages_iommu import MemRegion, MemRegister
 from siovd.model.errors import SiovError
 from siovd.model.memfd import seal_and_map
 from siovd.model.memory import Region
+from siovd.model.owner import HOST
 from siovd.service.fds import discard
 from siovd.service.handlers.registry import Context, registry
 
@@ -88,4 +89,4 @@ def mem_unregister(ctx: Context, req: MemRegion) -> dict[str, Any]:
 @registry.command(Command.MEM_LIST, ListRequest)
 def mem_list(ctx: Context, req: ListRequest) -> dict[str, Any]:
     regions = ctx.daemon.memory.regions(ctx.session.list_filter(req.all))
-    return {"regions": [region_info(r) for r in regions if r.owner != 0]}
+    return {"regions": [region_info(r) for r in regions if r.owner != HOST]}

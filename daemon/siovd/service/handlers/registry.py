@@ -1,19 +1,24 @@
 """The table from command number to handler.
 
-A handler is a thin function: its request arrives validated against its schema, it calls the
-domain model, it returns the reply body. Handlers that may wait (a page request, a slow drain)
-are ``async`` and run in their own task, so one client can have many requests in flight.
+A handler is a thin, synchronous function: its request arrives validated against its schema,
+it calls the domain model, it returns the reply. Nothing a handler does waits: work that takes
+time (descriptors, page requests) is queued to the engine tasks, which answer with events;
+a request that needs long work in the model first (MAP, UNMAP, DIRTY_BITMAP) returns a
+:class:`Deferred`, which the server runs a turn at a time before it replies.
+
+Each command's reply schema comes from :data:`siov_protocol.replies.REPLIES` (a command with
+none cannot be registered): a handler returns an instance of it, or the map it encodes to, and
+the server can check the map against the schema (:attr:`Handler.reply`).
 """
 
 from __future__ import annotations
 
-import inspect
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol
 
 from siov_protocol import Command
-from siovd.service.session import Phase
+from siov_protocol.replies import REPLIES
 
 if TYPE_CHECKING:
     from siovd.model.budget import Budget
@@ -52,17 +57,15 @@ class Deferred:
     finish: Callable[[], Reply]
 
 
-SyncFn = Callable[[Context, Any], Reply]
-AsyncFn = Callable[[Context, Any], Awaitable[Reply]]
+HandlerFn = Callable[[Context, Any], Reply]
 
 
 @dataclass(frozen=True, slots=True)
 class Handler:
     command: Command
-    schema: type
-    fn: SyncFn | AsyncFn
-    is_async: bool
-    phase: Phase  # the earliest phase the command is allowed in
+    schema: type  # the request's
+    reply: type  # the successful reply's (siov_protocol.replies.REPLIES)
+    fn: HandlerFn
     max_fds: int  # fds the command takes; more is EINVAL
     admin: bool  # admin role only
 
@@ -76,16 +79,16 @@ class Registry:
         command: Command,
         schema: type,
         *,
-        phase: Phase = Phase.READY,
         max_fds: int = 0,
         admin: bool = False,
     ) -> Callable[[Any], Any]:
         def register(fn: Any) -> Any:
             if command in self.handlers:
                 raise RuntimeError(f"{command.name} registered twice")
-            self.handlers[command] = Handler(
-                command, schema, fn, inspect.iscoroutinefunction(fn), phase, max_fds, admin
-            )
+            reply = REPLIES.get(command)
+            if reply is None:
+                raise RuntimeError(f"{command.name} has no reply schema in REPLIES")
+            self.handlers[command] = Handler(command, schema, reply, fn, max_fds, admin)
             return fn
 
         return register

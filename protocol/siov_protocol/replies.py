@@ -1,0 +1,466 @@
+"""Every command's reply schema and every event's schema, in one table each.
+
+:data:`REPLIES` maps each command to the schema of its successful reply body and
+:data:`EVENTS` each event number to its body's schema. The daemon's handler table is checked
+against :data:`REPLIES` (a handler whose reply does not decode is a bug the tests catch), the
+daemon builds its events from :data:`EVENTS`' schemas, and the SDK decodes with both.
+
+Fields typed ``X | None`` without a default are always present and may be nil; with a default
+of None they may be absent. SPEC.md §10 lists the same fields (a test compares them).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from .commands import Command
+from .ids import UUID_LEN
+from .messages import AuthReply, Empty, InfoReply, PingReply, StatsReply, VersionReply
+from .messages_accel import (
+    SUBMIT_MAX_DESCRIPTORS,
+    DeviceInfo,
+    IrqEvent,
+    RegionInfo,
+    RegionReadReply,
+    RegionWriteReply,
+    SubmitReply,
+)
+from .messages_iommu import DeviceRemovedEvent, FaultEvent, PageRequestEvent
+from .schema import U8, U32, U64, encode, required, text, u
+
+# ---- memory ---------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class MemRegionInfo:
+    region: int = u(*U32)
+    phys: int = u(*U64)
+    size: int = u(*U64)
+    access: str = text(2)  # "rw" or "ro"
+    mapped: int = u(*U32)  # domains' mappings that pin it
+    owner: int = u(*U64)  # the session that registered it
+
+
+@dataclass(frozen=True, slots=True)
+class MemListReply:
+    regions: list[MemRegionInfo] = required()
+
+
+# ---- the bus --------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class DeviceDescription:
+    """``dev`` in SPEC §8.4: what a reply says about a device."""
+
+    uuid: str = text(UUID_LEN)
+    bus: str = text(64)
+    parent: str | None = text(64)  # nil for a device an external emulator registered
+    type_id: str | None = text(64)
+    name: str = text(64)
+    group_id: int | None = u(*U32)
+    domain_id: int | None = u(*U32)
+    default_domain_id: int | None = u(*U32)
+    default_pasid: int = u(*U32)
+    pasid_bits: int = u(0, 20)
+    external: bool = required()
+
+
+@dataclass(frozen=True, slots=True)
+class RegisteredDevice:
+    """BUS_REGISTER_DEVICE: the device and the one-time token to hand to its owner."""
+
+    uuid: str = text(UUID_LEN)
+    bus: str = text(64)
+    parent: str | None = text(64)
+    type_id: str | None = text(64)
+    name: str = text(64)
+    group_id: int | None = u(*U32)
+    domain_id: int | None = u(*U32)
+    default_domain_id: int | None = u(*U32)
+    default_pasid: int = u(*U32)
+    pasid_bits: int = u(0, 20)
+    external: bool = required()
+    token: str = text(128)
+
+
+@dataclass(frozen=True, slots=True)
+class MdevType:
+    parent: str = text(64)
+    type_id: str = text(64)
+    name: str = text(64)
+    description: str = text(4096)
+    device_api: str = text(64)
+    available_instances: int = u(*U32)
+    pasid_bits: int = u(0, 20)
+
+
+@dataclass(frozen=True, slots=True)
+class TypesListReply:
+    types: list[MdevType] = required()
+
+
+@dataclass(frozen=True, slots=True)
+class MdevListReply:
+    devices: list[DeviceDescription] = required()
+
+
+@dataclass(frozen=True, slots=True)
+class GroupPasid:
+    pasid: int = u(*U32)
+    domain_id: int = u(*U32)
+
+
+@dataclass(frozen=True, slots=True)
+class GroupInfo:
+    group_id: int = u(*U32)
+    devices: list[str] = required()
+    domain_id: int = u(*U32)
+    default_domain_id: int = u(*U32)
+    pasids: list[GroupPasid] = required()
+
+
+@dataclass(frozen=True, slots=True)
+class GroupListReply:
+    groups: list[GroupInfo] = required()
+
+
+# ---- domains and map ------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class DomainInfo:
+    domain_id: int = u(*U32)
+    type: str = text(16)
+    bus: str = text(32)
+    levels: int = u(0, 5)
+    user_managed: bool = required()
+    lazy: bool = required()
+    pt_root_phys: int | None = u(*U64)  # user-managed only
+    default_of_group: int | None = u(*U32)
+    groups: list[int] = required()
+    pasids: list[list[Any]] = required()  # [device uuid, pasid] pairs
+    mapped_bytes: int = u(*U64)
+    areas: int = u(*U64)
+
+
+@dataclass(frozen=True, slots=True)
+class DomainListReply:
+    domains: list[DomainInfo] = required()
+
+
+@dataclass(frozen=True, slots=True)
+class MapReply:
+    iova: int = u(*U64)
+    size: int = u(*U64)
+
+
+@dataclass(frozen=True, slots=True)
+class UnmapReply:
+    unmapped: int = u(*U64)
+
+
+@dataclass(frozen=True, slots=True)
+class IovaToPhysReply:
+    phys: int = u(*U64)
+
+
+@dataclass(frozen=True, slots=True)
+class DirtyBitmapReply:
+    bitmap: bytes = text(64 << 20)
+    page_size: int = u(*U32)
+    pages: int = u(*U64)
+
+
+@dataclass(frozen=True, slots=True)
+class InvalidateReply:
+    invalidated: int = u(*U64)
+
+
+# ---- DMA for emulators ----------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class DmaReadReply:
+    data: bytes = text(64 << 20)
+
+
+@dataclass(frozen=True, slots=True)
+class DmaWriteReply:
+    written: int = u(*U64)
+
+
+@dataclass(frozen=True, slots=True)
+class TranslateRun:
+    iova: int = u(*U64)
+    phys: int = u(*U64)
+    length: int = u(*U64)
+    prot: int = u(*U8)
+
+
+@dataclass(frozen=True, slots=True)
+class TranslateFault:
+    iova: int = u(*U64)
+    write: bool = required()
+    reason: int = u(*U8)
+    pasid: int = u(*U32)
+
+
+@dataclass(frozen=True, slots=True)
+class TranslateReply:
+    runs: list[TranslateRun] = required()
+    translated: int = u(*U64)
+    fault: TranslateFault | None = required()  # the first fault, nil when the range translated
+
+
+# ---- the accelerator ------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class AccelDevicesReply:
+    devices: list[dict[str, Any]] = required()  # accel-config list's JSON, one map per device
+
+
+@dataclass(frozen=True, slots=True)
+class AccelSaveConfigReply:
+    config: list[dict[str, Any]] = required()
+
+
+@dataclass(frozen=True, slots=True)
+class AccelConfigDeviceReply:
+    dev: str = text(64)
+    read_buffer_limit: int = u(*U32)
+    event_log_size: int = u(*U32)
+
+
+@dataclass(frozen=True, slots=True)
+class AccelLoadConfigReply:
+    devices: list[dict[str, Any]] = required()  # as ACCEL_LIST
+    messages: list[str] = required()  # what accel-config would print while loading
+    enabled: list[str] = required()  # devices and WQs the load enabled
+
+
+@dataclass(frozen=True, slots=True)
+class AccelConfigGroupReply:
+    dev: str = text(64)
+    read_buffers_reserved: int = u(*U32)
+    use_read_buffer_limit: int = u(0, 1)
+    read_buffers_allowed: int = u(*U32)
+    traffic_class_a: int = u(*U8)
+    traffic_class_b: int = u(*U8)
+
+
+@dataclass(frozen=True, slots=True)
+class AccelConfigEngineReply:
+    dev: str = text(64)
+    group_id: int = u(-1, 0xFFFF)
+
+
+@dataclass(frozen=True, slots=True)
+class AccelConfigWqReply:
+    dev: str = text(64)
+    group_id: int = u(-1, 0xFFFF)
+    mode: str = text(16)
+    size: int = u(*U32)
+    type: str = text(16)
+    name: str = text(64)
+    driver_name: str = text(64)
+    priority: int = u(*U32)
+    prs_disable: int = u(0, 1)
+    block_on_fault: int = u(0, 1)
+    threshold: int = u(*U32)
+    max_transfer_size: int = u(*U64)
+    max_batch_size: int = u(*U32)
+    ats_disable: int = u(0, 1)
+    op_config: str = text(128)
+
+
+# ---- persistent definitions -----------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class DefinitionInfo:
+    uuid: str = text(UUID_LEN)
+    parent: str = text(64)
+    mdev_type: str = text(64)
+    start: str = text(16)
+    attrs: list[dict[str, Any]] = required()
+    running: bool = required()
+    claimed: bool = required()
+
+
+@dataclass(frozen=True, slots=True)
+class DefinitionRef:
+    uuid: str = text(UUID_LEN)
+    parent: str = text(64)
+
+
+@dataclass(frozen=True, slots=True)
+class UndefineReply:
+    undefined: list[DefinitionRef] = required()  # every definition the UUID (and parent) named
+
+
+@dataclass(frozen=True, slots=True)
+class MdevDefineReply:
+    """One definition (the fields of :class:`DefinitionInfo`), or, for a batch define,
+    ``definitions`` alone."""
+
+    uuid: str | None = text(UUID_LEN, default=None)
+    parent: str | None = text(64, default=None)
+    mdev_type: str | None = text(64, default=None)
+    start: str | None = text(16, default=None)
+    attrs: list[dict[str, Any]] | None = None
+    running: bool | None = None
+    claimed: bool | None = None
+    definitions: list[DefinitionInfo] | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class ListDefinedReply:
+    definitions: list[DefinitionInfo] = required()
+    dumpjson: list[dict[str, Any]] | None = None  # without uuid: mdevctl's --dumpjson
+    config: dict[str, Any] | None = None  # with uuid: that definition's single JSON
+
+
+# ---- SVA and the user WQ char device -------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class SvaBindReply:
+    pasid: int = u(*U32)
+    domain: int = u(*U32)
+
+
+@dataclass(frozen=True, slots=True)
+class WqOpenReply:
+    handle: int = u(*U64)
+    pasid: int = u(*U32)
+    mode: str = text(16)
+    size: int = u(*U32)
+    wq: str = text(64)
+    domain: int = u(*U32)
+
+
+@dataclass(frozen=True, slots=True)
+class WqSubmitReply:
+    results: bytes = text(SUBMIT_MAX_DESCRIPTORS)  # one SUBMIT_* byte per descriptor
+
+
+# ---- vfio-user endpoints --------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class VfioUserEndpoint:
+    uuid: str = text(UUID_LEN)
+    path: str = text(4096)
+    domain_id: int = u(*U32)
+    dma_maps: int = u(*U32)
+
+
+@dataclass(frozen=True, slots=True)
+class AccelEvlReadReply:
+    size: int = u(*U32)
+    head: int = u(*U32)
+    tail: int = u(*U32)
+    int_pending: bool = required()
+    lost: int = u(*U64)
+    entries: bytes = text(64 << 20)  # whole ``struct dsa_evl_entry`` records, head first
+
+
+# ---- events ---------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class ShutdownEvent:
+    grace_s: float = required()
+
+
+@dataclass(frozen=True, slots=True)
+class EvlEvent:
+    device: str = text(64)
+    entries: int = u(*U32)  # entries in the log (unread) when the event was raised
+
+
+REPLIES: dict[int, type] = {
+    Command.VERSION: VersionReply,
+    Command.AUTH: AuthReply,
+    Command.PING: PingReply,
+    Command.INFO: InfoReply,
+    Command.STATS: StatsReply,
+    Command.MEM_REGISTER: MemRegionInfo,
+    Command.MEM_UNREGISTER: Empty,
+    Command.MEM_LIST: MemListReply,
+    Command.TYPES_LIST: TypesListReply,
+    Command.MDEV_CREATE: DeviceDescription,
+    Command.MDEV_REMOVE: Empty,
+    Command.MDEV_LIST: MdevListReply,
+    Command.BUS_REGISTER_DEVICE: RegisteredDevice,
+    Command.BUS_UNREGISTER_DEVICE: Empty,
+    Command.DEVICE_CLAIM: DeviceDescription,
+    Command.GROUP_INFO: GroupInfo,
+    Command.GROUP_LIST: GroupListReply,
+    Command.DOMAIN_ALLOC: DomainInfo,
+    Command.DOMAIN_FREE: Empty,
+    Command.DOMAIN_LIST: DomainListReply,
+    Command.ATTACH_DEVICE: DeviceDescription,
+    Command.DETACH_DEVICE: DeviceDescription,
+    Command.ATTACH_PASID: Empty,
+    Command.REPLACE_PASID: Empty,
+    Command.DETACH_PASID: Empty,
+    Command.MAP: MapReply,
+    Command.UNMAP: UnmapReply,
+    Command.IOVA_TO_PHYS: IovaToPhysReply,
+    Command.DIRTY_BITMAP: DirtyBitmapReply,
+    Command.IOTLB_INVALIDATE: InvalidateReply,
+    Command.PAGE_RESPONSE: Empty,
+    Command.DMA_READ: DmaReadReply,
+    Command.DMA_WRITE: DmaWriteReply,
+    Command.TRANSLATE: TranslateReply,
+    Command.DEVICE_GET_INFO: DeviceInfo,
+    Command.DEVICE_GET_REGION_INFO: RegionInfo,
+    Command.DEVICE_SET_IRQS: Empty,
+    Command.REGION_READ: RegionReadReply,
+    Command.REGION_WRITE: RegionWriteReply,
+    Command.SUBMIT: SubmitReply,
+    Command.ACCEL_LIST: AccelDevicesReply,
+    Command.ACCEL_SAVE_CONFIG: AccelSaveConfigReply,
+    Command.ACCEL_EVL_READ: AccelEvlReadReply,
+    Command.ACCEL_LOAD_CONFIG: AccelLoadConfigReply,
+    Command.ACCEL_CONFIG_DEVICE: AccelConfigDeviceReply,
+    Command.ACCEL_CONFIG_GROUP: AccelConfigGroupReply,
+    Command.ACCEL_CONFIG_ENGINE: AccelConfigEngineReply,
+    Command.ACCEL_CONFIG_WQ: AccelConfigWqReply,
+    Command.ACCEL_ENABLE_DEVICE: Empty,
+    Command.ACCEL_DISABLE_DEVICE: Empty,
+    Command.ACCEL_ENABLE_WQ: Empty,
+    Command.ACCEL_DISABLE_WQ: Empty,
+    Command.MDEV_DEFINE: MdevDefineReply,
+    Command.MDEV_SET_ATTRS: Empty,
+    Command.SVA_BIND: SvaBindReply,
+    Command.SVA_UNBIND: Empty,
+    Command.WQ_OPEN: WqOpenReply,
+    Command.WQ_SUBMIT: WqSubmitReply,
+    Command.WQ_CLOSE: Empty,
+    Command.VFIO_USER_EXPOSE: VfioUserEndpoint,
+    Command.VFIO_USER_UNEXPOSE: Empty,
+    Command.MDEV_UNDEFINE: UndefineReply,
+    Command.MDEV_START: DeviceDescription,
+    Command.MDEV_STOP: Empty,
+    Command.MDEV_LIST_DEFINED: ListDefinedReply,
+}
+
+EVENTS: dict[int, type] = {
+    Command.EVENT_FAULT: FaultEvent,
+    Command.EVENT_PAGE_REQUEST: PageRequestEvent,
+    Command.EVENT_IRQ: IrqEvent,
+    Command.EVENT_DEVICE_REMOVED: DeviceRemovedEvent,
+    Command.EVENT_SHUTDOWN: ShutdownEvent,
+    Command.EVENT_EVL: EvlEvent,
+}
+_EVENT_NUMBERS = {schema: command for command, schema in EVENTS.items()}
+
+
+def event_message(event: Any) -> tuple[int, dict[str, Any]]:
+    """``(command, body)`` of an event schema instance, ready to queue or send."""
+    return _EVENT_NUMBERS[type(event)], encode(event)
