@@ -1,17 +1,14 @@
-"""What executing a descriptor produces, for the engine task that drives the executor.
+"""What executing a descriptor produces, for whoever drives the executor.
 
-An engine task does::
+The model's :class:`~siovd.model.accel.scheduler.Scheduler` is that driver: one turn does::
 
-    item = engine.take()                       # or group.take() / wq.take()
-    outcome = executor.execute(item, dma_for_pasid)
-    while isinstance(outcome, Blocked):        # block-on-fault: a page request is pending
-        deliver(outcome.events)
-        response = await page_response_for(outcome.fault)
-        outcome = executor.resume(outcome.state, response)
-    deliver(outcome.events)
-    if outcome.interrupt:
-        signal(item.owner, outcome.int_handle)
-    item.wq.retire(item)
+    item = group.take()                            # or continue a Preempted one
+    outcome = executor.run(item, dma, budget)      # Completed | Blocked | Preempted
+    # Completed: the record is written; retire the item, deliver its events and interrupt.
+    # Blocked:   block-on-fault; a page request waits (the service's adapter sends it) and
+    #            executor.resume(outcome.state, response) continues the work.
+    # Preempted: the budget ran out mid-way; executor.proceed(outcome.state, budget) goes on
+    #            in a later turn, on the same engine.
 
 ``events`` carry what happened on the way: interrupts requested by descriptors inside a batch,
 and software errors (an error status that no completion record could report).
