@@ -34,13 +34,17 @@ class AttachVerbs(IommuBase):
         user_managed: bool = False,
         lazy: bool = False,
         pt_root_phys: int | None = None,
+        max_domains: int | None = None,
     ) -> Domain:
         """A new domain for devices on ``bus`` (``iommu_domain_alloc(bus)``, Joerg's design).
 
-        ``ENODEV`` if this IOMMU does not serve the bus; ``EINVAL`` for a bad type, depth or
-        option mix; a user-managed domain needs ``pt_root_phys`` 4 KiB-aligned in the
+        ``ENOSPC`` when ``owner`` already holds ``max_domains`` (``limits.domains``, checked
+        first); ``ENODEV`` if this IOMMU does not serve the bus; ``EINVAL`` for a bad type,
+        depth or option mix; a user-managed domain needs ``pt_root_phys`` 4 KiB-aligned in the
         caller's own memory (``EFAULT`` otherwise, like any memory the caller does not own).
         """
+        if max_domains is not None and len(self.domains(owner)) >= max_domains:
+            raise SiovError(errno.ENOSPC, f"limit reached: limits.domains = {max_domains}")
         if bus not in self._buses:
             raise SiovError(errno.ENODEV, f"this IOMMU does not serve bus {bus!r}")
         try:

@@ -42,9 +42,6 @@ log = structlog.get_logger("siovd")
 @registry.command(Command.DOMAIN_ALLOC, DomainAlloc)
 def domain_alloc(ctx: Context, req: DomainAlloc) -> DomainInfo:
     daemon, owner = ctx.daemon, ctx.session.id
-    limit = daemon.config.limits.domains
-    if len(daemon.iommu.domains(owner)) >= limit:
-        raise SiovError(errno.ENOSPC, f"limit reached: limits.domains = {limit}")
     domain = daemon.iommu.domain_alloc(
         owner,
         req.bus,
@@ -53,6 +50,7 @@ def domain_alloc(ctx: Context, req: DomainAlloc) -> DomainInfo:
         user_managed=req.user_managed,
         lazy=req.lazy,
         pt_root_phys=req.pt_root,
+        max_domains=daemon.config.limits.domains,
     )
     log.info("domain allocated", domain=domain.id, type=req.type, user_managed=req.user_managed)
     return DomainInfo(**domain.info())  # type: ignore[arg-type]
