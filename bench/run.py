@@ -25,6 +25,7 @@ MODULES = [
     "bench.sva_figures",
     "bench.guest_figures",
     "bench.hostile_figures",
+    "bench.host_figures",
 ]
 
 

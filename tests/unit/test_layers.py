@@ -1,7 +1,7 @@
 """The import direction of ARCHITECTURE.md, checked on the source tree.
 
 - ``siov_protocol`` imports neither ``siovd`` nor ``siov``, and only ``fdpass`` touches a socket;
-- ``siov`` (the SDK, siovctl) never imports ``siovd``;
+- ``siov`` (the SDK, siovctl) and ``siov_host`` (siov-run) never import ``siovd``;
 - ``siovd.model`` imports nothing above it (no service, no host) and no I/O framework: no trio,
   no sockets, no structlog.
 """
@@ -17,11 +17,13 @@ ROOT = Path(__file__).resolve().parents[2]
 PACKAGES = {
     "siov_protocol": ROOT / "protocol" / "siov_protocol",
     "siov": ROOT / "clients" / "siov",
+    "siov_host": ROOT / "clients" / "siov_host",
     "siovd.model": ROOT / "daemon" / "siovd" / "model",
 }
 FORBIDDEN = {
     "siov_protocol": ("siovd", "siov"),
     "siov": ("siovd",),
+    "siov_host": ("siovd",),
     "siovd.model": ("siovd.service", "siovd.host", "trio", "structlog", "socket"),
 }
 
