@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
+import tests.attacks_work  # noqa: F401  (registers the long-work attacks)
 from tests.attacks import ATTACKS, run_attack
 
 from .common import Figure, figure

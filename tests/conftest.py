@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import os
 import tempfile
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -96,3 +96,24 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) ->
         reason = report.longrepr[2] if isinstance(report.longrepr, tuple) else report.longrepr
         report.outcome = "failed"
         report.longrepr = f"skipped under CI=true, where it must run: {reason}"
+
+
+# ---- figures in the test summary -----------------------------------------------------------
+
+FIGURE_LINES = pytest.StashKey[list[str]]()
+
+
+@pytest.fixture
+def report_figure(request: pytest.FixtureRequest) -> Callable[[str], None]:
+    """``report_figure(line)``: print ``line`` in the summary at the end of the run (the
+    hostile-world tests report what the bystander measured this way)."""
+    lines = request.config.stash.setdefault(FIGURE_LINES, [])
+    return lines.append
+
+
+def pytest_terminal_summary(terminalreporter: Any, exitstatus: int, config: pytest.Config) -> None:
+    lines = config.stash.get(FIGURE_LINES, [])
+    if lines:
+        terminalreporter.section("hostile-world figures")
+        for line in lines:
+            terminalreporter.write_line(line)

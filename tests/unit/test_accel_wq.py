@@ -123,6 +123,30 @@ def test_drain_waits_for_earlier_descriptors_of_its_pasid(device: DsaDevice) -> 
     assert drain is not None and drain.drain and drain.pasid == 1
 
 
+def test_drain_never_waits_for_another_mdevs_work_of_the_same_pasid_number(
+    device: DsaDevice,
+) -> None:
+    # PASIDs are numbered per device (issue 9): mdev "b" tagging work with the number "a"
+    # uses is another address space, so "a"'s drain does not order against it.
+    swq = device.wqs[1]
+    swq.submit(NOOP, pasid=5, owner="b")
+    held = swq.take()  # b's descriptor stays in flight (a page request, say)
+    assert held is not None
+    swq.submit(NOOP, pasid=5, owner="b")  # and one more of b's, still queued
+    swq.submit(sdk.drain(), pasid=5, owner="a")
+    first = swq.take()
+    assert first is not None and first.owner == "b"
+    drain = swq.take()
+    assert drain is not None and drain.drain and drain.owner == "a"
+    # b's own drain still waits for b's work.
+    swq.submit(sdk.drain(), pasid=5, owner="b")
+    assert swq.take() is None
+    swq.retire(held)
+    swq.retire(first)
+    last = swq.take()
+    assert last is not None and last.drain and last.owner == "b"
+
+
 def test_drain_waits_for_earlier_queued_descriptors(device: DsaDevice) -> None:
     dwq = device.wqs[0]
     dwq.submit(NOOP)

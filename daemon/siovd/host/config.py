@@ -37,6 +37,9 @@ class ServerConfig:
     write_timeout_s: float = 10.0
     handshake_timeout_s: float = 10.0  # VERSION (and AUTH) must be done by then
     max_clients: int = u(1, 65536, default=1024)
+    #: How long one connection may run before the others get the loop: its requests, and
+    #: each step of a long one (MAP, UNMAP, DIRTY_BITMAP), are cut into turns this long.
+    turn_ms: float = 2.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -65,6 +68,12 @@ class LimitsConfig:
     mapped_bytes: int = u(0, 1 << 48, default=64 << 30)
     mappings: int = u(1, 1 << 24, default=65536)  # MAP calls alive at once, over all domains
     outstanding_descriptors: int = u(1, 1 << 24, default=65536)
+    #: Descriptors of one client waiting for page responses at once (each holds its progress
+    #: and a waiting task, a few KiB): past it SUBMIT is ENOSPC and a descriptor that would
+    #: block completes as if answered Invalid Request.
+    blocked_descriptors: int = u(1, 1 << 20, default=1024)
+    #: 4 KiB page-table pages the daemon allocates for one client's domains (256 MiB).
+    page_table_pages: int = u(1, 1 << 24, default=65536)
     #: Accepted so that older config files still load, and has no effect: no handler waits
     #: (work that takes time is queued to the engines and answered with events), so nothing
     #: is ever in flight past the reply.
@@ -147,7 +156,7 @@ def _validate(cfg: Config) -> None:
         value = getattr(getattr(cfg, section), key)
         if value not in allowed:
             raise ConfigError(f"{section}.{key}: {value!r} is not one of {', '.join(allowed)}")
-    for name in ("grace_period_s", "write_timeout_s", "handshake_timeout_s"):
+    for name in ("grace_period_s", "write_timeout_s", "handshake_timeout_s", "turn_ms"):
         if getattr(cfg.server, name) <= 0:
             raise ConfigError(f"server.{name}: must be positive")
     if cfg.limits.pending_fds < cfg.protocol.max_fds:

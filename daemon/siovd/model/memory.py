@@ -53,6 +53,9 @@ class Region:
     q: memoryview = field(repr=False)  # the same bytes as u64 words, for page-table entries
     map_count: int = 0
     alive: bool = True
+    #: The daemon's own mapping of the memory, if the region owns one (a registered memfd):
+    #: closed by :meth:`close_mapping` once the region has left the space.
+    mapping: mmap.mmap | None = field(default=None, repr=False)
     end: int = field(init=False)  # base + size
     writable: bool = field(init=False)  # a device may write here (registered read-write)
 
@@ -60,12 +63,21 @@ class Region:
         self.end = self.base + self.size
         self.writable = self.access == "rw"
 
+    def close_mapping(self) -> None:
+        """Unmap the region's memory (it must have left the space: no view of it remains).
+        For a large memfd whose last user this is, the unmap frees its pages, which takes a
+        while: the service calls this where it cannot stall the loop."""
+        mapping, self.mapping = self.mapping, None
+        if mapping is not None:
+            mapping.close()
+
 
 class PhysicalMemory:
     """Regions at 2 MiB-aligned bases, found by bisection on their bases."""
 
     def __init__(self) -> None:
         self._regions: dict[int, Region] = {}
+        self._dead: list[Region] = []  # removed, their mappings not yet closed
         self._bases: list[int] = []  # sorted
         self._sorted: list[Region] = []  # same order as _bases
         self._next_id = 1
@@ -110,6 +122,25 @@ class PhysicalMemory:
             raise SiovError(errno.ENOMEM, "the physical address space is full")
         return candidate
 
+    def add_mapping(self, mapping: mmap.mmap, owner: int, access: str) -> Region:
+        """:meth:`add_region` for a mapping the region then owns (and closes when it goes)."""
+        view = memoryview(mapping) if access == "rw" else memoryview(mapping).toreadonly()
+        try:
+            region = self.add_region(view, owner, access)
+        except BaseException:
+            view.release()
+            mapping.close()
+            raise
+        view.release()
+        region.mapping = mapping
+        return region
+
+    def take_dead_mappings(self) -> list[Region]:
+        """Regions that left the space and still own a mapping: the caller closes them
+        (:meth:`Region.close_mapping`)."""
+        dead, self._dead = self._dead, []
+        return dead
+
     def remove_region(self, region_id: int, owner: int) -> None:
         """Take a region out of the space.
 
@@ -133,6 +164,8 @@ class PhysicalMemory:
         # Drop the daemon's views so the owner of the mapping can close it.
         region.q.release()
         region.buf.release()
+        if region.mapping is not None:
+            self._dead.append(region)
 
     def release_owner(self, owner: int) -> list[int]:
         """Remove every region of ``owner`` that no domain maps; return the removed ids.

@@ -7,19 +7,23 @@ its DSA parent, its interrupt eventfds and its DMA spaces, one per PASID). Work 
 mdev UUID as their ``owner``, so a completion finds its way back to the mdev and to the session
 that owns it.
 
-Execution: a SUBMIT (or a portal write) queues descriptors in the mdev's WQ and then runs its
-group's engines at once, in the handler, until the group has nothing left to take or a time
-slice is used up; the engine tasks take over from there (:meth:`AccelRuntime.run_group`). Each
-descriptor runs to completion in one go, so the connection that submitted it reads its next
-message only after its descriptors completed or blocked: a pipelining client never overruns a
-dedicated WQ by accident, and other clients wait at most a time slice (plus one descriptor).
+Execution: a SUBMIT (or a portal write) queues descriptors in the mdev's WQ and then gives its
+group's engines one turn at once, in the handler; the engine tasks take over from there
+(:meth:`AccelRuntime.run_group`). A turn is the model's
+(:class:`~siovd.model.accel.scheduler.Scheduler`): it runs descriptors under a work budget
+(:attr:`AccelRuntime.work_budget` bytes and :attr:`AccelRuntime.time_slice` seconds) and stops a
+big transfer or a batch mid-way, to continue it next turn, so no client's descriptor holds the
+loop for more than a turn. This module is the adapter around it: it turns each outcome into
+counts, interrupts, events and page requests.
 
 Block-on-fault: a descriptor that stops on a fault (BOF in the descriptor and block_on_fault on
-its WQ) leaves its engine and waits as a :class:`PageRequest`; the owner of the domain the
-faulting PASID reaches gets EVENT_PAGE_REQUEST and answers with PAGE_RESPONSE. SUCCESS resumes
-the descriptor where it stopped; INVALID, FAILURE or the timeout (``iommu.page_request_timeout_s``)
-complete it with ``DSA_COMP_PAGE_FAULT_IR``. Other work keeps running meanwhile; a DRAIN waits
-for it, like for any earlier descriptor of its PASID.
+its WQ) leaves its engine and waits as a page request of the IOMMU's queue
+(:mod:`siovd.model.iommu.prq`, at most ``limits.blocked_descriptors`` per client); the owner
+of the domain the faulting PASID reaches gets EVENT_PAGE_REQUEST and answers with
+PAGE_RESPONSE. SUCCESS resumes the descriptor where it stopped; INVALID, FAILURE or the
+timeout (``iommu.page_request_timeout_s``) complete it with ``DSA_COMP_PAGE_FAULT_IR``. Other
+work keeps running meanwhile; a DRAIN waits for it, like for any earlier descriptor of its mdev
+and PASID.
 
 Interrupts: a completion interrupt (RCI) signals the mdev's eventfd for the descriptor's
 ``int_handle`` (an 8-byte write of 1, as ``vfu_irq_trigger`` does) or, without one, sends
@@ -40,7 +44,6 @@ import structlog
 
 from siov_protocol.dsa import DSA_DESC_SIZE
 from siov_protocol.messages_accel import (
-    PAGE_RESP_SUCCESS,
     SUBMIT_ACCEPTED,
     SUBMIT_RETRY,
     IrqEvent,
@@ -57,14 +60,19 @@ from siovd.model.accel import (
     Group,
     Interrupt,
     PageResponse,
+    Preempted,
     SoftwareError,
     SubmitResult,
+    WorkItem,
 )
 from siovd.model.accel.cdev import SvaExecutor
 from siovd.model.accel.evl import pack_entry
+from siovd.model.accel.scheduler import Scheduler
+from siovd.model.budget import Budget
 from siovd.model.device import Device
 from siovd.model.dma import DmaSpace
 from siovd.model.errors import SiovError
+from siovd.model.iommu.prq import PageAnswer, PageRequest, PageRequestQueue
 from siovd.model.iommu.translate import resolve
 
 if TYPE_CHECKING:
@@ -75,6 +83,8 @@ log = structlog.get_logger("siovd.accel")
 
 #: How long one run of a group's engines may go on before other tasks get the loop back.
 TIME_SLICE_S: Final = 0.002
+#: Bytes of data one turn of a group's engines may touch (about a millisecond of copying).
+WORK_BUDGET: Final = 4 << 20
 _ONE: Final = (1).to_bytes(8, "little")
 
 
@@ -91,7 +101,6 @@ class MdevState:
         "mdev",
         "outstanding",
         "parent",
-        "requests",
         "session",
         "spaces",
         "uuid",
@@ -109,7 +118,6 @@ class MdevState:
         self.irq_fds: list[int | None] = [None] * MDEV_IRQ_COUNT
         #: Descriptors accepted and not yet completed (queued, running or blocked).
         self.outstanding = 0
-        self.requests: set[int] = set()
 
     def close_irqs(self, start: int = 0, count: int = MDEV_IRQ_COUNT) -> None:
         for vector in range(start, start + count):
@@ -122,26 +130,6 @@ class MdevState:
                     pass
 
 
-class PageRequest:
-    """A blocked descriptor waiting for its page response."""
-
-    __slots__ = ("blocked", "cancelled", "id", "owner", "response", "state", "wake")
-
-    def __init__(self, request_id: int, state: MdevState, blocked: Blocked, owner: int) -> None:
-        self.id = request_id
-        self.state = state
-        self.blocked = blocked
-        self.owner = owner  # the session that may answer (the domain's owner)
-        self.response: PageResponse | None = None
-        self.cancelled = False
-        #: Set by the task that waits: wakes it when the answer comes (or the mdev goes).
-        self.wake: Callable[[], None] = _nothing
-
-
-def _nothing() -> None:
-    return None
-
-
 @dataclass(slots=True)
 class RuntimeStats:
     submitted: int = 0
@@ -151,6 +139,7 @@ class RuntimeStats:
     page_timeouts: int = 0
     page_requests_cancelled: int = 0
     page_requests_refused: int = 0  # no PASID entry to route them: answered INVALID at once
+    page_requests_over_limit: int = 0  # limits.blocked_descriptors reached: answered INVALID
     irqs_eventfd: int = 0
     irqs_event: int = 0
     irq_write_failures: int = 0
@@ -164,33 +153,23 @@ class AccelRuntime:
 
     def __init__(self, daemon: Daemon) -> None:
         self.daemon = daemon
-        self.executor = SvaExecutor()  # an Executor that writes SVA results back
+        self.scheduler = Scheduler(SvaExecutor())  # an Executor that writes SVA results back
+        self.executor = self.scheduler.executor
         self.mdevs: dict[str, MdevState] = {}
-        self.requests: dict[int, PageRequest] = {}
         self.stats = RuntimeStats()
         #: device name -> sessions that asked (ACCEL_EVL_READ arm) for one EVENT_EVL
         self.evl_armed: dict[str, set[int]] = {}
-        self._next_request = 1
         self._session_outstanding: dict[int, int] = {}
-        self._engine_runs: dict[Engine, int] = {}
         #: How long one run of a group's engines may hold the event loop.
         self.time_slice = TIME_SLICE_S
+        #: How much data one run of a group's engines may touch.
+        self.work_budget = WORK_BUDGET
         #: Hooks the trio layer sets (siovd.service.engines): run a group's engines later; start a
         #: task that waits for a page request's answer.
         self.wake_engines: Callable[[Group], None] = lambda group: None
         self.start_waiter: Callable[[PageRequest], None] = lambda request: None
         #: mdev UUID -> who logs its software errors instead (a vfio-user device's SWERR)
         self.software_error_hooks: dict[str, Callable[[SoftwareError], None]] = {}
-        daemon.on_release(self.release_session)
-        daemon.on_stats(lambda: {"accel": self.stats_dict()})
-        previous = daemon.bus.on_device_removed
-
-        def removed(device: Device) -> None:
-            self.forget(device.uuid)
-            if previous is not None:
-                previous(device)
-
-        daemon.bus.on_device_removed = removed
 
     # -- lookup -------------------------------------------------------------------------------
 
@@ -222,6 +201,14 @@ class AccelRuntime:
     # -- submission ---------------------------------------------------------------------------
 
     def _check_limit(self, state: MdevState, count: int) -> None:
+        blocked = self.prq.blocked(state.session)
+        cap = self.prq.limit
+        if blocked >= cap:
+            raise SiovError(
+                errno.ENOSPC,
+                f"limit reached: limits.blocked_descriptors = {cap} "
+                f"({blocked} descriptors wait for page responses)",
+            )
         limit = self.daemon.config.limits.outstanding_descriptors
         have = self._session_outstanding.get(state.session, 0)
         if have + count > limit:
@@ -297,68 +284,44 @@ class AccelRuntime:
     # -- engines ------------------------------------------------------------------------------
 
     def run_group(self, group: Group, engine: Engine | None = None) -> bool:
-        """Let the group's engines (or just ``engine``) take and run descriptors until none is
-        left to take or :attr:`time_slice` is used up; then the engine tasks continue. Returns
-        whether work was left."""
-        engines = [engine] if engine is not None else group.engines
-        if not engines:
-            return False
-        take = group.take
-        execute = self.executor.run
-        mdevs = self.mdevs
+        """One turn of the group's engines (or just ``engine``) under a work budget of
+        :attr:`work_budget` bytes and :attr:`time_slice` seconds, whichever ends first (the
+        model's :class:`~siovd.model.accel.scheduler.Scheduler` stops big transfers and
+        batches mid-way and continues them next turn); then the engine tasks continue.
+        Returns whether work was left."""
         clock = time.perf_counter
         deadline = clock() + self.time_slice
-        taken = 0  # the engines take turns, from the first
-        owner: object = None
-        state: MdevState | None = None
-        pasid = -1
-        space: DmaSpace | None = None
-        done = 0  # completions of ``state`` not yet counted in it
-        try:
-            while True:
-                item = take()
-                if item is None:
-                    return False
-                taken += 1
-                if item.owner is not owner:
-                    if done:
-                        self._count_done(state, done)
-                        done = 0
-                    owner = item.owner
-                    state = mdevs.get(owner)  # type: ignore[call-overload]
-                    pasid = -1
-                if state is None:  # its mdev is gone; nothing may run on its behalf
-                    item.wq.cancel(item)
-                    continue
-                if item.pasid != pasid:
-                    pasid = item.pasid
-                    space = state.spaces.get(pasid) or self._space(state, pasid)
-                assert space is not None
-                outcome = execute(item, space)
-                if type(outcome) is Completed:
-                    done += 1
-                    item.wq.retire(item)
-                    if outcome.events:
-                        self._deliver(state, outcome.events)
-                    if outcome.interrupt:
-                        self._signal(state, outcome.int_handle)
-                else:
-                    assert isinstance(outcome, Blocked)
-                    self._block(state, outcome)
-                if clock() > deadline:
-                    if any(wq.occupancy for wq in group.wqs):
-                        self.wake_engines(group)
-                        return True
-                    return False
-        finally:
-            if done:
-                self._count_done(state, done)
-            runs = self._engine_runs
-            count = len(engines)
-            for index, current in enumerate(engines):
-                number = (taken - index + count - 1) // count
-                if number > 0:
-                    runs[current] = runs.get(current, 0) + number
+        turn = self.scheduler.run(
+            group, Budget(self.work_budget, lambda: clock() > deadline), self._space_for, engine
+        )
+        for outcome in turn.outcomes:
+            self._settled(outcome)
+        if turn.more:
+            self.wake_engines(group)
+        return turn.more
+
+    def _space_for(self, item: WorkItem) -> DmaSpace | None:
+        state = self.mdevs.get(item.owner)  # type: ignore[call-overload]
+        if state is None:
+            return None
+        space = state.spaces.get(item.pasid)
+        return space if space is not None else self._space(state, item.pasid)
+
+    def _settled(self, outcome: Completed | Blocked | Preempted) -> None:
+        """Turn one outcome of the model into counts, interrupts, events and page requests."""
+        state = self.mdevs.get(outcome.item.owner)  # type: ignore[call-overload]
+        if state is None:
+            return
+        if type(outcome) is Completed:
+            self._count_done(state, 1)
+            if outcome.events:
+                self._deliver(state, outcome.events)
+            if outcome.interrupt:
+                self._signal(state, outcome.int_handle)
+        elif type(outcome) is Blocked:
+            self._block(state, outcome)
+        elif outcome.events:
+            self._deliver(state, outcome.events)
 
     def _count_done(self, state: MdevState | None, done: int) -> None:
         assert state is not None
@@ -366,14 +329,11 @@ class AccelRuntime:
         self._session_outstanding[state.session] -= done
         self.stats.completed += done
 
-    def _complete(self, state: MdevState, outcome: Completed) -> None:
-        item = outcome.item
-        item.wq.retire(item)
-        self._count_done(state, 1)
-        if outcome.events:
-            self._deliver(state, outcome.events)
-        if outcome.interrupt:
-            self._signal(state, outcome.int_handle)
+    def _resume(self, blocked: Blocked, response: PageResponse) -> None:
+        clock = time.perf_counter
+        deadline = clock() + self.time_slice
+        budget = Budget(self.work_budget, lambda: clock() > deadline)
+        self._settled(self.scheduler.resume(blocked.state, response, budget))
 
     def _deliver(self, state: MdevState, events: tuple[Interrupt | SoftwareError, ...]) -> None:
         for event in events:
@@ -471,25 +431,29 @@ class AccelRuntime:
             self._deliver(state, blocked.events)
         fault = blocked.fault
         domain, _ = resolve(state.device, fault.pasid)
+        request = None
         if domain is None:
             # No PASID entry (or a blocked domain): the IOMMU has nowhere to route a page
             # request, so it answers Invalid Request itself (the fault record already went to
             # the device's owner). The descriptor completes with PAGE_FAULT_IR.
             self.stats.page_requests_refused += 1
-            outcome = self.executor.resume(blocked.state, PageResponse.INVALID)
-            if type(outcome) is Completed:
-                self._complete(state, outcome)
-            else:
-                assert isinstance(outcome, Blocked)
-                self._block(state, outcome)
+        else:
+            owner = domain.owner if domain.owner else state.session
+            request = self.prq.open(
+                state.uuid, fault.pasid, fault.iova, fault.write, owner, state.session, blocked
+            )
+            if request is None:  # the submitter's queue is full: Invalid Request, at once
+                self.stats.page_requests_over_limit += 1
+        if request is None:
+            self._resume(blocked, PageResponse.INVALID)
+            group = blocked.item.wq.group
+            if group is not None:
+                # Its completion may free a DRAIN the turn that blocked it could not take.
+                self.wake_engines(group)
             return
-        owner = domain.owner if domain is not None and domain.owner else state.session
-        request = PageRequest(self._next_request, state, blocked, owner)
-        self._next_request += 1
-        self.requests[request.id] = request
-        state.requests.add(request.id)
+        assert domain is not None
         self.stats.page_requests += 1
-        session = self.daemon.sessions.get(owner)
+        session = self.daemon.sessions.get(request.owner)
         if session is not None:
             event = PageRequestEvent(
                 request=request.id,
@@ -497,43 +461,37 @@ class AccelRuntime:
                 pasid=fault.pasid,
                 iova=fault.iova,
                 write=fault.write,
-                domain=domain.id if domain is not None and domain.id else None,
+                domain=domain.id if domain.id else None,
             )
             session.push_event(*event_message(event))
         self.start_waiter(request)
 
+    @property
+    def prq(self) -> PageRequestQueue:
+        return self.daemon.iommu.prq
+
+    @property
+    def requests(self) -> dict[int, PageRequest]:
+        """Page requests pending (the IOMMU's queue)."""
+        return self.prq.pending
+
     def page_response(self, session: Session, request_id: int, code: int) -> None:
         """PAGE_RESPONSE: ``ENOENT`` unless the request is pending and the caller owns the
         domain it was sent for."""
-        request = self.requests.get(request_id)
-        if request is None or request.owner != session.id:
-            raise SiovError(errno.ENOENT, f"no pending page request {request_id}")
-        del self.requests[request_id]
-        # iommufd: SUCCESS retries the access; INVALID and FAILURE both end it.
-        success = code == PAGE_RESP_SUCCESS
-        request.response = PageResponse.SUCCESS if success else PageResponse.INVALID
+        self.prq.respond(session.id, request_id, code)
         self.stats.page_responses += 1
-        request.wake()
 
     def resume(self, request: PageRequest) -> None:
         """Called by the waiting task once the answer came, the mdev went, or time ran out."""
-        self.requests.pop(request.id, None)
-        state = request.state
-        state.requests.discard(request.id)
+        answer = self.prq.finish(request)
         if request.cancelled:
             return
-        response = request.response
-        if response is None:
+        if answer is None:
             self.stats.page_timeouts += 1
-            response = PageResponse.INVALID
-        item = request.blocked.item
-        outcome = self.executor.resume(request.blocked.state, response)
-        if type(outcome) is Completed:
-            self._complete(state, outcome)
-        else:
-            assert isinstance(outcome, Blocked)
-            self._block(state, outcome)
-        group = item.wq.group
+        blocked: Blocked = request.payload
+        response = PageResponse.SUCCESS if answer == PageAnswer.SUCCESS else PageResponse.INVALID
+        self._resume(blocked, response)
+        group = blocked.item.wq.group
         if group is not None:
             self.wake_engines(group)  # a drain may have been waiting for this descriptor
 
@@ -545,16 +503,11 @@ class AccelRuntime:
         state = self.mdevs.pop(uuid, None)
         if state is None:
             return
-        for request_id in list(state.requests):
-            request = self.requests.pop(request_id, None)
-            if request is None:
-                continue
-            request.cancelled = True
-            item = request.blocked.item
+        for request in self.prq.cancel_device(uuid):
+            item = request.payload.item
             item.wq.cancel(item)
             self.stats.page_requests_cancelled += 1
-            request.wake()
-        state.requests.clear()
+        self.scheduler.forget(state.uuid)
         # What is still queued goes too (already gone if the mdev left the bus; a started
         # definition's mdev stays and returns to the host, empty).
         state.mdev.wq.abort(owner=state.uuid)
@@ -604,13 +557,15 @@ class AccelRuntime:
                     if wq.enabled or wq.stats.submitted
                 },
                 "engines": {
-                    engine.dev_name: self._engine_runs.get(engine, 0) for engine in device.engines
+                    engine.dev_name: self.scheduler.engine_runs.get(engine, 0)
+                    for engine in device.engines
                 },
             }
         out: dict[str, Any] = {
             "devices": devices,
             "outstanding": sum(self._session_outstanding.values()),
-            "page_requests_pending": len(self.requests),
+            "page_requests_pending": len(self.prq.pending),
+            "preemptions": self.scheduler.preemptions,
         }
         for name in RuntimeStats.__slots__:
             out[name] = getattr(self.stats, name)

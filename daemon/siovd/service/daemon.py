@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import contextlib
 import errno
-import mmap
 import os
 import time
 from collections import Counter
@@ -30,13 +29,15 @@ from siovd.model.accel.config import make_device
 from siovd.model.bus import Bus
 from siovd.model.errors import SiovError
 from siovd.model.iommu import FaultRecord, Iommu
-from siovd.model.memory import PhysicalMemory, Region
+from siovd.model.iommu.io_pagetable import owner_usage
+from siovd.model.memory import PhysicalMemory
 from siovd.model.owner import HOST
 from siovd.model.testparent import SiovTestParent
 from siovd.service.accel_runtime import AccelRuntime
 from siovd.service.fds import CLOSER
 from siovd.service.session import Session, UidUsage
 from siovd.service.sva import SvaRuntime
+from siovd.service.vfio_user import Endpoints
 
 #: Regions up to this size are unmapped on the loop (microseconds); larger ones in a closer thread.
 UNMAP_INLINE_BYTES = 64 << 20
@@ -56,9 +57,8 @@ class Daemon:
         self._mute_faults = 0
         self.fd_budget: dict[str, Any] = {}  # RLIMIT_NOFILE against the limits (host.fdlimit)
         self.counters: Counter[str] = Counter()
+        #: Extra release hooks (tools, tests): called after every area has released.
         self._releasers: list[Callable[[Session], None]] = []
-        self._stats: list[Callable[[], dict[str, Any]]] = []
-        self._counts: list[Callable[[], dict[str, int]]] = []
         self.authenticator: Authenticator | None = None
 
         # The domain model: one physical space, one IOMMU serving the mdev bus, the parents.
@@ -68,13 +68,13 @@ class Daemon:
             iotlb_entries=config.iommu.iotlb_entries,
             default_domain=config.iommu.default_domain,
             lazy_flush_threshold=config.iommu.lazy_flush_threshold,
+            blocked_limit=config.limits.blocked_descriptors,
         )
         self.iommu.on_fault = self._deliver_fault
         self.bus = Bus(self.iommu, name="mdev")
         self.bus.on_device_removed = self._device_removed
         self.bus.add_parent(SiovTestParent())
         self.accel = load_accelerators(config.accel.config_file, config.accel.devices)
-        self.mappings: dict[int, tuple[Region, mmap.mmap]] = {}  # region id -> our mmap
         self.dsa_parents: dict[str, DsaParent] = {}
         for name, device in self.accel.devices.items():
             if device.kind != "dsa":
@@ -82,7 +82,6 @@ class Daemon:
             parent = DsaParent(device)
             self.dsa_parents[name] = parent
             self.bus.add_parent(parent)
-        self.on_release(self._release_model)
         self.auth_policy = build_auth_policy(config)
         if self.auth_policy is not None:
             self.authenticator = self._authenticate
@@ -90,12 +89,12 @@ class Daemon:
         self.state_dir = state_dir if state_dir is not None else resolve_state_dir(config)
         self.definitions = DefinitionStore(self.state_dir) if self.state_dir else None
         self.autostart_errors = self._autostart()
-        self.on_stats(lambda: {"iommu": self.iommu.stats()})
-        self.on_counts(self._model_counts)
-        # Registered after the model: on release it cancels the session's waiting work first.
+        # The areas at run time: the accelerator, SVA bindings and char-device opens, and the
+        # vfio-user endpoints. They hook into nothing: release, stats and device removal call
+        # them from here, in the order written below.
         self.accel_runtime = AccelRuntime(self)
-        # SVA bindings and char-device opens: after the runtime, so they are released first.
         self.sva = SvaRuntime(self)
+        self.vfio_user = Endpoints(self)
 
     def _authenticate(
         self, session: Session, public_key: bytes | None, signature: bytes | None
@@ -179,16 +178,16 @@ class Daemon:
         session.push_event(*event_message(event))
 
     def _device_removed(self, device: Any) -> None:
+        """The bus removed ``device``. In this order: its vfio-user endpoint (if exposed)
+        closes; the accelerator drops its work (queued, running, waiting for page responses)
+        and its eventfds; then its owner is told."""
+        self.vfio_user.unexpose_quietly(device.uuid)
+        self.accel_runtime.forget(device.uuid)
         session = self.sessions.get(device.owner)
         if session is not None:
             session.push_event(
                 *event_message(DeviceRemovedEvent(uuid=device.uuid, reason="removed"))
             )
-
-    def _release_model(self, session: Session) -> None:
-        self.iommu.flush_lazy()  # lazily unmapped pages still pin their regions
-        self.bus.release_owner(session.id)
-        self.close_dead_mappings()
 
     def close_dead_mappings(self) -> None:
         """Unmap the memory of regions that left the physical space.
@@ -196,13 +195,11 @@ class Daemon:
         A large one in a closer thread: when the daemon's mapping is the memfd's last user, the
         unmap frees every page of it, which for gigabytes takes long enough to stall the loop.
         """
-        for region_id, (region, mapping) in list(self.mappings.items()):
-            if not region.alive:
-                del self.mappings[region_id]
-                if region.size > UNMAP_INLINE_BYTES:
-                    CLOSER.defer(mapping.close)
-                else:
-                    mapping.close()
+        for region in self.memory.take_dead_mappings():
+            if region.size > UNMAP_INLINE_BYTES:
+                CLOSER.defer(region.close_mapping)
+            else:
+                region.close_mapping()
 
     def _model_counts(self) -> dict[str, int]:
         return {
@@ -229,14 +226,9 @@ class Daemon:
     # ---- extension points the areas plug into ----------------------------------------------
 
     def on_release(self, fn: Callable[[Session], None]) -> None:
-        """Run ``fn`` when a session ends (areas free what the session owned)."""
+        """Also run ``fn`` when a session ends, after every area has released (for tools and
+        tests; the areas themselves are called by :meth:`release` directly)."""
         self._releasers.append(fn)
-
-    def on_stats(self, fn: Callable[[], dict[str, Any]]) -> None:
-        self._stats.append(fn)
-
-    def on_counts(self, fn: Callable[[], dict[str, int]]) -> None:
-        self._counts.append(fn)
 
     # ---- sessions ---------------------------------------------------------------------------
 
@@ -259,11 +251,28 @@ class Daemon:
         self.counters["clients_connected"] += 1
 
     def release(self, session: Session) -> None:
-        """Free everything ``session`` owned, newest area first."""
+        """Free everything ``session`` owned. The order is fixed, and matters:
+
+        1. its vfio-user endpoints close (their DMA mappings and domains go);
+        2. its user-WQ char-device opens are drained (as ``idxd_cdev_release``) and closed, and
+           its SVA bindings unbound;
+        3. the accelerator: the session's waiting work is cancelled and its queued and running
+           descriptors dropped, so nothing runs against memory about to go;
+        4. the model: the bus removes its devices (each through :meth:`_device_removed`), the
+           IOMMU frees its domains (lazy flushes first: they pin regions), then its memory;
+        5. the daemon's own mappings of regions that left;
+        6. extra hooks (:meth:`on_release`), then its queued events and its per-uid counts.
+        """
         self.sessions.pop(session.id, None)
         self.counters["events_dropped"] += session.events_dropped  # stats outlive the session
         try:
-            for fn in reversed(self._releasers):
+            self.vfio_user.release_session(session)
+            self.sva.release_session(session)
+            self.accel_runtime.release_session(session)
+            self.iommu.flush_lazy()
+            self.bus.release_owner(session.id)
+            self.close_dead_mappings()
+            for fn in self._releasers:
                 fn(session)
         finally:
             for ev in session.clear_events():
@@ -305,17 +314,16 @@ class Daemon:
         return time.monotonic() - self.started
 
     def counts(self) -> dict[str, int]:
-        out = {"clients": len(self.sessions)}
-        for fn in self._counts:
-            out.update(fn())
-        return out
+        return {"clients": len(self.sessions), **self._model_counts()}
 
     def stats(self) -> dict[str, Any]:
         out: dict[str, Any] = {"daemon": dict(self.counters)}
         live = sum(s.events_dropped for s in self.sessions.values())
         out["daemon"]["events_dropped"] = self.counters["events_dropped"] + live
-        for fn in self._stats:
-            out.update(fn())
+        out["iommu"] = self.iommu.stats()
+        out["accel"] = self.accel_runtime.stats_dict()
+        out["sva"] = self.sva.stats_dict()
+        out["vfio_user"] = self.vfio_user.stats()
         out["daemon"].update(CLOSER.stats())
         out["daemon"]["fds_open"] = _open_fds()
         if self.fd_budget:
@@ -326,6 +334,7 @@ class Daemon:
     def session_cost(self, session: Session) -> dict[str, int]:
         """What one session holds of what the limits bound (STATS ``session``)."""
         regions = self.memory.regions(session.id)
+        mappings, mapped, tables = owner_usage(self.iommu, session.id)
         return {
             "memory_regions": len(regions),
             "memory_bytes": sum(r.size for r in regions),
@@ -333,6 +342,11 @@ class Daemon:
             "domains": len(self.iommu.domains(session.id)),
             "pending_fds": session.pending_fds,
             "event_queue_bytes": session.event_bytes,
+            "mappings": mappings,
+            "mapped_bytes": mapped,
+            "page_table_pages": tables,
+            "blocked_descriptors": self.iommu.prq.blocked(session.id),
+            "outstanding_descriptors": self.accel_runtime.outstanding(session.id),
         }
 
     def uid_cost(self, uid: int) -> dict[str, int]:

@@ -8,10 +8,15 @@ descriptors, so a descriptor's memory is never touched across a checkpoint.
 
 from __future__ import annotations
 
+import time
+from collections.abc import Callable
+
 import trio
 
 from siovd.model.accel import Engine, Group
-from siovd.service.accel_runtime import AccelRuntime, PageRequest
+from siovd.model.budget import Budget
+from siovd.model.iommu.prq import PageRequest
+from siovd.service.accel_runtime import AccelRuntime
 from siovd.service.daemon import Daemon
 
 
@@ -49,7 +54,7 @@ class EngineTasks:
         """Wait for the page response (or the timeout) and resume the descriptor."""
         answered = trio.Event()
         request.wake = answered.set
-        if request.response is None and not request.cancelled:
+        if request.answer is None and not request.cancelled:
             with trio.move_on_after(self.daemon.config.iommu.page_request_timeout_s):
                 await answered.wait()
         self.runtime.resume(request)
@@ -61,6 +66,18 @@ async def lazy_flush(daemon: Daemon) -> None:
         await trio.sleep(daemon.config.iommu.lazy_flush_ms / 1000)
         if daemon.iommu.flush_lazy():
             daemon.close_dead_mappings()
+
+
+async def reaper(daemon: Daemon, turn_budget: Callable[[], Budget]) -> None:
+    """Give back the page tables of destroyed domains a turn at a time (a client that leaves
+    with 64 GiB mapped in 4 KiB pages leaves 32k tables: tens of milliseconds at once)."""
+    iommu = daemon.iommu
+    while True:
+        wakeup = trio.Event()
+        iommu.wake_reaper = wakeup.set
+        while not iommu.reap(turn_budget()):
+            await trio.lowlevel.checkpoint()
+        await wakeup.wait()
 
 
 async def daemon_tasks(
@@ -80,4 +97,12 @@ async def daemon_tasks(
         sva = daemon.sva
         sva.start_watch = lambda domain: nursery.start_soon(sva.watch, domain)
         nursery.start_soon(lazy_flush, daemon)
+        nursery.start_soon(reaper, daemon, lambda: turn_budget(daemon))
         task_status.started()
+
+
+def turn_budget(daemon: Daemon) -> Budget:
+    """One turn of background work: ``server.turn_ms`` of time."""
+    clock = time.perf_counter
+    deadline = clock() + daemon.config.server.turn_ms / 1000
+    return Budget(64 << 10, lambda: clock() > deadline)

@@ -14,6 +14,7 @@ import os
 import socket
 import stat
 import struct
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -36,6 +37,7 @@ from siov_protocol.header import FLAG_NO_REPLY, HEADER_SIZE
 from siov_protocol.replies import ShutdownEvent, event_message
 from siov_protocol.schema import encode
 from siovd.host.auth import peer_credentials
+from siovd.model.budget import Budget
 from siovd.model.errors import SiovError
 from siovd.service.daemon import Daemon
 from siovd.service.engines import daemon_tasks
@@ -47,13 +49,16 @@ from siovd.service.fds import (
     fds_in,
     shut_and_drain,
 )
-from siovd.service.handlers import Context, Handler, registry
+from siovd.service.handlers import Context, Deferred, Handler, registry
 from siovd.service.session import UNKNOWN_UID, Session
 
 log = structlog.get_logger("siovd.server")
 
 RECV_SIZE = 256 * 1024
-YIELD_EVERY = 16  # messages one connection handles before letting the others run
+YIELD_EVERY = 16  # messages one connection handles at most before letting the others run
+#: Work one step of a long request may do besides its time (server.turn_ms): bytes of page
+#: table entries, about a millisecond's worth.
+TURN_WORK = 64 << 10
 #: Check every reply body against its command's reply schema before it is sent. The test
 #: suite turns this on (``SIOVD_CHECK_REPLIES=1`` reaches daemons it runs as processes too); a
 #: reply that does not decode is then answered EIO and logged as a handler bug.
@@ -177,9 +182,19 @@ class ClientConnection:
         retire_socket(self.sock)
         self.log.info("client disconnected", requests=self.session.requests)
 
+    def turn_budget(self) -> Budget:
+        """A budget for one step of a long request: ``server.turn_ms`` or :data:`TURN_WORK`,
+        whichever runs out first."""
+        clock = time.perf_counter
+        deadline = clock() + self.daemon.config.server.turn_ms / 1000
+        return Budget(TURN_WORK, lambda: clock() > deadline)
+
     async def read_loop(self) -> None:
         conn = self.conn
         handled = 0
+        clock = time.perf_counter
+        turn_s = self.daemon.config.server.turn_ms / 1000
+        turn_end = clock() + turn_s
         while True:
             try:
                 data, anc, flags, _ = await self.sock.recvmsg(RECV_SIZE, ANC_SPACE)
@@ -204,10 +219,13 @@ class ClientConnection:
                 if event is NEED_DATA:
                     break
                 handled += 1
-                if handled % YIELD_EVERY == 0:
+                if handled >= YIELD_EVERY or clock() > turn_end:
                     # Sync handlers and writes that fit never yield: without this, one client's
                     # pipelined burst would hold off every other client and its own event pump.
+                    # A turn ends after server.turn_ms of work (or YIELD_EVERY messages).
                     await trio.lowlevel.checkpoint()
+                    handled = 0
+                    turn_end = clock() + turn_s
                 if isinstance(event, BadMessage):
                     close_fds(event.fds)
                     if not event.flags & FLAG_NO_REPLY:  # SPEC §5: not even an error reply
@@ -265,6 +283,8 @@ class ClientConnection:
         self.server.in_flight += 1
         try:
             reply = self.call(handler, msg, fds)
+            if isinstance(reply, Deferred):
+                reply = await self.run_deferred(handler, msg, reply)
         finally:
             self.server.in_flight -= 1
         if reply is not None and not msg.no_reply:
@@ -292,8 +312,9 @@ class ClientConnection:
 
     def call(
         self, handler: Handler, msg: Message, fds: list[int]
-    ) -> tuple[bytes, tuple[int, ...]] | None:
-        """Run a handler; return the reply bytes and fds to send."""
+    ) -> tuple[bytes, tuple[int, ...]] | Deferred | None:
+        """Run a handler; return the reply bytes and fds to send (or the long work to run
+        before them)."""
         ctx = Context(self.daemon, self.session, msg.msg_id, msg.command, fds)
         try:
             req: Any = decode(handler.schema, msg.body)
@@ -301,6 +322,8 @@ class ClientConnection:
             if again is not None:
                 raise SiovError(*again)
             result = handler.fn(ctx, req)
+            if isinstance(result, Deferred):
+                return result
         except SiovError as exc:
             close_fds(ctx.fds)
             return self.conn.send_error(msg.msg_id, msg.command, exc.errno, exc.message), ()
@@ -311,6 +334,25 @@ class ClientConnection:
             text = f"internal error in {handler.command.name}: {type(exc).__name__}"
             return self.conn.send_error(msg.msg_id, msg.command, errno.EIO, text), ()
         return self.encode_reply(handler, msg, result)
+
+    async def run_deferred(
+        self, handler: Handler, msg: Message, deferred: Deferred
+    ) -> tuple[bytes, tuple[int, ...]]:
+        """Run a long request a turn at a time; other tasks run between turns. The connection
+        reads nothing else meanwhile, so its own next request sees the work done."""
+        name = handler.command.name
+        try:
+            while not deferred.job.step(self.turn_budget()):
+                self.daemon.counters["request_turns"] += 1
+                await trio.lowlevel.checkpoint()
+            return self.encode_reply(handler, msg, deferred.finish())
+        except SiovError as exc:
+            return self.conn.send_error(msg.msg_id, msg.command, exc.errno, exc.message), ()
+        except Exception as exc:
+            self.log.exception("handler failed", command=name)
+            self.daemon.counters["handler_failures"] += 1
+            text = f"internal error in {name}: {type(exc).__name__}"
+            return self.conn.send_error(msg.msg_id, msg.command, errno.EIO, text), ()
 
     def encode_reply(
         self, handler: Handler, msg: Message, result: Any

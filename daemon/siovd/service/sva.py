@@ -110,10 +110,9 @@ class SvaRuntime:
         #: cancel scope once it runs.
         self._watches: dict[int, trio.CancelScope | None] = {}
         daemon.iommu.register_internal_bus(PCI_BUS)
-        # Registered after the accelerator runtime, so (release runs newest first) a leaving
-        # session's opens are drained before the runtime cancels what is left.
-        daemon.on_release(self.release_session)
-        daemon.on_stats(lambda: {"sva": self.stats_dict()})
+        # It hooks into nothing: Daemon.release calls release_session before the accelerator
+        # runtime's, so a leaving session's opens are drained before the runtime cancels what
+        # is left; Daemon.stats calls stats_dict.
 
     # -- SVA_BIND / SVA_UNBIND -----------------------------------------------------------------
 
@@ -229,7 +228,7 @@ class SvaRuntime:
         self.opens.pop(state.handle, None)
         group = state.mdev.wq.group
         rounds = 0
-        while group is not None and state.outstanding > len(state.requests):
+        while group is not None and state.outstanding > runtime.prq.waiting(state.uuid):
             rounds += 1
             if not runtime.run_group(group) or rounds >= DRAIN_ROUNDS:
                 break  # nothing left to take: what remains waits on a page request

@@ -31,7 +31,6 @@ import os
 import socket
 import stat
 import struct
-import weakref
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Final
 
@@ -44,13 +43,8 @@ from siovd.model.accel.parent import MDEV_IRQ_COUNT
 from siovd.model.accel.vdsa import BAR0_SIZE, BAR2_SIZE, VirtualDsa
 from siovd.model.errors import SiovError
 from siovd.model.iommu.pagetable import PROT_READ, PROT_WRITE
+from siovd.model.memfd import HUGETLBFS_MAGIC, TMPFS_MAGIC, fs_type, map_without_fd
 from siovd.model.memory import PAGE_SIZE, Region
-from siovd.service.handlers.memory import (
-    HUGETLBFS_MAGIC,
-    TMPFS_MAGIC,
-    fs_type,
-    map_without_fd,
-)
 
 if TYPE_CHECKING:
     from siovd.service.accel_runtime import MdevState
@@ -233,14 +227,8 @@ class Endpoint:
         except (OSError, SiovError) as exc:
             raise vu.VfioUserError(exc.errno or errno.EINVAL, f"DMA_MAP: mmap: {exc}") from None
         daemon = self.daemon
-        try:
-            region = daemon.memory.add_region(
-                memoryview(mapping), self.owner, "rw" if writable else "ro"
-            )
-        except SiovError:
-            mapping.close()
-            raise
-        daemon.mappings[region.id] = (region, mapping)
+        # The region owns the mapping (closed by Daemon.close_dead_mappings once it goes).
+        region = daemon.memory.add_mapping(mapping, self.owner, "rw" if writable else "ro")
         iommu_prot = PROT_READ | (PROT_WRITE if writable else 0)
         try:
             daemon.iommu.map(
@@ -609,16 +597,8 @@ class Endpoints:
     def __init__(self, daemon: Daemon) -> None:
         self.daemon = daemon
         self.by_uuid: dict[str, Endpoint] = {}
-        daemon.on_release(self._session_gone)
-        daemon.on_stats(lambda: {"vfio_user": self.stats()})
-        previous = daemon.bus.on_device_removed
-
-        def removed(device: Any) -> None:
-            self.unexpose_quietly(device.uuid)
-            if previous is not None:
-                previous(device)
-
-        daemon.bus.on_device_removed = removed
+        # It hooks into nothing: the Daemon calls release_session, stats and
+        # unexpose_quietly (device removal) in its written order.
 
     def expose(self, session: Session, uuid: str, path: str, mode: int) -> Endpoint:
         daemon = self.daemon
@@ -692,7 +672,7 @@ class Endpoints:
         if endpoint is not None:
             endpoint.close()
 
-    def _session_gone(self, session: Session) -> None:
+    def release_session(self, session: Session) -> None:
         for uuid in [u for u, e in self.by_uuid.items() if e.owner == session.id]:
             self.unexpose_quietly(uuid)
 
@@ -719,12 +699,6 @@ class Endpoints:
         return out
 
 
-_endpoints: weakref.WeakKeyDictionary[Daemon, Endpoints] = weakref.WeakKeyDictionary()
-
-
 def endpoints(daemon: Daemon) -> Endpoints:
-    """The daemon's endpoint table, made on first use."""
-    table = _endpoints.get(daemon)
-    if table is None:
-        table = _endpoints[daemon] = Endpoints(daemon)
-    return table
+    """The daemon's endpoint table (made with the daemon, :attr:`Daemon.vfio_user`)."""
+    return daemon.vfio_user

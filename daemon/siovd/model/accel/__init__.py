@@ -11,6 +11,7 @@ from siovd.model.accel.outcome import (
     Interrupt,
     Outcome,
     PageResponse,
+    Preempted,
     SoftwareError,
 )
 from siovd.model.accel.parent import MDEV_IRQ_COUNT, TYPE_1DWQ, TYPE_1SWQ, DsaMdev, DsaParent
@@ -35,6 +36,7 @@ __all__ = [
     "Interrupt",
     "Outcome",
     "PageResponse",
+    "Preempted",
     "ResumeState",
     "SoftwareError",
     "SubmitResult",

@@ -23,8 +23,9 @@ from typing import Final
 from siov_protocol.dsa import DSA_DESC_SIZE
 from siovd.model.accel.device import DsaDevice
 from siovd.model.accel.ops import Executor, ResumeState
-from siovd.model.accel.outcome import Blocked, Completed, PageResponse
+from siovd.model.accel.outcome import Blocked, Completed, PageResponse, Preempted
 from siovd.model.accel.wq import WorkItem, WorkQueue
+from siovd.model.budget import Budget
 from siovd.model.dma import DmaSpace
 from siovd.model.errors import SiovError
 from siovd.model.iommu.sva import SvaDmaSpace
@@ -82,25 +83,32 @@ def as_enqcmd(descriptors: bytes, pasid: int) -> bytes:
 
 class SvaExecutor(Executor):
     """:class:`Executor` that writes an SVA space's bounce buffers back to the process when a
-    descriptor finishes or blocks (:meth:`SvaDmaSpace.flush`); other spaces are untouched."""
+    descriptor finishes, blocks or is stopped by its work budget (:meth:`SvaDmaSpace.flush`;
+    a preempted descriptor holds no view across turns, it translates again when it goes on);
+    other spaces are untouched."""
 
-    def run(self, item: WorkItem, dma: DmaSpace) -> Completed | Blocked:
+    def run(
+        self, item: WorkItem, dma: DmaSpace, budget: Budget | None = None
+    ) -> Completed | Blocked | Preempted:
         if type(dma) is not SvaDmaSpace:
-            return super().run(item, dma)
+            return super().run(item, dma, budget)
         try:
-            return super().run(item, dma)
+            return super().run(item, dma, budget)
         finally:
             dma.flush()
 
     def execute(
         self, item: WorkItem, dma_for_pasid: Callable[[int], DmaSpace]
-    ) -> Completed | Blocked:
+    ) -> Completed | Blocked | Preempted:
         return self.run(item, dma_for_pasid(item.pasid))
 
-    def resume(self, state: ResumeState, response: PageResponse) -> Completed | Blocked:
+    def resume(
+        self, state: ResumeState, response: PageResponse, budget: Budget | None = None
+    ) -> Completed | Blocked | Preempted:
+        # proceed() (a preempted descriptor's next turn) comes through here too.
         dma = state.dma
         try:
-            return super().resume(state, response)
+            return super().resume(state, response, budget)
         finally:
             if type(dma) is SvaDmaSpace:
                 dma.flush()

@@ -72,12 +72,14 @@ from siov_protocol.dsa import (
     DsaCompStatus,
     DsaOpcode,
 )
-from siovd.model.accel.ranges import overlaps, total
-from siovd.model.accel.results import SUCCESS, Desc, Res, finished, partial
+from siovd.model.accel.ranges import SLICE, overlaps, total
+from siovd.model.accel.results import SUCCESS, Desc, Res, finished, partial, preempted
 
 if TYPE_CHECKING:
+    from siovd.model.accel.ops import Executor
     from siovd.model.accel.outcome import AccelEvent
     from siovd.model.accel.wq import WorkItem
+    from siovd.model.budget import Budget
     from siovd.model.dma import DmaSpace
 
 TUPLE_SIZE: Final = 8
@@ -315,9 +317,10 @@ def _check(
     return status, stored_guard, stored_app, stored_ref, computed
 
 
-def run(dma: DmaSpace, desc: Desc, progress: object) -> Res:
+def run(dma: DmaSpace, desc: Desc, progress: object, budget: Budget | None = None) -> Res:
     """Execute one DIF-family descriptor; ``progress`` is the number of blocks already done
-    (None on the first run)."""
+    (None on the first run). With a ``budget``, it stops between slices once that is spent
+    (:func:`~siovd.model.accel.results.preempted`, progress in blocks)."""
     opcode = desc[1] >> 24
     src, dst, size = desc[3], desc[4], desc[5]
     op40 = desc[8]
@@ -359,72 +362,78 @@ def run(dma: DmaSpace, desc: Desc, progress: object) -> Res:
         else None
     )
 
-    remaining = count - done
-    src_views, src_fault = dma.runs(src + done * src_step, remaining * src_step, False)
-    available = total(src_views) // src_step
-    fault = src_fault
-    if dst_step:
-        dst_views, dst_fault = dma.runs(dst + done * dst_step, remaining * dst_step, True)
-        dst_available = total(dst_views) // dst_step
-        if dst_available < available:  # a tie goes to the source: it is read first
-            available, fault = dst_available, dst_fault
-        writer: _Stream | None = _Stream(dst_views)
-    else:
-        writer = None
-    reader = _Stream(src_views)
-
     pass_guard = dst_flags & DST_GUARD_PASS and opcode == DsaOpcode.DIF_UPDT
     pass_app = dst_flags & DST_APP_PASS and opcode == DsaOpcode.DIF_UPDT
     pass_ref = dst_flags & DST_REF_PASS and opcode == DsaOpcode.DIF_UPDT
     per_batch = max(1, _BATCH_BYTES // src_step)
-    index = 0
-    while index < available:
-        n = min(per_batch, available - index)
-        chunk = reader.read(n * src_step)
-        out = bytearray() if writer is not None else None
-        for k in range(n):
-            data = chunk[k * src_step : (k + 1) * src_step]
-            computed = -1
-            stored = (0, 0, 0)
-            if src_tags is not None:
-                status, s_guard, s_app, s_ref, computed = _check(
-                    data, block, src_flags, dif_flags, src_tags
-                )
-                if status:
-                    if out:
-                        assert writer is not None
-                        writer.write(out)
-                    return _error(status, done + index + k, src_step, src_tags, dst_tags)
-                stored = (s_guard, s_app, s_ref)
-                src_tags.step()
-            if out is None:
-                continue
-            if opcode == DsaOpcode.DIF_STRP:
-                out += data[:block]
-                continue
-            assert dst_tags is not None
-            if pass_guard:
-                new_guard = stored[0]
-            elif computed >= 0:
-                new_guard = computed
-            else:
-                new_guard = guard(data[:block], dif_flags)
-            new_app = stored[1] if pass_app else dst_tags.app & ~dst_tags.mask & 0xFFFF
-            new_ref = stored[2] if pass_ref else dst_tags.ref
-            if opcode != DsaOpcode.DIX_GEN:
-                out += data[:block]
-            out += _TUPLE.pack(new_guard, new_app, new_ref)
-            dst_tags.step()
-        if out:
-            assert writer is not None
-            writer.write(out)
-        index += n
-    reached = done + available
-    word = _word(src_tags, dst_tags)
-    if reached < count:
-        assert fault is not None
-        return partial(fault, reached * src_step, reached, word=word)
-    return finished(SUCCESS, word=word)
+    # Whole blocks, about a slice of source at a time; the budget is charged per slice and,
+    # once spent, the descriptor stops at a block boundary (its progress: blocks done).
+    per_slice = max(1, SLICE // src_step)
+    reached = done
+    while reached < count:
+        want = min(per_slice, count - reached)
+        src_views, src_fault = dma.runs(src + reached * src_step, want * src_step, False)
+        available = total(src_views) // src_step
+        fault = src_fault
+        if dst_step:
+            dst_views, dst_fault = dma.runs(dst + reached * dst_step, want * dst_step, True)
+            dst_available = total(dst_views) // dst_step
+            if dst_available < available:  # a tie goes to the source: it is read first
+                available, fault = dst_available, dst_fault
+            writer: _Stream | None = _Stream(dst_views)
+        else:
+            writer = None
+        reader = _Stream(src_views)
+        index = 0
+        while index < available:
+            n = min(per_batch, available - index)
+            chunk = reader.read(n * src_step)
+            out = bytearray() if writer is not None else None
+            for k in range(n):
+                data = chunk[k * src_step : (k + 1) * src_step]
+                computed = -1
+                stored = (0, 0, 0)
+                if src_tags is not None:
+                    status, s_guard, s_app, s_ref, computed = _check(
+                        data, block, src_flags, dif_flags, src_tags
+                    )
+                    if status:
+                        if out:
+                            assert writer is not None
+                            writer.write(out)
+                        return _error(status, reached + index + k, src_step, src_tags, dst_tags)
+                    stored = (s_guard, s_app, s_ref)
+                    src_tags.step()
+                if out is None:
+                    continue
+                if opcode == DsaOpcode.DIF_STRP:
+                    out += data[:block]
+                    continue
+                assert dst_tags is not None
+                if pass_guard:
+                    new_guard = stored[0]
+                elif computed >= 0:
+                    new_guard = computed
+                else:
+                    new_guard = guard(data[:block], dif_flags)
+                new_app = stored[1] if pass_app else dst_tags.app & ~dst_tags.mask & 0xFFFF
+                new_ref = stored[2] if pass_ref else dst_tags.ref
+                if opcode != DsaOpcode.DIX_GEN:
+                    out += data[:block]
+                out += _TUPLE.pack(new_guard, new_app, new_ref)
+                dst_tags.step()
+            if out:
+                assert writer is not None
+                writer.write(out)
+            index += n
+        reached += available
+        if available < want:
+            assert fault is not None
+            word = _word(src_tags, dst_tags)
+            return partial(fault, reached * src_step, reached, word=word)
+        if reached < count and budget is not None and budget.charge(want * src_step):
+            return preempted(reached)
+    return finished(SUCCESS, word=_word(src_tags, dst_tags))
 
 
 def _word(src_tags: _Tags | None, dst_tags: _Tags | None) -> int:
@@ -442,12 +451,12 @@ def _error(status: int, failed: int, src_step: int, src_tags: _Tags, dst_tags: _
 
 
 def op_dif(
-    executor: object,
+    executor: Executor,
     item: WorkItem,
     dma: DmaSpace,
     desc: Desc,
     progress: object,
     events: list[AccelEvent],
 ) -> Res:
-    """The executor's entry point for the five DIF opcodes."""
-    return run(dma, desc, progress)
+    """The executor's entry point for the five DIF opcodes (under the call's work budget)."""
+    return run(dma, desc, progress, executor.budget)

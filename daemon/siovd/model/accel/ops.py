@@ -57,10 +57,12 @@ from siovd.model.accel.outcome import (
     Completed,
     Interrupt,
     PageResponse,
+    Preempted,
     SoftwareError,
 )
 from siovd.model.accel.ranges import (
     CHUNK,
+    SLICE,
     Window,
     chunks,
     copy_views,
@@ -77,14 +79,17 @@ from siovd.model.accel.results import (
     OK,
     PF_IR,
     PF_NOBOF,
+    PREEMPT,
     SUCCESS,
     SUCCESS_PRED,
     Desc,
     Res,
     finished,
     partial,
+    preempted,
 )
 from siovd.model.accel.wq import WorkItem
+from siovd.model.budget import Budget
 from siovd.model.dma import DmaFault, DmaSpace
 
 OpFn = Callable[["Executor", WorkItem, DmaSpace, Desc, object, list[AccelEvent]], Res]
@@ -103,6 +108,13 @@ _U32 = struct.Struct("<I")
 _U64 = struct.Struct("<Q")
 _MAX_DELTA_XFER: Final = 0x80000  # 2^16 eight-byte words (DML validation.cpp)
 _MIN_DELTA_RECORD: Final = 80  # accel-config test/dsa.h MIN_DELTA_RECORD_SIZE
+#: The budget of calls made without one: 2**62 bytes, never spent (shared, so a descriptor
+#: run without a budget allocates nothing for it).
+_UNBOUNDED: Final = Budget()
+#: What starting one descriptor (or one batch entry) costs the work budget, beside its data.
+DESC_COST: Final = 4096
+#: Delta-record bytes apply-delta reads (and copies, once) per step: 655 entries.
+_DELTA_SLICE: Final = 6550
 
 
 class _BatchProgress:
@@ -136,19 +148,38 @@ class ResumeState:
 
 
 class Executor:
-    """Runs descriptors. Stateless between descriptors: one instance can serve every engine."""
+    """Runs descriptors. Stateless between descriptors: one instance can serve every engine.
+
+    Every entry point takes an optional :class:`~siovd.model.budget.Budget`: big transfers run
+    in slices of :data:`~siovd.model.accel.ranges.SLICE` bytes and a batch checks it between
+    entries; once it is spent the descriptor stops where it can continue and the call returns
+    :class:`~siovd.model.accel.outcome.Preempted` (continue it with :meth:`proceed`). Without
+    a budget a descriptor runs to its end.
+    """
+
+    def __init__(self) -> None:
+        self._budget = _UNBOUNDED
+
+    @property
+    def budget(self) -> Budget:
+        """The work budget of the call in progress (operations outside this module, the DIF
+        family's, charge it too)."""
+        return self._budget
 
     # -- entry points --------------------------------------------------------------------------
 
     def execute(
         self, item: WorkItem, dma_for_pasid: Callable[[int], DmaSpace]
-    ) -> Completed | Blocked:
+    ) -> Completed | Blocked | Preempted:
         """Run ``item``; ``dma_for_pasid(item.pasid)`` gives the DMA space its addresses are
         translated in (PASID 0 means requests without PASID)."""
         return self.run(item, dma_for_pasid(item.pasid))
 
-    def run(self, item: WorkItem, dma: DmaSpace) -> Completed | Blocked:
+    def run(
+        self, item: WorkItem, dma: DmaSpace, budget: Budget | None = None
+    ) -> Completed | Blocked | Preempted:
         """:meth:`execute` with the DMA space already chosen."""
+        self._budget = _UNBOUNDED if budget is None else budget
         desc = _unpack_desc(item.desc)
         events: list[AccelEvent] = []
         opcode = desc[1] >> 24
@@ -157,15 +188,32 @@ class Executor:
             res = _OPS[opcode](self, item, dma, desc, None, events)
             if res[5] is not None and res[0] == PF_NOBOF:
                 res = self._faulted(item, desc, res)
-        if res[0] == BLOCK:
+        return self._outcome(item, dma, desc, res, events)
+
+    def _outcome(
+        self, item: WorkItem, dma: DmaSpace, desc: Desc, res: Res, events: list[AccelEvent]
+    ) -> Completed | Blocked | Preempted:
+        status = res[0]
+        if status == BLOCK:
             fault = res[5]
             assert fault is not None
             return Blocked(item, fault, ResumeState(item, dma, desc, res), tuple(events))
+        if status == PREEMPT:
+            return Preempted(item, ResumeState(item, dma, desc, res), tuple(events))
         return self._conclude(item, dma, desc, res, events)
 
-    def resume(self, state: ResumeState, response: PageResponse) -> Completed | Blocked:
+    def proceed(
+        self, state: ResumeState, budget: Budget | None = None
+    ) -> Completed | Blocked | Preempted:
+        """Continue a descriptor its budget stopped (:class:`Preempted`) with a fresh one."""
+        return self.resume(state, PageResponse.SUCCESS, budget)
+
+    def resume(
+        self, state: ResumeState, response: PageResponse, budget: Budget | None = None
+    ) -> Completed | Blocked | Preempted:
         """Continue after the page response: SUCCESS picks up where the fault stopped the work,
         INVALID completes it with ``PAGE_FAULT_IR`` and the partial values."""
+        self._budget = _UNBOUNDED if budget is None else budget
         item, dma, desc = state.item, state.dma, state.desc
         events: list[AccelEvent] = []
         progress = state.progress
@@ -176,11 +224,7 @@ class Executor:
             res = self._exec_desc(item, dma, desc, progress, events)
         else:
             res = _invalid_response(state.res)
-        if res[0] == BLOCK:
-            fault = res[5]
-            assert fault is not None
-            return Blocked(item, fault, ResumeState(item, dma, desc, res), tuple(events))
-        return self._conclude(item, dma, desc, res, events)
+        return self._outcome(item, dma, desc, res, events)
 
     # -- one descriptor -----------------------------------------------------------------------
 
@@ -335,17 +379,24 @@ class Executor:
         done = progress if isinstance(progress, int) else 0
         if src < dst < src + size:
             return self._memmove_descending(dma, src, dst, size, done)
-        length = size - done
-        if length == 0:
-            return OK
-        src_views, src_fault = dma.runs(src + done, length, False)
-        dst_views, dst_fault = dma.runs(dst + done, length, True)
-        if src_fault is None and dst_fault is None:
+        budget = self._budget
+        while True:
+            length = min(size - done, SLICE)
+            if length == 0:
+                return OK
+            src_views, src_fault = dma.runs(src + done, length, False)
+            dst_views, dst_fault = dma.runs(dst + done, length, True)
+            if src_fault is not None or dst_fault is not None:
+                break
             if len(src_views) == 1 and len(dst_views) == 1:
                 dst_views[0][:] = src_views[0]
             else:
                 copy_views(dst_views, src_views, length)
-            return OK
+            done += length
+            if done == size:
+                return OK
+            if budget.charge(length):
+                return preempted(done)
         got_src = total(src_views)
         got_dst = total(dst_views)
         count = min(got_src, got_dst)
@@ -356,22 +407,31 @@ class Executor:
 
     def _memmove_descending(self, dma: DmaSpace, src: int, dst: int, size: int, done: int) -> Res:
         """dst overlaps the tail of src: copy from the end (DML ref mem_move.c). ``done``
-        counts bytes finished at the end; a partial completion reports result 1."""
-        length = size - done
-        src_views, src_fault = dma.runs(src, length, False)
-        dst_views, dst_fault = dma.runs(dst, length, True)
-        if src_fault is None and dst_fault is None:
+        counts bytes finished at the end; a partial completion reports result 1. Slices go
+        from the end down, so a slice never overwrites source a lower slice still reads."""
+        budget = self._budget
+        while True:
+            length = min(size - done, SLICE)
+            base = size - done - length
+            src_views, src_fault = dma.runs(src + base, length, False)
+            dst_views, dst_fault = dma.runs(dst + base, length, True)
+            if src_fault is not None or dst_fault is not None:
+                break
             copy_views(dst_views, src_views, length, backward=True)
-            return OK
-        src_tail, src_hole = last_hole(dma, src, length, False)
-        dst_tail, dst_hole = last_hole(dma, dst, length, True)
+            done += length
+            if done == size:
+                return OK
+            if budget.charge(length):
+                return preempted(done)
+        src_tail, src_hole = last_hole(dma, src + base, length, False)
+        dst_tail, dst_hole = last_hole(dma, dst + base, length, True)
         start = max(src_tail, dst_tail)
         fault = src_hole if src_hole is not None and src_tail >= dst_tail else dst_hole
         assert fault is not None
         count = length - start
         if count:
-            src_views, _ = dma.runs(src + start, count, False)
-            dst_views, _ = dma.runs(dst + start, count, True)
+            src_views, _ = dma.runs(src + base + start, count, False)
+            dst_views, _ = dma.runs(dst + base + start, count, True)
             copy_views(dst_views, src_views, count, backward=True)
         return partial(fault, done + count, done + count, result=1)
 
@@ -384,12 +444,19 @@ class Executor:
         dst = desc[4]
         size = desc[5]
         done = progress if isinstance(progress, int) else 0
-        views, fault = dma.runs(dst + done, size - done, True)
-        fill_pattern(views, pattern, done)
-        if fault is not None:
-            reached = done + total(views)
-            return partial(fault, reached, reached)
-        return OK
+        budget = self._budget
+        while True:
+            length = min(size - done, SLICE)
+            views, fault = dma.runs(dst + done, length, True)
+            fill_pattern(views, pattern, done)
+            if fault is not None:
+                reached = done + total(views)
+                return partial(fault, reached, reached)
+            done += length
+            if done >= size:
+                return OK
+            if budget.charge(length):
+                return preempted(done)
 
     def _predicate(self, desc: Desc, result: int, word: int = 0, completed: int = 0) -> Res:
         """SUCCESS, or SUCCESS_PRED when CR is set and the result is not the expected one."""
@@ -411,20 +478,26 @@ class Executor:
         src2 = desc[4]
         size = desc[5]
         done = progress if isinstance(progress, int) else 0
-        length = size - done
-        first, fault1 = dma.runs(src1 + done, length, False)
-        second, fault2 = dma.runs(src2 + done, length, False)
-        got1 = total(first)
-        got2 = total(second)
-        count = min(got1, got2)
-        diff = first_diff(first, second, count)
-        if diff >= 0:
-            return self._predicate(desc, 1, completed=done + diff)
-        if count < length:
-            fault = fault1 if fault1 is not None and got1 <= got2 else fault2
-            assert fault is not None
-            return partial(fault, done + count, done + count)
-        return self._predicate(desc, 0)
+        budget = self._budget
+        while True:
+            length = min(size - done, SLICE)
+            first, fault1 = dma.runs(src1 + done, length, False)
+            second, fault2 = dma.runs(src2 + done, length, False)
+            got1 = total(first)
+            got2 = total(second)
+            count = min(got1, got2)
+            diff = first_diff(first, second, count)
+            if diff >= 0:
+                return self._predicate(desc, 1, completed=done + diff)
+            if count < length:
+                fault = fault1 if fault1 is not None and got1 <= got2 else fault2
+                assert fault is not None
+                return partial(fault, done + count, done + count)
+            done += length
+            if done >= size:
+                return self._predicate(desc, 0)
+            if budget.charge(length):
+                return preempted(done)
 
     def _op_compval(
         self, item: WorkItem, dma: DmaSpace, desc: Desc, progress: object, events: list[AccelEvent]
@@ -433,15 +506,22 @@ class Executor:
         pattern = _U64.pack(desc[4])
         size = desc[5]
         done = progress if isinstance(progress, int) else 0
-        views, fault = dma.runs(src + done, size - done, False)
-        diff = pattern_diff(views, pattern, done)
-        if diff >= 0:
-            # reported at 8-byte granularity (DML ref compare_pattern.c)
-            return self._predicate(desc, 1, completed=(done + diff) & ~7)
-        if fault is not None:
-            reached = done + total(views)
-            return partial(fault, reached, reached)
-        return self._predicate(desc, 0)
+        budget = self._budget
+        while True:
+            length = min(size - done, SLICE)
+            views, fault = dma.runs(src + done, length, False)
+            diff = pattern_diff(views, pattern, done)
+            if diff >= 0:
+                # reported at 8-byte granularity (DML ref compare_pattern.c)
+                return self._predicate(desc, 1, completed=(done + diff) & ~7)
+            if fault is not None:
+                reached = done + total(views)
+                return partial(fault, reached, reached)
+            done += length
+            if done >= size:
+                return self._predicate(desc, 0)
+            if budget.charge(length):
+                return preempted(done)
 
     def _op_cr_delta(
         self, item: WorkItem, dma: DmaSpace, desc: Desc, progress: object, events: list[AccelEvent]
@@ -521,36 +601,46 @@ class Executor:
                 return finished(DsaCompStatus.ADDR_ALIGN)
             if size % 8 or size > _MAX_DELTA_XFER:
                 return finished(DsaCompStatus.XFER_ERANGE)
-            if record_size % 10:
+            # The record is a transfer of its own: a multiple of 10 bytes and no larger than
+            # the WQ's max_transfer_size (DR_ERANGE: "max/actual delta size out of range").
+            if record_size % 10 or record_size > item.wq.max_transfer_size:
                 return finished(DsaCompStatus.DR_ERANGE)
             consumed, last = 0, -1
         else:
             assert isinstance(progress, tuple)
             consumed, last = progress
-        rec_views, rec_fault = dma.runs(delta + consumed, record_size - consumed, False)
-        readable = total(rec_views) // 10 * 10
-        entries = gather(rec_views, readable)
         dst_views, _ = dma.runs(dst, size, True)
         window = Window(dst_views)
-        for pos in range(0, readable, 10):
-            index, value = _DELTA_ENTRY.unpack_from(entries, pos)
-            if index <= last:
-                return finished(DsaCompStatus.DR_OFFSET_NOINC, completed=consumed + pos)
-            offset = index * 8
-            if offset + 8 > size:
-                return finished(DsaCompStatus.DR_OFFSET_ERANGE, completed=consumed + pos)
-            if offset + 8 <= window.limit:
-                window.write(offset, _U64.pack(value))
-            else:  # past a hole in the destination: translate this word on its own
-                views, fault = dma.runs(dst + offset, 8, True)
-                if fault is not None:
-                    return partial(fault, consumed + pos, (consumed + pos, last))
-                copy_views(views, [memoryview(_U64.pack(value))], 8)
-            last = index
-        consumed += readable
-        if consumed < record_size:
-            assert rec_fault is not None
-            return partial(rec_fault, consumed, (consumed, last))
+        budget = self._budget
+        # The record is read a slice at a time and each slice copied once: indexes must rise
+        # and stay below size / 8, so at most 65537 entries are ever looked at whatever the
+        # record size says.
+        while consumed < record_size:
+            want = min(record_size - consumed, _DELTA_SLICE)
+            rec_views, rec_fault = dma.runs(delta + consumed, want, False)
+            readable = total(rec_views) // 10 * 10
+            entries = gather(rec_views, readable)
+            for pos in range(0, readable, 10):
+                index, value = _DELTA_ENTRY.unpack_from(entries, pos)
+                if index <= last:
+                    return finished(DsaCompStatus.DR_OFFSET_NOINC, completed=consumed + pos)
+                offset = index * 8
+                if offset + 8 > size:
+                    return finished(DsaCompStatus.DR_OFFSET_ERANGE, completed=consumed + pos)
+                if offset + 8 <= window.limit:
+                    window.write(offset, _U64.pack(value))
+                else:  # past a hole in the destination: translate this word on its own
+                    views, fault = dma.runs(dst + offset, 8, True)
+                    if fault is not None:
+                        return partial(fault, consumed + pos, (consumed + pos, last))
+                    copy_views(views, [memoryview(_U64.pack(value))], 8)
+                last = index
+            consumed += readable
+            if readable < want:
+                assert rec_fault is not None
+                return partial(rec_fault, consumed, (consumed, last))
+            if consumed < record_size and budget.charge(readable):
+                return preempted((consumed, last))
         return OK
 
     def _op_dualcast(
@@ -570,21 +660,27 @@ class Executor:
         else:
             assert isinstance(progress, int)
             done = progress
-        length = size - done
-        ranges = [
-            dma.runs(src + done, length, False),
-            dma.runs(dst1 + done, length, True),
-            dma.runs(dst2 + done, length, True),
-        ]
-        got = [total(views) for views, _ in ranges]
-        count = min(got)
-        copy_views(ranges[1][0], ranges[0][0], count)
-        copy_views(ranges[2][0], ranges[0][0], count)
-        if count < length:
-            for (_, fault), reached in zip(ranges, got, strict=True):
-                if fault is not None and reached == count:
-                    return partial(fault, done + count, done + count)
-        return OK
+        budget = self._budget
+        while True:
+            length = min(size - done, SLICE)
+            ranges = [
+                dma.runs(src + done, length, False),
+                dma.runs(dst1 + done, length, True),
+                dma.runs(dst2 + done, length, True),
+            ]
+            got = [total(views) for views, _ in ranges]
+            count = min(got)
+            copy_views(ranges[1][0], ranges[0][0], count)
+            copy_views(ranges[2][0], ranges[0][0], count)
+            if count < length:
+                for (_, fault), reached in zip(ranges, got, strict=True):
+                    if fault is not None and reached == count:
+                        return partial(fault, done + count, done + count)
+            done += length
+            if done >= size:
+                return OK
+            if budget.charge(length):
+                return preempted(done)
 
     def _crc_seed(self, dma: DmaSpace, desc: Desc) -> int | DmaFault:
         if desc[1] & IDXD_OP_FLAG_READ_CRC_SEED:
@@ -617,33 +713,48 @@ class Executor:
         else:
             assert isinstance(progress, tuple)
             done, value = progress
-        length = size - done
-        src_views, fault = dma.runs(src + done, length, False)
-        count = got_src = total(src_views)
-        if copy:
-            dst_views, dst_fault = dma.runs(dst + done, length, True)
-            got_dst = total(dst_views)
-            count = min(got_src, got_dst)
-            if fault is None or got_dst < got_src:
-                fault = dst_fault  # the source fault wins a tie: it is read first
-            copy_views(dst_views, src_views, count)
-        for chunk in chunks(src_views, count):
-            value = crc_update(value, chunk, flags)
-        if count < length:
-            assert fault is not None
-            return partial(fault, done + count, (done + count, value), word=crc_end(value, flags))
-        return finished(SUCCESS, word=crc_end(value, flags))
+        budget = self._budget
+        while True:
+            length = min(size - done, SLICE)
+            src_views, fault = dma.runs(src + done, length, False)
+            count = got_src = total(src_views)
+            if copy:
+                dst_views, dst_fault = dma.runs(dst + done, length, True)
+                got_dst = total(dst_views)
+                count = min(got_src, got_dst)
+                if fault is None or got_dst < got_src:
+                    fault = dst_fault  # the source fault wins a tie: it is read first
+                copy_views(dst_views, src_views, count)
+            for chunk in chunks(src_views, count):
+                value = crc_update(value, chunk, flags)
+            if count < length:
+                assert fault is not None
+                word = crc_end(value, flags)
+                return partial(fault, done + count, (done + count, value), word=word)
+            done += length
+            if done >= size:
+                return finished(SUCCESS, word=crc_end(value, flags))
+            if budget.charge(length):
+                return preempted((done, value))
 
     def _op_cflush(
         self, item: WorkItem, dma: DmaSpace, desc: Desc, progress: object, events: list[AccelEvent]
     ) -> Res:
         # Nothing is cached in an emulator; the range must still translate.
         done = progress if isinstance(progress, int) else 0
-        views, fault = dma.runs(desc[4] + done, desc[5] - done, False)
-        if fault is not None:
-            reached = done + total(views)
-            return partial(fault, reached, reached)
-        return OK
+        size = desc[5]
+        budget = self._budget
+        while True:
+            length = min(size - done, SLICE)
+            views, fault = dma.runs(desc[4] + done, length, False)
+            if fault is not None:
+                reached = done + total(views)
+                return partial(fault, reached, reached)
+            done += length
+            if done >= size:
+                return OK
+            if budget.charge(length):
+                return preempted(done)
 
     def _op_batch(
         self, item: WorkItem, dma: DmaSpace, desc: Desc, progress: object, events: list[AccelEvent]
@@ -662,6 +773,7 @@ class Executor:
         else:
             assert isinstance(progress, _BatchProgress)
             state = progress
+        budget = self._budget
         while state.index < state.count:
             index = state.index
             if state.sub is not None:
@@ -682,6 +794,10 @@ class Executor:
                 state.sub = sub
                 state.sub_res = res
                 return (BLOCK, 0, state.completed, 0, 0, res[5], state)
+            if res[0] == PREEMPT:  # the entry keeps going in the next turn
+                state.sub = sub
+                state.sub_res = res
+                return preempted(state, state.completed)
             self._finish(item, dma, sub, res, events, index)
             if sub[1] & IDXD_OP_FLAG_RCI and res[0] != DsaCompStatus.INT_HANDLE_INVAL:
                 events.append(Interrupt(sub[6], index))
@@ -689,6 +805,8 @@ class Executor:
             if res[0] != SUCCESS:
                 state.failed = True
             state.index += 1
+            if state.index < state.count and budget.charge(DESC_COST):
+                return preempted(state, state.completed)
         status = DsaCompStatus.BATCH_FAIL if state.failed else SUCCESS
         return finished(status, completed=state.completed)
 

@@ -1,16 +1,16 @@
-"""What executing a descriptor produces, for the engine task that drives the executor.
+"""What executing a descriptor produces, for whoever drives the executor.
 
-The service's engine loop (``AccelRuntime.run_group``) does, for each item a group hands out::
+The model's :class:`~siovd.model.accel.scheduler.Scheduler` is that driver: one turn does::
 
-    item = group.take()
-    outcome = executor.execute(item, dma_for_pasid)
-    if isinstance(outcome, Blocked):   # block-on-fault: park the item, send a page request
-        ...                            # later, PAGE_RESPONSE calls
-        outcome = executor.resume(outcome.state, response)   # and the same choice follows
-    else:                              # Completed: events, the interrupt, then
-        item.wq.retire(item)
+    item = group.take()                            # or continue a Preempted one
+    outcome = executor.run(item, dma, budget)      # Completed | Blocked | Preempted
+    # Completed: the record is written; retire the item, deliver its events and interrupt.
+    # Blocked:   block-on-fault; a page request waits (the service's adapter sends it) and
+    #            executor.resume(outcome.state, response) continues the work.
+    # Preempted: the budget ran out mid-way; executor.proceed(outcome.state, budget) goes on
+    #            in a later turn, on the same engine.
 
-Nothing waits inside the loop: a blocked item is set aside and the engine takes the next one.
+Nothing waits inside a turn: a blocked item is set aside and the engine takes the next one.
 
 ``events`` carry what happened on the way: interrupts requested by descriptors inside a batch,
 and software errors (an error status that no completion record could report).
@@ -137,4 +137,20 @@ class Blocked:
         return f"<Blocked {self.item!r} fault={self.fault}>"
 
 
-Outcome = Completed | Blocked
+class Preempted:
+    """The work budget ran out in the middle of the descriptor (a big transfer, a long batch):
+    it keeps its engine and continues with ``Executor.proceed(state, budget)`` in a later turn.
+    Deliver ``events`` now (interrupts of batch entries that already completed)."""
+
+    __slots__ = ("events", "item", "state")
+
+    def __init__(self, item: WorkItem, state: ResumeState, events: tuple[AccelEvent, ...]) -> None:
+        self.item = item
+        self.state = state
+        self.events = events
+
+    def __repr__(self) -> str:
+        return f"<Preempted {self.item!r}>"
+
+
+Outcome = Completed | Blocked | Preempted

@@ -15,6 +15,9 @@ from siovd.model.accel import caps
 from siovd.model.dma import DmaFault, DmaSpace
 
 CHUNK: Final = 64 << 10  # compare/fill working size: stays below malloc's mmap threshold
+#: The most one step of a transfer touches before the executor checks its work budget: a
+#: 2 GiB copy runs as 2048 slices, each translated and moved on its own.
+SLICE: Final = 1 << 20
 
 
 def total(views: Sequence[memoryview]) -> int:
@@ -77,7 +80,8 @@ def chunks(views: Iterable[memoryview], length: int) -> Iterable[memoryview]:
 
 
 def gather(views: Sequence[memoryview], length: int) -> bytes:
-    return b"".join(bytes(v) for v in chunks(views, length))
+    """The first ``length`` bytes of ``views`` as one bytes object (copied once)."""
+    return b"".join(chunks(views, length))
 
 
 def diff_index(a: bytes, b: bytes) -> int:

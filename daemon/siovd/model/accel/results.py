@@ -20,6 +20,8 @@ PF_NOBOF: Final = int(DsaCompStatus.PAGE_FAULT_NOBOF)
 PF_IR: Final = int(DsaCompStatus.PAGE_FAULT_IR)
 #: Status used inside the executor for "stopped on a fault and will wait for a page response".
 BLOCK: Final = -1
+#: Status used inside the executor for "the work budget ran out; continue from the progress".
+PREEMPT: Final = -2
 
 OK: Final[Res] = (SUCCESS, 0, 0, 0, 0, None, None)
 
@@ -36,3 +38,8 @@ def partial(
 ) -> Res:
     """An operation a fault stopped after ``completed`` bytes; ``progress`` resumes it."""
     return (PF_NOBOF, result, completed, fault.iova, word, fault, progress)
+
+
+def preempted(progress: object, completed: int = 0) -> Res:
+    """An operation that stopped because its work budget ran out; ``progress`` continues it."""
+    return (PREEMPT, 0, completed, 0, 0, None, progress)

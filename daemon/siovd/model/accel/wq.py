@@ -595,9 +595,10 @@ class WorkQueue:
         """The next descriptor an engine may start, or ``None``.
 
         Descriptors leave in order, except that a DRAIN waits until every earlier descriptor
-        of its PASID has been retired; later descriptors may pass a waiting drain, as on the
-        device, where a drain holds an engine but not the WQ. The item stays "in flight" until
-        :meth:`retire`. A disabled WQ still hands out what was queued before it was disabled.
+        of its submitter and PASID has been retired; later descriptors may pass a waiting
+        drain, as on the device, where a drain holds an engine but not the WQ. The item stays
+        "in flight" until :meth:`retire`. A disabled WQ still hands out what was queued
+        before it was disabled.
         """
         queue = self._queue
         if not queue:
@@ -623,14 +624,19 @@ class WorkQueue:
         return None
 
     def _earlier_of_pasid(self, drain: WorkItem, index: int) -> bool:
+        """Whether work the drain waits for is still queued or in flight: earlier descriptors
+        of the same submitter (mdev) *and* PASID. PASIDs are numbered per device, so the same
+        number from another mdev on a shared WQ is another address space; its work never
+        holds this drain back (issue 9: no ordering across owners)."""
         pasid = drain.pasid
+        owner = drain.owner
         for other in self._inflight.values():
-            if other.pasid == pasid and other.seq < drain.seq:
+            if other.pasid == pasid and other.owner == owner and other.seq < drain.seq:
                 return True
         for position, other in enumerate(self._queue):
             if position >= index:
                 break
-            if other.pasid == pasid:
+            if other.pasid == pasid and other.owner == owner:
                 return True
         return False
 

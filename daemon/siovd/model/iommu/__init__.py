@@ -4,10 +4,11 @@
 kind of object (page table, IOTLB, domain, group, PASID space, the DMA path).
 """
 
-from siovd.model.iommu.core import MAX_AM, UNMAP_ALL, Iommu
+from siovd.model.iommu.core import MAX_AM, Iommu
 from siovd.model.iommu.domain import Domain, DomainType
 from siovd.model.iommu.faults import FaultRecord
 from siovd.model.iommu.group import Group
+from siovd.model.iommu.io_pagetable import UNMAP_ALL
 from siovd.model.iommu.iotlb import Iotlb
 from siovd.model.iommu.pagetable import PROT_READ, PROT_WRITE, PageTable
 from siovd.model.iommu.translate import IommuDmaSpace

@@ -20,7 +20,7 @@ from siovd.model.iommu.faults import (
     FR_SM_WRITE,
     FR_US_PRIVILEGE,
 )
-from siovd.model.memory import PAGE_SIZE, PageTablePool, PhysicalMemory
+from siovd.model.memory import PAGE_SIZE, REGION_ALIGN, PageTablePool, PhysicalMemory
 
 PTE_P = 1 << 0
 PTE_RW = 1 << 1
@@ -131,6 +131,10 @@ def walk(
     return (leaf & ADDR_MASK & ~(size - 1), size, flags, level)
 
 
+#: Pool chunks are REGION_ALIGN-sized and -aligned regions: a page's chunk is its address masked.
+_CHUNK_MASK = ~(REGION_ALIGN - 1)
+
+
 class PageTable:
     """A kernel-managed table: the daemon writes entries, tables come from the pool.
 
@@ -151,7 +155,11 @@ class PageTable:
         self.levels = levels
         self.large_1g = large_1g
         self._pool = pool
-        self._loc: dict[int, tuple[memoryview, int]] = {}
+        #: The memory of each pool chunk this table's pages are in (chunk base -> its qwords).
+        #: Pages are found by arithmetic, not by a per-page tuple: 32k tables of a 64 GiB map
+        #: in 4 KiB pages would otherwise be 32k objects for every full GC pass to visit.
+        self._qs: dict[int, memoryview] = {}
+        self._chunk_pages: dict[int, int] = {}
         self._used: dict[int, int] = {}  # table -> present entries
         self.root = self._new_table()
         self.mapped_bytes = 0
@@ -162,36 +170,53 @@ class PageTable:
 
     def _new_table(self) -> int:
         phys = self._pool.alloc()
-        region = self.memory.region_of(phys)
-        assert region is not None
-        self._loc[phys] = (region.q, (phys - region.base) >> 3)
+        chunk = phys & _CHUNK_MASK
+        if chunk not in self._qs:
+            region = self.memory.region_of(phys)
+            assert region is not None and region.base == chunk
+            self._qs[chunk] = region.q
+            self._chunk_pages[chunk] = 0
+        self._chunk_pages[chunk] += 1
         self._used[phys] = 0
         return phys
 
     def _free_table(self, phys: int) -> None:
-        del self._loc[phys]
         del self._used[phys]
+        chunk = phys & _CHUNK_MASK
+        left = self._chunk_pages[chunk] - 1
+        if left:
+            self._chunk_pages[chunk] = left
+        else:  # no page of ours left there: let the pool give the chunk back
+            del self._chunk_pages[chunk]
+            del self._qs[chunk]
         self._pool.free(phys)
 
     def locate(self, table: int) -> tuple[memoryview, int] | None:
         """Where one of this table's pages lives (the walker's view of daemon memory)."""
-        return self._loc.get(table)
+        if table not in self._used:
+            return None
+        chunk = table & _CHUNK_MASK
+        return self._qs[chunk], (table - chunk) >> 3
+
+    def _where(self, table: int) -> tuple[memoryview, int]:
+        chunk = table & _CHUNK_MASK
+        return self._qs[chunk], (table - chunk) >> 3
 
     @property
     def table_pages(self) -> int:
-        return len(self._loc)
+        return len(self._used)
 
     @property
     def table_bytes(self) -> int:
-        return len(self._loc) * PAGE_SIZE
+        return len(self._used) * PAGE_SIZE
 
     def _table_for(self, iova: int, level: int) -> int:
         """The table at ``level`` covering ``iova``, made on the way down if missing."""
         table = self.root
         lvl = self.levels
-        loc = self._loc
+        loc = self._where
         while lvl > level:
-            q, base = loc[table]
+            q, base = loc(table)
             idx = base + ((iova >> (12 + 9 * (lvl - 1))) & 511)
             entry = int(q[idx])
             if entry & PTE_P:
@@ -219,19 +244,31 @@ class PageTable:
 
     def map(self, iova: int, phys: int, size: int, prot: int) -> None:
         """Write leaves for ``[iova, iova + size)`` → ``phys``; the range must be unmapped."""
+        done = 0
+        while done < size:
+            done = self.map_step(iova, phys, size, prot, done, 1 << 62)
+
+    def map_step(
+        self, iova: int, phys: int, size: int, prot: int, done: int, max_entries: int
+    ) -> int:
+        """Part of :meth:`map`: continue at byte ``done`` and stop at a table boundary once
+        about ``max_entries`` entries are written; returns the bytes mapped so far. The
+        leaves are the ones one :meth:`map` call writes (page sizes depend on the whole
+        range, never on where a step stops)."""
         if (iova | phys | size) & (PAGE_SIZE - 1) or size <= 0:
             raise ValueError("map needs a positive size and 4 KiB alignment")
         if iova + size > self.aperture_end:
             raise ValueError("map beyond the lower canonical half")
         flags = leaf_flags(prot)
         end = iova + size
-        pos, p = iova, phys
-        loc = self._loc
-        while pos < end:
+        pos, p = iova + done, phys + done
+        loc = self._where
+        written = 0
+        while pos < end and written < max_entries:
             pg = self.pgsize(pos, p, end - pos)
             level = 1 if pg == SIZE_4K else 2 if pg == SIZE_2M else 3
             table = self._table_for(pos, level)
-            q, base = loc[table]
+            q, base = loc(table)
             idx = (pos >> (12 + 9 * (level - 1))) & 511
             n = min(ENTRIES - idx, (end - pos) // pg)
             lo = base + idx
@@ -242,7 +279,9 @@ class PageTable:
             self._used[table] += n
             pos += n * pg
             p += n * pg
-        self.mapped_bytes += size
+            written += n
+            self.mapped_bytes += n * pg
+        return pos - iova
 
     def unmap(self, iova: int, size: int) -> int:
         """Clear every leaf in ``[iova, iova + size)``; return the bytes they mapped.
@@ -250,20 +289,31 @@ class PageTable:
         Holes are skipped. A large leaf that sticks out of the range is an error (the domain
         never asks for a split).
         """
+        done = cleared = 0
+        while done < size:
+            done, got = self.unmap_step(iova, size, done, 1 << 62)
+            cleared += got
+        return cleared
+
+    def unmap_step(self, iova: int, size: int, done: int, max_entries: int) -> tuple[int, int]:
+        """Part of :meth:`unmap`: continue at byte ``done``, stop once about ``max_entries``
+        entries are cleared; returns (bytes of the range done, bytes cleared now)."""
         end = min(iova + size, self.aperture_end)
-        pos = iova
-        loc, used = self._loc, self._used
+        pos = iova + done
+        loc, used = self._where, self._used
         cleared = 0
-        while pos < end:
+        touched = 0
+        while pos < end and touched < max_entries:
             path: list[tuple[int, int]] = []
             table, level = self.root, self.levels
             while True:
-                q, base = loc[table]
+                q, base = loc(table)
                 shift = 12 + 9 * (level - 1)
                 idx = (pos >> shift) & 511
                 entry = int(q[base + idx])
                 if not entry & PTE_P:
                     pos = ((pos >> shift) + 1) << shift  # skip the hole this entry covers
+                    touched += 1
                     break
                 if level == 1 or entry & PTE_PS:
                     pg = 1 << shift
@@ -280,10 +330,11 @@ class PageTable:
                     used[table] -= present
                     cleared += present * pg
                     pos += n * pg
+                    touched += n
                     while table != self.root and used[table] == 0:
                         self._free_table(table)
                         table, pidx = path.pop()
-                        pq, pbase = loc[table]
+                        pq, pbase = loc(table)
                         pq[pbase + pidx] = 0
                         used[table] -= 1
                     break
@@ -291,13 +342,13 @@ class PageTable:
                 table = entry & ADDR_MASK
                 level -= 1
         self.mapped_bytes -= cleared
-        return cleared
+        return (min(pos, iova + size) - iova if pos < end else size), cleared
 
     # -- reading -----------------------------------------------------------------------------
 
     def walk(self, iova: int, write: bool = False, set_ad: bool = True) -> Translation | int:
         """A hardware walk of this table (sets A, and D on a write, unless ``set_ad`` is false)."""
-        return walk(self._loc.get, self.root, self.levels, iova, write, set_ad)
+        return walk(self.locate, self.root, self.levels, iova, write, set_ad)
 
     def leaves(self, iova: int, size: int) -> list[tuple[int, int, int]]:
         """Present leaves overlapping ``[iova, iova + size)`` as (leaf iova, page size, entry)."""
@@ -324,10 +375,10 @@ class PageTable:
         return out
 
     def _visit(self, start: int, end: int, fn: Callable[[memoryview, int, int, int], None]) -> None:
-        loc = self._loc
+        loc = self._where
 
         def rec(table: int, level: int, table_iova: int) -> None:
-            q, base = loc[table]
+            q, base = loc(table)
             shift = 12 + 9 * (level - 1)
             pg = 1 << shift
             first = max(0, (start - table_iova) >> shift)
@@ -348,6 +399,14 @@ class PageTable:
 
     def destroy(self) -> None:
         """Give every table page back to the pool."""
-        for phys in list(self._loc):
-            self._free_table(phys)
+        while not self.destroy_step(1 << 62):
+            pass
+
+    def destroy_step(self, max_tables: int) -> bool:
+        """Part of :meth:`destroy`: free up to ``max_tables`` table pages (leaves first, the
+        root last); True once all are back. The table must be unreachable already."""
         self.mapped_bytes = 0
+        used = self._used
+        for _ in range(min(max_tables, len(used))):
+            self._free_table(next(reversed(used)))  # newest first: the root was made first
+        return not used

@@ -61,8 +61,10 @@ _MEM_PATH: Final = re.compile(r"/(\d+)/mem$")
 _MAPS_PATH: Final = re.compile(r"/(\d+)/maps$")
 #: Writes this small go out in two parts, their first byte last (a completion record).
 _SMALL_WRITE: Final = 64
-#: The most one translated range may hold, and the most the write ranges of one descriptor
-#: (with a batch's) may hold until they are written back: the bytes pass through the daemon.
+#: The most one translated range, and the reads between two write-backs, may hold; and the
+#: most the write ranges of one descriptor (with a batch's) may hold until they are written
+#: back: the bytes pass through the daemon. (The executor writes back after every outcome,
+#: a turn's end included, so in the daemon a long descriptor goes on in the next turn.)
 MAX_RANGE: Final = 64 << 20
 MAX_PENDING: Final = 256 << 20
 #: Mappings remembered for the fast path (a descriptor's source, destination and record).
@@ -391,7 +393,15 @@ class SvaDmaSpace:
     IOMMU path answers.
     """
 
-    __slots__ = ("_iommu", "_pending", "_pending_bytes", "_plain", "device", "pasid")
+    __slots__ = (
+        "_iommu",
+        "_pending",
+        "_pending_bytes",
+        "_plain",
+        "_read_bytes",
+        "device",
+        "pasid",
+    )
 
     def __init__(self, iommu: Iommu, device: Device, pasid: int) -> None:
         self._iommu = iommu
@@ -401,6 +411,8 @@ class SvaDmaSpace:
         #: Write ranges handed out and not yet written back: (address space, addr, buffer).
         self._pending: list[tuple[AddressSpace, int, bytearray]] = []
         self._pending_bytes = 0
+        #: Bytes read since the last write-back (:meth:`flush`).
+        self._read_bytes = 0
 
     def runs(self, iova: int, length: int, write: bool) -> tuple[list[memoryview], DmaFault | None]:
         domain, _ = resolve(self.device, self.pasid)
@@ -409,9 +421,14 @@ class SvaDmaSpace:
         if length <= 0:
             return [], None
         mm = domain.mm
-        # The bytes pass through the daemon's memory: bound what one range, and the writes of
-        # one descriptor (a batch), may hold. Past that the range ends early, as at a fault.
-        cap = MAX_RANGE if not write else min(MAX_RANGE, MAX_PENDING - self._pending_bytes)
+        # The bytes pass through the daemon's memory: bound what one range, the reads and the
+        # writes between two write-backs (a descriptor, or one turn of it, and a batch with
+        # its descriptors) may hold. Past that the range ends early, as at a fault. (The
+        # executor reads big ranges a slice at a time, so reads are counted across slices.)
+        if write:
+            cap = min(MAX_RANGE, MAX_PENDING - self._pending_bytes)
+        else:
+            cap = MAX_RANGE - self._read_bytes
         if length > cap:
             head, fault = self.runs(iova, cap, write) if cap > 0 else ([], None)
             if fault is None:
@@ -445,6 +462,7 @@ class SvaDmaSpace:
                 except OSError:
                     data = b""
                 if len(data) == length:
+                    self._read_bytes += length
                     return [memoryview(data)], None
         ok, reason = mm.translate(iova, length, write)
         data = mm.read(iova, ok) if ok else b""
@@ -466,6 +484,7 @@ class SvaDmaSpace:
                 self._pending_bytes += got
                 views.append(memoryview(buf))
             else:
+                self._read_bytes += got
                 views.append(memoryview(buf).toreadonly())
         if got == length:
             return views, None
@@ -485,6 +504,7 @@ class SvaDmaSpace:
         """Write back every write range handed out, in order (see the module doc)."""
         pending, self._pending = self._pending, []
         self._pending_bytes = 0
+        self._read_bytes = 0
         for mm, addr, buf in pending:
             view = memoryview(buf)
             size = len(view)
@@ -509,6 +529,7 @@ class SvaDmaSpace:
         """Forget unwritten ranges (the descriptor was abandoned)."""
         self._pending = []
         self._pending_bytes = 0
+        self._read_bytes = 0
 
 
 def sva_domain(device: Device, pasid: int) -> SvaDomain | None:

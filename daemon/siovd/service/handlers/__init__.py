@@ -11,6 +11,6 @@ from siovd.service.handlers import (  # noqa: F401  (each registers its commands
     sva,
     vfio_user,
 )
-from siovd.service.handlers.registry import Context, Handler, registry
+from siovd.service.handlers.registry import Context, Deferred, Handler, registry
 
-__all__ = ["Context", "Handler", "registry"]
+__all__ = ["Context", "Deferred", "Handler", "registry"]

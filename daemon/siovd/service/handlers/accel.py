@@ -16,13 +16,6 @@ from siov_protocol import Command
 from siov_protocol.messages import Empty
 from siov_protocol.messages_accel import (
     DEVICE_FLAGS_PCI,
-    IRQ_MSIX,
-    IRQ_SET_ACTION_TRIGGER,
-    IRQ_SET_ACTION_TYPE_MASK,
-    IRQ_SET_DATA_BOOL,
-    IRQ_SET_DATA_EVENTFD,
-    IRQ_SET_DATA_NONE,
-    IRQ_SET_DATA_TYPE_MASK,
     NUM_IRQS,
     NUM_REGIONS,
     REGION_BAR0,
@@ -51,6 +44,7 @@ from siov_protocol.messages_accel import (
 )
 from siov_protocol.messages_iommu import PageResponse
 from siovd.model.accel import BAR0_SIZE, MDEV_IRQ_COUNT
+from siovd.model.accel.irqs import plan_set_irqs
 from siovd.model.errors import SiovError
 from siovd.service.accel_runtime import MdevState
 from siovd.service.handlers.registry import Context, registry
@@ -96,38 +90,13 @@ def device_set_irqs(ctx: Context, req: SetIrqs) -> dict[str, Any]:
     with DATA_EVENTFD and exactly one per vector; ``count`` 0 with DATA_NONE disables the
     whole index. MSI-X vectors cannot be masked. On any error the fds are closed."""
     state = _state(ctx, req.device)
-    data_type = req.flags & IRQ_SET_DATA_TYPE_MASK
-    action = req.flags & IRQ_SET_ACTION_TYPE_MASK
-    if req.flags & ~(IRQ_SET_DATA_TYPE_MASK | IRQ_SET_ACTION_TYPE_MASK):
-        raise SiovError(errno.EINVAL, f"flags {req.flags:#x} has unknown bits")
-    if data_type.bit_count() != 1 or action.bit_count() != 1:
-        raise SiovError(errno.EINVAL, "flags need exactly one DATA_* and one ACTION_* bit")
-    if req.index >= NUM_IRQS:
-        raise SiovError(errno.EINVAL, f"IRQ index {req.index}: the device has 0..{NUM_IRQS - 1}")
-    vectors = MDEV_IRQ_COUNT if req.index == IRQ_MSIX else 0
-    if data_type != IRQ_SET_DATA_EVENTFD and ctx.fds:
-        raise SiovError(errno.EINVAL, "eventfds come only with DATA_EVENTFD")
-    if action != IRQ_SET_ACTION_TRIGGER:
-        raise SiovError(errno.EINVAL, "MSI-X vectors cannot be masked or unmasked")
-    if req.count == 0:
-        if data_type != IRQ_SET_DATA_NONE or req.start != 0:
-            raise SiovError(errno.EINVAL, "count 0 needs DATA_NONE and start 0 (disable all)")
-        if req.index == IRQ_MSIX:
+    plan = plan_set_irqs(req.flags, req.index, req.start, req.count, len(ctx.fds), req.data)
+    runtime = ctx.daemon.accel_runtime
+    if plan.action == "disable":
+        if plan.msix:
             state.close_irqs()
         return {}
-    if req.start + req.count > vectors:
-        raise SiovError(
-            errno.EINVAL,
-            f"vectors {req.start}..{req.start + req.count - 1} of index {req.index}: "
-            f"it has {vectors}",
-        )
-    runtime = ctx.daemon.accel_runtime
-    if data_type == IRQ_SET_DATA_EVENTFD:
-        if len(ctx.fds) != req.count:
-            raise SiovError(
-                errno.EINVAL,
-                f"DATA_EVENTFD needs {req.count} eventfds (one per vector), got {len(ctx.fds)}",
-            )
+    if plan.action == "install":
         if not all(_is_eventfd(fd) for fd in ctx.fds):
             raise SiovError(errno.EINVAL, "every fd must be an eventfd")
         for fd in ctx.fds:
@@ -139,13 +108,7 @@ def device_set_irqs(ctx: Context, req: SetIrqs) -> dict[str, Any]:
         fds, ctx.fds[:] = list(ctx.fds), []
         runtime.set_irqs(state, req.start, fds)
         return {}
-    vectors_to_fire = list(range(req.start, req.start + req.count))
-    if data_type == IRQ_SET_DATA_BOOL:
-        data = req.data or b""
-        if len(data) != req.count:
-            raise SiovError(errno.EINVAL, f"DATA_BOOL needs {req.count} bytes, got {len(data)}")
-        vectors_to_fire = [v for v, flag in zip(vectors_to_fire, data, strict=True) if flag]
-    runtime.trigger(state, vectors_to_fire)
+    runtime.trigger(state, list(plan.vectors))
     return {}
 
 

@@ -32,8 +32,9 @@ from siov_protocol.replies import (
     UnmapReply,
 )
 from siovd.model.errors import SiovError
+from siovd.model.iommu.io_pagetable import MapQuota
 from siovd.service.handlers.bus import describe
-from siovd.service.handlers.registry import Context, registry
+from siovd.service.handlers.registry import Context, Deferred, registry
 
 log = structlog.get_logger("siovd")
 
@@ -41,9 +42,6 @@ log = structlog.get_logger("siovd")
 @registry.command(Command.DOMAIN_ALLOC, DomainAlloc)
 def domain_alloc(ctx: Context, req: DomainAlloc) -> DomainInfo:
     daemon, owner = ctx.daemon, ctx.session.id
-    limit = daemon.config.limits.domains
-    if len(daemon.iommu.domains(owner)) >= limit:
-        raise SiovError(errno.ENOSPC, f"limit reached: limits.domains = {limit}")
     domain = daemon.iommu.domain_alloc(
         owner,
         req.bus,
@@ -52,6 +50,7 @@ def domain_alloc(ctx: Context, req: DomainAlloc) -> DomainInfo:
         user_managed=req.user_managed,
         lazy=req.lazy,
         pt_root_phys=req.pt_root,
+        max_domains=daemon.config.limits.domains,
     )
     log.info("domain allocated", domain=domain.id, type=req.type, user_managed=req.user_managed)
     return DomainInfo(**domain.info())  # type: ignore[arg-type]
@@ -121,30 +120,29 @@ def detach_pasid(ctx: Context, req: PasidDetach) -> Empty:
 
 
 @registry.command(Command.MAP, Map)
-def map_(ctx: Context, req: Map) -> MapReply:
+def map_(ctx: Context, req: Map) -> Deferred:
     daemon, owner = ctx.daemon, ctx.session.id
-    domains = daemon.iommu.domains(owner)
-    max_mappings = daemon.config.limits.mappings
-    if sum(len(d.areas) for d in domains) >= max_mappings:
-        raise SiovError(errno.ENOSPC, f"limit reached: limits.mappings = {max_mappings}")
-    limit = daemon.config.limits.mapped_bytes
-    mapped = sum(d.mapped_bytes for d in domains)
-    if mapped + req.size > limit:
-        raise SiovError(
-            errno.ENOSPC,
-            f"limit reached: limits.mapped_bytes = {limit} ({mapped} mapped, {req.size} asked)",
-        )
-    iova = daemon.iommu.map(owner, req.domain, req.iova, req.phys, req.size, req.prot)
-    log.debug("mapped", domain=req.domain, iova=hex(iova), size=req.size, prot=req.prot)
-    return MapReply(iova=iova, size=req.size)
+    limits = daemon.config.limits
+    quota = MapQuota(limits.mappings, limits.mapped_bytes, limits.page_table_pages)
+    job = daemon.iommu.map_job(owner, req.domain, req.iova, req.phys, req.size, req.prot, quota)
+
+    def finish() -> MapReply:
+        log.debug("mapped", domain=req.domain, iova=hex(job.iova), size=req.size, prot=req.prot)
+        return MapReply(iova=job.iova, size=req.size)
+
+    return Deferred(job, finish)
 
 
 @registry.command(Command.UNMAP, Unmap)
-def unmap(ctx: Context, req: Unmap) -> UnmapReply:
-    unmapped = ctx.daemon.iommu.unmap(ctx.session.id, req.domain, req.iova, req.size)
-    log.debug("unmapped", domain=req.domain, iova=hex(req.iova), bytes=unmapped)
-    ctx.daemon.close_dead_mappings()
-    return UnmapReply(unmapped=unmapped)
+def unmap(ctx: Context, req: Unmap) -> Deferred:
+    job = ctx.daemon.iommu.unmap_job(ctx.session.id, req.domain, req.iova, req.size)
+
+    def finish() -> UnmapReply:
+        log.debug("unmapped", domain=req.domain, iova=hex(req.iova), bytes=job.unmapped)
+        ctx.daemon.close_dead_mappings()
+        return UnmapReply(unmapped=job.unmapped)
+
+    return Deferred(job, finish)
 
 
 @registry.command(Command.IOVA_TO_PHYS, IovaToPhys)
@@ -156,7 +154,7 @@ def iova_to_phys(ctx: Context, req: IovaToPhys) -> IovaToPhysReply:
 
 
 @registry.command(Command.DIRTY_BITMAP, DirtyBitmap)
-def dirty_bitmap(ctx: Context, req: DirtyBitmap) -> DirtyBitmapReply:
+def dirty_bitmap(ctx: Context, req: DirtyBitmap) -> Deferred:
     # Refuse before reading (and maybe clearing) D bits a reply could not carry.
     fits = (ctx.session.max_msg_size - 64) * 8
     if req.size // 4096 > fits:
@@ -165,10 +163,12 @@ def dirty_bitmap(ctx: Context, req: DirtyBitmap) -> DirtyBitmapReply:
             f"a bitmap of {req.size // 4096} pages does not fit one reply "
             f"(max_msg_size {ctx.session.max_msg_size}: at most {fits} pages)",
         )
-    bitmap = ctx.daemon.iommu.dirty_bitmap(
-        ctx.session.id, req.domain, req.iova, req.size, req.clear
-    )
-    return DirtyBitmapReply(bitmap=bitmap, page_size=4096, pages=req.size // 4096)
+    job = ctx.daemon.iommu.dirty_job(ctx.session.id, req.domain, req.iova, req.size, req.clear)
+
+    def finish() -> DirtyBitmapReply:
+        return DirtyBitmapReply(bitmap=bytes(job.bitmap), page_size=4096, pages=req.size // 4096)
+
+    return Deferred(job, finish)
 
 
 @registry.command(Command.IOTLB_INVALIDATE, IotlbInvalidate)

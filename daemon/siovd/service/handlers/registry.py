@@ -2,7 +2,9 @@
 
 A handler is a thin, synchronous function: its request arrives validated against its schema,
 it calls the domain model, it returns the reply. Nothing a handler does waits: work that takes
-time (descriptors, page requests) is queued to the engine tasks, which answer with events.
+time (descriptors, page requests) is queued to the engine tasks, which answer with events;
+a request that needs long work in the model first (MAP, UNMAP, DIRTY_BITMAP) returns a
+:class:`Deferred`, which the server runs a turn at a time before it replies.
 
 Each command's reply schema comes from :data:`siov_protocol.replies.REPLIES` (a command with
 none cannot be registered): a handler returns an instance of it, or the map it encodes to, and
@@ -13,12 +15,13 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 from siov_protocol import Command
 from siov_protocol.replies import REPLIES
 
 if TYPE_CHECKING:
+    from siovd.model.budget import Budget
     from siovd.service.daemon import Daemon
     from siovd.service.session import Session
 
@@ -35,6 +38,25 @@ class Context:
 
 
 Reply = dict[str, Any] | Any | None
+
+
+class Job(Protocol):
+    """Long work in the model (a map, an unmap, a dirty read): one step under a budget."""
+
+    def step(self, budget: Budget) -> bool: ...
+
+
+@dataclass(slots=True)
+class Deferred:
+    """What a handler returns for a request that needs long work first: the server runs
+    ``job`` a turn at a time (other connections run between turns; this connection reads its
+    next request only after), then replies with ``finish()``. An error a step raises is the
+    reply instead."""
+
+    job: Job
+    finish: Callable[[], Reply]
+
+
 HandlerFn = Callable[[Context, Any], Reply]
 
 
