@@ -205,6 +205,7 @@ class TranslateFault:
     write: bool = required()
     reason: int = u(*U8)
     pasid: int = u(*U32)
+    reason_name: str = text(64, default="")  # the reason's VT-d name, "" when unnamed
 
 
 @dataclass(frozen=True, slots=True)
