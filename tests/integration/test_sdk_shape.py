@@ -134,3 +134,24 @@ async def test_dma_fault_carries_its_fields(siovd: RunningDaemon) -> None:
         with trio.fail_after(5):
             ev = await owner.next_event("fault")
         assert ev.typed.reason_name == "first-stage entry not present"
+
+
+async def test_emulator_is_told_of_claim_and_release(siovd: RunningDaemon) -> None:
+    async with siov.connect(siovd.path) as emu:
+        dev = await emu.register_device("emu")
+        assert [(d["uuid"], d["claimed"]) for d in await emu.devices()] == [(dev["uuid"], False)]
+        async with siov.connect(siovd.path, name="the-owner") as owner:
+            await owner.claim_device(dev, dev["token"])
+            with trio.fail_after(5):
+                ev = await emu.next_event(Command.EVENT_DEVICE_OWNER)
+            assert ev.typed.change == "claimed" and ev.typed.client == "the-owner"
+            # still listed for its emulator, with who has it
+            (listed,) = await emu.devices()
+            assert listed["uuid"] == dev["uuid"] and listed["claimed"] is True
+            (owned,) = await owner.devices()
+            assert owned["claimed"] is True  # the same device, owned by a claimant
+        with trio.fail_after(5):
+            ev = await emu.next_event("device_owner")
+        assert ev.typed.change == "released" and ev.typed.uuid == dev["uuid"]
+        (listed,) = await emu.devices()  # no polling: the event comes after the change
+        assert listed["claimed"] is False

@@ -17,7 +17,7 @@ from typing import Any
 
 from siov_protocol import jsonc
 from siov_protocol.auth import Role
-from siov_protocol.messages_iommu import DeviceRemovedEvent, FaultEvent
+from siov_protocol.messages_iommu import DeviceOwnerEvent, DeviceRemovedEvent, FaultEvent
 from siov_protocol.replies import event_message
 from siovd import __version__
 from siovd.host.auth import AuthPolicy, PeerCredentials, new_nonce
@@ -185,9 +185,24 @@ class Daemon:
                 *event_message(DeviceRemovedEvent(uuid=device.uuid, reason="removed"))
             )
 
+    def tell_registrant(self, device: Any, change: str, client: str = "") -> None:
+        """EVENT_DEVICE_OWNER to an external device's registrant (not to the host)."""
+        registrant = device.registrant
+        if registrant is None or registrant == HOST:
+            return
+        target = self.sessions.get(registrant)
+        if target is not None:
+            event = DeviceOwnerEvent(uuid=device.uuid, change=change, client=client[:64])
+            target.push_event(*event_message(event))
+
     def _release_model(self, session: Session) -> None:
         self.iommu.flush_lazy()  # lazily unmapped pages still pin their regions
+        returned = [
+            d for d in self.bus.list(session.id) if d.registrant not in (None, HOST, session.id)
+        ]
         self.bus.release_owner(session.id)
+        for device in returned:  # reset and back with their registrant: say so
+            self.tell_registrant(device, "released", session.client_name)
         self.close_dead_mappings()
 
     def close_dead_mappings(self) -> None:
