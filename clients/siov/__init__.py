@@ -1,18 +1,22 @@
 """siov: the Python SDK for siovd (async trio client, blocking client, DSA helpers)."""
 
-from .blocking import BlockingClient
+from siov_protocol import Command
+
+from .blocking import BlockingClient, BlockingMdev
 from .buffers import Buffer
-from .client import Client, Event, Reply, connect, default_socket_path
+from .client import Client, Event, EventStream, Reply, connect, default_socket_path
 from .errors import (
     AlreadyExists,
     Busy,
     ConnectionClosed,
+    DmaFault,
     InvalidArgument,
     NoSpace,
     NotFound,
     NotSupported,
     PermissionDenied,
     ProtocolViolation,
+    RecordNotWritten,
     SiovError,
     TryAgain,
 )
@@ -24,11 +28,15 @@ __version__ = "0.1.0"
 __all__ = [
     "AlreadyExists",
     "BlockingClient",
+    "BlockingMdev",
     "Buffer",
     "Busy",
     "Client",
+    "Command",
     "ConnectionClosed",
+    "DmaFault",
     "Event",
+    "EventStream",
     "InvalidArgument",
     "Mdev",
     "NoSpace",
@@ -36,6 +44,7 @@ __all__ = [
     "NotSupported",
     "PermissionDenied",
     "ProtocolViolation",
+    "RecordNotWritten",
     "Reply",
     "SiovError",
     "SubmitResults",

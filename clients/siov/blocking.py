@@ -6,19 +6,25 @@ into it with ``trio.from_thread``; every method blocks until its reply arrives.
 
 from __future__ import annotations
 
+import collections
+import functools
+import inspect
 import queue
 import threading
-from collections.abc import Awaitable, Callable
+import time
+import typing
+from collections.abc import Awaitable, Callable, Iterator
 from typing import Any, Concatenate, ParamSpec, TypeVar
 
 import trio
 
-from .client import Client, Event, Reply, connect
+from .client import Client, Event, EventFilter, Reply, connect, event_matcher
 from .errors import ConnectionClosed, SiovError
 from .mdev import Mdev
 
 P = ParamSpec("P")
 R = TypeVar("R")
+F = TypeVar("F", bound=Callable[..., Any])
 
 
 def _blocking(
@@ -27,8 +33,24 @@ def _blocking(
     def wrapper(self: BlockingClient, /, *args: P.args, **kwargs: P.kwargs) -> R:
         return self._call(method, *args, **kwargs)
 
-    wrapper.__name__ = method.__name__
-    wrapper.__doc__ = method.__doc__
+    return _with_signature(wrapper, method)
+
+
+def _with_signature(wrapper: F, method: Callable[..., Any]) -> F:
+    """Give ``wrapper`` the name, doc and signature of ``method`` (what ``help()`` shows),
+    its return annotation unwrapped from the coroutine."""
+    functools.update_wrapper(wrapper, method)
+    try:
+        hints = typing.get_type_hints(method)
+    except Exception:  # an annotation that does not resolve: keep the strings
+        hints = {}
+    sig = inspect.signature(method)
+    params = [
+        p.replace(annotation=hints.get(name, p.annotation)) for name, p in sig.parameters.items()
+    ]
+    returns = hints.get("return", sig.return_annotation)
+    wrapper.__signature__ = sig.replace(parameters=params, return_annotation=returns)  # type: ignore[attr-defined]
+    del wrapper.__wrapped__  # type: ignore[attr-defined]  # help() would show the coroutine
     return wrapper
 
 
@@ -39,11 +61,15 @@ class BlockingClient:
         self, path: str | None = None, *, name: str = "siov-python", key_path: str | None = None
     ) -> None:
         self._client: Client | None = None
+        self._nursery: trio.Nursery | None = None
         self._token: trio.lowlevel.TrioToken | None = None
         self._stop: trio.Event | None = None
         self._ready = threading.Event()
         self._error: BaseException | None = None
-        self._events: queue.Queue[Event] = queue.Queue()
+        self._events: queue.Queue[Event | None] = queue.Queue()
+        self._page_requests: queue.Queue[Event | None] | None = None
+        self._held: collections.deque[Event] = collections.deque()
+        self._held_lock = threading.Lock()
         self._thread = threading.Thread(
             target=trio.run, args=(self._main, path, name, key_path), daemon=True
         )
@@ -60,6 +86,7 @@ class BlockingClient:
                 self._stop = trio.Event()
                 self._ready.set()
                 async with trio.open_nursery() as nursery:
+                    self._nursery = nursery
                     nursery.start_soon(self._pump_events, client)
                     await self._stop.wait()
                     nursery.cancel_scope.cancel()
@@ -68,8 +95,18 @@ class BlockingClient:
             self._ready.set()
 
     async def _pump_events(self, client: Client) -> None:
-        async for ev in client.events():
-            self._events.put(ev)
+        try:
+            async for ev in client.events():
+                self._events.put(ev)
+        finally:
+            self._events.put(None)  # the stream ended: wake whoever waits
+
+    async def _pump_page_requests(self, client: Client, out: queue.Queue[Event | None]) -> None:
+        try:
+            async for ev in client.page_requests():
+                out.put(ev)
+        finally:
+            out.put(None)
 
     def _call(self, method: Callable[..., Awaitable[R]], *args: Any, **kwargs: Any) -> R:
         if self._client is None or self._token is None:
@@ -84,9 +121,65 @@ class BlockingClient:
         except trio.RunFinishedError:
             raise ConnectionClosed("the client is closed") from None
 
-    def next_event(self, timeout: float | None = None) -> Event:
-        """The next daemon event; ``queue.Empty`` after ``timeout`` seconds."""
-        return self._events.get(timeout=timeout)
+    def next_event(self, command: EventFilter = None, *, timeout: float | None = None) -> Event:
+        """The next event, or the next one of ``command`` (as :meth:`Client.next_event`:
+        a Command, number, name or collection). Events that do not match are kept for later
+        calls and :meth:`events`. :class:`TimeoutError` after ``timeout`` seconds;
+        :class:`~siov.ConnectionClosed` when the connection ends first."""
+        wanted = event_matcher(command)
+        with self._held_lock:
+            for i, ev in enumerate(self._held):
+                if wanted(ev):
+                    del self._held[i]
+                    return ev
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while True:
+            left = None if deadline is None else max(0.0, deadline - time.monotonic())
+            try:
+                got = self._events.get(timeout=left)
+            except queue.Empty:
+                raise TimeoutError(f"no matching event within {timeout} s") from None
+            if got is None:
+                self._events.put(None)  # stays ended for every later caller
+                raise ConnectionClosed("the event stream ended (the connection closed)")
+            if wanted(got):
+                return got
+            with self._held_lock:
+                self._held.append(got)
+
+    def events(self) -> Iterator[Event]:
+        """Every daemon event as it comes, blocking (``for ev in client.events():``), the
+        ones a filtered :meth:`next_event` kept first; ends when the connection closes."""
+        while True:
+            try:
+                yield self.next_event()
+            except ConnectionClosed:
+                return
+
+    def page_requests(self, *, timeout: float | None = None) -> Iterator[Event]:
+        """EVENT_PAGE_REQUEST as they come (as :meth:`Client.page_requests`: from the first
+        call on they no longer appear in :meth:`events`); answer each with
+        :meth:`page_response`. Stops after ``timeout`` seconds without one."""
+        if self._page_requests is None:
+            out: queue.Queue[Event | None] = queue.Queue()
+            self._page_requests = out
+            client = self._client
+            if client is None or self._token is None or self._nursery is None:
+                raise ConnectionClosed("the client is closed")
+            nursery = self._nursery
+            trio.from_thread.run_sync(
+                nursery.start_soon, self._pump_page_requests, client, out, trio_token=self._token
+            )
+        requests = self._page_requests
+        while True:
+            try:
+                ev = requests.get(timeout=timeout)
+            except queue.Empty:
+                return
+            if ev is None:
+                requests.put(None)
+                return
+            yield ev
 
     def close(self) -> None:
         if self._token is not None and self._stop is not None:
@@ -201,9 +294,7 @@ def _mdev_blocking(
     def wrapper(self: BlockingMdev, /, *args: P.args, **kwargs: P.kwargs) -> R:
         return self._owner._run(method, self.mdev, *args, **kwargs)
 
-    wrapper.__name__ = method.__name__
-    wrapper.__doc__ = method.__doc__
-    return wrapper
+    return _with_signature(wrapper, method)
 
 
 class BlockingMdev:
@@ -224,7 +315,28 @@ class BlockingMdev:
 
     @property
     def domain_id(self) -> int | None:
+        """The domain the device is attached to now (see :attr:`Mdev.domain_id`)."""
         return self.mdev.domain_id
+
+    @property
+    def default_domain_id(self) -> int | None:
+        return self.mdev.default_domain_id
+
+    @property
+    def group_id(self) -> int | None:
+        return self.mdev.group_id
+
+    @property
+    def software_errors(self) -> collections.deque[dict[str, Any]]:
+        return self.mdev.software_errors
+
+    @property
+    def software_error_count(self) -> int:
+        return self.mdev.software_error_count
+
+    @property
+    def client(self) -> BlockingClient:
+        return self._owner
 
     @property
     def default_pasid(self) -> int:

@@ -129,7 +129,33 @@ def cmd_stats(client: BlockingClient, args: argparse.Namespace) -> Any:
 
 
 def _all_arg(p: argparse.ArgumentParser) -> None:
-    p.add_argument("-a", "--all", action="store_true", help="every client's objects (admin)")
+    p.add_argument(
+        "-a",
+        "--all",
+        action="store_true",
+        help="every client's objects (the default when the daemon lets you see them; kept "
+        "for compatibility)",
+    )
+    p.add_argument(
+        "--mine",
+        action="store_true",
+        help="only this command's own connection's objects (siovctl's connection owns none "
+        "unless the command creates some)",
+    )
+
+
+def _everything(
+    client: BlockingClient, args: argparse.Namespace, fetch: Callable[..., list[Any]]
+) -> list[Any]:
+    """Every client's objects unless --mine; a user without the admin role sees its own."""
+    if getattr(args, "mine", False):
+        return fetch(everything=False)
+    try:
+        return fetch(everything=True)
+    except SiovError as exc:
+        if exc.errno != errno.EPERM:
+            raise
+        return fetch(everything=False)
 
 
 def _num(text: str) -> int:
@@ -541,14 +567,20 @@ OFFLINE = {"keygen"}  # commands that need no daemon
 
 
 def _create_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("parent", help="parent device, e.g. dsa0 or siov_test")
-    p.add_argument("type_id", help="mdev type, e.g. dsa-1dwq")
+    p.add_argument("pos_parent", metavar="PARENT", nargs="?", help="parent device (or -p)")
+    p.add_argument("pos_type", metavar="TYPE", nargs="?", help="mdev type (or -t)")
+    p.add_argument("-p", "--parent", help="parent device, e.g. dsa0 or siov_test (as define)")
+    p.add_argument("-t", "--type", dest="mdev_type", help="mdev type, e.g. dsa-1dwq")
     p.add_argument("-u", "--uuid", help="UUID to give the mdev (default: generated)")
 
 
 @command("create", "create an mdev (it lives as long as this command's connection)", _create_args)
 def cmd_create(client: BlockingClient, args: argparse.Namespace) -> Any:
-    return client.create_mdev(args.parent, args.type_id, args.uuid)
+    parent = args.parent or args.pos_parent
+    mdev_type = args.mdev_type or args.pos_type
+    if not parent or not mdev_type:
+        raise SiovError(errno.EINVAL, "create needs a parent and a type: -p PARENT -t TYPE")
+    return client.create_mdev(parent, mdev_type, args.uuid)
 
 
 def _uuid_arg(p: argparse.ArgumentParser) -> None:
@@ -598,7 +630,7 @@ def cmd_groups(client: BlockingClient, args: argparse.Namespace) -> Any:
             "default_domain": g["default_domain_id"],
             "pasids": [f"{p['pasid']}->{p['domain_id']}" for p in g["pasids"]],
         }
-        for g in client.groups(everything=args.all)
+        for g in _everything(client, args, client.groups)
     ]
 
 
@@ -614,7 +646,17 @@ def cmd_domains(client: BlockingClient, args: argparse.Namespace) -> Any:
         "groups",
         "mapped_bytes",
     )
-    return [{k: d[k] for k in columns} for d in client.domains(everything=args.all)]
+    domains = _everything(client, args, client.domains)
+    if args.json:
+        return domains  # every field: areas, pasids, pt_root_phys, default_of_group, ...
+    rows = []
+    for d in domains:
+        row = {k: d[k] for k in columns}
+        row["areas"] = d.get("areas")
+        row["pasids"] = [f"{dev[:8]}:{pasid}" for dev, pasid in d.get("pasids", [])]
+        row["default_of_group"] = d.get("default_of_group")
+        rows.append(row)
+    return rows
 
 
 @command("iotlb", "IOTLB and fault counters")
@@ -630,7 +672,13 @@ def _translate_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("device", help="device UUID")
     p.add_argument("iova", type=_num, help="I/O virtual address (0x... accepted)")
     p.add_argument("length", type=_num, nargs="?", default=4096)
-    p.add_argument("--pasid", type=_num, default=0, help="PASID (default 0: no PASID)")
+    p.add_argument(
+        "--pasid",
+        type=_num,
+        default=0,
+        help="PASID (default 0: a request without PASID, which for an accelerator mdev "
+        "means its default PASID's domain, the one it was created with or attached to)",
+    )
     p.add_argument("--write", action="store_true", help="translate for a write")
 
 
@@ -645,7 +693,9 @@ def cmd_translate(client: BlockingClient, args: argparse.Namespace) -> Any:
     ]
     if out["fault"] is not None:
         fault = out["fault"]
-        rows.append({"iova": hex(fault["iova"]), "phys": f"FAULT reason {fault['reason']:#x}"})
+        name = fault.get("reason_name") or ""
+        text = f"FAULT reason {fault['reason']:#x}" + (f" ({name})" if name else "")
+        rows.append({"iova": hex(fault["iova"]), "phys": text})
     return rows
 
 
@@ -1050,21 +1100,45 @@ def cmd_accel(client: BlockingClient, args: argparse.Namespace) -> Any:
 # ---- main ----------------------------------------------------------------------------------
 
 
-def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="siovctl", description="Control and inspect siovd.")
+def _global_options(p: argparse.ArgumentParser, *, top: bool) -> None:
+    """--socket, --json and --key: before the subcommand or after it. Below the subcommand
+    they default to SUPPRESS, so an option given before it is not overwritten."""
+
+    def default(value: Any) -> Any:
+        return value if top else argparse.SUPPRESS
+
     p.add_argument(
-        "--socket", metavar="PATH", help=f"daemon socket (default {default_socket_path()})"
+        "--socket",
+        metavar="PATH",
+        default=default(None),
+        help=f"daemon socket (default $SIOV_SOCKET, else {default_socket_path()})",
     )
-    p.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    p.add_argument(
+        "--json", action="store_true", default=default(False), help="print JSON, not a table"
+    )
     p.add_argument(
         "--key",
         metavar="FILE",
-        default=os.environ.get("SIOV_KEY"),
+        default=default(os.environ.get("SIOV_KEY")),
         help="private key for key authentication (default $SIOV_KEY)",
     )
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="siovctl",
+        description="Control and inspect siovd.",
+        epilog="Environment: SIOV_SOCKET names the daemon socket, SIOV_KEY the private key. "
+        "--socket, --json and --key may come before or after the subcommand. Listings "
+        "(list, groups, domains) show every client's objects when the daemon lets you "
+        "(admin role); --mine shows only this command's own.",
+    )
+    _global_options(p, top=True)
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for name, (_, setup, help_text) in COMMANDS.items():
-        setup(sub.add_parser(name, help=help_text, description=help_text))
+        sp = sub.add_parser(name, help=help_text, description=help_text)
+        _global_options(sp, top=False)
+        setup(sp)
     return p
 
 

@@ -10,10 +10,10 @@ from __future__ import annotations
 import errno
 import os
 import socket
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Callable, Collection, Mapping, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 import trio
 
@@ -100,6 +100,101 @@ class Event:
         return decode(schema, self.body)
 
 
+#: What :meth:`Client.next_event` filters on: None (any event), a command, its number or name
+#: (``"EVENT_FAULT"``, ``"fault"``), or a collection of those.
+EventFilter = Command | int | str | Collection[Command | int | str] | None
+
+
+def _event_number(name: Command | int | str) -> int:
+    if isinstance(name, str):
+        key = name.upper()
+        if not key.startswith("EVENT_"):
+            key = "EVENT_" + key
+        try:
+            return int(Command[key])
+        except KeyError:
+            raise ValueError(f"no event named {name!r}") from None
+    return int(name)
+
+
+def event_matcher(command: EventFilter) -> Callable[[Event], bool]:
+    """A predicate for :meth:`Client.next_event`'s ``command`` argument."""
+    if command is None:
+        return lambda ev: True
+    if isinstance(command, Command | int | str):
+        numbers = {_event_number(command)}
+    else:
+        numbers = {_event_number(c) for c in command}
+    return lambda ev: int(ev.command) in numbers
+
+
+class EventStream:
+    """The client's event stream: the events a filtered ``next_event`` passed over first,
+    then the live channel. ``async for`` it, or ``await stream.receive()``."""
+
+    def __init__(self, channel: trio.MemoryReceiveChannel[Event]) -> None:
+        self.channel = channel
+        self.held: list[Event] = []
+
+    async def receive(self) -> Event:
+        if self.held:
+            return self.held.pop(0)
+        return await self.channel.receive()
+
+    def receive_nowait(self) -> Event:
+        if self.held:
+            return self.held.pop(0)
+        return self.channel.receive_nowait()
+
+    def __aiter__(self) -> EventStream:
+        return self
+
+    async def __anext__(self) -> Event:
+        try:
+            return await self.receive()
+        except (trio.EndOfChannel, trio.ClosedResourceError):
+            raise StopAsyncIteration from None
+
+
+class HasUuid(Protocol):
+    """Anything that names a device: an :class:`~siov.Mdev`, a ``BlockingMdev``, ..."""
+
+    @property
+    def uuid(self) -> str: ...
+
+
+class HasDomainId(Protocol):
+    @property
+    def domain_id(self) -> int | None: ...
+
+
+#: A device: its UUID, an object with ``uuid`` (Mdev, BlockingMdev) or a reply dict.
+DeviceRef = str | HasUuid | Mapping[str, Any]
+#: A domain: its id, a reply dict (``alloc_domain``'s), or an Mdev (the domain it is on now).
+DomainRef = int | HasDomainId | Mapping[str, Any]
+
+
+def device_id(device: DeviceRef) -> str:
+    """The UUID of ``device`` (a UUID string, an Mdev, or a reply dict with ``uuid``)."""
+    if isinstance(device, str):
+        return device
+    if isinstance(device, Mapping):
+        return str(device["uuid"])
+    return device.uuid
+
+
+def domain_id(domain: DomainRef) -> int:
+    """The id of ``domain`` (an int, ``alloc_domain``'s reply, or an Mdev's current domain)."""
+    if isinstance(domain, bool):
+        raise TypeError("a domain is an id, a domain dict or an Mdev, not a bool")
+    if isinstance(domain, int):
+        return domain
+    value = domain["domain_id"] if isinstance(domain, Mapping) else domain.domain_id
+    if value is None:
+        raise ValueError(f"{domain!r} is not on a domain")
+    return int(value)
+
+
 @dataclass
 class _Pending:
     done: trio.Event = field(default_factory=trio.Event)
@@ -131,6 +226,7 @@ class Client:
         self._page_requests: trio.MemorySendChannel[Event] | None = None
         self._page_requests_recv: trio.MemoryReceiveChannel[Event] | None = None
         self._event_buffer = event_buffer
+        self._stream = EventStream(self._events_recv)
 
     # ---- transport ------------------------------------------------------------------------
 
@@ -258,8 +354,10 @@ class Client:
                 os.close(fd)
             return
         if event.is_error:
-            message = str(event.body.get("message", "")) if event.body else ""
-            pending.error = error_for(event.error, message, event.command)
+            body = event.body or {}
+            message = str(body.get("message", ""))
+            detail = {k: v for k, v in body.items() if k != "message"} or None
+            pending.error = error_for(event.error, message, event.command, detail)
             for fd in event.fds:
                 os.close(fd)
         else:
@@ -328,14 +426,16 @@ class Client:
         _, data = self._conn.send_command(command, body, no_reply=True)
         await self._send(data)
 
-    def events(self) -> trio.MemoryReceiveChannel[Event]:
-        """The stream of daemon events (faults, page requests, interrupts, removals).
+    def events(self) -> EventStream:
+        """The stream of daemon events (faults, page requests, interrupts, removals):
+        ``async for ev in client.events()`` or ``await client.events().receive()``.
 
-        Two kinds go elsewhere once asked for: EVENT_IRQ of a device opened as an
+        Events that a filtered :meth:`next_event` passed over come first, in order. Two kinds
+        go elsewhere once asked for: EVENT_IRQ of a device opened as an
         :class:`~siov.mdev.Mdev` goes to that Mdev, and EVENT_PAGE_REQUEST goes to
         :meth:`page_requests` after its first call.
         """
-        return self._events_recv
+        return self._stream
 
     def page_requests(self) -> trio.MemoryReceiveChannel[Event]:
         """The stream of EVENT_PAGE_REQUEST (body: ``request, device, pasid, iova, write,
@@ -351,12 +451,32 @@ class Client:
         2 FAILURE (the work completes with a page-fault status)."""
         await self.call(Command.PAGE_RESPONSE, {"request": request, "code": code})
 
-    async def next_event(self, command: Command | None = None) -> Event:
-        """The next event (of ``command``, when given; others are discarded)."""
-        async for ev in self._events_recv:
-            if command is None or ev.command == command:
+    async def next_event(
+        self,
+        command: EventFilter = None,
+        *,
+        timeout: float | None = None,  # noqa: ASYNC109 (the blocking client has the same)
+    ) -> Event:
+        """The next event, or the next one of ``command`` (a :class:`~siov.Command`, its
+        number, its name such as ``"EVENT_FAULT"`` or ``"fault"``, or a collection of those).
+
+        Events that do not match are kept, not discarded: later calls (and :meth:`events`)
+        return them in order. :class:`TimeoutError` after ``timeout`` seconds;
+        :class:`~siov.ConnectionClosed` when the connection ends first.
+        """
+        wanted = event_matcher(command)
+        held = self._stream.held
+        for i, ev in enumerate(held):
+            if wanted(ev):
+                del held[i]
                 return ev
-        raise self._closed or ConnectionClosed("event stream closed")
+        with trio.move_on_after(float("inf") if timeout is None else timeout):
+            async for ev in self._events_recv:
+                if wanted(ev):
+                    return ev
+                held.append(ev)
+            raise self._closed or ConnectionClosed("event stream closed")
+        raise TimeoutError(f"no matching event within {timeout} s")
 
     # ---- core commands --------------------------------------------------------------------
 
@@ -454,8 +574,12 @@ class Client:
             body["uuid"] = uuid
         return await self.call(Command.MDEV_CREATE, body)
 
-    async def remove_mdev(self, uuid: str) -> None:
-        await self.call(Command.MDEV_REMOVE, {"uuid": uuid})
+    async def remove_mdev(self, uuid: DeviceRef) -> None:
+        """Remove an mdev you own (its UUID or the Mdev itself)."""
+        mdev = self._mdevs.get(device_id(uuid))
+        if mdev is not None:
+            mdev.close()
+        await self.call(Command.MDEV_REMOVE, {"uuid": device_id(uuid)})
 
     async def vfio_user_expose(self, uuid: str, path: str, mode: int = 0o600) -> dict[str, Any]:
         """Serve the ``dsa-1dwq`` mdev ``uuid`` you own as a real vfio-user PCI device on the
@@ -476,12 +600,12 @@ class Client:
             Command.BUS_REGISTER_DEVICE, {"name": name, "pasid_bits": pasid_bits}
         )
 
-    async def unregister_device(self, uuid: str) -> None:
-        await self.call(Command.BUS_UNREGISTER_DEVICE, {"uuid": uuid})
+    async def unregister_device(self, uuid: DeviceRef) -> None:
+        await self.call(Command.BUS_UNREGISTER_DEVICE, {"uuid": device_id(uuid)})
 
-    async def claim_device(self, uuid: str, token: str | None = None) -> dict[str, Any]:
+    async def claim_device(self, uuid: DeviceRef, token: str | None = None) -> dict[str, Any]:
         """Own an emulator's device (with its token) or a started definition's mdev."""
-        body: dict[str, Any] = {"uuid": uuid}
+        body: dict[str, Any] = {"uuid": device_id(uuid)}
         if token is not None:
             body["token"] = token
         return await self.call(Command.DEVICE_CLAIM, body)
@@ -516,40 +640,55 @@ class Client:
             body["pt_root"] = pt_root
         return await self.call(Command.DOMAIN_ALLOC, body)
 
-    async def free_domain(self, domain: int) -> None:
-        await self.call(Command.DOMAIN_FREE, {"domain": domain})
+    async def free_domain(self, domain: DomainRef) -> None:
+        await self.call(Command.DOMAIN_FREE, {"domain": domain_id(domain)})
 
     async def domains(self, *, everything: bool = False) -> list[dict[str, Any]]:
         """Your own domains; ``everything=True`` (admin role) lists every client's."""
         return list((await self.call(Command.DOMAIN_LIST, {"all": everything}))["domains"])
 
-    async def attach_device(self, domain: int, device: str) -> dict[str, Any]:
-        """Plain ``attach_device(domain, mdev)``: no aux-domain API."""
-        return await self.call(Command.ATTACH_DEVICE, {"domain": domain, "device": device})
+    def _track_domain(self, reply: dict[str, Any]) -> dict[str, Any]:
+        """Keep an open Mdev's ``domain_id`` naming the domain its device is on now."""
+        mdev = self._mdevs.get(str(reply.get("uuid")))
+        if mdev is not None:
+            mdev.domain_id = reply.get("domain_id")
+        return reply
 
-    async def detach_device(self, device: str, domain: int | None = None) -> dict[str, Any]:
-        body: dict[str, Any] = {"device": device}
+    async def attach_device(self, domain: DomainRef, device: DeviceRef) -> dict[str, Any]:
+        """Plain ``attach_device(domain, mdev)``: no aux-domain API. ``domain`` is an id or
+        ``alloc_domain``'s reply, ``device`` a UUID or an Mdev; an open Mdev's ``domain_id``
+        follows (it names the domain the device uses now)."""
+        body = {"domain": domain_id(domain), "device": device_id(device)}
+        return self._track_domain(await self.call(Command.ATTACH_DEVICE, body))
+
+    async def detach_device(
+        self, device: DeviceRef, domain: DomainRef | None = None
+    ) -> dict[str, Any]:
+        """Back to the default domain (an open Mdev's ``domain_id`` follows)."""
+        body: dict[str, Any] = {"device": device_id(device)}
         if domain is not None:
-            body["domain"] = domain
-        return await self.call(Command.DETACH_DEVICE, body)
+            body["domain"] = domain_id(domain)
+        return self._track_domain(await self.call(Command.DETACH_DEVICE, body))
 
-    async def attach_pasid(self, domain: int, device: str, pasid: int) -> None:
-        body = {"domain": domain, "device": device, "pasid": pasid}
+    async def attach_pasid(self, domain: DomainRef, device: DeviceRef, pasid: int) -> None:
+        body = {"domain": domain_id(domain), "device": device_id(device), "pasid": pasid}
         await self.call(Command.ATTACH_PASID, body)
 
-    async def replace_pasid(self, domain: int, device: str, pasid: int) -> None:
-        body = {"domain": domain, "device": device, "pasid": pasid}
+    async def replace_pasid(self, domain: DomainRef, device: DeviceRef, pasid: int) -> None:
+        body = {"domain": domain_id(domain), "device": device_id(device), "pasid": pasid}
         await self.call(Command.REPLACE_PASID, body)
 
-    async def detach_pasid(self, device: str, pasid: int, domain: int | None = None) -> None:
-        body: dict[str, Any] = {"device": device, "pasid": pasid}
+    async def detach_pasid(
+        self, device: DeviceRef, pasid: int, domain: DomainRef | None = None
+    ) -> None:
+        body: dict[str, Any] = {"device": device_id(device), "pasid": pasid}
         if domain is not None:
-            body["domain"] = domain
+            body["domain"] = domain_id(domain)
         await self.call(Command.DETACH_PASID, body)
 
     async def map(
         self,
-        domain: int,
+        domain: DomainRef,
         phys: int,
         size: int,
         *,
@@ -557,9 +696,12 @@ class Client:
         read: bool = True,
         write: bool = True,
     ) -> int:
-        """Map ``size`` bytes at ``phys`` into ``domain``; returns the IOVA (chosen when None)."""
+        """Map ``size`` bytes at ``phys`` into ``domain``; returns the IOVA (chosen when None).
+
+        ``domain`` may be an Mdev: the domain its device is attached to now. Map in the
+        granularity you will unmap: an unmap must cover whole earlier maps (SPEC §8.6)."""
         body: dict[str, Any] = {
-            "domain": domain,
+            "domain": domain_id(domain),
             "phys": phys,
             "size": size,
             "prot": (1 if read else 0) | (2 if write else 0),
@@ -569,14 +711,14 @@ class Client:
         reply: MapReply = await self.call_typed(Command.MAP, body)
         return reply.iova
 
-    async def unmap(self, domain: int, iova: int, size: int) -> int:
+    async def unmap(self, domain: DomainRef, iova: int, size: int) -> int:
         """Unmap whole earlier mappings in the range; returns the bytes unmapped."""
-        body = {"domain": domain, "iova": iova, "size": size}
+        body = {"domain": domain_id(domain), "iova": iova, "size": size}
         reply: UnmapReply = await self.call_typed(Command.UNMAP, body)
         return reply.unmapped
 
-    async def iova_to_phys(self, domain: int, iova: int) -> int:
-        body = {"domain": domain, "iova": iova}
+    async def iova_to_phys(self, domain: DomainRef, iova: int) -> int:
+        body = {"domain": domain_id(domain), "iova": iova}
         reply: IovaToPhysReply = await self.call_typed(Command.IOVA_TO_PHYS, body)
         return reply.phys
 
@@ -612,21 +754,36 @@ class Client:
 
     # ---- external emulators: DMA through the IOMMU -------------------------------------------
 
-    async def dma_read(self, device: str, iova: int, length: int, *, pasid: int = 0) -> bytes:
-        body = {"device": device, "iova": iova, "length": length, "pasid": pasid}
+    async def dma_read(self, device: DeviceRef, iova: int, length: int, *, pasid: int = 0) -> bytes:
+        """Read as the registered device through the IOMMU; a failed translation raises
+        :class:`~siov.DmaFault` (``iova``, ``done``, ``reason``)."""
+        body = {"device": device_id(device), "iova": iova, "length": length, "pasid": pasid}
         reply: DmaReadReply = await self.call_typed(Command.DMA_READ, body)
         return reply.data
 
-    async def dma_write(self, device: str, iova: int, data: bytes, *, pasid: int = 0) -> int:
-        body = {"device": device, "iova": iova, "data": bytes(data), "pasid": pasid}
+    async def dma_write(self, device: DeviceRef, iova: int, data: bytes, *, pasid: int = 0) -> int:
+        """Write as the registered device; a failed translation raises
+        :class:`~siov.DmaFault` whose ``done`` bytes were written."""
+        body = {"device": device_id(device), "iova": iova, "data": bytes(data), "pasid": pasid}
         reply: DmaWriteReply = await self.call_typed(Command.DMA_WRITE, body)
         return reply.written
 
     async def translate(
-        self, device: str, iova: int, length: int, *, write: bool = False, pasid: int = 0
+        self, device: DeviceRef, iova: int, length: int, *, write: bool = False, pasid: int = 0
     ) -> dict[str, Any]:
-        """ATS-like: the physical runs behind ``[iova, iova+length)`` and the fault, if any."""
-        body = {"device": device, "iova": iova, "length": length, "write": write, "pasid": pasid}
+        """ATS-like: the physical runs behind ``[iova, iova+length)`` and the fault, if any.
+
+        The runs are addresses in the daemon's physical space: an emulator cannot reach that
+        memory (it belongs to the owner's memfds) and moves data with :meth:`dma_read` /
+        :meth:`dma_write`. Use the runs to see what a range maps to (page boundaries,
+        permissions, where it stops), as a device's ATS cache would."""
+        body = {
+            "device": device_id(device),
+            "iova": iova,
+            "length": length,
+            "write": write,
+            "pasid": pasid,
+        }
         return await self.call(Command.TRANSLATE, body)
 
     # ---- SVA and the user WQ char device -------------------------------------------------------
@@ -902,4 +1059,17 @@ async def connect(
         raise error
 
 
-__all__ = ["Client", "Event", "Reply", "connect", "default_socket_path"]
+__all__ = [
+    "Client",
+    "DeviceRef",
+    "DomainRef",
+    "Event",
+    "EventFilter",
+    "EventStream",
+    "Reply",
+    "connect",
+    "default_socket_path",
+    "device_id",
+    "domain_id",
+    "event_matcher",
+]

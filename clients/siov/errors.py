@@ -8,6 +8,7 @@ catches an error reply, a malformed reply and a refused local encode alike.
 from __future__ import annotations
 
 import errno as _errno
+from typing import Any
 
 from siov_protocol.errors import SiovError
 
@@ -55,6 +56,43 @@ class ConnectionClosed(SiovError):
         super().__init__(_errno.ENOTCONN, message)
 
 
+class DmaFault(SiovError):
+    """EFAULT from DMA_READ / DMA_WRITE: the translation failed at ``iova``.
+
+    ``done`` is how many bytes were read or written before the fault (a DMA_WRITE's first
+    ``done`` bytes are in memory), ``reason`` the VT-d fault reason and ``reason_name`` its
+    name, ``write`` whether the access was a write, ``pasid`` the PASID used.
+    """
+
+    def __init__(
+        self,
+        errno: int,
+        message: str,
+        command: int | None = None,
+        *,
+        detail: dict[str, Any] | None = None,
+    ) -> None:
+        super().__init__(errno, message, command, detail=detail)
+        fault = (detail or {}).get("fault") or {}
+        self.iova: int | None = fault.get("iova")
+        self.done: int = int(fault.get("done", 0))
+        self.reason: int | None = fault.get("reason")
+        self.reason_name: str = str(fault.get("reason_name", ""))
+        self.write: bool = bool(fault.get("write", False))
+        self.pasid: int | None = fault.get("pasid")
+
+
+class RecordNotWritten(SiovError):
+    """The device could not write a descriptor's completion record (a software error: the
+    record's address is misaligned or does not translate with the submitting PASID), so waiting
+    for it would wait forever. ``swerr`` is the software error as EVENT_IRQ reported it."""
+
+    def __init__(self, message: str, swerr: dict[str, Any]) -> None:
+        super().__init__(_errno.EFAULT, message)
+        self.swerr = swerr
+        self.status: int = int(swerr.get("status", 0))
+
+
 _BY_ERRNO: dict[int, type[SiovError]] = {
     _errno.EINVAL: InvalidArgument,
     _errno.ERANGE: InvalidArgument,
@@ -72,21 +110,30 @@ _BY_ERRNO: dict[int, type[SiovError]] = {
 }
 
 
-def error_for(errno: int, message: str, command: int | None = None) -> SiovError:
-    """The most specific exception class for ``errno``."""
-    return _BY_ERRNO.get(errno, SiovError)(errno, message, command)
+def error_for(
+    errno: int,
+    message: str,
+    command: int | None = None,
+    detail: dict[str, Any] | None = None,
+) -> SiovError:
+    """The most specific exception class for ``errno`` (and the error body's ``detail``)."""
+    if errno == _errno.EFAULT and detail and "fault" in detail:
+        return DmaFault(errno, message, command, detail=detail)
+    return _BY_ERRNO.get(errno, SiovError)(errno, message, command, detail=detail)
 
 
 __all__ = [
     "AlreadyExists",
     "Busy",
     "ConnectionClosed",
+    "DmaFault",
     "InvalidArgument",
     "NoSpace",
     "NotFound",
     "NotSupported",
     "PermissionDenied",
     "ProtocolViolation",
+    "RecordNotWritten",
     "SiovError",
     "TryAgain",
     "error_for",

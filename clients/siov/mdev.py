@@ -3,7 +3,7 @@
 An :class:`Mdev` wraps one accelerator mdev of a :class:`~siov.client.Client`::
 
     mdev = await client.create_dsa_mdev()              # dsa0, a dedicated WQ
-    await client.map(mdev.domain_id, buf.phys, buf.size, iova=0)
+    await client.map(mdev, buf.phys, buf.size, iova=0)  # into the domain mdev is on now
     record = buf.view[CR : CR + 32]
     done = await mdev.run(dsa.memmove(DST, SRC, 4096, completion=CR), record)
     assert done.code == dsa.DSA_COMP_SUCCESS
@@ -37,7 +37,7 @@ from siov_protocol.messages_accel import (
     SUBMIT_ACCEPTED,
 )
 
-from .errors import TryAgain
+from .errors import RecordNotWritten, TryAgain
 
 if TYPE_CHECKING:
     from .client import Client
@@ -48,6 +48,10 @@ COMPLETION_VECTOR: Final = 1
 ERROR_VECTOR: Final = 0
 #: The longest pause between two polls of a completion record when no interrupt comes.
 MAX_POLL_INTERVAL: Final = 0.005
+#: How long :meth:`Mdev.wait` and :meth:`Mdev.run` wait for a record unless told otherwise.
+DEFAULT_TIMEOUT: Final = 30.0
+#: Byte offset of ``completion_addr`` in a 64-byte descriptor.
+_COMPLETION_ADDR_OFFSET: Final = 8
 
 
 @dataclass(frozen=True, slots=True)
@@ -77,11 +81,16 @@ class Mdev:
         self.uuid: str = info["uuid"]
         self.default_pasid: int = info["default_pasid"]
         self.group_id: int | None = info.get("group_id")
+        #: The domain the device is attached to now: the client's ``attach_device`` and
+        #: ``detach_device`` keep it current (``info`` stays the reply it was created with).
         self.domain_id: int | None = info.get("domain_id")
+        #: The group's default domain (what ``detach_device`` returns the device to).
+        self.default_domain_id: int | None = info.get("default_domain_id", self.domain_id)
         #: Interrupts seen per vector (eventfd or EVENT_IRQ).
         self.irq_counts = [0] * IRQ_VECTORS
         #: The latest software errors (EVENT_IRQ on vector 0 carries them), newest last.
         self.software_errors: deque[dict[str, Any]] = deque(maxlen=256)
+        self._software_error_count = 0
         self._wakeup = trio.Event()
         self._eventfds: list[int | None] = [None] * IRQ_VECTORS
         self._pumps: list[trio.CancelScope | None] = [None] * IRQ_VECTORS
@@ -97,6 +106,7 @@ class Mdev:
         error's details come as an event even when vector 0 has an eventfd, which counts it."""
         if swerr is not None:
             self.software_errors.append(swerr)
+            self._software_error_count += 1
         if 0 <= vector < IRQ_VECTORS and (swerr is None or self._eventfds[vector] is None):
             self.irq_counts[vector] += 1
         wakeup, self._wakeup = self._wakeup, trio.Event()
@@ -232,25 +242,63 @@ class Mdev:
         self,
         record: memoryview | bytearray,
         *,
-        timeout: float | None = None,  # noqa: ASYNC109
+        timeout: float | None = DEFAULT_TIMEOUT,  # noqa: ASYNC109
+        completion_addr: int | None = None,
+        since: int | None = None,
     ) -> CompletionRecord:
         """Wait until the completion record (a 32-byte view of your memory) is written; return
-        it decoded. ``TimeoutError`` after ``timeout`` seconds."""
+        it decoded. ``TimeoutError`` after ``timeout`` seconds (None: no limit).
+
+        With ``completion_addr`` (the descriptor's), a software error the device reports for
+        that record address (misaligned, or not translatable with the submitting PASID) raises
+        :class:`~siov.errors.RecordNotWritten` at once instead of waiting out the timeout;
+        ``since`` is :attr:`software_error_count` before the submission (default: now).
+        :meth:`run` passes both.
+        """
         if len(record) < DSA_COMP_RECORD_SIZE:
             raise ValueError(f"a completion record is {DSA_COMP_RECORD_SIZE} bytes")
         deadline = trio.current_time() + timeout if timeout is not None else float("inf")
+        seen = self._software_error_count if since is None else since
         interval = 0.0
         while record[0] == 0:
             wakeup = self._wakeup
             if record[0] != 0:
                 break
+            if completion_addr is not None:
+                seen = self._check_record_error(completion_addr, seen)
             now = trio.current_time()
             if now >= deadline:
-                raise TimeoutError(f"completion record not written within {timeout} s")
+                where = f" at {completion_addr:#x}" if completion_addr is not None else ""
+                raise TimeoutError(
+                    f"completion record{where} not written within {timeout} s (is the view "
+                    "the memory the descriptor's completion_addr maps to?)"
+                )
             with trio.move_on_at(min(now + interval, deadline)):
                 await wakeup.wait()
             interval = min(max(interval * 2, 1e-5), MAX_POLL_INTERVAL)
         return CompletionRecord.unpack(bytes(record[:DSA_COMP_RECORD_SIZE]))
+
+    @property
+    def software_error_count(self) -> int:
+        """How many software errors this Mdev has seen (``software_errors`` keeps the last
+        256); pass it as ``wait(since=...)`` when you submit and wait separately."""
+        return self._software_error_count
+
+    def _check_record_error(self, completion_addr: int, seen: int) -> int:
+        new = self._software_error_count - seen
+        if new <= 0:
+            return seen
+        for swerr in list(self.software_errors)[-new:]:
+            if swerr.get("completion_addr") == completion_addr and swerr.get("batch_index") is None:
+                status = int(swerr.get("status", 0))
+                raise RecordNotWritten(
+                    f"the completion record at {completion_addr:#x} cannot be written: "
+                    f"software error status {status:#x} (fault_addr "
+                    f"{int(swerr.get('fault_addr', 0)):#x}, PASID {swerr.get('pasid')}); "
+                    "is it aligned to 32 bytes and mapped for the submitting PASID?",
+                    swerr,
+                )
+        return self._software_error_count
 
     async def run(
         self,
@@ -258,22 +306,26 @@ class Mdev:
         record: memoryview | bytearray,
         *,
         pasid: int | None = None,
-        timeout: float | None = None,  # noqa: ASYNC109 (see wait)
+        timeout: float | None = DEFAULT_TIMEOUT,  # noqa: ASYNC109 (see wait)
     ) -> CompletionRecord:
         """One-shot: clear ``record``, submit ``descriptor`` (whose completion address is
         ``record``'s IOVA) and wait for its completion. A descriptor the WQ did not take
-        raises :class:`~siov.errors.TryAgain`."""
+        raises :class:`~siov.errors.TryAgain`; a record the device cannot write raises
+        :class:`~siov.errors.RecordNotWritten`; ``TimeoutError`` after ``timeout`` s."""
         record[:DSA_COMP_RECORD_SIZE] = bytes(DSA_COMP_RECORD_SIZE)
+        since = self._software_error_count
         result = await self.submit(descriptor, pasid=pasid)
         if result.results[0] != SUBMIT_ACCEPTED:
             what = "retry (shared WQ full)" if result.retry else "dropped (dedicated WQ full)"
             raise TryAgain(11, f"descriptor not accepted: {what}")
-        return await self.wait(record, timeout=timeout)
+        addr = int.from_bytes(
+            descriptor[_COMPLETION_ADDR_OFFSET : _COMPLETION_ADDR_OFFSET + 8], "little"
+        )
+        return await self.wait(record, timeout=timeout, completion_addr=addr, since=since)
 
     async def remove(self) -> None:
         """Remove the mdev (and close the eventfds this Mdev made)."""
-        self.close()
-        await self.client.remove_mdev(self.uuid)
+        await self.client.remove_mdev(self)
 
     def close(self) -> None:
         """Stop watching interrupts; the mdev itself stays."""
@@ -282,4 +334,11 @@ class Mdev:
         self.client._mdevs.pop(self.uuid, None)
 
 
-__all__ = ["COMPLETION_VECTOR", "ERROR_VECTOR", "IRQ_VECTORS", "Mdev", "SubmitResults"]
+__all__ = [
+    "COMPLETION_VECTOR",
+    "DEFAULT_TIMEOUT",
+    "ERROR_VECTOR",
+    "IRQ_VECTORS",
+    "Mdev",
+    "SubmitResults",
+]

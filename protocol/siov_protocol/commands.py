@@ -102,6 +102,7 @@ class Command(enum.IntEnum):
     EVENT_IRQ = 0x202
     EVENT_DEVICE_REMOVED = 0x203
     EVENT_SHUTDOWN = 0x204
+    EVENT_DEVICE_OWNER = 0x205  # to a registrant: its device was claimed or released
     EVENT_EVL = 0x230  # an entry was written to an event log a session armed
 
 

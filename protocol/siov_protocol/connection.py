@@ -340,9 +340,17 @@ class Connection:
             self.state.replied(command, body)
         return data
 
-    def send_error(self, msg_id: int, command: int, err: int, message: str) -> bytes:
-        """An error reply: the errno in the header, the human message in the body."""
-        body = encode_body({"message": message})
+    def send_error(
+        self,
+        msg_id: int,
+        command: int,
+        err: int,
+        message: str,
+        detail: dict[str, Any] | None = None,
+    ) -> bytes:
+        """An error reply: the errno in the header, the human message in the body, and any
+        structured ``detail`` fields beside it (SPEC §5)."""
+        body = encode_body({**(detail or {}), "message": message})
         return self._frame(msg_id, command, TYPE_REPLY | FLAG_ERROR, err, body)
 
     def forget(self, msg_id: int) -> None:

@@ -15,16 +15,29 @@ a rule and a :class:`RemoteProtocolError` when the peer did.
 from __future__ import annotations
 
 import errno as _errno
+from typing import Any
 
 
 class SiovError(Exception):
-    """An errno and a human message; ``command`` is the command it answers, when known."""
+    """An errno and a human message; ``command`` is the command it answers, when known.
 
-    def __init__(self, errno: int, message: str, command: int | None = None) -> None:
+    ``detail`` holds the structured fields an error reply may carry beside its message
+    (SPEC §5: ``fault`` for an EFAULT of DMA_READ, DMA_WRITE or TRANSLATE).
+    """
+
+    def __init__(
+        self,
+        errno: int,
+        message: str,
+        command: int | None = None,
+        *,
+        detail: dict[str, Any] | None = None,
+    ) -> None:
         super().__init__(message)
         self.errno = errno
         self.message = message
         self.command = command
+        self.detail = detail
 
     def __str__(self) -> str:
         name = _errno.errorcode.get(self.errno, str(self.errno))

@@ -214,3 +214,13 @@ class PageRequestEvent:
 class DeviceRemovedEvent:
     uuid: str = text(UUID_LEN)
     reason: str = text(64, default="")
+
+
+@dataclass(frozen=True, slots=True)
+class DeviceOwnerEvent:
+    """To an external emulator: another client claimed its device, or released it (the
+    owner left; the device is reset and the emulator's own again)."""
+
+    uuid: str = text(UUID_LEN)
+    change: str = text(16)  # "claimed" | "released"
+    client: str = text(64, default="")  # the claimant's VERSION name

@@ -26,7 +26,7 @@ from .messages_accel import (
     RegionWriteReply,
     SubmitReply,
 )
-from .messages_iommu import DeviceRemovedEvent, FaultEvent, PageRequestEvent
+from .messages_iommu import DeviceOwnerEvent, DeviceRemovedEvent, FaultEvent, PageRequestEvent
 from .schema import U8, U32, U64, encode, required, text, u
 
 # ---- memory ---------------------------------------------------------------------------------
@@ -65,6 +65,8 @@ class DeviceDescription:
     default_pasid: int = u(*U32)
     pasid_bits: int = u(0, 20)
     external: bool = required()
+    #: an external device owned by a claimant, not its registrant (SPEC EVENT_DEVICE_OWNER)
+    claimed: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -205,6 +207,7 @@ class TranslateFault:
     write: bool = required()
     reason: int = u(*U8)
     pasid: int = u(*U32)
+    reason_name: str = text(64, default="")  # the reason's VT-d name, "" when unnamed
 
 
 @dataclass(frozen=True, slots=True)
@@ -455,6 +458,7 @@ EVENTS: dict[int, type] = {
     Command.EVENT_PAGE_REQUEST: PageRequestEvent,
     Command.EVENT_IRQ: IrqEvent,
     Command.EVENT_DEVICE_REMOVED: DeviceRemovedEvent,
+    Command.EVENT_DEVICE_OWNER: DeviceOwnerEvent,
     Command.EVENT_SHUTDOWN: ShutdownEvent,
     Command.EVENT_EVL: EvlEvent,
 }

@@ -280,9 +280,18 @@ async def test_a_burst_from_one_client_does_not_starve_anothers_events(
     faults = b"".join(frame(i, Command.DMA_READ, body(fields)) for i in range(burst))
 
     async def drain_replies() -> None:
-        left = len(faults)  # each fault's error reply is longer than its request: read them all
-        while left > 0:
-            left -= len(await emu.recv(1 << 16))
+        # Count whole frames (the size field at bytes 4..8 of each header) until every
+        # request's reply has come; events to the emulator may be among them.
+        data, replies = b"", 0
+        while replies < burst:
+            data += await emu.recv(1 << 16)
+            while len(data) >= 16:
+                size = int.from_bytes(data[4:8], "little")
+                if len(data) < size:
+                    break
+                flags = int.from_bytes(data[8:12], "little")
+                replies += flags & 1  # a reply, not an event
+                data = data[size:]
 
     async with siov.connect(running.path) as owner:
         await owner.claim_device(dev["uuid"], dev["token"])

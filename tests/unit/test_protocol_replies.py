@@ -154,6 +154,6 @@ def test_replies_handlers_return_as_instances_keep_their_wire_bytes() -> None:
         "pasid_bits": 20,
         "external": True,
     }
-    pairs.append((DeviceDescription(**described), described))
+    pairs.append((DeviceDescription(**described), {**described, "claimed": False}))
     for instance, old in pairs:
         assert msgpack.packb(encode(instance)) == msgpack.packb(old), instance

@@ -16,7 +16,7 @@ from typing import Any
 
 from siov_protocol import jsonc
 from siov_protocol.auth import Role
-from siov_protocol.messages_iommu import DeviceRemovedEvent, FaultEvent
+from siov_protocol.messages_iommu import DeviceOwnerEvent, DeviceRemovedEvent, FaultEvent
 from siov_protocol.replies import event_message
 from siovd import __version__
 from siovd.host.auth import AuthPolicy, PeerCredentials, new_nonce
@@ -189,6 +189,16 @@ class Daemon:
                 *event_message(DeviceRemovedEvent(uuid=device.uuid, reason="removed"))
             )
 
+    def tell_registrant(self, device: Any, change: str, client: str = "") -> None:
+        """EVENT_DEVICE_OWNER to an external device's registrant (not to the host)."""
+        registrant = device.registrant
+        if registrant is None or registrant == HOST:
+            return
+        target = self.sessions.get(registrant)
+        if target is not None:
+            event = DeviceOwnerEvent(uuid=device.uuid, change=change, client=client[:64])
+            target.push_event(*event_message(event))
+
     def close_dead_mappings(self) -> None:
         """Unmap the memory of regions that left the physical space.
 
@@ -258,8 +268,9 @@ class Daemon:
            its SVA bindings unbound;
         3. the accelerator: the session's waiting work is cancelled and its queued and running
            descriptors dropped, so nothing runs against memory about to go;
-        4. the model: the bus removes its devices (each through :meth:`_device_removed`), the
-           IOMMU frees its domains (lazy flushes first: they pin regions), then its memory;
+        4. the model: the bus removes its devices (each through :meth:`_device_removed`; an
+           external device it had claimed returns to its registrant, who is told), the IOMMU
+           frees its domains (lazy flushes first: they pin regions), then its memory;
         5. the daemon's own mappings of regions that left;
         6. extra hooks (:meth:`on_release`), then its queued events and its per-uid counts.
         """
@@ -270,7 +281,12 @@ class Daemon:
             self.sva.release_session(session)
             self.accel_runtime.release_session(session)
             self.iommu.flush_lazy()
+            returned = [
+                d for d in self.bus.list(session.id) if d.registrant not in (None, HOST, session.id)
+            ]
             self.bus.release_owner(session.id)
+            for device in returned:  # reset and back with their registrant: say so
+                self.tell_registrant(device, "released", session.client_name)
             self.close_dead_mappings()
             for fn in self._releasers:
                 fn(session)

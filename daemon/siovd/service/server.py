@@ -326,7 +326,8 @@ class ClientConnection:
                 return result
         except SiovError as exc:
             close_fds(ctx.fds)
-            return self.conn.send_error(msg.msg_id, msg.command, exc.errno, exc.message), ()
+            data = self.conn.send_error(msg.msg_id, msg.command, exc.errno, exc.message, exc.detail)
+            return data, ()
         except Exception as exc:
             close_fds(ctx.fds)
             self.log.exception("handler failed", command=handler.command.name)

@@ -28,6 +28,7 @@ from siov_protocol.replies import (
 from siovd.model.device import Device
 from siovd.model.errors import SiovError
 from siovd.model.iommu import Group
+from siovd.model.owner import HOST
 from siovd.service.handlers.registry import Context, registry
 
 log = structlog.get_logger("siovd")
@@ -43,7 +44,8 @@ def group_info(group: Group) -> GroupInfo:
 
 
 def describe(ctx: Context, device: Device) -> DeviceDescription:
-    return DeviceDescription(**ctx.daemon.bus.describe(device))  # type: ignore[arg-type]
+    claimed = device.registrant not in (None, HOST) and device.owner != device.registrant
+    return DeviceDescription(**ctx.daemon.bus.describe(device), claimed=claimed)  # type: ignore[arg-type]
 
 
 def _check_mdev_limit(ctx: Context) -> None:
@@ -105,9 +107,12 @@ def mdev_remove(ctx: Context, req: DeviceRef) -> Empty:
 @registry.command(Command.MDEV_LIST, ListRequest)
 def mdev_list(ctx: Context, req: ListRequest) -> MdevListReply:
     bus = ctx.daemon.bus
-    return MdevListReply(
-        devices=[describe(ctx, d) for d in bus.list(ctx.session.list_filter(req.all))]
-    )
+    devices = bus.list(ctx.session.list_filter(req.all))
+    if not req.all:
+        # An emulator's own devices stay in its list while another client owns them.
+        me = ctx.session.id
+        devices += [d for d in bus.list(None) if d.registrant == me and d.owner != me]
+    return MdevListReply(devices=[describe(ctx, d) for d in devices])
 
 
 @registry.command(Command.BUS_REGISTER_DEVICE, BusRegisterDevice)
@@ -130,6 +135,7 @@ def device_claim(ctx: Context, req: DeviceClaim) -> DeviceDescription:
     bus = ctx.daemon.bus
     device = bus.claim_device(ctx.session.id, req.uuid, req.token)
     log.info("device claimed", mdev=device.uuid)
+    ctx.daemon.tell_registrant(device, "claimed", ctx.session.client_name)
     return describe(ctx, device)
 
 

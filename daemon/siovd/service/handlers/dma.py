@@ -15,6 +15,7 @@ from siov_protocol.messages_iommu import DmaRead, DmaWrite, Translate
 from siov_protocol.replies import DmaReadReply, DmaWriteReply
 from siovd.model.dma import DmaFault
 from siovd.model.errors import SiovError
+from siovd.model.iommu.faults import REASON_NAMES
 from siovd.service.handlers.registry import Context, registry
 
 #: An encoded run is at most this long (a map of four u64 fields); REPLY_SLACK covers the rest
@@ -27,7 +28,24 @@ TRANSLATE_MAX_PAGES = 16384
 
 
 def fault_info(fault: DmaFault) -> dict[str, Any]:
-    return {"iova": fault.iova, "write": fault.write, "reason": fault.reason, "pasid": fault.pasid}
+    return {
+        "iova": fault.iova,
+        "write": fault.write,
+        "reason": fault.reason,
+        "pasid": fault.pasid,
+        "reason_name": REASON_NAMES.get(fault.reason, ""),
+    }
+
+
+def fault_error(what: str, fault: DmaFault, done: int) -> SiovError:
+    """EFAULT whose error body carries ``fault`` (SPEC §5): the fields, not just the text."""
+    name = REASON_NAMES.get(fault.reason, "")
+    return SiovError(
+        errno.EFAULT,
+        f"DMA {what} faulted at iova {fault.iova:#x} after {done} bytes "
+        f"(reason {fault.reason:#x}{': ' + name if name else ''})",
+        detail={"fault": {**fault_info(fault), "done": done}},
+    )
 
 
 @registry.command(Command.DMA_READ, DmaRead)
@@ -38,11 +56,7 @@ def dma_read(ctx: Context, req: DmaRead) -> DmaReadReply:
     device = ctx.daemon.bus.emulated_device(ctx.session.id, req.device)
     data, fault = ctx.daemon.iommu.dma_read(device, req.pasid, req.iova, req.length)
     if fault is not None:
-        raise SiovError(
-            errno.EFAULT,
-            f"DMA read faulted at iova {fault.iova:#x} after {len(data)} bytes "
-            f"(reason {fault.reason:#x})",
-        )
+        raise fault_error("read", fault, len(data))
     return DmaReadReply(data=data)
 
 
@@ -51,11 +65,7 @@ def dma_write(ctx: Context, req: DmaWrite) -> DmaWriteReply:
     device = ctx.daemon.bus.emulated_device(ctx.session.id, req.device)
     written, fault = ctx.daemon.iommu.dma_write(device, req.pasid, req.iova, req.data)
     if fault is not None:
-        raise SiovError(
-            errno.EFAULT,
-            f"DMA write faulted at iova {fault.iova:#x} after {written} bytes "
-            f"(reason {fault.reason:#x})",
-        )
+        raise fault_error("write", fault, written)
     return DmaWriteReply(written=written)
 
 
