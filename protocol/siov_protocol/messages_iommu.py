@@ -198,6 +198,12 @@ class FaultEvent:
     write: bool = False
     reason_name: str = text(64, default="")
     domain: int | None = u(*U32, default=None, nil=True)
+    # The descriptor whose DMA faulted (absent for an emulator's DMA_READ/DMA_WRITE): its WQ,
+    # opcode, completion-record address and index in its batch (nil: not in a batch).
+    wq: str | None = text(64, default=None, nil=True)
+    opcode: int | None = u(*U8, default=None, nil=True)
+    completion_addr: int | None = u(*U64, default=None, nil=True)
+    batch_index: int | None = u(*U32, default=None, nil=True)
 
 
 @dataclass(frozen=True, slots=True)

@@ -11,6 +11,7 @@ import trio
 
 import siov
 from siov import dsa
+import siov_protocol.dsa
 from siov_protocol import Command
 from tests.conftest import DaemonProcess, RunningDaemon
 
@@ -155,3 +156,44 @@ async def test_emulator_is_told_of_claim_and_release(siovd: RunningDaemon) -> No
         assert ev.typed.change == "released" and ev.typed.uuid == dev["uuid"]
         (listed,) = await emu.devices()  # no polling: the event comes after the change
         assert listed["claimed"] is False
+
+
+async def test_a_descriptor_fault_names_its_descriptor(siovd: RunningDaemon) -> None:
+    """EVENT_FAULT carries the WQ, opcode, completion record and batch index of the work whose
+    DMA faulted: three faults at one address in one batch tell their descriptors apart."""
+    async with siov.connect(siovd.path) as client:
+        mdev = await client.create_dsa_mdev()
+        buf = await client.alloc(2 * MiB)
+        await client.map(mdev, buf.phys, 2 * MiB, iova=0)
+        hole = 4 * MiB  # unmapped: every sub-descriptor reading it faults there
+        subs = [dsa.noop(completion=0x2000)]
+        subs += [dsa.crcgen(hole, 64, completion=0x2000 + 32 * i) for i in (1, 2, 3)]
+        buf.view[0x4000 : 0x4000 + 256] = dsa.join_batch(subs)
+        done = await mdev.run(dsa.batch(0x4000, 4, completion=CR), buf.view[CR : CR + 32])
+        assert done.code == siov_protocol.dsa.DSA_COMP_BATCH_FAIL
+        faults = []
+        with trio.fail_after(5):
+            for _ in range(3):
+                faults.append((await client.next_event("fault")).typed)
+        assert {f.iova for f in faults} == {hole}
+        assert [(f.batch_index, f.completion_addr) for f in faults] == [
+            (i, 0x2000 + 32 * i) for i in (1, 2, 3)
+        ]
+        assert {f.opcode for f in faults} == {dsa.DsaOpcode.CRCGEN}
+        assert len({f.wq for f in faults}) == 1 and faults[0].wq.startswith("dsa0/wq")
+        # a lone descriptor: no batch index; the batch descriptor's own list read: its record
+        await mdev.run(dsa.crcgen(hole, 64, completion=CR), buf.view[CR : CR + 32])
+        with trio.fail_after(5):
+            lone = (await client.next_event("fault")).typed
+        assert (lone.batch_index, lone.completion_addr) == (None, CR), lone
+        await mdev.run(dsa.batch(hole, 4, completion=CR), buf.view[CR : CR + 32])
+        with trio.fail_after(5):
+            outer = (await client.next_event("fault")).typed
+        assert (outer.opcode, outer.batch_index) == (dsa.DsaOpcode.BATCH, None)
+        # an emulator's own DMA names no descriptor
+        dev = await client.register_device("emu")
+        with pytest.raises(siov.DmaFault):
+            await client.dma_read(dev, 0x20000, 8)
+        with trio.fail_after(5):
+            own = (await client.next_event("fault")).typed
+        assert own.wq is own.opcode is own.completion_addr is own.batch_index is None

@@ -7,6 +7,7 @@ The server owns one :class:`Daemon`; handlers reach the model through it. Discon
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import errno
 import os
 import time
@@ -93,6 +94,8 @@ class Daemon:
         # vfio-user endpoints. They hook into nothing: release, stats and device removal call
         # them from here, in the order written below.
         self.accel_runtime = AccelRuntime(self)
+        executor = self.accel_runtime.executor
+        self.iommu.fault_origin = lambda: executor.origin  # a fault names its descriptor
         self.sva = SvaRuntime(self)
         self.vfio_user = Endpoints(self)
 
@@ -175,6 +178,15 @@ class Daemon:
             reason_name=record.reason_name,
             domain=record.domain,
         )
+        origin = record.origin
+        if origin is not None:
+            event = dataclasses.replace(
+                event,
+                wq=origin.wq,
+                opcode=origin.opcode,
+                completion_addr=origin.completion_addr,
+                batch_index=origin.batch_index,
+            )
         session.push_event(*event_message(event))
 
     def _device_removed(self, device: Any) -> None:

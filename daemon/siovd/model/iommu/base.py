@@ -12,6 +12,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
+from siovd.model.dma import DmaOrigin
 from siovd.model.iommu.domain import Domain, DomainType
 from siovd.model.iommu.faults import FaultRecord
 from siovd.model.iommu.group import Group
@@ -48,6 +49,7 @@ class IommuBase:
     pasids: PasidAllocator
     prq: PageRequestQueue
     on_fault: FaultCallback | None
+    fault_origin: Callable[[], DmaOrigin | None] | None
     wake_reaper: Callable[[], None]
     faults: int
     devtlb_hits: int

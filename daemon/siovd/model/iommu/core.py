@@ -22,6 +22,7 @@ import errno
 from collections.abc import Callable
 
 from siovd.model.device import Device
+from siovd.model.dma import DmaOrigin
 from siovd.model.errors import SiovError
 from siovd.model.iommu.attach import AttachVerbs
 from siovd.model.iommu.base import REAP_INLINE, REAP_STEP, FaultCallback, TranslatedRun
@@ -72,6 +73,9 @@ class Iommu(AttachVerbs, PagetableVerbs, InvalidateVerbs, DmaVerbs, SvaVerbs):
         #: Page requests waiting for their owners' answers (PRI / the PRQ).
         self.prq = PageRequestQueue(blocked_limit)
         self.on_fault: FaultCallback | None = None
+        #: Asked at each fault which work the DMA belongs to (the accelerator's executor
+        #: answers while it runs a descriptor).
+        self.fault_origin: Callable[[], DmaOrigin | None] | None = None
         self._buses: set[str] = set()
         self._internal_buses: set[str] = set()
         self._domains: dict[int, Domain] = {}

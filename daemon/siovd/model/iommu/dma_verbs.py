@@ -40,6 +40,7 @@ class DmaVerbs(IommuBase):
             write,
             failure.reason,
             domain.id if domain is not None and domain.id else None,
+            self.fault_origin() if self.fault_origin is not None else None,
         )
         self.faults += 1
         owner = domain.owner if domain is not None and domain.owner else device.owner
