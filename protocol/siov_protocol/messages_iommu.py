@@ -135,6 +135,18 @@ class IovaToPhys:
 
 
 @dataclass(frozen=True, slots=True)
+class IotlbEntries:
+    """What the IOTLB caches for a domain: every PASID entry of it, or ``pasid``'s only,
+    from (``pasid``, ``iova``) on (``after`` continues a listing a reply cut short)."""
+
+    domain: int = u(*U32)
+    pasid: int | None = u(0, PASID_MAX, default=None, nil=True)
+    start_pasid: int = u(0, PASID_MAX, default=0)
+    start_iova: int = u(*U64, default=0)
+    max_entries: int = u(1, 4096, default=1024)
+
+
+@dataclass(frozen=True, slots=True)
 class DirtyBitmap:
     domain: int = u(*U32)
     iova: int = u(*U64)

@@ -6,13 +6,12 @@ The server owns one :class:`Daemon`; handlers reach the model through it. Discon
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import errno
 import os
 import time
 from collections import Counter
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from siov_protocol import jsonc
@@ -55,7 +54,6 @@ class Daemon:
         self.started = time.monotonic()
         self.sessions: dict[int, Session] = {}
         self.uids: dict[int, UidUsage] = {}  # per-uid ledger of the live connections
-        self._mute_faults = 0
         self.fd_budget: dict[str, Any] = {}  # RLIMIT_NOFILE against the limits (host.fdlimit)
         self.counters: Counter[str] = Counter()
         #: Extra release hooks (tools, tests): called after every area has released.
@@ -153,19 +151,7 @@ class Daemon:
 
     # ---- the domain model's callbacks ----------------------------------------------------------
 
-    @contextlib.contextmanager
-    def faults_muted(self) -> Iterator[None]:
-        """Faults within the block are not queued to anyone (counted ``faults_muted``)."""
-        self._mute_faults += 1
-        try:
-            yield
-        finally:
-            self._mute_faults -= 1
-
     def _deliver_fault(self, owner: int, record: FaultRecord) -> None:
-        if self._mute_faults:
-            self.counters["faults_muted"] += 1
-            return
         session = self.sessions.get(owner)
         if session is None:
             return

@@ -33,7 +33,7 @@ if TYPE_CHECKING:
 REAP_INLINE = 256
 REAP_STEP = 256
 FaultCallback = Callable[[int, FaultRecord], None]
-TranslatedRun = tuple[int, int, int, int]  # (iova, phys, length, prot)
+TranslatedRun = tuple[int, int, int, int, int]  # (iova, phys, length, prot, page_size)
 
 
 class IommuBase:
@@ -52,6 +52,7 @@ class IommuBase:
     fault_origin: Callable[[], DmaOrigin | None] | None
     wake_reaper: Callable[[], None]
     faults: int
+    translate_failures: int
     devtlb_hits: int
     lazy_flushes: int
     lazy_flushed_areas: int

@@ -90,6 +90,8 @@ class Iommu(AttachVerbs, PagetableVerbs, InvalidateVerbs, DmaVerbs, SvaVerbs):
         #: Called when :meth:`reap` has work: the service runs it a turn at a time.
         self.wake_reaper: Callable[[], None] = lambda: None
         self.faults = 0
+        #: TRANSLATE requests answered with a fault (ATS: no fault record, no event).
+        self.translate_failures = 0
         self.devtlb_hits = 0  # translations a device TLB answered without the IOTLB
         self.lazy_flushes = 0
         self.lazy_flushed_areas = 0
@@ -158,6 +160,7 @@ class Iommu(AttachVerbs, PagetableVerbs, InvalidateVerbs, DmaVerbs, SvaVerbs):
         out = self.iotlb.stats()
         out.update(
             faults=self.faults,
+            translate_failures=self.translate_failures,
             devtlb_hits=self.devtlb_hits,
             lazy_flushes=self.lazy_flushes,
             lazy_flushed_areas=self.lazy_flushed_areas,

@@ -189,6 +189,19 @@ class PagetableVerbs(IommuBase):
             return None
         return result[0] + (iova & (result[1] - 1))
 
+    def iova_leaf(self, owner: int, domain_id: int, iova: int) -> tuple[int, int] | None:
+        """:meth:`iova_to_phys` with the leaf's size: ``(phys, page_size)``, 0 for an
+        identity domain (no page table), ``None`` where nothing is mapped."""
+        domain = self.domain(owner, domain_id)
+        if domain.type is DomainType.IDENTITY:
+            return iova, 0
+        if domain.type is DomainType.BLOCKED or domain.locate is None or iova < 0:
+            return None
+        result = walk(domain.locate, domain.root, domain.levels, iova, False, set_ad=False)
+        if isinstance(result, int):
+            return None
+        return result[0] + (iova & (result[1] - 1)), result[1]
+
     def walk(self, owner: int, domain_id: int, iova: int) -> Translation | int:
         """The leaf translating ``iova`` (no A/D update), or the fault reason."""
         domain = self.domain(owner, domain_id)
