@@ -80,6 +80,16 @@ def test_every_subcommand_sees_another_clients_objects(
         assert "iotlb_hits" in did("iotlb")
         out = did("translate", mdev.uuid, "0x1000", "--pasid", "0")
         assert hex(buf.phys + 0x1000) in out
+        assert "PAGE" in out and "2M" in out  # the run's leaf: one 2 MiB page
+        # the translation left an entry in the IOTLB: listed per domain and per PASID
+        entries = json.loads(run("iotlb", "--domain", str(dom["domain_id"]), json_out=True))
+        assert [(e["pasid"], e["iova"], e["page_size"]) for e in entries] == [
+            (mdev.default_pasid, 0, 2 * MiB)
+        ]
+        assert entries[0]["phys"] == buf.phys and entries[0]["hits"] == 0  # cached by a miss
+        table = run("iotlb", "--domain", str(dom["domain_id"]), "--pasid", str(mdev.default_pasid))
+        assert "2M" in table and hex(buf.phys) in table
+        assert "(none)" in run("iotlb", "--domain", str(dom["domain_id"]), "--pasid", "5")
         fault = did("translate", mdev.uuid, str(4 * MiB))
         assert "FAULT reason 0x71 (first-stage entry not present)" in fault
         created = json.loads(did("create", "-p", "dsa0", "-t", "dsa-1dwq", json_out=True))
