@@ -822,7 +822,11 @@ def _accel_args(p: argparse.ArgumentParser) -> None:
     ls.add_argument("-Q", "--workqueues", action="store_true", help="include workqueue info")
     ls.add_argument("-i", "--idle", action="store_true", help="include idle components")
     ls.add_argument(
-        "--siov", action="store_true", help="add siov's extra keys (prs_disable, op_config, ...)"
+        "--siov",
+        action="store_true",
+        help="add siov's extra keys: on each enabled WQ the mdevs using it with their PASIDs "
+        "(mdevs) and the dedicated-WQ drops (dropped); prs_disable, op_config, ... (without "
+        "it the output is accel-config's, key for key)",
     )
     device = sub.add_parser("config-device", help="set device attributes (admin)")
     device.add_argument("names", nargs="+", metavar="DEVICE", help="e.g. dsa0, or all")

@@ -108,6 +108,21 @@ def test_every_subcommand_sees_another_clients_objects(
         did("stop", "-u", uuid)
         did("undefine", "-u", uuid)
         assert "dsa0" in did("accel", "list")
+        assert '"mdevs"' not in run("accel", "list")  # accel-config's keys only, by default
+        listing = run("accel", "list", "--siov")
+        # each enabled WQ says which mdevs use it, with their PASIDs (default first, then
+        # per-PASID attaches) and the dedicated-WQ drops
+        wqs = [
+            wq
+            for dev in json.loads(listing)
+            for group in dev.get("groups", [])
+            for wq in group.get("grouped_workqueues", [])
+        ]
+        users = [(wq["dev"], u) for wq in wqs for u in wq.get("mdevs", [])]
+        assert [(u["uuid"], u["pasids"]) for _, u in users if u["uuid"] == mdev.uuid] == [
+            (mdev.uuid, [mdev.default_pasid, 5])
+        ]
+        assert all("dropped" in wq for wq in wqs if wq["state"] == "enabled")
         key = os.path.join(str(tmp_path), "k")
         did("keygen", key)
         assert os.path.exists(key + ".pub")
