@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import warnings
 from collections import deque
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -37,7 +38,7 @@ from siov_protocol.messages_accel import (
     SUBMIT_ACCEPTED,
 )
 
-from .errors import RecordNotWritten, TryAgain
+from .errors import DescriptorsDropped, RecordNotWritten, TryAgain
 
 if TYPE_CHECKING:
     from .client import Client
@@ -196,7 +197,8 @@ class Mdev:
         limited: bool = False,
     ) -> SubmitResults:
         """SUBMIT one or many 64-byte descriptors. A shared WQ takes ``pasid`` (default the
-        mdev's) and may answer "retry" per descriptor; a dedicated WQ drops what does not fit."""
+        mdev's) and may answer "retry" per descriptor; a dedicated WQ drops what does not fit
+        (and this warns :class:`~siov.errors.DescriptorsDropped`)."""
         blob = descriptors if isinstance(descriptors, bytes | bytearray) else b"".join(descriptors)
         body: dict[str, Any] = {"device": self.uuid, "descriptors": bytes(blob)}
         if pasid is not None:
@@ -204,6 +206,13 @@ class Mdev:
         if limited:
             body["limited"] = True
         reply = await self.client.call(Command.SUBMIT, body)
+        if reply["dropped"]:
+            warnings.warn(
+                f"mdev {self.uuid}: {reply['dropped']} descriptor(s) dropped, the dedicated WQ "
+                "is full (see SubmitResults.dropped; the WQ's stats count them)",
+                DescriptorsDropped,
+                stacklevel=2,
+            )
         return SubmitResults(
             reply["accepted"], reply["retry"], reply["dropped"], bytes(reply["results"])
         )

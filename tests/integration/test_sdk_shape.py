@@ -10,8 +10,8 @@ import pytest
 import trio
 
 import siov
-from siov import dsa
 import siov_protocol.dsa
+from siov import dsa
 from siov_protocol import Command
 from tests.conftest import DaemonProcess, RunningDaemon
 
