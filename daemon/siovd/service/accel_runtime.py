@@ -38,7 +38,9 @@ from typing import TYPE_CHECKING, Any, Final
 
 import structlog
 
+from siov_protocol import Command
 from siov_protocol.dsa import DSA_DESC_SIZE
+from siov_protocol.features import event_allowed
 from siov_protocol.messages_accel import (
     PAGE_RESP_SUCCESS,
     SUBMIT_ACCEPTED,
@@ -437,10 +439,17 @@ class AccelRuntime:
             self._deliver(state, blocked.events)
         fault = blocked.fault
         domain, _ = resolve(state.device, fault.pasid)
-        if domain is None:
+        owner = domain.owner if domain is not None and domain.owner else state.session
+        listener = self.daemon.sessions.get(owner)
+        if domain is None or (
+            listener is not None
+            and not event_allowed(Command.EVENT_PAGE_REQUEST, listener.features)
+        ):
             # No PASID entry (or a blocked domain): the IOMMU has nowhere to route a page
             # request, so it answers Invalid Request itself (the fault record already went to
-            # the device's owner). The descriptor completes with PAGE_FAULT_IR.
+            # the device's owner). The same when the owner did not negotiate the features a
+            # page request needs ("events" and "dsa"): nobody would ever answer it. The
+            # descriptor completes with PAGE_FAULT_IR.
             self.stats.page_requests_refused += 1
             outcome = self.executor.resume(blocked.state, PageResponse.INVALID)
             if type(outcome) is Completed:
@@ -449,7 +458,6 @@ class AccelRuntime:
                 assert isinstance(outcome, Blocked)
                 self._block(state, outcome)
             return
-        owner = domain.owner if domain is not None and domain.owner else state.session
         request = PageRequest(self._next_request, state, blocked, owner)
         self._next_request += 1
         self.requests[request.id] = request

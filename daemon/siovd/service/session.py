@@ -20,6 +20,8 @@ from typing import Any
 
 from siov_protocol import ConnectionState, Side
 from siov_protocol.auth import Role
+from siov_protocol.features import FEATURES, event_allowed
+from siov_protocol.messages import PAGE_SIZES
 from siovd.model.errors import SiovError
 
 _ids = itertools.count(1)
@@ -42,6 +44,9 @@ class Session:
     identity: str = ""
     client_name: str = ""
     nonce: bytes | None = None
+    features: frozenset[str] = frozenset(FEATURES)  # what VERSION agreed (SPEC §6.1)
+    page_sizes: tuple[int, ...] = PAGE_SIZES  # the leaf sizes MAP may use (SPEC §6.1)
+    events_suppressed: int = 0  # events of a feature not agreed: never queued
     events: deque[QueuedEvent] = field(default_factory=deque)
     events_sent: int = 0
     events_dropped: int = 0
@@ -71,10 +76,16 @@ class Session:
     def push_event(self, command: int, body: dict[str, Any], fds: tuple[int, ...] = ()) -> bool:
         """Queue an event for the client; a full queue drops it and counts the drop.
 
-        The session owns ``fds`` from here on: a dropped event's fds are closed at once.
+        The session owns ``fds`` from here on: a dropped event's fds are closed at once. An
+        event of a feature the client did not negotiate is not queued either (and not counted
+        as dropped: the client asked not to get it).
         """
-        if len(self.events) >= self.event_limit:
-            self.events_dropped += 1
+        allowed = event_allowed(command, self.features)
+        if not allowed or len(self.events) >= self.event_limit:
+            if allowed:
+                self.events_dropped += 1
+            else:
+                self.events_suppressed += 1
             for fd in fds:
                 with contextlib.suppress(OSError):
                     os.close(fd)

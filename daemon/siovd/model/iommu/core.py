@@ -9,7 +9,7 @@ does not exist.
 from __future__ import annotations
 
 import errno
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 
 from siovd.model.device import Device
 from siovd.model.dma import DmaFault
@@ -21,6 +21,7 @@ from siovd.model.iommu.faults import FaultRecord
 from siovd.model.iommu.group import Group
 from siovd.model.iommu.iotlb import Iotlb, make_tag
 from siovd.model.iommu.pagetable import (
+    PAGE_SIZES,
     PROT_READ,
     PROT_WRITE,
     SIZE_1G,
@@ -433,7 +434,14 @@ class Iommu:
         return domain
 
     def map(
-        self, owner: int, domain_id: int, iova: int | None, phys: int, size: int, prot: int
+        self,
+        owner: int,
+        domain_id: int,
+        iova: int | None,
+        phys: int,
+        size: int,
+        prot: int,
+        page_sizes: Collection[int] = PAGE_SIZES,
     ) -> int:
         """Map ``[phys, phys + size)`` at ``iova`` (chosen when ``None``); return the IOVA.
 
@@ -480,7 +488,7 @@ class Iommu:
             # The IOVA is still in the flush queue: flush before it is reused.
             self._flush_domain(domain)
         assert domain.pt is not None
-        domain.pt.map(iova, phys, size, prot)
+        domain.pt.map(iova, phys, size, prot, page_sizes)
         domain.areas.add(Area(iova, size, phys, prot, tuple(regions)))
         for region in regions:
             region.map_count += 1
@@ -587,15 +595,22 @@ class Iommu:
 
     def iova_to_phys(self, owner: int, domain_id: int, iova: int) -> int | None:
         """Software lookup (no A/D update). Identity → ``iova``; blocked or unmapped → ``None``."""
+        found = self.leaf(owner, domain_id, iova)
+        return None if found is None else found[0]
+
+    def leaf(self, owner: int, domain_id: int, iova: int) -> tuple[int, int] | None:
+        """``(phys, leaf size)`` of the page table entry translating ``iova`` (no A/D update):
+        4 KiB, 2 MiB or 1 GiB; an identity domain has no table, its size is 0. Blocked or
+        unmapped → ``None``."""
         domain = self.domain(owner, domain_id)
         if domain.type is DomainType.IDENTITY:
-            return iova
+            return iova, 0
         if domain.type is DomainType.BLOCKED or domain.locate is None or iova < 0:
             return None
         result = walk(domain.locate, domain.root, domain.levels, iova, False, set_ad=False)
         if isinstance(result, int):
             return None
-        return result[0] + (iova & (result[1] - 1))
+        return result[0] + (iova & (result[1] - 1)), result[1]
 
     def walk(self, owner: int, domain_id: int, iova: int) -> Translation | int:
         """The leaf translating ``iova`` (no A/D update), or the fault reason."""

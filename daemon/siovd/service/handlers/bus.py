@@ -8,6 +8,7 @@ from typing import Any
 import structlog
 
 from siov_protocol import Command
+from siov_protocol.features import accelerator_refusal
 from siov_protocol.messages import Empty, ListRequest
 from siov_protocol.messages_iommu import (
     BusRegisterDevice,
@@ -18,6 +19,7 @@ from siov_protocol.messages_iommu import (
 )
 from siovd.model.errors import SiovError
 from siovd.model.iommu import Group
+from siovd.model.owner import HOST
 from siovd.service.handlers.registry import Context, registry
 
 log = structlog.get_logger("siovd")
@@ -58,6 +60,10 @@ def types_list(ctx: Context, req: Empty) -> dict[str, Any]:
 
 @registry.command(Command.MDEV_CREATE, MdevCreate)
 def mdev_create(ctx: Context, req: MdevCreate) -> dict[str, Any]:
+    if req.parent in ctx.daemon.dsa_parents:
+        why = accelerator_refusal(ctx.session.features, f"an mdev of parent {req.parent}")
+        if why is not None:
+            raise SiovError(*why)
     _check_mdev_limit(ctx)
     bus = ctx.daemon.bus
     device = bus.create_mdev(ctx.session.id, req.parent, req.type_id, req.uuid)
@@ -102,9 +108,23 @@ def bus_unregister_device(ctx: Context, req: DeviceRef) -> dict[str, Any]:
 @registry.command(Command.DEVICE_CLAIM, DeviceClaim)
 def device_claim(ctx: Context, req: DeviceClaim) -> dict[str, Any]:
     bus = ctx.daemon.bus
+    _check_claim_features(ctx, req.uuid)
     device = bus.claim_device(ctx.session.id, req.uuid, req.token)
     log.info("device claimed", mdev=device.uuid)
     return bus.describe(device)
+
+
+def _check_claim_features(ctx: Context, uuid: str) -> None:
+    """A host accelerator mdev (a started definition) needs "dsa" to be claimed. Only a
+    device anyone could claim is looked at, so the answer reveals nothing about others'."""
+    try:
+        device = ctx.daemon.bus.device(HOST, uuid)
+    except SiovError:
+        return
+    if device.parent in ctx.daemon.dsa_parents:
+        why = accelerator_refusal(ctx.session.features, f"claiming accelerator mdev {uuid}")
+        if why is not None:
+            raise SiovError(*why)
 
 
 @registry.command(Command.GROUP_INFO, GroupRef)

@@ -131,7 +131,9 @@ def map_(ctx: Context, req: Map) -> MapReply:
             errno.ENOSPC,
             f"limit reached: limits.mapped_bytes = {limit} ({mapped} mapped, {req.size} asked)",
         )
-    iova = daemon.iommu.map(owner, req.domain, req.iova, req.phys, req.size, req.prot)
+    iova = daemon.iommu.map(
+        owner, req.domain, req.iova, req.phys, req.size, req.prot, ctx.session.page_sizes
+    )
     log.debug("mapped", domain=req.domain, iova=hex(iova), size=req.size, prot=req.prot)
     return MapReply(iova=iova, size=req.size)
 
@@ -146,10 +148,10 @@ def unmap(ctx: Context, req: Unmap) -> UnmapReply:
 
 @registry.command(Command.IOVA_TO_PHYS, IovaToPhys)
 def iova_to_phys(ctx: Context, req: IovaToPhys) -> IovaToPhysReply:
-    phys = ctx.daemon.iommu.iova_to_phys(ctx.session.id, req.domain, req.iova)
-    if phys is None:
+    found = ctx.daemon.iommu.leaf(ctx.session.id, req.domain, req.iova)
+    if found is None:
         raise SiovError(errno.ENOENT, f"iova {req.iova:#x} is not mapped in domain {req.domain}")
-    return IovaToPhysReply(phys=phys)
+    return IovaToPhysReply(phys=found[0], page_size=found[1])
 
 
 @registry.command(Command.DIRTY_BITMAP, DirtyBitmap)
