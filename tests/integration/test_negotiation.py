@@ -164,3 +164,36 @@ def test_map_uses_only_the_negotiated_page_sizes(connect: Any) -> None:
     ok(client, Command.UNMAP, {"domain": domain, "iova": 2 * MiB, "size": 2 * MiB})
     ok(client, Command.DOMAIN_FREE, {"domain": domain})
     ok(client, Command.MEM_UNREGISTER, {"region": region["region"]})
+
+
+def test_info_shows_the_lazy_flush_and_page_request_settings(connect: Any) -> None:
+    client, _ = connect()
+    config = ok(client, Command.INFO)["config"]
+    assert config["lazy_flush_ms"] == 10.0 and config["lazy_flush_threshold"] == 250
+    assert config["page_request_timeout_s"] == 5.0
+
+
+NOOP = bytes(64)  # opcode 0, no record asked
+
+
+def test_submit_accepts_the_free_entries_per_mode_as_spec_8_12_1_shows(connect: Any) -> None:
+    client, _ = connect()
+    got = {}
+    for type_id, extra, count in [
+        ("dsa-1dwq", {}, 65),
+        ("dsa-1swq", {}, 65),
+        ("dsa-1swq", {"limited": True}, 65),
+    ]:
+        dev = ok(client, Command.MDEV_CREATE, {"parent": "dsa0", "type_id": type_id})
+        body = {"device": dev["uuid"], "descriptors": NOOP * count, **extra}
+        reply = ok(client, Command.SUBMIT, body)
+        got[(type_id, bool(extra))] = (
+            reply["accepted"],
+            reply["retry"],
+            reply["dropped"],
+            reply["results"],
+        )
+        ok(client, Command.MDEV_REMOVE, {"uuid": dev["uuid"]})
+    assert got[("dsa-1dwq", False)] == (64, 0, 1, b"\x00" * 64 + b"\x02")
+    assert got[("dsa-1swq", False)] == (64, 1, 0, b"\x00" * 64 + b"\x01")
+    assert got[("dsa-1swq", True)] == (48, 17, 0, b"\x00" * 48 + b"\x01" * 17)
