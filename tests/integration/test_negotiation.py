@@ -4,13 +4,23 @@ discoverable WQ, the leaf size and MAP size 0 (SPEC §8.6, §8.12), over a real 
 from __future__ import annotations
 
 import errno
+import mmap
 import os
+import struct
 from collections.abc import Iterator
 from typing import Any
 
 import pytest
 
 from siov_protocol import Command
+from siov_protocol.dsa import (
+    DSA_COMP_PAGE_FAULT_IR,
+    DSA_COMP_STATUS_MASK,
+    DSA_COMP_STATUS_WRITE,
+    IDXD_OP_FLAG_BOF,
+    IDXD_OP_FLAG_CRAV,
+    IDXD_OP_FLAG_RCR,
+)
 from siov_protocol.features import FEATURES
 from tests.conftest import DaemonProcess
 from tests.helpers import expect_error
@@ -197,3 +207,68 @@ def test_submit_accepts_the_free_entries_per_mode_as_spec_8_12_1_shows(connect: 
     assert got[("dsa-1dwq", False)] == (64, 0, 1, b"\x00" * 64 + b"\x02")
     assert got[("dsa-1swq", False)] == (64, 1, 0, b"\x00" * 64 + b"\x01")
     assert got[("dsa-1swq", True)] == (48, 17, 0, b"\x00" * 48 + b"\x01" * 17)
+
+
+def events_until(client: RawClient, count: int) -> list[tuple[int, dict[str, Any]]]:
+    """Read events until ``count`` are in EVENTS (the socket's timeout bounds the wait)."""
+    while len(EVENTS) < count:
+        reply = client.recv()
+        assert reply.command >= 0x200, reply
+        EVENTS.append((reply.command, reply.body))
+    return list(EVENTS)
+
+
+def test_mdev_remove_sends_the_remover_its_own_device_removed(connect: Any) -> None:
+    client, _ = connect()
+    EVENTS.clear()
+    dev = ok(client, Command.MDEV_CREATE, {"parent": "siov_test", "type_id": "siov_test-1"})
+    ok(client, Command.MDEV_REMOVE, {"uuid": dev["uuid"]})
+    got = events_until(client, 1)
+    assert got == [(Command.EVENT_DEVICE_REMOVED, {"uuid": dev["uuid"], "reason": "removed"})]
+
+
+@pytest.mark.parametrize("events", [True, False])
+def test_block_on_fault_sends_fault_and_page_request_and_invalid_gives_0x84(
+    connect: Any, events: bool
+) -> None:
+    """SPEC §7.1 and §8.12.2: one write fault with BOF is an EVENT_FAULT *and* an
+    EVENT_PAGE_REQUEST; INVALID completes with PAGE_FAULT_IR plus the write bit. A session
+    without "events" gets neither, and its page request is answered Invalid at once (§6.1)."""
+    features = ["events", "fd-memory", "dsa"] if events else ["fd-memory", "dsa"]
+    client, _ = connect({"features": features})
+    EVENTS.clear()
+    fd = os.memfd_create("bof", os.MFD_ALLOW_SEALING)
+    os.ftruncate(fd, 2 * MiB)
+    view = mmap.mmap(fd, 2 * MiB)
+    try:
+        region = ok(client, Command.MEM_REGISTER, {"size": 2 * MiB}, fds=[fd])
+    finally:
+        os.close(fd)
+    dev = ok(client, Command.MDEV_CREATE, {"parent": "dsa0", "type_id": "dsa-1dwq"})
+    domain = dev["domain_id"]
+    ok(client, Command.MAP, {"domain": domain, "phys": region["phys"], "size": 2 * MiB, "iova": 0})
+    record, unmapped = 0x1000, 4 * MiB
+    flags = IDXD_OP_FLAG_CRAV | IDXD_OP_FLAG_RCR | IDXD_OP_FLAG_BOF
+    desc = struct.pack("<IIQQQIHH24x", 0, flags | 0x03 << 24, record, 0x2000, unmapped, 64, 0, 0)
+    ok(client, Command.SUBMIT, {"device": dev["uuid"], "descriptors": desc})
+    if events:
+        got = events_until(client, 2)
+        kinds = [command for command, _ in got]
+        assert kinds == [Command.EVENT_FAULT, Command.EVENT_PAGE_REQUEST], got
+        fault, request = got[0][1], got[1][1]
+        assert (fault["iova"], fault["write"]) == (unmapped, True)
+        assert (request["iova"], request["write"]) == (unmapped, True)
+        ok(client, Command.PAGE_RESPONSE, {"request": request["request"], "code": 1})
+    for _ in range(1000):  # the record is written by the engines: poll it via a PING each turn
+        if view[record]:
+            break
+        ok(client, Command.PING)
+    status = view[record]
+    assert status == DSA_COMP_PAGE_FAULT_IR | DSA_COMP_STATUS_WRITE == 0x84
+    assert status & DSA_COMP_STATUS_MASK == DSA_COMP_PAGE_FAULT_IR
+    view.close()
+    if not events:
+        stats = ok(client, Command.STATS)
+        assert stats["session"]["events_suppressed"] >= 1 and EVENTS == []
+        assert stats["accel"]["page_requests_refused"] >= 1
+    ok(client, Command.MDEV_REMOVE, {"uuid": dev["uuid"]})
