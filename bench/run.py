@@ -18,7 +18,13 @@ from typing import Any
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-MODULES = ["bench.core_figures", "bench.iommu_figures", "bench.accel_figures"]
+MODULES = [
+    "bench.core_figures",
+    "bench.iommu_figures",
+    "bench.accel_figures",
+    "bench.sva_figures",
+    "bench.guest_figures",
+]
 
 
 def collect() -> dict[str, Callable[[], dict[str, Any]]]:

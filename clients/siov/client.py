@@ -321,6 +321,13 @@ class Client:
         """:meth:`request`, the reply decoded through its schema (:attr:`Reply.typed`)."""
         return (await self.request(command, body, fds)).typed
 
+    async def send_no_reply(
+        self, command: Command | int, body: dict[str, Any] | None = None
+    ) -> None:
+        """Send a command with the no-reply flag: nothing comes back, not even an error."""
+        _, data = self._conn.send_command(command, body, no_reply=True)
+        await self._send(data)
+
     def events(self) -> trio.MemoryReceiveChannel[Event]:
         """The stream of daemon events (faults, page requests, interrupts, removals).
 
@@ -449,6 +456,15 @@ class Client:
 
     async def remove_mdev(self, uuid: str) -> None:
         await self.call(Command.MDEV_REMOVE, {"uuid": uuid})
+
+    async def vfio_user_expose(self, uuid: str, path: str, mode: int = 0o600) -> dict[str, Any]:
+        """Serve the ``dsa-1dwq`` mdev ``uuid`` you own as a real vfio-user PCI device on the
+        Unix socket ``path`` (for QEMU's ``vfio-user-pci``). Its DMA then belongs to the
+        vfio-user client; it ends with :meth:`vfio_user_unexpose` or with the mdev."""
+        return await self.call(Command.VFIO_USER_EXPOSE, {"uuid": uuid, "path": path, "mode": mode})
+
+    async def vfio_user_unexpose(self, uuid: str) -> None:
+        await self.call(Command.VFIO_USER_UNEXPOSE, {"uuid": uuid})
 
     async def devices(self, *, everything: bool = False) -> list[dict[str, Any]]:
         """Your own devices; ``everything=True`` (admin role) lists every client's."""
@@ -613,6 +629,51 @@ class Client:
         body = {"device": device, "iova": iova, "length": length, "write": write, "pasid": pasid}
         return await self.call(Command.TRANSLATE, body)
 
+    # ---- SVA and the user WQ char device -------------------------------------------------------
+
+    async def _with_own_mm(self, command: Command, body: dict[str, Any]) -> dict[str, Any]:
+        """Send ``command`` with this process's own /proc/self/mem (O_RDWR: the consent to
+        be reached) and /proc/self/maps; our copies are closed once the message is sent."""
+        mem = os.open("/proc/self/mem", os.O_RDWR | os.O_CLOEXEC)
+        try:
+            maps = os.open("/proc/self/maps", os.O_RDONLY | os.O_CLOEXEC)
+        except BaseException:
+            os.close(mem)
+            raise
+        try:
+            return await self.call(command, body, fds=[mem, maps])
+        finally:
+            os.close(mem)
+            os.close(maps)
+
+    async def sva_bind(self, dev: str) -> dict[str, Any]:
+        """Bind a PASID of ``dev`` (an mdev UUID) to this process's address space
+        (``iommu_sva_bind_device``): ``{pasid, domain}``. Descriptors tagged with that PASID
+        (SUBMIT ``pasid=`` on a shared-WQ mdev) carry this process's virtual addresses."""
+        return await self._with_own_mm(Command.SVA_BIND, {"dev": dev})
+
+    async def sva_unbind(self, dev: str, pasid: int) -> None:
+        await self.call(Command.SVA_UNBIND, {"dev": dev, "pasid": pasid})
+
+    async def wq_open(self, device: str, wq: int) -> dict[str, Any]:
+        """``open("/dev/dsa/wq<D>.<wq>")`` as this process: ``{handle, pasid, mode, size, wq,
+        domain}``. Only an enabled user WQ opens; a dedicated one has one opener at a time."""
+        return await self._with_own_mm(Command.WQ_OPEN, {"device": device, "wq": wq})
+
+    async def wq_submit(self, handle: int, descriptors: bytes, *, posted: bool = False) -> bytes:
+        """Write descriptors to the opened WQ's portal: one result byte per descriptor
+        (0 accepted, 1 retry, 2 dropped). ``posted`` sends with the no-reply flag, as a
+        MOVDIR64B is posted: nothing comes back, not even an error, and ``b""`` is returned."""
+        body = {"handle": handle, "descriptors": bytes(descriptors)}
+        if posted:
+            await self.send_no_reply(Command.WQ_SUBMIT, body)
+            return b""
+        return bytes((await self.call(Command.WQ_SUBMIT, body))["results"])
+
+    async def wq_close(self, handle: int) -> None:
+        """``close()`` of the char device: the opener's work is drained, its PASID unbound."""
+        await self.call(Command.WQ_CLOSE, {"handle": handle})
+
     # ---- accelerator ------------------------------------------------------------------------
 
     async def open_mdev(self, uuid: str) -> Mdev:
@@ -645,9 +706,19 @@ class Client:
     async def accel_load_config(
         self, config: list[dict[str, Any]], *, enable: bool = False
     ) -> list[dict[str, Any]]:
-        """``accel-config load-config [-e]`` (admin); the devices must be disabled."""
-        body = {"config": config, "enable": enable}
-        return list((await self.call(Command.ACCEL_LOAD_CONFIG, body))["devices"])
+        """``accel-config load-config [-e]`` (admin): the listing after it. Enabled devices
+        are skipped (see :meth:`accel_load_config_report` for what was skipped, and ``-f``)."""
+        report = await self.accel_load_config_report(config, enable=enable)
+        return list(report["devices"])
+
+    async def accel_load_config_report(
+        self, config: list[dict[str, Any]], *, enable: bool = False, force: bool = False
+    ) -> dict[str, Any]:
+        """``accel-config load-config [-e] [-f]`` (admin): ``devices`` (the listing after it),
+        ``messages`` (what accel-config prints on stderr: "dsa0 is active. Skipping...") and
+        ``enabled`` (its "Enabling ..." lines with ``-e``)."""
+        body = {"config": config, "enable": enable, "force": force}
+        return dict(await self.call(Command.ACCEL_LOAD_CONFIG, body))
 
     async def accel_config_device(self, device: str, /, **attrs: Any) -> dict[str, Any]:
         body = {"device": device, "attrs": attrs}
@@ -681,32 +752,84 @@ class Client:
 
     async def define(
         self,
-        parent: str,
+        parent: str | None,
         mdev_type: str | None = None,
         *,
         uuid: str | None = None,
         start: str = "manual",
         attrs: list[dict[str, str]] | None = None,
         config: dict[str, Any] | None = None,
+        replace: bool = False,
     ) -> dict[str, Any]:
-        """Persist an mdev definition (admin); ``config`` is mdevctl's single-definition JSON."""
-        body: dict[str, Any] = {"parent": parent, "start": start}
-        for key, value in (("mdev_type", mdev_type), ("uuid", uuid), ("config", config)):
+        """Persist an mdev definition (admin); ``config`` is mdevctl's single-definition JSON.
+        ``replace=True`` is mdevctl modify: the definition of ``parent`` + ``uuid`` must exist
+        and is replaced."""
+        body: dict[str, Any] = {"start": start, "replace": replace}
+        for key, value in (
+            ("parent", parent),
+            ("mdev_type", mdev_type),
+            ("uuid", uuid),
+            ("config", config),
+        ):
             if value is not None:
                 body[key] = value
         if attrs:
             body["attrs"] = attrs
         return await self.call(Command.MDEV_DEFINE, body)
 
-    async def undefine(self, uuid: str, parent: str | None = None) -> None:
+    async def define_many(
+        self,
+        definitions: list[dict[str, Any]],
+        *,
+        parent: str | None = None,
+        uuid: str | None = None,
+    ) -> list[dict[str, Any]]:
+        """Define every entry of mdevctl's list shape ``[{parent: [{uuid: config}]}]`` at
+        once, all or none (admin); ``parent``/``uuid`` pick the entries to define."""
+        body: dict[str, Any] = {"definitions": definitions}
+        if parent is not None:
+            body["parent"] = parent
+        if uuid is not None:
+            body["uuid"] = uuid
+        return list((await self.call(Command.MDEV_DEFINE, body))["definitions"])
+
+    async def undefine(self, uuid: str, parent: str | None = None) -> list[dict[str, Any]]:
+        """Forget the definitions of ``uuid`` (only under ``parent`` when given), as mdevctl
+        undefine does; returns the ``{uuid, parent}`` undefined."""
         body: dict[str, Any] = {"uuid": uuid}
         if parent is not None:
             body["parent"] = parent
-        await self.call(Command.MDEV_UNDEFINE, body)
+        return list((await self.call(Command.MDEV_UNDEFINE, body)).get("undefined", []))
 
-    async def start(self, uuid: str) -> dict[str, Any]:
-        """Create a defined mdev (owned by the host until someone claims it)."""
-        return await self.call(Command.MDEV_START, {"uuid": uuid})
+    async def start(
+        self,
+        uuid: str | None = None,
+        *,
+        parent: str | None = None,
+        mdev_type: str | None = None,
+        attrs: list[dict[str, str]] | None = None,
+        config: dict[str, Any] | None = None,
+    ) -> dict[str, Any]:
+        """Create a defined mdev (``parent`` when its UUID is defined under several), or a
+        transient one from ``parent`` and ``mdev_type`` (+ ``attrs``) or ``config``; it is
+        owned by the host until someone claims it. Attributes are written in order and a
+        failed write fails the start."""
+        body: dict[str, Any] = {}
+        for key, value in (
+            ("uuid", uuid),
+            ("parent", parent),
+            ("mdev_type", mdev_type),
+            ("config", config),
+        ):
+            if value is not None:
+                body[key] = value
+        if attrs:
+            body["attrs"] = attrs
+        return await self.call(Command.MDEV_START, body)
+
+    async def set_attrs(self, uuid: str, attrs: list[dict[str, str]]) -> None:
+        """Write attributes of a running mdev in order (admin; mdevctl modify --live)."""
+        await self.call(Command.MDEV_SET_ATTRS, {"uuid": uuid, "attrs": attrs})
 
     async def stop(self, uuid: str) -> None:
         await self.call(Command.MDEV_STOP, {"uuid": uuid})

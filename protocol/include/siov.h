@@ -97,6 +97,14 @@ struct siov_header {
 #define SIOV_CMD_MDEV_START               0x162
 #define SIOV_CMD_MDEV_STOP                0x163
 #define SIOV_CMD_MDEV_LIST_DEFINED        0x164
+#define SIOV_CMD_MDEV_SET_ATTRS           0x1B0
+#define SIOV_CMD_SVA_BIND                 0x170
+#define SIOV_CMD_SVA_UNBIND               0x171
+#define SIOV_CMD_WQ_OPEN                  0x172
+#define SIOV_CMD_WQ_SUBMIT                0x173
+#define SIOV_CMD_WQ_CLOSE                 0x174
+#define SIOV_CMD_VFIO_USER_EXPOSE         0x180
+#define SIOV_CMD_VFIO_USER_UNEXPOSE       0x181
 #define SIOV_CMD_EVENT_FAULT              0x200
 #define SIOV_CMD_EVENT_PAGE_REQUEST       0x201
 #define SIOV_CMD_EVENT_IRQ                0x202
@@ -118,6 +126,7 @@ struct siov_header {
 #define SIOV_FEATURE_FD_MEMORY "fd-memory" /* MEM_REGISTER, MEM_UNREGISTER, MEM_LIST */
 #define SIOV_FEATURE_DMA       "dma"       /* DMA_READ, DMA_WRITE, TRANSLATE */
 #define SIOV_FEATURE_DSA       "dsa"       /* accelerator mdevs and commands, IRQ/page-request events */
+#define SIOV_FEATURE_SVA       "sva"       /* SVA_BIND/UNBIND, WQ_OPEN/SUBMIT/CLOSE */
 
 /* ---- auth (SPEC §8.9): sign SIOV_AUTH_CONTEXT (13 bytes, with its NUL) + nonce + key ---- */
 #define SIOV_AUTH_CONTEXT      "siov-auth-v1"

@@ -82,6 +82,18 @@ class Command(enum.IntEnum):
     MDEV_START = 0x162
     MDEV_STOP = 0x163
     MDEV_LIST_DEFINED = 0x164
+    MDEV_SET_ATTRS = 0x1B0
+
+    # SVA and the user WQ char device (0x170-0x17F)
+    SVA_BIND = 0x170
+    SVA_UNBIND = 0x171
+    WQ_OPEN = 0x172
+    WQ_SUBMIT = 0x173
+    WQ_CLOSE = 0x174
+
+    # real vfio-user endpoints for mdevs (siov_protocol.vfio_user)
+    VFIO_USER_EXPOSE = 0x180
+    VFIO_USER_UNEXPOSE = 0x181
 
     # events: daemon -> client, sent as commands with the no-reply flag
     EVENT_FAULT = 0x200

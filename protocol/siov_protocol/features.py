@@ -18,8 +18,9 @@ EVENTS = "events"
 FD_MEMORY = "fd-memory"
 DMA = "dma"
 DSA = "dsa"
+SVA = "sva"
 
-FEATURES: tuple[str, ...] = (EVENTS, FD_MEMORY, DMA, DSA)
+FEATURES: tuple[str, ...] = (EVENTS, FD_MEMORY, DMA, DSA, SVA)
 
 # Commands that need a feature. Everything not listed needs none.
 COMMAND_FEATURE: dict[int, str] = {
@@ -47,6 +48,13 @@ COMMAND_FEATURE: dict[int, str] = {
     Command.ACCEL_DISABLE_WQ: DSA,
     Command.ACCEL_LOAD_CONFIG: DSA,
     Command.ACCEL_SAVE_CONFIG: DSA,
+    Command.VFIO_USER_EXPOSE: DSA,
+    Command.VFIO_USER_UNEXPOSE: DSA,
+    Command.SVA_BIND: SVA,
+    Command.SVA_UNBIND: SVA,
+    Command.WQ_OPEN: SVA,
+    Command.WQ_SUBMIT: SVA,
+    Command.WQ_CLOSE: SVA,
 }
 
 # Events need "events"; these need another feature as well.

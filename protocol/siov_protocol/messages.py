@@ -102,6 +102,8 @@ class StatsReply:
     session: dict[str, Any]
     iommu: dict[str, Any] | None = None
     accel: dict[str, Any] | None = None
+    sva: dict[str, Any] | None = None
+    vfio_user: dict[str, Any] | None = None
 
 
 @dataclass(frozen=True, slots=True)

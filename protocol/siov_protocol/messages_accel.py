@@ -224,6 +224,8 @@ class AccelLoadConfig:
 
     config: list[dict[str, Any]] = items(64)
     enable: bool = False
+    #: ``-f``: disable a listed device that is enabled instead of skipping it
+    force: bool = False
 
 
 # ---- events -----------------------------------------------------------------------------------

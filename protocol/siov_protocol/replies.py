@@ -18,6 +18,7 @@ from .commands import Command
 from .ids import UUID_LEN
 from .messages import AuthReply, Empty, InfoReply, PingReply, StatsReply, VersionReply
 from .messages_accel import (
+    SUBMIT_MAX_DESCRIPTORS,
     DeviceInfo,
     IrqEvent,
     RegionInfo,
@@ -231,6 +232,14 @@ class AccelSaveConfigReply:
 class AccelConfigDeviceReply:
     dev: str = text(64)
     read_buffer_limit: int = u(*U32)
+    event_log_size: int = u(*U32)
+
+
+@dataclass(frozen=True, slots=True)
+class AccelLoadConfigReply:
+    devices: list[dict[str, Any]] = required()  # as ACCEL_LIST
+    messages: list[str] = required()  # what accel-config would print while loading
+    enabled: list[str] = required()  # devices and WQs the load enabled
 
 
 @dataclass(frozen=True, slots=True)
@@ -283,10 +292,71 @@ class DefinitionInfo:
 
 
 @dataclass(frozen=True, slots=True)
+class DefinitionRef:
+    uuid: str = text(UUID_LEN)
+    parent: str = text(64)
+
+
+@dataclass(frozen=True, slots=True)
+class UndefineReply:
+    undefined: list[DefinitionRef] = required()  # every definition the UUID (and parent) named
+
+
+@dataclass(frozen=True, slots=True)
+class MdevDefineReply:
+    """One definition (the fields of :class:`DefinitionInfo`), or, for a batch define,
+    ``definitions`` alone."""
+
+    uuid: str | None = text(UUID_LEN, default=None)
+    parent: str | None = text(64, default=None)
+    mdev_type: str | None = text(64, default=None)
+    start: str | None = text(16, default=None)
+    attrs: list[dict[str, Any]] | None = None
+    running: bool | None = None
+    claimed: bool | None = None
+    definitions: list[DefinitionInfo] | None = None
+
+
+@dataclass(frozen=True, slots=True)
 class ListDefinedReply:
     definitions: list[DefinitionInfo] = required()
     dumpjson: list[dict[str, Any]] | None = None  # without uuid: mdevctl's --dumpjson
     config: dict[str, Any] | None = None  # with uuid: that definition's single JSON
+
+
+# ---- SVA and the user WQ char device -------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class SvaBindReply:
+    pasid: int = u(*U32)
+    domain: int = u(*U32)
+
+
+@dataclass(frozen=True, slots=True)
+class WqOpenReply:
+    handle: int = u(*U64)
+    pasid: int = u(*U32)
+    mode: str = text(16)
+    size: int = u(*U32)
+    wq: str = text(64)
+    domain: int = u(*U32)
+
+
+@dataclass(frozen=True, slots=True)
+class WqSubmitReply:
+    results: bytes = text(SUBMIT_MAX_DESCRIPTORS)  # one SUBMIT_* byte per descriptor
+
+
+# ---- vfio-user endpoints --------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class VfioUserEndpoint:
+    uuid: str = text(UUID_LEN)
+    path: str = text(4096)
+    domain_id: int = u(*U32)
+    dma_maps: int = u(*U32)
 
 
 # ---- events ---------------------------------------------------------------------------------
@@ -340,7 +410,7 @@ REPLIES: dict[int, type] = {
     Command.SUBMIT: SubmitReply,
     Command.ACCEL_LIST: AccelDevicesReply,
     Command.ACCEL_SAVE_CONFIG: AccelSaveConfigReply,
-    Command.ACCEL_LOAD_CONFIG: AccelDevicesReply,
+    Command.ACCEL_LOAD_CONFIG: AccelLoadConfigReply,
     Command.ACCEL_CONFIG_DEVICE: AccelConfigDeviceReply,
     Command.ACCEL_CONFIG_GROUP: AccelConfigGroupReply,
     Command.ACCEL_CONFIG_ENGINE: AccelConfigEngineReply,
@@ -349,8 +419,16 @@ REPLIES: dict[int, type] = {
     Command.ACCEL_DISABLE_DEVICE: Empty,
     Command.ACCEL_ENABLE_WQ: Empty,
     Command.ACCEL_DISABLE_WQ: Empty,
-    Command.MDEV_DEFINE: DefinitionInfo,
-    Command.MDEV_UNDEFINE: Empty,
+    Command.MDEV_DEFINE: MdevDefineReply,
+    Command.MDEV_SET_ATTRS: Empty,
+    Command.SVA_BIND: SvaBindReply,
+    Command.SVA_UNBIND: Empty,
+    Command.WQ_OPEN: WqOpenReply,
+    Command.WQ_SUBMIT: WqSubmitReply,
+    Command.WQ_CLOSE: Empty,
+    Command.VFIO_USER_EXPOSE: VfioUserEndpoint,
+    Command.VFIO_USER_UNEXPOSE: Empty,
+    Command.MDEV_UNDEFINE: UndefineReply,
     Command.MDEV_START: DeviceDescription,
     Command.MDEV_STOP: Empty,
     Command.MDEV_LIST_DEFINED: ListDefinedReply,

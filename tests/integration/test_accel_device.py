@@ -241,7 +241,7 @@ async def test_accel_config_commands(siovd: RunningDaemon) -> None:
         await client.accel_disable_wq("dsa0/wq0.1")
         got = await client.accel_config_wq("dsa0/wq0.1", priority=5, threshold=32)
         assert got["priority"] == 5 and got["threshold"] == 32
-        await expect(errno.EINVAL, client.accel_config_wq("wq0.1", threshold=64), "threshold")
+        await expect(errno.EINVAL, client.accel_config_wq("wq0.1", threshold=65), "threshold")
         await client.accel_enable_wq("wq0.1")
         await expect(errno.EBUSY, client.accel_enable_wq("wq0.1"), "already enabled")
         # an mdev holds its WQ: disabling it is EBUSY until the mdev goes
@@ -318,4 +318,4 @@ def test_siovctl_accel(siovd_proc: DaemonProcess, tmp_path: object) -> None:
     for step in (("disable-device", "dsa0"), ("load-config", "-c", saved_file, "-e")):
         done = siovctl(path, "accel", *step)
         assert done.returncode == 0, done.stderr
-    assert json.loads(siovctl(path, "accel", "save-config").stdout) == saved
+    assert json.loads(siovctl(path, "accel", "save-config", "-s", "-").stdout) == saved

@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import os
-import time
 
 import siov
 from tests.conftest import DaemonProcess
+from tests.helpers import settle
 
 MiB = 1 << 20
 
@@ -18,14 +18,6 @@ def daemon_fds(pid: int) -> int:
 def daemon_memfd_maps(pid: int) -> int:
     with open(f"/proc/{pid}/maps") as fh:
         return sum("memfd:siov" in line for line in fh)
-
-
-def settle(check: object, timeout: float = 5.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not check():  # type: ignore[operator]
-        if time.monotonic() > deadline:
-            raise AssertionError("did not settle")
-        time.sleep(0.02)
 
 
 def test_disconnect_frees_everything(siovd_proc: DaemonProcess) -> None:
@@ -51,6 +43,6 @@ def test_disconnect_frees_everything(siovd_proc: DaemonProcess) -> None:
                 counts = observer.info()["counts"]
                 assert counts["devices"] == baseline_counts["devices"] + 2
                 assert counts["memory_regions"] == baseline_counts["memory_regions"] + 4
-            settle(lambda: observer.info()["counts"] == baseline_counts)
-            settle(lambda: daemon_fds(pid) == baseline_fds)
+            settle(lambda: observer.info()["counts"] == baseline_counts, "counts back to baseline")
+            settle(lambda: daemon_fds(pid) == baseline_fds, "daemon fds back to baseline")
             assert daemon_memfd_maps(pid) == baseline_maps

@@ -237,3 +237,23 @@ async def test_the_number_of_mappings_is_bounded(nursery: trio.Nursery, sock_dir
         assert await client.unmap(a, 0, 4096) == 4096  # an unmap frees a slot
         await client.map(b, buf.phys, 4096, iova=0x1000)
     running.server.nursery.cancel_scope.cancel()
+
+
+async def test_lazy_unmaps_are_flushed_by_the_timer(
+    nursery: trio.Nursery, sock_dir: str, autojump_clock: trio.testing.MockClock
+) -> None:
+    """iommu.lazy_flush_ms, on virtual time: a queued unmap is flushed when the timer fires,
+    not before (one queued range is far below lazy_flush_threshold)."""
+    cfg = make_config(iommu={"lazy_flush_ms": 1000.0})
+    running = await start_daemon(nursery, os.path.join(sock_dir, "lazy.sock"), cfg)
+    async with siov.connect(running.path) as client:
+        buf = await client.alloc(2 * MiB)
+        dom = (await client.alloc_domain(lazy=True))["domain_id"]
+        await client.map(dom, buf.phys, 4096, iova=0)
+        await client.unmap(dom, 0, 4096)
+        flushes = (await client.stats())["iommu"]["lazy_flushes"]
+        await trio.sleep(0.5)  # the timer fires 1 s after the daemon started
+        assert (await client.stats())["iommu"]["lazy_flushes"] == flushes
+        await trio.sleep(1.0)
+        assert (await client.stats())["iommu"]["lazy_flushes"] == flushes + 1
+    running.server.nursery.cancel_scope.cancel()

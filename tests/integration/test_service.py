@@ -333,10 +333,11 @@ def test_definitions_survive_restarts_and_autostart(sock_dir: str) -> None:
     state = os.path.join(sock_dir, "state")
     proc = spawn_siovd(path, "--state-dir", state)
     with siov.BlockingClient(path) as admin:
-        auto = admin.define("siov_test", "siov_test-1", start="auto", attrs=[{"k": "v"}])
+        # attributes are written on start: a dsa-1dwq mdev's are its WQ's
+        auto = admin.define("dsa0", "dsa-1dwq", start="auto", attrs=[{"priority": "7"}])
         manual = admin.define("dsa0", "dsa-1swq")
         with pytest.raises(siov.AlreadyExists):
-            admin.define("siov_test", "siov_test-1", uuid=auto["uuid"])
+            admin.define("dsa0", "siov_test-1", uuid=auto["uuid"])
     proc.terminate()
     assert proc.wait(15) == 0
     proc = spawn_siovd(path, "--state-dir", state)
@@ -344,7 +345,9 @@ def test_definitions_survive_restarts_and_autostart(sock_dir: str) -> None:
         with siov.BlockingClient(path) as admin, siov.BlockingClient(path) as vmm:
             listing = {d["uuid"]: d for d in admin.defined()["definitions"]}
             assert listing[auto["uuid"]]["running"] and not listing[manual["uuid"]]["running"]
-            assert listing[auto["uuid"]]["attrs"] == [{"k": "v"}]
+            assert listing[auto["uuid"]]["attrs"] == [{"priority": "7"}]
+            wq0 = admin.accel_list()[0]["groups"][0]["grouped_workqueues"][0]
+            assert (wq0["dev"], wq0["priority"], wq0["clients"]) == ("wq0.0", 7, 1)
             started = admin.start(manual["uuid"])
             assert started["uuid"] == manual["uuid"] and started["type_id"] == "dsa-1swq"
             # a client takes a started definition's mdev with a plain claim, and uses it

@@ -230,9 +230,10 @@ def test_a_client_that_pipelines_without_reading_is_held_back_then_dropped(
 
 
 async def test_the_event_queue_of_a_stuck_client_stays_bounded(
-    nursery: trio.Nursery, sock_dir: str
+    nursery: trio.Nursery, sock_dir: str, autojump_clock: trio.testing.MockClock
 ) -> None:
-    """In process, so the stuck session's queue can be watched directly."""
+    """In process, so the stuck session's queue can be watched directly; on virtual time,
+    so server.write_timeout_s passes while the faults keep coming, without a real wait."""
     limit = 16
     cfg = make_config(server={"write_timeout_s": 1.0}, limits={"event_queue": limit})
     running = await start_daemon(nursery, os.path.join(sock_dir, "q.sock"), cfg)
@@ -254,6 +255,7 @@ async def test_the_event_queue_of_a_stuck_client_stays_bounded(
                 with pytest.raises(siov.SiovError):
                     await emu.dma_read(dev["uuid"], 0x7000_0000, 8)
                 longest = max(longest, len(session.events))
+                await trio.sleep(0.01)  # virtual: lets the write deadline come closer
         assert longest == limit  # it filled, and never went past the limit
         assert session.events_dropped > 0
         assert running.daemon.counters["clients_dropped_stuck"] == 1

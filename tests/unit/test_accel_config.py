@@ -75,7 +75,7 @@ def test_wq_value_rules(device: DsaDevice) -> None:
     refused(errno.EINVAL, lambda: swq.configure({"priority": 0}), "dsa0/wq0.1")
     refused(errno.EINVAL, lambda: swq.configure({"priority": 16}), "dsa0/wq0.1")
     refused(errno.EINVAL, lambda: swq.configure({"threshold": 0}), "dsa0/wq0.1")
-    refused(errno.EINVAL, lambda: swq.configure({"threshold": 64}), "size-1")
+    refused(errno.EINVAL, lambda: swq.configure({"threshold": 65}), "1..size")
     swq.configure({"threshold": 63})
     refused(errno.EINVAL, lambda: dwq.configure({"threshold": 10}), "dedicated")
     refused(errno.EINVAL, lambda: swq.configure({"mode": "exclusive"}), "dsa0/wq0.1")
@@ -246,8 +246,23 @@ def test_list_json_shape() -> None:
     )
     assert (swq["mode"], swq["threshold"], swq["group_id"]) == ("shared", 48, 0)
     assert [wq["dev"] for wq in dev["ungrouped workqueues"]] == [f"wq0.{i}" for i in range(2, 8)]
+    assert all("group_id" not in wq for wq in dev["ungrouped workqueues"])  # below 0: omitted
+    # accel-config 3.5.3 util/json.c, key for key; then siov's extras
+    assert [k for k in dev if k != "event_log_size"] == [
+        "dev", "read_buffer_limit", "max_groups", "max_work_queues", "max_engines",
+        "work_queue_size", "numa_node", "op_cap", "gen_cap", "version", "state",
+        "max_read_buffers", "max_batch_size", "ims_size", "max_transfer_size", "configurable",
+        "pasid_enabled", "cdev_major", "clients", "groups", "ungrouped workqueues",
+    ]  # fmt: skip
+    assert list(dwq) == [
+        "dev", "mode", "size", "group_id", "priority", "block_on_fault", "max_batch_size",
+        "max_transfer_size", "cdev_minor", "type", "name", "driver_name", "threshold",
+        "ats_disable", "state", "clients", "prs_disable", "op_config", "occupancy",
+    ]  # fmt: skip
+    assert dev["op_cap"][1:] == ["0", "0", "0"] and int(dev["op_cap"][0], 16) == caps.OPCAP
     saved = Accelerators.embedded().to_json(save=True)
     assert "state" not in saved[0] and "state" not in saved[0]["groups"][0]["grouped_workqueues"][0]
+    assert "ungrouped workqueues" not in saved[0]
 
 
 ACCFG_2G2Q = """[
@@ -273,9 +288,12 @@ ACCFG_2G2Q = """[
 def test_load_accel_config_test_configuration() -> None:
     accels = Accelerators.embedded()
     device = accels.device("dsa0")
-    refused(errno.EBUSY, lambda: accels.load_config(json.loads(ACCFG_2G2Q)), "dsa0")
-    device.disable()
-    accels.load_config(json.loads(ACCFG_2G2Q), enable=True)
+    before = accels.to_json()
+    report = accels.load_config(json.loads(ACCFG_2G2Q))
+    assert report.messages == ["dsa0 is active. Skipping..."] and accels.to_json() == before
+    report = accels.load_config(json.loads(ACCFG_2G2Q), enable=True, force=True)
+    assert report.messages == ["dsa0 is active. Disabling..."]
+    assert report.enabled == ["Enabling device dsa0", "Enabling wq wq0.1", "Enabling wq wq0.0"]
     assert device.enabled
     wq0, wq1 = device.wqs[0], device.wqs[1]
     assert (wq0.mode, wq0.size, wq0.threshold, wq0.name, wq0.enabled) == (
@@ -296,24 +314,25 @@ def test_save_then_load_round_trips() -> None:
     device.disable()
     device.wqs[1].configure({"size": 4, "threshold": 2, "priority": 2, "group_id": 3})
     device.engines[0].configure({"group_id": -1})
-    accels.load_config(json.loads(json.dumps(saved)))
-    assert accels.to_json(save=True) == saved
-    assert not device.enabled
+    accels.load_config(json.loads(json.dumps(saved)), enable=True)
+    assert accels.to_json(save=True) == saved and device.enabled
+    assert accels.to_json() == Accelerators.embedded().to_json()
 
 
 def test_load_config_is_all_or_nothing() -> None:
     accels = Accelerators.embedded()
     device = accels.device("dsa0")
+    saved = accels.to_json(save=True)
     device.disable()
-    before = accels.to_json(save=True)
-    bad = json.loads(json.dumps(before))
+    before = accels.to_json()
+    bad = json.loads(json.dumps(saved))
     bad[0]["groups"][0]["grouped_workqueues"][0]["size"] = 100  # 100 + 64 > 128
     refused(errno.EINVAL, lambda: accels.load_config(bad), "more than 128")
-    assert accels.to_json(save=True) == before
-    bad = json.loads(json.dumps(before))
+    assert accels.to_json() == before
+    bad = json.loads(json.dumps(saved))
     bad[0]["groups"][0]["grouped_workqueues"][0]["priority"] = 99
     refused(errno.EINVAL, lambda: accels.load_config(bad, enable=True), "priority")
-    assert accels.to_json(save=True) == before and not device.enabled
+    assert accels.to_json() == before and not device.enabled
 
 
 def test_load_config_format_errors() -> None:
@@ -371,3 +390,23 @@ def test_bar0_capability_registers(device: DsaDevice) -> None:
     device.wqs[0].set_pasid(0x12345)
     wq0 = device.bar0()[wqcfg : wqcfg + 64]
     assert (u32(wq0, 8) >> 8) & 0xFFFFF == 0x12345 and u32(wq0, 8) >> 28 & 1
+
+
+def test_event_log_size_and_progress_limits() -> None:
+    # accel-config 4.x config-device -e and config-group -d/-p
+    accels = Accelerators.embedded()
+    device = accels.device("dsa0")
+    refused(errno.EPERM, lambda: device.configure({"event_log_size": 128}), "event_log_size")
+    device.disable()
+    refused(errno.EINVAL, lambda: device.configure({"event_log_size": 63}), "64..65535")
+    refused(
+        errno.EINVAL, lambda: device.configure({"event_log_size": 128, "read_buffer_limit": 999})
+    )
+    assert device.event_log_size == 64  # all or nothing
+    device.configure({"event_log_size": 128})
+    assert accels.to_json()[0]["event_log_size"] == 128
+    refused(
+        errno.EOPNOTSUPP,
+        lambda: device.groups[0].configure({"desc_progress_limit": 1}),
+        "progress limits",
+    )

@@ -156,3 +156,32 @@ def test_mdev_work_runs_in_the_mdev_pasid(parent: DsaParent) -> None:
     outcome = Executor().execute(item, dma_for)
     assert isinstance(outcome, Completed) and outcome.status == sdk.DSA_COMP_SUCCESS
     assert seen == [0x21] and dma.mem[0x2000:0x2004] == b"data"
+
+
+def test_mdev_attributes_are_its_wqs(parent: DsaParent) -> None:
+    # what mdevctl writes after creating the mdev (mdev.rs start: write_attr per attribute)
+    parent.mdev_create(TYPE_1DWQ, "d1", default_pasid=0x55)
+    parent.mdev_set_attr("d1", "priority", "3")
+    parent.mdev_set_attr("d1", "block_on_fault", "0")
+    wq = parent.mdev("d1").wq
+    assert (wq.priority, wq.block_on_fault, wq.enabled, wq.pasid) == (3, False, True, 0x55)
+
+    def refused(uuid: str, name: str, value: str) -> SiovError:
+        with pytest.raises(SiovError) as exc:
+            parent.mdev_set_attr(uuid, name, value)
+        return exc.value
+
+    err = refused("d1", "assign_adapter", "5")  # a vfio_ap attribute: no such file
+    assert err.errno == errno.ENOENT and "Invalid attribute 'assign_adapter'" in err.message
+    assert refused("d1", "threshold", "4").errno == errno.ENOENT  # dedicated: no threshold
+    assert refused("d1", "size", "8").errno == errno.EPERM
+    assert refused("d1", "priority", "16").errno == errno.EINVAL and wq.priority == 3
+    parent.mdev_create(TYPE_1SWQ, "s1", default_pasid=10)
+    parent.mdev_set_attr("s1", "threshold", "20")
+    assert parent.mdev("s1").wq.threshold == 20
+    parent.mdev_create(TYPE_1SWQ, "s2", default_pasid=11)
+    err = refused("s1", "priority", "2")  # the shared WQ is not s1's alone any more
+    assert err.errno == errno.EBUSY and "2 mdevs" in err.message
+    parent.mdev_remove("s2")
+    assert parent.mdev_submit("s1", sdk.noop()) == SubmitResult.ACCEPTED
+    assert refused("s1", "priority", "2").errno == errno.EBUSY  # work queued

@@ -124,7 +124,7 @@ def test_events_keep_their_wire_bytes() -> None:
 def test_replies_handlers_return_as_instances_keep_their_wire_bytes() -> None:
     """Handlers that return schema instances encode to the maps they used to build."""
     from siov_protocol.messages_accel import RegionInfo, SubmitReply
-    from siov_protocol.replies import DirtyBitmapReply, MapReply
+    from siov_protocol.replies import DeviceDescription, DirtyBitmapReply, MapReply
 
     pairs = [
         (MapReply(iova=0x1000, size=4096), {"iova": 0x1000, "size": 4096}),
@@ -141,5 +141,19 @@ def test_replies_handlers_return_as_instances_keep_their_wire_bytes() -> None:
             {"bitmap": b"\x01", "page_size": 4096, "pages": 8},
         ),
     ]
+    described = {
+        "uuid": "u",
+        "bus": "mdev",
+        "parent": None,  # an emulator's device: nil, and present
+        "type_id": None,
+        "name": "nic",
+        "group_id": 1,
+        "domain_id": 2,
+        "default_domain_id": 2,
+        "default_pasid": 0,
+        "pasid_bits": 20,
+        "external": True,
+    }
+    pairs.append((DeviceDescription(**described), described))
     for instance, old in pairs:
         assert msgpack.packb(encode(instance)) == msgpack.packb(old), instance

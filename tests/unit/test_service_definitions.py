@@ -76,18 +76,56 @@ def test_uuid_is_canonicalized(store: DefinitionStore) -> None:
 
 def test_define_twice_is_eexist(store: DefinitionStore) -> None:
     store.define(U1, "dsa0", "dsa-1dwq")
-    for parent in ("dsa0", "dsa1"):  # whatever the parent: a UUID names one device
-        with pytest.raises(SiovError) as exc:
-            store.define(U1, parent, "dsa-1swq")
-        assert exc.value.errno == errno.EEXIST
-        assert exc.value.message == f"mdev {U1} is already defined (on parent dsa0)"
+    with pytest.raises(SiovError) as exc:
+        store.define(U1, "dsa0", "dsa-1swq")
+    assert exc.value.errno == errno.EEXIST
+    assert exc.value.message == f"Device {U1} on dsa0 already defined"  # mdevctl's words
     assert store.get(U1).mdev_type == "dsa-1dwq"
+
+
+def test_one_uuid_under_two_parents(store: DefinitionStore) -> None:
+    # mdevctl keys definitions by parent and UUID (testdata/list/defined.json has one UUID
+    # under 0000:00:02.0 and 0000:00:03.0)
+    a = store.define(U1, "0000:00:02.0", "vfio_ap-passthrough")
+    b = store.define(U1, "0000:00:03.0", "vfio_ap-passthrough", attrs=[{"x": "1"}])
+    assert store.find(U1) == [a, b] and store.get(U1, "0000:00:03.0") == b
+    with pytest.raises(SiovError) as exc:
+        store.get(U1)
+    assert exc.value.errno == errno.EINVAL and "Please specify a parent" in exc.value.message
+    again = reopen(store)
+    try:
+        assert again.find(U1) == [a, b]
+        assert again.undefine(U1, "0000:00:02.0") == [a]
+        assert again.undefine(U1) == [b] and U1 not in again
+    finally:
+        again.close()
+
+
+def test_add_many_is_all_or_nothing(store: DefinitionStore) -> None:
+    store.define(U2, "dsa0", "t")
+    batch = [make_definition(U1, "p1", "t"), make_definition(U1, "p2", "t")]
+    clash = [*batch, make_definition(U2, "dsa0", "t")]
+    with pytest.raises(SiovError) as exc:
+        store.add_many(clash)
+    assert exc.value.errno == errno.EEXIST and len(store) == 1
+    assert len(reopen_len(store)) == 1
+    with pytest.raises(SiovError):
+        store.add_many([batch[0], batch[0]])  # the same definition twice in one batch
+    assert store.add_many(batch) == batch and len(store) == 3
+
+
+def reopen_len(store: DefinitionStore) -> list[Definition]:
+    again = reopen(store)
+    try:
+        return again.list()
+    finally:
+        again.close()
 
 
 def test_undefine(store: DefinitionStore) -> None:
     d = store.define(U1, "dsa0", "dsa-1dwq")
     store.define(U2, "dsa1", "dsa-1dwq")
-    assert store.undefine(U1) == d
+    assert store.undefine(U1) == [d]
     assert U1 not in store
     again = reopen(store)
     try:
@@ -312,8 +350,8 @@ def test_corrupt_file_is_refused_and_kept(tmp_path: Path) -> None:
         (
             b'{"format": "siovd-mdev-definitions", "version": 1, "definitions":'
             b' [{"p": [{"' + U1.encode() + b'": {"mdev_type": "t", "start": "auto"}}]},'
-            b' {"q": [{"' + U1.encode() + b'": {"mdev_type": "t", "start": "auto"}}]}]}',
-            f"mdev {U1} is defined twice",
+            b' {"p": [{"' + U1.encode() + b'": {"mdev_type": "t", "start": "auto"}}]}]}',
+            f"mdev {U1} is defined twice on p",
         ),
         (b"[" * 100000, "recursion"),
     ],

@@ -100,6 +100,10 @@ class AccelConfig:
     #: An accel-config JSON file (``save-config`` output) to load at start; empty: the embedded
     #: default, one device dsa0 with one dedicated and one shared WQ, both enabled.
     config_file: str = text(4096, default="")
+    #: The devices, by accel-config name: ``dsaN`` starts as the embedded default (enabled,
+    #: one dedicated and one shared WQ); ``iaxN`` starts disabled and unconfigured (siov runs no
+    #: IAA operations: an iax device is configured and listed, but is no mdev parent).
+    devices: list[str] = items(16, default_factory=lambda: ["dsa0"])
 
 
 @dataclass(frozen=True, slots=True)

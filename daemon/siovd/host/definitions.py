@@ -9,9 +9,11 @@ mdevctl's ``--dumpjson`` shapes, so definitions move between ``mdevctl`` and ``s
 - one definition's config: ``{"mdev_type": "...", "start": "auto", "attrs": [{"name": "v"}]}``,
   which :meth:`DefinitionStore.define_config` takes back with a parent (and a UUID, or a new one).
 
-One difference from mdevctl: a UUID is defined at most once, whatever the parent (mdevctl keeps
-one file per parent and allows the same UUID under two parents), because a UUID names a single
-device on siov's bus.
+A definition is keyed by parent and UUID, as mdevctl keys its files
+(``/etc/mdevctl.d/<parent>/<uuid>``): one UUID may be defined under two parents (mdevctl's own
+testdata/list/defined.json has one). Only one of them can run at a time, since a UUID names a
+single device on the bus; a command that names a UUID defined under several parents needs the
+parent too, as mdevctl's does.
 
 Storage is one file, ``<state_dir>/mdevs.json``, replaced atomically on every change: write a
 temporary file in the same directory, fsync it, ``rename`` it over the old one, fsync the
@@ -125,6 +127,11 @@ def _attrs(value: object) -> tuple[tuple[str, str], ...]:
     return tuple(result)
 
 
+def attrs_from_json(value: object) -> tuple[tuple[str, str], ...]:
+    """mdevctl's ``[{"name": "value"}, ...]`` as ``(name, value)`` pairs (``EINVAL`` if not)."""
+    return _attrs(value)
+
+
 def make_definition(
     uuid: str,
     parent: str,
@@ -210,7 +217,7 @@ class DefinitionStore:
     def __init__(self, state_dir: str | os.PathLike[str]) -> None:
         self.dir = Path(state_dir)
         self.path = self.dir / FILE_NAME
-        self._defs: dict[str, Definition] = {}
+        self._defs: dict[tuple[str, str], Definition] = {}  # (parent, uuid) -> definition
         self.dir.mkdir(mode=0o700, parents=True, exist_ok=True)
         self._lock_fd = self._lock()
         try:
@@ -249,7 +256,7 @@ class DefinitionStore:
         for stale in self.dir.glob(f".{FILE_NAME}.*.tmp"):
             stale.unlink(missing_ok=True)
 
-    def _load(self) -> dict[str, Definition]:
+    def _load(self) -> dict[tuple[str, str], Definition]:
         try:
             raw = self.path.read_bytes()
         except FileNotFoundError:
@@ -266,12 +273,12 @@ class DefinitionStore:
         except (ValueError, RecursionError, SiovError) as exc:
             reason = exc.message if isinstance(exc, SiovError) else str(exc)
             raise CorruptDefinitionsError(self.path, reason, self._keep_aside(raw)) from None
-        result: dict[str, Definition] = {}
+        result: dict[tuple[str, str], Definition] = {}
         for d in definitions:
-            if d.uuid in result:
-                reason = f"mdev {d.uuid} is defined twice"
+            if (d.parent, d.uuid) in result:
+                reason = f"mdev {d.uuid} is defined twice on {d.parent}"
                 raise CorruptDefinitionsError(self.path, reason, self._keep_aside(raw))
-            result[d.uuid] = d
+            result[d.parent, d.uuid] = d
         return result
 
     def _keep_aside(self, raw: bytes) -> Path:
@@ -292,7 +299,7 @@ class DefinitionStore:
 
     # -- saving --
 
-    def _save(self, defs: dict[str, Definition]) -> None:
+    def _save(self, defs: dict[tuple[str, str], Definition]) -> None:
         """Make ``defs`` the committed state, atomically and durably, then adopt it."""
         doc = {"format": FORMAT, "version": VERSION, "definitions": dumpjson(defs.values())}
         data = (json.dumps(doc, indent=2) + "\n").encode()
@@ -332,8 +339,7 @@ class DefinitionStore:
     ) -> Definition:
         """Persist a new definition; a None ``uuid`` gets a fresh random one (mdevctl define).
 
-        ``EEXIST`` when the UUID is already defined (under any parent), ``EINVAL`` for a bad
-        field.
+        ``EEXIST`` when the parent already has the UUID defined, ``EINVAL`` for a bad field.
         """
         if uuid is None:
             uuid = str(uuidlib.uuid4())
@@ -344,56 +350,94 @@ class DefinitionStore:
         return self.add(definition_from_config(uuid or str(uuidlib.uuid4()), parent, config))
 
     def add(self, definition: Definition) -> Definition:
-        """Persist an already validated :class:`Definition` (see :func:`make_definition`)."""
-        existing = self._defs.get(definition.uuid)
-        if existing is not None:
+        """Persist an already validated :class:`Definition` (see :func:`make_definition`);
+        ``EEXIST`` when its parent already has that UUID defined."""
+        self.add_many([definition])
+        return definition
+
+    def add_many(self, definitions: Iterable[Definition]) -> builtins.list[Definition]:
+        """Persist several definitions in one save: all of them or, on any ``EEXIST``
+        (defined already, or twice in ``definitions``), none."""
+        new = dict(self._defs)
+        added = []
+        for d in definitions:
+            if (d.parent, d.uuid) in new:
+                raise SiovError(errno.EEXIST, f"Device {d.uuid} on {d.parent} already defined")
+            new[d.parent, d.uuid] = d
+            added.append(d)
+        if added:
+            self._save(new)
+        return added
+
+    def replace(self, definition: Definition) -> Definition:
+        """Replace the definition of the same parent and UUID (mdevctl modify; ``ENOENT`` when
+        there is none)."""
+        key = (definition.parent, definition.uuid)
+        if key not in self._defs:
             raise SiovError(
-                errno.EEXIST,
-                f"mdev {definition.uuid} is already defined (on parent {existing.parent})",
+                errno.ENOENT, f"mdev {definition.uuid} is not defined on {definition.parent}"
             )
-        self._save({**self._defs, definition.uuid: definition})
+        if self._defs[key] != definition:
+            self._save({**self._defs, key: definition})
         return definition
 
     def modify(
         self,
         uuid: str,
         *,
+        parent: str | None = None,
         mdev_type: str | None = None,
         start: str | None = None,
         attrs: object = None,
     ) -> Definition:
         """Change a definition's type, start policy or attributes (mdevctl modify)."""
-        old = self.get(uuid)
+        old = self.get(uuid, parent)
         new = replace(
             old,
             mdev_type=old.mdev_type if mdev_type is None else _name(mdev_type, "mdev_type"),
             start=old.start if start is None else _start(start),
             attrs=old.attrs if attrs is None else _attrs(attrs),
         )
-        if new != old:
-            self._save({**self._defs, new.uuid: new})
-        return new
+        return self.replace(new)
 
-    def undefine(self, uuid: str, parent: str | None = None) -> Definition:
-        """Forget a definition (``ENOENT`` if there is none, or none under ``parent``)."""
-        definition = self.get(uuid)
-        if parent is not None and definition.parent != parent:
-            raise SiovError(
-                errno.ENOENT,
-                f"mdev {definition.uuid} is not defined on parent {parent}"
-                f" (it is defined on {definition.parent})",
+    def undefine(self, uuid: str, parent: str | None = None) -> builtins.list[Definition]:
+        """Forget the definitions of ``uuid`` (under ``parent`` only, when given), as mdevctl
+        undefine does; ``ENOENT`` if there is none."""
+        gone = self.find(uuid, parent)
+        if not gone:
+            key = canonical_uuid(uuid)
+            where = f" on parent {parent}" if parent is not None else ""
+            elsewhere = self.find(uuid)
+            also = (
+                f" (it is defined on {', '.join(d.parent for d in elsewhere)})" if elsewhere else ""
             )
-        self._save({k: v for k, v in self._defs.items() if k != definition.uuid})
-        return definition
+            raise SiovError(errno.ENOENT, f"mdev {key} is not defined{where}{also}")
+        keys = {(d.parent, d.uuid) for d in gone}
+        self._save({k: v for k, v in self._defs.items() if k not in keys})
+        return gone
 
-    def get(self, uuid: str) -> Definition:
-        key = canonical_uuid(uuid)
-        try:
-            return self._defs[key]
-        except KeyError:
-            raise SiovError(errno.ENOENT, f"mdev {key} is not defined") from None
+    def find(self, uuid: str | None = None, parent: str | None = None) -> builtins.list[Definition]:
+        """Definitions matching ``uuid`` and ``parent`` (either may be None), sorted."""
+        key = canonical_uuid(uuid) if uuid is not None else None
+        return [d for d in self.list(parent) if key is None or d.uuid == key]
 
-    def list(self, parent: str | None = None) -> list[Definition]:
+    def get(self, uuid: str, parent: str | None = None) -> Definition:
+        """The one definition of ``uuid`` (under ``parent``): ``ENOENT`` when there is none,
+        ``EINVAL`` when the UUID is defined under several parents and none is named."""
+        found = self.find(uuid, parent)
+        if not found:
+            key = canonical_uuid(uuid)
+            where = f" on {parent}" if parent is not None else ""
+            raise SiovError(errno.ENOENT, f"mdev {key} is not defined{where}")
+        if len(found) > 1:
+            raise SiovError(
+                errno.EINVAL,
+                f"Multiple definitions found for device {found[0].uuid}"
+                f" (on {', '.join(d.parent for d in found)}). Please specify a parent.",
+            )
+        return found[0]
+
+    def list(self, parent: str | None = None) -> builtins.list[Definition]:
         """Definitions sorted by parent then UUID, optionally of one parent only."""
         found = (d for d in self._defs.values() if parent is None or d.parent == parent)
         return sorted(found, key=lambda d: (d.parent, d.uuid))
@@ -412,6 +456,7 @@ class DefinitionStore:
 
     def __contains__(self, uuid: object) -> bool:
         try:
-            return canonical_uuid(uuid) in self._defs
+            key = canonical_uuid(uuid)
         except SiovError:
             return False
+        return any(u == key for _, u in self._defs)

@@ -159,6 +159,13 @@ class Bus:
             raise SiovError(errno.EBUSY, f"mdev {uuid} is in use by a client")
         self._remove(device)
 
+    def set_mdev_attr(self, uuid: str, name: str, value: str) -> None:
+        """Write an attribute of a running mdev through its parent (mdevctl's sysfs write)."""
+        device = self._devices.get(uuid.lower())
+        if device is None or device.parent is None:
+            raise SiovError(errno.ENODEV, f"mdev {uuid} is not running")
+        self._parents[device.parent].mdev_set_attr(device.uuid, name, value)
+
     def host_mdevs(self) -> builtins.list[Device]:
         return [d for d in self._devices.values() if d.registrant == HOST and d.is_mdev]
 

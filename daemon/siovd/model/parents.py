@@ -38,3 +38,8 @@ class MdevParent(Protocol):
     def mdev_remove(self, uuid: str) -> None:
         """Give the instance's resources back."""
         ...
+
+    def mdev_set_attr(self, uuid: str, name: str, value: str) -> None:
+        """Write one attribute of an instance, as mdevctl writes ``<mdev>/<name>`` in sysfs:
+        ``ENOENT`` for an attribute the type does not have, or the attribute's own errno."""
+        ...

@@ -44,5 +44,8 @@ class SiovTestParent:
             raise SiovError(errno.ENOSPC, f"no {type_id} instance left on {self._name}")
         self.live[uuid] = default_pasid
 
+    def mdev_set_attr(self, uuid: str, name: str, value: str) -> None:
+        raise SiovError(errno.ENOENT, f"Invalid attribute {name!r}: {self.TYPE_ID} has none")
+
     def mdev_remove(self, uuid: str) -> None:
         self.live.pop(uuid, None)

@@ -34,7 +34,7 @@ import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Final
+from typing import TYPE_CHECKING, Any, ClassVar, Final
 
 import structlog
 
@@ -56,13 +56,13 @@ from siovd.model.accel import (
     DsaMdev,
     DsaParent,
     Engine,
-    Executor,
     Group,
     Interrupt,
     PageResponse,
     SoftwareError,
     SubmitResult,
 )
+from siovd.model.accel.cdev import SvaExecutor
 from siovd.model.device import Device
 from siovd.model.dma import DmaSpace
 from siovd.model.errors import SiovError
@@ -81,6 +81,10 @@ _ONE: Final = (1).to_bytes(8, "little")
 
 class MdevState:
     """What the runtime keeps for one accelerator mdev a client uses."""
+
+    #: A user-WQ char-device open (siovd.service.sva.CdevState), never reachable by mdev
+    #: commands (SUBMIT, REGION_WRITE, ...): its PASID tagging is the char device's.
+    cdev: ClassVar[bool] = False
 
     __slots__ = (
         "device",
@@ -159,7 +163,7 @@ class AccelRuntime:
 
     def __init__(self, daemon: Daemon) -> None:
         self.daemon = daemon
-        self.executor = Executor()
+        self.executor = SvaExecutor()  # an Executor that writes SVA results back
         self.mdevs: dict[str, MdevState] = {}
         self.requests: dict[int, PageRequest] = {}
         self.stats = RuntimeStats()
@@ -172,6 +176,8 @@ class AccelRuntime:
         #: task that waits for a page request's answer.
         self.wake_engines: Callable[[Group], None] = lambda group: None
         self.start_waiter: Callable[[PageRequest], None] = lambda request: None
+        #: mdev UUID -> who logs its software errors instead (a vfio-user device's SWERR)
+        self.software_error_hooks: dict[str, Callable[[SoftwareError], None]] = {}
         daemon.on_release(self.release_session)
         daemon.on_stats(lambda: {"accel": self.stats_dict()})
         previous = daemon.bus.on_device_removed
@@ -189,7 +195,7 @@ class AccelRuntime:
         """The caller's accelerator mdev ``uuid``: ``ENOENT`` if it is not the caller's,
         ``ENODEV`` if it is not an accelerator mdev."""
         state = self.mdevs.get(uuid)
-        if state is not None and state.session == session.id:
+        if state is not None and state.session == session.id and not state.cdev:
             return state
         device = self.daemon.bus.device(session.id, uuid)
         parent = self.daemon.dsa_parents.get(device.parent or "")
@@ -398,6 +404,10 @@ class AccelRuntime:
 
     def _software_error(self, state: MdevState, error: SoftwareError) -> None:
         self.stats.software_errors += 1
+        hook = self.software_error_hooks.get(state.uuid)
+        if hook is not None:
+            hook(error)
+            return
         swerr: dict[str, Any] = {
             "status": error.status,
             "opcode": error.opcode,
@@ -540,6 +550,16 @@ class AccelRuntime:
         else:
             self._session_outstanding.pop(sid, None)
         state.outstanding = 0
+
+    def abort_queued(self, state: MdevState) -> int:
+        """Drop the mdev's descriptors no engine has taken (a device's abort command): they
+        never complete, and no longer count as outstanding."""
+        removed = len(state.mdev.wq.abort(owner=state.uuid))
+        if removed:
+            state.outstanding -= removed
+            sid = state.session
+            self._session_outstanding[sid] = self._session_outstanding.get(sid, 0) - removed
+        return removed
 
     def release_session(self, session: Session) -> None:
         """The client left: its mdevs' waiting work is cancelled before the bus removes them

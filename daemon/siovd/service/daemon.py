@@ -11,9 +11,10 @@ import mmap
 import os
 import time
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
+from siov_protocol import jsonc
 from siov_protocol.auth import Role
 from siov_protocol.messages_iommu import DeviceRemovedEvent, FaultEvent
 from siov_protocol.replies import event_message
@@ -24,6 +25,7 @@ from siovd.host.config import from_dict as config_from_dict
 from siovd.host.definitions import DefinitionStore
 from siovd.host.systemd import state_directory
 from siovd.model.accel import Accelerators, DsaParent
+from siovd.model.accel.config import make_device
 from siovd.model.bus import Bus
 from siovd.model.errors import SiovError
 from siovd.model.iommu import FaultRecord, Iommu
@@ -32,6 +34,7 @@ from siovd.model.owner import HOST
 from siovd.model.testparent import SiovTestParent
 from siovd.service.accel_runtime import AccelRuntime
 from siovd.service.session import Session
+from siovd.service.sva import SvaRuntime
 
 Authenticator = Callable[[Session, bytes | None, bytes | None], tuple[str, Role]]
 
@@ -62,10 +65,12 @@ class Daemon:
         self.bus = Bus(self.iommu, name="mdev")
         self.bus.on_device_removed = self._device_removed
         self.bus.add_parent(SiovTestParent())
-        self.accel = load_accelerators(config.accel.config_file)
+        self.accel = load_accelerators(config.accel.config_file, config.accel.devices)
         self.mappings: dict[int, tuple[Region, mmap.mmap]] = {}  # region id -> our mmap
         self.dsa_parents: dict[str, DsaParent] = {}
         for name, device in self.accel.devices.items():
+            if device.kind != "dsa":
+                continue  # configured and listed only: siov runs no IAA operations
             parent = DsaParent(device)
             self.dsa_parents[name] = parent
             self.bus.add_parent(parent)
@@ -81,6 +86,8 @@ class Daemon:
         self.on_counts(self._model_counts)
         # Registered after the model: on release it cancels the session's waiting work first.
         self.accel_runtime = AccelRuntime(self)
+        # SVA bindings and char-device opens: after the runtime, so they are released first.
+        self.sva = SvaRuntime(self)
 
     def _authenticate(
         self, session: Session, public_key: bytes | None, signature: bytes | None
@@ -99,19 +106,36 @@ class Daemon:
             return failed
         for definition in self.definitions.autostart():
             try:
-                self.start_definition(definition.uuid)
+                self.start_definition(definition.uuid, definition.parent)
             except SiovError as exc:
                 failed[definition.uuid] = exc.message
         return failed
 
-    def start_definition(self, uuid: str) -> Any:
-        """Create a defined mdev, owned by the host until a client claims it."""
+    def start_definition(self, uuid: str, parent: str | None = None) -> Any:
+        """Create a defined mdev, owned by the host until a client claims it; its attributes
+        are written in order and the start fails (the mdev removed) if one cannot be."""
         if self.definitions is None:
             raise SiovError(errno.EOPNOTSUPP, "this daemon has no state directory")
-        definition = self.definitions.get(uuid)
-        return self.bus.create_mdev(
-            0, definition.parent, definition.mdev_type, definition.uuid, host=True
+        definition = self.definitions.get(uuid, parent)
+        return self.start_mdev(
+            definition.parent, definition.mdev_type, definition.uuid, definition.attrs
         )
+
+    def start_mdev(
+        self, parent: str, mdev_type: str, uuid: str | None, attrs: Sequence[tuple[str, str]]
+    ) -> Any:
+        """mdevctl start: create a host mdev, then write each attribute (mdev.rs start: on a
+        failed write the device is stopped and the start fails)."""
+        device = self.bus.create_mdev(0, parent, mdev_type, uuid, host=True)
+        for name, value in attrs:
+            try:
+                self.bus.set_mdev_attr(device.uuid, name, value)
+            except SiovError as exc:
+                self.bus.stop_host_mdev(device.uuid)
+                raise SiovError(
+                    exc.errno, f"mdev {device.uuid}: attribute {name}={value!r}: {exc.message}"
+                ) from None
+        return device
 
     def close(self) -> None:
         if self.definitions is not None:
@@ -291,19 +315,20 @@ def build_auth_policy(config: Config) -> AuthPolicy | None:
         raise ConfigError(f"auth: {exc}") from None
 
 
-def load_accelerators(path: str) -> Accelerators:
-    """The embedded default device, or the devices of an accel-config JSON file."""
-    accel = Accelerators.embedded()
+def load_accelerators(path: str, names: Sequence[str] = ("dsa0",)) -> Accelerators:
+    """The configured devices, then the accel-config JSON file applied to them (json-c's
+    relaxed syntax; enabled devices it lists are disabled first, as ``load-config -f``)."""
+    try:
+        accel = Accelerators([make_device(name) for name in names])
+    except ValueError as exc:
+        raise ConfigError(f"accel.devices: {exc}") from None
     if not path:
         return accel
-    import json
-
     try:
-        with open(path) as fh:
-            data = json.load(fh)
-        accel.device("dsa0").disable()
-        accel.load_config(data, enable=True)
-    except (OSError, ValueError, SiovError) as exc:
+        with open(path, "rb") as fh:
+            data = jsonc.loads(fh.read())
+        accel.load_config(data, enable=True, force=True)
+    except (OSError, ValueError, RecursionError, SiovError) as exc:
         raise ConfigError(f"accel.config_file: {path}: {exc}") from None
     return accel
 

@@ -77,5 +77,7 @@ async def daemon_tasks(
                 nursery.start_soon(tasks.engine, engine)
         runtime.wake_engines = tasks.wake
         runtime.start_waiter = tasks.start_waiter
+        sva = daemon.sva
+        sva.start_watch = lambda domain: nursery.start_soon(sva.watch, domain)
         nursery.start_soon(lazy_flush, daemon)
         task_status.started()

@@ -31,7 +31,13 @@ GROUP_ATTR_ALIASES: Final = {
     "tokens_allowed": "read_buffers_allowed",
     "use_token_limit": "use_read_buffer_limit",
 }
-DEVICE_ATTRS: Final = ("read_buffer_limit",)
+#: DSA 2.0 group attributes siov's groups do not support (accel-config 4.x config-group -d/-p)
+GROUP_PROGRESS_LIMITS: Final = ("desc_progress_limit", "batch_progress_limit")
+DEVICE_ATTRS: Final = ("read_buffer_limit", "event_log_size")
+#: sysfs.c event_log_size_store: IDXD_EVL_SIZE_MIN..IDXD_EVL_SIZE_MAX entries
+EVENT_LOG_SIZE_MIN: Final = 0x40
+EVENT_LOG_SIZE_MAX: Final = 0xFFFF
+DEVICE_KINDS: Final = ("dsa", "iax")
 DEVICE_ATTR_ALIASES: Final = {"token_limit": "read_buffer_limit"}
 
 
@@ -125,6 +131,14 @@ class Group:
     def configure(self, attrs: Mapping[str, object]) -> None:
         """``accel-config config-group``; the device must be disabled (``EPERM``)."""
         attrs = {GROUP_ATTR_ALIASES.get(k, k): v for k, v in attrs.items()}
+        limits = sorted(set(attrs) & set(GROUP_PROGRESS_LIMITS))
+        if limits:
+            # sysfs.c group_*_progress_limit_store: EOPNOTSUPP without GRPCAP progress limits
+            raise SiovError(
+                errno.EOPNOTSUPP,
+                f"{self.path}: {', '.join(limits)}: siov's groups have no progress limits"
+                " (GRPCAP progress_limit_support is 0)",
+            )
         unknown = sorted(set(attrs) - set(GROUP_ATTRS))
         if unknown:
             raise SiovError(errno.EINVAL, f"{self.path}: unknown attribute(s) {', '.join(unknown)}")
@@ -198,13 +212,22 @@ class DsaDevice:
         max_engines: int = caps.MAX_ENGINES,
         max_wqs: int = caps.MAX_WQS,
         total_wq_size: int = caps.TOTAL_WQ_SIZE,
+        kind: str = "dsa",
     ) -> None:
+        if kind not in DEVICE_KINDS:
+            raise ValueError(f"device kind {kind!r} is not one of {', '.join(DEVICE_KINDS)}")
         self.id = dev_id
-        self.name = f"dsa{dev_id}"
+        #: accel-config's device type: ``dsa`` or ``iax`` (an IAA device is configured the same
+        #: way; siov runs no IAA operations, so an ``iax`` device is not an mdev parent)
+        self.kind = kind
+        self.name = f"{kind}{dev_id}"
         self.total_wq_size = total_wq_size
         self.configurable = True
         self.enabled = False
         self.read_buffer_limit = 0
+        #: DSA 2.0 event log entries (stored for accel-config; the event log itself is not
+        #: modelled here)
+        self.event_log_size = EVENT_LOG_SIZE_MIN
         self.groups = [Group(self, i) for i in range(max_groups)]
         self.engines = [Engine(self, i) for i in range(max_engines)]
         self.wqs = [WorkQueue(self, i) for i in range(max_wqs)]
@@ -243,9 +266,28 @@ class DsaDevice:
         unknown = sorted(set(attrs) - set(DEVICE_ATTRS))
         if unknown:
             raise SiovError(errno.EINVAL, f"{self.name}: unknown attribute(s) {', '.join(unknown)}")
-        if "read_buffer_limit" not in attrs:
-            return
-        limit = as_int(self.name, "read_buffer_limit", attrs["read_buffer_limit"])
+        size = None
+        if "event_log_size" in attrs:  # checked first: all or nothing
+            size = as_int(self.name, "event_log_size", attrs["event_log_size"])
+            if self.enabled:
+                raise SiovError(
+                    errno.EPERM, f"{self.name} is enabled: disable it before setting event_log_size"
+                )
+            if not self.configurable:
+                raise SiovError(errno.EPERM, f"{self.name} is not configurable")
+            if not EVENT_LOG_SIZE_MIN <= size <= EVENT_LOG_SIZE_MAX:
+                raise SiovError(
+                    errno.EINVAL,
+                    f"{self.name}: event_log_size must be "
+                    f"{EVENT_LOG_SIZE_MIN}..{EVENT_LOG_SIZE_MAX}",
+                )
+        if "read_buffer_limit" in attrs:
+            self._set_read_buffer_limit(attrs["read_buffer_limit"])
+        if size is not None:
+            self.event_log_size = size
+
+    def _set_read_buffer_limit(self, value: object) -> None:
+        limit = as_int(self.name, "read_buffer_limit", value)
         if self.enabled:
             raise SiovError(
                 errno.EPERM, f"{self.name} is enabled: disable it before setting read_buffer_limit"

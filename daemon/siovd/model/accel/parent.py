@@ -14,6 +14,13 @@ add a shared-WQ type):
   always get at least one descriptor in. The mdev goes to the shared WQ with the fewest users.
 
 Removing an mdev gives the WQ back and drops the mdev's descriptors that no engine has taken.
+
+An mdev's attributes (what mdevctl writes after creating it, in order) are its WQ's:
+``priority``, ``block_on_fault`` and, for a shared WQ, ``threshold``, with the WQ's own rules
+and errnos. The parent rewrites the WQ it owns: only while no descriptor is queued, and for a
+shared WQ only while this mdev is its only user (``EBUSY`` otherwise). ``size`` is refused
+(``EPERM``), as sysfs refuses a WQ size while the device is enabled; any other name is
+``ENOENT``, as a missing sysfs file is to mdevctl.
 """
 
 from __future__ import annotations
@@ -32,6 +39,11 @@ from siovd.model.parents import MdevTypeInfo
 
 TYPE_1DWQ: Final = "dsa-1dwq"
 TYPE_1SWQ: Final = "dsa-1swq"
+#: What mdevctl may write to a DSA mdev (its WQ's attributes)
+MDEV_ATTRS: Final = {
+    TYPE_1DWQ: ("priority", "block_on_fault"),
+    TYPE_1SWQ: ("priority", "block_on_fault", "threshold"),
+}
 #: MSI-X vectors of a DSA mdev: 0 for errors and miscellaneous causes, 1 for completions
 #: (mdev-idxd.rst); a descriptor's int_handle must name one of them.
 MDEV_IRQ_COUNT: Final = 2
@@ -130,6 +142,37 @@ class DsaParent:
         if mdev.dedicated:
             wq.set_pasid(None)
         del self.mdevs[uuid]
+
+    def mdev_set_attr(self, uuid: str, name: str, value: str) -> None:
+        mdev = self._mdev(uuid)
+        wq = mdev.wq
+        if name == "size":
+            raise SiovError(
+                errno.EPERM,
+                f"{self.name}: mdev {uuid}: size of {wq.dev_name} can change only while"
+                f" {self.name} is disabled",
+            )
+        if name not in MDEV_ATTRS[mdev.type_id]:
+            have = ", ".join(MDEV_ATTRS[mdev.type_id])
+            raise SiovError(
+                errno.ENOENT, f"Invalid attribute {name!r}: a {mdev.type_id} mdev has {have}"
+            )
+        if wq.clients > 1:
+            raise SiovError(
+                errno.EBUSY,
+                f"{self.name}: {wq.dev_name} serves {wq.clients} mdevs: {name} is theirs too",
+            )
+        if wq.occupancy:
+            raise SiovError(
+                errno.EBUSY, f"{self.name}: {wq.dev_name} has descriptors queued: {name} waits"
+            )
+        # the WQ is this mdev's alone and idle: rewrite it as its driver would, disabled
+        # for the moment of the write
+        wq.enabled = False
+        try:
+            wq.configure({name: value})
+        finally:
+            wq.enabled = True
 
     # -- beyond the protocol: what the server wires SUBMIT and the regions to ----------------
 

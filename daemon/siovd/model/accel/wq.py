@@ -337,11 +337,12 @@ class WorkQueue:
 
     def _set_threshold(self, value: object) -> None:
         threshold = as_int(self.path, "threshold", value)
-        # accel-config: the threshold caps the limited portal and must stay below the size
-        if not 0 < threshold <= self.size - 1:
+        # sysfs.c wq_threshold_store: "val > wq->size || val <= 0" is EINVAL, so the threshold
+        # may equal the size (accel-config's test config 2g2q_user_2.conf has 40 of 40)
+        if not 0 < threshold <= self.size:
             raise SiovError(
                 errno.EINVAL,
-                f"{self.path}: threshold must be 1..size-1 ({self.size - 1}), got {threshold}",
+                f"{self.path}: threshold must be 1..size ({self.size}), got {threshold}",
             )
         self._need_disabled("threshold", errno.ENXIO)
         if self.dedicated:
@@ -425,8 +426,8 @@ class WorkQueue:
             raise SiovError(errno.ENXIO, f"{self.path} has no name")
         if self.type == "none":
             raise SiovError(errno.ENODEV, f"{self.path} has type none: no driver takes it")
-        if not self.dedicated and not 0 < self.threshold < self.size:
-            raise SiovError(errno.ENXIO, f"{self.path}: a shared WQ needs a threshold in 1..size-1")
+        if not self.dedicated and not 0 < self.threshold <= self.size:
+            raise SiovError(errno.ENXIO, f"{self.path}: a shared WQ needs a threshold in 1..size")
         self.enabled = True
 
     def disable(self) -> None:

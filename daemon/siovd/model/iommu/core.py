@@ -30,6 +30,7 @@ from siovd.model.iommu.pagetable import (
     walk,
 )
 from siovd.model.iommu.pasid import PASID_LIMIT, PasidAllocator
+from siovd.model.iommu.sva import AddressSpace, SvaDmaSpace, SvaDomain, sva_domain
 from siovd.model.iommu.translate import Failure, IommuDmaSpace, translate_runs
 from siovd.model.memory import PAGE_SIZE, PageTablePool, PhysicalMemory, Region
 from siovd.model.owner import HOST
@@ -73,6 +74,7 @@ class Iommu:
         self.pasids = PasidAllocator()
         self.on_fault: FaultCallback | None = None
         self._buses: set[str] = set()
+        self._internal_buses: set[str] = set()
         self._domains: dict[int, Domain] = {}
         self._groups: dict[int, Group] = {}
         self._next_domain = 1
@@ -88,6 +90,11 @@ class Iommu:
     def register_bus(self, bus: str) -> None:
         """Serve ``bus``: its devices are probed, domains may be allocated for it."""
         self._buses.add(bus)
+
+    def register_internal_bus(self, bus: str) -> None:
+        """Probe devices of ``bus`` (the DSA devices' own PCI functions, requesters of their
+        char devices), but allocate no domain for it: clients never see that bus."""
+        self._internal_buses.add(bus)
 
     # -- lookup ------------------------------------------------------------------------------
 
@@ -140,6 +147,8 @@ class Iommu:
             dtype = DomainType(type)
         except ValueError:
             raise SiovError(errno.EINVAL, f"unknown domain type {type!r}") from None
+        if dtype is DomainType.SVA:
+            raise SiovError(errno.EINVAL, "an SVA domain is made by SVA_BIND, not allocated")
         if levels not in (4, 5):
             raise SiovError(errno.EINVAL, f"first-stage tables have 4 or 5 levels, not {levels}")
         if (user_managed or lazy) and dtype is not DomainType.PAGING:
@@ -229,7 +238,7 @@ class Iommu:
         One group per device (``generic_device_group``), unless the device is a requester-ID
         alias of ``alias``, whose group it joins (as ``pci_device_group`` does).
         """
-        if device.bus not in self._buses:
+        if device.bus not in self._buses and device.bus not in self._internal_buses:
             raise SiovError(errno.ENODEV, f"this IOMMU does not serve bus {device.bus!r}")
         if alias is not None:
             if alias.group is None:
@@ -260,8 +269,10 @@ class Iommu:
         group.devices.remove(device)
         self.iotlb.invalidate_tag(make_tag(group.domain.id, device.default_pasid))
         if not group.devices:
-            for pasid in list(group.pasids):
+            for pasid, bound in list(group.pasids.items()):
                 self._set_pasid(group, pasid, None)
+                if isinstance(bound, SvaDomain):
+                    self.sva_unbind(bound)  # the binding goes with its device
             group.domain.groups.discard(group)
             default = group.default_domain
             default.default_of = None
@@ -663,6 +674,9 @@ class Iommu:
         for one PASID or, with ``pasid=None``, all of them. PASID 0 is the RID.
         """
         if scope == "global":
+            for sva in self.sva_domains(owner):
+                if sva.mm is not None:
+                    sva.mm.stale = True  # the mmu-notifier's flush: re-read the maps
             if owner is None:
                 return self.iotlb.invalidate_all()
             return sum(self.iotlb.invalidate_domain(d.id) for d in self.domains(owner))
@@ -671,6 +685,8 @@ class Iommu:
         if domain_id is None:
             raise SiovError(errno.EINVAL, f"a {scope} invalidation needs a domain")
         domain = self.domain(owner, domain_id)
+        if isinstance(domain, SvaDomain) and domain.mm is not None:
+            domain.mm.stale = True
         if pasid is not None and not 0 <= pasid < PASID_LIMIT:
             raise SiovError(errno.EINVAL, f"PASID {pasid} is not a 20-bit PASID")
         if scope == "domain":
@@ -689,12 +705,52 @@ class Iommu:
 
     def dma_space(
         self, device: Device, pasid: int = 0, *, devtlb: bool = False
-    ) -> IommuDmaSpace | DevTlbDmaSpace:
+    ) -> IommuDmaSpace | DevTlbDmaSpace | SvaDmaSpace:
         """The DMA view of ``device`` tagged with ``pasid`` (0: no PASID). ``devtlb`` puts a
         device TLB in front (an ATS device's translation cache, see :mod:`.devtlb`)."""
+        if sva_domain(device, pasid) is not None:
+            return SvaDmaSpace(self, device, pasid)  # no device TLB: the process's own memory
         if devtlb:
             return DevTlbDmaSpace(self, device, pasid)
         return IommuDmaSpace(self, device, pasid)
+
+    # -- SVA (siovd.model.iommu.sva) ---------------------------------------------------------
+
+    def sva_bind(self, owner: int, device: Device, mm: AddressSpace) -> SvaDomain:
+        """``iommu_sva_bind_device``: a fresh global PASID of ``device`` now translates
+        through ``mm``. The caller has checked that ``owner`` may use the device."""
+        group = device.group
+        if group is None or not device.alive:
+            raise SiovError(errno.ENODEV, f"device {device.uuid} has no IOMMU group")
+        pasid = self.pasids.alloc()
+        if pasid >= min(device.max_pasids, PASID_LIMIT):
+            self.pasids.free(pasid)
+            raise SiovError(errno.ENOSPC, f"no PASID left within device {device.uuid}'s width")
+        domain = SvaDomain(self._next_domain, owner, device.bus, DomainType.SVA)
+        domain.mm, domain.pasid, domain.device = mm, pasid, device
+        self._next_domain += 1
+        self._domains[domain.id] = domain
+        self._set_pasid(group, pasid, domain)
+        return domain
+
+    def sva_unbind(self, domain: SvaDomain) -> None:
+        """``iommu_sva_unbind_device``: detach the PASID, free it, close the process's fds."""
+        for group, pasid in list(domain.pasid_users):
+            self._set_pasid(group, pasid, None)
+        if domain.id in self._domains:
+            self._destroy(domain)
+        if domain.pasid in self.pasids:
+            self.pasids.free(domain.pasid)
+        domain.pasid = 0
+        if domain.mm is not None:
+            domain.mm.close()
+
+    def sva_domains(self, owner: int | None = None) -> list[SvaDomain]:
+        return [
+            d
+            for d in self._domains.values()
+            if isinstance(d, SvaDomain) and (owner is None or d.owner == owner)
+        ]
 
     def report_fault(self, device: Device, pasid: int, write: bool, failure: Failure) -> DmaFault:
         """Count a failed translation and deliver its record to the owner."""
@@ -727,6 +783,12 @@ class Iommu:
         ``(iova, phys, length, prot)`` of the translated prefix, and the fault that ended it.
         At most ``max_runs`` runs and ``max_pages`` page lookups: past either, the prefix ends
         with no fault."""
+        if sva_domain(device, pasid) is not None:
+            raise SiovError(
+                errno.EOPNOTSUPP,
+                f"PASID {pasid} of device {device.uuid} is bound to a process's address space "
+                "(SVA): it translates to no physical memory; use DMA_READ/DMA_WRITE",
+            )
         runs, failure = translate_runs(
             self, device, pasid, iova, length, write, max_runs, max_pages
         )
@@ -747,12 +809,15 @@ class Iommu:
     ) -> tuple[int, DmaFault | None]:
         """Write through the IOMMU: the bytes written before any fault, and the fault."""
         src = memoryview(data).cast("B")
-        views, fault = self.dma_space(device, pasid).runs(iova, len(src), True)
+        space = self.dma_space(device, pasid)
+        views, fault = space.runs(iova, len(src), True)
         done = 0
         for view in views:
             n = len(view)
             view[:] = src[done : done + n]
             done += n
+        if isinstance(space, SvaDmaSpace):
+            space.flush()  # a process's memory: the bytes go back now
         return done, fault
 
     # -- lifecycle ---------------------------------------------------------------------------
@@ -763,6 +828,8 @@ class Iommu:
         The bus removes the owner's devices before calling this; a default domain whose
         device is still present is emptied instead of freed.
         """
+        for sva in self.sva_domains(owner):
+            self.sva_unbind(sva)
         mine = [d for d in self._domains.values() if d.owner == owner]
         for domain in mine:
             if domain.default_of is not None:

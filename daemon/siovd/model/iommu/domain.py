@@ -18,6 +18,7 @@ class DomainType(enum.StrEnum):
     PAGING = "paging"
     IDENTITY = "identity"
     BLOCKED = "blocked"
+    SVA = "sva"  # a process's address space (siovd.model.iommu.sva); only SVA_BIND makes one
 
 
 @dataclass(eq=False)

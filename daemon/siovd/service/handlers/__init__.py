@@ -8,6 +8,8 @@ from siovd.service.handlers import (  # noqa: F401  (each registers its commands
     dma,
     iommu,
     memory,
+    sva,
+    vfio_user,
 )
 from siovd.service.handlers.registry import Context, Handler, registry
 

@@ -220,15 +220,19 @@ def accel_save_config(ctx: Context, req: Empty) -> dict[str, Any]:
 
 @registry.command(Command.ACCEL_LOAD_CONFIG, AccelLoadConfig, admin=True)
 def accel_load_config(ctx: Context, req: AccelLoadConfig) -> dict[str, Any]:
-    ctx.daemon.accel.load_config(req.config, enable=req.enable)
-    return {"devices": ctx.daemon.accel.to_json()}
+    report = ctx.daemon.accel.load_config(req.config, enable=req.enable, force=req.force)
+    return {"devices": ctx.daemon.accel.to_json(), **report.to_json()}
 
 
 @registry.command(Command.ACCEL_CONFIG_DEVICE, AccelConfigDevice, admin=True)
 def accel_config_device(ctx: Context, req: AccelConfigDevice) -> dict[str, Any]:
     device = ctx.daemon.accel.device(req.device)
     device.configure(req.attrs)
-    return {"dev": device.name, "read_buffer_limit": device.read_buffer_limit}
+    return {
+        "dev": device.name,
+        "read_buffer_limit": device.read_buffer_limit,
+        "event_log_size": device.event_log_size,
+    }
 
 
 @registry.command(Command.ACCEL_CONFIG_GROUP, AccelConfigGroup, admin=True)

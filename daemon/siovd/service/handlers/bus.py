@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import errno
-from typing import Any
 
 import structlog
 
@@ -17,6 +16,17 @@ from siov_protocol.messages_iommu import (
     GroupRef,
     MdevCreate,
 )
+from siov_protocol.replies import (
+    DeviceDescription,
+    GroupInfo,
+    GroupListReply,
+    GroupPasid,
+    MdevListReply,
+    MdevType,
+    RegisteredDevice,
+    TypesListReply,
+)
+from siovd.model.device import Device
 from siovd.model.errors import SiovError
 from siovd.model.iommu import Group
 from siovd.model.owner import HOST
@@ -25,13 +35,17 @@ from siovd.service.handlers.registry import Context, registry
 log = structlog.get_logger("siovd")
 
 
-def group_info(group: Group) -> dict[str, Any]:
+def group_info(group: Group) -> GroupInfo:
     info = group.info()
     # msgpack maps with integer keys do not survive strict_map_key decoders: use a list.
     pasids = info.pop("pasids")
     assert isinstance(pasids, dict)
-    info["pasids"] = [{"pasid": p, "domain_id": d} for p, d in pasids.items()]
-    return info
+    records = [GroupPasid(pasid=p, domain_id=d) for p, d in pasids.items()]
+    return GroupInfo(**info, pasids=records)  # type: ignore[arg-type]
+
+
+def describe(ctx: Context, device: Device) -> DeviceDescription:
+    return DeviceDescription(**ctx.daemon.bus.describe(device))  # type: ignore[arg-type]
 
 
 def _check_mdev_limit(ctx: Context) -> None:
@@ -41,25 +55,25 @@ def _check_mdev_limit(ctx: Context) -> None:
 
 
 @registry.command(Command.TYPES_LIST, Empty)
-def types_list(ctx: Context, req: Empty) -> dict[str, Any]:
-    return {
-        "types": [
-            {
-                "parent": t.parent,
-                "type_id": t.info.type_id,
-                "name": t.info.name,
-                "description": t.info.description,
-                "device_api": t.info.device_api,
-                "available_instances": t.info.available_instances,
-                "pasid_bits": t.info.pasid_bits,
-            }
+def types_list(ctx: Context, req: Empty) -> TypesListReply:
+    return TypesListReply(
+        types=[
+            MdevType(
+                parent=t.parent,
+                type_id=t.info.type_id,
+                name=t.info.name,
+                description=t.info.description,
+                device_api=t.info.device_api,
+                available_instances=t.info.available_instances,
+                pasid_bits=t.info.pasid_bits,
+            )
             for t in ctx.daemon.bus.types(ctx.session.owner_filter)
         ]
-    }
+    )
 
 
 @registry.command(Command.MDEV_CREATE, MdevCreate)
-def mdev_create(ctx: Context, req: MdevCreate) -> dict[str, Any]:
+def mdev_create(ctx: Context, req: MdevCreate) -> DeviceDescription:
     if req.parent in ctx.daemon.dsa_parents:
         why = accelerator_refusal(ctx.session.features, f"an mdev of parent {req.parent}")
         if why is not None:
@@ -74,44 +88,46 @@ def mdev_create(ctx: Context, req: MdevCreate) -> dict[str, Any]:
         pasid=device.default_pasid,
         group=device.group.id if device.group else None,
     )
-    return bus.describe(device)
+    return describe(ctx, device)
 
 
 @registry.command(Command.MDEV_REMOVE, DeviceRef)
-def mdev_remove(ctx: Context, req: DeviceRef) -> dict[str, Any]:
+def mdev_remove(ctx: Context, req: DeviceRef) -> Empty:
     ctx.daemon.bus.remove_mdev(ctx.session.id, req.uuid)
     log.info("mdev removed", mdev=req.uuid)
-    return {}
+    return Empty()
 
 
 @registry.command(Command.MDEV_LIST, ListRequest)
-def mdev_list(ctx: Context, req: ListRequest) -> dict[str, Any]:
+def mdev_list(ctx: Context, req: ListRequest) -> MdevListReply:
     bus = ctx.daemon.bus
-    return {"devices": [bus.describe(d) for d in bus.list(ctx.session.list_filter(req.all))]}
+    return MdevListReply(
+        devices=[describe(ctx, d) for d in bus.list(ctx.session.list_filter(req.all))]
+    )
 
 
 @registry.command(Command.BUS_REGISTER_DEVICE, BusRegisterDevice)
-def bus_register_device(ctx: Context, req: BusRegisterDevice) -> dict[str, Any]:
+def bus_register_device(ctx: Context, req: BusRegisterDevice) -> RegisteredDevice:
     _check_mdev_limit(ctx)
     bus = ctx.daemon.bus
     device, token = bus.register_device(ctx.session.id, req.name, req.pasid_bits)
     log.info("device registered", mdev=device.uuid, name=req.name, pasid_bits=req.pasid_bits)
-    return {**bus.describe(device), "token": token}
+    return RegisteredDevice(**bus.describe(device), token=token)  # type: ignore[arg-type]
 
 
 @registry.command(Command.BUS_UNREGISTER_DEVICE, DeviceRef)
-def bus_unregister_device(ctx: Context, req: DeviceRef) -> dict[str, Any]:
+def bus_unregister_device(ctx: Context, req: DeviceRef) -> Empty:
     ctx.daemon.bus.unregister_device(ctx.session.id, req.uuid)
-    return {}
+    return Empty()
 
 
 @registry.command(Command.DEVICE_CLAIM, DeviceClaim)
-def device_claim(ctx: Context, req: DeviceClaim) -> dict[str, Any]:
+def device_claim(ctx: Context, req: DeviceClaim) -> DeviceDescription:
     bus = ctx.daemon.bus
     _check_claim_features(ctx, req.uuid)
     device = bus.claim_device(ctx.session.id, req.uuid, req.token)
     log.info("device claimed", mdev=device.uuid)
-    return bus.describe(device)
+    return describe(ctx, device)
 
 
 def _check_claim_features(ctx: Context, uuid: str) -> None:
@@ -128,11 +144,11 @@ def _check_claim_features(ctx: Context, uuid: str) -> None:
 
 
 @registry.command(Command.GROUP_INFO, GroupRef)
-def group_info_cmd(ctx: Context, req: GroupRef) -> dict[str, Any]:
+def group_info_cmd(ctx: Context, req: GroupRef) -> GroupInfo:
     return group_info(ctx.daemon.iommu.group(ctx.session.id, req.group))
 
 
 @registry.command(Command.GROUP_LIST, ListRequest)
-def group_list(ctx: Context, req: ListRequest) -> dict[str, Any]:
+def group_list(ctx: Context, req: ListRequest) -> GroupListReply:
     groups = ctx.daemon.iommu.groups(ctx.session.list_filter(req.all))
-    return {"groups": [group_info(g) for g in groups]}
+    return GroupListReply(groups=[group_info(g) for g in groups])

@@ -12,9 +12,11 @@ from siov_protocol.auth import Role
 from siov_protocol.features import negotiate
 from siov_protocol.messages import (
     PAGE_SIZES,
+    AuthReply,
     AuthRequest,
     Capabilities,
     Empty,
+    PingReply,
     PingRequest,
     VersionReply,
     VersionRequest,
@@ -65,7 +67,7 @@ def version(ctx: Context, req: VersionRequest) -> VersionReply:
 
 
 @registry.command(Command.AUTH, AuthRequest)
-def auth(ctx: Context, req: AuthRequest) -> dict[str, Any]:
+def auth(ctx: Context, req: AuthRequest) -> AuthReply:
     """Prove who the client is; sending this reply makes the connection READY."""
     session = ctx.session
     try:
@@ -76,12 +78,12 @@ def auth(ctx: Context, req: AuthRequest) -> dict[str, Any]:
     session.identity = identity
     session.role = role
     log.info("authenticated", identity=identity, role=role.value)
-    return {"identity": identity, "role": role.value}
+    return AuthReply(identity=identity, role=role.value)
 
 
 @registry.command(Command.PING, PingRequest)
-def ping(ctx: Context, req: PingRequest) -> dict[str, Any]:
-    return {"payload": req.payload} if req.payload is not None else {}
+def ping(ctx: Context, req: PingRequest) -> PingReply:
+    return PingReply(payload=req.payload)
 
 
 @registry.command(Command.INFO, Empty)

@@ -3,12 +3,11 @@
 from __future__ import annotations
 
 import errno
-from typing import Any
 
 import structlog
 
 from siov_protocol import Command
-from siov_protocol.messages import ListRequest
+from siov_protocol.messages import Empty, ListRequest
 from siov_protocol.messages_iommu import (
     AttachDevice,
     DetachDevice,
@@ -23,20 +22,24 @@ from siov_protocol.messages_iommu import (
     Unmap,
 )
 from siov_protocol.replies import (
+    DeviceDescription,
     DirtyBitmapReply,
+    DomainInfo,
+    DomainListReply,
     InvalidateReply,
     IovaToPhysReply,
     MapReply,
     UnmapReply,
 )
 from siovd.model.errors import SiovError
+from siovd.service.handlers.bus import describe
 from siovd.service.handlers.registry import Context, registry
 
 log = structlog.get_logger("siovd")
 
 
 @registry.command(Command.DOMAIN_ALLOC, DomainAlloc)
-def domain_alloc(ctx: Context, req: DomainAlloc) -> dict[str, Any]:
+def domain_alloc(ctx: Context, req: DomainAlloc) -> DomainInfo:
     daemon, owner = ctx.daemon, ctx.session.id
     limit = daemon.config.limits.domains
     if len(daemon.iommu.domains(owner)) >= limit:
@@ -51,33 +54,33 @@ def domain_alloc(ctx: Context, req: DomainAlloc) -> dict[str, Any]:
         pt_root_phys=req.pt_root,
     )
     log.info("domain allocated", domain=domain.id, type=req.type, user_managed=req.user_managed)
-    return domain.info()
+    return DomainInfo(**domain.info())  # type: ignore[arg-type]
 
 
 @registry.command(Command.DOMAIN_FREE, DomainRef)
-def domain_free(ctx: Context, req: DomainRef) -> dict[str, Any]:
+def domain_free(ctx: Context, req: DomainRef) -> Empty:
     ctx.daemon.iommu.domain_free(ctx.session.id, req.domain)
     log.info("domain freed", domain=req.domain)
-    return {}
+    return Empty()
 
 
 @registry.command(Command.DOMAIN_LIST, ListRequest)
-def domain_list(ctx: Context, req: ListRequest) -> dict[str, Any]:
+def domain_list(ctx: Context, req: ListRequest) -> DomainListReply:
     domains = ctx.daemon.iommu.domains(ctx.session.list_filter(req.all))
-    return {"domains": [d.info() for d in domains]}
+    return DomainListReply(domains=[DomainInfo(**d.info()) for d in domains])  # type: ignore[arg-type]
 
 
 @registry.command(Command.ATTACH_DEVICE, AttachDevice)
-def attach_device(ctx: Context, req: AttachDevice) -> dict[str, Any]:
+def attach_device(ctx: Context, req: AttachDevice) -> DeviceDescription:
     owner = ctx.session.id
     device = ctx.daemon.bus.device(owner, req.device)
     ctx.daemon.iommu.attach_device(owner, req.domain, device)
     log.info("device attached", mdev=device.uuid, domain=req.domain, pasid=device.default_pasid)
-    return ctx.daemon.bus.describe(device)
+    return describe(ctx, device)
 
 
 @registry.command(Command.DETACH_DEVICE, DetachDevice)
-def detach_device(ctx: Context, req: DetachDevice) -> dict[str, Any]:
+def detach_device(ctx: Context, req: DetachDevice) -> DeviceDescription:
     owner = ctx.session.id
     device = ctx.daemon.bus.device(owner, req.device)
     domain = req.domain
@@ -87,34 +90,34 @@ def detach_device(ctx: Context, req: DetachDevice) -> dict[str, Any]:
         domain = device.group.domain.id
     ctx.daemon.iommu.detach_device(owner, domain, device)
     log.info("device detached", mdev=device.uuid, domain=domain)
-    return ctx.daemon.bus.describe(device)
+    return describe(ctx, device)
 
 
 @registry.command(Command.ATTACH_PASID, PasidAttach)
-def attach_pasid(ctx: Context, req: PasidAttach) -> dict[str, Any]:
+def attach_pasid(ctx: Context, req: PasidAttach) -> Empty:
     owner = ctx.session.id
     device = ctx.daemon.bus.device(owner, req.device)
     ctx.daemon.iommu.attach_pasid(owner, req.domain, device, req.pasid)
     log.info("pasid attached", mdev=device.uuid, pasid=req.pasid, domain=req.domain)
-    return {}
+    return Empty()
 
 
 @registry.command(Command.REPLACE_PASID, PasidAttach)
-def replace_pasid(ctx: Context, req: PasidAttach) -> dict[str, Any]:
+def replace_pasid(ctx: Context, req: PasidAttach) -> Empty:
     owner = ctx.session.id
     device = ctx.daemon.bus.device(owner, req.device)
     ctx.daemon.iommu.replace_pasid(owner, req.domain, device, req.pasid)
     log.info("pasid replaced", mdev=device.uuid, pasid=req.pasid, domain=req.domain)
-    return {}
+    return Empty()
 
 
 @registry.command(Command.DETACH_PASID, PasidDetach)
-def detach_pasid(ctx: Context, req: PasidDetach) -> dict[str, Any]:
+def detach_pasid(ctx: Context, req: PasidDetach) -> Empty:
     owner = ctx.session.id
     device = ctx.daemon.bus.device(owner, req.device)
     ctx.daemon.iommu.detach_pasid(owner, req.domain, device, req.pasid)
     log.info("pasid detached", mdev=device.uuid, pasid=req.pasid)
-    return {}
+    return Empty()
 
 
 @registry.command(Command.MAP, Map)
