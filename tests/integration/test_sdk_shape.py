@@ -176,6 +176,7 @@ async def test_a_descriptor_fault_names_its_descriptor(siovd: RunningDaemon) -> 
             for _ in range(3):
                 faults.append((await client.next_event("fault")).typed)
         assert {f.iova for f in faults} == {hole}
+        assert all(isinstance(f, siov.FaultEvent) for f in faults)  # Event.typed, exported
         assert [(f.batch_index, f.completion_addr) for f in faults] == [
             (i, 0x2000 + 32 * i) for i in (1, 2, 3)
         ]
@@ -220,6 +221,7 @@ async def test_iotlb_entries_show_pages_sizes_and_hits(siovd: RunningDaemon) -> 
             *[(pasid, 4 * MiB + i * 4096, 4096) for i in range(4)],
         ]
         big = entries[0]
+        assert isinstance(big, siov.IotlbEntry)
         assert big.phys == buf.phys and big.writable and big.dirty  # the copy wrote there
         assert not entries[1].dirty  # only read
         again = await client.iotlb_entries(dom, pasid=pasid, page=2)  # three requests
