@@ -81,6 +81,9 @@ def test_every_subcommand_sees_another_clients_objects(
         out = did("translate", mdev.uuid, "0x1000", "--pasid", "0")
         assert hex(buf.phys + 0x1000) in out
         assert "PAGE" in out and "2M" in out  # the run's leaf: one 2 MiB page
+        leaf = other.iova_leaf(mdev, 0x1000)  # the blocking client has the same methods
+        assert (leaf.phys, leaf.page_size) == (buf.phys + 0x1000, 2 * MiB)
+        assert [e.page_size for e in other.iotlb_entries(dom)] == [2 * MiB]
         # the translation left an entry in the IOTLB: listed per domain and per PASID
         entries = json.loads(run("iotlb", "--domain", str(dom["domain_id"]), json_out=True))
         assert [(e["pasid"], e["iova"], e["page_size"]) for e in entries] == [
