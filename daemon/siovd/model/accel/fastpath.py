@@ -1,0 +1,129 @@
+"""The executor's native core and the page caches it translates through.
+
+``siovd.model.accel._fastpath`` (``native/fastpath.c``, compiled by the package's build hook)
+runs NOOP, MEMMOVE, MEMFILL, COMPARE, COMPVAL and CRCGEN descriptors of at most one slice, alone
+or as BATCH entries, when every address they touch is in the IOTLB with the access they need
+and they complete without a software error. Everything else, and every descriptor whose
+addresses miss, runs in the Python executor (the reference model), so outcomes, memory,
+completion records, faults and IOTLB counters are the same either way (the descriptor fuzzer
+checks that).
+
+The IOMMU still translates every address: a :class:`PageCache` holds copies of IOTLB entries
+of one PASID-table tag, filled from the IOTLB (:func:`fill`, never from a page walk) with the
+region checks ``IommuDmaSpace.runs`` makes, and dropped whole as soon as the IOTLB's
+``generation`` (an invalidation or eviction) or ``fills`` (an insert), or the physical memory's
+``generation`` (a region left) moves. A native descriptor reports its lookups, which are added
+to the IOTLB's hits; an entry's CLOCK reference mark is set when it is copied (it is being used
+at that moment, and only an eviction pass, which drops the cache, clears it).
+
+``SIOVD_NATIVE=0`` in the environment turns the native core off; :data:`AVAILABLE` says whether
+it was built.
+"""
+
+from __future__ import annotations
+
+import os
+import weakref
+from types import ModuleType
+from typing import Final
+
+from siovd.model.iommu.domain import Domain, DomainType
+from siovd.model.iommu.iotlb import E_REF, Iotlb, make_tag
+from siovd.model.iommu.pagetable import PTE_D, PTE_RW
+from siovd.model.iommu.translate import IommuDmaSpace, resolve
+
+native: ModuleType | None
+try:
+    from siovd.model.accel import _fastpath as native  # type: ignore[attr-defined,unused-ignore]
+except ImportError as error:  # no compiler when the package was built: the Python executor
+    native = None
+    IMPORT_ERROR: str | None = str(error)
+else:
+    IMPORT_ERROR = None
+
+#: The native core was built and imports.
+AVAILABLE: Final = native is not None
+#: Executors use it unless told otherwise (``SIOVD_NATIVE=0`` turns it off).
+ENABLED: Final = AVAILABLE and os.environ.get("SIOVD_NATIVE", "1") != "0"
+#: The opcodes the native core runs (as a descriptor of their own; BATCH runs its entries).
+OPCODES: Final = frozenset((0x00, 0x03, 0x04, 0x05, 0x06, 0x10))
+_RW_D: Final = PTE_RW | PTE_D
+_LEVELS: Final = {4096: 1, 2 << 20: 2, 1 << 30: 3}
+
+
+class _Caches:
+    """The page caches of one IOTLB, valid for one stamp."""
+
+    __slots__ = ("by_tag", "stamp")
+
+    def __init__(self, stamp: tuple[int, int, int]) -> None:
+        self.stamp = stamp
+        self.by_tag: dict[int, object] = {}
+
+
+_caches: weakref.WeakKeyDictionary[Iotlb, _Caches] = weakref.WeakKeyDictionary()
+
+
+class Translator:
+    """What a native call needs for one requester: its page cache and where to fill it from."""
+
+    __slots__ = ("cache", "domain", "iotlb", "tag")
+
+    def __init__(self, cache: object, iotlb: Iotlb, domain: Domain, tag: int) -> None:
+        self.cache = cache
+        self.iotlb = iotlb
+        self.domain = domain
+        self.tag = tag
+
+    def fill(self, iova: int, write: bool) -> bool:
+        """Copy the IOTLB entry translating ``iova`` into the cache if the Python path would
+        use it as it is for this access (a hit, in one live region of the domain's owner,
+        writable and dirty for a write). False: the descriptor runs in Python."""
+        entry = self.iotlb.peek(self.tag, iova)
+        if entry is None:
+            return False
+        pbase, size, flags = entry[0], entry[1], entry[2]
+        region = entry[4]
+        if (
+            region is None
+            or not region.alive
+            or not region.base <= pbase
+            or pbase + size > region.end
+            or region.owner != self.domain.owner
+            or size not in _LEVELS
+        ):
+            return False
+        writable = region.writable
+        rw = bool(flags & PTE_RW) and writable
+        write_ok = flags & _RW_D == _RW_D and writable
+        if write and not write_ok:
+            return False
+        assert native is not None
+        host = native.address(region.buf) + (pbase - region.base)
+        self.cache.add(iova & ~(size - 1), size, pbase, host, region.id, rw, write_ok)  # type: ignore[attr-defined]
+        entry[E_REF] = 1
+        return True
+
+
+def translator(dma: object) -> Translator | None:
+    """The translator for ``dma`` if the native core can run its work: an IOMMU DMA space
+    whose PASID entry points at a paging domain."""
+    if native is None or type(dma) is not IommuDmaSpace:
+        return None
+    device = dma.device
+    if device.group is None:
+        return None
+    domain, tag_pasid = resolve(device, dma.pasid)
+    if domain is None or domain.type is not DomainType.PAGING:
+        return None
+    iommu = dma._iommu
+    iotlb = iommu.iotlb
+    stamp = (iotlb.generation, iotlb.fills, iommu.memory.generation)
+    caches = _caches.get(iotlb)
+    if caches is None or caches.stamp != stamp:
+        caches = _caches[iotlb] = _Caches(stamp)
+    tag = make_tag(domain.id, tag_pasid)
+    cache = caches.by_tag.get(tag)
+    if cache is None:
+        cache = caches.by_tag[tag] = native.PageCache()
+    return Translator(cache, iotlb, domain, tag)
