@@ -59,7 +59,7 @@ NATIVE_OPS = {
 class World:
     """One memory + IOMMU + mdev with the fuzzer's mappings, and an executor."""
 
-    def __init__(self, native: bool, iotlb_entries: int) -> None:
+    def __init__(self, native: bool, iotlb_entries: int, devtlb: bool) -> None:
         self.env = Env(iotlb_entries=iotlb_entries)
         env = self.env
         self.device = env.mdev(1, "5c1b7a2e-0000-4000-8000-00000000d1ff")
@@ -80,7 +80,7 @@ class World:
         iommu.map(1, dom, ALIAS, self.data.base + PAGE, WINDOW_PAGES * PAGE, RW)
         iommu.map(1, dom, RECORDS, self.records.base + PAGE, RECORD_PAGES * PAGE, RW)
         iommu.map(1, dom, LISTS, self.lists.base, PAGE, RO)
-        self.space = iommu.dma_space(self.device, self.device.default_pasid)
+        self.space = iommu.dma_space(self.device, self.device.default_pasid, devtlb=devtlb)
         self.wq = embedded_default().wqs[0]
         self.executor = Executor(native=native)
 
@@ -106,29 +106,81 @@ class World:
                 budget = None if work is None else Budget(work)
                 outcome = ex.proceed(outcome.state, budget)
 
-    def counters(self) -> tuple[dict[str, int], int, list[object]]:
-        return self.env.iommu.iotlb.stats(), self.env.iommu.faults, list(self.env.faults)
+    def counters(self) -> tuple[dict[str, int], int, int, list[object]]:
+        iommu = self.env.iommu
+        return iommu.iotlb.stats(), iommu.devtlb_hits, iommu.faults, list(self.env.faults)
 
 
 class AliasingGenerator(Generator):
-    """The fuzzer's descriptors, with some addresses in the alias window."""
+    """The fuzzer's descriptors, with some addresses in the alias window, and well-formed
+    descriptors of the native opcodes inside the windows (most random ones fault or fail
+    validation, which the Python executor handles)."""
 
     def address(self) -> int:
         if self.rng.random() < 0.15:
             return ALIAS + self.rng.randrange(WINDOW_PAGES * PAGE)
         return super().address()
 
+    def inside(self, size: int) -> int:
+        r = self.rng
+        base = r.choice([DATA_BASE + r.randrange(WINDOWS) * WINDOW_STRIDE, ALIAS])
+        return base + r.randrange(WINDOW_PAGES * PAGE - size + 1)
+
+    def clean(self) -> bytes:
+        r = self.rng
+        size = r.choice([0, 8, 64, PAGE, 2 * PAGE, r.randrange(1, WINDOW_PAGES * PAGE)])
+        op = r.choice(sorted(NATIVE_OPS))
+        completion = RECORDS + 32 * self.slot()
+        flags = dsa.IDXD_OP_FLAG_CRAV | (dsa.IDXD_OP_FLAG_RCR if r.random() < 0.7 else 0)
+        flags |= dsa.IDXD_OP_FLAG_RCI if r.random() < 0.3 else 0
+        flags |= dsa.IDXD_OP_FLAG_FENCE if r.random() < 0.1 else 0
+        f16 = f24 = f40 = f48 = 0
+        if op == DsaOpcode.NOOP:
+            size = 0
+        elif op == DsaOpcode.MEMMOVE:
+            f16, f24 = self.inside(size), self.inside(size)
+        elif op == DsaOpcode.MEMFILL:
+            f16, f24 = r.getrandbits(64), self.inside(size)
+            if r.random() < 0.5:
+                flags |= dsa.IDXD_OP_FLAG_FILL_16B
+                f40 = r.getrandbits(64)
+        elif op in (DsaOpcode.COMPARE, DsaOpcode.COMPVAL):
+            f16 = self.inside(size)
+            f24 = self.inside(size) if op == DsaOpcode.COMPARE else r.choice([0, r.getrandbits(64)])
+            if r.random() < 0.4:
+                flags |= dsa.IDXD_OP_FLAG_CR
+                f40 = r.randrange(2)
+        else:  # CRCGEN
+            f16 = self.inside(size)
+            flags |= r.choice([0, dsa.IDXD_OP_FLAG_BYPASS_CRC_INV_REF, dsa.IDXD_OP_FLAG_BYPASS_DATA_REF])
+            if r.random() < 0.3:
+                flags |= dsa.IDXD_OP_FLAG_READ_CRC_SEED
+                f48 = self.inside(4)
+            else:
+                f40 = r.getrandbits(32)
+        return dsa.DESC_STRUCT.pack(
+            0, flags | op << 24, completion, f16, f24, size, r.randrange(4), 0, f40, f48, 0
+        )
+
 
 @pytest.mark.parametrize(
-    ("work", "iotlb_entries"),
-    [(None, 8192), (3 * 4096, 8192), (None, 6)],
-    ids=["unlimited", "small-budget", "tiny-iotlb"],
+    ("work", "iotlb_entries", "devtlb"),
+    [
+        (None, 8192, False),
+        (3 * 4096, 8192, False),
+        (None, 6, False),
+        (None, 8192, True),
+        (3 * 4096, 6, True),
+    ],
+    ids=["unlimited", "small-budget", "tiny-iotlb", "devtlb", "devtlb-small-budget-tiny-iotlb"],
 )
-def test_native_core_matches_the_python_executor(work: int | None, iotlb_entries: int) -> None:
+def test_native_core_matches_the_python_executor(
+    work: int | None, iotlb_entries: int, devtlb: bool
+) -> None:
     assert fastpath.AVAILABLE, f"native core missing: {fastpath.IMPORT_ERROR}"
-    rng = random.Random(SEED + (work or 0) + iotlb_entries)
-    ref = World(False, iotlb_entries)
-    fast = World(True, iotlb_entries)
+    rng = random.Random(SEED + (work or 0) + iotlb_entries + devtlb)
+    ref = World(False, iotlb_entries, devtlb)
+    fast = World(True, iotlb_entries, devtlb)
     gen = AliasingGenerator(rng, RECORD_PAGES * PAGE // 32)
     native_by_op: Counter[int] = Counter()
     try:
@@ -139,7 +191,9 @@ def test_native_core_matches_the_python_executor(work: int | None, iotlb_entries
                 # a batch of generated entries (one in 4 is a zero-pattern COMPVAL of a page)
                 entries = []
                 for _ in range(rng.choice([2, 3, 8, 32, 64])):
-                    if rng.random() < 0.25:
+                    if rng.random() < 0.3:
+                        entries.append(gen.clean())
+                    elif rng.random() < 0.25:
                         entries.append(
                             dsa.compval(
                                 rng.choice([DATA_BASE, ALIAS, RECORDS]),
@@ -156,6 +210,8 @@ def test_native_core_matches_the_python_executor(work: int | None, iotlb_entries
                 desc = dsa.batch(
                     LISTS, len(entries), completion=RECORDS + 32 * gen.slot(), flags=gen.flags()
                 )
+            elif rng.random() < 0.3:
+                desc = gen.clean()
             else:
                 desc = gen.descriptor(0)[0]
             before = fast.executor.native_runs
@@ -173,7 +229,7 @@ def test_native_core_matches_the_python_executor(work: int | None, iotlb_entries
         fast.env.close()
     entries = fast.executor.native_entries
     SUMMARY.append(
-        f"native differential ({work=}, {iotlb_entries=}): {CASES} descriptors, native "
+        f"native differential ({work=}, {iotlb_entries=}, {devtlb=}): {CASES} descriptors, native "
         f"{dict(sorted(native_by_op.items()))} by opcode, {entries} batch entries natively"
     )
     # the native core really ran every opcode it claims, alone and in batches

@@ -25,12 +25,16 @@ from __future__ import annotations
 import os
 import weakref
 from types import ModuleType
-from typing import Final
+from typing import TYPE_CHECKING, Final
 
+from siovd.model.iommu.devtlb import DevTlbDmaSpace
 from siovd.model.iommu.domain import Domain, DomainType
 from siovd.model.iommu.iotlb import E_REF, Iotlb, make_tag
 from siovd.model.iommu.pagetable import PTE_D, PTE_RW
 from siovd.model.iommu.translate import IommuDmaSpace, resolve
+
+if TYPE_CHECKING:
+    from siovd.model.iommu.core import Iommu
 
 native: ModuleType | None
 try:
@@ -52,7 +56,8 @@ _LEVELS: Final = {4096: 1, 2 << 20: 2, 1 << 30: 3}
 
 
 class _Caches:
-    """The page caches of one IOTLB, valid for one stamp."""
+    """The page caches of one IOTLB, valid for one stamp, per PASID-table tag (a device TLB's
+    copy lives on its DevTlbDmaSpace)."""
 
     __slots__ = ("by_tag", "stamp")
 
@@ -75,7 +80,11 @@ class Translator:
         self.domain = domain
         self.tag = tag
 
-    def fill(self, iova: int, write: bool) -> bool:
+    def count(self, hits: int) -> None:
+        """The lookups a native descriptor made, as the Python path counts them."""
+        self.iotlb.hits += hits
+
+    def fill(self, iova: int, length: int, write: bool) -> bool:
         """Copy the IOTLB entry translating ``iova`` into the cache if the Python path would
         use it as it is for this access (a hit, in one live region of the domain's owner,
         writable and dirty for a write). False: the descriptor runs in Python."""
@@ -105,11 +114,61 @@ class Translator:
         return True
 
 
-def translator(dma: object) -> Translator | None:
+class DevTlbTranslator:
+    """A device TLB's hits, copied: a range inside one of its entries is one device-TLB hit
+    and never reaches the IOMMU (devtlb.DevTlbDmaSpace.runs); anything else runs in Python,
+    which asks the IOMMU and fills the device TLB."""
+
+    __slots__ = ("cache", "space")
+
+    def __init__(self, cache: object, space: DevTlbDmaSpace) -> None:
+        self.cache = cache
+        self.space = space
+
+    def count(self, hits: int) -> None:
+        self.space.iommu.devtlb_hits += hits
+
+    def fill(self, iova: int, length: int, write: bool) -> bool:
+        got = self.space.hit_entry(iova, length, write)
+        if got is None:
+            return False
+        key, (lo, hi, base, writable, region) = got
+        assert native is not None
+        host = native.address(region.buf) + (lo - base)
+        self.cache.add_devtlb(key, lo, hi, host, writable)  # type: ignore[attr-defined]
+        return True
+
+
+def _stamp(iommu: Iommu) -> tuple[int, int, int]:
+    iotlb = iommu.iotlb
+    return (iotlb.generation, iotlb.fills, iommu.memory.generation)
+
+
+def _current(iommu: Iommu) -> _Caches:
+    iotlb = iommu.iotlb
+    stamp = _stamp(iommu)
+    caches = _caches.get(iotlb)
+    if caches is None or caches.stamp != stamp:
+        caches = _caches[iotlb] = _Caches(stamp)
+    return caches
+
+
+def translator(dma: object) -> Translator | DevTlbTranslator | None:
     """The translator for ``dma`` if the native core can run its work: an IOMMU DMA space
-    whose PASID entry points at a paging domain."""
-    if native is None or type(dma) is not IommuDmaSpace:
+    whose PASID entry points at a paging domain, or one behind a device TLB."""
+    if native is None:
         return None
+    kind = type(dma)
+    if kind is DevTlbDmaSpace:
+        assert isinstance(dma, DevTlbDmaSpace)
+        stamp = _stamp(dma.iommu)
+        held = dma.native
+        if held is None or held[0] != stamp:
+            held = dma.native = (stamp, native.PageCache(devtlb=True))
+        return DevTlbTranslator(held[1], dma)
+    if kind is not IommuDmaSpace:
+        return None
+    assert isinstance(dma, IommuDmaSpace)
     device = dma.device
     if device.group is None:
         return None
@@ -118,10 +177,7 @@ def translator(dma: object) -> Translator | None:
         return None
     iommu = dma._iommu
     iotlb = iommu.iotlb
-    stamp = (iotlb.generation, iotlb.fills, iommu.memory.generation)
-    caches = _caches.get(iotlb)
-    if caches is None or caches.stamp != stamp:
-        caches = _caches[iotlb] = _Caches(stamp)
+    caches = _current(iommu)
     tag = make_tag(domain.id, tag_pasid)
     cache = caches.by_tag.get(tag)
     if cache is None:

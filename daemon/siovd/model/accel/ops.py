@@ -224,7 +224,7 @@ class Executor:
             got = run_one(xlat.cache, item.desc, op_config, wq.max_transfer_size, irq)
             code = got[0]
             if code == _NATIVE_DONE:
-                xlat.iotlb.hits += got[4]
+                xlat.count(got[4])
                 self.native_runs += 1
                 raw = item.desc
                 return Completed(
@@ -235,7 +235,7 @@ class Executor:
                     raw[36] | raw[37] << 8,
                     (),
                 )
-            if code != _NATIVE_NEED or not xlat.fill(got[1], bool(got[2])):
+            if code != _NATIVE_NEED or not xlat.fill(got[1], got[3], bool(got[2])):
                 return None
 
     def _outcome(
@@ -823,7 +823,7 @@ class Executor:
             state = progress
         budget = self._budget
         use_native = self.native
-        xlat: fastpath.Translator | None = None
+        xlat: fastpath.Translator | fastpath.DevTlbTranslator | None = None
         while state.index < state.count:
             if use_native and state.sub is None:
                 if xlat is None:
@@ -880,7 +880,7 @@ class Executor:
     def _batch_native(
         self,
         item: WorkItem,
-        xlat: fastpath.Translator,
+        xlat: fastpath.Translator | fastpath.DevTlbTranslator,
         state: _BatchProgress,
         events: list[AccelEvent],
     ) -> int:
@@ -903,9 +903,9 @@ class Executor:
             min(budget.left, _U63),
             state.count if budget.untimed else _TIMED_ENTRIES,
         )
-        code, index, done, failed, charged, hits, interrupts, need, need_write = got
+        code, index, done, failed, charged, hits, interrupts, need, need_write, need_len = got
         if done:
-            xlat.iotlb.hits += hits
+            xlat.count(hits)
             self.native_entries += done
             for handle, at in interrupts:
                 events.append(Interrupt(handle, at))
@@ -914,7 +914,7 @@ class Executor:
             state.failed = failed
             budget.left -= charged
             budget.spent += charged
-        if code == _NATIVE_NEED and not xlat.fill(need, bool(need_write)):
+        if code == _NATIVE_NEED and not xlat.fill(need, need_len, bool(need_write)):
             return _NATIVE_FALLBACK
         return int(code)
 

@@ -98,6 +98,7 @@ typedef struct {
     size_t cap; /* power of two */
     size_t count;
     int busy;
+    int devtlb; /* entries copy a device TLB's (DevTlbDmaSpace), not the IOTLB's */
 } PageCache;
 
 static inline size_t hash_key(uint64_t key, size_t cap) {
@@ -153,11 +154,14 @@ static int grow(PageCache *c) {
 }
 
 static PyObject *cache_new(PyTypeObject *type, PyObject *args, PyObject *kw) {
-    (void)args;
-    (void)kw;
+    static char *names[] = {"devtlb", NULL};
+    int devtlb = 0;
+    if (!PyArg_ParseTupleAndKeywords(args, kw, "|p", names, &devtlb))
+        return NULL;
     PageCache *c = (PageCache *)type->tp_alloc(type, 0);
     if (c == NULL)
         return NULL;
+    c->devtlb = devtlb;
     if (grow(c) < 0) {
         Py_DECREF(c);
         return NULL;
@@ -178,6 +182,27 @@ static int refuse_busy(PageCache *c) {
     return 0;
 }
 
+static int put(PageCache *c, uint64_t key, uint64_t lo, uint64_t hi, uint64_t phys,
+               unsigned long long host, uint64_t region, int rw, int write_ok) {
+    if ((c->count + 1) * 2 > c->cap && grow(c) < 0)
+        return -1;
+    size_t i = hash_key(key, c->cap);
+    while (c->slots[i].key != 0 && c->slots[i].key != key)
+        i = (i + 1) & (c->cap - 1);
+    if (c->slots[i].key == 0)
+        c->count++;
+    slot_t *s = &c->slots[i];
+    s->key = key;
+    s->iova = lo;
+    s->end = hi;
+    s->phys = phys;
+    s->host = (uint8_t *)(uintptr_t)host;
+    s->region = region;
+    s->rw = rw;
+    s->write_ok = write_ok;
+    return 0;
+}
+
 static PyObject *cache_add(PageCache *c, PyObject *args) {
     unsigned long long iova, size, phys, host, region;
     int rw, write_ok;
@@ -185,6 +210,10 @@ static PyObject *cache_add(PageCache *c, PyObject *args) {
         return NULL;
     if (refuse_busy(c) < 0)
         return NULL;
+    if (c->devtlb) {
+        PyErr_SetString(PyExc_ValueError, "a device-TLB cache takes add_devtlb()");
+        return NULL;
+    }
     int level;
     if (size == 4096)
         level = 1;
@@ -201,22 +230,28 @@ static PyObject *cache_add(PageCache *c, PyObject *args) {
         return NULL;
     }
     uint64_t key = ((iova >> (12 + 9 * (level - 1))) << 2) | (uint64_t)level;
-    if ((c->count + 1) * 2 > c->cap && grow(c) < 0)
+    if (put(c, key, iova, iova + size, phys, host, region, rw, write_ok) < 0)
         return NULL;
-    size_t i = hash_key(key, c->cap);
-    while (c->slots[i].key != 0 && c->slots[i].key != key)
-        i = (i + 1) & (c->cap - 1);
-    if (c->slots[i].key == 0)
-        c->count++;
-    slot_t *s = &c->slots[i];
-    s->key = key;
-    s->iova = iova;
-    s->end = iova + size;
-    s->phys = phys;
-    s->host = (uint8_t *)(uintptr_t)host;
-    s->region = region;
-    s->rw = rw;
-    s->write_ok = write_ok;
+    Py_RETURN_NONE;
+}
+
+/* add_devtlb(key, lo, hi, host, write_ok): a device-TLB entry, with its DevTlbDmaSpace key
+ * (iova >> 12 for a 4 KiB page, ~(iova >> 21) for a 2 MiB frame); host is lo's address. */
+static PyObject *cache_add_devtlb(PageCache *c, PyObject *args) {
+    long long pykey;
+    unsigned long long lo, hi, host;
+    int write_ok;
+    if (!PyArg_ParseTuple(args, "LKKKp", &pykey, &lo, &hi, &host, &write_ok))
+        return NULL;
+    if (refuse_busy(c) < 0)
+        return NULL;
+    if (!c->devtlb || hi <= lo) {
+        PyErr_SetString(PyExc_ValueError, "not a device-TLB cache, or an empty entry");
+        return NULL;
+    }
+    uint64_t key = pykey >= 0 ? ((uint64_t)pykey << 2) | 1 : ((uint64_t)~pykey << 2) | 2;
+    if (put(c, key, lo, hi, 0, host, 0, 1, write_ok) < 0)
+        return NULL;
     Py_RETURN_NONE;
 }
 
@@ -234,6 +269,8 @@ static Py_ssize_t cache_len(PageCache *c) { return (Py_ssize_t)c->count; }
 static PyMethodDef cache_methods[] = {
     {"add", (PyCFunction)cache_add, METH_VARARGS,
      "add(iova, size, phys, host, region, rw, write_ok): cache one IOTLB entry"},
+    {"add_devtlb", (PyCFunction)cache_add_devtlb, METH_VARARGS,
+     "add_devtlb(key, lo, hi, host, write_ok): cache one device-TLB entry"},
     {"clear", (PyCFunction)cache_clear, METH_NOARGS, "drop every entry"},
     {NULL, NULL, 0, NULL},
 };
@@ -270,6 +307,7 @@ typedef struct {
     const PageCache *cache;
     uint64_t hits; /* lookups of the descriptor in progress */
     uint64_t need; /* the address that missed */
+    uint64_t need_len; /* the length of the range it starts (device TLB: one entry or none) */
     int need_write;
 } xlat_t;
 
@@ -279,10 +317,32 @@ static int translate(xlat_t *x, uint64_t iova, uint64_t len, int write, runs_t *
     uint64_t pos = iova, end = iova + len;
     if (end < iova)
         return R_FALLBACK;
+    if (x->cache->devtlb && len) {
+        /* devtlb.DevTlbDmaSpace.runs: the 2 MiB frame's entry if it holds the range, else
+         * the 4 KiB page's; a hit is one range inside one entry, else the IOMMU's path */
+        const slot_t *s = probe(x->cache, ((iova >> 21) << 2) | 2);
+        if (s == NULL || !(s->iova <= iova && end <= s->end))
+            s = probe(x->cache, ((iova >> 12) << 2) | 1);
+        if (s == NULL || !(s->iova <= iova && end <= s->end) || (write && !s->write_ok)) {
+            x->need = iova;
+            x->need_len = len;
+            x->need_write = write;
+            return R_NEED;
+        }
+        x->hits++;
+        run_t *r = &out->r[out->n++];
+        r->host = s->host + (iova - s->iova);
+        r->len = len;
+        r->phys = iova; /* one run: never merged */
+        r->region = 0;
+        r->rw = 1;
+        return 0;
+    }
     while (pos < end) {
         const slot_t *s = lookup(x->cache, pos);
         if (s == NULL || (write && !s->write_ok)) {
             x->need = pos;
+            x->need_len = end - pos;
             x->need_write = write;
             return R_NEED;
         }
@@ -688,7 +748,7 @@ static int begin(PageCache *c) {
 }
 
 /* run_one(cache, desc, op_config, max_transfer, irq_count)
- *   -> (0, status, record, written, hits) | (1, iova, write) | (2,) */
+ *   -> (0, status, record, written, hits) | (1, iova, write, length) | (2,) */
 static PyObject *run_one(PyObject *self, PyObject *args) {
     (void)self;
     PageCache *cache;
@@ -708,7 +768,7 @@ static PyObject *run_one(PyObject *self, PyObject *args) {
     }
     wq_t wq;
     parse_wq(args, &wq, oc, mt, irq);
-    xlat_t x = {cache, 0, 0, 0};
+    xlat_t x = {cache, 0, 0, 0, 0};
     result_t res;
     scratch_t *sc = PyMem_RawMalloc(sizeof(scratch_t));
     if (sc == NULL) {
@@ -724,7 +784,8 @@ static PyObject *run_one(PyObject *self, PyObject *args) {
     cache->busy = 0;
     PyBuffer_Release(&desc);
     if (rc == R_NEED)
-        return Py_BuildValue("(iKi)", R_NEED, (unsigned long long)x.need, x.need_write);
+        return Py_BuildValue("(iKiK)", R_NEED, (unsigned long long)x.need, x.need_write,
+                             (unsigned long long)x.need_len);
     if (rc)
         return Py_BuildValue("(i)", rc);
     return Py_BuildValue("(iiy#iK)", R_DONE, res.status, (const char *)res.record,
@@ -733,7 +794,8 @@ static PyObject *run_one(PyObject *self, PyObject *args) {
 
 /* run_batch(cache, list, index, count, failed, op_config, max_transfer, irq_count,
  *           budget_left, max_entries)
- *   -> (code, index, completed_here, failed, charged, hits, interrupts, need_iova, need_write)
+ *   -> (code, index, completed_here, failed, charged, hits, interrupts, need_iova, need_write,
+ *       need_len)
  * Runs batch entries from ``index`` as ops._op_batch does, until the batch ends (R_DONE),
  * an entry misses (R_NEED) or is not ours (R_FALLBACK, also a fence after a failure), or
  * the byte budget runs out after an entry (R_BUDGET, as Budget.charge(DESC_COST) says), or
@@ -756,12 +818,12 @@ static PyObject *run_batch(PyObject *self, PyObject *args) {
     }
     if (begin(cache) < 0) {
         PyBuffer_Release(&list);
-        return Py_BuildValue("(inniLKOKi)", R_FALLBACK, index, (Py_ssize_t)0, failed, 0LL,
-                             0ULL, Py_None, 0ULL, 0);
+        return Py_BuildValue("(inniLKOKiK)", R_FALLBACK, index, (Py_ssize_t)0, failed, 0LL,
+                             0ULL, Py_None, 0ULL, 0, 0ULL);
     }
     wq_t wq;
     parse_wq(args, &wq, oc, mt, irq);
-    xlat_t x = {cache, 0, 0, 0};
+    xlat_t x = {cache, 0, 0, 0, 0};
     scratch_t *sc = PyMem_RawMalloc(sizeof(scratch_t));
     /* interrupt handles of entries that asked for one, with their index */
     Py_ssize_t *irqs = PyMem_RawMalloc(sizeof(Py_ssize_t) * 2 * (size_t)(count - index + 1));
@@ -832,9 +894,9 @@ static PyObject *run_batch(PyObject *self, PyObject *args) {
         PyList_SET_ITEM(interrupts, i, pair);
     }
     PyMem_RawFree(irqs);
-    return Py_BuildValue("(inniLKNKi)", code, index, done, failed, charged,
+    return Py_BuildValue("(inniLKNKiK)", code, index, done, failed, charged,
                          (unsigned long long)hits, interrupts, (unsigned long long)x.need,
-                         x.need_write);
+                         x.need_write, (unsigned long long)x.need_len);
 }
 
 /* address(buffer) -> the address of a writable or read-only buffer's first byte. */
