@@ -24,10 +24,18 @@ import pytest
 
 from siov import dsa
 from siov_protocol.dsa import DsaOpcode
-from siovd.model.accel import Blocked, Completed, Executor, Preempted, WorkItem, embedded_default
-from siovd.model.accel import fastpath
+from siovd.model.accel import (
+    Blocked,
+    Completed,
+    Executor,
+    Preempted,
+    WorkItem,
+    embedded_default,
+    fastpath,
+)
 from siovd.model.accel.outcome import PageResponse
 from siovd.model.budget import Budget
+from siovd.model.iommu import devtlb as devtlb_module
 from tests.fuzz.conftest import SEED, SUMMARY
 from tests.fuzz.test_descriptor_fuzz import (
     DATA_BASE,
@@ -152,7 +160,9 @@ class AliasingGenerator(Generator):
                 f40 = r.randrange(2)
         else:  # CRCGEN
             f16 = self.inside(size)
-            flags |= r.choice([0, dsa.IDXD_OP_FLAG_BYPASS_CRC_INV_REF, dsa.IDXD_OP_FLAG_BYPASS_DATA_REF])
+            flags |= r.choice(
+                [0, dsa.IDXD_OP_FLAG_BYPASS_CRC_INV_REF, dsa.IDXD_OP_FLAG_BYPASS_DATA_REF]
+            )
             if r.random() < 0.3:
                 flags |= dsa.IDXD_OP_FLAG_READ_CRC_SEED
                 f48 = self.inside(4)
@@ -164,21 +174,37 @@ class AliasingGenerator(Generator):
 
 
 @pytest.mark.parametrize(
-    ("work", "iotlb_entries", "devtlb"),
+    ("work", "iotlb_entries", "devtlb", "devtlb_entries"),
     [
-        (None, 8192, False),
-        (3 * 4096, 8192, False),
-        (None, 6, False),
-        (None, 8192, True),
-        (3 * 4096, 6, True),
+        (None, 8192, False, 0),
+        (3 * 4096, 8192, False, 0),
+        (None, 6, False, 0),
+        (None, 8192, True, 1024),
+        (None, 8192, True, 5),
+        (3 * 4096, 8192, True, 5),
+        (3 * 4096, 6, True, 1024),
     ],
-    ids=["unlimited", "small-budget", "tiny-iotlb", "devtlb", "devtlb-small-budget-tiny-iotlb"],
+    ids=[
+        "unlimited",
+        "small-budget",
+        "tiny-iotlb",
+        "devtlb",
+        "full-devtlb",
+        "full-devtlb-small-budget",
+        "devtlb-small-budget-tiny-iotlb",
+    ],
 )
 def test_native_core_matches_the_python_executor(
-    work: int | None, iotlb_entries: int, devtlb: bool
+    work: int | None,
+    iotlb_entries: int,
+    devtlb: bool,
+    devtlb_entries: int,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     assert fastpath.AVAILABLE, f"native core missing: {fastpath.IMPORT_ERROR}"
-    rng = random.Random(SEED + (work or 0) + iotlb_entries + devtlb)
+    if devtlb_entries:  # a small device TLB fills up: misses then only translate
+        monkeypatch.setattr(devtlb_module, "CAPACITY", devtlb_entries)
+    rng = random.Random(SEED + (work or 0) + iotlb_entries + devtlb + devtlb_entries)
     ref = World(False, iotlb_entries, devtlb)
     fast = World(True, iotlb_entries, devtlb)
     gen = AliasingGenerator(rng, RECORD_PAGES * PAGE // 32)
@@ -197,8 +223,8 @@ def test_native_core_matches_the_python_executor(
                         entries.append(
                             dsa.compval(
                                 rng.choice([DATA_BASE, ALIAS, RECORDS]),
-                                PAGE,
                                 0,
+                                PAGE,
                                 completion=RECORDS + 32 * gen.slot(),
                             )
                         )
@@ -229,7 +255,7 @@ def test_native_core_matches_the_python_executor(
         fast.env.close()
     entries = fast.executor.native_entries
     SUMMARY.append(
-        f"native differential ({work=}, {iotlb_entries=}, {devtlb=}): {CASES} descriptors, native "
+        f"native differential ({work=}, {iotlb_entries=}, {devtlb=}, {devtlb_entries=}): {CASES} descriptors, native "
         f"{dict(sorted(native_by_op.items()))} by opcode, {entries} batch entries natively"
     )
     # the native core really ran every opcode it claims, alone and in batches

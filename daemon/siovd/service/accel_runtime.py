@@ -64,8 +64,8 @@ from siovd.model.accel import (
     SoftwareError,
     SubmitResult,
     WorkItem,
+    fastpath,
 )
-from siovd.model.accel import fastpath
 from siovd.model.accel.cdev import SvaExecutor
 from siovd.model.accel.evl import pack_entry
 from siovd.model.accel.scheduler import Scheduler
@@ -162,7 +162,10 @@ class AccelRuntime:
             log.info("executor", native=False, reason="turned off (SIOVD_NATIVE=0)")
         else:
             log.warning(
-                "executor", native=False, reason="native core not built", error=fastpath.IMPORT_ERROR
+                "executor",
+                native=False,
+                reason="native core not built",
+                error=fastpath.IMPORT_ERROR,
             )
         self.mdevs: dict[str, MdevState] = {}
         self.stats = RuntimeStats()

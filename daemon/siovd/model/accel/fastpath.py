@@ -22,6 +22,7 @@ it was built.
 
 from __future__ import annotations
 
+import importlib
 import os
 import weakref
 from types import ModuleType
@@ -36,14 +37,15 @@ from siovd.model.iommu.translate import IommuDmaSpace, resolve
 if TYPE_CHECKING:
     from siovd.model.iommu.core import Iommu
 
-native: ModuleType | None
-try:
-    from siovd.model.accel import _fastpath as native  # type: ignore[attr-defined,unused-ignore]
-except ImportError as error:  # no compiler when the package was built: the Python executor
-    native = None
-    IMPORT_ERROR: str | None = str(error)
-else:
-    IMPORT_ERROR = None
+
+def _load() -> tuple[ModuleType | None, str | None]:
+    try:
+        return importlib.import_module("siovd.model.accel._fastpath"), None
+    except ImportError as error:  # no compiler when the package was built: the Python executor
+        return None, str(error)
+
+
+native, IMPORT_ERROR = _load()
 
 #: The native core was built and imports.
 AVAILABLE: Final = native is not None
@@ -80,11 +82,11 @@ class Translator:
         self.domain = domain
         self.tag = tag
 
-    def count(self, hits: int) -> None:
+    def count(self, hits: int, backing_hits: int = 0) -> None:
         """The lookups a native descriptor made, as the Python path counts them."""
         self.iotlb.hits += hits
 
-    def fill(self, iova: int, length: int, write: bool) -> bool:
+    def fill(self, iova: int, length: int, write: bool, backing: bool = False) -> bool:
         """Copy the IOTLB entry translating ``iova`` into the cache if the Python path would
         use it as it is for this access (a hit, in one live region of the domain's owner,
         writable and dirty for a write). False: the descriptor runs in Python."""
@@ -119,16 +121,24 @@ class DevTlbTranslator:
     and never reaches the IOMMU (devtlb.DevTlbDmaSpace.runs); anything else runs in Python,
     which asks the IOMMU and fills the device TLB."""
 
-    __slots__ = ("cache", "space")
+    __slots__ = ("backing", "cache", "space")
 
-    def __init__(self, cache: object, space: DevTlbDmaSpace) -> None:
+    def __init__(self, cache: object, space: DevTlbDmaSpace, backing: Translator | None) -> None:
         self.cache = cache
         self.space = space
+        #: While the device TLB is full a miss only translates through the IOMMU (it fills
+        #: nothing): then misses go to the IOTLB copy of the requester's tag.
+        self.backing = backing
 
-    def count(self, hits: int) -> None:
+    def count(self, hits: int, backing_hits: int = 0) -> None:
         self.space.iommu.devtlb_hits += hits
+        if backing_hits:
+            assert self.backing is not None
+            self.backing.iotlb.hits += backing_hits
 
-    def fill(self, iova: int, length: int, write: bool) -> bool:
+    def fill(self, iova: int, length: int, write: bool, backing: bool = False) -> bool:
+        if backing:
+            return self.backing is not None and self.backing.fill(iova, length, write)
         got = self.space.hit_entry(iova, length, write)
         if got is None:
             return False
@@ -137,6 +147,14 @@ class DevTlbTranslator:
         host = native.address(region.buf) + (lo - base)
         self.cache.add_devtlb(key, lo, hi, host, writable)  # type: ignore[attr-defined]
         return True
+
+
+def _copy_all(cache: object, space: DevTlbDmaSpace) -> None:
+    assert native is not None
+    for key, (lo, hi, base, writable, region) in space.cached():
+        if region.alive:
+            host = native.address(region.buf) + (lo - base)
+            cache.add_devtlb(key, lo, hi, host, writable)  # type: ignore[attr-defined]
 
 
 def _stamp(iommu: Iommu) -> tuple[int, int, int]:
@@ -164,8 +182,20 @@ def translator(dma: object) -> Translator | DevTlbTranslator | None:
         stamp = _stamp(dma.iommu)
         held = dma.native
         if held is None or held[0] != stamp:
-            held = dma.native = (stamp, native.PageCache(devtlb=True))
-        return DevTlbTranslator(held[1], dma)
+            held = dma.native = [stamp, native.PageCache(devtlb=True), False]
+        cache = held[1]
+        backing = None
+        if dma.full:
+            # Nothing enters a full device TLB: copy all of it once, and then a miss in the
+            # copy is a miss in the device TLB, which only translates through the IOMMU.
+            if not held[2]:
+                _copy_all(cache, dma)
+                held[2] = True
+            walker = translator(dma.walker)
+            assert walker is None or isinstance(walker, Translator)
+            backing = walker
+        cache.set_backing(None if backing is None else backing.cache)  # type: ignore[attr-defined]
+        return DevTlbTranslator(cache, dma, backing)
     if kind is not IommuDmaSpace:
         return None
     assert isinstance(dma, IommuDmaSpace)

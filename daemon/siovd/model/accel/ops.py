@@ -224,7 +224,7 @@ class Executor:
             got = run_one(xlat.cache, item.desc, op_config, wq.max_transfer_size, irq)
             code = got[0]
             if code == _NATIVE_DONE:
-                xlat.count(got[4])
+                xlat.count(got[4], got[5])
                 self.native_runs += 1
                 raw = item.desc
                 return Completed(
@@ -235,7 +235,7 @@ class Executor:
                     raw[36] | raw[37] << 8,
                     (),
                 )
-            if code != _NATIVE_NEED or not xlat.fill(got[1], got[3], bool(got[2])):
+            if code != _NATIVE_NEED or not xlat.fill(got[1], got[3], bool(got[2]), bool(got[4])):
                 return None
 
     def _outcome(
@@ -903,9 +903,10 @@ class Executor:
             min(budget.left, _U63),
             state.count if budget.untimed else _TIMED_ENTRIES,
         )
-        code, index, done, failed, charged, hits, interrupts, need, need_write, need_len = got
+        (code, index, done, failed, charged, hits, interrupts) = got[:7]
+        need, need_write, need_len, need_backing, backing_hits = got[7:]
         if done:
-            xlat.count(hits)
+            xlat.count(hits, backing_hits)
             self.native_entries += done
             for handle, at in interrupts:
                 events.append(Interrupt(handle, at))
@@ -914,7 +915,9 @@ class Executor:
             state.failed = failed
             budget.left -= charged
             budget.spent += charged
-        if code == _NATIVE_NEED and not xlat.fill(need, need_len, bool(need_write)):
+        if code == _NATIVE_NEED and not xlat.fill(
+            need, need_len, bool(need_write), bool(need_backing)
+        ):
             return _NATIVE_FALLBACK
         return int(code)
 

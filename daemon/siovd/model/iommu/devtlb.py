@@ -58,9 +58,9 @@ class DevTlbDmaSpace:
         self.pasid = pasid
         self._entries: dict[int, _Entry] = {}
         self._generation = self._iotlb.generation
-        #: The executor's native copy of the entries and the stamp it is valid for
-        #: (siovd.model.accel.fastpath), or None.
-        self.native: tuple[tuple[int, int, int], object] | None = None
+        #: The executor's native copy of the entries: [the stamp it is valid for, the copy,
+        #: whether it holds every entry] (siovd.model.accel.fastpath), or None.
+        self.native: list[object] | None = None
 
     def runs(self, iova: int, length: int, write: bool) -> tuple[list[memoryview], DmaFault | None]:
         if self._generation == self._iotlb.generation:
@@ -104,6 +104,20 @@ class DevTlbDmaSpace:
     @property
     def iommu(self) -> Iommu:
         return self._iommu
+
+    @property
+    def walker(self) -> IommuDmaSpace:
+        """Where a miss goes: the IOMMU's own path for this requester."""
+        return self._walker
+
+    def cached(self) -> list[tuple[int, _Entry]]:
+        """Every entry with its key (for the executor's native page cache)."""
+        return list(self._entries.items())
+
+    @property
+    def full(self) -> bool:
+        """A miss fills nothing now (until an invalidation or eviction drops the entries)."""
+        return self._generation == self._iotlb.generation and len(self._entries) >= CAPACITY
 
     def _fill(self, iova: int) -> None:
         """Cache the IOTLB's entry for ``iova``'s page, clipped to its region."""

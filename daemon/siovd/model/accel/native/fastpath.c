@@ -92,13 +92,16 @@ typedef struct {
     int write_ok; /* a write may use the entry without a walk */
 } slot_t;
 
-typedef struct {
+typedef struct PageCacheS {
     PyObject_HEAD
     slot_t *slots;
     size_t cap; /* power of two */
     size_t count;
     int busy;
     int devtlb; /* entries copy a device TLB's (DevTlbDmaSpace), not the IOTLB's */
+    /* device TLB only: the IOTLB copy a miss goes to, set while the device TLB is full (a
+     * miss then fills nothing: it is an IOMMU translation and nothing else) */
+    struct PageCacheS *backing;
 } PageCache;
 
 static inline size_t hash_key(uint64_t key, size_t cap) {
@@ -170,6 +173,7 @@ static PyObject *cache_new(PyTypeObject *type, PyObject *args, PyObject *kw) {
 }
 
 static void cache_dealloc(PageCache *c) {
+    Py_XDECREF((PyObject *)c->backing);
     PyMem_Free(c->slots);
     Py_TYPE(c)->tp_free((PyObject *)c);
 }
@@ -266,7 +270,27 @@ static PyObject *cache_clear(PageCache *c, PyObject *unused) {
 
 static Py_ssize_t cache_len(PageCache *c) { return (Py_ssize_t)c->count; }
 
+static PyTypeObject PageCacheType;
+
+static PyObject *cache_set_backing(PageCache *c, PyObject *other) {
+    if (refuse_busy(c) < 0)
+        return NULL;
+    if (other != Py_None) {
+        if (!PyObject_TypeCheck(other, &PageCacheType) || ((PageCache *)other)->devtlb ||
+            !c->devtlb) {
+            PyErr_SetString(PyExc_ValueError, "a device-TLB cache backs onto an IOTLB cache");
+            return NULL;
+        }
+        Py_INCREF(other);
+    }
+    Py_XDECREF((PyObject *)c->backing);
+    c->backing = other == Py_None ? NULL : (PageCache *)other;
+    Py_RETURN_NONE;
+}
+
 static PyMethodDef cache_methods[] = {
+    {"set_backing", (PyCFunction)cache_set_backing, METH_O,
+     "set_backing(cache or None): where device-TLB misses translate (a full device TLB)"},
     {"add", (PyCFunction)cache_add, METH_VARARGS,
      "add(iova, size, phys, host, region, rw, write_ok): cache one IOTLB entry"},
     {"add_devtlb", (PyCFunction)cache_add_devtlb, METH_VARARGS,
@@ -306,47 +330,27 @@ typedef struct {
 typedef struct {
     const PageCache *cache;
     uint64_t hits; /* lookups of the descriptor in progress */
+    uint64_t backing_hits; /* IOTLB lookups behind a full device TLB */
+    int need_backing; /* the miss was in the backing IOTLB copy */
     uint64_t need; /* the address that missed */
     uint64_t need_len; /* the length of the range it starts (device TLB: one entry or none) */
     int need_write;
 } xlat_t;
 
-/* translate._paging over the cache: 0, or R_NEED (a miss) / R_FALLBACK (too many runs). */
-static int translate(xlat_t *x, uint64_t iova, uint64_t len, int write, runs_t *out) {
+/* translate._paging over an IOTLB copy: 0, or R_NEED (a miss) / R_FALLBACK (too many runs). */
+static int translate_pages(xlat_t *x, const PageCache *cache, uint64_t *hits, uint64_t iova,
+                           uint64_t len, int write, runs_t *out) {
     out->n = 0;
     uint64_t pos = iova, end = iova + len;
-    if (end < iova)
-        return R_FALLBACK;
-    if (x->cache->devtlb && len) {
-        /* devtlb.DevTlbDmaSpace.runs: the 2 MiB frame's entry if it holds the range, else
-         * the 4 KiB page's; a hit is one range inside one entry, else the IOMMU's path */
-        const slot_t *s = probe(x->cache, ((iova >> 21) << 2) | 2);
-        if (s == NULL || !(s->iova <= iova && end <= s->end))
-            s = probe(x->cache, ((iova >> 12) << 2) | 1);
-        if (s == NULL || !(s->iova <= iova && end <= s->end) || (write && !s->write_ok)) {
-            x->need = iova;
-            x->need_len = len;
-            x->need_write = write;
-            return R_NEED;
-        }
-        x->hits++;
-        run_t *r = &out->r[out->n++];
-        r->host = s->host + (iova - s->iova);
-        r->len = len;
-        r->phys = iova; /* one run: never merged */
-        r->region = 0;
-        r->rw = 1;
-        return 0;
-    }
     while (pos < end) {
-        const slot_t *s = lookup(x->cache, pos);
+        const slot_t *s = lookup(cache, pos);
         if (s == NULL || (write && !s->write_ok)) {
             x->need = pos;
             x->need_len = end - pos;
             x->need_write = write;
             return R_NEED;
         }
-        x->hits++;
+        (*hits)++;
         uint64_t off = pos - s->iova;
         uint64_t phys = s->phys + off;
         uint64_t n = s->end - pos;
@@ -367,6 +371,44 @@ static int translate(xlat_t *x, uint64_t iova, uint64_t len, int write, runs_t *
             r->rw = s->rw;
         }
         pos += n;
+    }
+    return 0;
+}
+
+static int translate(xlat_t *x, uint64_t iova, uint64_t len, int write, runs_t *out) {
+    out->n = 0;
+    uint64_t end = iova + len;
+    if (end < iova)
+        return R_FALLBACK;
+    x->need_backing = 0;
+    if (!x->cache->devtlb)
+        return translate_pages(x, x->cache, &x->hits, iova, len, write, out);
+    if (len) {
+        /* devtlb.DevTlbDmaSpace.runs: the 2 MiB frame's entry if it holds the range, else
+         * the 4 KiB page's; a hit is one range inside one entry, else the IOMMU's path */
+        const slot_t *s = probe(x->cache, ((iova >> 21) << 2) | 2);
+        if (s == NULL || !(s->iova <= iova && end <= s->end))
+            s = probe(x->cache, ((iova >> 12) << 2) | 1);
+        if (s == NULL || !(s->iova <= iova && end <= s->end) || (write && !s->write_ok)) {
+            if (x->cache->backing) {
+                int rc = translate_pages(x, x->cache->backing, &x->backing_hits, iova, len,
+                                         write, out);
+                x->need_backing = rc == R_NEED;
+                return rc;
+            }
+            x->need = iova;
+            x->need_len = len;
+            x->need_write = write;
+            return R_NEED;
+        }
+        x->hits++;
+        run_t *r = &out->r[out->n++];
+        r->host = s->host + (iova - s->iova);
+        r->len = len;
+        r->phys = iova; /* one run: never merged */
+        r->region = 0;
+        r->rw = 1;
+        return 0;
     }
     return 0;
 }
@@ -741,14 +783,23 @@ static int parse_wq(PyObject *args_tuple, wq_t *wq, unsigned long long oc,
 }
 
 static int begin(PageCache *c) {
-    if (c->busy)
+    if (c->busy || (c->backing && c->backing->busy))
         return -1;
     c->busy = 1;
+    if (c->backing)
+        c->backing->busy = 1;
     return 0;
 }
 
+static void end(PageCache *c) {
+    c->busy = 0;
+    if (c->backing)
+        c->backing->busy = 0;
+}
+
 /* run_one(cache, desc, op_config, max_transfer, irq_count)
- *   -> (0, status, record, written, hits) | (1, iova, write, length) | (2,) */
+ *   -> (0, status, record, written, hits, backing_hits)
+ *    | (1, iova, write, length, in_backing) | (2,) */
 static PyObject *run_one(PyObject *self, PyObject *args) {
     (void)self;
     PageCache *cache;
@@ -768,11 +819,11 @@ static PyObject *run_one(PyObject *self, PyObject *args) {
     }
     wq_t wq;
     parse_wq(args, &wq, oc, mt, irq);
-    xlat_t x = {cache, 0, 0, 0, 0};
+    xlat_t x = {cache, 0, 0, 0, 0, 0, 0};
     result_t res;
     scratch_t *sc = PyMem_RawMalloc(sizeof(scratch_t));
     if (sc == NULL) {
-        cache->busy = 0;
+        end(cache);
         PyBuffer_Release(&desc);
         return PyErr_NoMemory();
     }
@@ -781,21 +832,22 @@ static PyObject *run_one(PyObject *self, PyObject *args) {
     rc = run_desc(desc.buf, &wq, 0, &x, sc, &res);
     Py_END_ALLOW_THREADS
     PyMem_RawFree(sc);
-    cache->busy = 0;
+    end(cache);
     PyBuffer_Release(&desc);
     if (rc == R_NEED)
-        return Py_BuildValue("(iKiK)", R_NEED, (unsigned long long)x.need, x.need_write,
-                             (unsigned long long)x.need_len);
+        return Py_BuildValue("(iKiKi)", R_NEED, (unsigned long long)x.need, x.need_write,
+                             (unsigned long long)x.need_len, x.need_backing);
     if (rc)
         return Py_BuildValue("(i)", rc);
-    return Py_BuildValue("(iiy#iK)", R_DONE, res.status, (const char *)res.record,
-                         (Py_ssize_t)32, res.written, (unsigned long long)x.hits);
+    return Py_BuildValue("(iiy#iKK)", R_DONE, res.status, (const char *)res.record,
+                         (Py_ssize_t)32, res.written, (unsigned long long)x.hits,
+                         (unsigned long long)x.backing_hits);
 }
 
 /* run_batch(cache, list, index, count, failed, op_config, max_transfer, irq_count,
  *           budget_left, max_entries)
  *   -> (code, index, completed_here, failed, charged, hits, interrupts, need_iova, need_write,
- *       need_len)
+ *       need_len, need_backing, backing_hits)
  * Runs batch entries from ``index`` as ops._op_batch does, until the batch ends (R_DONE),
  * an entry misses (R_NEED) or is not ours (R_FALLBACK, also a fence after a failure), or
  * the byte budget runs out after an entry (R_BUDGET, as Budget.charge(DESC_COST) says), or
@@ -818,25 +870,25 @@ static PyObject *run_batch(PyObject *self, PyObject *args) {
     }
     if (begin(cache) < 0) {
         PyBuffer_Release(&list);
-        return Py_BuildValue("(inniLKOKiK)", R_FALLBACK, index, (Py_ssize_t)0, failed, 0LL,
-                             0ULL, Py_None, 0ULL, 0, 0ULL);
+        return Py_BuildValue("(inniLKOKiKiK)", R_FALLBACK, index, (Py_ssize_t)0, failed, 0LL,
+                             0ULL, Py_None, 0ULL, 0, 0ULL, 0, 0ULL);
     }
     wq_t wq;
     parse_wq(args, &wq, oc, mt, irq);
-    xlat_t x = {cache, 0, 0, 0, 0};
+    xlat_t x = {cache, 0, 0, 0, 0, 0, 0};
     scratch_t *sc = PyMem_RawMalloc(sizeof(scratch_t));
     /* interrupt handles of entries that asked for one, with their index */
     Py_ssize_t *irqs = PyMem_RawMalloc(sizeof(Py_ssize_t) * 2 * (size_t)(count - index + 1));
     if (sc == NULL || irqs == NULL) {
         PyMem_RawFree(sc);
         PyMem_RawFree(irqs);
-        cache->busy = 0;
+        end(cache);
         PyBuffer_Release(&list);
         return PyErr_NoMemory();
     }
     Py_ssize_t nirq = 0, done = 0;
     long long charged = 0;
-    uint64_t hits = 0;
+    uint64_t hits = 0, backing_hits = 0;
     int code = R_DONE;
     const uint8_t *base = list.buf;
     Py_BEGIN_ALLOW_THREADS
@@ -850,12 +902,14 @@ static PyObject *run_batch(PyObject *self, PyObject *args) {
         }
         result_t res;
         x.hits = 0;
+        x.backing_hits = 0;
         int rc = run_desc(raw, &wq, 1, &x, sc, &res);
         if (rc) {
             code = rc;
             break;
         }
         hits += x.hits;
+        backing_hits += x.backing_hits;
         if (flags & F_RCI) {
             uint16_t handle;
             memcpy(&handle, raw + 36, 2);
@@ -877,7 +931,7 @@ static PyObject *run_batch(PyObject *self, PyObject *args) {
     }
     Py_END_ALLOW_THREADS
     PyMem_RawFree(sc);
-    cache->busy = 0;
+    end(cache);
     PyBuffer_Release(&list);
     PyObject *interrupts = PyList_New(nirq);
     if (interrupts == NULL) {
@@ -894,9 +948,10 @@ static PyObject *run_batch(PyObject *self, PyObject *args) {
         PyList_SET_ITEM(interrupts, i, pair);
     }
     PyMem_RawFree(irqs);
-    return Py_BuildValue("(inniLKNKiK)", code, index, done, failed, charged,
+    return Py_BuildValue("(inniLKNKiKiK)", code, index, done, failed, charged,
                          (unsigned long long)hits, interrupts, (unsigned long long)x.need,
-                         x.need_write, (unsigned long long)x.need_len);
+                         x.need_write, (unsigned long long)x.need_len, x.need_backing,
+                         (unsigned long long)backing_hits);
 }
 
 /* address(buffer) -> the address of a writable or read-only buffer's first byte. */
