@@ -149,6 +149,53 @@ class DevTlbTranslator:
         return True
 
 
+def _devtlb_translator(dma: DevTlbDmaSpace) -> DevTlbTranslator:
+    """The device TLB's translator, kept on the space while its stamp holds (this runs once
+    per descriptor): it is rebuilt when the device TLB fills up, and its IOTLB copy for misses
+    when the PASID entry points elsewhere (an attach moves no IOTLB stamp)."""
+    assert native is not None
+    iommu = dma.iommu
+    iotlb = iommu.iotlb
+    stamp = (iotlb.generation, iotlb.fills, iommu.memory.generation)
+    held = dma.native
+    if held is not None and held[0] == stamp:
+        kept = held[3]
+        if kept is not None:
+            assert isinstance(kept, DevTlbTranslator)
+            behind = kept.backing
+            if behind is None:
+                if not dma.full:
+                    return kept
+            elif _points_at(dma.walker, behind):
+                return kept
+    else:
+        held = dma.native = [stamp, native.PageCache(devtlb=True), False, None]
+    cache = held[1]
+    backing = None
+    if dma.full:
+        # Nothing enters a full device TLB: copy all of it once, and then a miss in the copy
+        # is a miss in the device TLB, which only translates through the IOMMU.
+        if not held[2]:
+            _copy_all(cache, dma)
+            held[2] = True
+        walker = translator(dma.walker)
+        assert walker is None or isinstance(walker, Translator)
+        backing = walker
+    cache.set_backing(None if backing is None else backing.cache)  # type: ignore[attr-defined]
+    made = DevTlbTranslator(cache, dma, backing)
+    held[3] = made
+    return made
+
+
+def _points_at(space: IommuDmaSpace, xlat: Translator) -> bool:
+    """The requester's PASID entry still points at the domain and tag ``xlat`` was made for."""
+    device = space.device
+    if device.group is None:
+        return False
+    domain, tag_pasid = resolve(device, space.pasid)
+    return domain is xlat.domain and make_tag(domain.id, tag_pasid) == xlat.tag
+
+
 def _copy_all(cache: object, space: DevTlbDmaSpace) -> None:
     assert native is not None
     for key, (lo, hi, base, writable, region) in space.cached():
@@ -179,23 +226,7 @@ def translator(dma: object) -> Translator | DevTlbTranslator | None:
     kind = type(dma)
     if kind is DevTlbDmaSpace:
         assert isinstance(dma, DevTlbDmaSpace)
-        stamp = _stamp(dma.iommu)
-        held = dma.native
-        if held is None or held[0] != stamp:
-            held = dma.native = [stamp, native.PageCache(devtlb=True), False]
-        cache = held[1]
-        backing = None
-        if dma.full:
-            # Nothing enters a full device TLB: copy all of it once, and then a miss in the
-            # copy is a miss in the device TLB, which only translates through the IOMMU.
-            if not held[2]:
-                _copy_all(cache, dma)
-                held[2] = True
-            walker = translator(dma.walker)
-            assert walker is None or isinstance(walker, Translator)
-            backing = walker
-        cache.set_backing(None if backing is None else backing.cache)  # type: ignore[attr-defined]
-        return DevTlbTranslator(cache, dma, backing)
+        return _devtlb_translator(dma)
     if kind is not IommuDmaSpace:
         return None
     assert isinstance(dma, IommuDmaSpace)
