@@ -255,7 +255,8 @@ def test_native_core_matches_the_python_executor(
         fast.env.close()
     entries = fast.executor.native_entries
     SUMMARY.append(
-        f"native differential ({work=}, {iotlb_entries=}, {devtlb=}, {devtlb_entries=}): {CASES} descriptors, native "
+        f"native differential ({work=}, {iotlb_entries=}, {devtlb=}, {devtlb_entries=}): "
+        f"{CASES} descriptors, native "
         f"{dict(sorted(native_by_op.items()))} by opcode, {entries} batch entries natively"
     )
     # the native core really ran every opcode it claims, alone and in batches

@@ -16,6 +16,23 @@ region checks ``IommuDmaSpace.runs`` makes, and dropped whole as soon as the IOT
 to the IOTLB's hits; an entry's CLOCK reference mark is set when it is copied (it is being used
 at that moment, and only an eviction pass, which drops the cache, clears it).
 
+Behind a device TLB (the DMA space the daemon gives an mdev) the cache copies the device TLB's
+entries instead: a range inside one is one device-TLB hit, as ``DevTlbDmaSpace.runs`` counts it;
+a miss runs in Python (which asks the IOMMU and fills the device TLB), except once the device
+TLB is full, when a miss only translates and goes to the IOTLB copy of the requester's tag.
+
+Off the event-loop thread: the native calls release the GIL for the data work. They are safe
+to make from another thread (an engine on its own core) under these invariants:
+
+- no region leaves the physical space while a call runs (regions are removed by the thread
+  that owns the model, which must not do so concurrently with a call on another thread: hold
+  the model's lock around both); the memory's ``generation`` is checked when a call starts, so
+  a cache never holds the address of a mapping that was closed before;
+- one call at a time per page cache (per requester): a call marks its cache busy, a second
+  call on it falls back to Python, and filling a busy cache raises;
+- the model's Python objects (IOTLB, device TLB, budgets) are touched only with the GIL held,
+  before and after the data work, never during it.
+
 ``SIOVD_NATIVE=0`` in the environment turns the native core off; :data:`AVAILABLE` says whether
 it was built.
 """
