@@ -62,7 +62,11 @@ class AuthReply:
 
 @dataclass(frozen=True, slots=True)
 class Empty:
-    """Commands that take no fields."""
+    """Commands that take no fields, and replies that carry none."""
+
+
+#: the one empty body, what a handler with nothing to say returns
+EMPTY = Empty()
 
 
 @dataclass(frozen=True, slots=True)
@@ -78,15 +82,38 @@ class PingRequest:
 
 
 @dataclass(frozen=True, slots=True)
+class InfoConfig:
+    """The daemon's settings a client may want to know (INFO ``config``)."""
+
+    auth: str
+    default_domain: str
+    iotlb_entries: int
+    lazy_flush_ms: float
+    lazy_flush_threshold: int
+    page_request_timeout_s: float
+    max_msg_size: int
+    max_fds: int
+
+
+@dataclass(frozen=True, slots=True)
+class SessionIdentity:
+    """Who the asking connection is (INFO ``session``)."""
+
+    id: int
+    identity: str
+    role: str
+
+
+@dataclass(frozen=True, slots=True)
 class InfoReply:
     version: str
-    protocol: str
     uptime_s: float
     pid: int
     socket: str
-    config: dict[str, Any]
+    config: InfoConfig
     counts: dict[str, int]
-    session: dict[str, Any]  # id, identity, role of the asking session
+    protocol: str
+    session: SessionIdentity
 
 
 @dataclass(frozen=True, slots=True)
@@ -94,17 +121,18 @@ class PingReply:
     payload: bytes | None = text(65536, default=None)
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True, slots=True, kw_only=True)
 class StatsReply:
-    """Counter maps by area; areas a daemon does not run (no accelerator) are absent."""
+    """Counter maps by area (their keys are counters, not fields: areas grow counters without
+    a protocol change); areas a daemon does not run (no accelerator) are absent."""
 
-    daemon: dict[str, Any]
-    session: dict[str, Any]
+    daemon: dict[str, float]  # counts, and a few worst times in ms
     iommu: dict[str, Any] | None = None
     accel: dict[str, Any] | None = None
     sva: dict[str, Any] | None = None
     vfio_user: dict[str, Any] | None = None
-    uid: dict[str, Any] | None = None  # what all connections of the caller's uid hold (§9)
+    session: dict[str, int]
+    uid: dict[str, int] | None = None  # what all connections of the caller's uid hold (§9)
 
 
 @dataclass(frozen=True, slots=True)

@@ -319,6 +319,33 @@ class MdevDefineReply:
     claimed: bool | None = None
     definitions: list[DefinitionInfo] | None = None
 
+    @classmethod
+    def one(cls, info: DefinitionInfo) -> MdevDefineReply:
+        """The reply for one definition: its fields at the top level."""
+        return cls(
+            uuid=info.uuid,
+            parent=info.parent,
+            mdev_type=info.mdev_type,
+            start=info.start,
+            attrs=info.attrs,
+            running=info.running,
+            claimed=info.claimed,
+        )
+
+    def single(self) -> DefinitionInfo:
+        """A one-definition reply as the :class:`DefinitionInfo` it carries."""
+        if self.uuid is None or self.parent is None or self.mdev_type is None:
+            raise ValueError("a batch define reply carries definitions, not one")
+        return DefinitionInfo(
+            uuid=self.uuid,
+            parent=self.parent,
+            mdev_type=self.mdev_type,
+            start=self.start or "manual",
+            attrs=self.attrs or [],
+            running=bool(self.running),
+            claimed=bool(self.claimed),
+        )
+
 
 @dataclass(frozen=True, slots=True)
 class ListDefinedReply:

@@ -362,16 +362,24 @@ class ClientConnection:
         reply_fds: tuple[int, ...] = ()
         if isinstance(result, tuple):  # (body, fds to send)
             result, reply_fds = result
-        body = result if isinstance(result, dict) or result is None else encode(result)
+        # The one place a reply becomes a map: every handler returns its REPLIES schema's
+        # instance (optionally with fds to send), never a map of its own.
         if CHECK_REPLIES:
             try:
-                decode(handler.reply, body or {})
+                if type(result) is not handler.reply:
+                    raise FieldError(
+                        errno.EINVAL,
+                        "",
+                        f"is a {type(result).__name__}, not {handler.reply.__name__}",
+                    )
+                decode(handler.reply, encode(result))
             except FieldError as exc:
                 close_fds(reply_fds)
                 self.log.error("reply does not match its schema", command=handler.command.name)
                 self.daemon.counters["handler_failures"] += 1
                 text = f"internal error in {handler.command.name}: reply {exc.message}"
                 return self.conn.send_error(msg.msg_id, msg.command, errno.EIO, text), ()
+        body = encode(result)
         try:
             data = self.conn.send_reply(msg.msg_id, msg.command, body)
         except LocalProtocolError as exc:  # SPEC §6: larger than the negotiated size

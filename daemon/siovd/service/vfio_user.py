@@ -38,6 +38,7 @@ import structlog
 import trio
 
 from siov_protocol import vfio_user as vu
+from siov_protocol.replies import VfioUserEndpoint
 from siovd.model.accel import TYPE_1DWQ, SubmitResult
 from siovd.model.accel.parent import MDEV_IRQ_COUNT
 from siovd.model.accel.vdsa import BAR0_SIZE, BAR2_SIZE, VirtualDsa
@@ -676,13 +677,13 @@ class Endpoints:
         for uuid in [u for u, e in self.by_uuid.items() if e.owner == session.id]:
             self.unexpose_quietly(uuid)
 
-    def info(self, endpoint: Endpoint) -> dict[str, Any]:
-        return {
-            "uuid": endpoint.uuid,
-            "path": endpoint.path,
-            "domain_id": endpoint.domain_id,
-            "dma_maps": len(endpoint.maps),
-        }
+    def info(self, endpoint: Endpoint) -> VfioUserEndpoint:
+        return VfioUserEndpoint(
+            uuid=endpoint.uuid,
+            path=endpoint.path,
+            domain_id=endpoint.domain_id,
+            dma_maps=len(endpoint.maps),
+        )
 
     def stats(self) -> dict[str, Any]:
         out: dict[str, Any] = {}
