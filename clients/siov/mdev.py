@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import warnings
 from collections import deque
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -36,6 +37,8 @@ from siov_protocol.messages_accel import (
     REGION_BAR2,
     SUBMIT_ACCEPTED,
 )
+from siov_protocol.replies import DeviceDescription
+from siov_protocol.schema import RecordKeyWarning
 
 from .errors import RecordNotWritten, TryAgain
 
@@ -75,17 +78,17 @@ class SubmitResults:
 class Mdev:
     """One accelerator mdev: ``info`` is its device description (``create_mdev``'s reply)."""
 
-    def __init__(self, client: Client, info: dict[str, Any]) -> None:
+    def __init__(self, client: Client, info: DeviceDescription) -> None:
         self.client = client
         self.info = info
-        self.uuid: str = info["uuid"]
-        self.default_pasid: int = info["default_pasid"]
-        self.group_id: int | None = info.get("group_id")
+        self.uuid: str = info.uuid
+        self.default_pasid: int = info.default_pasid
+        self.group_id: int | None = info.group_id
         #: The domain the device is attached to now: the client's ``attach_device`` and
         #: ``detach_device`` keep it current (``info`` stays the reply it was created with).
-        self.domain_id: int | None = info.get("domain_id")
+        self.domain_id: int | None = info.domain_id
         #: The group's default domain (what ``detach_device`` returns the device to).
-        self.default_domain_id: int | None = info.get("default_domain_id", self.domain_id)
+        self.default_domain_id: int | None = info.default_domain_id
         #: Interrupts seen per vector (eventfd or EVENT_IRQ).
         self.irq_counts = [0] * IRQ_VECTORS
         #: The latest software errors (EVENT_IRQ on vector 0 carries them), newest last.
@@ -97,7 +100,22 @@ class Mdev:
         client._mdevs[self.uuid] = self
 
     def __repr__(self) -> str:
-        return f"<Mdev {self.uuid} {self.info.get('type_id')}>"
+        return f"<Mdev {self.uuid} {self.info.type_id}>"
+
+    def __getitem__(self, key: str) -> Any:
+        """``mdev["uuid"]`` as ``create_mdev``'s map reply had it, for one release (0.x):
+        the Mdev's own attribute (``domain_id`` is current) or else ``info``'s."""
+        warnings.warn(
+            f"Mdev[{key!r}]: use .{key} or .info.{key} (replies are typed objects now)",
+            RecordKeyWarning,
+            stacklevel=2,
+        )
+        if key in ("uuid", "default_pasid", "group_id", "domain_id", "default_domain_id"):
+            return getattr(self, key)
+        try:
+            return getattr(self.info, key)
+        except AttributeError:
+            raise KeyError(key) from None
 
     # -- interrupts ---------------------------------------------------------------------------
 

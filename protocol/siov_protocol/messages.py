@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from .features import FEATURES
-from .schema import U16, items, text, u
+from .schema import U16, Record, items, text, u
 
 PROTOCOL_MAJOR = 1
 PROTOCOL_MINOR = 0
@@ -18,7 +18,7 @@ PAGE_SIZES = (4096, 2 << 20, 1 << 30)
 
 
 @dataclass(frozen=True, slots=True)
-class Capabilities:
+class Capabilities(Record):
     """What one side can take. The reply's values are the ones both sides then use."""
 
     max_msg_size: int = u(4096, 64 << 20, default=1 << 20)
@@ -37,7 +37,7 @@ class VersionRequest:
 
 
 @dataclass(frozen=True, slots=True)
-class VersionReply:
+class VersionReply(Record):
     major: int
     minor: int
     capabilities: Capabilities
@@ -55,13 +55,13 @@ class AuthRequest:
 
 
 @dataclass(frozen=True, slots=True)
-class AuthReply:
+class AuthReply(Record):
     identity: str
     role: str
 
 
 @dataclass(frozen=True, slots=True)
-class Empty:
+class Empty(Record):
     """Commands that take no fields, and replies that carry none."""
 
 
@@ -82,7 +82,7 @@ class PingRequest:
 
 
 @dataclass(frozen=True, slots=True)
-class InfoConfig:
+class InfoConfig(Record):
     """The daemon's settings a client may want to know (INFO ``config``)."""
 
     auth: str
@@ -96,7 +96,7 @@ class InfoConfig:
 
 
 @dataclass(frozen=True, slots=True)
-class SessionIdentity:
+class SessionIdentity(Record):
     """Who the asking connection is (INFO ``session``)."""
 
     id: int
@@ -105,7 +105,7 @@ class SessionIdentity:
 
 
 @dataclass(frozen=True, slots=True)
-class InfoReply:
+class InfoReply(Record):
     version: str
     uptime_s: float
     pid: int
@@ -117,12 +117,12 @@ class InfoReply:
 
 
 @dataclass(frozen=True, slots=True)
-class PingReply:
+class PingReply(Record):
     payload: bytes | None = text(65536, default=None)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
-class StatsReply:
+class StatsReply(Record):
     """Counter maps by area (their keys are counters, not fields: areas grow counters without
     a protocol change); areas a daemon does not run (no accelerator) are absent."""
 

@@ -218,7 +218,7 @@ def bind(client: siov.BlockingClient) -> None:
     dst = ctypes.create_string_buffer(8192)
     recs.clear()
     desc = dsa.memmove(ctypes.addressof(dst), ctypes.addressof(src), 8192, completion=recs.addr(0))
-    result = mdev.submit(desc, pasid=bound["pasid"])
+    result = mdev.submit(desc, pasid=bound.pasid)
     out(bound=bound, accepted=result.all_accepted, record=record_dict(recs.wait(0)))
     out(copied=dst.raw == src.raw)
     client.sva_unbind(mdev.uuid, bound["pasid"])
