@@ -22,7 +22,7 @@ from siov_protocol.replies import DeviceDescription
 
 from .client import Client, Event, EventFilter, Reply, connect, event_matcher
 from .errors import ConnectionClosed, SiovError
-from .mdev import Mdev
+from .mdev import Mdev, _warn_key
 
 P = ParamSpec("P")
 R = TypeVar("R")
@@ -320,7 +320,8 @@ class BlockingMdev:
 
     def __getitem__(self, key: str) -> Any:
         """As :meth:`Mdev.__getitem__`: the map reply's keys, for one release (0.x)."""
-        return self.mdev[key]
+        _warn_key("BlockingMdev", key)
+        return self.mdev._key(key)
 
     @property
     def domain_id(self) -> int | None:

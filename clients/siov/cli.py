@@ -19,7 +19,7 @@ from typing import Any
 
 from siov_protocol import Command, jsonc
 from siov_protocol.replies import DeviceDescription
-from siov_protocol.schema import Record, encode
+from siov_protocol.schema import encode, plain
 
 from . import mdevctl
 from .accel_config import ListError, list_output
@@ -87,17 +87,6 @@ def render(result: Any) -> str:
         width = max((len(k) for k, _ in pairs), default=0)
         return "\n".join(f"{k.ljust(width)}  {v}" for k, v in pairs)
     return str(result)
-
-
-def plain(value: Any) -> Any:
-    """A result as maps and lists for output: a typed reply becomes the map it came as."""
-    if isinstance(value, Record):
-        return encode(value)
-    if isinstance(value, list):
-        return [plain(v) for v in value]
-    if isinstance(value, dict):
-        return {k: plain(v) for k, v in value.items()}
-    return value
 
 
 def _json_default(value: Any) -> Any:
@@ -589,7 +578,7 @@ def cmd_create(client: BlockingClient, args: argparse.Namespace) -> Any:
     mdev_type = args.mdev_type or args.pos_type
     if not parent or not mdev_type:
         raise SiovError(errno.EINVAL, "create needs a parent and a type: -p PARENT -t TYPE")
-    return client.create_mdev(parent, mdev_type, args.uuid)
+    return client.create_mdev(parent, mdev_type, args.uuid).info
 
 
 def _uuid_arg(p: argparse.ArgumentParser) -> None:

@@ -57,6 +57,14 @@ DEFAULT_TIMEOUT: Final = 30.0
 _COMPLETION_ADDR_OFFSET: Final = 8
 
 
+def _warn_key(kind: str, key: str) -> None:
+    warnings.warn(
+        f"{kind}[{key!r}]: use .{key} or .info.{key} (replies are typed objects now)",
+        RecordKeyWarning,
+        stacklevel=3,
+    )
+
+
 @dataclass(frozen=True, slots=True)
 class SubmitResults:
     """What SUBMIT answered: counts, and one ``SUBMIT_*`` byte per descriptor."""
@@ -105,11 +113,10 @@ class Mdev:
     def __getitem__(self, key: str) -> Any:
         """``mdev["uuid"]`` as ``create_mdev``'s map reply had it, for one release (0.x):
         the Mdev's own attribute (``domain_id`` is current) or else ``info``'s."""
-        warnings.warn(
-            f"Mdev[{key!r}]: use .{key} or .info.{key} (replies are typed objects now)",
-            RecordKeyWarning,
-            stacklevel=2,
-        )
+        _warn_key("Mdev", key)
+        return self._key(key)
+
+    def _key(self, key: str) -> Any:
         if key in ("uuid", "default_pasid", "group_id", "domain_id", "default_domain_id"):
             return getattr(self, key)
         try:

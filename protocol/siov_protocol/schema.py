@@ -246,6 +246,18 @@ class Record:
         return isinstance(key, str) and getattr(self, key, None) is not None
 
 
+def plain(value: Any) -> Any:
+    """``value`` as maps and lists (for JSON, printing, comparing with literals): every
+    :class:`Record` inside it becomes the map it is sent as."""
+    if isinstance(value, Record):
+        return encode(value)
+    if isinstance(value, list | tuple):
+        return [plain(v) for v in value]
+    if isinstance(value, dict):
+        return {k: plain(v) for k, v in value.items()}
+    return value
+
+
 def required() -> Any:
     """A required field with no bounds (a bool, a map, a list of records)."""
     return dataclasses.field()

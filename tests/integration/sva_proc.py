@@ -19,6 +19,7 @@ from typing import Any
 import siov
 from siov import dsa
 from siov_protocol import Command
+from siov_protocol.schema import plain
 
 libc = ctypes.CDLL(None, use_errno=True)
 libc.mmap.restype = ctypes.c_void_p
@@ -40,7 +41,7 @@ POLLS = 200_000
 
 
 def out(**fields: Any) -> None:
-    print(json.dumps(fields), flush=True)
+    print(json.dumps({k: plain(v) for k, v in fields.items()}), flush=True)
 
 
 def anon(size: int, prot: int = mmap.PROT_READ | mmap.PROT_WRITE, at: int = 0) -> int:

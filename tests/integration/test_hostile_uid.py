@@ -32,7 +32,7 @@ async def test_uid_connections_caps_one_users_connections(
         assert info.value.errno == errno.EAGAIN
         assert f"limits.uid_connections = 2 connections of uid {os.getuid()}" in info.value.message
         stats = await a.stats()
-        assert stats.uid["connections"] == 2 and stats["uid"]["uid"] == os.getuid()
+        assert stats.uid["connections"] == 2 and stats.uid["uid"] == os.getuid()
         assert stats.daemon["clients_refused"] == 1
         assert await b.ping(b"b") == b"b"
     running.server.nursery.cancel_scope.cancel()
@@ -61,9 +61,9 @@ async def test_uid_mdevs_and_regions_span_connections(nursery: trio.Nursery, soc
         assert regions.value.errno == errno.ENOSPC
         assert f"limits.uid_memory_regions = 3 (uid {os.getuid()})" in regions.value.message
         cost = await a.stats()
-        assert cost.session["mdevs"] == 2 and cost["session"]["memory_regions"] == 2
+        assert cost.session["mdevs"] == 2 and cost.session["memory_regions"] == 2
         assert cost.session["memory_bytes"] == 8192
-        assert cost.uid["mdevs"] == 3 and cost["uid"]["memory_regions"] == 3
+        assert cost.uid["mdevs"] == 3 and cost.uid["memory_regions"] == 3
         for buf in bufs:
             buf.close()
     running.server.nursery.cancel_scope.cancel()

@@ -10,6 +10,7 @@ import pytest
 import trio
 
 import siov
+from siov_protocol.replies import TranslateRun
 from tests.conftest import RunningDaemon, make_config, start_daemon
 from tests.helpers import expect
 
@@ -110,7 +111,7 @@ async def test_isolation_between_clients(siovd: RunningDaemon) -> None:
             (bob.map(bob_dom, buf.phys, 4096, iova=0), bob.map(bob_dom, 1 << 40, 4096, iova=0)),
             (bob.unregister(buf.region), bob.unregister(9999)),
             (bob.attach_device(bob_dom, mdev.uuid), bob.attach_device(bob_dom, "0" * 36)),
-            (bob.attach_device(dom, mdev.uuid), bob.attach_device(9999, mdev["uuid"])),
+            (bob.attach_device(dom, mdev.uuid), bob.attach_device(9999, mdev.uuid)),
             (bob.remove_mdev(mdev.uuid), bob.remove_mdev("1" * 36)),
             (bob.free_domain(dom), bob.free_domain(9999)),
             (bob.map(dom, buf.phys, 4096, iova=0), bob.map(9998, buf.phys, 4096, iova=0)),
@@ -156,7 +157,7 @@ async def test_faults_reach_the_domain_owner(siovd: RunningDaemon) -> None:
         assert event.body["reason"] == 0x71 and event.body["iova"] == 0x90_0000
         out = await emu.translate(dev.uuid, 0x10_0000, 2 * MiB)
         assert out.translated == MiB and out.fault.iova == 0x20_0000
-        assert out.runs == [{"iova": 0x10_0000, "phys": buf.phys, "length": MiB, "prot": 1}]
+        assert out.runs == [TranslateRun(iova=0x10_0000, phys=buf.phys, length=MiB, prot=1)]
 
 
 def siov_command(name: str) -> siov.Event | object:

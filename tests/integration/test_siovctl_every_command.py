@@ -71,7 +71,7 @@ def test_every_subcommand_sees_another_clients_objects(
         groups = json.loads(did("groups", json_out=True))
         assert {mdev.uuid, dev.uuid} <= {d for g in groups for d in g["devices"]}
         domains = json.loads(did("domains", json_out=True))
-        mine = next(d for d in domains if d.domain_id == dom["domain_id"])
+        mine = next(d for d in domains if d["domain_id"] == dom.id)
         for key in ("areas", "pasids", "pt_root_phys", "default_of_group"):
             assert key in mine
         assert mine["areas"] == 1

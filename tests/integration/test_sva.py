@@ -188,7 +188,7 @@ def test_a_dedicated_wq_has_one_opener(daemon: LoggedDaemon) -> None:
         assert len({s.pasid for s in shared}) == 3
         first.wq_close(opened.handle)
         again = second.wq_open("dsa0", 0)
-        assert again.pasid != opened["pasid"] or again.handle != opened["handle"]
+        assert again.pasid != opened.pasid or again.handle != opened.handle
         # An mdev holding the dedicated WQ counts as its opener.
         second.wq_close(again.handle)
         mdev = first.create_dsa_mdev("dsa-1dwq")
@@ -306,7 +306,7 @@ def test_close_aborts_work_that_waits_on_a_page_request(daemon: LoggedDaemon) ->
         assert fault.command == Command.EVENT_FAULT and fault.body["reason"] == 0x71
         event = client.next_event(timeout=10)
         assert event.command == Command.EVENT_PAGE_REQUEST
-        assert event.body.pasid == opened["pasid"] and event.body["iova"] == addr
+        assert event.body["pasid"] == opened.pasid and event.body["iova"] == addr
         client.wq_close(opened.handle)
         assert ctypes.c_uint8.from_address(base + 32).value == SUCCESS
         assert ctypes.c_uint8.from_address(base).value == 0  # aborted, never completed
