@@ -18,6 +18,7 @@ from typing import Any, Concatenate, ParamSpec, TypeVar
 
 import trio
 
+from siov_protocol.messages import VersionReply
 from siov_protocol.replies import DeviceDescription
 
 from .client import Client, Event, EventFilter, Reply, connect, event_matcher
@@ -200,8 +201,8 @@ class BlockingClient:
         self.close()
 
     @property
-    def version(self) -> dict[str, Any]:
-        return self._client.version if self._client else {}
+    def version(self) -> VersionReply | None:
+        return self._client.version if self._client else None
 
     request: Callable[..., Reply] = _blocking(Client.request)
     call: Callable[..., dict[str, Any]] = _blocking(Client.call)

@@ -30,7 +30,7 @@ from siov_protocol import (
     Side,
 )
 from siov_protocol.fdpass import ANC_SPACE, fds_from_ancillary, send_nowait
-from siov_protocol.messages import InfoReply, PingReply, StatsReply
+from siov_protocol.messages import AuthReply, InfoReply, PingReply, StatsReply, VersionReply
 from siov_protocol.replies import (
     EVENTS,
     REPLIES,
@@ -249,8 +249,10 @@ class Client:
         self._waiters = 0
         self._background_scope: trio.CancelScope | None = None
         self._round_over = trio.Event()
-        self.version: dict[str, Any] = {}
-        self.identity: dict[str, Any] = {}
+        #: the daemon's VERSION reply (limits, features, auth mode), once negotiated
+        self.version: VersionReply | None = None
+        #: the AUTH reply (who the daemon says this connection is), when the daemon asked
+        self.identity: AuthReply | None = None
         self._nursery: trio.Nursery | None = None  # set by connect(); Mdev eventfd pumps
         self._mdevs: dict[str, Mdev] = {}  # EVENT_IRQ goes to the Mdev of its device
         self._page_requests: trio.MemorySendChannel[Event] | None = None
@@ -523,13 +525,13 @@ class Client:
             "capabilities": {"max_fds": 253, "max_msg_size": 64 << 20},
             "client": name,
         }
-        self.version = await self.call(Command.VERSION, body)
+        self.version = await self.call_typed(Command.VERSION, body)
         state = self._conn.state
         if state.ready:
             return
         mode = state.auth
         if mode == "peercred":
-            self.identity = await self.call(Command.AUTH, {})
+            self.identity = await self.call_typed(Command.AUTH, {})
         elif mode == "key":
             if key_path is None:
                 raise PermissionDenied(
@@ -538,9 +540,9 @@ class Client:
             from .keys import load_private_key, sign_challenge
 
             public_key, signature = sign_challenge(
-                load_private_key(key_path), bytes(self.version["nonce"])
+                load_private_key(key_path), bytes(self.version.nonce or b"")
             )
-            self.identity = await self.call(
+            self.identity = await self.call_typed(
                 Command.AUTH, {"public_key": public_key, "signature": signature}
             )
 

@@ -36,6 +36,8 @@ from siov_protocol.messages_accel import (
     REGION_BAR0,
     REGION_BAR2,
     SUBMIT_ACCEPTED,
+    DeviceInfo,
+    RegionInfo,
 )
 from siov_protocol.replies import DeviceDescription
 from siov_protocol.schema import RecordKeyWarning
@@ -253,12 +255,16 @@ class Mdev:
         body = {"device": self.uuid, "region": REGION_BAR0, "offset": offset, "count": count}
         return bytes((await self.client.call(Command.REGION_READ, body))["data"])
 
-    async def device_info(self) -> dict[str, Any]:
-        return await self.client.call(Command.DEVICE_GET_INFO, {"device": self.uuid})
+    async def device_info(self) -> DeviceInfo:
+        reply: DeviceInfo = await self.client.call_typed(
+            Command.DEVICE_GET_INFO, {"device": self.uuid}
+        )
+        return reply
 
-    async def region_info(self, index: int) -> dict[str, Any]:
+    async def region_info(self, index: int) -> RegionInfo:
         body = {"device": self.uuid, "index": index}
-        return await self.client.call(Command.DEVICE_GET_REGION_INFO, body)
+        reply: RegionInfo = await self.client.call_typed(Command.DEVICE_GET_REGION_INFO, body)
+        return reply
 
     # -- completion ---------------------------------------------------------------------------
 

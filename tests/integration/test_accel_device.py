@@ -61,7 +61,7 @@ async def test_device_info_regions_and_registers(siovd: RunningDaemon) -> None:
         assert bar0 == {"index": 0, "flags": REGION_FLAG_READ, "size": 4096, "offset": 0}
         bar2 = await mdev.region_info(2)
         assert bar2["flags"] == REGION_FLAG_WRITE and bar2["size"] == 4 * 4096  # 4 portal pages
-        assert (await mdev.region_info(1))["size"] == 0  # not implemented
+        assert (await mdev.region_info(1)).size == 0  # not implemented
         await expect(errno.EINVAL, mdev.region_info(9), "regions 0..8")
         registers = await mdev.read_registers()
         assert struct.unpack_from("<I", registers, 0)[0] == 0x200  # VER: DSA 2.0
@@ -278,7 +278,7 @@ def test_blocking_mdev(siovd_proc: DaemonProcess) -> None:
         done = mdev.run(dsa.memmove(0x1000, 0, 64, completion=CR), buf.view[CR : CR + 32])
         assert done.code == dsa.DSA_COMP_SUCCESS and buf.view[0x1000:0x1040] == bytes(range(64))
         again = client.open_mdev(mdev.uuid)
-        assert again.uuid == mdev.uuid and again.device_info()["num_regions"] == 9
+        assert again.uuid == mdev.uuid and again.device_info().num_regions == 9
         mdev.remove()
 
 

@@ -33,7 +33,7 @@ def test_disconnect_frees_everything(siovd_proc: DaemonProcess) -> None:
                 dev = client.register_device("emu")
                 dom = client.alloc_domain().domain_id
                 lazy = client.alloc_domain(lazy=True).domain_id
-                client.attach_device(dom, mdev["uuid"])
+                client.attach_device(dom, mdev.uuid)
                 client.attach_device(lazy, dev.uuid)
                 for i, buf in enumerate(bufs):
                     client.map(dom, buf.phys, 2 * MiB, iova=i * 2 * MiB)

@@ -175,8 +175,8 @@ async def test_translate_walks_a_bounded_number_of_pages(small: RunningDaemon) -
         assert first.runs == [
             TranslateRun(iova=PAGE, phys=buf.phys, length=first.translated, prot=3)
         ]
-        rest = await c.translate(dev, PAGE + first["translated"], size - first["translated"])
-        assert rest["fault"] is None and rest["translated"] == 16 * MiB
+        rest = await c.translate(dev, PAGE + first.translated, size - first.translated)
+        assert rest.fault is None and rest.translated == 16 * MiB
         buf.close()
 
 

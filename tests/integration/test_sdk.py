@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import errno
 import os
 
@@ -15,9 +16,9 @@ from tests.conftest import RunningDaemon, start_daemon
 
 async def test_connect_ping_info_stats(siovd: RunningDaemon) -> None:
     async with siov.connect(siovd.path) as client:
-        assert client.version["major"] == 1
-        assert client.version["capabilities"]["max_fds"] == 8
-        assert client.version["auth"] == "none"
+        assert client.version is not None and client.version.major == 1
+        assert client.version.capabilities.max_fds == 8
+        assert client.version.auth == "none"
         assert await client.ping(b"abc") == b"abc"
         info = await client.info()
         assert info.pid == os.getpid()
@@ -144,3 +145,20 @@ async def test_a_cancelled_request_does_not_wedge_the_client(siovd: RunningDaemo
             with trio.move_on_after(0):
                 await client.ping()
         assert await client.ping(b"still") == b"still"
+
+
+async def test_a_handler_returning_a_map_instead_of_its_schema_is_an_eio(
+    siovd: RunningDaemon, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Under SIOVD_CHECK_REPLIES every reply must be its REPLIES schema's instance: a handler
+    that builds a map by hand (the drift the schemas exist to stop) gets EIO, not a reply."""
+    from siovd.service.handlers import registry
+
+    handler = registry.handlers[Command.PING]
+    fake = dataclasses.replace(handler, fn=lambda ctx, req: {"payload": b"x"})
+    monkeypatch.setitem(registry.handlers, Command.PING, fake)
+    async with siov.connect(siovd.path) as client:
+        with pytest.raises(siov.SiovError) as info:
+            await client.ping(b"x")
+        assert info.value.errno == errno.EIO
+        assert "is a dict, not PingReply" in info.value.message

@@ -111,4 +111,4 @@ def test_every_subcommand_sees_another_clients_objects(
         assert seen == set(cli.COMMANDS)
         # the other client's objects are untouched
         assert other.iova_to_phys(mdev, 0) == buf.phys
-        assert {d["uuid"] for d in other.devices()} == {mdev.uuid, dev["uuid"]}
+        assert {d.uuid for d in other.devices()} == {mdev.uuid, dev.uuid}

@@ -342,9 +342,13 @@ def test_bad_fds_get_precise_errors(daemon: LoggedDaemon) -> None:
             [sys.executable, "-c", "import sys; sys.stdin.read()"], stdin=subprocess.PIPE
         )
         other_maps = os.open(f"/proc/{other.pid}/maps", os.O_RDONLY)
-        gone = subprocess.Popen([sys.executable, "-c", "pass"])
+        gone = subprocess.Popen(  # alive until its files are open, then it exits
+            [sys.executable, "-c", "import sys; sys.stdin.read()"], stdin=subprocess.PIPE
+        )
         gone_mem = os.open(f"/proc/{gone.pid}/mem", os.O_RDWR)
         gone_maps = os.open(f"/proc/{gone.pid}/maps", os.O_RDONLY)
+        assert gone.stdin is not None
+        gone.stdin.close()
         gone.wait()
         try:
             cases = [

@@ -48,8 +48,8 @@ def exposed(daemon: LoggedDaemon, name: str) -> Iterator[tuple[siov.BlockingClie
     with siov.BlockingClient(daemon.path) as owner:
         mdev = owner.create_mdev("dsa0", "dsa-1dwq")
         path = os.path.join(daemon.dir, name)
-        owner.vfio_user_expose(mdev["uuid"], path)
-        yield owner, mdev["uuid"], path
+        owner.vfio_user_expose(mdev, path)
+        yield owner, mdev.uuid, path
 
 
 def memfd(size: int) -> tuple[int, mmap.mmap]:
@@ -321,8 +321,8 @@ def test_bad_input_gets_error_replies_and_touches_no_one_else(daemon: LoggedDaem
 
 def test_expose_rules(daemon: LoggedDaemon) -> None:
     with siov.BlockingClient(daemon.path) as a, siov.BlockingClient(daemon.path) as b:
-        mdev = a.create_mdev("dsa0", "dsa-1dwq")["uuid"]
-        shared = a.create_mdev("dsa0", "dsa-1swq")["uuid"]
+        mdev = a.create_mdev("dsa0", "dsa-1dwq").uuid
+        shared = a.create_mdev("dsa0", "dsa-1swq").uuid
         path = os.path.join(daemon.dir, "e.sock")
         with pytest.raises(siov.SiovError) as info:
             b.vfio_user_expose(mdev, path)  # not b's mdev
@@ -357,7 +357,7 @@ def test_unexpose_before_the_endpoint_serves_leaves_the_daemon_up(daemon: Logged
     """An endpoint closed before its task first runs (expose and unexpose pipelined) once
     ended the daemon: the task met a closed socket. It must simply end."""
     with siov.BlockingClient(daemon.path) as a:
-        mdev = a.create_mdev("dsa0", "dsa-1dwq")["uuid"]
+        mdev = a.create_mdev("dsa0", "dsa-1dwq").uuid
         path = os.path.join(daemon.dir, "quick.sock")
         for _ in range(50):
             a.vfio_user_expose(mdev, path)

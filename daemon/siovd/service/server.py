@@ -374,7 +374,14 @@ class ClientConnection:
                 self.daemon.counters["handler_failures"] += 1
                 text = f"internal error in {handler.command.name}: reply {exc.message}"
                 return self.conn.send_error(msg.msg_id, msg.command, errno.EIO, text), ()
-        body = encode(result)
+        try:
+            body = encode(result)
+        except (TypeError, AttributeError):  # not a schema instance: a handler's bug
+            close_fds(reply_fds)
+            self.log.error("reply is not a schema instance", command=handler.command.name)
+            self.daemon.counters["handler_failures"] += 1
+            text = f"internal error in {handler.command.name}: reply is not its schema"
+            return self.conn.send_error(msg.msg_id, msg.command, errno.EIO, text), ()
         try:
             data = self.conn.send_reply(msg.msg_id, msg.command, body)
         except LocalProtocolError as exc:  # SPEC §6: larger than the negotiated size
