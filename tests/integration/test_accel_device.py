@@ -27,6 +27,7 @@ from siov_protocol.messages_accel import (
     REGION_FLAG_READ,
     REGION_FLAG_WRITE,
     SUBMIT_ACCEPTED,
+    RegionInfo,
 )
 from siov_protocol.replies import DeviceDescription
 from tests.conftest import DaemonProcess, RunningDaemon
@@ -55,12 +56,12 @@ async def test_device_info_regions_and_registers(siovd: RunningDaemon) -> None:
     async with siov.connect(siovd.path) as client:
         mdev, _ = await mapped_mdev(client)
         info = await mdev.device_info()
-        assert (info["flags"], info["num_regions"], info["num_irqs"]) == (2, 9, 5)
-        assert (info["wq"]["mode"], info["wq"]["size"]) == ("dedicated", 64)
+        assert (info.flags, info.num_regions, info.num_irqs) == (2, 9, 5)
+        assert info.wq is not None and (info.wq.mode, info.wq.size) == ("dedicated", 64)
         bar0 = await mdev.region_info(0)
-        assert bar0 == {"index": 0, "flags": REGION_FLAG_READ, "size": 4096, "offset": 0}
+        assert bar0 == RegionInfo(index=0, flags=REGION_FLAG_READ, size=4096, offset=0)
         bar2 = await mdev.region_info(2)
-        assert bar2["flags"] == REGION_FLAG_WRITE and bar2["size"] == 4 * 4096  # 4 portal pages
+        assert bar2.flags == REGION_FLAG_WRITE and bar2.size == 4 * 4096  # 4 portal pages
         assert (await mdev.region_info(1)).size == 0  # not implemented
         await expect(errno.EINVAL, mdev.region_info(9), "regions 0..8")
         registers = await mdev.read_registers()
