@@ -42,7 +42,7 @@ async def main(socket_path: str | None) -> int:
         mdev = await client.create_dsa_mdev("dsa-1dwq")
         domain = await client.alloc_domain()
         await client.attach_device(domain, mdev)  # plain attach: the mdev's DMA goes there
-        check("Mdev.domain_id follows the attach", mdev.domain_id == domain["domain_id"])
+        check("Mdev.domain_id follows the attach", mdev.domain_id == domain.domain_id)
         for half in (0, 1):
             await client.map(
                 domain, data.phys + half * 2 * MiB, 2 * MiB, iova=DATA + half * 2 * MiB

@@ -45,8 +45,8 @@ async def main(socket_path: str | None) -> int:
     data = os.urandom(300_000)
     async with siov.connect(socket_path, name="emulator") as emulator:
         registered = await emulator.register_device("hash-engine", pasid_bits=0)
-        uuid, token = registered["uuid"], registered["token"]
-        print(f"registered device {uuid} (group {registered['group_id']})")
+        uuid, token = registered.uuid, registered.token
+        print(f"registered device {uuid} (group {registered.group_id})")
         async with siov.connect(socket_path, name="owner") as owner:
             # -- the owner: claims the device with the token and sets up its DMA ----
             device = await owner.claim_device(uuid, token)
@@ -56,10 +56,10 @@ async def main(socket_path: str | None) -> int:
                 "the emulator is told its device was claimed, and by whom",
                 (told.uuid, told.change, told.client) == (uuid, "claimed", "owner"),
             )
-            listed = {d["uuid"]: d for d in await emulator.devices()}
-            check("its device list keeps the claimed device", listed[uuid]["claimed"] is True)
+            listed = {d.uuid: d for d in await emulator.devices()}
+            check("its device list keeps the claimed device", listed[uuid].claimed is True)
             buf = await owner.alloc(2 * MiB)
-            await owner.map(device["domain_id"], buf.phys, buf.size, iova=IOVA)
+            await owner.map(device, buf.phys, buf.size, iova=IOVA)
             buf.view[DATA_OFFSET : DATA_OFFSET + len(data)] = data
             buf.view[: REQUEST.size] = REQUEST.pack(IOVA + DATA_OFFSET, len(data))
 
@@ -70,16 +70,12 @@ async def main(socket_path: str | None) -> int:
                 (address, length) == (IOVA + DATA_OFFSET, len(data)),
             )
             translated = await emulator.translate(uuid, address, length)
-            runs = translated["runs"]
+            runs = translated.runs
             check(
                 "TRANSLATE gives contiguous runs",
-                translated["fault"] is None
-                and translated["translated"] == length
-                and len(runs) == 1,
+                translated.fault is None and translated.translated == length and len(runs) == 1,
             )
-            check(
-                "each run names its leaf size (a 2 MiB page here)", runs[0]["page_size"] == 2 * MiB
-            )
+            check("each run names its leaf size (a 2 MiB page here)", runs[0].page_size == 2 * MiB)
             digest = hashlib.sha256()
             chunk = 64 * 1024
             for at in range(0, length, chunk):
@@ -96,8 +92,9 @@ async def main(socket_path: str | None) -> int:
             probe = await emulator.translate(uuid, IOVA + 3 * MiB, 4096)
             check(
                 "a failed TRANSLATE answers the emulator with the reason",
-                probe["translated"] == 0
-                and probe["fault"]["reason_name"] == "first-stage entry not present",
+                probe.translated == 0
+                and probe.fault is not None
+                and probe.fault.reason_name == "first-stage entry not present",
             )
             try:
                 await emulator.dma_read(uuid, IOVA + 4 * MiB, 16)
@@ -114,7 +111,7 @@ async def main(socket_path: str | None) -> int:
                 fault.body["device"] == uuid and fault.body["iova"] == IOVA + 4 * MiB,
             )
             # the owner unmaps: the device loses access at once (strict IOTLB invalidation)
-            await owner.unmap(device["domain_id"], IOVA, buf.size)
+            await owner.unmap(device, IOVA, buf.size)
             try:
                 await emulator.dma_read(uuid, IOVA, 16)
                 check("DMA after unmap faults", False)

@@ -56,7 +56,7 @@ def test_every_subcommand_sees_another_clients_objects(
         pasid_dom = other.alloc_domain()
         other.attach_pasid(pasid_dom, mdev, 5)
         dev = emu.register_device("emu")
-        other.claim_device(dev, dev["token"])
+        other.claim_device(dev, dev.token)
         seen: set[str] = set()
 
         def did(name: str, *args: str, json_out: bool = False) -> str:
@@ -69,9 +69,9 @@ def test_every_subcommand_sees_another_clients_objects(
         assert "dsa-1dwq" in did("types")
         assert mdev.uuid in did("list")  # another client's mdev, without --all
         groups = json.loads(did("groups", json_out=True))
-        assert {mdev.uuid, dev["uuid"]} <= {d for g in groups for d in g["devices"]}
+        assert {mdev.uuid, dev.uuid} <= {d for g in groups for d in g["devices"]}
         domains = json.loads(did("domains", json_out=True))
-        mine = next(d for d in domains if d["domain_id"] == dom["domain_id"])
+        mine = next(d for d in domains if d["domain_id"] == dom.id)
         for key in ("areas", "pasids", "pt_root_phys", "default_of_group"):
             assert key in mine
         assert mine["areas"] == 1
@@ -85,14 +85,14 @@ def test_every_subcommand_sees_another_clients_objects(
         assert (leaf.phys, leaf.page_size) == (buf.phys + 0x1000, 2 * MiB)
         assert [e.page_size for e in other.iotlb_entries(dom)] == [2 * MiB]
         # the translation left an entry in the IOTLB: listed per domain and per PASID
-        entries = json.loads(run("iotlb", "--domain", str(dom["domain_id"]), json_out=True))
+        entries = json.loads(run("iotlb", "--domain", str(dom.domain_id), json_out=True))
         assert [(e["pasid"], e["iova"], e["page_size"]) for e in entries] == [
             (mdev.default_pasid, 0, 2 * MiB)
         ]
         assert entries[0]["phys"] == buf.phys and entries[0]["hits"] == 0  # cached by a miss
-        table = run("iotlb", "--domain", str(dom["domain_id"]), "--pasid", str(mdev.default_pasid))
+        table = run("iotlb", "--domain", str(dom.domain_id), "--pasid", str(mdev.default_pasid))
         assert "2M" in table and hex(buf.phys) in table
-        assert "(none)" in run("iotlb", "--domain", str(dom["domain_id"]), "--pasid", "5")
+        assert "(none)" in run("iotlb", "--domain", str(dom.domain_id), "--pasid", "5")
         fault = did("translate", mdev.uuid, str(4 * MiB))
         assert "FAULT reason 0x71 (first-stage entry not present)" in fault
         created = json.loads(did("create", "-p", "dsa0", "-t", "dsa-1dwq", json_out=True))
@@ -139,4 +139,4 @@ def test_every_subcommand_sees_another_clients_objects(
         assert seen == set(cli.COMMANDS)
         # the other client's objects are untouched
         assert other.iova_to_phys(mdev, 0) == buf.phys
-        assert {d["uuid"] for d in other.devices()} == {mdev.uuid, dev["uuid"]}
+        assert {d.uuid for d in other.devices()} == {mdev.uuid, dev.uuid}
