@@ -227,12 +227,14 @@ def test_the_replies_once_built_as_maps_keep_their_wire_bytes() -> None:
         ),
         (
             TranslateReply(
-                runs=[TranslateRun(iova=0x1000, phys=0x9000, length=4096, prot=3)],
+                runs=[TranslateRun(iova=0x1000, phys=0x9000, length=4096, prot=3, page_size=4096)],
                 translated=4096,
                 fault=TranslateFault(**fault),  # type: ignore[arg-type]
             ),
             {
-                "runs": [{"iova": 0x1000, "phys": 0x9000, "length": 4096, "prot": 3}],
+                "runs": [
+                    {"iova": 0x1000, "phys": 0x9000, "length": 4096, "prot": 3, "page_size": 4096}
+                ],
                 "translated": 4096,
                 "fault": fault,
             },
