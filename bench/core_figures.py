@@ -12,7 +12,8 @@ from collections.abc import Callable
 import trio
 
 import siov
-from siov_protocol import Command, Connection, Side
+from siov_protocol import Command
+from siov_protocol.header import HEADER, HEADER_SIZE
 
 from .common import Figure, daemon, figure, median_of
 
@@ -56,7 +57,9 @@ def _echo_rtt(path: str, size: int) -> float:
 
 
 def ping_rtt_ratio() -> Figure:
-    _, ping_frame = Connection(Side.CLIENT).send_command(Command.PING)
+    # The frame's bytes only (the echo needs its size): a fresh Connection would refuse PING
+    # before VERSION.
+    ping_frame = HEADER.pack(0, Command.PING, HEADER_SIZE, 0, 0)
     with tempfile.TemporaryDirectory() as tmp:
         echo_path = os.path.join(tmp, "echo.sock")
         server = subprocess.Popen(
@@ -79,7 +82,7 @@ def ping_rtt_ratio() -> Figure:
         round(ping / echo, 3),
         "ratio",
         round(echo * 1e6, 2),
-        "<= 2.0",
+        "<= 1.3",
         f"PING {ping * 1e6:.1f} us vs raw echo {echo * 1e6:.1f} us (the baseline, in us); "
         f"medians of {RUNS} interleaved runs",
     )
