@@ -8,6 +8,9 @@ Socket figures run a real ``siovd`` subprocess and a client in this process:
   copy of the same size in this process (target >= 0.9).
 - ``desc_4k_vs_copyloop``: ``desc_4k_per_s`` over a bare Python loop of 4 KiB memoryview
   copies over 64 MiB (target >= 0.5); drops and retries are counted and reported.
+- ``engines_2core_scaling``: two busy clients in their own processes, each on its own
+  dedicated WQ, with the WQs on two groups of one engine each, over the same on one group
+  of one engine (target >= 1.6).
 - ``desc_4k_per_s``: 4 KiB MEMMOVE descriptors, 64 per SUBMIT, completions awaited in the
   records, a few SUBMITs in flight (target >= 150000; the daemon runs on one core).
 - ``dif_check_4k_per_s``: the same, with DIF_CHECK descriptors of one 4 KiB block and its
@@ -336,6 +339,78 @@ def desc_4k_socket_vs_inproc() -> Figure:
     )
 
 
+#: How long each busy client of the engine-scaling figure submits, per run.
+SCALING_S = 1.0
+SCALING_RUNS = 3
+
+
+async def _layout(path: str, engines: int) -> None:
+    """Two dedicated WQs of 64 (wq0.0, wq0.1) for two ``dsa-1dwq`` clients: on one group of
+    one engine (``engines=1``), or each on its own group and engine (``engines=2``)."""
+    async with siov.connect(path, name="bench-admin") as client:
+        await client.accel_disable_device("dsa0")
+        for number in range(4):
+            group = number if number < engines else -1
+            await client.accel_config_engine(f"dsa0/engine0.{number}", group_id=group)
+        for number in range(2):
+            await client.accel_config_wq(
+                f"dsa0/wq0.{number}",
+                group_id=number if engines == 2 else 0,
+                mode="dedicated",
+                size=64,
+            )
+        await client.accel_enable_device("dsa0")
+        for number in range(2):
+            await client.accel_enable_wq(f"dsa0/wq0.{number}")
+
+
+def _busy_client(path: str, seconds: float) -> tuple[float, int, int]:
+    """One busy client (its own process): rate, dropped, lost."""
+    run = trio.run(_socket_rate, path, seconds, "memmove", 1)
+    return run.rate, run.dropped, run.lost
+
+
+def _two_clients(path: str) -> tuple[float, int, int]:
+    """Two busy clients at once, each in its own process; their summed rate."""
+    import concurrent.futures
+    import multiprocessing
+
+    context = multiprocessing.get_context("spawn")
+    with concurrent.futures.ProcessPoolExecutor(2, mp_context=context) as pool:
+        futures = [pool.submit(_busy_client, path, SCALING_S) for _ in range(2)]
+        results = [f.result() for f in futures]
+    return (
+        sum(r[0] for r in results),
+        sum(r[1] for r in results),
+        sum(r[2] for r in results),
+    )
+
+
+def engines_2core_scaling() -> Figure:
+    rates: dict[int, list[float]] = {1: [], 2: []}
+    refused = 0
+    for engines in (1, 2):
+        with daemon() as path:
+            trio.run(_layout, path, engines)
+            for _ in range(SCALING_RUNS):
+                rate, dropped, lost = _two_clients(path)
+                rates[engines].append(rate)
+                refused += dropped + lost
+    one = statistics.median(rates[1])
+    two = statistics.median(rates[2])
+    return figure(
+        "engines_2core_scaling",
+        round(two / one, 3),
+        "ratio",
+        round(one),
+        ">= 1.6",
+        f"two busy clients (own processes, one SUBMIT of {PER_SUBMIT} 4 KiB MEMMOVEs in flight "
+        f"each) on two engines {two:.0f} desc/s vs on one engine {one:.0f} desc/s (the "
+        f"baseline); medians of {SCALING_RUNS} runs; {refused} dropped or lost; "
+        f"{os.cpu_count()} cores",
+    )
+
+
 #: 64 MiB descriptors kept in flight by the big-operation figures (each its own SUBMIT): what
 #: is measured is the daemon's throughput, not one round trip's wake-up latency.
 BIG_IN_FLIGHT = 3
@@ -527,6 +602,7 @@ FIGURES: dict[str, Callable[[], Figure]] = {
     "memmove_64m_vs_memcpy": memmove_64m_vs_memcpy,
     "desc_4k_per_s": desc_4k_per_s,
     "desc_4k_vs_copyloop": desc_4k_vs_copyloop,
+    "engines_2core_scaling": engines_2core_scaling,
     "dif_check_4k_per_s": dif_check_4k_per_s,
     "desc_4k_socket_vs_inproc": desc_4k_socket_vs_inproc,
     "crcgen_64m_vs_crc32c": crcgen_64m_vs_crc32c,
