@@ -57,9 +57,8 @@ def _echo_rtt(path: str, size: int) -> float:
 
 
 def ping_rtt_ratio() -> Figure:
-    # The frame's bytes only (the echo needs its size): a fresh Connection would refuse PING
-    # before VERSION.
-    ping_frame = HEADER.pack(0, Command.PING, HEADER_SIZE, 0, 0)
+    # the bytes of one bodiless PING (a Connection would refuse it before VERSION)
+    ping_frame = HEADER.pack(1, Command.PING, HEADER_SIZE, 0, 0)
     with tempfile.TemporaryDirectory() as tmp:
         echo_path = os.path.join(tmp, "echo.sock")
         server = subprocess.Popen(

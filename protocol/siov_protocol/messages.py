@@ -8,6 +8,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+from .features import FEATURES
 from .schema import U16, items, text, u
 
 PROTOCOL_MAJOR = 1
@@ -23,7 +24,8 @@ class Capabilities:
     max_msg_size: int = u(4096, 64 << 20, default=1 << 20)
     max_fds: int = u(0, 253, default=8)  # Linux passes at most 253 fds per message
     page_sizes: list[int] = items(8, default_factory=lambda: list(PAGE_SIZES))
-    features: list[str] = items(64, default_factory=list)
+    # absent: every feature; [] none (SPEC §6.1)
+    features: list[str] = items(64, default_factory=lambda: list(FEATURES))
 
 
 @dataclass(frozen=True, slots=True)

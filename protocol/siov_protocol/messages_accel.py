@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from typing import Any, Final
 
 from .ids import PASID_MAX, UUID_LEN
-from .schema import U8, U32, U64, items, text, u
+from .schema import U8, U32, U64, items, required, text, u
 
 DESC_SIZE: Final = 64
 #: The most descriptors one SUBMIT carries (256 KiB of descriptors).
@@ -75,10 +75,25 @@ class DeviceInfoRequest:
 
 
 @dataclass(frozen=True, slots=True)
+class WqInfo:
+    """The work queue an accelerator mdev submits to (SPEC §8.12): what a client needs to
+    size its submissions without reading BAR0's WQCFG."""
+
+    name: str = text(64)  # accel-config's: "wq0.1"
+    mode: str = text(16)  # "dedicated" or "shared"
+    size: int = u(*U32)  # entries: a dedicated WQ drops past them, a shared one answers retry
+    threshold: int = u(*U32)  # shared: the limited portal's entries (0 for dedicated)
+    block_on_fault: bool = required()
+    max_batch_size: int = u(*U32)
+    max_transfer_size: int = u(*U64)
+
+
+@dataclass(frozen=True, slots=True)
 class DeviceInfo:
     flags: int = u(*U32)
     num_regions: int = u(*U32)
     num_irqs: int = u(*U32)
+    wq: WqInfo | None = None  # the mdev's WQ (siov's addition to vfio-user's reply)
 
 
 @dataclass(frozen=True, slots=True)

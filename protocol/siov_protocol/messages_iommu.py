@@ -116,7 +116,7 @@ class PasidDetach:
 class Map:
     domain: int = u(*U32)
     phys: int = u(*U64)
-    size: int = u(1, U64[1])
+    size: int = u(*U64)  # 0 is EINVAL (the model's rule, as the kernel's)
     iova: int | None = u(*U64, default=None)  # None: the daemon picks one (auto-IOVA)
     prot: int = u(1, 3, default=PROT_READ | PROT_WRITE)
 

@@ -166,6 +166,7 @@ class UnmapReply:
 @dataclass(frozen=True, slots=True)
 class IovaToPhysReply:
     phys: int = u(*U64)
+    page_size: int = u(*U64)  # the leaf's size: 4 KiB, 2 MiB, 1 GiB (0: identity domain)
 
 
 @dataclass(frozen=True, slots=True)

@@ -53,7 +53,9 @@ def open_fds() -> int:
 async def test_device_info_regions_and_registers(siovd: RunningDaemon) -> None:
     async with siov.connect(siovd.path) as client:
         mdev, _ = await mapped_mdev(client)
-        assert await mdev.device_info() == {"flags": 2, "num_regions": 9, "num_irqs": 5}
+        info = await mdev.device_info()
+        assert (info["flags"], info["num_regions"], info["num_irqs"]) == (2, 9, 5)
+        assert (info["wq"]["mode"], info["wq"]["size"]) == ("dedicated", 64)
         bar0 = await mdev.region_info(0)
         assert bar0 == {"index": 0, "flags": REGION_FLAG_READ, "size": 4096, "offset": 0}
         bar2 = await mdev.region_info(2)

@@ -42,7 +42,9 @@ from typing import TYPE_CHECKING, Any, ClassVar, Final
 
 import structlog
 
+from siov_protocol import Command
 from siov_protocol.dsa import DSA_DESC_SIZE
+from siov_protocol.features import event_allowed
 from siov_protocol.messages_accel import (
     SUBMIT_ACCEPTED,
     SUBMIT_RETRY,
@@ -459,13 +461,19 @@ class AccelRuntime:
         fault = blocked.fault
         domain, _ = resolve(state.device, fault.pasid)
         request = None
-        if domain is None:
+        owner = domain.owner if domain is not None and domain.owner else state.session
+        listener = self.daemon.sessions.get(owner)
+        if domain is None or (
+            listener is not None
+            and not event_allowed(Command.EVENT_PAGE_REQUEST, listener.features)
+        ):
             # No PASID entry (or a blocked domain): the IOMMU has nowhere to route a page
             # request, so it answers Invalid Request itself (the fault record already went to
-            # the device's owner). The descriptor completes with PAGE_FAULT_IR.
+            # the device's owner). The same when the owner did not negotiate the features a
+            # page request needs ("events" and "dsa"): nobody would ever answer it. The
+            # descriptor completes with PAGE_FAULT_IR.
             self.stats.page_requests_refused += 1
         else:
-            owner = domain.owner if domain.owner else state.session
             request = self.prq.open(
                 state.uuid, fault.pasid, fault.iova, fault.write, owner, state.session, blocked
             )

@@ -33,6 +33,7 @@ from siov_protocol import (
     decode,
 )
 from siov_protocol.fdpass import ANC_SPACE, MAX_FDS_PER_MESSAGE, recv_nowait, send_nowait
+from siov_protocol.features import command_refusal
 from siov_protocol.header import FLAG_NO_REPLY, HEADER_SIZE
 from siov_protocol.replies import ShutdownEvent, event_message
 from siov_protocol.schema import encode
@@ -325,7 +326,7 @@ class ClientConnection:
             return errno.EINVAL, f"{name} takes at most {handler.max_fds} fds, got {len(fds)}"
         if handler.admin and not session.is_admin:
             return errno.EPERM, f"{handler.command.name} needs the admin role"
-        return None
+        return command_refusal(msg.command, session.features, handler.command.name)
 
     def call(
         self, handler: Handler, msg: Message, fds: list[int]

@@ -41,6 +41,7 @@ from siov_protocol.messages_accel import (
     SetIrqs,
     Submit,
     SubmitReply,
+    WqInfo,
 )
 from siov_protocol.messages_iommu import PageResponse
 from siovd.model.accel import BAR0_SIZE, MDEV_IRQ_COUNT
@@ -58,8 +59,21 @@ def _state(ctx: Context, uuid: str) -> MdevState:
 
 @registry.command(Command.DEVICE_GET_INFO, DeviceInfoRequest)
 def device_get_info(ctx: Context, req: DeviceInfoRequest) -> DeviceInfo:
-    _state(ctx, req.device)
-    return DeviceInfo(flags=DEVICE_FLAGS_PCI, num_regions=NUM_REGIONS, num_irqs=NUM_IRQS)
+    wq = _state(ctx, req.device).mdev.wq
+    return DeviceInfo(
+        flags=DEVICE_FLAGS_PCI,
+        num_regions=NUM_REGIONS,
+        num_irqs=NUM_IRQS,
+        wq=WqInfo(
+            name=wq.dev_name,
+            mode=wq.mode,
+            size=wq.size,
+            threshold=wq.threshold if wq.mode == "shared" else 0,
+            block_on_fault=bool(wq.block_on_fault),
+            max_batch_size=wq.max_batch_size,
+            max_transfer_size=wq.max_transfer_size,
+        ),
+    )
 
 
 @registry.command(Command.DEVICE_GET_REGION_INFO, RegionInfoRequest)

@@ -9,6 +9,7 @@ import structlog
 
 from siov_protocol import PROTOCOL_MAJOR, PROTOCOL_MINOR, Command
 from siov_protocol.auth import Role
+from siov_protocol.features import negotiate
 from siov_protocol.messages import (
     PAGE_SIZES,
     AuthReply,
@@ -26,8 +27,6 @@ from siovd.service.handlers.registry import Context, registry
 
 log = structlog.get_logger("siovd")
 
-FEATURES = ["events", "fd-memory", "dma", "dsa", "sva"]
-
 
 @registry.command(Command.VERSION, VersionRequest)
 def version(ctx: Context, req: VersionRequest) -> VersionReply:
@@ -44,9 +43,11 @@ def version(ctx: Context, req: VersionRequest) -> VersionReply:
     agreed = Capabilities(
         max_msg_size=min(caps.max_msg_size, cfg.protocol.max_msg_size),
         max_fds=min(caps.max_fds, cfg.protocol.max_fds),
-        page_sizes=[p for p in PAGE_SIZES if p in caps.page_sizes] or [PAGE_SIZES[0]],
-        features=[f for f in FEATURES if not caps.features or f in caps.features],
+        page_sizes=[p for p in PAGE_SIZES if p == PAGE_SIZES[0] or p in caps.page_sizes],
+        features=negotiate(caps.features),
     )
+    session.features = frozenset(agreed.features)
+    session.page_sizes = tuple(agreed.page_sizes)
     session.client_name = req.client
     mode = cfg.auth.mode
     nonce = None
@@ -106,6 +107,7 @@ def stats(ctx: Context, req: Empty) -> dict[str, Any]:
         "events_sent": session.events_sent,
         "events_dropped": session.events_dropped,
         "events_dropped_bytes": session.events_dropped_bytes,
+        "events_suppressed": session.events_suppressed,
         "events_queued": len(session.events),
         **daemon.session_cost(session),
     }
