@@ -1023,6 +1023,7 @@ class Client:
     async def aclose(self) -> None:
         for mdev in list(self._mdevs.values()):
             mdev.close()  # its eventfds
+        trio.lowlevel.notify_closing(self._raw)  # a reader waiting on it wakes, not hangs
         self._raw.close()
         self._sock.close()
 
