@@ -66,6 +66,7 @@ from siovd.model.accel import (
     SoftwareError,
     SubmitResult,
     WorkItem,
+    fastpath,
 )
 from siovd.model.accel.cdev import SvaExecutor
 from siovd.model.accel.evl import pack_entry
@@ -157,6 +158,17 @@ class AccelRuntime:
         self.daemon = daemon
         self.scheduler = Scheduler(SvaExecutor())  # an Executor that writes SVA results back
         self.executor = self.scheduler.executor
+        if self.executor.native:
+            log.info("executor", native=True, opcodes=sorted(fastpath.OPCODES))
+        elif fastpath.AVAILABLE:
+            log.info("executor", native=False, reason="turned off (SIOVD_NATIVE=0)")
+        else:
+            log.warning(
+                "executor",
+                native=False,
+                reason="native core not built",
+                error=fastpath.IMPORT_ERROR,
+            )
         self.mdevs: dict[str, MdevState] = {}
         self.stats = RuntimeStats()
         #: device name -> sessions that asked (ACCEL_EVL_READ arm) for one EVENT_EVL
