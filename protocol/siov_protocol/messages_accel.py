@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from typing import Any, Final
 
 from .ids import PASID_MAX, UUID_LEN
-from .schema import U8, U32, U64, items, required, text, u
+from .schema import U8, U32, U64, Record, items, required, text, u
 
 DESC_SIZE: Final = 64
 #: The most descriptors one SUBMIT carries (256 KiB of descriptors).
@@ -75,7 +75,7 @@ class DeviceInfoRequest:
 
 
 @dataclass(frozen=True, slots=True)
-class WqInfo:
+class WqInfo(Record):
     """The work queue an accelerator mdev submits to (SPEC §8.12): what a client needs to
     size its submissions without reading BAR0's WQCFG."""
 
@@ -89,7 +89,7 @@ class WqInfo:
 
 
 @dataclass(frozen=True, slots=True)
-class DeviceInfo:
+class DeviceInfo(Record):
     flags: int = u(*U32)
     num_regions: int = u(*U32)
     num_irqs: int = u(*U32)
@@ -103,7 +103,7 @@ class RegionInfoRequest:
 
 
 @dataclass(frozen=True, slots=True)
-class RegionInfo:
+class RegionInfo(Record):
     index: int = u(*U32)
     flags: int = u(*U32)
     size: int = u(*U64)
@@ -132,7 +132,7 @@ class RegionRead:
 
 
 @dataclass(frozen=True, slots=True)
-class RegionReadReply:
+class RegionReadReply(Record):
     region: int = u(*U32)
     offset: int = u(*U64)
     count: int = u(*U32)
@@ -153,7 +153,7 @@ class RegionWrite:
 
 
 @dataclass(frozen=True, slots=True)
-class RegionWriteReply:
+class RegionWriteReply(Record):
     region: int = u(*U32)
     offset: int = u(*U64)
     count: int = u(*U32)
@@ -174,7 +174,7 @@ class Submit:
 
 
 @dataclass(frozen=True, slots=True)
-class SubmitReply:
+class SubmitReply(Record):
     accepted: int = u(*U32)
     retry: int = u(*U32)
     dropped: int = u(*U32)
@@ -239,7 +239,7 @@ class AccelLoadConfig:
 
 
 @dataclass(frozen=True, slots=True)
-class IrqEvent:
+class IrqEvent(Record):
     """An interrupt of an accelerator mdev: ``vector`` 1 for completions, 0 for errors.
 
     ``swerr`` (vector 0) describes a software error, as the device's SWERR register does.

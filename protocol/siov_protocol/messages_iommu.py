@@ -9,7 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from .ids import PASID_BITS, PASID_MAX, UUID_LEN
-from .schema import U8, U32, U64, text, u
+from .schema import U8, U32, U64, Record, text, u
 
 # prot bits of MAP, as iommufd's IOMMU_IOAS_MAP_READABLE/WRITEABLE mean them
 PROT_READ = 1
@@ -190,7 +190,7 @@ class Translate:
 
 
 @dataclass(frozen=True, slots=True)
-class FaultEvent:
+class FaultEvent(Record):
     device: str
     pasid: int = u(*U32)
     iova: int = u(*U64)
@@ -201,7 +201,7 @@ class FaultEvent:
 
 
 @dataclass(frozen=True, slots=True)
-class PageRequestEvent:
+class PageRequestEvent(Record):
     request: int = u(*U64)
     device: str = text(UUID_LEN)
     pasid: int = u(*U32)
@@ -211,13 +211,13 @@ class PageRequestEvent:
 
 
 @dataclass(frozen=True, slots=True)
-class DeviceRemovedEvent:
+class DeviceRemovedEvent(Record):
     uuid: str = text(UUID_LEN)
     reason: str = text(64, default="")
 
 
 @dataclass(frozen=True, slots=True)
-class DeviceOwnerEvent:
+class DeviceOwnerEvent(Record):
     """To an external emulator: another client claimed its device, or released it (the
     owner left; the device is reset and the emulator's own again)."""
 

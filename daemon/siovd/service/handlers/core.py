@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import errno
-from typing import Any
+import os
 
 import structlog
 
@@ -16,8 +16,11 @@ from siov_protocol.messages import (
     AuthRequest,
     Capabilities,
     Empty,
+    InfoReply,
     PingReply,
     PingRequest,
+    SessionIdentity,
+    StatsReply,
     VersionReply,
     VersionRequest,
 )
@@ -87,22 +90,24 @@ def ping(ctx: Context, req: PingRequest) -> PingReply:
 
 
 @registry.command(Command.INFO, Empty)
-def info(ctx: Context, req: Empty) -> dict[str, Any]:
-    out = ctx.daemon.info()
-    out["protocol"] = f"{PROTOCOL_MAJOR}.{PROTOCOL_MINOR}"
-    out["session"] = {
-        "id": ctx.session.id,
-        "identity": ctx.session.identity,
-        "role": ctx.session.role.value,
-    }
-    return out
+def info(ctx: Context, req: Empty) -> InfoReply:
+    daemon, session = ctx.daemon, ctx.session
+    return InfoReply(
+        version=__version__,
+        uptime_s=round(daemon.uptime(), 3),
+        pid=os.getpid(),
+        socket=daemon.socket_path,
+        config=daemon.info_config(),
+        counts=daemon.counts(),
+        protocol=f"{PROTOCOL_MAJOR}.{PROTOCOL_MINOR}",
+        session=SessionIdentity(id=session.id, identity=session.identity, role=session.role.value),
+    )
 
 
 @registry.command(Command.STATS, Empty)
-def stats(ctx: Context, req: Empty) -> dict[str, Any]:
+def stats(ctx: Context, req: Empty) -> StatsReply:
     daemon, session = ctx.daemon, ctx.session
-    out = daemon.stats()
-    out["session"] = {
+    own = {
         "requests": session.requests,
         "events_sent": session.events_sent,
         "events_dropped": session.events_dropped,
@@ -111,5 +116,4 @@ def stats(ctx: Context, req: Empty) -> dict[str, Any]:
         "events_queued": len(session.events),
         **daemon.session_cost(session),
     }
-    out["uid"] = daemon.uid_cost(session.uid)
-    return out
+    return StatsReply(**daemon.stats(), session=own, uid=daemon.uid_cost(session.uid))

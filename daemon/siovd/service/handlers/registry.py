@@ -7,8 +7,9 @@ a request that needs long work in the model first (MAP, UNMAP, DIRTY_BITMAP) ret
 :class:`Deferred`, which the server runs a turn at a time before it replies.
 
 Each command's reply schema comes from :data:`siov_protocol.replies.REPLIES` (a command with
-none cannot be registered): a handler returns an instance of it, or the map it encodes to, and
-the server can check the map against the schema (:attr:`Handler.reply`).
+none cannot be registered): a handler returns an instance of it and the server encodes it, in
+one place; under ``SIOVD_CHECK_REPLIES=1`` it also checks the instance is of that schema and
+decodes back (:attr:`Handler.reply`).
 """
 
 from __future__ import annotations
@@ -37,7 +38,8 @@ class Context:
     fds: list[int] = field(default_factory=list)  # the handler owns them: keep or close
 
 
-Reply = dict[str, Any] | Any | None
+#: a schema instance of the command's REPLIES entry, or ``(instance, fds to send)``
+Reply = Any
 
 
 class Job(Protocol):
