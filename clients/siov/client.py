@@ -29,7 +29,7 @@ from siov_protocol import (
     ProtocolError,
     Side,
 )
-from siov_protocol.fdpass import ANC_SPACE, fds_from_ancillary, send_nowait
+from siov_protocol.fdpass import fds_from_ancillary, recv_nowait, send_nowait
 from siov_protocol.messages import AuthReply, InfoReply, PingReply, StatsReply, VersionReply
 from siov_protocol.replies import (
     EVENTS,
@@ -241,6 +241,7 @@ class Client:
         self._sock = sock
         self._raw = socket.socket(fileno=os.dup(sock.fileno()))
         self._raw.setblocking(False)
+        self._recv_view = memoryview(bytearray(RECV_SIZE))
         self._conn = Connection(Side.CLIENT, max_msg_size=64 << 20, max_fds=253)
         self._pending: dict[int, _Pending] = {}
         self._write_lock = trio.Lock()
@@ -301,10 +302,19 @@ class Client:
     async def _read_round(self) -> None:
         """Wait for data, receive one chunk, deliver every message in it."""
         conn = self._conn
+        raw, view = self._raw, self._recv_view
         try:
-            data, anc, _flags, _ = await self._sock.recvmsg(RECV_SIZE, ANC_SPACE)
-            conn.receive_data(data, fds_from_ancillary(anc))
-            if not data:
+            # Into this client's buffer, and copied out before any checkpoint (recv_nowait).
+            got = recv_nowait(raw, view)
+            waited = got is None
+            while got is None:
+                await trio.lowlevel.wait_readable(raw)
+                got = recv_nowait(raw, view)
+            size, anc, _flags = got
+            conn.receive_data(view[:size], fds_from_ancillary(anc) if anc else ())
+            if not waited:  # as trio's recvmsg: a receive that found data at once yields
+                await trio.lowlevel.cancel_shielded_checkpoint()  # (the bytes are taken)
+            if not size:
                 self._fail(ConnectionClosed("the daemon closed the connection"))
                 return
             while (event := conn.next_event()) is not NEED_DATA:
@@ -1113,6 +1123,7 @@ class Client:
     async def aclose(self) -> None:
         for mdev in list(self._mdevs.values()):
             mdev.close()  # its eventfds
+        trio.lowlevel.notify_closing(self._raw)  # a reader waiting on it wakes, not hangs
         self._raw.close()
         self._sock.close()
 
