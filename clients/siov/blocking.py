@@ -234,6 +234,8 @@ class BlockingClient:
     map = _blocking(Client.map)
     unmap = _blocking(Client.unmap)
     iova_to_phys = _blocking(Client.iova_to_phys)
+    iova_leaf = _blocking(Client.iova_leaf)
+    iotlb_entries = _blocking(Client.iotlb_entries)
     dirty_bitmap = _blocking(Client.dirty_bitmap)
     invalidate = _blocking(Client.invalidate)
     dma_read = _blocking(Client.dma_read)

@@ -53,6 +53,8 @@ from siov_protocol.replies import (
     GroupInfo,
     GroupListReply,
     InvalidateReply,
+    IotlbEntriesReply,
+    IotlbEntry,
     IovaToPhysReply,
     ListDefinedReply,
     MapReply,
@@ -785,6 +787,29 @@ class Client:
         body = {"domain": domain_id(domain), "iova": iova}
         reply: IovaToPhysReply = await self.call_typed(Command.IOVA_TO_PHYS, body)
         return reply.phys
+
+    async def iova_leaf(self, domain: DomainRef, iova: int) -> IovaToPhysReply:
+        """:meth:`iova_to_phys` with the leaf's size: ``.phys`` and ``.page_size`` (4096,
+        2 MiB or 1 GiB; 0 for an identity domain). ``ENOENT`` where nothing is mapped."""
+        body = {"domain": domain_id(domain), "iova": iova}
+        reply: IovaToPhysReply = await self.call_typed(Command.IOVA_TO_PHYS, body)
+        return reply
+
+    async def iotlb_entries(
+        self, domain: DomainRef, *, pasid: int | None = None, page: int = 1024
+    ) -> list[IotlbEntry]:
+        """What the IOTLB caches for ``domain`` (one PASID of it, or every PASID), sorted by
+        (PASID, IOVA): each entry's page size, physical base, writable/dirty bits and hits.
+        An inspection: it counts no hit. Asks again, ``page`` entries at a time, until the
+        listing is whole (an admin may name another client's domain)."""
+        out: list[IotlbEntry] = []
+        body: dict[str, Any] = {"domain": domain_id(domain), "pasid": pasid, "max_entries": page}
+        while True:
+            reply: IotlbEntriesReply = await self.call_typed(Command.IOTLB_ENTRIES, body)
+            out.extend(reply.entries)
+            if reply.next_iova is None or reply.next_pasid is None:
+                return out
+            body |= {"start_pasid": reply.next_pasid, "start_iova": reply.next_iova}
 
     async def dirty_bitmap(
         self, domain: int, iova: int, size: int, *, clear: bool = False

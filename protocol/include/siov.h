@@ -106,6 +106,7 @@ struct siov_header {
 #define SIOV_CMD_VFIO_USER_EXPOSE         0x180
 #define SIOV_CMD_VFIO_USER_UNEXPOSE       0x181
 #define SIOV_CMD_ACCEL_EVL_READ           0x190
+#define SIOV_CMD_IOTLB_ENTRIES            0x1E0
 #define SIOV_CMD_EVENT_FAULT              0x200
 #define SIOV_CMD_EVENT_PAGE_REQUEST       0x201
 #define SIOV_CMD_EVENT_IRQ                0x202

@@ -61,6 +61,7 @@ class Command(enum.IntEnum):
     DMA_READ = 0x140
     DMA_WRITE = 0x141
     TRANSLATE = 0x142
+    IOTLB_ENTRIES = 0x1E0  # entry-level IOTLB inspection, per domain and PASID
 
     # accelerator
     ACCEL_LIST = 0x150

@@ -135,6 +135,18 @@ class IovaToPhys:
 
 
 @dataclass(frozen=True, slots=True)
+class IotlbEntries:
+    """What the IOTLB caches for a domain: every PASID entry of it, or ``pasid``'s only,
+    from (``pasid``, ``iova``) on (``after`` continues a listing a reply cut short)."""
+
+    domain: int = u(*U32)
+    pasid: int | None = u(0, PASID_MAX, default=None, nil=True)
+    start_pasid: int = u(0, PASID_MAX, default=0)
+    start_iova: int = u(*U64, default=0)
+    max_entries: int = u(1, 4096, default=1024)
+
+
+@dataclass(frozen=True, slots=True)
 class DirtyBitmap:
     domain: int = u(*U32)
     iova: int = u(*U64)
@@ -198,6 +210,12 @@ class FaultEvent(Record):
     write: bool = False
     reason_name: str = text(64, default="")
     domain: int | None = u(*U32, default=None, nil=True)
+    # The descriptor whose DMA faulted (absent for an emulator's DMA_READ/DMA_WRITE): its WQ,
+    # opcode, completion-record address and index in its batch (nil: not in a batch).
+    wq: str | None = text(64, default=None, nil=True)
+    opcode: int | None = u(*U8, default=None, nil=True)
+    completion_addr: int | None = u(*U64, default=None, nil=True)
+    batch_index: int | None = u(*U32, default=None, nil=True)
 
 
 @dataclass(frozen=True, slots=True)

@@ -170,6 +170,27 @@ class IovaToPhysReply(Record):
 
 
 @dataclass(frozen=True, slots=True)
+class IotlbEntry(Record):
+    pasid: int = u(*U32)  # the PASID tagging the entry (an mdev's default PASID: RID2PASID)
+    iova: int = u(*U64)  # the page's first IOVA
+    page_size: int = u(*U32)  # the leaf's size: 4096, 2 MiB or 1 GiB
+    phys: int = u(*U64)
+    writable: bool = required()
+    dirty: bool = required()
+    hits: int = u(*U64)  # lookups it answered since it was cached
+    referenced: bool = required()  # the CLOCK mark: hit since eviction last passed it
+
+
+@dataclass(frozen=True, slots=True)
+class IotlbEntriesReply(Record):
+    entries: list[IotlbEntry] = required()
+    total: int = u(*U32)  # entries cached for the domain (and PASID) asked about
+    # where the next request starts (start_pasid, start_iova) when this reply was cut short
+    next_pasid: int | None = u(*U32, default=None, nil=True)
+    next_iova: int | None = u(*U64, default=None, nil=True)
+
+
+@dataclass(frozen=True, slots=True)
 class DirtyBitmapReply(Record):
     bitmap: bytes = text(64 << 20)
     page_size: int = u(*U32)
@@ -200,6 +221,8 @@ class TranslateRun(Record):
     phys: int = u(*U64)
     length: int = u(*U64)
     prot: int = u(*U8)
+    # the leaf size behind the run: 4096, 2 MiB, 1 GiB (0: identity domain, no page table)
+    page_size: int = u(*U32, default=0)
 
 
 @dataclass(frozen=True, slots=True)
@@ -442,6 +465,7 @@ REPLIES: dict[int, type] = {
     Command.MAP: MapReply,
     Command.UNMAP: UnmapReply,
     Command.IOVA_TO_PHYS: IovaToPhysReply,
+    Command.IOTLB_ENTRIES: IotlbEntriesReply,
     Command.DIRTY_BITMAP: DirtyBitmapReply,
     Command.IOTLB_INVALIDATE: InvalidateReply,
     Command.PAGE_RESPONSE: Empty,

@@ -6,12 +6,12 @@ The server owns one :class:`Daemon`; handlers reach the model through it. Discon
 
 from __future__ import annotations
 
-import contextlib
+import dataclasses
 import errno
 import os
 import time
 from collections import Counter
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from siov_protocol import jsonc
@@ -54,7 +54,6 @@ class Daemon:
         self.started = time.monotonic()
         self.sessions: dict[int, Session] = {}
         self.uids: dict[int, UidUsage] = {}  # per-uid ledger of the live connections
-        self._mute_faults = 0
         self.fd_budget: dict[str, Any] = {}  # RLIMIT_NOFILE against the limits (host.fdlimit)
         self.counters: Counter[str] = Counter()
         #: Extra release hooks (tools, tests): called after every area has released.
@@ -93,6 +92,8 @@ class Daemon:
         # vfio-user endpoints. They hook into nothing: release, stats and device removal call
         # them from here, in the order written below.
         self.accel_runtime = AccelRuntime(self)
+        executor = self.accel_runtime.executor
+        self.iommu.fault_origin = lambda: executor.origin  # a fault names its descriptor
         self.sva = SvaRuntime(self)
         self.vfio_user = Endpoints(self)
 
@@ -150,19 +151,7 @@ class Daemon:
 
     # ---- the domain model's callbacks ----------------------------------------------------------
 
-    @contextlib.contextmanager
-    def faults_muted(self) -> Iterator[None]:
-        """Faults within the block are not queued to anyone (counted ``faults_muted``)."""
-        self._mute_faults += 1
-        try:
-            yield
-        finally:
-            self._mute_faults -= 1
-
     def _deliver_fault(self, owner: int, record: FaultRecord) -> None:
-        if self._mute_faults:
-            self.counters["faults_muted"] += 1
-            return
         session = self.sessions.get(owner)
         if session is None:
             return
@@ -175,6 +164,15 @@ class Daemon:
             reason_name=record.reason_name,
             domain=record.domain,
         )
+        origin = record.origin
+        if origin is not None:
+            event = dataclasses.replace(
+                event,
+                wq=origin.wq,
+                opcode=origin.opcode,
+                completion_addr=origin.completion_addr,
+                batch_index=origin.batch_index,
+            )
         session.push_event(*event_message(event))
 
     def _device_removed(self, device: Any) -> None:

@@ -22,6 +22,7 @@ import errno
 from collections.abc import Callable
 
 from siovd.model.device import Device
+from siovd.model.dma import DmaOrigin
 from siovd.model.errors import SiovError
 from siovd.model.iommu.attach import AttachVerbs
 from siovd.model.iommu.base import REAP_INLINE, REAP_STEP, FaultCallback, TranslatedRun
@@ -72,6 +73,9 @@ class Iommu(AttachVerbs, PagetableVerbs, InvalidateVerbs, DmaVerbs, SvaVerbs):
         #: Page requests waiting for their owners' answers (PRI / the PRQ).
         self.prq = PageRequestQueue(blocked_limit)
         self.on_fault: FaultCallback | None = None
+        #: Asked at each fault which work the DMA belongs to (the accelerator's executor
+        #: answers while it runs a descriptor).
+        self.fault_origin: Callable[[], DmaOrigin | None] | None = None
         self._buses: set[str] = set()
         self._internal_buses: set[str] = set()
         self._domains: dict[int, Domain] = {}
@@ -86,6 +90,8 @@ class Iommu(AttachVerbs, PagetableVerbs, InvalidateVerbs, DmaVerbs, SvaVerbs):
         #: Called when :meth:`reap` has work: the service runs it a turn at a time.
         self.wake_reaper: Callable[[], None] = lambda: None
         self.faults = 0
+        #: TRANSLATE requests answered with a fault (ATS: no fault record, no event).
+        self.translate_failures = 0
         self.devtlb_hits = 0  # translations a device TLB answered without the IOTLB
         self.lazy_flushes = 0
         self.lazy_flushed_areas = 0
@@ -154,6 +160,7 @@ class Iommu(AttachVerbs, PagetableVerbs, InvalidateVerbs, DmaVerbs, SvaVerbs):
         out = self.iotlb.stats()
         out.update(
             faults=self.faults,
+            translate_failures=self.translate_failures,
             devtlb_hits=self.devtlb_hits,
             lazy_flushes=self.lazy_flushes,
             lazy_flushed_areas=self.lazy_flushed_areas,

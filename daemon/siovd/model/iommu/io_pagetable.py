@@ -208,8 +208,16 @@ def check_map_args(domain: Domain, iova: int | None, phys: int, size: int, prot:
                 errno.EINVAL,
                 f"iova range ends beyond the domain's aperture {domain.aperture_end:#x}",
             )
-        if domain.areas.overlaps(iova, iova + size - 1):
-            raise SiovError(errno.EEXIST, f"iova {iova:#x}+{size:#x} overlaps an existing mapping")
+        hit = domain.areas.intersecting(iova, iova + size - 1)
+        if hit:
+            # Name the mapping in the way (the first, and how many more), as unmap's split
+            # error does.
+            more = f" (and {len(hit) - 1} more)" if len(hit) > 1 else ""
+            raise SiovError(
+                errno.EEXIST,
+                f"map {iova:#x}+{size:#x} overlaps the mapping {hit[0].iova:#x}+{hit[0].size:#x}"
+                f"{more} in domain {domain.id}",
+            )
 
 
 def alloc_iova(domain: Domain, size: int, phys: int) -> int:

@@ -14,6 +14,7 @@ from siov_protocol.messages_iommu import (
     DirtyBitmap,
     DomainAlloc,
     DomainRef,
+    IotlbEntries,
     IotlbInvalidate,
     IovaToPhys,
     Map,
@@ -27,12 +28,16 @@ from siov_protocol.replies import (
     DomainInfo,
     DomainListReply,
     InvalidateReply,
+    IotlbEntriesReply,
+    IotlbEntry,
     IovaToPhysReply,
     MapReply,
     UnmapReply,
 )
 from siovd.model.errors import SiovError
 from siovd.model.iommu.io_pagetable import MapQuota
+from siovd.model.iommu.iotlb import E_FLAGS, E_HITS, E_PHYS, E_REF, E_SIZE
+from siovd.model.iommu.pagetable import PTE_D, PTE_RW
 from siovd.service.handlers.bus import describe
 from siovd.service.handlers.registry import Context, Deferred, registry
 
@@ -160,6 +165,36 @@ def iova_to_phys(ctx: Context, req: IovaToPhys) -> IovaToPhysReply:
     if found is None:
         raise SiovError(errno.ENOENT, f"iova {req.iova:#x} is not mapped in domain {req.domain}")
     return IovaToPhysReply(phys=found[0], page_size=found[1])
+
+
+@registry.command(Command.IOTLB_ENTRIES, IotlbEntries)
+def iotlb_entries(ctx: Context, req: IotlbEntries) -> IotlbEntriesReply:
+    # The domain's owner, or an admin (who may look at any client's domain, as siovctl does).
+    owner = None if ctx.session.is_admin else ctx.session.id
+    cached = ctx.daemon.iommu.iotlb_cached(owner, req.domain, req.pasid)
+    start = (req.start_pasid, req.start_iova)
+    rows = [row for row in cached if (row[0], row[1]) >= start]
+    shown = rows[: req.max_entries]
+    rest = rows[req.max_entries] if len(rows) > req.max_entries else None
+    entries = [
+        IotlbEntry(
+            pasid=pasid,
+            iova=iova,
+            page_size=entry[E_SIZE],
+            phys=entry[E_PHYS],
+            writable=bool(entry[E_FLAGS] & PTE_RW),
+            dirty=bool(entry[E_FLAGS] & PTE_D),
+            hits=entry[E_HITS],
+            referenced=bool(entry[E_REF]),
+        )
+        for pasid, iova, entry in shown
+    ]
+    return IotlbEntriesReply(
+        entries=entries,
+        total=len(cached),
+        next_pasid=rest[0] if rest is not None else None,
+        next_iova=rest[1] if rest is not None else None,
+    )
 
 
 @registry.command(Command.DIRTY_BITMAP, DirtyBitmap)
