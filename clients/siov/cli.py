@@ -325,6 +325,36 @@ def cmd_translate(client: BlockingClient, args: argparse.Namespace) -> Any:
     return rows
 
 
+def _device_arg(p: argparse.ArgumentParser) -> None:
+    p.add_argument("device", help="device UUID")
+
+
+@command(
+    "resv-regions", "a device's reserved IOVA regions (MSI window, direct, reserved)", _device_arg
+)
+def cmd_resv_regions(client: BlockingClient, args: argparse.Namespace) -> Any:
+    regions = client.resv_regions(args.device)
+    if args.json:
+        return regions
+    return [{"start": hex(r["start"]), "last": hex(r["last"]), "type": r["type"]} for r in regions]
+
+
+def _domain_arg(p: argparse.ArgumentParser) -> None:
+    p.add_argument("domain", type=_num, help="domain id")
+
+
+@command(
+    "iova-ranges",
+    "the IOVA ranges a domain can map (outside reserved, inside allowed)",
+    _domain_arg,
+)
+def cmd_iova_ranges(client: BlockingClient, args: argparse.Namespace) -> Any:
+    ranges = client.iova_ranges(args.domain)
+    if args.json:
+        return [{"start": s, "last": e} for s, e in ranges]
+    return [{"start": hex(s), "last": hex(e)} for s, e in ranges]
+
+
 # ---- the accelerator (accel-config's commands and object names) ----------------------------
 
 _WQ_OPTIONS: tuple[tuple[str, str, str, Callable[[str], Any]], ...] = (

@@ -32,6 +32,7 @@ from siov_protocol import (
 
 from .buffers import Buffer, memfd, page_align
 from .errors import ConnectionClosed, PermissionDenied, SiovError, error_for
+from .iommu_ext import IommuExtMixin
 
 if TYPE_CHECKING:
     from .mdev import Mdev
@@ -76,7 +77,7 @@ class _Pending:
     error: SiovError | None = None
 
 
-class Client:
+class Client(IommuExtMixin):
     """One connection to siovd. Create it with :func:`connect`."""
 
     def __init__(self, sock: trio.socket.SocketType, *, event_buffer: int = 4096) -> None:

@@ -18,6 +18,7 @@ from siovd.model.iommu.pagetable import (
     PageTable,
 )
 from siovd.model.iommu.pasid import PASID_LIMIT
+from siovd.model.iommu.reserved import check_attach_reserved
 from siovd.model.memory import PAGE_SIZE, Region
 
 
@@ -239,6 +240,7 @@ class AttachVerbs(IommuBase):
                 f"device {device.uuid} is on {device.bus!r}",
             )
         self._check_not_foreign_default(domain, group)
+        check_attach_reserved(domain, group.devices)  # EADDRINUSE (reserved.py)
         self._set_group_domain(group, domain)
 
     @staticmethod
@@ -301,6 +303,7 @@ class AttachVerbs(IommuBase):
                 errno.EBUSY, f"PASID {pasid} is the default PASID of device {device.uuid}"
             )
         self._check_not_foreign_default(domain, group)
+        check_attach_reserved(domain, group.devices)  # EADDRINUSE (reserved.py)
         self._set_pasid(group, pasid, domain)
 
     def replace_pasid(self, owner: int, domain_id: int, device: Device, pasid: int) -> None:
@@ -314,6 +317,7 @@ class AttachVerbs(IommuBase):
         if pasid not in group.pasids:
             raise SiovError(errno.EINVAL, f"PASID {pasid} of device {device.uuid} is not attached")
         self._check_not_foreign_default(domain, group)
+        check_attach_reserved(domain, group.devices)  # EADDRINUSE (reserved.py)
         self._set_pasid(group, pasid, domain)
 
     def detach_pasid(self, owner: int, domain_id: int | None, device: Device, pasid: int) -> None:

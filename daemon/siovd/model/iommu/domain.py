@@ -50,6 +50,9 @@ class Domain:
     #: Lazy mode: unmapped areas whose IOTLB flush is still queued (their regions stay
     #: referenced and their IOVAs unavailable until then, as with Linux's flush queue).
     lazy_pending: list[Area] = field(default_factory=list)
+    #: ALLOW_IOVAS: (start, last) ranges auto-IOVA must come from; empty = anywhere
+    #: (model/iommu/reserved.py).
+    allowed: list[tuple[int, int]] = field(default_factory=list)
 
     @property
     def attached(self) -> bool:

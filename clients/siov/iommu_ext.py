@@ -1,0 +1,44 @@
+"""SDK methods of the IOMMU extensions (SPEC §8.14), mixed into :class:`siov.Client`."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+from siov_protocol import Command
+
+
+class IommuExtMixin:
+    async def call(
+        self, command: Command | int, body: dict[str, Any] | None = None, fds: Sequence[int] = ()
+    ) -> dict[str, Any]:
+        raise NotImplementedError  # Client.call; declared here for the type checker
+
+    # -- reserved regions and IOVA ranges --------------------------------------------------------
+
+    async def resv_regions(self, device: str) -> list[dict[str, Any]]:
+        """A device's reserved regions ``[{start, last, type}]``; the MSI window comes first."""
+        reply = await self.call(Command.DEVICE_RESV_REGIONS, {"device": device})
+        return list(reply["regions"])
+
+    async def add_resv_region(
+        self, device: str, start: int, last: int, type: str = "reserved"
+    ) -> list[dict[str, Any]]:
+        """Add a ``direct`` or ``reserved`` region to a device (its owner or its emulator)."""
+        body = {"device": device, "start": start, "last": last, "type": type}
+        return list((await self.call(Command.DEVICE_RESV_ADD, body))["regions"])
+
+    async def iova_ranges(
+        self, domain: int, *, num_iovas: int | None = None
+    ) -> list[tuple[int, int]]:
+        """The usable IOVA ranges ``(start, last)`` of a domain (``IOMMU_IOAS_IOVA_RANGES``)."""
+        body: dict[str, Any] = {"domain": domain}
+        if num_iovas is not None:
+            body["num_iovas"] = num_iovas
+        reply = await self.call(Command.IOVA_RANGES, body)
+        return [(int(r["start"]), int(r["last"])) for r in reply["ranges"]]
+
+    async def allow_iovas(self, domain: int, ranges: Sequence[tuple[int, int]]) -> None:
+        """Auto-IOVA only from ``ranges`` (``IOMMU_IOAS_ALLOW_IOVAS``); empty: anywhere."""
+        body = {"domain": domain, "ranges": [{"start": s, "last": e} for s, e in ranges]}
+        await self.call(Command.ALLOW_IOVAS, body)

@@ -1,0 +1,69 @@
+"""IOMMU extensions (SPEC §8.14): reserved regions and IOVA ranges, dirty-tracking control,
+hardware information. Thin: validate, call the model (siovd.model.iommu.reserved, ...), reply."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import structlog
+
+from siov_protocol import Command
+from siov_protocol.messages_iommu_ext import AllowIovas, IovaRanges, ResvAdd, ResvRegions
+from siovd.model.device import Device
+from siovd.model.errors import SiovError
+from siovd.model.iommu import reserved
+from siovd.service.handlers.registry import Context, registry
+
+log = structlog.get_logger("siovd")
+
+
+def _device(ctx: Context, uuid: str, look: bool = False) -> Device:
+    """The device for its owner or for the emulator that registered it (ENOENT otherwise);
+    with ``look``, any device for an admin (read-only queries, as TRANSLATE)."""
+    bus, me = ctx.daemon.bus, ctx.session.id
+    if look and ctx.session.is_admin:
+        return bus.device(None, uuid)
+    try:
+        return bus.device(me, uuid)
+    except SiovError:
+        return bus.emulated_device(me, uuid)
+
+
+def _regions(device: Device) -> list[dict[str, Any]]:
+    return [
+        {"start": start, "last": last, "type": kind}
+        for start, last, kind in reserved.device_regions(device)
+    ]
+
+
+@registry.command(Command.DEVICE_RESV_REGIONS, ResvRegions)
+def device_resv_regions(ctx: Context, req: ResvRegions) -> dict[str, Any]:
+    return {"regions": _regions(_device(ctx, req.device, look=True))}
+
+
+@registry.command(Command.DEVICE_RESV_ADD, ResvAdd)
+def device_resv_add(ctx: Context, req: ResvAdd) -> dict[str, Any]:
+    device = _device(ctx, req.device)
+    reserved.add_device_region(device, req.start, req.last, req.type)
+    log.info("reserved region added", mdev=device.uuid, start=hex(req.start), type=req.type)
+    return {"regions": _regions(device)}
+
+
+@registry.command(Command.IOVA_RANGES, IovaRanges)
+def iova_ranges(ctx: Context, req: IovaRanges) -> dict[str, Any]:
+    owner = None if ctx.session.is_admin else ctx.session.id  # an admin may look at any
+    domain = ctx.daemon.iommu.paging_domain(owner, req.domain)
+    ranges = reserved.iova_ranges(domain, req.num_iovas)
+    return {
+        "num_iovas": len(ranges),
+        "iova_alignment": 4096,
+        "ranges": [{"start": start, "last": last} for start, last in ranges],
+    }
+
+
+@registry.command(Command.ALLOW_IOVAS, AllowIovas)
+def allow_iovas(ctx: Context, req: AllowIovas) -> dict[str, Any]:
+    domain = ctx.daemon.iommu.paging_domain(ctx.session.id, req.domain)
+    reserved.allow_iovas(domain, [(r.start, r.last) for r in req.ranges])
+    log.info("allowed iovas set", domain=req.domain, ranges=len(req.ranges))
+    return {}

@@ -1,0 +1,40 @@
+"""Bodies of the IOMMU extension commands (SPEC §8.14): reserved regions and IOVA ranges,
+dirty-tracking control, hardware information."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from .messages_iommu import UUID_LEN
+from .schema import U32, U64, items, text, u
+
+
+@dataclass(frozen=True, slots=True)
+class ResvRegions:
+    device: str = text(UUID_LEN)
+
+
+@dataclass(frozen=True, slots=True)
+class ResvAdd:
+    device: str = text(UUID_LEN)
+    start: int = u(*U64)
+    last: int = u(*U64)
+    type: str = text(16, default="reserved")  # direct | reserved
+
+
+@dataclass(frozen=True, slots=True)
+class IovaRanges:
+    domain: int = u(*U32)
+    num_iovas: int | None = u(*U32, default=None)  # the caller's array length; None: any
+
+
+@dataclass(frozen=True, slots=True)
+class IovaRange:
+    start: int = u(*U64)
+    last: int = u(*U64)
+
+
+@dataclass(frozen=True, slots=True)
+class AllowIovas:
+    domain: int = u(*U32)
+    ranges: list[IovaRange] = items(256)  # empty: the whole aperture again
