@@ -459,6 +459,7 @@ class Client(IommuExtMixin):
         user_managed: bool = False,
         lazy: bool = False,
         pt_root: int | None = None,
+        dirty_tracking: bool = False,
     ) -> dict[str, Any]:
         body: dict[str, Any] = {
             "bus": bus,
@@ -469,6 +470,8 @@ class Client(IommuExtMixin):
         }
         if pt_root is not None:
             body["pt_root"] = pt_root
+        if dirty_tracking:  # SPEC §8.14
+            body["dirty_tracking"] = True
         return await self.call(Command.DOMAIN_ALLOC, body)
 
     async def free_domain(self, domain: int) -> None:

@@ -42,3 +42,32 @@ class IommuExtMixin:
         """Auto-IOVA only from ``ranges`` (``IOMMU_IOAS_ALLOW_IOVAS``); empty: anywhere."""
         body = {"domain": domain, "ranges": [{"start": s, "last": e} for s, e in ranges]}
         await self.call(Command.ALLOW_IOVAS, body)
+
+    # -- dirty tracking --------------------------------------------------------------------------
+
+    async def set_dirty_tracking(self, domain: int, enable: bool) -> bool:
+        """Turn dirty tracking on (D bits cleared first) or off; returns the new state. The
+        domain must be allocated with ``dirty_tracking=True``."""
+        body = {"domain": domain, "enable": enable}
+        return bool((await self.call(Command.SET_DIRTY_TRACKING, body))["enabled"])
+
+    async def get_dirty_bitmap(
+        self, domain: int, iova: int, size: int, *, page_size: int = 4096, no_clear: bool = False
+    ) -> bytes:
+        """One bit per ``page_size`` (bit i = byte i//8, bit i%8); cleared unless ``no_clear``."""
+        body = {
+            "domain": domain,
+            "iova": iova,
+            "size": size,
+            "page_size": page_size,
+            "no_clear": no_clear,
+        }
+        return bytes((await self.call(Command.GET_DIRTY_BITMAP, body))["bitmap"])
+
+    async def unmap_dirty(
+        self, domain: int, iova: int, size: int, *, page_size: int = 4096
+    ) -> tuple[int, bytes]:
+        """Unmap whole mappings and return ``(unmapped, bitmap)`` of what was dirty in them."""
+        body = {"domain": domain, "iova": iova, "size": size, "page_size": page_size}
+        reply = await self.call(Command.UNMAP_DIRTY, body)
+        return int(reply["unmapped"]), bytes(reply["bitmap"])

@@ -91,6 +91,7 @@ class Command(enum.IntEnum):
     SET_DIRTY_TRACKING = 0x1C4
     GET_DIRTY_BITMAP = 0x1C5
     GET_HW_INFO = 0x1C6
+    UNMAP_DIRTY = 0x1C7
 
     # events: daemon -> client, sent as commands with the no-reply flag
     EVENT_FAULT = 0x200

@@ -78,6 +78,7 @@ class DomainAlloc:
     user_managed: bool = False
     lazy: bool = False
     pt_root: int | None = u(*U64, default=None)  # user-managed: root table in your memory
+    dirty_tracking: bool = False  # SPEC §8.14: D set only while SET_DIRTY_TRACKING enables
 
 
 @dataclass(frozen=True, slots=True)

@@ -38,3 +38,26 @@ class IovaRange:
 class AllowIovas:
     domain: int = u(*U32)
     ranges: list[IovaRange] = items(256)  # empty: the whole aperture again
+
+
+@dataclass(frozen=True, slots=True)
+class SetDirtyTracking:
+    domain: int = u(*U32)
+    enable: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class GetDirtyBitmap:
+    domain: int = u(*U32)
+    iova: int = u(*U64)
+    size: int = u(*U64)
+    page_size: int = u(*U64, default=4096)
+    no_clear: bool = False  # iommufd IOMMU_HWPT_GET_DIRTY_BITMAP_NO_CLEAR
+
+
+@dataclass(frozen=True, slots=True)
+class UnmapDirty:
+    domain: int = u(*U32)
+    iova: int = u(*U64)
+    size: int = u(*U64)
+    page_size: int = u(*U64, default=4096)

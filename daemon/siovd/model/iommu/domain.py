@@ -53,10 +53,20 @@ class Domain:
     #: ALLOW_IOVAS: (start, last) ranges auto-IOVA must come from; empty = anywhere
     #: (model/iommu/reserved.py).
     allowed: list[tuple[int, int]] = field(default_factory=list)
+    #: Allocated with ``dirty_tracking`` (iommufd ``IOMMU_HWPT_ALLOC_DIRTY_TRACKING``): D is
+    #: set only while ``dirty_on`` (model/iommu/dirty.py). Other domains set D always, as a
+    #: VT-d first-stage walker does.
+    dirty_capable: bool = False
+    dirty_on: bool = False
 
     @property
     def attached(self) -> bool:
         return bool(self.groups or self.pasid_users)
+
+    @property
+    def sets_dirty(self) -> bool:
+        """Whether a write through this domain sets the leaf's D bit."""
+        return self.dirty_on or not self.dirty_capable
 
     @property
     def kernel_managed(self) -> bool:

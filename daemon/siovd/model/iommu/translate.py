@@ -148,11 +148,14 @@ def _paging(
             # Miss, or a write through an entry that is read-only or not yet dirty: walk (a
             # hardware walker sets D with a locked update, and re-checks permissions).
             assert domain.locate is not None
-            result = walk(domain.locate, domain.root, domain.levels, pos, write)
+            tracks = domain.sets_dirty
+            result = walk(domain.locate, domain.root, domain.levels, pos, write, True, tracks)
             if isinstance(result, int):
                 failure = Failure(pos, result, domain)
                 break
             pbase, size, flags, level = result
+            if not tracks and flags & PTE_RW:
+                flags |= PTE_D  # tracking off: writes need no walk to set D (dirty.py)
             entry = [pbase, size, flags, 0, region_of(pbase)]
             iotlb.insert(tag, pos, level, entry)
         else:

@@ -23,6 +23,7 @@ from siov_protocol.messages_iommu import (
     Unmap,
 )
 from siovd.model.errors import SiovError
+from siovd.model.iommu import dirty
 from siovd.model.iommu.io_pagetable import MapQuota
 from siovd.service.handlers.registry import Context, Deferred, registry
 
@@ -32,6 +33,8 @@ log = structlog.get_logger("siovd")
 @registry.command(Command.DOMAIN_ALLOC, DomainAlloc)
 def domain_alloc(ctx: Context, req: DomainAlloc) -> dict[str, Any]:
     daemon, owner = ctx.daemon, ctx.session.id
+    if req.dirty_tracking:  # EOPNOTSUPP before anything is allocated (iommu_ext.py)
+        dirty.check_alloc(req.type, req.user_managed)
     domain = daemon.iommu.domain_alloc(
         owner,
         req.bus,
@@ -42,6 +45,7 @@ def domain_alloc(ctx: Context, req: DomainAlloc) -> dict[str, Any]:
         pt_root_phys=req.pt_root,
         max_domains=daemon.config.limits.domains,
     )
+    domain.dirty_capable = req.dirty_tracking
     log.info("domain allocated", domain=domain.id, type=req.type, user_managed=req.user_managed)
     return domain.info()
 

@@ -3,16 +3,25 @@ hardware information. Thin: validate, call the model (siovd.model.iommu.reserved
 
 from __future__ import annotations
 
+import errno
 from typing import Any
 
 import structlog
 
 from siov_protocol import Command
-from siov_protocol.messages_iommu_ext import AllowIovas, IovaRanges, ResvAdd, ResvRegions
+from siov_protocol.messages_iommu_ext import (
+    AllowIovas,
+    GetDirtyBitmap,
+    IovaRanges,
+    ResvAdd,
+    ResvRegions,
+    SetDirtyTracking,
+    UnmapDirty,
+)
 from siovd.model.device import Device
 from siovd.model.errors import SiovError
-from siovd.model.iommu import reserved
-from siovd.service.handlers.registry import Context, registry
+from siovd.model.iommu import dirty, reserved
+from siovd.service.handlers.registry import Context, Deferred, registry
 
 log = structlog.get_logger("siovd")
 
@@ -67,3 +76,70 @@ def allow_iovas(ctx: Context, req: AllowIovas) -> dict[str, Any]:
     reserved.allow_iovas(domain, [(r.start, r.last) for r in req.ranges])
     log.info("allowed iovas set", domain=req.domain, ranges=len(req.ranges))
     return {}
+
+
+# -- dirty tracking (model/iommu/dirty.py) ---------------------------------------------------
+
+
+def _check_bitmap_fits(ctx: Context, size: int, page_size: int) -> None:
+    """Refuse before reading (and clearing) D bits a reply could not carry."""
+    fits = (ctx.session.max_msg_size - 64) * 8
+    if page_size > 0 and size // page_size > fits:
+        raise SiovError(
+            errno.EMSGSIZE,
+            f"a bitmap of {size // page_size} bits does not fit one reply "
+            f"(max_msg_size {ctx.session.max_msg_size}: at most {fits})",
+        )
+
+
+@registry.command(Command.SET_DIRTY_TRACKING, SetDirtyTracking)
+def set_dirty_tracking(ctx: Context, req: SetDirtyTracking) -> Deferred:
+    iommu = ctx.daemon.iommu
+    domain = iommu.paging_domain(ctx.session.id, req.domain)
+    job = dirty.SetTrackingJob(iommu, domain, req.enable)
+
+    def finish() -> dict[str, Any]:
+        log.info("dirty tracking", domain=req.domain, enable=req.enable)
+        return {"enabled": domain.dirty_on}
+
+    return Deferred(job, finish)
+
+
+@registry.command(Command.GET_DIRTY_BITMAP, GetDirtyBitmap)
+def get_dirty_bitmap(ctx: Context, req: GetDirtyBitmap) -> Deferred:
+    iommu = ctx.daemon.iommu
+    domain = iommu.paging_domain(ctx.session.id, req.domain)
+    job = dirty.DirtyReadJob(
+        iommu, domain, req.iova, req.size, req.page_size, req.no_clear
+    )  # checks only; nothing read yet
+    _check_bitmap_fits(ctx, req.size, req.page_size)
+
+    def finish() -> dict[str, Any]:
+        return {
+            "bitmap": bytes(job.bitmap),
+            "page_size": req.page_size,
+            "pages": req.size // req.page_size,
+        }
+
+    return Deferred(job, finish)
+
+
+@registry.command(Command.UNMAP_DIRTY, UnmapDirty)
+def unmap_dirty(ctx: Context, req: UnmapDirty) -> Deferred:
+    iommu = ctx.daemon.iommu
+    domain = iommu.paging_domain(ctx.session.id, req.domain)
+    job = dirty.UnmapDirtyJob(
+        iommu, domain, req.iova, req.size, req.page_size
+    )  # checks only; nothing read yet
+    _check_bitmap_fits(ctx, req.size, req.page_size)
+
+    def finish() -> dict[str, Any]:
+        ctx.daemon.close_dead_mappings()
+        return {
+            "unmapped": job.unmap.unmapped,
+            "bitmap": bytes(job.read.bitmap),
+            "page_size": req.page_size,
+            "pages": req.size // req.page_size,
+        }
+
+    return Deferred(job, finish)
