@@ -146,6 +146,7 @@ class BlockingClient:
     set_dirty_tracking = _blocking(Client.set_dirty_tracking)
     get_dirty_bitmap = _blocking(Client.get_dirty_bitmap)
     unmap_dirty = _blocking(Client.unmap_dirty)
+    hw_info = _blocking(Client.hw_info)
     invalidate = _blocking(Client.invalidate)
     dma_read = _blocking(Client.dma_read)
     dma_write = _blocking(Client.dma_write)

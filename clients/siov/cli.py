@@ -355,6 +355,16 @@ def cmd_iova_ranges(client: BlockingClient, args: argparse.Namespace) -> Any:
     return [{"start": hex(s), "last": hex(e)} for s, e in ranges]
 
 
+@command("hw-info", "the IOMMU's VT-d cap/ecap and capabilities as a device sees them", _device_arg)
+def cmd_hw_info(client: BlockingClient, args: argparse.Namespace) -> Any:
+    info = client.hw_info(args.device)
+    out = {k: v for k, v in info.items() if k != "data"}
+    if not args.json:
+        out["cap_reg"] = f"{info['cap_reg']:#018x}"
+        out["ecap_reg"] = f"{info['ecap_reg']:#018x}"
+    return out
+
+
 # ---- the accelerator (accel-config's commands and object names) ----------------------------
 
 _WQ_OPTIONS: tuple[tuple[str, str, str, Callable[[str], Any]], ...] = (

@@ -71,3 +71,10 @@ class IommuExtMixin:
         body = {"domain": domain, "iova": iova, "size": size, "page_size": page_size}
         reply = await self.call(Command.UNMAP_DIRTY, body)
         return int(reply["unmapped"]), bytes(reply["bitmap"])
+
+    # -- hardware information --------------------------------------------------------------------
+
+    async def hw_info(self, device: str, *, data_len: int = 24) -> dict[str, Any]:
+        """``IOMMU_GET_HW_INFO``: VT-d ``cap_reg``/``ecap_reg``, iommufd capability flags,
+        ``max_pasid_log2``, ``data`` (``iommu_hw_info_vtd``) and a ``decoded`` view."""
+        return await self.call(Command.GET_HW_INFO, {"device": device, "data_len": data_len})

@@ -61,3 +61,10 @@ class UnmapDirty:
     iova: int = u(*U64)
     size: int = u(*U64)
     page_size: int = u(*U64, default=4096)
+
+
+@dataclass(frozen=True, slots=True)
+class GetHwInfo:
+    device: str = text(UUID_LEN)
+    data_len: int = u(0, 4096, default=24)  # bytes of iommu_hw_info_vtd wanted
+    flags: int = u(*U32, default=0)  # none defined: non-zero is EOPNOTSUPP, as iommufd

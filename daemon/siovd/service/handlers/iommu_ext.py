@@ -12,6 +12,7 @@ from siov_protocol import Command
 from siov_protocol.messages_iommu_ext import (
     AllowIovas,
     GetDirtyBitmap,
+    GetHwInfo,
     IovaRanges,
     ResvAdd,
     ResvRegions,
@@ -20,7 +21,7 @@ from siov_protocol.messages_iommu_ext import (
 )
 from siovd.model.device import Device
 from siovd.model.errors import SiovError
-from siovd.model.iommu import dirty, reserved
+from siovd.model.iommu import dirty, hwinfo, reserved
 from siovd.service.handlers.registry import Context, Deferred, registry
 
 log = structlog.get_logger("siovd")
@@ -143,3 +144,14 @@ def unmap_dirty(ctx: Context, req: UnmapDirty) -> Deferred:
         }
 
     return Deferred(job, finish)
+
+
+# -- hardware information (model/iommu/hwinfo.py) ---------------------------------------------
+
+
+@registry.command(Command.GET_HW_INFO, GetHwInfo)
+def get_hw_info(ctx: Context, req: GetHwInfo) -> dict[str, Any]:
+    device = _device(ctx, req.device, look=True)
+    if req.flags:
+        raise SiovError(errno.EOPNOTSUPP, f"GET_HW_INFO flags {req.flags:#x}: none are defined")
+    return hwinfo.hw_info(device.pasid_bits, req.data_len)
