@@ -147,6 +147,8 @@ class BlockingClient:
     get_dirty_bitmap = _blocking(Client.get_dirty_bitmap)
     unmap_dirty = _blocking(Client.unmap_dirty)
     hw_info = _blocking(Client.hw_info)
+    page_request = _blocking(Client.page_request)
+    trigger_iopf = _blocking(Client.trigger_iopf)
     invalidate = _blocking(Client.invalidate)
     dma_read = _blocking(Client.dma_read)
     dma_write = _blocking(Client.dma_write)

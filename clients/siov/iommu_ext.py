@@ -78,3 +78,65 @@ class IommuExtMixin:
         """``IOMMU_GET_HW_INFO``: VT-d ``cap_reg``/``ecap_reg``, iommufd capability flags,
         ``max_pasid_log2``, ``data`` (``iommu_hw_info_vtd``) and a ``decoded`` view."""
         return await self.call(Command.GET_HW_INFO, {"device": device, "data_len": data_len})
+
+    # -- page requests from any device -----------------------------------------------------------
+
+    @staticmethod
+    def _pri_body(
+        device: str,
+        iova: int,
+        pasid: int | None,
+        write: bool,
+        read: bool,
+        exec: bool,
+        priv: bool,
+        grpid: int,
+        last: bool,
+    ) -> dict[str, Any]:
+        body: dict[str, Any] = {
+            "device": device,
+            "iova": iova,
+            "write": write,
+            "read": read,
+            "exec": exec,
+            "priv": priv,
+            "grpid": grpid,
+            "last": last,
+        }
+        if pasid is not None:
+            body["pasid"] = pasid
+        return body
+
+    async def page_request(
+        self,
+        device: str,
+        iova: int,
+        *,
+        pasid: int | None = None,
+        write: bool = False,
+        read: bool = True,
+        exec: bool = False,
+        priv: bool = False,
+        grpid: int = 0,
+        last: bool = True,
+    ) -> dict[str, Any]:
+        """An emulator's PRI page request for its device. For the group's last request the
+        reply carries the owner's response ``code`` (0 SUCCESS, 1 INVALID), ``timed_out``,
+        ``cancelled``; earlier requests of a group answer ``queued`` at once."""
+        body = self._pri_body(device, iova, pasid, write, read, exec, priv, grpid, last)
+        return await self.call(Command.PAGE_REQUEST, body)
+
+    async def trigger_iopf(
+        self,
+        device: str,
+        iova: int,
+        *,
+        pasid: int | None = None,
+        write: bool = False,
+        grpid: int = 0,
+        last: bool = True,
+    ) -> dict[str, Any]:
+        """Inject a page request (iommufd selftest ``TRIGGER_IOPF``); returns its cookie
+        ``request`` at once (None when the IOMMU answered it itself)."""
+        body = self._pri_body(device, iova, pasid, write, True, False, False, grpid, last)
+        return await self.call(Command.TRIGGER_IOPF, body)

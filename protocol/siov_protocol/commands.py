@@ -92,6 +92,8 @@ class Command(enum.IntEnum):
     GET_DIRTY_BITMAP = 0x1C5
     GET_HW_INFO = 0x1C6
     UNMAP_DIRTY = 0x1C7
+    PAGE_REQUEST = 0x1C8
+    TRIGGER_IOPF = 0x1C9
 
     # events: daemon -> client, sent as commands with the no-reply flag
     EVENT_FAULT = 0x200

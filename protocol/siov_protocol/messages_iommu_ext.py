@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from .messages_iommu import UUID_LEN
+from .messages_iommu import PASID_MAX, UUID_LEN
 from .schema import U32, U64, items, text, u
 
 
@@ -68,3 +68,18 @@ class GetHwInfo:
     device: str = text(UUID_LEN)
     data_len: int = u(0, 4096, default=24)  # bytes of iommu_hw_info_vtd wanted
     flags: int = u(*U32, default=0)  # none defined: non-zero is EOPNOTSUPP, as iommufd
+
+
+@dataclass(frozen=True, slots=True)
+class PageRequestMsg:
+    """PAGE_REQUEST (an emulator's PRI request) and TRIGGER_IOPF (fault injection)."""
+
+    device: str = text(UUID_LEN)
+    iova: int = u(*U64)
+    pasid: int | None = u(0, PASID_MAX, default=None)  # None: no PASID (the RID's)
+    write: bool = False
+    read: bool = True
+    exec: bool = False
+    priv: bool = False
+    grpid: int = u(0, 511, default=0)  # PCIe PRG index, 9 bits
+    last: bool = True  # the group's last request: only it gets a response

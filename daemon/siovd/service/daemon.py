@@ -26,6 +26,7 @@ from siovd.model.bus import Bus
 from siovd.model.errors import SiovError
 from siovd.model.iommu import FaultRecord, Iommu
 from siovd.model.iommu.io_pagetable import owner_usage
+from siovd.model.iommu.pri import forget_device
 from siovd.model.memory import PhysicalMemory
 from siovd.model.testparent import SiovTestParent
 from siovd.service.accel_runtime import AccelRuntime
@@ -154,6 +155,9 @@ class Daemon:
         """The bus removed ``device``. In this order: the accelerator drops its work (queued,
         running, waiting for page responses) and its eventfds; then its owner is told."""
         self.accel_runtime.forget(device.uuid)
+        # An external device's own page requests (SPEC §8.17) end with it.
+        self.iommu.prq.cancel_device(device.uuid)
+        forget_device(self.iommu.pri, device.uuid)
         session = self.sessions.get(device.owner)
         if session is not None:
             session.push_event(

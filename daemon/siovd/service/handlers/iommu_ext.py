@@ -7,6 +7,7 @@ import errno
 from typing import Any
 
 import structlog
+import trio
 
 from siov_protocol import Command
 from siov_protocol.messages_iommu_ext import (
@@ -14,6 +15,7 @@ from siov_protocol.messages_iommu_ext import (
     GetDirtyBitmap,
     GetHwInfo,
     IovaRanges,
+    PageRequestMsg,
     ResvAdd,
     ResvRegions,
     SetDirtyTracking,
@@ -21,7 +23,8 @@ from siov_protocol.messages_iommu_ext import (
 )
 from siovd.model.device import Device
 from siovd.model.errors import SiovError
-from siovd.model.iommu import dirty, hwinfo, reserved
+from siovd.model.iommu import dirty, hwinfo, pri, reserved
+from siovd.model.iommu.prq import PageAnswer
 from siovd.service.handlers.registry import Context, Deferred, registry
 
 log = structlog.get_logger("siovd")
@@ -155,3 +158,72 @@ def get_hw_info(ctx: Context, req: GetHwInfo) -> dict[str, Any]:
     if req.flags:
         raise SiovError(errno.EOPNOTSUPP, f"GET_HW_INFO flags {req.flags:#x}: none are defined")
     return hwinfo.hw_info(device.pasid_bits, req.data_len)
+
+
+# -- page requests from any device (model/iommu/pri.py) ----------------------------------------
+
+
+def _raise(ctx: Context, device: Device, req: PageRequestMsg) -> tuple[Any, dict[str, Any]]:
+    iommu = ctx.daemon.iommu
+    perm = pri.perm_of(req.read, req.write, req.exec, req.priv)
+    request, domain, pages = pri.raise_request(
+        iommu.pri, iommu.prq, device, req.pasid, req.iova, perm, req.grpid, req.last, ctx.session.id
+    )
+    if not req.last:
+        return None, {"request": None, "queued": True}
+    if request is None:
+        # No route (or the submitter's queue is full): the IOMMU answers Invalid Request.
+        return None, {"request": None, "code": PageAnswer.INVALID, "by_iommu": True}
+    assert domain is not None
+    owner = ctx.daemon.sessions.get(request.owner)
+    if owner is not None:
+        owner.push_event(
+            Command.EVENT_PAGE_REQUEST,
+            {
+                "request": request.id,
+                "device": device.uuid,
+                "pasid": request.pasid,
+                "iova": request.iova,
+                "write": request.write,
+                "domain": domain.id if domain.id else None,
+                "pasid_valid": req.pasid is not None,
+                "grpid": req.grpid,
+                "perm": perm,
+                "pages": [{"iova": a, "perm": p} for a, p in pages],
+                "last": True,
+            },
+        )
+    return request, {"request": request.id}
+
+
+@registry.command(Command.PAGE_REQUEST, PageRequestMsg)
+async def page_request(ctx: Context, req: PageRequestMsg) -> dict[str, Any]:
+    """An emulator's PRI request: the reply is the owner's response (or the timeout's)."""
+    device = ctx.daemon.bus.emulated_device(ctx.session.id, req.device)
+    request, reply = _raise(ctx, device, req)
+    if request is None:
+        return reply
+    answered = trio.Event()
+    request.wake = answered.set
+    timed_out = False
+    if request.answer is None and not request.cancelled:
+        with trio.move_on_after(ctx.daemon.config.iommu.page_request_timeout_s) as scope:
+            await answered.wait()
+        timed_out = scope.cancelled_caught
+    answer = ctx.daemon.iommu.prq.finish(request)
+    reply["code"] = int(answer) if answer is not None else int(PageAnswer.INVALID)
+    reply["timed_out"] = timed_out
+    reply["cancelled"] = request.cancelled
+    return reply
+
+
+@registry.command(Command.TRIGGER_IOPF, PageRequestMsg)
+def trigger_iopf(ctx: Context, req: PageRequestMsg) -> dict[str, Any]:
+    """Fault injection (iommufd selftest TRIGGER_IOPF): raise a request for a device you own
+    or emulate and return at once; the owner answers it by its cookie with PAGE_RESPONSE."""
+    device = _device(ctx, req.device)
+    request, reply = _raise(ctx, device, req)
+    if request is not None:
+        prq = ctx.daemon.iommu.prq
+        request.wake = lambda: prq.finish(request) and None
+    return reply
