@@ -149,6 +149,8 @@ class BlockingClient:
     hw_info = _blocking(Client.hw_info)
     page_request = _blocking(Client.page_request)
     trigger_iopf = _blocking(Client.trigger_iopf)
+    alloc_nested = _blocking(Client.alloc_nested)
+    hwpt_invalidate = _blocking(Client.hwpt_invalidate)
     invalidate = _blocking(Client.invalidate)
     dma_read = _blocking(Client.dma_read)
     dma_write = _blocking(Client.dma_write)

@@ -460,6 +460,7 @@ class Client(IommuExtMixin):
         lazy: bool = False,
         pt_root: int | None = None,
         dirty_tracking: bool = False,
+        nest_parent: bool = False,
     ) -> dict[str, Any]:
         body: dict[str, Any] = {
             "bus": bus,
@@ -470,8 +471,10 @@ class Client(IommuExtMixin):
         }
         if pt_root is not None:
             body["pt_root"] = pt_root
-        if dirty_tracking:  # SPEC §8.14
+        if dirty_tracking:  # SPEC §8.15
             body["dirty_tracking"] = True
+        if nest_parent:  # SPEC §8.18
+            body["nest_parent"] = True
         return await self.call(Command.DOMAIN_ALLOC, body)
 
     async def free_domain(self, domain: int) -> None:

@@ -140,3 +140,27 @@ class IommuExtMixin:
         ``request`` at once (None when the IOMMU answered it itself)."""
         body = self._pri_body(device, iova, pasid, write, True, False, False, grpid, last)
         return await self.call(Command.TRIGGER_IOPF, body)
+
+    # -- nesting ---------------------------------------------------------------------------------
+
+    async def alloc_nested(
+        self, parent: int, pgtbl_addr: int, *, addr_width: int = 48, flags: int = 0
+    ) -> dict[str, Any]:
+        """A nested domain: stage 1 (VT-d first-stage format) rooted at ``pgtbl_addr``, a
+        guest-physical address the nest-parent domain ``parent`` (stage 2) translates."""
+        body = {
+            "parent": parent,
+            "pgtbl_addr": pgtbl_addr,
+            "addr_width": addr_width,
+            "flags": flags,
+        }
+        return await self.call(Command.NESTED_ALLOC, body)
+
+    async def hwpt_invalidate(self, domain: int, entries: Sequence[tuple[int, int, int]]) -> int:
+        """Stage-1 invalidation: ``(addr, npages, flags)`` entries (flags LEAF 1); returns how
+        many were handled (``addr 0, npages 2**64-1``: everything)."""
+        body = {
+            "domain": domain,
+            "entries": [{"addr": a, "npages": n, "flags": f} for a, n, f in entries],
+        }
+        return int((await self.call(Command.HWPT_INVALIDATE, body))["entry_num"])

@@ -94,6 +94,8 @@ class Command(enum.IntEnum):
     UNMAP_DIRTY = 0x1C7
     PAGE_REQUEST = 0x1C8
     TRIGGER_IOPF = 0x1C9
+    NESTED_ALLOC = 0x1CA
+    HWPT_INVALIDATE = 0x1CB
 
     # events: daemon -> client, sent as commands with the no-reply flag
     EVENT_FAULT = 0x200

@@ -79,6 +79,7 @@ class DomainAlloc:
     lazy: bool = False
     pt_root: int | None = u(*U64, default=None)  # user-managed: root table in your memory
     dirty_tracking: bool = False  # SPEC §8.14: D set only while SET_DIRTY_TRACKING enables
+    nest_parent: bool = False  # SPEC §8.18: may be the stage 2 of nested domains
 
 
 @dataclass(frozen=True, slots=True)

@@ -83,3 +83,24 @@ class PageRequestMsg:
     priv: bool = False
     grpid: int = u(0, 511, default=0)  # PCIe PRG index, 9 bits
     last: bool = True  # the group's last request: only it gets a response
+
+
+@dataclass(frozen=True, slots=True)
+class NestedAlloc:
+    parent: int = u(*U32)  # a domain allocated with nest_parent
+    pgtbl_addr: int = u(*U64)  # stage-1 root, a stage-2 (guest-physical) address
+    addr_width: int = u(0, 64, default=48)  # 48 (4 levels) or 57 (5 levels)
+    flags: int = u(*U32, default=0)  # iommu_hwpt_vtd_s1: SRE 1, EAFE 2, WPE 4
+
+
+@dataclass(frozen=True, slots=True)
+class S1Invalidate:
+    addr: int = u(*U64)
+    npages: int = u(*U64)
+    flags: int = u(*U32, default=0)  # IOMMU_VTD_INV_FLAGS_LEAF 1
+
+
+@dataclass(frozen=True, slots=True)
+class HwptInvalidate:
+    domain: int = u(*U32)
+    entries: list[S1Invalidate] = items(4096)

@@ -119,6 +119,8 @@ class AttachVerbs(IommuBase):
             )
         if domain.attached:
             raise SiovError(errno.EBUSY, f"domain {domain_id} is attached")
+        if domain.nested_children:  # nested.py: a parent lives as long as its nested domains
+            raise SiovError(errno.EBUSY, f"domain {domain_id} is the parent of nested domains")
         self._destroy(domain)
 
     def _destroy(self, domain: Domain) -> None:
@@ -129,6 +131,8 @@ class AttachVerbs(IommuBase):
         if domain.root_region is not None:
             domain.root_region.map_count -= 1
             domain.root_region = None
+        if domain.nest_of is not None:
+            domain.nest_of.nested_children.discard(domain)
         self.iotlb.invalidate_domain(domain.id)
         del self._domains[domain.id]
 

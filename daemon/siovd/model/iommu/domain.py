@@ -58,6 +58,11 @@ class Domain:
     #: VT-d first-stage walker does.
     dirty_capable: bool = False
     dirty_on: bool = False
+    #: Nesting (model/iommu/nested.py): a parent's stage 2 serves its nested domains.
+    nest_parent: bool = False
+    nest_of: Domain | None = None
+    s1_flags: int = 0
+    nested_children: set[Domain] = field(default_factory=set)
 
     @property
     def attached(self) -> bool:

@@ -7,9 +7,9 @@ Bit positions are the VT-d specification's (§11.4.2 CAP_REG, §11.4.3 ECAP_REG)
 what siov models is advertised: scalable mode with first-stage tables (4 and 5 levels, 2 MiB and
 1 GiB pages), 20-bit PASIDs, page-selective invalidation up to ``MAX_AM``, a device TLB (DSA's),
 page requests, pass-through (identity domains), dirty tracking (SLADS, as Linux's
-``ssads_supported`` reads it; see model/iommu/dirty.py). Not advertised, because siov does not
-model them: nesting (NEST), interrupt remapping (IR, EIM), second-stage tables (SLTS), caching
-mode (CM).
+``ssads_supported`` reads it; see model/iommu/dirty.py), nesting (NEST: model/iommu/nested.py;
+its stage 2 uses the first-stage entry format). Not advertised, because siov does not model them:
+interrupt remapping (IR, EIM), second-stage-format tables (SLTS), caching mode (CM).
 """
 
 from __future__ import annotations
@@ -98,6 +98,7 @@ def ecap_reg() -> int:
         | ECAP_SC
         | (IOTLB_OFFSET >> 4) << ECAP_IRO_SHIFT
         | ECAP_MHMV
+        | ECAP_NEST
         | ECAP_PRS
         | (PASID_BITS - 1) << ECAP_PSS_SHIFT
         | ECAP_PASID

@@ -145,6 +145,8 @@ class PagetableVerbs(IommuBase):
 
     def _retire(self, domain: Domain, areas: list[Area]) -> None:
         """The IOTLB forgets the areas; then their memory may go."""
+        for child in domain.nested_children:  # their entries went through this stage 2
+            self.iotlb.invalidate_domain(child.id)
         if len(areas) > 64:
             self.iotlb.invalidate_domain(domain.id)
         else:

@@ -23,7 +23,7 @@ from siov_protocol.messages_iommu import (
     Unmap,
 )
 from siovd.model.errors import SiovError
-from siovd.model.iommu import dirty
+from siovd.model.iommu import dirty, nested
 from siovd.model.iommu.io_pagetable import MapQuota
 from siovd.service.handlers.registry import Context, Deferred, registry
 
@@ -35,6 +35,8 @@ def domain_alloc(ctx: Context, req: DomainAlloc) -> dict[str, Any]:
     daemon, owner = ctx.daemon, ctx.session.id
     if req.dirty_tracking:  # EOPNOTSUPP before anything is allocated (iommu_ext.py)
         dirty.check_alloc(req.type, req.user_managed)
+    if req.nest_parent:
+        nested.check_parent_alloc(req.type, req.user_managed)
     domain = daemon.iommu.domain_alloc(
         owner,
         req.bus,
@@ -46,6 +48,7 @@ def domain_alloc(ctx: Context, req: DomainAlloc) -> dict[str, Any]:
         max_domains=daemon.config.limits.domains,
     )
     domain.dirty_capable = req.dirty_tracking
+    domain.nest_parent = req.nest_parent
     log.info("domain allocated", domain=domain.id, type=req.type, user_managed=req.user_managed)
     return domain.info()
 

@@ -14,7 +14,9 @@ from siov_protocol.messages_iommu_ext import (
     AllowIovas,
     GetDirtyBitmap,
     GetHwInfo,
+    HwptInvalidate,
     IovaRanges,
+    NestedAlloc,
     PageRequestMsg,
     ResvAdd,
     ResvRegions,
@@ -23,7 +25,7 @@ from siov_protocol.messages_iommu_ext import (
 )
 from siovd.model.device import Device
 from siovd.model.errors import SiovError
-from siovd.model.iommu import dirty, hwinfo, pri, reserved
+from siovd.model.iommu import dirty, hwinfo, nested, pri, reserved
 from siovd.model.iommu.prq import PageAnswer
 from siovd.service.handlers.registry import Context, Deferred, registry
 
@@ -227,3 +229,26 @@ def trigger_iopf(ctx: Context, req: PageRequestMsg) -> dict[str, Any]:
         prq = ctx.daemon.iommu.prq
         request.wake = lambda: prq.finish(request) and None
     return reply
+
+
+# -- nesting (model/iommu/nested.py) ------------------------------------------------------------
+
+
+@registry.command(Command.NESTED_ALLOC, NestedAlloc)
+def nested_alloc(ctx: Context, req: NestedAlloc) -> dict[str, Any]:
+    daemon, owner = ctx.daemon, ctx.session.id
+    limit = daemon.config.limits.domains
+    if len(daemon.iommu.domains(owner)) >= limit:
+        raise SiovError(errno.ENOSPC, f"limit reached: limits.domains = {limit}")
+    domain = nested.alloc_nested(
+        daemon.iommu, owner, req.parent, req.pgtbl_addr, req.addr_width, req.flags
+    )
+    log.info("nested domain allocated", domain=domain.id, parent=req.parent)
+    return {**domain.info(), "parent": req.parent, "pgtbl_addr": req.pgtbl_addr}
+
+
+@registry.command(Command.HWPT_INVALIDATE, HwptInvalidate)
+def hwpt_invalidate(ctx: Context, req: HwptInvalidate) -> dict[str, Any]:
+    domain = ctx.daemon.iommu.domain(ctx.session.id, req.domain)
+    entries = [(e.addr, e.npages, e.flags) for e in req.entries]
+    return {"entry_num": nested.invalidate(ctx.daemon.iommu, domain, entries)}
