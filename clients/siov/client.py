@@ -46,6 +46,7 @@ from siov_protocol.schema import decode
 
 from .buffers import Buffer, memfd, page_align
 from .errors import ConnectionClosed, PermissionDenied, SiovError, error_for
+from .iommu_ext import IommuExtMixin
 
 if TYPE_CHECKING:
     from .mdev import Mdev
@@ -202,7 +203,7 @@ class _Pending:
     error: SiovError | None = None
 
 
-class Client:
+class Client(IommuExtMixin):
     """One connection to siovd. Create it with :func:`connect`."""
 
     def __init__(self, sock: trio.socket.SocketType, *, event_buffer: int = 4096) -> None:
@@ -628,6 +629,8 @@ class Client:
         user_managed: bool = False,
         lazy: bool = False,
         pt_root: int | None = None,
+        dirty_tracking: bool = False,
+        nest_parent: bool = False,
     ) -> dict[str, Any]:
         body: dict[str, Any] = {
             "bus": bus,
@@ -638,6 +641,10 @@ class Client:
         }
         if pt_root is not None:
             body["pt_root"] = pt_root
+        if dirty_tracking:  # SPEC §8.17
+            body["dirty_tracking"] = True
+        if nest_parent:  # SPEC §8.20
+            body["nest_parent"] = True
         return await self.call(Command.DOMAIN_ALLOC, body)
 
     async def free_domain(self, domain: DomainRef) -> None:

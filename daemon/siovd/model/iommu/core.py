@@ -35,6 +35,7 @@ from siovd.model.iommu.pagetable import (
 )
 from siovd.model.iommu.pagetable_verbs import PagetableVerbs
 from siovd.model.iommu.pasid import PasidAllocator
+from siovd.model.iommu.pri import PriState
 from siovd.model.iommu.prq import PageRequestQueue
 from siovd.model.iommu.sva_verbs import SvaVerbs
 from siovd.model.memory import PageTablePool, PhysicalMemory
@@ -71,6 +72,8 @@ class Iommu(AttachVerbs, PagetableVerbs, InvalidateVerbs, DmaVerbs, SvaVerbs):
         self.pasids = PasidAllocator()
         #: Page requests waiting for their owners' answers (PRI / the PRQ).
         self.prq = PageRequestQueue(blocked_limit)
+        #: Page-request groups of external devices still waiting for their last request (pri.py).
+        self.pri = PriState()
         self.on_fault: FaultCallback | None = None
         self._buses: set[str] = set()
         self._internal_buses: set[str] = set()

@@ -7,6 +7,7 @@ from siovd.service.handlers import (  # noqa: F401  (each registers its commands
     definitions,
     dma,
     iommu,
+    iommu_ext,
     memory,
     sva,
     vfio_user,

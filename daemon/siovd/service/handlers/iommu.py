@@ -32,6 +32,7 @@ from siov_protocol.replies import (
     UnmapReply,
 )
 from siovd.model.errors import SiovError
+from siovd.model.iommu import dirty, nested
 from siovd.model.iommu.io_pagetable import MapQuota
 from siovd.service.handlers.bus import describe
 from siovd.service.handlers.registry import Context, Deferred, registry
@@ -42,6 +43,10 @@ log = structlog.get_logger("siovd")
 @registry.command(Command.DOMAIN_ALLOC, DomainAlloc)
 def domain_alloc(ctx: Context, req: DomainAlloc) -> DomainInfo:
     daemon, owner = ctx.daemon, ctx.session.id
+    if req.dirty_tracking:  # EOPNOTSUPP before anything is allocated (iommu_ext.py)
+        dirty.check_alloc(req.type, req.user_managed)
+    if req.nest_parent:
+        nested.check_parent_alloc(req.type, req.user_managed)
     domain = daemon.iommu.domain_alloc(
         owner,
         req.bus,
@@ -52,6 +57,8 @@ def domain_alloc(ctx: Context, req: DomainAlloc) -> DomainInfo:
         pt_root_phys=req.pt_root,
         max_domains=daemon.config.limits.domains,
     )
+    domain.dirty_capable = req.dirty_tracking
+    domain.nest_parent = req.nest_parent
     log.info("domain allocated", domain=domain.id, type=req.type, user_managed=req.user_managed)
     return DomainInfo(**domain.info())  # type: ignore[arg-type]
 

@@ -3,8 +3,9 @@
 A handler is a thin, synchronous function: its request arrives validated against its schema,
 it calls the domain model, it returns the reply. Nothing a handler does waits: work that takes
 time (descriptors, page requests) is queued to the engine tasks, which answer with events;
-a request that needs long work in the model first (MAP, UNMAP, DIRTY_BITMAP) returns a
-:class:`Deferred`, which the server runs a turn at a time before it replies.
+a request that needs long work in the model first (MAP, UNMAP, DIRTY_BITMAP), or waits for
+another party (PAGE_REQUEST), returns a :class:`Deferred`,
+which the server runs a turn at a time (or sleeps on) before it replies.
 
 Each command's reply schema comes from :data:`siov_protocol.replies.REPLIES` (a command with
 none cannot be registered): a handler returns an instance of it, or the map it encodes to, and
@@ -13,7 +14,7 @@ the server can check the map against the schema (:attr:`Handler.reply`).
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -55,6 +56,10 @@ class Deferred:
 
     job: Job
     finish: Callable[[], Reply]
+    #: For a request that waits for another party (the owner's page response) rather than
+    #: works: awaited between steps instead of a bare checkpoint; it returns when woken or at
+    #: its deadline, and only this connection waits meanwhile.
+    pause: Callable[[], Awaitable[None]] | None = None
 
 
 HandlerFn = Callable[[Context, Any], Reply]
