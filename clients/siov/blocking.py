@@ -246,6 +246,8 @@ class BlockingClient:
     trigger_iopf = _blocking(Client.trigger_iopf)
     alloc_nested = _blocking(Client.alloc_nested)
     hwpt_invalidate = _blocking(Client.hwpt_invalidate)
+    ats_invalidate_done = _blocking(Client.ats_invalidate_done)  # SPEC §8.21
+    unmap_report = _blocking(Client.unmap_report)
     invalidate = _blocking(Client.invalidate)
     dma_read = _blocking(Client.dma_read)
     dma_write = _blocking(Client.dma_write)

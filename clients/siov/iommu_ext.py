@@ -1,4 +1,4 @@
-"""SDK methods of the IOMMU extensions (SPEC §8.16-§8.20), mixed into :class:`siov.Client`."""
+"""SDK methods of the IOMMU extensions (SPEC §8.16-§8.21), mixed into :class:`siov.Client`."""
 
 from __future__ import annotations
 
@@ -166,3 +166,17 @@ class IommuExtMixin:
             "entries": [{"addr": a, "npages": n, "flags": f} for a, n, f in entries],
         }
         return int((await self.call(Command.HWPT_INVALIDATE, body))["entry_num"])
+
+    # -- device-TLB (ATS) invalidations ------------------------------------------------------
+
+    async def ats_invalidate_done(self, device: str, cookie: int) -> None:
+        """Tell the IOMMU your device dropped what EVENT_ATS_INVALIDATE ``cookie`` named
+        (``4096 << am`` bytes at ``iova`` of ``pasid``, or all of it): the unmap waiting for
+        it may then return. ``ENOENT`` for a cookie not pending for this device of yours."""
+        await self.call(Command.ATS_INVALIDATE_DONE, {"device": device, "cookie": cookie})
+
+    async def unmap_report(self, domain: int, iova: int, size: int) -> dict[str, Any]:
+        """UNMAP with its whole reply: ``unmapped``, and ``ats_timed_out`` (devices that did
+        not answer their invalidation in time, now fenced) and ``ats_unacked`` (cookies your
+        own devices owe) when there are any."""
+        return await self.call(Command.UNMAP, {"domain": domain, "iova": iova, "size": size})

@@ -109,6 +109,7 @@ class Command(enum.IntEnum):
     TRIGGER_IOPF = 0x1C9
     NESTED_ALLOC = 0x1CA
     HWPT_INVALIDATE = 0x1CB
+    ATS_INVALIDATE_DONE = 0x1D0  # a device dropped what an EVENT_ATS_INVALIDATE named
 
     # events: daemon -> client, sent as commands with the no-reply flag
     EVENT_FAULT = 0x200
@@ -118,6 +119,7 @@ class Command(enum.IntEnum):
     EVENT_SHUTDOWN = 0x204
     EVENT_DEVICE_OWNER = 0x205  # to a registrant: its device was claimed or released
     EVENT_EVL = 0x230  # an entry was written to an event log a session armed
+    EVENT_ATS_INVALIDATE = 0x240  # to an emulator: drop cached translations (device TLB)
 
 
 EVENT_BASE = 0x200

@@ -26,6 +26,7 @@ from .messages_accel import (
     RegionWriteReply,
     SubmitReply,
 )
+from .messages_ats import AtsInvalidateEvent
 from .messages_iommu import DeviceOwnerEvent, DeviceRemovedEvent, FaultEvent, PageRequestEvent
 from .schema import U8, U32, U64, encode, required, text, u
 
@@ -161,6 +162,10 @@ class MapReply:
 @dataclass(frozen=True, slots=True)
 class UnmapReply:
     unmapped: int = u(*U64)
+    #: devices whose ATS invalidation did not complete in time (now fenced, SPEC §8.21)
+    ats_timed_out: list[str] | None = None
+    #: invalidations owed by this connection's own devices (not waited for, SPEC §8.21)
+    ats_unacked: list[int] | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -256,6 +261,8 @@ class UnmapDirtyReply:
     bitmap: bytes = text(64 << 20)
     page_size: int = u(*U32)
     pages: int = u(*U64)
+    ats_timed_out: list[str] | None = None  # as UnmapReply's
+    ats_unacked: list[int] | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -553,6 +560,7 @@ REPLIES: dict[int, type] = {
     Command.TRIGGER_IOPF: PageRequestReply,
     Command.NESTED_ALLOC: NestedDomainInfo,
     Command.HWPT_INVALIDATE: HwptInvalidateReply,
+    Command.ATS_INVALIDATE_DONE: Empty,
 }
 
 EVENTS: dict[int, type] = {
@@ -563,6 +571,7 @@ EVENTS: dict[int, type] = {
     Command.EVENT_DEVICE_OWNER: DeviceOwnerEvent,
     Command.EVENT_SHUTDOWN: ShutdownEvent,
     Command.EVENT_EVL: EvlEvent,
+    Command.EVENT_ATS_INVALIDATE: AtsInvalidateEvent,
 }
 _EVENT_NUMBERS = {schema: command for command, schema in EVENTS.items()}
 

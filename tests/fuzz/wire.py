@@ -62,6 +62,8 @@ ALLOWED_ERRNOS = frozenset(
         errno.EDEADLK,
         # a reserved region over mappings, or a map into one (iommufd's answer, SPEC §8.16)
         errno.EADDRINUSE,
+        # TRANSLATE of a device fenced after an ATS invalidation time-out (SPEC §8.21)
+        errno.ETIMEDOUT,
     }
 )
 

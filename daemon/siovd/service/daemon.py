@@ -186,6 +186,7 @@ class Daemon:
         self.accel_runtime.forget(device.uuid)
         # An external device's own page requests (SPEC §8.19) end with it.
         self.iommu.prq.cancel_device(device.uuid)
+        self.iommu.atc.forget_device(device.uuid)  # it holds nothing now (SPEC §8.21)
         forget_device(self.iommu.pri, device.uuid)
         session = self.sessions.get(device.owner)
         if session is not None:
@@ -459,6 +460,7 @@ RELOADABLE = (
     "server.grace_period_s",
     "server.max_clients",
     "iommu.page_request_timeout_s",
+    "iommu.ats_invalidation_timeout_s",
 )
 
 

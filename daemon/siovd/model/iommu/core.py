@@ -23,6 +23,7 @@ from collections.abc import Callable
 
 from siovd.model.device import Device
 from siovd.model.errors import SiovError
+from siovd.model.iommu.ats import DeviceTlbs
 from siovd.model.iommu.attach import AttachVerbs
 from siovd.model.iommu.base import REAP_INLINE, REAP_STEP, FaultCallback, TranslatedRun
 from siovd.model.iommu.dma_verbs import DmaVerbs
@@ -74,6 +75,8 @@ class Iommu(AttachVerbs, PagetableVerbs, InvalidateVerbs, DmaVerbs, SvaVerbs):
         self.prq = PageRequestQueue(blocked_limit)
         #: Page-request groups of external devices still waiting for their last request (pri.py).
         self.pri = PriState()
+        #: What external devices cached from TRANSLATE, and their pending invalidations (ats.py).
+        self.atc = DeviceTlbs()
         self.on_fault: FaultCallback | None = None
         self._buses: set[str] = set()
         self._internal_buses: set[str] = set()
@@ -167,5 +170,9 @@ class Iommu(AttachVerbs, PagetableVerbs, InvalidateVerbs, DmaVerbs, SvaVerbs):
             page_table_pages=self.pool.pages_in_use,
             page_table_pages_reaping=self.reaping,
             pasids_allocated=len(self.pasids),
+            ats_invalidations_sent=self.atc.sent,
+            ats_invalidations_completed=self.atc.completed,
+            ats_invalidation_timeouts=self.atc.timeouts,
+            ats_invalidations_pending=len(self.atc.pending),
         )
         return out

@@ -2,6 +2,7 @@
 
 from siovd.service.handlers import (  # noqa: F401  (each registers its commands)
     accel,
+    ats,
     bus,
     core,
     definitions,

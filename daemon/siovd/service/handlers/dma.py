@@ -16,6 +16,7 @@ from siov_protocol.replies import DmaReadReply, DmaWriteReply
 from siovd.model.dma import DmaFault
 from siovd.model.errors import SiovError
 from siovd.model.iommu.faults import REASON_NAMES
+from siovd.model.iommu.translate import resolve
 from siovd.service.handlers.registry import Context, registry
 
 #: An encoded run is at most this long (a map of four u64 fields); REPLY_SLACK covers the rest
@@ -83,10 +84,17 @@ def translate(ctx: Context, req: Translate) -> dict[str, Any]:
     # emulator) asked; an admin's look at another device's mappings answers in the reply and
     # queues nothing for the owner (whose event queue it would fill, SPEC 8.7).
     foreign = ctx.session.id not in (device.registrant, device.owner)
+    devtlb = ctx.daemon.iommu.atc
+    if not foreign:
+        devtlb.check_not_fenced(device.uuid)  # ETIMEDOUT after an ATS time-out (SPEC §8.21)
     with ctx.daemon.faults_muted() if foreign else contextlib.nullcontext():
         runs, fault = ctx.daemon.iommu.translate(
             device, req.pasid, req.iova, req.length, req.write, max_runs, TRANSLATE_MAX_PAGES
         )
+    domain, _tag = resolve(device, req.pasid)
+    if not foreign and domain is not None and ctx.session.id == device.registrant:
+        # the device may cache what it was told: remember it, to invalidate it on change
+        devtlb.record(device.uuid, req.pasid, domain.id, [(i, n) for i, _p, n, _prot in runs])
     return {
         "runs": [{"iova": i, "phys": p, "length": n, "prot": prot} for i, p, n, prot in runs],
         "translated": sum(n for _, _, n, _ in runs),

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import errno
+from typing import Any
 
 import structlog
 
@@ -29,11 +30,11 @@ from siov_protocol.replies import (
     InvalidateReply,
     IovaToPhysReply,
     MapReply,
-    UnmapReply,
 )
 from siovd.model.errors import SiovError
 from siovd.model.iommu import dirty, nested
 from siovd.model.iommu.io_pagetable import MapQuota
+from siovd.service import ats
 from siovd.service.handlers.bus import describe
 from siovd.service.handlers.registry import Context, Deferred, registry
 
@@ -77,16 +78,19 @@ def domain_list(ctx: Context, req: ListRequest) -> DomainListReply:
 
 
 @registry.command(Command.ATTACH_DEVICE, AttachDevice)
-def attach_device(ctx: Context, req: AttachDevice) -> DeviceDescription:
+def attach_device(ctx: Context, req: AttachDevice) -> DeviceDescription | Deferred:
     owner = ctx.session.id
     device = ctx.daemon.bus.device(owner, req.device)
     ctx.daemon.iommu.attach_device(owner, req.domain, device)
     log.info("device attached", mdev=device.uuid, domain=req.domain, pasid=device.default_pasid)
-    return describe(ctx, device)
+    pasids = {0, device.default_pasid}
+    return ats.then_reply(
+        ctx, lambda: ats.device_changed(ctx, device.uuid, pasids), describe(ctx, device)
+    )
 
 
 @registry.command(Command.DETACH_DEVICE, DetachDevice)
-def detach_device(ctx: Context, req: DetachDevice) -> DeviceDescription:
+def detach_device(ctx: Context, req: DetachDevice) -> DeviceDescription | Deferred:
     owner = ctx.session.id
     device = ctx.daemon.bus.device(owner, req.device)
     domain = req.domain
@@ -96,7 +100,10 @@ def detach_device(ctx: Context, req: DetachDevice) -> DeviceDescription:
         domain = device.group.domain.id
     ctx.daemon.iommu.detach_device(owner, domain, device)
     log.info("device detached", mdev=device.uuid, domain=domain)
-    return describe(ctx, device)
+    pasids = {0, device.default_pasid}
+    return ats.then_reply(
+        ctx, lambda: ats.device_changed(ctx, device.uuid, pasids), describe(ctx, device)
+    )
 
 
 @registry.command(Command.ATTACH_PASID, PasidAttach)
@@ -109,21 +116,21 @@ def attach_pasid(ctx: Context, req: PasidAttach) -> Empty:
 
 
 @registry.command(Command.REPLACE_PASID, PasidAttach)
-def replace_pasid(ctx: Context, req: PasidAttach) -> Empty:
+def replace_pasid(ctx: Context, req: PasidAttach) -> Empty | Deferred:
     owner = ctx.session.id
     device = ctx.daemon.bus.device(owner, req.device)
     ctx.daemon.iommu.replace_pasid(owner, req.domain, device, req.pasid)
     log.info("pasid replaced", mdev=device.uuid, pasid=req.pasid, domain=req.domain)
-    return Empty()
+    return ats.then_reply(ctx, lambda: ats.device_changed(ctx, device.uuid, {req.pasid}), Empty())
 
 
 @registry.command(Command.DETACH_PASID, PasidDetach)
-def detach_pasid(ctx: Context, req: PasidDetach) -> Empty:
+def detach_pasid(ctx: Context, req: PasidDetach) -> Empty | Deferred:
     owner = ctx.session.id
     device = ctx.daemon.bus.device(owner, req.device)
     ctx.daemon.iommu.detach_pasid(owner, req.domain, device, req.pasid)
     log.info("pasid detached", mdev=device.uuid, pasid=req.pasid)
-    return Empty()
+    return ats.then_reply(ctx, lambda: ats.device_changed(ctx, device.uuid, {req.pasid}), Empty())
 
 
 @registry.command(Command.MAP, Map)
@@ -144,12 +151,13 @@ def map_(ctx: Context, req: Map) -> Deferred:
 def unmap(ctx: Context, req: Unmap) -> Deferred:
     job = ctx.daemon.iommu.unmap_job(ctx.session.id, req.domain, req.iova, req.size)
 
-    def finish() -> UnmapReply:
+    def finish(outcome: ats.Outcome) -> dict[str, Any]:
         log.debug("unmapped", domain=req.domain, iova=hex(req.iova), bytes=job.unmapped)
         ctx.daemon.close_dead_mappings()
-        return UnmapReply(unmapped=job.unmapped)
+        return {"unmapped": job.unmapped, **outcome.fields()}
 
-    return Deferred(job, finish)
+    # strict: devices that cached a translation there drop it before the reply (SPEC §8.21)
+    return ats.deferred(ctx, job, lambda: ats.unmapped(ctx, req.domain, req.iova, req.size), finish)
 
 
 @registry.command(Command.IOVA_TO_PHYS, IovaToPhys)
@@ -179,7 +187,7 @@ def dirty_bitmap(ctx: Context, req: DirtyBitmap) -> Deferred:
 
 
 @registry.command(Command.IOTLB_INVALIDATE, IotlbInvalidate)
-def iotlb_invalidate(ctx: Context, req: IotlbInvalidate) -> InvalidateReply:
+def iotlb_invalidate(ctx: Context, req: IotlbInvalidate) -> InvalidateReply | Deferred:
     pasid = req.pasid
     if req.device is not None:
         # A device-relative invalidation: its requests without PASID carry its default PASID.
@@ -189,4 +197,12 @@ def iotlb_invalidate(ctx: Context, req: IotlbInvalidate) -> InvalidateReply:
     dropped = ctx.daemon.iommu.iotlb_invalidate(
         ctx.session.id, req.scope, req.domain, pasid, req.iova or 0, req.am
     )
-    return InvalidateReply(invalidated=dropped)
+    reply = InvalidateReply(invalidated=dropped)
+    if req.scope == "range" and req.domain is not None:
+        size = 4096 << req.am
+        return ats.then_reply(
+            ctx, lambda: ats.unmapped(ctx, req.domain or 0, req.iova or 0, size), reply
+        )
+    # a flush also flushes device TLBs (Linux: iommu_flush_dev_iotlb after the IOTLB flush)
+    scope = None if req.domain is None else {req.domain}
+    return ats.then_reply(ctx, lambda: ats.domains_changed(ctx, scope), reply)

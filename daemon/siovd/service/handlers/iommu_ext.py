@@ -28,6 +28,7 @@ from siovd.model.device import Device
 from siovd.model.errors import SiovError
 from siovd.model.iommu import dirty, hwinfo, nested, pri, reserved
 from siovd.model.iommu.prq import PageAnswer, PageRequest, PageRequestQueue
+from siovd.service import ats
 from siovd.service.handlers.registry import Context, Deferred, registry
 
 log = structlog.get_logger("siovd")
@@ -140,16 +141,17 @@ def unmap_dirty(ctx: Context, req: UnmapDirty) -> Deferred:
     )  # checks only; nothing read yet
     _check_bitmap_fits(ctx, req.size, req.page_size)
 
-    def finish() -> dict[str, Any]:
+    def finish(outcome: ats.Outcome) -> dict[str, Any]:
         ctx.daemon.close_dead_mappings()
         return {
             "unmapped": job.unmap.unmapped,
             "bitmap": bytes(job.read.bitmap),
             "page_size": req.page_size,
             "pages": req.size // req.page_size,
+            **outcome.fields(),
         }
 
-    return Deferred(job, finish)
+    return ats.deferred(ctx, job, lambda: ats.unmapped(ctx, req.domain, req.iova, req.size), finish)
 
 
 # -- hardware information (model/iommu/hwinfo.py) ---------------------------------------------
@@ -292,7 +294,16 @@ def nested_alloc(ctx: Context, req: NestedAlloc) -> dict[str, Any]:
 
 
 @registry.command(Command.HWPT_INVALIDATE, HwptInvalidate)
-def hwpt_invalidate(ctx: Context, req: HwptInvalidate) -> dict[str, Any]:
+def hwpt_invalidate(ctx: Context, req: HwptInvalidate) -> dict[str, Any] | Deferred:
     domain = ctx.daemon.iommu.domain(ctx.session.id, req.domain)
     entries = [(e.addr, e.npages, e.flags) for e in req.entries]
-    return {"entry_num": nested.invalidate(ctx.daemon.iommu, domain, entries)}
+    done = nested.invalidate(ctx.daemon.iommu, domain, entries)
+
+    def changes() -> list[Any]:
+        out = []
+        for addr, npages, _flags in entries[:done]:  # a stage-1 change reaches device TLBs too
+            size = npages * 4096 if npages else (1 << 64) - addr
+            out += ats.unmapped(ctx, domain.id, addr, size)
+        return out
+
+    return ats.then_reply(ctx, changes, {"entry_num": done})

@@ -4,7 +4,7 @@ A handler is a thin, synchronous function: its request arrives validated against
 it calls the domain model, it returns the reply. Nothing a handler does waits: work that takes
 time (descriptors, page requests) is queued to the engine tasks, which answer with events;
 a request that needs long work in the model first (MAP, UNMAP, DIRTY_BITMAP), or waits for
-another party (PAGE_REQUEST), returns a :class:`Deferred`,
+another party (PAGE_REQUEST, an unmap's ATS invalidations), returns a :class:`Deferred`,
 which the server runs a turn at a time (or sleeps on) before it replies.
 
 Each command's reply schema comes from :data:`siov_protocol.replies.REPLIES` (a command with
@@ -56,9 +56,10 @@ class Deferred:
 
     job: Job
     finish: Callable[[], Reply]
-    #: For a request that waits for another party (the owner's page response) rather than
-    #: works: awaited between steps instead of a bare checkpoint; it returns when woken or at
-    #: its deadline, and only this connection waits meanwhile.
+    #: For a request that waits for another party (the owner's page response, a device's
+    #: ATS invalidation completion) rather than works: awaited between steps instead of a
+    #: bare checkpoint; it returns when woken or at its deadline, and only this connection
+    #: waits meanwhile.
     pause: Callable[[], Awaitable[None]] | None = None
 
 
