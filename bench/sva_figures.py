@@ -69,7 +69,7 @@ async def _sva_rate(path: str, per: int, seconds: float) -> float:
     ]
     async with siov.connect(path, name="bench-sva") as client:
         opened = await client.wq_open("dsa0", 0)
-        handle = opened["handle"]
+        handle = opened.handle
 
         async def timed(duration: float) -> float:
             done = 0

@@ -43,12 +43,12 @@ async def main(socket_path: str | None) -> int:
         aux = await client.alloc(SIZE)
         records = await client.alloc(2 * MiB)
         mdev = await client.create_dsa_mdev("dsa-1dwq")
-        domain = (await client.alloc_domain())["domain_id"]
+        domain = await client.alloc_domain()
         await client.attach_device(domain, mdev.uuid)
         for iova, buf in ((SRC, src), (DST, dst), (AUX, aux), (CR, records)):
             await client.map(domain, buf.phys, buf.size, iova=iova)
         await mdev.set_irqs()  # eventfds for both vectors, watched by the Mdev
-        print(f"mdev {mdev.uuid} (PASID {mdev.default_pasid}), domain {domain}")
+        print(f"mdev {mdev.uuid} (PASID {mdev.default_pasid}), domain {domain.id}")
 
         slot = 0
 
@@ -112,7 +112,7 @@ async def main(socket_path: str | None) -> int:
         )
         checker.check("AP_DELTA makes the copy equal", aux.view[:] == dst.view[:])
 
-        stats = (await client.stats())["accel"]
+        stats = (await client.stats()).accel or {}
         checker.check("every interrupt arrived", mdev.irq_counts[1] >= 1)
         print(f"descriptors completed: {stats['completed']}, interrupts: {mdev.irq_counts[1]}")
         await mdev.remove()

@@ -45,13 +45,13 @@ async def main(socket_path: str | None) -> int:
         siov.connect(socket_path, name="owner") as owner,
     ):
         registered = await emulator.register_device("hash-engine", pasid_bits=0)
-        uuid, token = registered["uuid"], registered["token"]
-        print(f"registered device {uuid} (group {registered['group_id']})")
+        uuid, token = registered.uuid, registered.token
+        print(f"registered device {uuid} (group {registered.group_id})")
 
         # -- the owner: claims the device with the token and sets up its DMA --------------------
         device = await owner.claim_device(uuid, token)
         buf = await owner.alloc(2 * MiB)
-        await owner.map(device["domain_id"], buf.phys, buf.size, iova=IOVA)
+        await owner.map(device, buf.phys, buf.size, iova=IOVA)
         buf.view[DATA_OFFSET : DATA_OFFSET + len(data)] = data
         buf.view[: REQUEST.size] = REQUEST.pack(IOVA + DATA_OFFSET, len(data))
 
@@ -61,10 +61,10 @@ async def main(socket_path: str | None) -> int:
             "request read through the IOMMU", (address, length) == (IOVA + DATA_OFFSET, len(data))
         )
         translated = await emulator.translate(uuid, address, length)
-        runs = translated["runs"]
+        runs = translated.runs
         check(
             "TRANSLATE gives contiguous runs",
-            translated["fault"] is None and translated["translated"] == length and len(runs) == 1,
+            translated.fault is None and translated.translated == length and len(runs) == 1,
         )
         digest = hashlib.sha256()
         chunk = 64 * 1024
@@ -91,7 +91,7 @@ async def main(socket_path: str | None) -> int:
             fault.body["device"] == uuid and fault.body["iova"] == IOVA + 4 * MiB,
         )
         # the owner unmaps: the device loses access at once (strict IOTLB invalidation)
-        await owner.unmap(device["domain_id"], IOVA, buf.size)
+        await owner.unmap(device, IOVA, buf.size)
         try:
             await emulator.dma_read(uuid, IOVA, 16)
             check("DMA after unmap faults", False)

@@ -18,9 +18,12 @@ from typing import Any, Concatenate, ParamSpec, TypeVar
 
 import trio
 
+from siov_protocol.messages import VersionReply
+from siov_protocol.replies import DeviceDescription
+
 from .client import Client, Event, EventFilter, Reply, connect, event_matcher
 from .errors import ConnectionClosed, SiovError
-from .mdev import Mdev
+from .mdev import Mdev, _warn_key
 
 P = ParamSpec("P")
 R = TypeVar("R")
@@ -198,8 +201,8 @@ class BlockingClient:
         self.close()
 
     @property
-    def version(self) -> dict[str, Any]:
-        return self._client.version if self._client else {}
+    def version(self) -> VersionReply | None:
+        return self._client.version if self._client else None
 
     request: Callable[..., Reply] = _blocking(Client.request)
     call: Callable[..., dict[str, Any]] = _blocking(Client.call)
@@ -211,7 +214,6 @@ class BlockingClient:
     unregister = _blocking(Client.unregister)
     memory = _blocking(Client.memory)
     types = _blocking(Client.types)
-    create_mdev = _blocking(Client.create_mdev)
     remove_mdev = _blocking(Client.remove_mdev)
     devices = _blocking(Client.devices)
     vfio_user_expose = _blocking(Client.vfio_user_expose)
@@ -283,6 +285,10 @@ class BlockingClient:
         """A :class:`BlockingMdev` for an accelerator mdev you created."""
         return BlockingMdev(self, self._call(Client.open_mdev, uuid))
 
+    def create_mdev(self, parent: str, type_id: str, uuid: str | None = None) -> BlockingMdev:
+        """Create an mdev (see :meth:`Client.create_mdev`)."""
+        return BlockingMdev(self, self._call(Client.create_mdev, parent, type_id, uuid))
+
     def create_dsa_mdev(
         self, type_id: str = "dsa-1dwq", parent: str = "dsa0", uuid: str | None = None
     ) -> BlockingMdev:
@@ -325,8 +331,13 @@ class BlockingMdev:
         return self.mdev.uuid
 
     @property
-    def info(self) -> dict[str, Any]:
+    def info(self) -> DeviceDescription:
         return self.mdev.info
+
+    def __getitem__(self, key: str) -> Any:
+        """As :meth:`Mdev.__getitem__`: the map reply's keys, for one release (0.x)."""
+        _warn_key("BlockingMdev", key)
+        return self.mdev._key(key)
 
     @property
     def domain_id(self) -> int | None:

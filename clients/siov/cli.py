@@ -18,6 +18,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from siov_protocol import Command, jsonc
+from siov_protocol.replies import DeviceDescription
+from siov_protocol.schema import encode, plain
 
 from . import mdevctl
 from .accel_config import ListError, list_output
@@ -173,12 +175,13 @@ def _types_args(p: argparse.ArgumentParser) -> None:
 
 @command("types", "mdev types offered by the parents on the bus (mdevctl types)", _types_args)
 def cmd_types(client: BlockingClient, args: argparse.Namespace) -> Any:
-    types = [t for t in client.types() if args.parent is None or t["parent"] == args.parent]
+    types = [t for t in client.types() if args.parent is None or t.parent == args.parent]
     if args.json:
         return types
+    maps = [encode(t) for t in types]
     if args.dumpjson:
-        return Printed(stdout=mdevctl.types_dumpjson(types))
-    return Printed(stdout=mdevctl.types_text(types))
+        return Printed(stdout=mdevctl.types_dumpjson(maps))
+    return Printed(stdout=mdevctl.types_text(maps))
 
 
 def _list_args(p: argparse.ArgumentParser) -> None:
@@ -199,7 +202,7 @@ def _uuid_text(value: str | None) -> str | None:
         raise SiovError(errno.EINVAL, f"invalid UUID {value!r}") from None
 
 
-def _active(client: BlockingClient, everything: bool = True) -> list[dict[str, Any]]:
+def _active(client: BlockingClient, everything: bool = True) -> list[DeviceDescription]:
     """Running mdevs: every client's when allowed (mdevctl lists the whole system)."""
     try:
         devices = client.devices(everything=everything)
@@ -207,7 +210,7 @@ def _active(client: BlockingClient, everything: bool = True) -> list[dict[str, A
         if exc.errno != errno.EPERM:
             raise
         devices = client.devices()
-    return [d for d in devices if d.get("parent") is not None]
+    return [d for d in devices if d.parent is not None]
 
 
 def _defined_mdevs(client: BlockingClient, uuid: str | None, parent: str | None) -> list[Any]:
@@ -218,10 +221,8 @@ def _defined_mdevs(client: BlockingClient, uuid: str | None, parent: str | None)
             return []
         raise
     return [
-        mdevctl.Mdev(
-            d["uuid"], d["parent"], d["mdev_type"], d["start"], list(d["attrs"]), d["running"]
-        )
-        for d in out["definitions"]
+        mdevctl.Mdev(d.uuid, d.parent, d.mdev_type, d.start, list(d.attrs), d.running)
+        for d in out.definitions
     ]
 
 
@@ -235,22 +236,19 @@ def cmd_list(client: BlockingClient, args: argparse.Namespace) -> Any:
             # siov's --json: one definition's config, or the dumpjson list; both feed
             # `siovctl define --jsonfile`.
             out = client.defined(parent=args.parent, uuid=uuid)
-            return out["config"] if uuid and "config" in out else out["dumpjson"]
+            return out.config if uuid and out.config is not None else out.dumpjson
         found = _defined_mdevs(client, uuid, args.parent)
     else:
         running = [
             d
             for d in _active(client, True)
-            if (uuid is None or d["uuid"] == uuid)
-            and (args.parent is None or d["parent"] == args.parent)
+            if (uuid is None or d.uuid == uuid) and (args.parent is None or d.parent == args.parent)
         ]
         if args.json:
             return running  # siov's own view: owner, group, domain, PASID
         defined = {(m.parent, m.uuid) for m in _defined_mdevs(client, None, None)}
         found = [
-            mdevctl.Mdev(
-                d["uuid"], d["parent"], d["type_id"], other=(d["parent"], d["uuid"]) in defined
-            )
+            mdevctl.Mdev(d.uuid, str(d.parent), str(d.type_id), other=(d.parent, d.uuid) in defined)
             for d in running
         ]
     if args.dumpjson:
@@ -312,7 +310,7 @@ def cmd_define(client: BlockingClient, args: argparse.Namespace) -> Any:
         if isinstance(data, list):  # the dumpjson list: [{parent: [{uuid: config}]}]
             defined = client.define_many(data, parent=args.parent, uuid=uuid)
             if args.json:
-                return [{"uuid": d["uuid"], "parent": d["parent"]} for d in defined]
+                return [{"uuid": d.uuid, "parent": d.parent} for d in defined]
             return Printed()
         if not args.parent:
             raise SiovError(
@@ -324,8 +322,8 @@ def cmd_define(client: BlockingClient, args: argparse.Namespace) -> Any:
         if uuid is not None and (parent is None or mdev_type is None):
             # mdevctl define -u of a running device takes its parent and type
             for d in _active(client):
-                if d["uuid"] == uuid and (parent is None or d["parent"] == parent):
-                    parent, mdev_type = parent or d["parent"], mdev_type or d["type_id"]
+                if d.uuid == uuid and (parent is None or d.parent == parent):
+                    parent, mdev_type = parent or d.parent, mdev_type or d.type_id
         if parent is None:
             raise SiovError(errno.EINVAL, "No parent specified")
         if mdev_type is None:
@@ -335,7 +333,7 @@ def cmd_define(client: BlockingClient, args: argparse.Namespace) -> Any:
         reply = client.define(parent, mdev_type, uuid=uuid, start=start, attrs=attrs)
     if args.json:
         return reply
-    return Printed(stdout="" if uuid else reply["uuid"] + "\n")  # mdevctl prints a new UUID
+    return Printed(stdout="" if uuid else reply.uuid + "\n")  # mdevctl prints a new UUID
 
 
 def _undefine_args(p: argparse.ArgumentParser) -> None:
@@ -414,23 +412,23 @@ def cmd_modify(client: BlockingClient, args: argparse.Namespace) -> Any:
         running = [
             d
             for d in _active(client)
-            if d["uuid"] == uuid and (args.parent is None or d["parent"] == args.parent)
+            if d.uuid == uuid and (args.parent is None or d.parent == args.parent)
         ]
         if not running:
             raise SiovError(errno.ENOENT, f"mdev {uuid} is not running")
         active = running[0]
         config = _read_json(args.jsonfile)
-        if not isinstance(config, dict) or config.get("mdev_type") != active["type_id"]:
+        if not isinstance(config, dict) or config.get("mdev_type") != active.type_id:
             raise SiovError(errno.EINVAL, "'type' cannot be changed on active mdev")
         if args.defined:
-            (stored,) = _defined_mdevs(client, uuid, active["parent"]) or [None]
+            (stored,) = _defined_mdevs(client, uuid, active.parent) or [None]
             if stored is None:
-                raise SiovError(errno.ENOENT, f"mdev {uuid} is not defined on {active['parent']}")
-            if stored.mdev_type != active["type_id"]:
+                raise SiovError(errno.ENOENT, f"mdev {uuid} is not defined on {active.parent}")
+            if stored.mdev_type != active.type_id:
                 raise SiovError(errno.EINVAL, "'type' of active and defined mdev does not match")
         client.set_attrs(uuid, list(config.get("attrs") or []))
         if args.defined:
-            client.define(active["parent"], uuid=uuid, config=config, replace=True)
+            client.define(active.parent, uuid=uuid, config=config, replace=True)
         return Printed()
     if args.jsonfile:
         if args.parent is None:
@@ -528,7 +526,7 @@ def cmd_start(client: BlockingClient, args: argparse.Namespace) -> Any:
             reply = client.start(uuid, parent=args.parent, mdev_type=args.mdev_type)
     if args.json:
         return reply
-    return Printed(stdout="" if uuid else reply["uuid"] + "\n")
+    return Printed(stdout="" if uuid else reply.uuid + "\n")
 
 
 def _stop_args(p: argparse.ArgumentParser) -> None:
@@ -580,7 +578,7 @@ def cmd_create(client: BlockingClient, args: argparse.Namespace) -> Any:
     mdev_type = args.mdev_type or args.pos_type
     if not parent or not mdev_type:
         raise SiovError(errno.EINVAL, "create needs a parent and a type: -p PARENT -t TYPE")
-    return client.create_mdev(parent, mdev_type, args.uuid)
+    return client.create_mdev(parent, mdev_type, args.uuid).info
 
 
 def _uuid_arg(p: argparse.ArgumentParser) -> None:
@@ -608,8 +606,8 @@ def _vfio_user_args(p: argparse.ArgumentParser) -> None:
 def cmd_vfio_user(client: BlockingClient, args: argparse.Namespace) -> Any:
     mdev = client.create_mdev(args.parent, "dsa-1dwq", args.uuid)
     path = os.path.abspath(args.socket_path)
-    served = client.vfio_user_expose(mdev["uuid"], path)
-    print(f"siovctl: serving mdev {mdev['uuid']} at {path}; Ctrl-C to stop", flush=True)
+    served = client.vfio_user_expose(mdev, path)
+    print(f"siovctl: serving mdev {mdev.uuid} at {path}; Ctrl-C to stop", flush=True)
     try:
         while True:
             event = client.next_event()
@@ -624,11 +622,11 @@ def cmd_vfio_user(client: BlockingClient, args: argparse.Namespace) -> Any:
 def cmd_groups(client: BlockingClient, args: argparse.Namespace) -> Any:
     return [
         {
-            "group": g["group_id"],
-            "devices": g["devices"],
-            "domain": g["domain_id"],
-            "default_domain": g["default_domain_id"],
-            "pasids": [f"{p['pasid']}->{p['domain_id']}" for p in g["pasids"]],
+            "group": g.group_id,
+            "devices": g.devices,
+            "domain": g.domain_id,
+            "default_domain": g.default_domain_id,
+            "pasids": [f"{p.pasid}->{p.domain_id}" for p in g.pasids],
         }
         for g in _everything(client, args, client.groups)
     ]
@@ -651,17 +649,17 @@ def cmd_domains(client: BlockingClient, args: argparse.Namespace) -> Any:
         return domains  # every field: areas, pasids, pt_root_phys, default_of_group, ...
     rows = []
     for d in domains:
-        row = {k: d[k] for k in columns}
-        row["areas"] = d.get("areas")
-        row["pasids"] = [f"{dev[:8]}:{pasid}" for dev, pasid in d.get("pasids", [])]
-        row["default_of_group"] = d.get("default_of_group")
+        row = {k: getattr(d, k) for k in columns}
+        row["areas"] = d.areas
+        row["pasids"] = [f"{dev[:8]}:{pasid}" for dev, pasid in d.pasids]
+        row["default_of_group"] = d.default_of_group
         rows.append(row)
     return rows
 
 
 @command("iotlb", "IOTLB and fault counters")
 def cmd_iotlb(client: BlockingClient, args: argparse.Namespace) -> Any:
-    iommu = client.stats().get("iommu", {})
+    iommu = client.stats().iommu or {}
     lookups = iommu.get("iotlb_hits", 0) + iommu.get("iotlb_misses", 0)
     out = {k: v for k, v in iommu.items() if k.startswith(("iotlb", "lazy", "faults"))}
     out["iotlb_hit_rate"] = round(iommu.get("iotlb_hits", 0) / lookups, 4) if lookups else None
@@ -688,14 +686,14 @@ def cmd_translate(client: BlockingClient, args: argparse.Namespace) -> Any:
     if args.json:
         return out
     rows: list[dict[str, Any]] = [
-        {"iova": hex(r["iova"]), "phys": hex(r["phys"]), "length": r["length"], "prot": r["prot"]}
-        for r in out["runs"]
+        {"iova": hex(r.iova), "phys": hex(r.phys), "length": r.length, "prot": r.prot}
+        for r in out.runs
     ]
-    if out["fault"] is not None:
-        fault = out["fault"]
-        name = fault.get("reason_name") or ""
-        text = f"FAULT reason {fault['reason']:#x}" + (f" ({name})" if name else "")
-        rows.append({"iova": hex(fault["iova"]), "phys": text})
+    if out.fault is not None:
+        fault = out.fault
+        name = fault.reason_name
+        text = f"FAULT reason {fault.reason:#x}" + (f" ({name})" if name else "")
+        rows.append({"iova": hex(fault.iova), "phys": text})
     return rows
 
 
@@ -1130,10 +1128,10 @@ def cmd_accel(client: BlockingClient, args: argparse.Namespace) -> Any:
     report = client.accel_load_config_report(config, enable=args.enable, force=args.forced)
     if args.json:
         return report
-    out = Printed(stderr=list(report["messages"]))
-    out.stdout = "".join(line + "\n" for line in report["enabled"])
+    out = Printed(stderr=list(report.messages))
+    out.stdout = "".join(line + "\n" for line in report.enabled)
     if args.verbose:
-        out.stderr.append(jsonc.dumps(report["devices"]))
+        out.stderr.append(jsonc.dumps(report.devices))
     return out
 
 
@@ -1200,6 +1198,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         for line in result.stderr:
             print(line, file=sys.stderr)
         return result.code
+    result = plain(result)
     if args.json:
         json.dump(
             result,

@@ -30,21 +30,51 @@ from siov_protocol import (
     Side,
 )
 from siov_protocol.fdpass import ANC_SPACE, fds_from_ancillary, send_nowait
-from siov_protocol.messages import PingReply
+from siov_protocol.messages import AuthReply, InfoReply, PingReply, StatsReply, VersionReply
 from siov_protocol.replies import (
     EVENTS,
     REPLIES,
+    AccelConfigDeviceReply,
+    AccelConfigEngineReply,
+    AccelConfigGroupReply,
+    AccelConfigWqReply,
+    AccelDevicesReply,
+    AccelEvlReadReply,
+    AccelLoadConfigReply,
+    AccelSaveConfigReply,
+    DefinitionInfo,
+    DefinitionRef,
+    DeviceDescription,
     DirtyBitmapReply,
     DmaReadReply,
     DmaWriteReply,
+    DomainInfo,
+    DomainListReply,
+    GroupInfo,
+    GroupListReply,
     InvalidateReply,
     IovaToPhysReply,
+    ListDefinedReply,
     MapReply,
+    MdevDefineReply,
+    MdevListReply,
+    MdevType,
+    MemListReply,
+    MemRegionInfo,
+    RegisteredDevice,
+    SvaBindReply,
+    TranslateReply,
+    TypesListReply,
+    UndefineReply,
     UnmapReply,
+    VfioUserEndpoint,
+    WqOpenReply,
+    WqSubmitReply,
 )
 from siov_protocol.schema import decode
 
 from .buffers import Buffer, memfd, page_align
+from .domain import Domain
 from .errors import ConnectionClosed, PermissionDenied, SiovError, error_for
 from .iommu_ext import IommuExtMixin
 
@@ -220,8 +250,10 @@ class Client(IommuExtMixin):
         self._waiters = 0
         self._background_scope: trio.CancelScope | None = None
         self._round_over = trio.Event()
-        self.version: dict[str, Any] = {}
-        self.identity: dict[str, Any] = {}
+        #: the daemon's VERSION reply (limits, features, auth mode), once negotiated
+        self.version: VersionReply | None = None
+        #: the AUTH reply (who the daemon says this connection is), when the daemon asked
+        self.identity: AuthReply | None = None
         self._nursery: trio.Nursery | None = None  # set by connect(); Mdev eventfd pumps
         self._mdevs: dict[str, Mdev] = {}  # EVENT_IRQ goes to the Mdev of its device
         self._page_requests: trio.MemorySendChannel[Event] | None = None
@@ -494,13 +526,13 @@ class Client(IommuExtMixin):
             "capabilities": {"max_fds": 253, "max_msg_size": 64 << 20},
             "client": name,
         }
-        self.version = await self.call(Command.VERSION, body)
+        self.version = await self.call_typed(Command.VERSION, body)
         state = self._conn.state
         if state.ready:
             return
         mode = state.auth
         if mode == "peercred":
-            self.identity = await self.call(Command.AUTH, {})
+            self.identity = await self.call_typed(Command.AUTH, {})
         elif mode == "key":
             if key_path is None:
                 raise PermissionDenied(
@@ -509,9 +541,9 @@ class Client(IommuExtMixin):
             from .keys import load_private_key, sign_challenge
 
             public_key, signature = sign_challenge(
-                load_private_key(key_path), bytes(self.version["nonce"])
+                load_private_key(key_path), bytes(self.version.nonce or b"")
             )
-            self.identity = await self.call(
+            self.identity = await self.call_typed(
                 Command.AUTH, {"public_key": public_key, "signature": signature}
             )
 
@@ -520,24 +552,29 @@ class Client(IommuExtMixin):
         reply: PingReply = await self.call_typed(Command.PING, body)
         return reply.payload
 
-    async def info(self) -> dict[str, Any]:
-        return await self.call(Command.INFO)
+    async def info(self) -> InfoReply:
+        """The daemon's version, settings and counts, and who this connection is."""
+        reply: InfoReply = await self.call_typed(Command.INFO)
+        return reply
 
-    async def stats(self) -> dict[str, Any]:
-        return await self.call(Command.STATS)
+    async def stats(self) -> StatsReply:
+        """Counter maps by area (``daemon``, ``iommu``, ``accel``, ...; ``session``: yours)."""
+        reply: StatsReply = await self.call_typed(Command.STATS)
+        return reply
 
     # ---- memory -------------------------------------------------------------------------
 
     async def register(
         self, fd: int, size: int, *, offset: int = 0, access: str = "rw"
-    ) -> dict[str, Any]:
-        """Register memory the caller already has (a memfd): ``{region, phys, size, ...}``.
+    ) -> MemRegionInfo:
+        """Register memory the caller already has (a memfd): its ``region``, ``phys``, ...
 
         The daemon seals the memfd against shrinking and keeps its own mapping; the fd stays
         the caller's to close.
         """
         body = {"size": size, "offset": offset, "access": access}
-        return await self.call(Command.MEM_REGISTER, body, fds=[fd])
+        reply: MemRegionInfo = await self.call_typed(Command.MEM_REGISTER, body, fds=[fd])
+        return reply
 
     async def alloc(self, size: int, *, access: str = "rw", name: str = "siov-buffer") -> Buffer:
         """A new memfd buffer of ``size`` bytes (rounded up to 4 KiB), registered."""
@@ -549,31 +586,36 @@ class Client(IommuExtMixin):
         except BaseException:
             buffer.close()
             raise
-        buffer.region = info["region"]
-        buffer.phys = info["phys"]
+        buffer.region = info.region
+        buffer.phys = info.phys
         return buffer
 
     async def unregister(self, region: int | Buffer) -> None:
         region_id = region.region if isinstance(region, Buffer) else region
         await self.call(Command.MEM_UNREGISTER, {"region": region_id})
 
-    async def memory(self, *, everything: bool = False) -> list[dict[str, Any]]:
+    async def memory(self, *, everything: bool = False) -> list[MemRegionInfo]:
         """Your own regions; ``everything=True`` (admin role) lists every client's."""
-        return list((await self.call(Command.MEM_LIST, {"all": everything}))["regions"])
+        reply: MemListReply = await self.call_typed(Command.MEM_LIST, {"all": everything})
+        return reply.regions
 
     # ---- the mdev bus ---------------------------------------------------------------------
 
-    async def types(self) -> list[dict[str, Any]]:
-        return list((await self.call(Command.TYPES_LIST))["types"])
+    async def types(self) -> list[MdevType]:
+        reply: TypesListReply = await self.call_typed(Command.TYPES_LIST)
+        return reply.types
 
-    async def create_mdev(
-        self, parent: str, type_id: str, uuid: str | None = None
-    ) -> dict[str, Any]:
-        """Create an mdev; the reply names its group, default domain and default PASID."""
+    async def create_mdev(self, parent: str, type_id: str, uuid: str | None = None) -> Mdev:
+        """Create an mdev: an :class:`~siov.Mdev` whose ``info`` names its group, default
+        domain and default PASID, and whose ``domain_id`` follows attach and detach. The
+        Mdev takes the device's interrupts (EVENT_IRQ counts in ``irq_counts``)."""
+        from .mdev import Mdev
+
         body: dict[str, Any] = {"parent": parent, "type_id": type_id}
         if uuid is not None:
             body["uuid"] = uuid
-        return await self.call(Command.MDEV_CREATE, body)
+        reply: DeviceDescription = await self.call_typed(Command.MDEV_CREATE, body)
+        return Mdev(self, reply)
 
     async def remove_mdev(self, uuid: DeviceRef) -> None:
         """Remove an mdev you own (its UUID or the Mdev itself)."""
@@ -582,41 +624,49 @@ class Client(IommuExtMixin):
             mdev.close()
         await self.call(Command.MDEV_REMOVE, {"uuid": device_id(uuid)})
 
-    async def vfio_user_expose(self, uuid: str, path: str, mode: int = 0o600) -> dict[str, Any]:
+    async def vfio_user_expose(
+        self, uuid: DeviceRef, path: str, mode: int = 0o600
+    ) -> VfioUserEndpoint:
         """Serve the ``dsa-1dwq`` mdev ``uuid`` you own as a real vfio-user PCI device on the
         Unix socket ``path`` (for QEMU's ``vfio-user-pci``). Its DMA then belongs to the
         vfio-user client; it ends with :meth:`vfio_user_unexpose` or with the mdev."""
-        return await self.call(Command.VFIO_USER_EXPOSE, {"uuid": uuid, "path": path, "mode": mode})
+        body = {"uuid": device_id(uuid), "path": path, "mode": mode}
+        reply: VfioUserEndpoint = await self.call_typed(Command.VFIO_USER_EXPOSE, body)
+        return reply
 
     async def vfio_user_unexpose(self, uuid: str) -> None:
         await self.call(Command.VFIO_USER_UNEXPOSE, {"uuid": uuid})
 
-    async def devices(self, *, everything: bool = False) -> list[dict[str, Any]]:
+    async def devices(self, *, everything: bool = False) -> list[DeviceDescription]:
         """Your own devices; ``everything=True`` (admin role) lists every client's."""
-        return list((await self.call(Command.MDEV_LIST, {"all": everything}))["devices"])
+        reply: MdevListReply = await self.call_typed(Command.MDEV_LIST, {"all": everything})
+        return reply.devices
 
-    async def register_device(self, name: str, pasid_bits: int = 20) -> dict[str, Any]:
+    async def register_device(self, name: str, pasid_bits: int = 20) -> RegisteredDevice:
         """An external emulator's device: the reply carries a ``token`` to hand to its owner."""
-        return await self.call(
-            Command.BUS_REGISTER_DEVICE, {"name": name, "pasid_bits": pasid_bits}
-        )
+        body = {"name": name, "pasid_bits": pasid_bits}
+        reply: RegisteredDevice = await self.call_typed(Command.BUS_REGISTER_DEVICE, body)
+        return reply
 
     async def unregister_device(self, uuid: DeviceRef) -> None:
         await self.call(Command.BUS_UNREGISTER_DEVICE, {"uuid": device_id(uuid)})
 
-    async def claim_device(self, uuid: DeviceRef, token: str | None = None) -> dict[str, Any]:
+    async def claim_device(self, uuid: DeviceRef, token: str | None = None) -> DeviceDescription:
         """Own an emulator's device (with its token) or a started definition's mdev."""
         body: dict[str, Any] = {"uuid": device_id(uuid)}
         if token is not None:
             body["token"] = token
-        return await self.call(Command.DEVICE_CLAIM, body)
+        reply: DeviceDescription = await self.call_typed(Command.DEVICE_CLAIM, body)
+        return reply
 
-    async def group(self, group_id: int) -> dict[str, Any]:
-        return await self.call(Command.GROUP_INFO, {"group": group_id})
+    async def group(self, group_id: int) -> GroupInfo:
+        reply: GroupInfo = await self.call_typed(Command.GROUP_INFO, {"group": group_id})
+        return reply
 
-    async def groups(self, *, everything: bool = False) -> list[dict[str, Any]]:
+    async def groups(self, *, everything: bool = False) -> list[GroupInfo]:
         """Your own groups; ``everything=True`` (admin role) lists every client's."""
-        return list((await self.call(Command.GROUP_LIST, {"all": everything}))["groups"])
+        reply: GroupListReply = await self.call_typed(Command.GROUP_LIST, {"all": everything})
+        return reply.groups
 
     # ---- domains, attach, map -------------------------------------------------------------
 
@@ -631,7 +681,10 @@ class Client(IommuExtMixin):
         pt_root: int | None = None,
         dirty_tracking: bool = False,
         nest_parent: bool = False,
-    ) -> dict[str, Any]:
+    ) -> Domain:
+        """A new domain: a :class:`~siov.Domain` (its ``id``; ``info`` as allocated), which
+        every method taking a domain accepts. ``dirty_tracking`` (SPEC §8.17), ``nest_parent``
+        (SPEC §8.20)."""
         body: dict[str, Any] = {
             "bus": bus,
             "type": type,
@@ -645,37 +698,39 @@ class Client(IommuExtMixin):
             body["dirty_tracking"] = True
         if nest_parent:  # SPEC §8.20
             body["nest_parent"] = True
-        return await self.call(Command.DOMAIN_ALLOC, body)
+        reply: DomainInfo = await self.call_typed(Command.DOMAIN_ALLOC, body)
+        return Domain(reply)
 
     async def free_domain(self, domain: DomainRef) -> None:
         await self.call(Command.DOMAIN_FREE, {"domain": domain_id(domain)})
 
-    async def domains(self, *, everything: bool = False) -> list[dict[str, Any]]:
+    async def domains(self, *, everything: bool = False) -> list[DomainInfo]:
         """Your own domains; ``everything=True`` (admin role) lists every client's."""
-        return list((await self.call(Command.DOMAIN_LIST, {"all": everything}))["domains"])
+        reply: DomainListReply = await self.call_typed(Command.DOMAIN_LIST, {"all": everything})
+        return reply.domains
 
-    def _track_domain(self, reply: dict[str, Any]) -> dict[str, Any]:
+    def _track_domain(self, reply: DeviceDescription) -> DeviceDescription:
         """Keep an open Mdev's ``domain_id`` naming the domain its device is on now."""
-        mdev = self._mdevs.get(str(reply.get("uuid")))
+        mdev = self._mdevs.get(reply.uuid)
         if mdev is not None:
-            mdev.domain_id = reply.get("domain_id")
+            mdev.domain_id = reply.domain_id
         return reply
 
-    async def attach_device(self, domain: DomainRef, device: DeviceRef) -> dict[str, Any]:
+    async def attach_device(self, domain: DomainRef, device: DeviceRef) -> DeviceDescription:
         """Plain ``attach_device(domain, mdev)``: no aux-domain API. ``domain`` is an id or
         ``alloc_domain``'s reply, ``device`` a UUID or an Mdev; an open Mdev's ``domain_id``
         follows (it names the domain the device uses now)."""
         body = {"domain": domain_id(domain), "device": device_id(device)}
-        return self._track_domain(await self.call(Command.ATTACH_DEVICE, body))
+        return self._track_domain(await self.call_typed(Command.ATTACH_DEVICE, body))
 
     async def detach_device(
         self, device: DeviceRef, domain: DomainRef | None = None
-    ) -> dict[str, Any]:
+    ) -> DeviceDescription:
         """Back to the default domain (an open Mdev's ``domain_id`` follows)."""
         body: dict[str, Any] = {"device": device_id(device)}
         if domain is not None:
             body["domain"] = domain_id(domain)
-        return self._track_domain(await self.call(Command.DETACH_DEVICE, body))
+        return self._track_domain(await self.call_typed(Command.DETACH_DEVICE, body))
 
     async def attach_pasid(self, domain: DomainRef, device: DeviceRef, pasid: int) -> None:
         body = {"domain": domain_id(domain), "device": device_id(device), "pasid": pasid}
@@ -777,7 +832,7 @@ class Client(IommuExtMixin):
 
     async def translate(
         self, device: DeviceRef, iova: int, length: int, *, write: bool = False, pasid: int = 0
-    ) -> dict[str, Any]:
+    ) -> TranslateReply:
         """ATS-like: the physical runs behind ``[iova, iova+length)`` and the fault, if any.
 
         The runs are addresses in the daemon's physical space: an emulator cannot reach that
@@ -791,11 +846,12 @@ class Client(IommuExtMixin):
             "write": write,
             "pasid": pasid,
         }
-        return await self.call(Command.TRANSLATE, body)
+        reply: TranslateReply = await self.call_typed(Command.TRANSLATE, body)
+        return reply
 
     # ---- SVA and the user WQ char device -------------------------------------------------------
 
-    async def _with_own_mm(self, command: Command, body: dict[str, Any]) -> dict[str, Any]:
+    async def _with_own_mm(self, command: Command, body: dict[str, Any]) -> Any:
         """Send ``command`` with this process's own /proc/self/mem (O_RDWR: the consent to
         be reached) and /proc/self/maps; our copies are closed once the message is sent."""
         mem = os.open("/proc/self/mem", os.O_RDWR | os.O_CLOEXEC)
@@ -805,24 +861,28 @@ class Client(IommuExtMixin):
             os.close(mem)
             raise
         try:
-            return await self.call(command, body, fds=[mem, maps])
+            return await self.call_typed(command, body, fds=[mem, maps])
         finally:
             os.close(mem)
             os.close(maps)
 
-    async def sva_bind(self, dev: str) -> dict[str, Any]:
+    async def sva_bind(self, dev: str) -> SvaBindReply:
         """Bind a PASID of ``dev`` (an mdev UUID) to this process's address space
-        (``iommu_sva_bind_device``): ``{pasid, domain}``. Descriptors tagged with that PASID
-        (SUBMIT ``pasid=`` on a shared-WQ mdev) carry this process's virtual addresses."""
-        return await self._with_own_mm(Command.SVA_BIND, {"dev": dev})
+        (``iommu_sva_bind_device``): its ``pasid`` and ``domain``. Descriptors tagged with
+        that PASID (SUBMIT ``pasid=`` on a shared-WQ mdev) carry this process's virtual
+        addresses."""
+        reply: SvaBindReply = await self._with_own_mm(Command.SVA_BIND, {"dev": dev})
+        return reply
 
     async def sva_unbind(self, dev: str, pasid: int) -> None:
         await self.call(Command.SVA_UNBIND, {"dev": dev, "pasid": pasid})
 
-    async def wq_open(self, device: str, wq: int) -> dict[str, Any]:
-        """``open("/dev/dsa/wq<D>.<wq>")`` as this process: ``{handle, pasid, mode, size, wq,
-        domain}``. Only an enabled user WQ opens; a dedicated one has one opener at a time."""
-        return await self._with_own_mm(Command.WQ_OPEN, {"device": device, "wq": wq})
+    async def wq_open(self, device: str, wq: int) -> WqOpenReply:
+        """``open("/dev/dsa/wq<D>.<wq>")`` as this process: its ``handle``, ``pasid``,
+        ``mode``, ``size``, ``wq`` and ``domain``. Only an enabled user WQ opens; a dedicated
+        one has one opener at a time."""
+        reply: WqOpenReply = await self._with_own_mm(Command.WQ_OPEN, {"device": device, "wq": wq})
+        return reply
 
     async def wq_submit(self, handle: int, descriptors: bytes, *, posted: bool = False) -> bytes:
         """Write descriptors to the opened WQ's portal: one result byte per descriptor
@@ -832,7 +892,8 @@ class Client(IommuExtMixin):
         if posted:
             await self.send_no_reply(Command.WQ_SUBMIT, body)
             return b""
-        return bytes((await self.call(Command.WQ_SUBMIT, body))["results"])
+        reply: WqSubmitReply = await self.call_typed(Command.WQ_SUBMIT, body)
+        return reply.results
 
     async def wq_close(self, handle: int) -> None:
         """``close()`` of the char device: the opener's work is drained, its PASID unbound."""
@@ -846,8 +907,8 @@ class Client(IommuExtMixin):
         from .mdev import Mdev
 
         for info in await self.devices():
-            if info["uuid"] == uuid.lower():
-                return Mdev(self, info)
+            if info.uuid == uuid.lower():
+                return self._mdevs.get(info.uuid) or Mdev(self, info)
         raise NotFound(2, f"no device {uuid}")
 
     async def create_dsa_mdev(
@@ -855,17 +916,18 @@ class Client(IommuExtMixin):
     ) -> Mdev:
         """Create an accelerator mdev (``dsa-1dwq``: a dedicated WQ; ``dsa-1swq``: a share of
         a shared WQ) and open it."""
-        from .mdev import Mdev
-
-        return Mdev(self, await self.create_mdev(parent, type_id, uuid))
+        return await self.create_mdev(parent, type_id, uuid)
 
     async def accel_list(self) -> list[dict[str, Any]]:
-        """``accel-config list``: every device with its groups, engines and WQs."""
-        return list((await self.call(Command.ACCEL_LIST))["devices"])
+        """``accel-config list``: every device with its groups, engines and WQs (accel-config's
+        JSON document, so maps, not records)."""
+        reply: AccelDevicesReply = await self.call_typed(Command.ACCEL_LIST)
+        return reply.devices
 
     async def accel_save_config(self) -> list[dict[str, Any]]:
         """``accel-config save-config``: what ``accel_load_config`` takes back."""
-        return list((await self.call(Command.ACCEL_SAVE_CONFIG))["config"])
+        reply: AccelSaveConfigReply = await self.call_typed(Command.ACCEL_SAVE_CONFIG)
+        return reply.config
 
     async def accel_load_config(
         self, config: list[dict[str, Any]], *, enable: bool = False
@@ -873,40 +935,49 @@ class Client(IommuExtMixin):
         """``accel-config load-config [-e]`` (admin): the listing after it. Enabled devices
         are skipped (see :meth:`accel_load_config_report` for what was skipped, and ``-f``)."""
         report = await self.accel_load_config_report(config, enable=enable)
-        return list(report["devices"])
+        return report.devices
 
     async def accel_load_config_report(
         self, config: list[dict[str, Any]], *, enable: bool = False, force: bool = False
-    ) -> dict[str, Any]:
+    ) -> AccelLoadConfigReply:
         """``accel-config load-config [-e] [-f]`` (admin): ``devices`` (the listing after it),
         ``messages`` (what accel-config prints on stderr: "dsa0 is active. Skipping...") and
         ``enabled`` (its "Enabling ..." lines with ``-e``)."""
         body = {"config": config, "enable": enable, "force": force}
-        return dict(await self.call(Command.ACCEL_LOAD_CONFIG, body))
+        reply: AccelLoadConfigReply = await self.call_typed(Command.ACCEL_LOAD_CONFIG, body)
+        return reply
 
-    async def accel_config_device(self, device: str, /, **attrs: Any) -> dict[str, Any]:
+    async def accel_config_device(self, device: str, /, **attrs: Any) -> AccelConfigDeviceReply:
         body = {"device": device, "attrs": attrs}
-        return await self.call(Command.ACCEL_CONFIG_DEVICE, body)
+        reply: AccelConfigDeviceReply = await self.call_typed(Command.ACCEL_CONFIG_DEVICE, body)
+        return reply
 
     async def accel_evl_read(
         self, device: str = "dsa0", *, max_entries: int = 64, arm: bool = False
-    ) -> dict[str, Any]:
+    ) -> AccelEvlReadReply:
         """Consume up to ``max_entries`` 64-byte entries of the device's event log (admin);
         ``arm`` asks for one EVENT_EVL when the next entry is written."""
         body = {"device": device, "max": max_entries, "arm": arm}
-        return await self.call(Command.ACCEL_EVL_READ, body)
+        reply: AccelEvlReadReply = await self.call_typed(Command.ACCEL_EVL_READ, body)
+        return reply
 
-    async def accel_config_group(self, group: str, /, **attrs: Any) -> dict[str, Any]:
+    async def accel_config_group(self, group: str, /, **attrs: Any) -> AccelConfigGroupReply:
         """``accel-config config-group dsa0/group0.0 ...`` (admin)."""
-        return await self.call(Command.ACCEL_CONFIG_GROUP, {"group": group, "attrs": attrs})
+        body = {"group": group, "attrs": attrs}
+        reply: AccelConfigGroupReply = await self.call_typed(Command.ACCEL_CONFIG_GROUP, body)
+        return reply
 
-    async def accel_config_engine(self, engine: str, /, **attrs: Any) -> dict[str, Any]:
+    async def accel_config_engine(self, engine: str, /, **attrs: Any) -> AccelConfigEngineReply:
         """``accel-config config-engine dsa0/engine0.1 --group-id N`` (admin)."""
-        return await self.call(Command.ACCEL_CONFIG_ENGINE, {"engine": engine, "attrs": attrs})
+        body = {"engine": engine, "attrs": attrs}
+        reply: AccelConfigEngineReply = await self.call_typed(Command.ACCEL_CONFIG_ENGINE, body)
+        return reply
 
-    async def accel_config_wq(self, wq: str, /, **attrs: Any) -> dict[str, Any]:
+    async def accel_config_wq(self, wq: str, /, **attrs: Any) -> AccelConfigWqReply:
         """``accel-config config-wq dsa0/wq0.1 ...`` (admin): ``mode``, ``size``, ..."""
-        return await self.call(Command.ACCEL_CONFIG_WQ, {"wq": wq, "attrs": attrs})
+        body = {"wq": wq, "attrs": attrs}
+        reply: AccelConfigWqReply = await self.call_typed(Command.ACCEL_CONFIG_WQ, body)
+        return reply
 
     async def accel_enable_device(self, device: str) -> None:
         await self.call(Command.ACCEL_ENABLE_DEVICE, {"device": device})
@@ -932,7 +1003,7 @@ class Client(IommuExtMixin):
         attrs: list[dict[str, str]] | None = None,
         config: dict[str, Any] | None = None,
         replace: bool = False,
-    ) -> dict[str, Any]:
+    ) -> DefinitionInfo:
         """Persist an mdev definition (admin); ``config`` is mdevctl's single-definition JSON.
         ``replace=True`` is mdevctl modify: the definition of ``parent`` + ``uuid`` must exist
         and is replaced."""
@@ -947,7 +1018,8 @@ class Client(IommuExtMixin):
                 body[key] = value
         if attrs:
             body["attrs"] = attrs
-        return await self.call(Command.MDEV_DEFINE, body)
+        reply: MdevDefineReply = await self.call_typed(Command.MDEV_DEFINE, body)
+        return reply.single()
 
     async def define_many(
         self,
@@ -955,7 +1027,7 @@ class Client(IommuExtMixin):
         *,
         parent: str | None = None,
         uuid: str | None = None,
-    ) -> list[dict[str, Any]]:
+    ) -> list[DefinitionInfo]:
         """Define every entry of mdevctl's list shape ``[{parent: [{uuid: config}]}]`` at
         once, all or none (admin); ``parent``/``uuid`` pick the entries to define."""
         body: dict[str, Any] = {"definitions": definitions}
@@ -963,15 +1035,17 @@ class Client(IommuExtMixin):
             body["parent"] = parent
         if uuid is not None:
             body["uuid"] = uuid
-        return list((await self.call(Command.MDEV_DEFINE, body))["definitions"])
+        reply: MdevDefineReply = await self.call_typed(Command.MDEV_DEFINE, body)
+        return list(reply.definitions or [])
 
-    async def undefine(self, uuid: str, parent: str | None = None) -> list[dict[str, Any]]:
+    async def undefine(self, uuid: str, parent: str | None = None) -> list[DefinitionRef]:
         """Forget the definitions of ``uuid`` (only under ``parent`` when given), as mdevctl
         undefine does; returns the ``{uuid, parent}`` undefined."""
         body: dict[str, Any] = {"uuid": uuid}
         if parent is not None:
             body["parent"] = parent
-        return list((await self.call(Command.MDEV_UNDEFINE, body)).get("undefined", []))
+        reply: UndefineReply = await self.call_typed(Command.MDEV_UNDEFINE, body)
+        return reply.undefined
 
     async def start(
         self,
@@ -981,7 +1055,7 @@ class Client(IommuExtMixin):
         mdev_type: str | None = None,
         attrs: list[dict[str, str]] | None = None,
         config: dict[str, Any] | None = None,
-    ) -> dict[str, Any]:
+    ) -> DeviceDescription:
         """Create a defined mdev (``parent`` when its UUID is defined under several), or a
         transient one from ``parent`` and ``mdev_type`` (+ ``attrs``) or ``config``; it is
         owned by the host until someone claims it. Attributes are written in order and a
@@ -997,7 +1071,8 @@ class Client(IommuExtMixin):
                 body[key] = value
         if attrs:
             body["attrs"] = attrs
-        return await self.call(Command.MDEV_START, body)
+        reply: DeviceDescription = await self.call_typed(Command.MDEV_START, body)
+        return reply
 
     async def set_attrs(self, uuid: str, attrs: list[dict[str, str]]) -> None:
         """Write attributes of a running mdev in order (admin; mdevctl modify --live)."""
@@ -1008,14 +1083,15 @@ class Client(IommuExtMixin):
 
     async def defined(
         self, *, parent: str | None = None, uuid: str | None = None
-    ) -> dict[str, Any]:
-        """``{definitions: [...], dumpjson: [...]}``, or with ``uuid`` one ``config``."""
+    ) -> ListDefinedReply:
+        """The ``definitions`` and mdevctl's ``dumpjson``; with ``uuid``, also its ``config``."""
         body: dict[str, Any] = {}
         if parent is not None:
             body["parent"] = parent
         if uuid is not None:
             body["uuid"] = uuid
-        return await self.call(Command.MDEV_LIST_DEFINED, body)
+        reply: ListDefinedReply = await self.call_typed(Command.MDEV_LIST_DEFINED, body)
+        return reply
 
     async def aclose(self) -> None:
         for mdev in list(self._mdevs.values()):

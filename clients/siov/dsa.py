@@ -40,6 +40,7 @@ from siov_protocol.dsa import (
     DsaCompStatus,
     DsaOpcode,
 )
+from siov_protocol.ids import PASID_BITS, PASID_LIMIT
 
 __all__ = [
     "apply_delta",
@@ -88,8 +89,8 @@ def _build(
         flags |= IDXD_OP_FLAG_CRAV | IDXD_OP_FLAG_RCR
     if not 0 <= flags < 1 << 24:
         raise ValueError(f"flags {flags:#x} do not fit in 24 bits")
-    if not 0 <= pasid < 1 << 20:
-        raise ValueError(f"pasid {pasid} does not fit in 20 bits")
+    if not 0 <= pasid < PASID_LIMIT:
+        raise ValueError(f"pasid {pasid} does not fit in {PASID_BITS} bits")
     try:
         return _pack(
             pasid,

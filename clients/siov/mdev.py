@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import warnings
 from collections import deque
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -35,7 +36,11 @@ from siov_protocol.messages_accel import (
     REGION_BAR0,
     REGION_BAR2,
     SUBMIT_ACCEPTED,
+    DeviceInfo,
+    RegionInfo,
 )
+from siov_protocol.replies import DeviceDescription
+from siov_protocol.schema import RecordKeyWarning
 
 from .errors import RecordNotWritten, TryAgain
 
@@ -52,6 +57,14 @@ MAX_POLL_INTERVAL: Final = 0.005
 DEFAULT_TIMEOUT: Final = 30.0
 #: Byte offset of ``completion_addr`` in a 64-byte descriptor.
 _COMPLETION_ADDR_OFFSET: Final = 8
+
+
+def _warn_key(kind: str, key: str) -> None:
+    warnings.warn(
+        f"{kind}[{key!r}]: use .{key} or .info.{key} (replies are typed objects now)",
+        RecordKeyWarning,
+        stacklevel=3,
+    )
 
 
 @dataclass(frozen=True, slots=True)
@@ -75,17 +88,17 @@ class SubmitResults:
 class Mdev:
     """One accelerator mdev: ``info`` is its device description (``create_mdev``'s reply)."""
 
-    def __init__(self, client: Client, info: dict[str, Any]) -> None:
+    def __init__(self, client: Client, info: DeviceDescription) -> None:
         self.client = client
         self.info = info
-        self.uuid: str = info["uuid"]
-        self.default_pasid: int = info["default_pasid"]
-        self.group_id: int | None = info.get("group_id")
+        self.uuid: str = info.uuid
+        self.default_pasid: int = info.default_pasid
+        self.group_id: int | None = info.group_id
         #: The domain the device is attached to now: the client's ``attach_device`` and
         #: ``detach_device`` keep it current (``info`` stays the reply it was created with).
-        self.domain_id: int | None = info.get("domain_id")
+        self.domain_id: int | None = info.domain_id
         #: The group's default domain (what ``detach_device`` returns the device to).
-        self.default_domain_id: int | None = info.get("default_domain_id", self.domain_id)
+        self.default_domain_id: int | None = info.default_domain_id
         #: Interrupts seen per vector (eventfd or EVENT_IRQ).
         self.irq_counts = [0] * IRQ_VECTORS
         #: The latest software errors (EVENT_IRQ on vector 0 carries them), newest last.
@@ -97,7 +110,21 @@ class Mdev:
         client._mdevs[self.uuid] = self
 
     def __repr__(self) -> str:
-        return f"<Mdev {self.uuid} {self.info.get('type_id')}>"
+        return f"<Mdev {self.uuid} {self.info.type_id}>"
+
+    def __getitem__(self, key: str) -> Any:
+        """``mdev["uuid"]`` as ``create_mdev``'s map reply had it, for one release (0.x):
+        the Mdev's own attribute (``domain_id`` is current) or else ``info``'s."""
+        _warn_key("Mdev", key)
+        return self._key(key)
+
+    def _key(self, key: str) -> Any:
+        if key in ("uuid", "default_pasid", "group_id", "domain_id", "default_domain_id"):
+            return getattr(self, key)
+        try:
+            return getattr(self.info, key)
+        except AttributeError:
+            raise KeyError(key) from None
 
     # -- interrupts ---------------------------------------------------------------------------
 
@@ -228,12 +255,16 @@ class Mdev:
         body = {"device": self.uuid, "region": REGION_BAR0, "offset": offset, "count": count}
         return bytes((await self.client.call(Command.REGION_READ, body))["data"])
 
-    async def device_info(self) -> dict[str, Any]:
-        return await self.client.call(Command.DEVICE_GET_INFO, {"device": self.uuid})
+    async def device_info(self) -> DeviceInfo:
+        reply: DeviceInfo = await self.client.call_typed(
+            Command.DEVICE_GET_INFO, {"device": self.uuid}
+        )
+        return reply
 
-    async def region_info(self, index: int) -> dict[str, Any]:
+    async def region_info(self, index: int) -> RegionInfo:
         body = {"device": self.uuid, "index": index}
-        return await self.client.call(Command.DEVICE_GET_REGION_INFO, body)
+        reply: RegionInfo = await self.client.call_typed(Command.DEVICE_GET_REGION_INFO, body)
+        return reply
 
     # -- completion ---------------------------------------------------------------------------
 

@@ -13,7 +13,6 @@ Wire format (little endian): ``u32 type, u32 length, payload``; see ``native/sio
 
 from __future__ import annotations
 
-import array
 import errno
 import os
 import socket
@@ -25,6 +24,8 @@ import trio
 import siov
 from siov.errors import SiovError
 from siov_protocol.commands import Command
+from siov_protocol.fdpass import fds_from_ancillary
+from siov_protocol.replies import WqOpenReply
 
 MSG_OPEN = 1
 MSG_POSTED = 2
@@ -59,11 +60,8 @@ class _Reader:
 
 
 async def _recv_open(sock: trio.socket.SocketType) -> tuple[int, int, list[int]]:
-    fds = array.array("i")
-    data, ancdata, _flags, _addr = await sock.recvmsg(16, socket.CMSG_SPACE(2 * fds.itemsize))
-    for level, kind, payload in ancdata:
-        if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS:
-            fds.frombytes(payload[: len(payload) - (len(payload) % fds.itemsize)])
+    data, ancdata, _flags, _addr = await sock.recvmsg(16, socket.CMSG_SPACE(2 * 4))
+    fds = fds_from_ancillary(ancdata)
     if len(data) != 16:
         for fd in fds:
             os.close(fd)
@@ -107,9 +105,8 @@ class Broker:
             try:
                 async with siov.connect(self.siov_socket, name="siov-run portal") as client:
                     try:
-                        reply = await client.call(
-                            Command.WQ_OPEN, {"device": f"dsa{device}", "wq": wq}, fds=fds
-                        )
+                        body = {"device": f"dsa{device}", "wq": wq}
+                        reply: WqOpenReply = await client.call_typed(Command.WQ_OPEN, body, fds=fds)
                     except SiovError as exc:
                         await conn.send(OPEN_REPLY.pack(exc.errno or errno.EIO, 0, 0, 0))
                         return
@@ -117,17 +114,15 @@ class Broker:
                         for fd in fds:
                             os.close(fd)
                         fds = []
-                    handle = int(reply["handle"])
-                    mode = MODES.get(str(reply["mode"]), 0)
-                    await conn.send(
-                        OPEN_REPLY.pack(0, int(reply["pasid"]), mode, int(reply["size"]))
-                    )
+                    handle = reply.handle
+                    mode = MODES.get(reply.mode, 0)
+                    await conn.send(OPEN_REPLY.pack(0, reply.pasid, mode, reply.size))
                     self.opened += 1
                     try:
                         async with trio.open_nursery() as nursery:
                             nursery.start_soon(_answer_page_requests, client)
                             nursery.start_soon(_drain_events, client)
-                            await self._forward(conn, client, handle, int(reply["size"]))
+                            await self._forward(conn, client, handle, reply.size)
                             nursery.cancel_scope.cancel()
                         with trio.move_on_after(5):
                             await client.wq_close(handle)

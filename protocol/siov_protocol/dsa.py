@@ -17,6 +17,8 @@ import struct
 from dataclasses import dataclass
 from typing import Final
 
+from .ids import PASID_BITS, PASID_MAX
+
 __all__ = [
     "COMP_FIELD_OFFSETS",
     "COMP_STRUCT",
@@ -531,7 +533,7 @@ class Descriptor:
     def pack(self) -> bytes:
         """The 64 bytes as a device reads them."""
         head = _DESC_HEAD.pack(
-            self.pasid | (self.rsvd << 20) | (self.priv << 31),
+            self.pasid | (self.rsvd << PASID_BITS) | (self.priv << 31),
             self.flags | (self.opcode << 24),
             self.completion_addr,
             0,
@@ -552,8 +554,8 @@ class Descriptor:
         return cls(
             opcode=flags_op >> 24,
             flags=flags_op & 0xFFFFFF,
-            pasid=header & 0xFFFFF,
-            rsvd=(header >> 20) & 0x7FF,
+            pasid=header & PASID_MAX,
+            rsvd=(header >> PASID_BITS) & 0x7FF,
             priv=header >> 31,
             completion_addr=completion_addr,
             int_handle=int_handle,

@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from typing import Any, Final
 
 from .ids import PASID_MAX, UUID_LEN
-from .schema import U8, U32, U64, items, text, u
+from .schema import U8, U32, U64, Record, items, required, text, u
 
 DESC_SIZE: Final = 64
 #: The most descriptors one SUBMIT carries (256 KiB of descriptors).
@@ -75,10 +75,25 @@ class DeviceInfoRequest:
 
 
 @dataclass(frozen=True, slots=True)
-class DeviceInfo:
+class WqInfo(Record):
+    """The work queue an accelerator mdev submits to (SPEC §8.12): what a client needs to
+    size its submissions without reading BAR0's WQCFG."""
+
+    name: str = text(64)  # accel-config's: "wq0.1"
+    mode: str = text(16)  # "dedicated" or "shared"
+    size: int = u(*U32)  # entries: a dedicated WQ drops past them, a shared one answers retry
+    threshold: int = u(*U32)  # shared: the limited portal's entries (0 for dedicated)
+    block_on_fault: bool = required()
+    max_batch_size: int = u(*U32)
+    max_transfer_size: int = u(*U64)
+
+
+@dataclass(frozen=True, slots=True)
+class DeviceInfo(Record):
     flags: int = u(*U32)
     num_regions: int = u(*U32)
     num_irqs: int = u(*U32)
+    wq: WqInfo | None = None  # the mdev's WQ (siov's addition to vfio-user's reply)
 
 
 @dataclass(frozen=True, slots=True)
@@ -88,7 +103,7 @@ class RegionInfoRequest:
 
 
 @dataclass(frozen=True, slots=True)
-class RegionInfo:
+class RegionInfo(Record):
     index: int = u(*U32)
     flags: int = u(*U32)
     size: int = u(*U64)
@@ -117,7 +132,7 @@ class RegionRead:
 
 
 @dataclass(frozen=True, slots=True)
-class RegionReadReply:
+class RegionReadReply(Record):
     region: int = u(*U32)
     offset: int = u(*U64)
     count: int = u(*U32)
@@ -138,7 +153,7 @@ class RegionWrite:
 
 
 @dataclass(frozen=True, slots=True)
-class RegionWriteReply:
+class RegionWriteReply(Record):
     region: int = u(*U32)
     offset: int = u(*U64)
     count: int = u(*U32)
@@ -159,7 +174,7 @@ class Submit:
 
 
 @dataclass(frozen=True, slots=True)
-class SubmitReply:
+class SubmitReply(Record):
     accepted: int = u(*U32)
     retry: int = u(*U32)
     dropped: int = u(*U32)
@@ -224,7 +239,7 @@ class AccelLoadConfig:
 
 
 @dataclass(frozen=True, slots=True)
-class IrqEvent:
+class IrqEvent(Record):
     """An interrupt of an accelerator mdev: ``vector`` 1 for completions, 0 for errors.
 
     ``swerr`` (vector 0) describes a software error, as the device's SWERR register does.

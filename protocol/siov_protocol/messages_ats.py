@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from .ids import PASID_MAX, UUID_LEN
-from .schema import U64, required, text, u
+from .schema import U64, Record, required, text, u
 
 
 @dataclass(frozen=True, slots=True)
@@ -17,7 +17,7 @@ class AtsInvalidateDone:
 
 
 @dataclass(frozen=True, slots=True)
-class AtsInvalidateEvent:
+class AtsInvalidateEvent(Record):
     """A device-TLB invalidation, as VT-d's Device-TLB Invalidate Descriptor: the PASID, and
     ``4096 << am`` bytes at ``iova`` (aligned to that size); ``all``: every address of it."""
 

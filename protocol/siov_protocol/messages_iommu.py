@@ -9,7 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from .ids import PASID_BITS, PASID_MAX, UUID_LEN
-from .schema import U8, U32, U64, text, u
+from .schema import U8, U32, U64, Record, text, u
 
 # prot bits of MAP, as iommufd's IOMMU_IOAS_MAP_READABLE/WRITEABLE mean them
 PROT_READ = 1
@@ -118,7 +118,7 @@ class PasidDetach:
 class Map:
     domain: int = u(*U32)
     phys: int = u(*U64)
-    size: int = u(1, U64[1])
+    size: int = u(*U64)  # 0 is EINVAL (the model's rule, as the kernel's)
     iova: int | None = u(*U64, default=None)  # None: the daemon picks one (auto-IOVA)
     prot: int = u(1, 3, default=PROT_READ | PROT_WRITE)
 
@@ -192,7 +192,7 @@ class Translate:
 
 
 @dataclass(frozen=True, slots=True)
-class FaultEvent:
+class FaultEvent(Record):
     device: str
     pasid: int = u(*U32)
     iova: int = u(*U64)
@@ -203,13 +203,13 @@ class FaultEvent:
 
 
 @dataclass(frozen=True, slots=True)
-class PageRequestPage:
+class PageRequestPage(Record):
     iova: int = u(*U64)
     perm: int = u(0, 15)
 
 
 @dataclass(frozen=True, slots=True)
-class PageRequestEvent:
+class PageRequestEvent(Record):
     request: int = u(*U64)
     device: str = text(UUID_LEN)
     pasid: int = u(*U32)
@@ -225,13 +225,13 @@ class PageRequestEvent:
 
 
 @dataclass(frozen=True, slots=True)
-class DeviceRemovedEvent:
+class DeviceRemovedEvent(Record):
     uuid: str = text(UUID_LEN)
     reason: str = text(64, default="")
 
 
 @dataclass(frozen=True, slots=True)
-class DeviceOwnerEvent:
+class DeviceOwnerEvent(Record):
     """To an external emulator: another client claimed its device, or released it (the
     owner left; the device is reset and the emulator's own again)."""
 

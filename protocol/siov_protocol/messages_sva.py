@@ -11,10 +11,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Final
 
+from .ids import PASID_MAX, UUID_LEN
 from .schema import U32, text, u
 
-UUID_LEN: Final = 36
-PASID_MAX: Final = (1 << 20) - 1
 DESC_SIZE: Final = 64
 #: The fds SVA_BIND and WQ_OPEN take: /proc/self/mem, then /proc/self/maps.
 SVA_FDS: Final = 2

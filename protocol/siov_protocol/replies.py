@@ -28,13 +28,13 @@ from .messages_accel import (
 )
 from .messages_ats import AtsInvalidateEvent
 from .messages_iommu import DeviceOwnerEvent, DeviceRemovedEvent, FaultEvent, PageRequestEvent
-from .schema import U8, U32, U64, encode, required, text, u
+from .schema import U8, U32, U64, Record, encode, required, text, u
 
 # ---- memory ---------------------------------------------------------------------------------
 
 
 @dataclass(frozen=True, slots=True)
-class MemRegionInfo:
+class MemRegionInfo(Record):
     region: int = u(*U32)
     phys: int = u(*U64)
     size: int = u(*U64)
@@ -44,7 +44,7 @@ class MemRegionInfo:
 
 
 @dataclass(frozen=True, slots=True)
-class MemListReply:
+class MemListReply(Record):
     regions: list[MemRegionInfo] = required()
 
 
@@ -52,7 +52,7 @@ class MemListReply:
 
 
 @dataclass(frozen=True, slots=True)
-class DeviceDescription:
+class DeviceDescription(Record):
     """``dev`` in SPEC §8.4: what a reply says about a device."""
 
     uuid: str = text(UUID_LEN)
@@ -71,7 +71,7 @@ class DeviceDescription:
 
 
 @dataclass(frozen=True, slots=True)
-class RegisteredDevice:
+class RegisteredDevice(Record):
     """BUS_REGISTER_DEVICE: the device and the one-time token to hand to its owner."""
 
     uuid: str = text(UUID_LEN)
@@ -89,7 +89,7 @@ class RegisteredDevice:
 
 
 @dataclass(frozen=True, slots=True)
-class MdevType:
+class MdevType(Record):
     parent: str = text(64)
     type_id: str = text(64)
     name: str = text(64)
@@ -100,23 +100,23 @@ class MdevType:
 
 
 @dataclass(frozen=True, slots=True)
-class TypesListReply:
+class TypesListReply(Record):
     types: list[MdevType] = required()
 
 
 @dataclass(frozen=True, slots=True)
-class MdevListReply:
+class MdevListReply(Record):
     devices: list[DeviceDescription] = required()
 
 
 @dataclass(frozen=True, slots=True)
-class GroupPasid:
+class GroupPasid(Record):
     pasid: int = u(*U32)
     domain_id: int = u(*U32)
 
 
 @dataclass(frozen=True, slots=True)
-class GroupInfo:
+class GroupInfo(Record):
     group_id: int = u(*U32)
     devices: list[str] = required()
     domain_id: int = u(*U32)
@@ -125,7 +125,7 @@ class GroupInfo:
 
 
 @dataclass(frozen=True, slots=True)
-class GroupListReply:
+class GroupListReply(Record):
     groups: list[GroupInfo] = required()
 
 
@@ -133,7 +133,7 @@ class GroupListReply:
 
 
 @dataclass(frozen=True, slots=True)
-class DomainInfo:
+class DomainInfo(Record):
     domain_id: int = u(*U32)
     type: str = text(16)
     bus: str = text(32)
@@ -149,18 +149,18 @@ class DomainInfo:
 
 
 @dataclass(frozen=True, slots=True)
-class DomainListReply:
+class DomainListReply(Record):
     domains: list[DomainInfo] = required()
 
 
 @dataclass(frozen=True, slots=True)
-class MapReply:
+class MapReply(Record):
     iova: int = u(*U64)
     size: int = u(*U64)
 
 
 @dataclass(frozen=True, slots=True)
-class UnmapReply:
+class UnmapReply(Record):
     unmapped: int = u(*U64)
     #: devices whose ATS invalidation did not complete in time (now fenced, SPEC §8.21)
     ats_timed_out: list[str] | None = None
@@ -169,19 +169,20 @@ class UnmapReply:
 
 
 @dataclass(frozen=True, slots=True)
-class IovaToPhysReply:
+class IovaToPhysReply(Record):
     phys: int = u(*U64)
+    page_size: int = u(*U64)  # the leaf's size: 4 KiB, 2 MiB, 1 GiB (0: identity domain)
 
 
 @dataclass(frozen=True, slots=True)
-class DirtyBitmapReply:
+class DirtyBitmapReply(Record):
     bitmap: bytes = text(64 << 20)
     page_size: int = u(*U32)
     pages: int = u(*U64)
 
 
 @dataclass(frozen=True, slots=True)
-class InvalidateReply:
+class InvalidateReply(Record):
     invalidated: int = u(*U64)
 
 
@@ -189,17 +190,17 @@ class InvalidateReply:
 
 
 @dataclass(frozen=True, slots=True)
-class DmaReadReply:
+class DmaReadReply(Record):
     data: bytes = text(64 << 20)
 
 
 @dataclass(frozen=True, slots=True)
-class DmaWriteReply:
+class DmaWriteReply(Record):
     written: int = u(*U64)
 
 
 @dataclass(frozen=True, slots=True)
-class TranslateRun:
+class TranslateRun(Record):
     iova: int = u(*U64)
     phys: int = u(*U64)
     length: int = u(*U64)
@@ -207,7 +208,7 @@ class TranslateRun:
 
 
 @dataclass(frozen=True, slots=True)
-class TranslateFault:
+class TranslateFault(Record):
     iova: int = u(*U64)
     write: bool = required()
     reason: int = u(*U8)
@@ -216,7 +217,7 @@ class TranslateFault:
 
 
 @dataclass(frozen=True, slots=True)
-class TranslateReply:
+class TranslateReply(Record):
     runs: list[TranslateRun] = required()
     translated: int = u(*U64)
     fault: TranslateFault | None = required()  # the first fault, nil when the range translated
@@ -226,37 +227,37 @@ class TranslateReply:
 
 
 @dataclass(frozen=True, slots=True)
-class ResvRegion:
+class ResvRegion(Record):
     start: int = u(*U64)
     last: int = u(*U64)  # inclusive
     type: str = text(16)  # msi | direct | reserved
 
 
 @dataclass(frozen=True, slots=True)
-class ResvRegionsReply:
+class ResvRegionsReply(Record):
     regions: list[ResvRegion] = required()
 
 
 @dataclass(frozen=True, slots=True)
-class IovaRangeInfo:
+class IovaRangeInfo(Record):
     start: int = u(*U64)
     last: int = u(*U64)
 
 
 @dataclass(frozen=True, slots=True)
-class IovaRangesReply:
+class IovaRangesReply(Record):
     num_iovas: int = u(*U32)
     iova_alignment: int = u(*U64)
     ranges: list[IovaRangeInfo] = required()
 
 
 @dataclass(frozen=True, slots=True)
-class DirtyTrackingReply:
+class DirtyTrackingReply(Record):
     enabled: bool = required()
 
 
 @dataclass(frozen=True, slots=True)
-class UnmapDirtyReply:
+class UnmapDirtyReply(Record):
     unmapped: int = u(*U64)
     bitmap: bytes = text(64 << 20)
     page_size: int = u(*U32)
@@ -266,7 +267,7 @@ class UnmapDirtyReply:
 
 
 @dataclass(frozen=True, slots=True)
-class HwInfoReply:
+class HwInfoReply(Record):
     out_data_type: int = u(*U32)
     data_len: int = u(*U32)
     data: bytes = text(4096)
@@ -279,7 +280,7 @@ class HwInfoReply:
 
 
 @dataclass(frozen=True, slots=True)
-class PageRequestReply:
+class PageRequestReply(Record):
     """PAGE_REQUEST and TRIGGER_IOPF: the request's cookie and, when known, the answer."""
 
     request: int | None = u(*U64, nil=True)
@@ -292,7 +293,7 @@ class PageRequestReply:
 
 
 @dataclass(frozen=True, slots=True)
-class NestedDomainInfo:
+class NestedDomainInfo(Record):
     domain_id: int = u(*U32)
     type: str = text(16)
     bus: str = text(32)
@@ -310,7 +311,7 @@ class NestedDomainInfo:
 
 
 @dataclass(frozen=True, slots=True)
-class HwptInvalidateReply:
+class HwptInvalidateReply(Record):
     entry_num: int = u(*U32)  # entries done, in order (iommufd's entry_num out)
 
 
@@ -318,31 +319,31 @@ class HwptInvalidateReply:
 
 
 @dataclass(frozen=True, slots=True)
-class AccelDevicesReply:
+class AccelDevicesReply(Record):
     devices: list[dict[str, Any]] = required()  # accel-config list's JSON, one map per device
 
 
 @dataclass(frozen=True, slots=True)
-class AccelSaveConfigReply:
+class AccelSaveConfigReply(Record):
     config: list[dict[str, Any]] = required()
 
 
 @dataclass(frozen=True, slots=True)
-class AccelConfigDeviceReply:
+class AccelConfigDeviceReply(Record):
     dev: str = text(64)
     read_buffer_limit: int = u(*U32)
     event_log_size: int = u(*U32)
 
 
 @dataclass(frozen=True, slots=True)
-class AccelLoadConfigReply:
+class AccelLoadConfigReply(Record):
     devices: list[dict[str, Any]] = required()  # as ACCEL_LIST
     messages: list[str] = required()  # what accel-config would print while loading
     enabled: list[str] = required()  # devices and WQs the load enabled
 
 
 @dataclass(frozen=True, slots=True)
-class AccelConfigGroupReply:
+class AccelConfigGroupReply(Record):
     dev: str = text(64)
     read_buffers_reserved: int = u(*U32)
     use_read_buffer_limit: int = u(0, 1)
@@ -352,13 +353,13 @@ class AccelConfigGroupReply:
 
 
 @dataclass(frozen=True, slots=True)
-class AccelConfigEngineReply:
+class AccelConfigEngineReply(Record):
     dev: str = text(64)
     group_id: int = u(-1, 0xFFFF)
 
 
 @dataclass(frozen=True, slots=True)
-class AccelConfigWqReply:
+class AccelConfigWqReply(Record):
     dev: str = text(64)
     group_id: int = u(-1, 0xFFFF)
     mode: str = text(16)
@@ -380,7 +381,7 @@ class AccelConfigWqReply:
 
 
 @dataclass(frozen=True, slots=True)
-class DefinitionInfo:
+class DefinitionInfo(Record):
     uuid: str = text(UUID_LEN)
     parent: str = text(64)
     mdev_type: str = text(64)
@@ -391,18 +392,18 @@ class DefinitionInfo:
 
 
 @dataclass(frozen=True, slots=True)
-class DefinitionRef:
+class DefinitionRef(Record):
     uuid: str = text(UUID_LEN)
     parent: str = text(64)
 
 
 @dataclass(frozen=True, slots=True)
-class UndefineReply:
+class UndefineReply(Record):
     undefined: list[DefinitionRef] = required()  # every definition the UUID (and parent) named
 
 
 @dataclass(frozen=True, slots=True)
-class MdevDefineReply:
+class MdevDefineReply(Record):
     """One definition (the fields of :class:`DefinitionInfo`), or, for a batch define,
     ``definitions`` alone."""
 
@@ -415,9 +416,36 @@ class MdevDefineReply:
     claimed: bool | None = None
     definitions: list[DefinitionInfo] | None = None
 
+    @classmethod
+    def one(cls, info: DefinitionInfo) -> MdevDefineReply:
+        """The reply for one definition: its fields at the top level."""
+        return cls(
+            uuid=info.uuid,
+            parent=info.parent,
+            mdev_type=info.mdev_type,
+            start=info.start,
+            attrs=info.attrs,
+            running=info.running,
+            claimed=info.claimed,
+        )
+
+    def single(self) -> DefinitionInfo:
+        """A one-definition reply as the :class:`DefinitionInfo` it carries."""
+        if self.uuid is None or self.parent is None or self.mdev_type is None:
+            raise ValueError("a batch define reply carries definitions, not one")
+        return DefinitionInfo(
+            uuid=self.uuid,
+            parent=self.parent,
+            mdev_type=self.mdev_type,
+            start=self.start or "manual",
+            attrs=self.attrs or [],
+            running=bool(self.running),
+            claimed=bool(self.claimed),
+        )
+
 
 @dataclass(frozen=True, slots=True)
-class ListDefinedReply:
+class ListDefinedReply(Record):
     definitions: list[DefinitionInfo] = required()
     dumpjson: list[dict[str, Any]] | None = None  # without uuid: mdevctl's --dumpjson
     config: dict[str, Any] | None = None  # with uuid: that definition's single JSON
@@ -427,13 +455,13 @@ class ListDefinedReply:
 
 
 @dataclass(frozen=True, slots=True)
-class SvaBindReply:
+class SvaBindReply(Record):
     pasid: int = u(*U32)
     domain: int = u(*U32)
 
 
 @dataclass(frozen=True, slots=True)
-class WqOpenReply:
+class WqOpenReply(Record):
     handle: int = u(*U64)
     pasid: int = u(*U32)
     mode: str = text(16)
@@ -443,7 +471,7 @@ class WqOpenReply:
 
 
 @dataclass(frozen=True, slots=True)
-class WqSubmitReply:
+class WqSubmitReply(Record):
     results: bytes = text(SUBMIT_MAX_DESCRIPTORS)  # one SUBMIT_* byte per descriptor
 
 
@@ -451,7 +479,7 @@ class WqSubmitReply:
 
 
 @dataclass(frozen=True, slots=True)
-class VfioUserEndpoint:
+class VfioUserEndpoint(Record):
     uuid: str = text(UUID_LEN)
     path: str = text(4096)
     domain_id: int = u(*U32)
@@ -459,7 +487,7 @@ class VfioUserEndpoint:
 
 
 @dataclass(frozen=True, slots=True)
-class AccelEvlReadReply:
+class AccelEvlReadReply(Record):
     size: int = u(*U32)
     head: int = u(*U32)
     tail: int = u(*U32)
@@ -472,12 +500,12 @@ class AccelEvlReadReply:
 
 
 @dataclass(frozen=True, slots=True)
-class ShutdownEvent:
+class ShutdownEvent(Record):
     grace_s: float = required()
 
 
 @dataclass(frozen=True, slots=True)
-class EvlEvent:
+class EvlEvent(Record):
     device: str = text(64)
     entries: int = u(*U32)  # entries in the log (unread) when the event was raised
 

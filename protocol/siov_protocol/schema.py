@@ -20,6 +20,7 @@ import enum
 import errno
 import types
 import typing
+import warnings
 from typing import Any, TypeVar, get_args, get_origin
 
 from .errors import FieldError
@@ -203,6 +204,57 @@ def _plain(value: Any) -> Any:
         return [_plain(v) for v in value]
     if isinstance(value, dict):
         return {k: _plain(v) for k, v in value.items()}
+    return value
+
+
+class RecordKeyWarning(DeprecationWarning):
+    """``reply["field"]`` on a typed reply: use ``reply.field``."""
+
+
+class Record:
+    """Base of reply and event schemas: attributes are the API. ``record["field"]`` and
+    ``record.get("field")`` still work, with a :class:`RecordKeyWarning`, for one release
+    (0.x) while code written against the map replies moves to attributes."""
+
+    __slots__ = ()
+
+    def __getitem__(self, key: str) -> Any:
+        warnings.warn(
+            f"{type(self).__name__}[{key!r}]: use .{key} (replies are typed objects now)",
+            RecordKeyWarning,
+            stacklevel=2,
+        )
+        try:
+            return getattr(self, key)
+        except AttributeError:
+            raise KeyError(key) from None
+
+    def get(self, key: str, default: Any = None) -> Any:
+        warnings.warn(
+            f"{type(self).__name__}.get({key!r}): use .{key} (replies are typed objects now)",
+            RecordKeyWarning,
+            stacklevel=2,
+        )
+        return getattr(self, key, default)
+
+    def __contains__(self, key: object) -> bool:
+        warnings.warn(
+            f"{key!r} in {type(self).__name__}: use the attribute (replies are typed objects now)",
+            RecordKeyWarning,
+            stacklevel=2,
+        )
+        return isinstance(key, str) and getattr(self, key, None) is not None
+
+
+def plain(value: Any) -> Any:
+    """``value`` as maps and lists (for JSON, printing, comparing with literals): every
+    :class:`Record` inside it becomes the map it is sent as."""
+    if isinstance(value, Record):
+        return encode(value)
+    if isinstance(value, list | tuple):
+        return [plain(v) for v in value]
+    if isinstance(value, dict):
+        return {k: plain(v) for k, v in value.items()}
     return value
 
 

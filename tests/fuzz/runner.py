@@ -20,6 +20,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 import siov
 from siov.keys import generate_keypair, public_key_line, sign_challenge
 from siov_protocol import Command
+from siov_protocol.replies import TranslateRun
 from tests.daemonproc import LoggedDaemon, logged_siovd
 from tests.fuzz import corpus
 from tests.fuzz.frame_strategies import Batch
@@ -272,8 +273,8 @@ class Bystander(threading.Thread):
     def _work(self, c: siov.BlockingClient) -> None:
         iova = 0x40_0000
         buf = c.alloc(2 * MiB)
-        dev = c.register_device("bystander")["uuid"]
-        dom = c.alloc_domain()["domain_id"]
+        dev = c.register_device("bystander").uuid
+        dom = c.alloc_domain()
         c.attach_device(dom, dev)
         assert c.map(dom, buf.phys, 2 * MiB, iova=iova) == iova
         buf.view[:] = bytes(range(256)) * (2 * MiB // 256)
@@ -288,8 +289,8 @@ class Bystander(threading.Thread):
             assert c.dma_write(dev, iova + off, data) == 64
             assert bytes(buf.view[off : off + 64]) == data
             out = c.translate(dev, iova, 2 * MiB)
-            assert out["runs"] == [{"iova": iova, "phys": buf.phys, "length": 2 * MiB, "prot": 3}]
-            assert out["translated"] == 2 * MiB and out["fault"] is None
+            assert out.runs == [TranslateRun(iova=iova, phys=buf.phys, length=2 * MiB, prot=3)]
+            assert out.translated == 2 * MiB and out.fault is None
             if i % 10 == 0:
                 extra = c.alloc(64 * 1024)
                 try:

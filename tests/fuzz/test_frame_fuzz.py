@@ -53,8 +53,8 @@ class Baseline:
 
     def _counts(self) -> dict[str, int]:
         """Everything a session can own, and what the IOMMU holds for it."""
-        counts = dict(self.observer.info()["counts"])
-        iommu = self.observer.stats()["iommu"]
+        counts = dict(self.observer.info().counts)
+        iommu = self.observer.stats().iommu or {}
         counts.update({k: iommu[k] for k in ("pasids_allocated", "page_table_pages")})
         return counts
 
@@ -63,9 +63,9 @@ class Baseline:
         host's, meant to outlive the connection that started them (mdevctl's semantics), so
         the operator stops them before the baseline is compared, as after any run."""
         for device in self.observer.devices(everything=True):
-            if device["bus"] == "mdev":
+            if device.bus == "mdev":
                 with contextlib.suppress(siov.SiovError):
-                    self.observer.stop(device["uuid"])
+                    self.observer.stop(device.uuid)
 
     def check(self) -> None:
         d = self.daemon

@@ -46,7 +46,7 @@ def test_random_vfio_user_messages() -> None:
         siov.BlockingClient(daemon.path) as owner,
         siov.BlockingClient(daemon.path) as bystander,
     ):
-        mdev = owner.create_mdev("dsa0", "dsa-1dwq")["uuid"]
+        mdev = owner.create_mdev("dsa0", "dsa-1dwq").uuid
         path = os.path.join(daemon.dir, "f.sock")
         owner.vfio_user_expose(mdev, path)
         answered = errors = 0
@@ -73,7 +73,7 @@ def test_random_vfio_user_messages() -> None:
         assert bystander.ping(b"ok") == b"ok"
 
         def endpoint() -> dict[str, int]:
-            return dict(owner.stats()["vfio_user"][mdev])
+            return dict((owner.stats().vfio_user or {})[mdev])
 
         settle(lambda: not endpoint()["connected"], "the endpoint saw the client leave")
         # every fd it was given is closed again (or, as an MSI-X eventfd, with the client)

@@ -89,7 +89,7 @@ def run_guest(boot: Path, *, viommu: bool, copies: int) -> GuestRun:
     with logged_siovd() as daemon, siov.BlockingClient(daemon.path) as client:
         mdev = client.create_mdev("dsa0", "dsa-1dwq", str(uuidlib.uuid4()))
         sock = os.path.join(daemon.dir, "dsa.sock")
-        client.vfio_user_expose(mdev["uuid"], sock)
+        client.vfio_user_expose(mdev, sock)
         started = time.monotonic()
         run = subprocess.run(
             qemu_argv(boot, sock, viommu=viommu, copies=copies),
@@ -101,7 +101,7 @@ def run_guest(boot: Path, *, viommu: bool, copies: int) -> GuestRun:
         wall = time.monotonic() - started
 
         def endpoint() -> dict[str, Any]:
-            return dict(client.stats()["vfio_user"][mdev["uuid"]])
+            return dict((client.stats().vfio_user or {})[mdev.uuid])
 
         # QEMU is gone: the endpoint unmaps all its DMA once it sees the hang-up
         settle(lambda: endpoint()["maps"] == 0, "the client's DMA unmapped after it left")

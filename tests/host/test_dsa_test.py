@@ -32,7 +32,7 @@ def configured(host_daemon: HostDaemon) -> HostDaemon:
 def _stats(host: HostDaemon) -> dict[str, Any]:
     with BlockingClient(host.path) as client:
         stats = client.stats()
-        return dict(stats["sva"])
+        return dict(stats.sva or {})
 
 
 def _wq_clients(host: HostDaemon) -> dict[str, int]:

@@ -19,6 +19,7 @@ from typing import Any
 import siov
 from siov import dsa
 from siov_protocol import Command
+from siov_protocol.schema import plain
 
 libc = ctypes.CDLL(None, use_errno=True)
 libc.mmap.restype = ctypes.c_void_p
@@ -40,7 +41,7 @@ POLLS = 200_000
 
 
 def out(**fields: Any) -> None:
-    print(json.dumps(fields), flush=True)
+    print(json.dumps({k: plain(v) for k, v in fields.items()}), flush=True)
 
 
 def anon(size: int, prot: int = mmap.PROT_READ | mmap.PROT_WRITE, at: int = 0) -> int:
@@ -218,7 +219,7 @@ def bind(client: siov.BlockingClient) -> None:
     dst = ctypes.create_string_buffer(8192)
     recs.clear()
     desc = dsa.memmove(ctypes.addressof(dst), ctypes.addressof(src), 8192, completion=recs.addr(0))
-    result = mdev.submit(desc, pasid=bound["pasid"])
+    result = mdev.submit(desc, pasid=bound.pasid)
     out(bound=bound, accepted=result.all_accepted, record=record_dict(recs.wait(0)))
     out(copied=dst.raw == src.raw)
     client.sva_unbind(mdev.uuid, bound["pasid"])

@@ -61,10 +61,10 @@ trio.run(main, sys.argv[1], int(sys.argv[2]))
 
 
 async def snapshot(observer: siov.Client, daemon: LoggedDaemon) -> dict[str, Any]:
-    stats = (await observer.stats())["accel"]
+    stats = (await observer.stats()).accel
     return {
-        "counts": (await observer.info())["counts"],
-        "devices": sorted(d["uuid"] for d in await observer.devices(everything=True)),
+        "counts": (await observer.info()).counts,
+        "devices": sorted(d.uuid for d in await observer.devices(everything=True)),
         "outstanding": stats["outstanding"],
         "page_requests": stats["page_requests_pending"],
         "fds": daemon.fds(),
@@ -119,7 +119,7 @@ async def test_killed_client_with_blocked_work_is_cleaned_up() -> None:
                 while tally[0] < 16:  # noqa: ASYNC110 (the bystander is running)
                     await trio.sleep(0.01)
             baseline = await snapshot(observer, daemon)
-            before = (await observer.stats())["accel"]
+            before = (await observer.stats()).accel
 
             victim = subprocess.Popen(  # noqa: ASYNC220 (a plain process to SIGKILL; starts at once)
                 [sys.executable, "-c", VICTIM, daemon.path, str(BLOCKED)],
@@ -148,7 +148,7 @@ async def test_killed_client_with_blocked_work_is_cleaned_up() -> None:
                     await trio.sleep(0.01)
             cleaned = time.monotonic() - killed
             assert now == baseline
-            after = (await observer.stats())["accel"]
+            after = (await observer.stats()).accel
             # the victim's blocked descriptors and the drains behind them were aborted
             assert aborted(after) - aborted(before) >= 2 * BLOCKED
             # the bystander kept going through and after the kill

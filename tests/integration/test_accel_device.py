@@ -27,7 +27,9 @@ from siov_protocol.messages_accel import (
     REGION_FLAG_READ,
     REGION_FLAG_WRITE,
     SUBMIT_ACCEPTED,
+    RegionInfo,
 )
+from siov_protocol.replies import DeviceDescription
 from tests.conftest import DaemonProcess, RunningDaemon
 from tests.helpers import asettle, expect
 
@@ -53,12 +55,14 @@ def open_fds() -> int:
 async def test_device_info_regions_and_registers(siovd: RunningDaemon) -> None:
     async with siov.connect(siovd.path) as client:
         mdev, _ = await mapped_mdev(client)
-        assert await mdev.device_info() == {"flags": 2, "num_regions": 9, "num_irqs": 5}
+        info = await mdev.device_info()
+        assert (info.flags, info.num_regions, info.num_irqs) == (2, 9, 5)
+        assert info.wq is not None and (info.wq.mode, info.wq.size) == ("dedicated", 64)
         bar0 = await mdev.region_info(0)
-        assert bar0 == {"index": 0, "flags": REGION_FLAG_READ, "size": 4096, "offset": 0}
+        assert bar0 == RegionInfo(index=0, flags=REGION_FLAG_READ, size=4096, offset=0)
         bar2 = await mdev.region_info(2)
-        assert bar2["flags"] == REGION_FLAG_WRITE and bar2["size"] == 4 * 4096  # 4 portal pages
-        assert (await mdev.region_info(1))["size"] == 0  # not implemented
+        assert bar2.flags == REGION_FLAG_WRITE and bar2.size == 4 * 4096  # 4 portal pages
+        assert (await mdev.region_info(1)).size == 0  # not implemented
         await expect(errno.EINVAL, mdev.region_info(9), "regions 0..8")
         registers = await mdev.read_registers()
         assert struct.unpack_from("<I", registers, 0)[0] == 0x200  # VER: DSA 2.0
@@ -110,7 +114,7 @@ async def test_device_commands_need_your_accelerator_mdev(siovd: RunningDaemon) 
         plain = await client.create_mdev("siov_test", "siov_test-1")
         await expect(
             errno.ENODEV,
-            client.call(Command.DEVICE_GET_INFO, {"device": plain["uuid"]}),
+            client.call(Command.DEVICE_GET_INFO, {"device": plain.uuid}),
             "not an accelerator mdev",
         )
         await expect(errno.EINVAL, mdev.submit(dsa.noop()[:40]), "64-byte")
@@ -216,15 +220,17 @@ async def test_interrupts_by_eventfd_and_by_event(siovd: RunningDaemon) -> None:
         descs = [dsa.noop(completion=CR, flags=rci, int_handle=1) for i in range(3)]
         assert (await mdev.submit(descs)).all_accepted
         await asettle(lambda: mdev.irq_counts[1] >= 2)
-        # a client that did not open an Mdev gets EVENT_IRQ in its event stream
-        raw = await client.create_mdev("dsa0", "dsa-1swq")
+        # a client that did not open an Mdev (a raw MDEV_CREATE; create_mdev returns an Mdev,
+        # which counts its own interrupts) gets EVENT_IRQ in its event stream
+        body = {"parent": "dsa0", "type_id": "dsa-1swq"}
+        raw: DeviceDescription = await client.call_typed(Command.MDEV_CREATE, body)
         buf2 = await client.alloc(2 * MiB)
-        await client.map(raw["domain_id"], buf2.phys, buf2.size, iova=0)
-        body = {"device": raw["uuid"], "descriptors": dsa.noop(flags=rci, int_handle=1)}
+        await client.map(raw.domain_id, buf2.phys, buf2.size, iova=0)
+        body = {"device": raw.uuid, "descriptors": dsa.noop(flags=rci, int_handle=1)}
         await client.call(Command.SUBMIT, body)
         with trio.fail_after(5):
             event = await client.next_event(Command.EVENT_IRQ)
-        assert event.body == {"device": raw["uuid"], "vector": 1}
+        assert event.body == {"device": raw.uuid, "vector": 1}
 
 
 async def test_accel_config_commands(siovd: RunningDaemon) -> None:
@@ -238,7 +244,7 @@ async def test_accel_config_commands(siovd: RunningDaemon) -> None:
         await expect(errno.ENODEV, client.accel_config_wq("dsa0/wq0.9", priority=5))
         await client.accel_disable_wq("dsa0/wq0.1")
         got = await client.accel_config_wq("dsa0/wq0.1", priority=5, threshold=32)
-        assert got["priority"] == 5 and got["threshold"] == 32
+        assert got.priority == 5 and got.threshold == 32
         await expect(errno.EINVAL, client.accel_config_wq("wq0.1", threshold=65), "threshold")
         await client.accel_enable_wq("wq0.1")
         await expect(errno.EBUSY, client.accel_enable_wq("wq0.1"), "already enabled")
@@ -273,7 +279,7 @@ def test_blocking_mdev(siovd_proc: DaemonProcess) -> None:
         done = mdev.run(dsa.memmove(0x1000, 0, 64, completion=CR), buf.view[CR : CR + 32])
         assert done.code == dsa.DSA_COMP_SUCCESS and buf.view[0x1000:0x1040] == bytes(range(64))
         again = client.open_mdev(mdev.uuid)
-        assert again.uuid == mdev.uuid and again.device_info()["num_regions"] == 9
+        assert again.uuid == mdev.uuid and again.device_info().num_regions == 9
         mdev.remove()
 
 

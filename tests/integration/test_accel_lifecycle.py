@@ -102,7 +102,7 @@ async def test_every_descriptor_completes_exactly_once_under_concurrency(
             nursery.start_soon(worker, b, "dsa-1swq", 3, counts)
             nursery.start_soon(worker, c, "dsa-1swq", 4, counts)
         assert counts == {tag: ROUNDS * PER_ROUND for tag in (1, 2, 3, 4)}
-        stats = (await a.stats())["accel"]
+        stats = (await a.stats()).accel
     wqs = stats["devices"]["dsa0"]["wqs"]
     assert wqs["wq0.0"]["completed"] == wqs["wq0.0"]["submitted"] == ROUNDS * PER_ROUND
     assert wqs["wq0.1"]["completed"] == wqs["wq0.1"]["submitted"] == 3 * ROUNDS * PER_ROUND
@@ -146,7 +146,7 @@ async def test_a_client_that_leaves_takes_its_work_and_only_its_own(
         # the leaver is gone: nothing of it is waiting, queued or mapped any more
         await asettle(lambda: leaver_id not in daemon.sessions, "the server releases it", 10)
         runtime.time_slice = 0.002
-        stats = (await stayer.stats())["accel"]
+        stats = (await stayer.stats()).accel
         assert stats["page_requests_pending"] == 0 and stats["page_requests_cancelled"] == 1
         assert runtime.outstanding(leaver_id) == 0 and mdev_a.uuid not in runtime.mdevs
         wq = stats["devices"]["dsa0"]["wqs"]["wq0.1"]
@@ -176,7 +176,7 @@ async def test_a_page_response_after_the_mdev_is_gone(siovd: RunningDaemon, answ
         await mdev.remove()  # its blocked descriptor is abandoned with it
         with pytest.raises(siov.NotFound):
             await client.page_response(request.body["request"], answer)
-        stats = (await client.stats())["accel"]
+        stats = (await client.stats()).accel
         assert stats["outstanding"] == 0 and stats["page_requests_pending"] == 0
         assert buf.view[CR] == 0  # never completed
         assert stats["page_requests_cancelled"] == 1
@@ -186,7 +186,7 @@ async def test_a_started_definition_goes_back_to_the_host_empty(siovd: RunningDa
     """A persistent definition's mdev outlives its claimant: the work the claimant left is
     aborted, and the next claimant finds a quiet WQ on a reset domain."""
     async with siov.connect(siovd.path) as admin:
-        uuid = (await admin.define("dsa0", "dsa-1dwq"))["uuid"]
+        uuid = (await admin.define("dsa0", "dsa-1dwq")).uuid
         await admin.start(uuid)
     runtime = siovd.daemon.accel_runtime
     async with siov.connect(siovd.path) as vmm:

@@ -95,9 +95,9 @@ async def load_client(path: str, index: int, out: dict[int, list[float]]) -> Non
 
 async def test_many_clients_share_the_accelerator(siovd: RunningDaemon) -> None:
     async with siov.connect(siovd.path) as admin:
-        swq = next(t for t in await admin.types() if t["type_id"] == "dsa-1swq")
-        assert swq["available_instances"] >= CLIENTS
-        before = (await admin.stats())["accel"]
+        swq = next(t for t in await admin.types() if t.type_id == "dsa-1swq")
+        assert swq.available_instances >= CLIENTS
+        before = (await admin.stats()).accel
     started = time.monotonic()
     latencies: dict[int, list[float]] = {}
     async with trio.open_nursery() as nursery:
@@ -106,7 +106,7 @@ async def test_many_clients_share_the_accelerator(siovd: RunningDaemon) -> None:
     elapsed = time.monotonic() - started
     assert sorted(latencies) == list(range(CLIENTS))  # every client finished: none starved
     async with siov.connect(siovd.path) as admin:
-        after = (await admin.stats())["accel"]
+        after = (await admin.stats()).accel
     total = CLIENTS * PER_CLIENT
     assert after["completed"] - before["completed"] == total
     assert after["outstanding"] == 0

@@ -320,7 +320,7 @@ async def test_block_on_fault_times_out(
         with trio.fail_after(10):
             done = await mdev.wait(rec(records, 0))
         assert done.code == dsa.DSA_COMP_PAGE_FAULT_IR and done.bytes_completed == 0
-        stats = (await client.stats())["accel"]
+        stats = (await client.stats()).accel
         assert stats["page_timeouts"] == 1 and stats["page_requests_pending"] == 0
         with pytest.raises(siov.NotFound):
             await client.page_response(request.body["request"], 0)
@@ -373,7 +373,7 @@ async def test_shared_wq_answers_retry_when_full(siovd: RunningDaemon) -> None:
         assert result.retried() == list(range(size, size + 5))
         limited = await mdev.submit(many, limited=True)  # the limited portal stops at threshold
         assert limited.accepted == threshold and limited.retry == size + 5 - threshold
-        stats = (await client.stats())["accel"]["devices"]["dsa0"]["wqs"][wq["dev"]]
+        stats = (await client.stats()).accel["devices"]["dsa0"]["wqs"][wq["dev"]]
         assert stats["retried"] == 5 + size + 5 - threshold
 
 
@@ -382,7 +382,7 @@ async def test_dedicated_wq_overflow_is_dropped_and_counted(siovd: RunningDaemon
         mdev, _ = await setup(client)
         result = await mdev.submit([dsa.noop(completion=cr(0))] * 70)
         assert result.accepted == 64 and result.dropped == 6 and result.retry == 0
-        stats = (await client.stats())["accel"]["devices"]["dsa0"]["wqs"]["wq0.0"]
+        stats = (await client.stats()).accel["devices"]["dsa0"]["wqs"]["wq0.0"]
         assert stats["dropped"] == 6 and stats["completed"] == 64
         with pytest.raises(siov.InvalidArgument) as info:  # MOVDIR64B carries no PASID
             await mdev.submit(dsa.noop(), pasid=5)
@@ -392,7 +392,7 @@ async def test_dedicated_wq_overflow_is_dropped_and_counted(siovd: RunningDaemon
 async def test_shared_wq_pasids_go_through_their_domains(siovd: RunningDaemon) -> None:
     async with siov.connect(siovd.path) as client:
         mdev, _ = await setup(client, "dsa-1swq")
-        other = (await client.alloc_domain())["domain_id"]
+        other = (await client.alloc_domain()).domain_id
         second = await client.alloc(SIZE)
         second.view[:8] = b"pasid-77"
         await client.map(other, second.phys, SIZE, iova=0)
@@ -411,7 +411,7 @@ async def test_shared_wq_pasids_go_through_their_domains(siovd: RunningDaemon) -
             fault = await events.receive()
         assert fault.command == Command.EVENT_FAULT and fault.body["reason"] == 0x59
         assert fault.body["pasid"] == 78
-        stats = (await client.stats())["accel"]
+        stats = (await client.stats()).accel
         assert stats["software_errors"] == 1  # its record could not be written either
         assert mdev.software_errors[-1]["status"] & 0x7F == dsa.DSA_COMP_CRA_XLAT
 
@@ -435,7 +435,7 @@ async def test_outstanding_descriptors_limit(nursery: trio.Nursery, sock_dir: st
             request = await _page_request(client)
             await client.page_response(request.body["request"], 1)
         with trio.fail_after(5):
-            while (await client.stats())["accel"]["outstanding"]:  # noqa: ASYNC110
+            while (await client.stats()).accel["outstanding"]:  # noqa: ASYNC110
                 await trio.sleep(0.01)
         assert (await mdev.submit([dsa.noop()] * 4)).all_accepted
     running.server.nursery.cancel_scope.cancel()
@@ -455,7 +455,7 @@ async def test_block_on_fault_without_a_pasid_entry_is_refused_at_once(
         # The record itself lives behind PASID 99 too: it cannot be written, so the software
         # error reports the completion (page fault, Invalid Request) instead.
         assert mdev.software_errors[-1]["status"] == dsa.DSA_COMP_CRA_XLAT
-        stats = (await client.stats())["accel"]
+        stats = (await client.stats()).accel
         assert stats["page_requests_refused"] == 1 and stats["page_requests_pending"] == 0
         assert stats["page_requests"] == 0
         with pytest.raises(trio.WouldBlock):
@@ -539,9 +539,9 @@ async def test_software_errors_land_in_the_event_log(siovd: RunningDaemon) -> No
         # consume what earlier tests left, and arm the one-shot EVENT_EVL
         while True:
             drained = await client.accel_evl_read("dsa0", arm=True)
-            if not drained["entries"]:
+            if not drained.entries:
                 break
-        assert drained["size"] == 64 and drained["head"] == drained["tail"]
+        assert drained.size == 64 and drained.head == drained.tail
         result = await mdev.submit(dsa.memmove(DST, SRC, 64, completion=CR + 8))
         assert result.all_accepted
         with trio.fail_after(5):

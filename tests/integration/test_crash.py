@@ -22,8 +22,8 @@ async def test_daemon_killed_under_load_and_restarted(sock_dir: str) -> None:
     procs = [spawn_siovd(path, "--state-dir", state)]
     async with siov.connect(path) as admin:
         defined = await admin.define("siov_test", "siov_test-1", start="auto")
-        await admin.start(defined["uuid"])  # auto: started at every daemon start from now on
-    uuid = defined["uuid"]
+        await admin.start(defined.uuid)  # auto: started at every daemon start from now on
+    uuid = defined.uuid
     done = 0
     reconnects: list[int] = []
 
@@ -31,10 +31,10 @@ async def test_daemon_killed_under_load_and_restarted(sock_dir: str) -> None:
         mdev = await client.claim_device(uuid)  # the definition is back after every restart
         buf = await client.alloc(2 * MiB)
         dev = await client.register_device("nic")
-        dom = (await client.alloc_domain())["domain_id"]
-        await client.attach_device(dom, dev["uuid"])
+        dom = (await client.alloc_domain()).domain_id
+        await client.attach_device(dom, dev.uuid)
         await client.map(dom, buf.phys, 2 * MiB, iova=0)
-        return {"mdev": mdev, "buf": buf, "dev": dev["uuid"]}
+        return {"mdev": mdev, "buf": buf, "dev": dev.uuid}
 
     async def work(client: siov.Client, st: dict[str, Any]) -> int:
         nonlocal done
@@ -64,8 +64,8 @@ async def test_daemon_killed_under_load_and_restarted(sock_dir: str) -> None:
         assert result == ROUNDS
         assert len(reconnects) == 2
         async with siov.connect(path) as admin:
-            listing = (await admin.defined())["definitions"]
-            assert [(d["uuid"], d["running"]) for d in listing] == [(uuid, True)]
+            listing = (await admin.defined()).definitions
+            assert [(d.uuid, d.running) for d in listing] == [(uuid, True)]
     finally:
         for proc in procs:
             if proc.poll() is None:

@@ -18,6 +18,7 @@ import trio
 
 import siov
 from siov_protocol import Command
+from siov_protocol.replies import TranslateRun
 from siovd.service.server import MAX_REFUSING
 from tests.conftest import RunningDaemon, make_config, start_daemon
 from tests.helpers import asettle
@@ -76,7 +77,7 @@ async def test_max_clients_answers_eagain_naming_the_limit(
                 s.sock.close()
         assert await a.ping(b"a") == b"a" and await b.ping(b"b") == b"b"
         stats = await a.stats()
-        assert stats["daemon"]["clients_refused"] == 3 + 3 * MAX_REFUSING
+        assert stats.daemon["clients_refused"] == 3 + 3 * MAX_REFUSING
         refused.sock.close()
         silent.sock.close()
     await asettle(lambda: not running.server.connections, "every connection is gone", 5)
@@ -165,17 +166,17 @@ async def test_translate_walks_a_bounded_number_of_pages(small: RunningDaemon) -
     size = TRANSLATE_MAX_PAGES * PAGE + 16 * MiB
     async with siov.connect(small.path) as c:
         buf = await c.alloc(size)  # sparse: nothing here touches its pages
-        dev = (await c.register_device("big"))["uuid"]
-        dom = (await c.alloc_domain())["domain_id"]
+        dev = (await c.register_device("big")).uuid
+        dom = (await c.alloc_domain()).domain_id
         await c.attach_device(dom, dev)
         await c.map(dom, buf.phys, size, iova=PAGE)  # iova 4 KiB-aligned only: 4 KiB pages
         first = await c.translate(dev, PAGE, size)
-        assert first["fault"] is None and first["translated"] == TRANSLATE_MAX_PAGES * PAGE
-        assert first["runs"] == [
-            {"iova": PAGE, "phys": buf.phys, "length": first["translated"], "prot": 3}
+        assert first.fault is None and first.translated == TRANSLATE_MAX_PAGES * PAGE
+        assert first.runs == [
+            TranslateRun(iova=PAGE, phys=buf.phys, length=first.translated, prot=3)
         ]
-        rest = await c.translate(dev, PAGE + first["translated"], size - first["translated"])
-        assert rest["fault"] is None and rest["translated"] == 16 * MiB
+        rest = await c.translate(dev, PAGE + first.translated, size - first.translated)
+        assert rest.fault is None and rest.translated == 16 * MiB
         buf.close()
 
 
@@ -216,6 +217,6 @@ async def test_a_connection_that_never_negotiates_is_closed(
             assert await idle.recv(1) == b""  # the daemon closed the silent connection
         await trio.sleep(0.5)  # past the deadline: a negotiated client is left alone
         assert await client.ping(b"ok") == b"ok"
-        assert (await client.stats())["daemon"]["handshake_timeouts"] == 1
+        assert (await client.stats()).daemon["handshake_timeouts"] == 1
     idle.close()
     running.server.nursery.cancel_scope.cancel()

@@ -32,8 +32,8 @@ async def test_uid_connections_caps_one_users_connections(
         assert info.value.errno == errno.EAGAIN
         assert f"limits.uid_connections = 2 connections of uid {os.getuid()}" in info.value.message
         stats = await a.stats()
-        assert stats["uid"]["connections"] == 2 and stats["uid"]["uid"] == os.getuid()
-        assert stats["daemon"]["clients_refused"] == 1
+        assert stats.uid["connections"] == 2 and stats.uid["uid"] == os.getuid()
+        assert stats.daemon["clients_refused"] == 1
         assert await b.ping(b"b") == b"b"
     running.server.nursery.cancel_scope.cancel()
 
@@ -61,9 +61,9 @@ async def test_uid_mdevs_and_regions_span_connections(nursery: trio.Nursery, soc
         assert regions.value.errno == errno.ENOSPC
         assert f"limits.uid_memory_regions = 3 (uid {os.getuid()})" in regions.value.message
         cost = await a.stats()
-        assert cost["session"]["mdevs"] == 2 and cost["session"]["memory_regions"] == 2
-        assert cost["session"]["memory_bytes"] == 8192
-        assert cost["uid"]["mdevs"] == 3 and cost["uid"]["memory_regions"] == 3
+        assert cost.session["mdevs"] == 2 and cost.session["memory_regions"] == 2
+        assert cost.session["memory_bytes"] == 8192
+        assert cost.uid["mdevs"] == 3 and cost.uid["memory_regions"] == 3
         for buf in bufs:
             buf.close()
     running.server.nursery.cancel_scope.cancel()
@@ -99,8 +99,8 @@ async def test_pending_fds_per_uid(nursery: trio.Nursery, sock_dir: str) -> None
         assert err == errno.EINVAL  # a PING with fds, once whole, is refused as ever
         async with siov.connect(running.path) as c:
             stats = await c.stats()
-        assert stats["uid"]["pending_fds"] == 10
-        assert stats["daemon"]["clients_dropped_pending_fds"] == 1
+        assert stats.uid["pending_fds"] == 10
+        assert stats.daemon["clients_dropped_pending_fds"] == 1
         for raw in raws:
             raw.sock.close()
     finally:
@@ -123,11 +123,11 @@ async def test_event_queue_bytes_bound_a_sessions_events(
         )
         # Stop the pump from draining: queue events straight into the session.
         for _ in range(200):
-            session.push_event(Command.EVENT_FAULT, {"device": dev["uuid"], "iova": 0})
+            session.push_event(Command.EVENT_FAULT, {"device": dev.uuid, "iova": 0})
         assert session.event_bytes <= 4096
         assert session.events_dropped_bytes > 0
         stats = await emu.stats()
-        assert stats["session"]["events_dropped_bytes"] == session.events_dropped_bytes
+        assert stats.session["events_dropped_bytes"] == session.events_dropped_bytes
     running.server.nursery.cancel_scope.cancel()
 
 
@@ -137,16 +137,16 @@ async def test_translate_by_another_session_queues_no_fault_to_the_owner(
     running = await start_daemon(nursery, os.path.join(sock_dir, "t.sock"))
     async with siov.connect(running.path) as owner, siov.connect(running.path) as other:
         dev = await owner.register_device("emu")
-        got = await other.translate(dev["uuid"], 0x7000_0000, 4096)  # auth none: admin
-        assert got["fault"] is not None and got["translated"] == 0
-        mine = await owner.translate(dev["uuid"], 0x7000_0000, 4096)
-        assert mine["fault"] is not None
+        got = await other.translate(dev.uuid, 0x7000_0000, 4096)  # auth none: admin
+        assert got.fault is not None and got.translated == 0
+        mine = await owner.translate(dev.uuid, 0x7000_0000, 4096)
+        assert mine.fault is not None
         with trio.fail_after(10):
             event = await owner.next_event(Command.EVENT_FAULT)  # its own, and only that
         assert event.body["iova"] == 0x7000_0000
         stats = await owner.stats()
-        assert stats["daemon"]["faults_muted"] == 1
-        assert stats["session"]["events_sent"] == 1
+        assert stats.daemon["faults_muted"] == 1
+        assert stats.session["events_sent"] == 1
     running.server.nursery.cancel_scope.cancel()
 
 

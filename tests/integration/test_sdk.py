@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import errno
 import os
 
@@ -15,16 +16,16 @@ from tests.conftest import RunningDaemon, start_daemon
 
 async def test_connect_ping_info_stats(siovd: RunningDaemon) -> None:
     async with siov.connect(siovd.path) as client:
-        assert client.version["major"] == 1
-        assert client.version["capabilities"]["max_fds"] == 8
-        assert client.version["auth"] == "none"
+        assert client.version is not None and client.version.major == 1
+        assert client.version.capabilities.max_fds == 8
+        assert client.version.auth == "none"
         assert await client.ping(b"abc") == b"abc"
         info = await client.info()
-        assert info["pid"] == os.getpid()
-        assert info["counts"]["clients"] == 1
-        assert info["socket"] == siovd.path
+        assert info.pid == os.getpid()
+        assert info.counts["clients"] == 1
+        assert info.socket == siovd.path
         stats = await client.stats()
-        assert stats["session"]["requests"] >= 3
+        assert stats.session["requests"] >= 3
 
 
 async def test_many_requests_in_flight(siovd: RunningDaemon) -> None:
@@ -73,7 +74,7 @@ async def test_event_queue_is_bounded(nursery: trio.Nursery, sock_dir: str) -> N
         got = [(await client.next_event()).body["n"] for _ in range(3)]
         assert got == [0, 1, 2]
         stats = await client.stats()
-        assert stats["session"]["events_dropped"] == 7
+        assert stats.session["events_dropped"] == 7
     running.server.nursery.cancel_scope.cancel()
 
 
@@ -92,7 +93,7 @@ async def test_disconnect_releases_the_session(siovd: RunningDaemon) -> None:
 
 
 async def test_a_failing_handler_costs_one_eio_reply(siovd: RunningDaemon) -> None:
-    siovd.daemon.info = lambda: 1 / 0  # type: ignore[assignment,method-assign,misc]
+    siovd.daemon.info_config = lambda: 1 / 0  # type: ignore[assignment,method-assign,misc]
     async with siov.connect(siovd.path) as client:
         with pytest.raises(siov.SiovError) as info:
             await client.info()
@@ -111,8 +112,8 @@ def test_blocking_client_has_the_same_methods(siovd_proc: object) -> None:
     path = siovd_proc.path  # type: ignore[attr-defined]
     with siov.BlockingClient(path) as client:
         assert client.ping(b"z") == b"z"
-        assert client.info()["counts"]["clients"] >= 1
-        assert "daemon" in client.stats()
+        assert client.info().counts["clients"] >= 1
+        assert client.stats().session["requests"] >= 1
         with pytest.raises(siov.NotSupported):
             client.call(0x7777)
 
@@ -144,3 +145,20 @@ async def test_a_cancelled_request_does_not_wedge_the_client(siovd: RunningDaemo
             with trio.move_on_after(0):
                 await client.ping()
         assert await client.ping(b"still") == b"still"
+
+
+async def test_a_handler_returning_a_map_instead_of_its_schema_is_an_eio(
+    siovd: RunningDaemon, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Under SIOVD_CHECK_REPLIES every reply must be its REPLIES schema's instance: a handler
+    that builds a map by hand (the drift the schemas exist to stop) gets EIO, not a reply."""
+    from siovd.service.handlers import registry
+
+    handler = registry.handlers[Command.PING]
+    fake = dataclasses.replace(handler, fn=lambda ctx, req: {"payload": b"x"})
+    monkeypatch.setitem(registry.handlers, Command.PING, fake)
+    async with siov.connect(siovd.path) as client:
+        with pytest.raises(siov.SiovError) as info:
+            await client.ping(b"x")
+        assert info.value.errno == errno.EIO
+        assert "is a dict, not PingReply" in info.value.message

@@ -25,7 +25,7 @@ async def test_mdev_domain_id_follows_attach_and_detach(siovd: RunningDaemon) ->
         assert default is not None and mdev.default_domain_id == default
         dom = await client.alloc_domain()
         reply = await client.attach_device(dom, mdev)  # objects, not ids
-        assert mdev.domain_id == dom["domain_id"] == reply["domain_id"] != default
+        assert mdev.domain_id == dom.domain_id == reply.domain_id != default
         buf = await client.alloc(2 * MiB)
         await client.map(mdev, buf.phys, 2 * MiB, iova=0)  # the domain it is on now
         assert await client.iova_to_phys(dom, 0) == buf.phys
@@ -90,7 +90,7 @@ def test_blocking_client_has_the_same_shape(siovd_proc: DaemonProcess) -> None:
         assert mdev.group_id is not None and list(mdev.software_errors) == []
         dom = client.alloc_domain()
         client.attach_device(dom, mdev)
-        assert mdev.domain_id == dom["domain_id"]
+        assert mdev.domain_id == dom.domain_id
         with pytest.raises(TimeoutError):
             client.next_event(timeout=0.0)
         with pytest.raises(TimeoutError):
@@ -116,10 +116,10 @@ def test_blocking_wrappers_have_real_signatures() -> None:
 async def test_dma_fault_carries_its_fields(siovd: RunningDaemon) -> None:
     async with siov.connect(siovd.path) as emu, siov.connect(siovd.path) as owner:
         dev = await emu.register_device("emu")
-        await owner.claim_device(dev["uuid"], dev["token"])
+        await owner.claim_device(dev.uuid, dev.token)
         buf = await owner.alloc(8192)
         dom = await owner.alloc_domain()
-        await owner.attach_device(dom, dev["uuid"])
+        await owner.attach_device(dom, dev.uuid)
         await owner.map(dom, buf.phys, 4096, iova=0x10000)
         with pytest.raises(siov.DmaFault) as info:
             await emu.dma_write(dev, 0x10000 + 4000, b"x" * 200)
@@ -139,19 +139,19 @@ async def test_dma_fault_carries_its_fields(siovd: RunningDaemon) -> None:
 async def test_emulator_is_told_of_claim_and_release(siovd: RunningDaemon) -> None:
     async with siov.connect(siovd.path) as emu:
         dev = await emu.register_device("emu")
-        assert [(d["uuid"], d["claimed"]) for d in await emu.devices()] == [(dev["uuid"], False)]
+        assert [(d.uuid, d.claimed) for d in await emu.devices()] == [(dev.uuid, False)]
         async with siov.connect(siovd.path, name="the-owner") as owner:
-            await owner.claim_device(dev, dev["token"])
+            await owner.claim_device(dev, dev.token)
             with trio.fail_after(5):
                 ev = await emu.next_event(Command.EVENT_DEVICE_OWNER)
             assert ev.typed.change == "claimed" and ev.typed.client == "the-owner"
             # still listed for its emulator, with who has it
             (listed,) = await emu.devices()
-            assert listed["uuid"] == dev["uuid"] and listed["claimed"] is True
+            assert listed.uuid == dev.uuid and listed.claimed is True
             (owned,) = await owner.devices()
-            assert owned["claimed"] is True  # the same device, owned by a claimant
+            assert owned.claimed is True  # the same device, owned by a claimant
         with trio.fail_after(5):
             ev = await emu.next_event("device_owner")
-        assert ev.typed.change == "released" and ev.typed.uuid == dev["uuid"]
+        assert ev.typed.change == "released" and ev.typed.uuid == dev.uuid
         (listed,) = await emu.devices()  # no polling: the event comes after the change
-        assert listed["claimed"] is False
+        assert listed.claimed is False

@@ -76,8 +76,8 @@ def test_socket_activation_serves_the_inherited_socket(sock_dir: str) -> None:
     try:
         with siov.BlockingClient(path) as client:
             info = client.info()
-            assert info["socket"] == path
-            assert info["pid"] == proc.pid
+            assert info.socket == path
+            assert info.pid == proc.pid
         assert not os.path.exists(os.path.join(sock_dir, "unused.sock"))
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(15) == 0
@@ -236,14 +236,11 @@ def test_key_auth_gates_every_command(key_daemon: tuple[str, str, str]) -> None:
 def test_keys_identities_and_roles(key_daemon: tuple[str, str, str], sock_dir: str) -> None:
     path, admin_key, user_key = key_daemon
     with siov.BlockingClient(path, key_path=admin_key) as admin:
-        assert admin.info()["session"] == {
-            "id": admin.info()["session"]["id"],
-            "identity": "alice",
-            "role": "admin",
-        }
+        session = admin.info().session
+        assert (session.identity, session.role) == ("alice", "admin") and session.id > 0
         admin.define("siov_test", "siov_test-1")
     with siov.BlockingClient(path, key_path=user_key) as user:
-        assert user.info()["session"]["role"] == "user"
+        assert user.info().session.role == "user"
         assert user.ping(b"x") == b"x"
         with pytest.raises(siov.PermissionDenied) as info:
             user.define("siov_test", "siov_test-1")
@@ -292,7 +289,7 @@ def test_peercred_refuses_a_uid_not_allowed(sock_dir: str) -> None:
     proc = spawn_siovd(path, "--config", cfg)
     try:
         with siov.BlockingClient(path) as root:
-            assert root.info()["session"]["role"] == "admin"
+            assert root.info().session.role == "admin"
         err, message = _auth_as(path, 65534, 65534)
         assert err == errno.EACCES, message
         assert "65534" in message or "nobody" in message, message
@@ -337,42 +334,42 @@ def test_definitions_survive_restarts_and_autostart(sock_dir: str) -> None:
         auto = admin.define("dsa0", "dsa-1dwq", start="auto", attrs=[{"priority": "7"}])
         manual = admin.define("dsa0", "dsa-1swq")
         with pytest.raises(siov.AlreadyExists):
-            admin.define("dsa0", "siov_test-1", uuid=auto["uuid"])
+            admin.define("dsa0", "siov_test-1", uuid=auto.uuid)
     proc.terminate()
     assert proc.wait(15) == 0
     proc = spawn_siovd(path, "--state-dir", state)
     try:
         with siov.BlockingClient(path) as admin, siov.BlockingClient(path) as vmm:
-            listing = {d["uuid"]: d for d in admin.defined()["definitions"]}
-            assert listing[auto["uuid"]]["running"] and not listing[manual["uuid"]]["running"]
-            assert listing[auto["uuid"]]["attrs"] == [{"priority": "7"}]
+            listing = {d.uuid: d for d in admin.defined().definitions}
+            assert listing[auto.uuid].running and not listing[manual.uuid].running
+            assert listing[auto.uuid].attrs == [{"priority": "7"}]
             wq0 = admin.accel_list()[0]["groups"][0]["grouped_workqueues"][0]
             assert (wq0["dev"], wq0["priority"], wq0["clients"]) == ("wq0.0", 7, 1)
-            started = admin.start(manual["uuid"])
-            assert started["uuid"] == manual["uuid"] and started["type_id"] == "dsa-1swq"
+            started = admin.start(manual.uuid)
+            assert started.uuid == manual.uuid and started.type_id == "dsa-1swq"
             # a client takes a started definition's mdev with a plain claim, and uses it
-            dev = vmm.claim_device(auto["uuid"])
-            dom = vmm.alloc_domain()["domain_id"]
-            vmm.attach_device(dom, dev["uuid"])
+            dev = vmm.claim_device(auto.uuid)
+            dom = vmm.alloc_domain().domain_id
+            vmm.attach_device(dom, dev.uuid)
             with pytest.raises(siov.Busy):
-                admin.stop(auto["uuid"])
+                admin.stop(auto.uuid)
             with pytest.raises(siov.NotFound):
-                admin.claim_device(auto["uuid"])  # already claimed
+                admin.claim_device(auto.uuid)  # already claimed
             with pytest.raises(siov.Busy):
-                vmm.remove_mdev(auto["uuid"])
+                vmm.remove_mdev(auto.uuid)
         with siov.BlockingClient(path) as admin:
             # the VMM left: the mdev went back to the host, on its default domain
             settle(
-                lambda: not admin.defined(uuid=auto["uuid"])["definitions"][0]["claimed"],
+                lambda: not admin.defined(uuid=auto.uuid).definitions[0].claimed,
                 "the definition's mdev is unclaimed again",
                 15,
             )
-            admin.stop(auto["uuid"])
+            admin.stop(auto.uuid)
             with pytest.raises(siov.Busy):
-                admin.undefine(manual["uuid"])  # running
-            admin.stop(manual["uuid"])
-            admin.undefine(manual["uuid"])
-            assert [d["uuid"] for d in admin.defined()["definitions"]] == [auto["uuid"]]
+                admin.undefine(manual.uuid)  # running
+            admin.stop(manual.uuid)
+            admin.undefine(manual.uuid)
+            assert [d.uuid for d in admin.defined().definitions] == [auto.uuid]
     finally:
         proc.terminate()
         proc.wait(15)
@@ -473,7 +470,7 @@ def test_sigkill_during_a_define_storm_loses_nothing_acknowledged(sock_dir: str)
         proc = spawn_siovd(path, "--state-dir", state)
         try:
             with siov.BlockingClient(path) as admin:
-                defined = {d["uuid"] for d in admin.defined()["definitions"]}
+                defined = {d.uuid for d in admin.defined().definitions}
             assert set(acked) <= defined, set(acked) - defined
         finally:
             proc.terminate()

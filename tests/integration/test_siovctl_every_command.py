@@ -56,7 +56,7 @@ def test_every_subcommand_sees_another_clients_objects(
         pasid_dom = other.alloc_domain()
         other.attach_pasid(pasid_dom, mdev, 5)
         dev = emu.register_device("emu")
-        other.claim_device(dev, dev["token"])
+        other.claim_device(dev, dev.token)
         seen: set[str] = set()
 
         def did(name: str, *args: str, json_out: bool = False) -> str:
@@ -69,9 +69,9 @@ def test_every_subcommand_sees_another_clients_objects(
         assert "dsa-1dwq" in did("types")
         assert mdev.uuid in did("list")  # another client's mdev, without --all
         groups = json.loads(did("groups", json_out=True))
-        assert {mdev.uuid, dev["uuid"]} <= {d for g in groups for d in g["devices"]}
+        assert {mdev.uuid, dev.uuid} <= {d for g in groups for d in g["devices"]}
         domains = json.loads(did("domains", json_out=True))
-        mine = next(d for d in domains if d["domain_id"] == dom["domain_id"])
+        mine = next(d for d in domains if d["domain_id"] == dom.id)
         for key in ("areas", "pasids", "pt_root_phys", "default_of_group"):
             assert key in mine
         assert mine["areas"] == 1
@@ -117,4 +117,4 @@ def test_every_subcommand_sees_another_clients_objects(
         assert seen == set(cli.COMMANDS)
         # the other client's objects are untouched
         assert other.iova_to_phys(mdev, 0) == buf.phys
-        assert {d["uuid"] for d in other.devices()} == {mdev.uuid, dev["uuid"]}
+        assert {d.uuid for d in other.devices()} == {mdev.uuid, dev.uuid}

@@ -145,7 +145,7 @@ def test_a_client_that_stops_reading_events_is_dropped(daemon: LoggedDaemon) -> 
         healthy = Healthy(daemon.path)
         healthy.start()
         settle(lambda: len(healthy.times) > 0, "the healthy client is up")
-        base = observer.info()["counts"]
+        base = observer.info().counts
         rss_before = daemon.rss_kib()
 
         # The stuck client owns the emulator's device and a domain, and some memory.
@@ -160,13 +160,13 @@ def test_a_client_that_stops_reading_events_is_dropped(daemon: LoggedDaemon) -> 
         # From here on it reads nothing.
         flooder = Flooder(emu, str(dev["uuid"]))
         flooder.start()
-        settle(lambda: observer.stats()["daemon"].get("events_dropped", 0) > 0, "events dropped")
-        settle(lambda: observer.info()["counts"] == base, "the stuck client is dropped", 30)
+        settle(lambda: observer.stats().daemon.get("events_dropped", 0) > 0, "events dropped")
+        settle(lambda: observer.info().counts == base, "the stuck client is dropped", 30)
         faults = flooder.finish()
         rounds, worst = healthy.finish()
         rss_after = daemon.rss_kib()
 
-        stats = observer.stats()["daemon"]
+        stats = observer.stats().daemon
         assert stats["clients_dropped_stuck"] == 1
         assert stats["events_dropped"] > 0
         assert dropped_logged(daemon)
@@ -192,7 +192,7 @@ def test_a_client_that_pipelines_without_reading_is_held_back_then_dropped(
         healthy = Healthy(daemon.path)
         healthy.start()
         settle(lambda: len(healthy.times) > 0, "the healthy client is up")
-        base = observer.info()["counts"]
+        base = observer.info().counts
         rss_before = daemon.rss_kib()
 
         stuck = raw_session(daemon.path, rcvbuf=4096)
@@ -211,10 +211,10 @@ def test_a_client_that_pipelines_without_reading_is_held_back_then_dropped(
                     break  # the daemon stopped reading us: backpressure
                 time.sleep(0.01)
         assert blocked_since is not None, "the daemon kept reading a client that reads nothing"
-        settle(lambda: observer.info()["counts"] == base, "the stuck client is dropped", 30)
+        settle(lambda: observer.info().counts == base, "the stuck client is dropped", 30)
         rounds, worst = healthy.finish()
         rss_after = daemon.rss_kib()
-        assert observer.stats()["daemon"]["clients_dropped_stuck"] == 1
+        assert observer.stats().daemon["clients_dropped_stuck"] == 1
         assert dropped_logged(daemon)
         stuck.close()
         settle(lambda: daemon.fds() == fds, "fds back to the baseline")
@@ -247,13 +247,13 @@ async def test_the_event_queue_of_a_stuck_client_stays_bounded(
     async with siov.connect(running.path) as emu:
         dev = await emu.register_device("nic")
         await AsyncRawClient(stuck).call(
-            Command.DEVICE_CLAIM, {"uuid": dev["uuid"], "token": dev["token"]}
+            Command.DEVICE_CLAIM, {"uuid": dev.uuid, "token": dev.token}
         )
         longest = 0
         with trio.fail_after(20):
             while me in running.daemon.sessions:
                 with pytest.raises(siov.SiovError):
-                    await emu.dma_read(dev["uuid"], 0x7000_0000, 8)
+                    await emu.dma_read(dev.uuid, 0x7000_0000, 8)
                 longest = max(longest, len(session.events))
                 await trio.sleep(0.01)  # virtual: lets the write deadline come closer
         assert longest == limit  # it filled, and never went past the limit
@@ -300,7 +300,7 @@ async def test_a_burst_from_one_client_does_not_starve_anothers_events(
                 inner.start_soon(drain_replies)
                 await emu.send(faults)  # the whole burst at once, as one client may
             # Every fault has been answered, so every event has been queued or dropped.
-            assert (await owner.stats())["session"]["events_dropped"] == 0
+            assert (await owner.stats()).session["events_dropped"] == 0
             for _ in range(burst):
                 event = await owner.next_event(Command.EVENT_FAULT)
                 assert event.body["device"] == dev["uuid"]

@@ -55,7 +55,7 @@ def merged(lines: list[dict[str, Any]]) -> dict[str, Any]:
 def sva_stats(path: str) -> dict[str, Any]:
     with siov.BlockingClient(path) as client:
         stats = client.stats()
-    return {"sva": stats["sva"], "pasids": stats["iommu"]["pasids_allocated"]}
+    return {"sva": stats.sva, "pasids": stats.iommu["pasids_allocated"]}
 
 
 @pytest.mark.parametrize("wq", [0, 1], ids=["dedicated", "shared"])
@@ -162,10 +162,10 @@ def test_sigkill_of_a_bound_process_leaves_nothing(daemon: LoggedDaemon) -> None
 
     settle(clean, "the killed process's bindings, PASIDs and fds are gone")
     with siov.BlockingClient(daemon.path) as client:
-        accel = client.stats()["accel"]
+        accel = client.stats().accel
         assert accel["page_requests_pending"] == 0 and accel["outstanding"] == 0
         opened = client.wq_open("dsa0", 0)  # the dedicated WQ is free again
-        client.wq_close(opened["handle"])
+        client.wq_close(opened.handle)
     assert daemon.failures_logged() == []
 
 
@@ -185,12 +185,12 @@ def test_a_dedicated_wq_has_one_opener(daemon: LoggedDaemon) -> None:
             second.create_dsa_mdev("dsa-1dwq")
         assert exc.value.errno == errno.ENOSPC
         shared = [second.wq_open("dsa0", 1) for _ in range(3)]  # a shared WQ has many
-        assert len({s["pasid"] for s in shared}) == 3
-        first.wq_close(opened["handle"])
+        assert len({s.pasid for s in shared}) == 3
+        first.wq_close(opened.handle)
         again = second.wq_open("dsa0", 0)
-        assert again["pasid"] != opened["pasid"] or again["handle"] != opened["handle"]
+        assert again.pasid != opened.pasid or again.handle != opened.handle
         # An mdev holding the dedicated WQ counts as its opener.
-        second.wq_close(again["handle"])
+        second.wq_close(again.handle)
         mdev = first.create_dsa_mdev("dsa-1dwq")
         with pytest.raises(siov.SiovError) as exc:
             second.wq_open("dsa0", 0)
@@ -216,51 +216,49 @@ def test_open_refusals(daemon: LoggedDaemon) -> None:
         assert exc.value.errno == errno.ENOENT
         opened = client.wq_open("dsa0", 1)
         with pytest.raises(siov.SiovError) as exc:
-            client.wq_submit(opened["handle"], b"x" * 65)
+            client.wq_submit(opened.handle, b"x" * 65)
         assert exc.value.errno == errno.EINVAL
         with pytest.raises(siov.SiovError) as exc:  # an open WQ cannot be disabled
             client.accel_disable_wq("wq0.1")
         assert exc.value.errno == errno.EBUSY
         with siov.BlockingClient(daemon.path) as other:  # a handle is its connection's
             with pytest.raises(siov.SiovError) as exc:
-                other.wq_submit(opened["handle"], dsa.noop())
+                other.wq_submit(opened.handle, dsa.noop())
             assert exc.value.errno == errno.ENOENT
             with pytest.raises(siov.SiovError) as exc:  # nor reachable as an mdev
-                other.call(
-                    Command.SUBMIT, {"device": opened["wq"] + "#1", "descriptors": dsa.noop()}
-                )
+                other.call(Command.SUBMIT, {"device": opened.wq + "#1", "descriptors": dsa.noop()})
             assert exc.value.errno == errno.ENOENT
         with pytest.raises(siov.SiovError) as exc:
             client.call(
                 Command.SUBMIT,
-                {"device": f"{opened['wq']}#{opened['handle']}", "descriptors": dsa.noop()},
+                {"device": f"{opened.wq}#{opened.handle}", "descriptors": dsa.noop()},
             )
         assert exc.value.errno == errno.ENOENT
-        client.wq_close(opened["handle"])
+        client.wq_close(opened.handle)
         with pytest.raises(siov.SiovError) as exc:
-            client.wq_close(opened["handle"])
+            client.wq_close(opened.handle)
         assert exc.value.errno == errno.ENOENT
 
 
 def wq_stats(client: siov.BlockingClient, wq: str) -> dict[str, int]:
-    return dict(client.stats()["accel"]["devices"]["dsa0"]["wqs"][wq])
+    return dict(client.stats().accel["devices"]["dsa0"]["wqs"][wq])
 
 
 def test_full_shared_wq_answers_retry_and_full_dedicated_wq_drops(daemon: LoggedDaemon) -> None:
     with siov.BlockingClient(daemon.path) as client:
         for index, refused in ((1, 1), (0, 2)):
             opened = client.wq_open("dsa0", index)
-            size = opened["size"]
-            before = wq_stats(client, opened["wq"])
-            results = client.wq_submit(opened["handle"], dsa.noop() * (size + 3))
+            size = opened.size
+            before = wq_stats(client, opened.wq)
+            results = client.wq_submit(opened.handle, dsa.noop() * (size + 3))
             assert list(results) == [0] * size + [refused] * 3
-            after = wq_stats(client, opened["wq"])
+            after = wq_stats(client, opened.wq)
             if refused == 2:
                 assert after["dropped"] == before["dropped"] + 3
             else:
                 assert after["retried"] == before["retried"] + 3
             assert after["submitted"] == before["submitted"] + size
-            client.wq_close(opened["handle"])
+            client.wq_close(opened.handle)
 
 
 def test_posted_submissions_keep_their_order_and_close_drains(daemon: LoggedDaemon) -> None:
@@ -280,12 +278,12 @@ def test_posted_submissions_keep_their_order_and_close_drains(daemon: LoggedDaem
             desc = dsa.memmove(
                 ctypes.addressof(dsts[i]), ctypes.addressof(src), size, completion=base + 32 * i
             )
-            client.wq_submit(opened["handle"], desc, posted=True)
-        client.wq_close(opened["handle"])
+            client.wq_submit(opened.handle, desc, posted=True)
+        client.wq_close(opened.handle)
         statuses = [ctypes.c_uint8.from_address(base + 32 * i).value for i in range(count)]
         assert statuses == [SUCCESS] * count
         assert all(d.raw == src.raw for d in dsts)
-        assert client.stats()["sva"]["opens"] == 0
+        assert client.stats().sva["opens"] == 0
 
 
 def test_close_aborts_work_that_waits_on_a_page_request(daemon: LoggedDaemon) -> None:
@@ -303,16 +301,16 @@ def test_close_aborts_work_that_waits_on_a_page_request(daemon: LoggedDaemon) ->
         base = (ctypes.addressof(records) + 31) & ~31
         blocked = dsa.fill(addr, 0, 4096, completion=base, flags=dsa.IDXD_OP_FLAG_BOF)
         fine = dsa.noop(completion=base + 32)
-        assert list(client.wq_submit(opened["handle"], blocked + fine)) == [0, 0]
+        assert list(client.wq_submit(opened.handle, blocked + fine)) == [0, 0]
         fault = client.next_event(timeout=10)  # the fault record comes first
         assert fault.command == Command.EVENT_FAULT and fault.body["reason"] == 0x71
         event = client.next_event(timeout=10)
         assert event.command == Command.EVENT_PAGE_REQUEST
-        assert event.body["pasid"] == opened["pasid"] and event.body["iova"] == addr
-        client.wq_close(opened["handle"])
+        assert event.body["pasid"] == opened.pasid and event.body["iova"] == addr
+        client.wq_close(opened.handle)
         assert ctypes.c_uint8.from_address(base + 32).value == SUCCESS
         assert ctypes.c_uint8.from_address(base).value == 0  # aborted, never completed
-        accel = client.stats()["accel"]
+        accel = client.stats().accel
         assert accel["page_requests_pending"] == 0
         with pytest.raises(siov.SiovError) as exc:  # the request is forgotten
             client.page_response(event.body["request"], 0)
@@ -344,9 +342,13 @@ def test_bad_fds_get_precise_errors(daemon: LoggedDaemon) -> None:
             [sys.executable, "-c", "import sys; sys.stdin.read()"], stdin=subprocess.PIPE
         )
         other_maps = os.open(f"/proc/{other.pid}/maps", os.O_RDONLY)
-        gone = subprocess.Popen([sys.executable, "-c", "pass"])
+        gone = subprocess.Popen(  # alive until its files are open, then it exits
+            [sys.executable, "-c", "import sys; sys.stdin.read()"], stdin=subprocess.PIPE
+        )
         gone_mem = os.open(f"/proc/{gone.pid}/mem", os.O_RDWR)
         gone_maps = os.open(f"/proc/{gone.pid}/maps", os.O_RDONLY)
+        assert gone.stdin is not None
+        gone.stdin.close()
         gone.wait()
         try:
             cases = [
@@ -367,7 +369,7 @@ def test_bad_fds_get_precise_errors(daemon: LoggedDaemon) -> None:
                 assert (error.errno, text in str(error)) == (code, True), (fds, str(error))
             error = bind_with(client, "00000000-0000-0000-0000-000000000000", [mem, maps])
             assert error.errno == errno.ENOENT
-            assert client.stats()["sva"]["bindings"] == 0
+            assert client.stats().sva["bindings"] == 0
             bound = client.call(Command.SVA_BIND, {"dev": dev}, fds=[mem, maps])
             with pytest.raises(siov.SiovError) as exc:
                 client.sva_unbind(dev, bound["pasid"] + 1)
@@ -420,17 +422,17 @@ def test_the_bound_process_exiting_unbinds_even_when_a_broker_holds_the_connecti
             mdev = broker.create_dsa_mdev("dsa-1swq")
             assert broker.call(Command.SVA_BIND, {"dev": mdev.uuid}, fds=fds)["pasid"] > 0
             opened = broker.call(Command.WQ_OPEN, {"device": "dsa0", "wq": 0}, fds=fds)
-            during = broker.stats()["sva"]
+            during = broker.stats().sva
             assert during["bindings"] == 1 and during["opens"] == 1 and during["watched"] == 2
             child.kill()
             child.wait()
 
             def gone() -> bool:
-                now = broker.stats()["sva"]
+                now = broker.stats().sva
                 return now["bindings"] == 0 and now["opens"] == 0 and now["watched"] == 0
 
             settle(gone, "the exited process's binding and open are gone")
-            assert broker.stats()["sva"]["process_exits"] >= during["process_exits"] + 2
+            assert broker.stats().sva["process_exits"] >= during["process_exits"] + 2
             with pytest.raises(siov.SiovError) as exc:
                 broker.wq_close(opened["handle"])
             assert exc.value.errno == errno.ENOENT
@@ -446,12 +448,12 @@ def test_the_bound_process_exiting_unbinds_even_when_a_broker_holds_the_connecti
 
 def test_a_connection_holds_at_most_64_opens(daemon: LoggedDaemon) -> None:
     with siov.BlockingClient(daemon.path) as client:
-        handles = [client.wq_open("dsa0", 1)["handle"] for _ in range(64)]
+        handles = [client.wq_open("dsa0", 1).handle for _ in range(64)]
         with pytest.raises(siov.SiovError) as exc:
             client.wq_open("dsa0", 1)
         assert exc.value.errno == errno.ENOSPC and "64 SVA opens" in str(exc.value)
         client.wq_close(handles.pop())
-        handles.append(client.wq_open("dsa0", 1)["handle"])
+        handles.append(client.wq_open("dsa0", 1).handle)
         for handle in handles:
             client.wq_close(handle)
-        assert client.stats()["sva"]["opens"] == 0
+        assert client.stats().sva["opens"] == 0

@@ -48,8 +48,8 @@ def exposed(daemon: LoggedDaemon, name: str) -> Iterator[tuple[siov.BlockingClie
     with siov.BlockingClient(daemon.path) as owner:
         mdev = owner.create_mdev("dsa0", "dsa-1dwq")
         path = os.path.join(daemon.dir, name)
-        owner.vfio_user_expose(mdev["uuid"], path)
-        yield owner, mdev["uuid"], path
+        owner.vfio_user_expose(mdev, path)
+        yield owner, mdev.uuid, path
 
 
 def memfd(size: int) -> tuple[int, mmap.mmap]:
@@ -210,11 +210,11 @@ def test_guest_sequence_copies_and_no_stale_translation(daemon: LoggedDaemon) ->
         assert eventfd_count(irqs[0]) == 1
         c.write(BAR0, vdsa.SWERR_OFFSET, struct.pack("<Q", vdsa.SWERR_ACK))
         assert c.read32(BAR0, vdsa.SWERR_OFFSET) & 3 == 0
-        stats = owner.stats()["vfio_user"][uuid]
+        stats = owner.stats().vfio_user[uuid]
         assert stats["device_descriptors"] == 4 and stats["maps"] == 3
         # UNMAP_ALL; then the next DMA_MAP at the same address works again
         c.dma_unmap(0, 0, vu.UNMAP_ALL)
-        assert owner.stats()["vfio_user"][uuid]["maps"] == 0
+        assert owner.stats().vfio_user[uuid]["maps"] == 0
         c.dma_map(0x100000, 2 * MiB, fd=ram_fd)
         os.close(ram_fd)
         for fd in irqs:
@@ -316,13 +316,13 @@ def test_bad_input_gets_error_replies_and_touches_no_one_else(daemon: LoggedDaem
         with VfioUserClient(path) as c:
             c.negotiate()
             assert c.read32(CONFIG, 0) == 0x0B258086
-        assert owner.stats()["vfio_user"]
+        assert owner.stats().vfio_user
 
 
 def test_expose_rules(daemon: LoggedDaemon) -> None:
     with siov.BlockingClient(daemon.path) as a, siov.BlockingClient(daemon.path) as b:
-        mdev = a.create_mdev("dsa0", "dsa-1dwq")["uuid"]
-        shared = a.create_mdev("dsa0", "dsa-1swq")["uuid"]
+        mdev = a.create_mdev("dsa0", "dsa-1dwq").uuid
+        shared = a.create_mdev("dsa0", "dsa-1swq").uuid
         path = os.path.join(daemon.dir, "e.sock")
         with pytest.raises(siov.SiovError) as info:
             b.vfio_user_expose(mdev, path)  # not b's mdev
@@ -337,7 +337,7 @@ def test_expose_rules(daemon: LoggedDaemon) -> None:
             a.vfio_user_expose(mdev, "relative.sock")
         assert info.value.errno == errno.EINVAL
         served = a.vfio_user_expose(mdev, path)
-        assert served["path"] == path and os.path.exists(path)
+        assert served.path == path and os.path.exists(path)
         with pytest.raises(siov.SiovError) as info:
             a.vfio_user_expose(mdev, path + "2")
         assert info.value.errno == errno.EBUSY
@@ -350,20 +350,20 @@ def test_expose_rules(daemon: LoggedDaemon) -> None:
         a.vfio_user_expose(mdev, path)
         a.remove_mdev(mdev)
         assert not os.path.exists(path)
-        assert json.dumps(a.stats()["vfio_user"]) == "{}"
+        assert json.dumps(a.stats().vfio_user) == "{}"
 
 
 def test_unexpose_before_the_endpoint_serves_leaves_the_daemon_up(daemon: LoggedDaemon) -> None:
     """An endpoint closed before its task first runs (expose and unexpose pipelined) once
     ended the daemon: the task met a closed socket. It must simply end."""
     with siov.BlockingClient(daemon.path) as a:
-        mdev = a.create_mdev("dsa0", "dsa-1dwq")["uuid"]
+        mdev = a.create_mdev("dsa0", "dsa-1dwq").uuid
         path = os.path.join(daemon.dir, "quick.sock")
         for _ in range(50):
             a.vfio_user_expose(mdev, path)
             a.vfio_user_unexpose(mdev)
         a.ping()  # the daemon still answers (raises if it is gone)
-        assert json.dumps(a.stats()["vfio_user"]) == "{}"
+        assert json.dumps(a.stats().vfio_user) == "{}"
         a.remove_mdev(mdev)
     assert daemon.alive()
     assert daemon.failures_logged() == []

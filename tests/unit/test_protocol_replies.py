@@ -157,3 +157,132 @@ def test_replies_handlers_return_as_instances_keep_their_wire_bytes() -> None:
     pairs.append((DeviceDescription(**described), {**described, "claimed": False}))
     for instance, old in pairs:
         assert msgpack.packb(encode(instance)) == msgpack.packb(old), instance
+
+
+def test_the_replies_once_built_as_maps_keep_their_wire_bytes() -> None:
+    """INFO, STATS, TRANSLATE, WQ_OPEN, MEM_REGISTER, accel config and the definitions were
+    dict literals in their handlers: their instances pack to the same bytes, key order too."""
+    from siov_protocol.messages import InfoConfig, InfoReply, SessionIdentity, StatsReply
+    from siov_protocol.replies import (
+        AccelConfigEngineReply,
+        AccelLoadConfigReply,
+        DefinitionInfo,
+        DefinitionRef,
+        ListDefinedReply,
+        MdevDefineReply,
+        MemRegionInfo,
+        TranslateFault,
+        TranslateReply,
+        TranslateRun,
+        UndefineReply,
+        WqOpenReply,
+    )
+
+    config = {
+        "auth": "none",
+        "default_domain": "paging",
+        "iotlb_entries": 512,
+        "lazy_flush_ms": 10.0,
+        "lazy_flush_threshold": 64,
+        "page_request_timeout_s": 5.0,
+        "max_msg_size": 1 << 20,
+        "max_fds": 16,
+    }
+    info = {"version": "0.1", "uptime_s": 1.5, "pid": 7, "socket": "/s", "config": config}
+    info |= {"counts": {"clients": 1}, "protocol": "1.0"}
+    info |= {"session": {"id": 3, "identity": "me", "role": "admin"}}
+    stats = {"daemon": {"requests": 1}, "iommu": {}, "accel": {}, "sva": {}, "vfio_user": {}}
+    stats |= {"session": {"requests": 1}, "uid": {"connections": 1}}
+    fault = {"iova": 0x2000, "write": False, "reason": 4, "pasid": 0, "reason_name": "x"}
+    definition = {"uuid": "u", "parent": "p", "mdev_type": "t", "start": "auto"}
+    definition |= {"attrs": [{"a": "1"}], "running": False, "claimed": False}
+    one = DefinitionInfo(**definition)
+    pairs: list[tuple[object, dict[str, object]]] = [
+        (
+            InfoReply(
+                version="0.1",
+                uptime_s=1.5,
+                pid=7,
+                socket="/s",
+                config=InfoConfig(**config),  # type: ignore[arg-type]
+                counts={"clients": 1},
+                protocol="1.0",
+                session=SessionIdentity(id=3, identity="me", role="admin"),
+            ),
+            info,
+        ),
+        (
+            StatsReply(
+                daemon={"requests": 1},
+                iommu={},
+                accel={},
+                sva={},
+                vfio_user={},
+                session={"requests": 1},
+                uid={"connections": 1},
+            ),
+            stats,
+        ),
+        (
+            TranslateReply(
+                runs=[TranslateRun(iova=0x1000, phys=0x9000, length=4096, prot=3)],
+                translated=4096,
+                fault=TranslateFault(**fault),  # type: ignore[arg-type]
+            ),
+            {
+                "runs": [{"iova": 0x1000, "phys": 0x9000, "length": 4096, "prot": 3}],
+                "translated": 4096,
+                "fault": fault,
+            },
+        ),
+        (
+            TranslateReply(runs=[], translated=0, fault=None),
+            {"runs": [], "translated": 0, "fault": None},
+        ),
+        (
+            WqOpenReply(handle=1, pasid=2, mode="shared", size=16, wq="wq0.1", domain=4),
+            {"handle": 1, "pasid": 2, "mode": "shared", "size": 16, "wq": "wq0.1", "domain": 4},
+        ),
+        (
+            MemRegionInfo(region=1, phys=0x1000, size=4096, access="rw", mapped=0, owner=2),
+            {"region": 1, "phys": 0x1000, "size": 4096, "access": "rw", "mapped": 0, "owner": 2},
+        ),
+        (AccelConfigEngineReply(dev="dsa0", group_id=-1), {"dev": "dsa0", "group_id": -1}),
+        (
+            AccelLoadConfigReply(devices=[{"dev": "dsa0"}], messages=["m"], enabled=[]),
+            {"devices": [{"dev": "dsa0"}], "messages": ["m"], "enabled": []},
+        ),
+        (MdevDefineReply.one(one), definition),
+        (MdevDefineReply(definitions=[one]), {"definitions": [definition]}),
+        (
+            UndefineReply(undefined=[DefinitionRef(uuid="u", parent="p")]),
+            {"undefined": [{"uuid": "u", "parent": "p"}]},
+        ),
+        (
+            ListDefinedReply(definitions=[one], dumpjson=[], config=None),
+            {"definitions": [definition], "dumpjson": []},
+        ),
+    ]
+    for instance, old in pairs:
+        assert msgpack.packb(encode(instance)) == msgpack.packb(old), instance
+        assert decode(type(instance), old) == instance
+    assert MdevDefineReply.one(one).single() == one
+
+
+def test_a_typed_reply_still_answers_its_keys_with_a_warning() -> None:
+    """0.x compatibility: reply["field"], .get and `in` work and name the attribute to use."""
+    import pytest
+
+    from siov_protocol.replies import MapReply
+    from siov_protocol.schema import RecordKeyWarning, plain
+
+    reply = MapReply(iova=0x1000, size=4096)
+    with pytest.warns(RecordKeyWarning, match=r"use \.iova"):
+        assert reply["iova"] == 0x1000
+    with pytest.warns(RecordKeyWarning):
+        assert reply.get("nothing", 5) == 5
+    with pytest.warns(RecordKeyWarning):
+        assert "size" in reply
+    with pytest.warns(RecordKeyWarning), pytest.raises(KeyError):
+        reply["nothing"]
+    assert plain([reply]) == [{"iova": 0x1000, "size": 4096}]

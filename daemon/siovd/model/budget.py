@@ -37,6 +37,11 @@ class Budget:
         return expired is not None and expired()
 
     @property
+    def untimed(self) -> bool:
+        """No clock check: only the byte count ends the turn."""
+        return self._expired is None
+
+    @property
     def exhausted(self) -> bool:
         if self.left <= 0:
             return True

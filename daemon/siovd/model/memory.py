@@ -81,6 +81,9 @@ class PhysicalMemory:
         self._bases: list[int] = []  # sorted
         self._sorted: list[Region] = []  # same order as _bases
         self._next_id = 1
+        #: Grows whenever a region leaves the space: host addresses taken from the regions
+        #: (the executor's native page cache) stay valid while it does not change.
+        self.generation = 0
 
     # -- placement ---------------------------------------------------------------------------
 
@@ -160,6 +163,7 @@ class PhysicalMemory:
         i = bisect.bisect_left(self._bases, region.base)
         del self._bases[i]
         del self._sorted[i]
+        self.generation += 1
         region.alive = False
         # Drop the daemon's views so the owner of the mapping can close it.
         region.q.release()

@@ -42,7 +42,9 @@ from typing import TYPE_CHECKING, Any, ClassVar, Final
 
 import structlog
 
+from siov_protocol import Command
 from siov_protocol.dsa import DSA_DESC_SIZE
+from siov_protocol.features import event_allowed
 from siov_protocol.messages_accel import (
     SUBMIT_ACCEPTED,
     SUBMIT_RETRY,
@@ -64,6 +66,7 @@ from siovd.model.accel import (
     SoftwareError,
     SubmitResult,
     WorkItem,
+    fastpath,
 )
 from siovd.model.accel.cdev import SvaExecutor
 from siovd.model.accel.evl import pack_entry
@@ -155,6 +158,17 @@ class AccelRuntime:
         self.daemon = daemon
         self.scheduler = Scheduler(SvaExecutor())  # an Executor that writes SVA results back
         self.executor = self.scheduler.executor
+        if self.executor.native:
+            log.info("executor", native=True, opcodes=sorted(fastpath.OPCODES))
+        elif fastpath.AVAILABLE:
+            log.info("executor", native=False, reason="turned off (SIOVD_NATIVE=0)")
+        else:
+            log.warning(
+                "executor",
+                native=False,
+                reason="native core not built",
+                error=fastpath.IMPORT_ERROR,
+            )
         self.mdevs: dict[str, MdevState] = {}
         self.stats = RuntimeStats()
         #: device name -> sessions that asked (ACCEL_EVL_READ arm) for one EVENT_EVL
@@ -432,13 +446,19 @@ class AccelRuntime:
         fault = blocked.fault
         domain, _ = resolve(state.device, fault.pasid)
         request = None
-        if domain is None:
+        owner = domain.owner if domain is not None and domain.owner else state.session
+        listener = self.daemon.sessions.get(owner)
+        if domain is None or (
+            listener is not None
+            and not event_allowed(Command.EVENT_PAGE_REQUEST, listener.features)
+        ):
             # No PASID entry (or a blocked domain): the IOMMU has nowhere to route a page
             # request, so it answers Invalid Request itself (the fault record already went to
-            # the device's owner). The descriptor completes with PAGE_FAULT_IR.
+            # the device's owner). The same when the owner did not negotiate the features a
+            # page request needs ("events" and "dsa"): nobody would ever answer it. The
+            # descriptor completes with PAGE_FAULT_IR.
             self.stats.page_requests_refused += 1
         else:
-            owner = domain.owner if domain.owner else state.session
             request = self.prq.open(
                 state.uuid, fault.pasid, fault.iova, fault.write, owner, state.session, blocked
             )

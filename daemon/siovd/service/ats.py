@@ -139,6 +139,9 @@ def issue(ctx: Context, invalidations: list[Invalidation], outcome: Outcome) -> 
     waited = []
     for inv in invalidations:
         if inv.registrant == ctx.session.id:
+            # nothing can wait on it, so nothing keeps it: its answer is not needed (bounded
+            # state for an emulator that unmaps under its own device and never answers)
+            devtlb.pending.pop(inv.cookie, None)
             outcome.unacked.append(inv.cookie)
         elif inv.device in devtlb.fenced:
             devtlb.fence_more(inv)
@@ -183,6 +186,8 @@ def unmapped(ctx: Context, domain_id: int, iova: int, size: int) -> list[Invalid
         domain = daemon.iommu.domain(None, domain_id)
     except Exception:  # freed meanwhile: nothing of it can be cached any more
         return []
+    if domain.owner != ctx.session.id:  # an admin's look or flush: never another's devices
+        return []
     size = size or (1 << 64) - iova
     out = devtlb.range_changed({domain.id}, iova, size, look)
     children = {child.id for child in getattr(domain, "nested_children", ())}
@@ -196,10 +201,11 @@ def device_changed(ctx: Context, uuid: str, pasids: set[int]) -> list[Invalidati
 
 
 def domains_changed(ctx: Context, domain_ids: set[int] | None) -> list[Invalidation]:
-    """A flush of whole domains (``None``: every domain)."""
+    """A flush of whole domains (``None``: every domain of the caller: another client's
+    devices are never invalidated, so never fenced, by someone else's flush)."""
     devtlb = ctx.daemon.iommu.atc
-    if domain_ids is None:
-        domain_ids = {dom for doms in devtlb.cached.values() for dom in doms}
+    own = {d.id for d in ctx.daemon.iommu.domains(ctx.session.id)}
+    domain_ids = own if domain_ids is None else domain_ids & own
     return devtlb.everything_changed(domain_ids, registrant_of(ctx.daemon))
 
 

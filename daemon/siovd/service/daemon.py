@@ -16,9 +16,9 @@ from typing import Any
 
 from siov_protocol import jsonc
 from siov_protocol.auth import Role
+from siov_protocol.messages import InfoConfig
 from siov_protocol.messages_iommu import DeviceOwnerEvent, DeviceRemovedEvent, FaultEvent
 from siov_protocol.replies import event_message
-from siovd import __version__
 from siovd.host.auth import AuthPolicy, PeerCredentials, new_nonce
 from siovd.host.config import Config, ConfigError
 from siovd.host.config import from_dict as config_from_dict
@@ -381,22 +381,19 @@ class Daemon:
         total["uid"] = uid
         return dict(total)
 
-    def info(self) -> dict[str, Any]:
+    def info_config(self) -> InfoConfig:
+        """The settings INFO shows."""
         cfg = self.config
-        return {
-            "version": __version__,
-            "uptime_s": round(self.uptime(), 3),
-            "pid": os.getpid(),
-            "socket": self.socket_path,
-            "config": {
-                "auth": cfg.auth.mode,
-                "default_domain": cfg.iommu.default_domain,
-                "iotlb_entries": cfg.iommu.iotlb_entries,
-                "max_msg_size": cfg.protocol.max_msg_size,
-                "max_fds": cfg.protocol.max_fds,
-            },
-            "counts": self.counts(),
-        }
+        return InfoConfig(
+            auth=cfg.auth.mode,
+            default_domain=cfg.iommu.default_domain,
+            iotlb_entries=cfg.iommu.iotlb_entries,
+            lazy_flush_ms=cfg.iommu.lazy_flush_ms,
+            lazy_flush_threshold=cfg.iommu.lazy_flush_threshold,
+            page_request_timeout_s=cfg.iommu.page_request_timeout_s,
+            max_msg_size=cfg.protocol.max_msg_size,
+            max_fds=cfg.protocol.max_fds,
+        )
 
 
 def _open_fds() -> int:

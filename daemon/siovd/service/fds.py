@@ -19,7 +19,6 @@ The kind is read with ``readlink(/proc/self/fd/N)``, which asks no file system d
 
 from __future__ import annotations
 
-import array
 import contextlib
 import ctypes
 import os
@@ -30,6 +29,8 @@ import threading
 import time
 from collections.abc import Callable, Iterable
 from typing import Any
+
+from siov_protocol.fdpass import ANC_SPACE, fds_from_ancillary
 
 #: Closer threads at most; one starts whenever every running one is busy.
 MAX_THREADS = 8
@@ -142,18 +143,7 @@ class Closer:
         }
 
 
-def fds_in(anc: list[tuple[int, int, bytes]]) -> list[int]:
-    """The fds of SCM_RIGHTS ancillary data."""
-    fds: list[int] = []
-    for level, kind, data in anc:
-        if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS:
-            arr = array.array("i")
-            arr.frombytes(data[: len(data) - (len(data) % arr.itemsize)])
-            fds.extend(arr)
-    return fds
-
-
-_ANC_SIZE = socket.CMSG_SPACE(253 * 4)  # SCM_MAX_FD fds: the most one skb carries
+_ANC_SIZE = ANC_SPACE  # SCM_MAX_FD fds: the most one skb carries
 
 
 #: Queued messages a close drains on the caller's thread; the rest go to a closer thread.
@@ -184,9 +174,9 @@ def shut_and_drain(fd: int, limit: int | None = None, closer: Closer | None = No
                 return True
             taken += 1
             if limit is None:  # a closer thread's drain: close them right here, cheaply
-                close_here(fds_in(anc))
+                close_here(fds_from_ancillary(anc))
             else:
-                (closer or CLOSER).discard(fds_in(anc))
+                (closer or CLOSER).discard(fds_from_ancillary(anc))
             if not data and not anc:
                 return True
         return False

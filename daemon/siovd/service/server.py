@@ -32,7 +32,8 @@ from siov_protocol import (
     Side,
     decode,
 )
-from siov_protocol.fdpass import ANC_SPACE, MAX_FDS_PER_MESSAGE, send_nowait
+from siov_protocol.fdpass import ANC_SPACE, MAX_FDS_PER_MESSAGE, fds_from_ancillary, send_nowait
+from siov_protocol.features import command_refusal
 from siov_protocol.header import FLAG_NO_REPLY, HEADER_SIZE
 from siov_protocol.replies import ShutdownEvent, event_message
 from siov_protocol.schema import encode
@@ -46,7 +47,6 @@ from siovd.service.fds import (
     DRAIN_INLINE,
     discard,
     drain_and_close,
-    fds_in,
     shut_and_drain,
 )
 from siovd.service.handlers import Context, Deferred, Handler, registry
@@ -72,10 +72,6 @@ ANC_SIZE = ANC_SPACE
 def close_fds(fds: list[int] | tuple[int, ...]) -> None:
     """Discard fds a client handed over, where a close cannot stall the loop (fds.py)."""
     discard(fds)
-
-
-def fds_from_ancillary(anc: list[tuple[int, int, bytes]]) -> list[int]:
-    return fds_in(anc)
 
 
 class ClientGone(Exception):
@@ -308,7 +304,7 @@ class ClientConnection:
             return errno.EINVAL, f"{name} takes at most {handler.max_fds} fds, got {len(fds)}"
         if handler.admin and not session.is_admin:
             return errno.EPERM, f"{name} needs the admin role"
-        return None
+        return command_refusal(msg.command, session.features, name)
 
     def call(
         self, handler: Handler, msg: Message, fds: list[int]
@@ -362,16 +358,31 @@ class ClientConnection:
         reply_fds: tuple[int, ...] = ()
         if isinstance(result, tuple):  # (body, fds to send)
             result, reply_fds = result
-        body = result if isinstance(result, dict) or result is None else encode(result)
+        # The one place a reply becomes a map: every handler returns its REPLIES schema's
+        # instance (optionally with fds to send), never a map of its own.
         if CHECK_REPLIES:
             try:
-                decode(handler.reply, body or {})
+                if type(result) is not handler.reply:
+                    raise FieldError(
+                        errno.EINVAL,
+                        "",
+                        f"is a {type(result).__name__}, not {handler.reply.__name__}",
+                    )
+                decode(handler.reply, encode(result))
             except FieldError as exc:
                 close_fds(reply_fds)
                 self.log.error("reply does not match its schema", command=handler.command.name)
                 self.daemon.counters["handler_failures"] += 1
                 text = f"internal error in {handler.command.name}: reply {exc.message}"
                 return self.conn.send_error(msg.msg_id, msg.command, errno.EIO, text), ()
+        try:
+            body = encode(result)
+        except (TypeError, AttributeError):  # not a schema instance: a handler's bug
+            close_fds(reply_fds)
+            self.log.error("reply is not a schema instance", command=handler.command.name)
+            self.daemon.counters["handler_failures"] += 1
+            text = f"internal error in {handler.command.name}: reply is not its schema"
+            return self.conn.send_error(msg.msg_id, msg.command, errno.EIO, text), ()
         try:
             data = self.conn.send_reply(msg.msg_id, msg.command, body)
         except LocalProtocolError as exc:  # SPEC §6: larger than the negotiated size
@@ -552,7 +563,7 @@ class Server:
                     # recvmsg, not recv: fds a recv had no room for would be released here, on
                     # the loop, and a lingering socket's release blocks (fds.py).
                     data, anc, _, _ = await sock.recvmsg(HEADER_SIZE - len(head), ANC_SIZE)
-                    discard(fds_in(anc))
+                    discard(fds_from_ancillary(anc))
                     if not data:
                         return
                     head += data
@@ -562,7 +573,7 @@ class Server:
                 sock.shutdown(socket.SHUT_WR)
                 while True:  # the client closes first: a clean EOF, no reset
                     data, anc, _, _ = await sock.recvmsg(65536, ANC_SIZE)
-                    discard(fds_in(anc))
+                    discard(fds_from_ancillary(anc))
                     if not data:
                         break
         except OSError:

@@ -21,7 +21,9 @@ from typing import Any
 from siov_protocol import ConnectionState, Side
 from siov_protocol.auth import Role
 from siov_protocol.connection import encode_body
+from siov_protocol.features import FEATURES, event_allowed
 from siov_protocol.header import HEADER_SIZE
+from siov_protocol.messages import PAGE_SIZES
 from siovd.model.errors import SiovError
 
 _ids = itertools.count(1)
@@ -63,6 +65,9 @@ class Session:
     identity: str = ""
     client_name: str = ""
     nonce: bytes | None = None
+    features: frozenset[str] = frozenset(FEATURES)  # what VERSION agreed (SPEC §6.1)
+    page_sizes: tuple[int, ...] = PAGE_SIZES  # the leaf sizes MAP may use (SPEC §6.1)
+    events_suppressed: int = 0  # events of a feature not agreed: never queued
     events: deque[QueuedEvent] = field(default_factory=deque)
     events_sent: int = 0
     events_dropped: int = 0
@@ -101,8 +106,16 @@ class Session:
     def push_event(self, command: int, body: dict[str, Any], fds: tuple[int, ...] = ()) -> bool:
         """Queue an event for the client; a full queue drops it and counts the drop.
 
-        The session owns ``fds`` from here on: a dropped event's fds are closed at once.
+        The session owns ``fds`` from here on: a dropped event's fds are closed at once. An
+        event of a feature the client did not negotiate is not queued either (and not counted
+        as dropped: the client asked not to get it).
         """
+        if not event_allowed(command, self.features):
+            self.events_suppressed += 1
+            for fd in fds:
+                with contextlib.suppress(OSError):
+                    os.close(fd)
+            return False
         size = HEADER_SIZE + len(encode_body(body))
         usage = self.usage
         over_bytes = self.event_bytes + size > self.event_bytes_limit or (

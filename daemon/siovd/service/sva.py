@@ -25,6 +25,7 @@ import trio
 
 from siov_protocol.ids import PASID_BITS
 from siov_protocol.messages_sva import SVA_FDS, WQ_MODE_DEDICATED, WQ_MODE_SHARED
+from siov_protocol.replies import WqOpenReply
 from siovd.model.accel.cdev import as_enqcmd, closed, open_wq, opened
 from siovd.model.accel.parent import TYPE_1DWQ, TYPE_1SWQ, DsaMdev
 from siovd.model.device import Device
@@ -192,16 +193,16 @@ class SvaRuntime:
         log.info("wq opened", wq=wq.path, handle=handle, pasid=domain.pasid, pid=mm.pid)
         return state
 
-    def reply(self, state: CdevState) -> dict[str, Any]:
+    def reply(self, state: CdevState) -> WqOpenReply:
         wq = state.mdev.wq
-        return {
-            "handle": state.handle,
-            "pasid": state.domain.pasid,
-            "mode": WQ_MODE_DEDICATED if wq.dedicated else WQ_MODE_SHARED,
-            "size": wq.size,
-            "wq": wq.dev_name,
-            "domain": state.domain.id,
-        }
+        return WqOpenReply(
+            handle=state.handle,
+            pasid=state.domain.pasid,
+            mode=WQ_MODE_DEDICATED if wq.dedicated else WQ_MODE_SHARED,
+            size=wq.size,
+            wq=wq.dev_name,
+            domain=state.domain.id,
+        )
 
     def _open_of(self, session: Session, handle: int) -> CdevState:
         state = self.opens.get(handle)

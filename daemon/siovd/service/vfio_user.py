@@ -38,6 +38,8 @@ import structlog
 import trio
 
 from siov_protocol import vfio_user as vu
+from siov_protocol.fdpass import fds_from_ancillary
+from siov_protocol.replies import VfioUserEndpoint
 from siovd.model.accel import TYPE_1DWQ, SubmitResult
 from siovd.model.accel.parent import MDEV_IRQ_COUNT
 from siovd.model.accel.vdsa import BAR0_SIZE, BAR2_SIZE, VirtualDsa
@@ -523,11 +525,7 @@ class Endpoint:
         fd_space = socket.CMSG_SPACE(vu.MAX_MSG_FDS * 4)
         while True:
             data, ancdata, msg_flags, _ = await conn.recvmsg(1 << 16, fd_space)
-            fds: list[int] = []
-            for level, kind, payload in ancdata:
-                if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS:
-                    usable = len(payload) - len(payload) % 4
-                    fds.extend(struct.unpack(f"<{usable // 4}i", payload[:usable]))
+            fds = fds_from_ancillary(ancdata)
             if msg_flags & socket.MSG_CTRUNC:
                 _close_all(fds)
                 raise vu.FramingError("more fds than max_msg_fds")
@@ -676,13 +674,13 @@ class Endpoints:
         for uuid in [u for u, e in self.by_uuid.items() if e.owner == session.id]:
             self.unexpose_quietly(uuid)
 
-    def info(self, endpoint: Endpoint) -> dict[str, Any]:
-        return {
-            "uuid": endpoint.uuid,
-            "path": endpoint.path,
-            "domain_id": endpoint.domain_id,
-            "dma_maps": len(endpoint.maps),
-        }
+    def info(self, endpoint: Endpoint) -> VfioUserEndpoint:
+        return VfioUserEndpoint(
+            uuid=endpoint.uuid,
+            path=endpoint.path,
+            domain_id=endpoint.domain_id,
+            dma_maps=len(endpoint.maps),
+        )
 
     def stats(self) -> dict[str, Any]:
         out: dict[str, Any] = {}

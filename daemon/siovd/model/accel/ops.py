@@ -47,7 +47,7 @@ from siov_protocol.dsa import (
     DsaCompStatus,
     DsaOpcode,
 )
-from siovd.model.accel import caps
+from siovd.model.accel import caps, fastpath
 from siovd.model.accel.checks import SPECS, validate
 from siovd.model.accel.crc import crc_begin, crc_end, crc_update
 from siovd.model.accel.dif import op_dif
@@ -113,6 +113,14 @@ _MIN_DELTA_RECORD: Final = 80  # accel-config test/dsa.h MIN_DELTA_RECORD_SIZE
 _UNBOUNDED: Final = Budget()
 #: What starting one descriptor (or one batch entry) costs the work budget, beside its data.
 DESC_COST: Final = 4096
+#: Native core return codes (siovd.model.accel.native/fastpath.c).
+_NATIVE_DONE: Final = 0
+_NATIVE_NEED: Final = 1
+_NATIVE_FALLBACK: Final = 2
+_NATIVE_BUDGET: Final = 3
+_U63: Final = (1 << 63) - 1
+#: Batch entries one native call runs when the budget also has a clock to check between them.
+_TIMED_ENTRIES: Final = 32
 #: Delta-record bytes apply-delta reads (and copies, once) per step: 655 entries.
 _DELTA_SLICE: Final = 6550
 
@@ -157,8 +165,16 @@ class Executor:
     a budget a descriptor runs to its end.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, native: bool | None = None) -> None:
+        """``native``: run what it can in the native core (:mod:`siovd.model.accel.fastpath`);
+        None uses it when it is built and not turned off."""
         self._budget = _UNBOUNDED
+        if native and not fastpath.AVAILABLE:
+            raise RuntimeError(f"the native executor core is not built: {fastpath.IMPORT_ERROR}")
+        self.native = fastpath.ENABLED if native is None else native
+        #: Descriptors, and batch entries, the native core ran (STATS, tests).
+        self.native_runs = 0
+        self.native_entries = 0
 
     @property
     def budget(self) -> Budget:
@@ -180,6 +196,10 @@ class Executor:
     ) -> Completed | Blocked | Preempted:
         """:meth:`execute` with the DMA space already chosen."""
         self._budget = _UNBOUNDED if budget is None else budget
+        if self.native and item.desc[7] in fastpath.OPCODES:
+            done = self._run_native(item, dma)
+            if done is not None:
+                return done
         desc = _unpack_desc(item.desc)
         events: list[AccelEvent] = []
         opcode = desc[1] >> 24
@@ -189,6 +209,34 @@ class Executor:
             if res[5] is not None and res[0] == PF_NOBOF:
                 res = self._faulted(item, desc, res)
         return self._outcome(item, dma, desc, res, events)
+
+    def _run_native(self, item: WorkItem, dma: DmaSpace) -> Completed | None:
+        """One descriptor in the native core, or None: the Python path runs it."""
+        xlat = fastpath.translator(dma)
+        if xlat is None:
+            return None
+        assert fastpath.native is not None
+        run_one = fastpath.native.run_one
+        wq = item.wq
+        irq = -1 if item.irq_count is None else item.irq_count
+        op_config = wq.op_config & _U64_ALL
+        while True:
+            got = run_one(xlat.cache, item.desc, op_config, wq.max_transfer_size, irq)
+            code = got[0]
+            if code == _NATIVE_DONE:
+                xlat.count(got[4], got[5])
+                self.native_runs += 1
+                raw = item.desc
+                return Completed(
+                    item,
+                    got[2],
+                    bool(got[3]),
+                    bool(raw[4] & IDXD_OP_FLAG_RCI),
+                    raw[36] | raw[37] << 8,
+                    (),
+                )
+            if code != _NATIVE_NEED or not xlat.fill(got[1], got[3], bool(got[2]), bool(got[4])):
+                return None
 
     def _outcome(
         self, item: WorkItem, dma: DmaSpace, desc: Desc, res: Res, events: list[AccelEvent]
@@ -774,7 +822,26 @@ class Executor:
             assert isinstance(progress, _BatchProgress)
             state = progress
         budget = self._budget
+        use_native = self.native
+        xlat: fastpath.Translator | fastpath.DevTlbTranslator | None = None
         while state.index < state.count:
+            if use_native and state.sub is None:
+                if xlat is None:
+                    xlat = fastpath.translator(dma)
+                    use_native = xlat is not None
+                if xlat is not None:
+                    code = self._batch_native(item, xlat, state, events)
+                    if code == _NATIVE_DONE:
+                        break
+                    if code == _NATIVE_BUDGET:
+                        if budget.exhausted:
+                            return preempted(state, state.completed)
+                        continue
+                    if code == _NATIVE_NEED:
+                        continue  # filled: go on natively
+                    # The next entry runs in Python, which may change the IOTLB: the cache is
+                    # looked up again after it.
+                    xlat = None
             index = state.index
             if state.sub is not None:
                 sub = state.sub
@@ -809,6 +876,50 @@ class Executor:
                 return preempted(state, state.completed)
         status = DsaCompStatus.BATCH_FAIL if state.failed else SUCCESS
         return finished(status, completed=state.completed)
+
+    def _batch_native(
+        self,
+        item: WorkItem,
+        xlat: fastpath.Translator | fastpath.DevTlbTranslator,
+        state: _BatchProgress,
+        events: list[AccelEvent],
+    ) -> int:
+        """Run batch entries from ``state.index`` in the native core, as the loop of
+        :meth:`_op_batch` would, and update ``state``. Returns DONE (the batch list is done),
+        BUDGET (charged up to a point the loop may stop at), NEED (a miss that was filled:
+        call again) or FALLBACK (the next entry runs in Python)."""
+        assert fastpath.native is not None
+        budget = self._budget
+        wq = item.wq
+        got = fastpath.native.run_batch(
+            xlat.cache,
+            state.list,
+            state.index,
+            state.count,
+            state.failed,
+            wq.op_config & _U64_ALL,
+            wq.max_transfer_size,
+            -1 if item.irq_count is None else item.irq_count,
+            min(budget.left, _U63),
+            state.count if budget.untimed else _TIMED_ENTRIES,
+        )
+        (code, index, done, failed, charged, hits, interrupts) = got[:7]
+        need, need_write, need_len, need_backing, backing_hits = got[7:]
+        if done:
+            xlat.count(hits, backing_hits)
+            self.native_entries += done
+            for handle, at in interrupts:
+                events.append(Interrupt(handle, at))
+            state.index = index
+            state.completed += done
+            state.failed = failed
+            budget.left -= charged
+            budget.spent += charged
+        if code == _NATIVE_NEED and not xlat.fill(
+            need, need_len, bool(need_write), bool(need_backing)
+        ):
+            return _NATIVE_FALLBACK
+        return int(code)
 
 
 def _invalid_response(res: Res) -> Res:

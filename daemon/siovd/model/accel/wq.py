@@ -506,26 +506,13 @@ class WorkQueue:
             raise SiovError(
                 errno.EINVAL, f"{self.path}: a descriptor is 64 bytes, got {len(descriptor)}"
             )
-        queue = self._queue
-        if self.mode == "dedicated":
-            if len(queue) >= self.size:
-                self.stats.dropped += 1
-                return SubmitResult.DROPPED
-            tag = self.pasid if self.pasid_en else 0
-        else:
-            if pasid is None:
-                raise SiovError(
-                    errno.EINVAL, f"{self.path} is shared: a submission needs the PASID (ENQCMD)"
-                )
-            if not 0 < pasid <= PASID_MAX:
-                raise SiovError(errno.EINVAL, f"{self.path}: PASID {pasid} out of range")
-            if len(queue) >= (self.threshold if limited else self.size):
-                self.stats.retried += 1
-                return SubmitResult.RETRY
-            tag = pasid
+        room, tag, refused = self._admission(pasid, limited)
+        if room <= 0:
+            self._count_refused(refused, 1)
+            return refused
         self._seq += 1
         item = WorkItem(self, bytes(descriptor), tag, self._seq, owner, irq_count)
-        queue.append(item)
+        self._queue.append(item)
         if item.drain:
             self._queued_drains += 1
         self.stats.submitted += 1
@@ -552,24 +539,10 @@ class WorkQueue:
             )
         count = size // DSA_DESC_SIZE
         results = bytearray(count)
-        queue = self._queue
-        if self.mode == "dedicated":
-            room = self.size - len(queue)
-            tag = self.pasid if self.pasid_en else 0
-            refused = SubmitResult.DROPPED
-        else:
-            if pasid is None:
-                raise SiovError(
-                    errno.EINVAL, f"{self.path} is shared: a submission needs the PASID (ENQCMD)"
-                )
-            if not 0 < pasid <= PASID_MAX:
-                raise SiovError(errno.EINVAL, f"{self.path}: PASID {pasid} out of range")
-            room = (self.threshold if limited else self.size) - len(queue)
-            tag = pasid
-            refused = SubmitResult.RETRY
+        room, tag, refused = self._admission(pasid, limited)
         taken = min(max(room, 0), count)
         seq = self._seq
-        append = queue.append
+        append = self._queue.append
         for index in range(taken):
             start = index * DSA_DESC_SIZE
             seq += 1
@@ -583,11 +556,33 @@ class WorkQueue:
         self.stats.submitted += taken
         if taken < count:
             results[taken:] = bytes([refused]) * (count - taken)
-            if refused == SubmitResult.DROPPED:
-                self.stats.dropped += count - taken
-            else:
-                self.stats.retried += count - taken
+            self._count_refused(refused, count - taken)
         return results
+
+    def _admission(self, pasid: int | None, limited: bool) -> tuple[int, int, SubmitResult]:
+        """The one place a submission's rules live: ``(room, tag, answer when full)``.
+
+        A dedicated WQ ignores the PASID given and tags work with its WQCFG PASID (0 unless
+        pasid_en), and drops what does not fit (MOVDIR64B is posted). A shared WQ needs the
+        PASID (ENQCMD always carries one), answers "retry" when full, and a limited portal
+        counts only up to the WQ threshold (the DSA spec's limited portal)."""
+        queued = len(self._queue)
+        if self.mode == "dedicated":
+            return self.size - queued, self.pasid if self.pasid_en else 0, SubmitResult.DROPPED
+        if pasid is None:
+            raise SiovError(
+                errno.EINVAL, f"{self.path} is shared: a submission needs the PASID (ENQCMD)"
+            )
+        if not 0 < pasid <= PASID_MAX:
+            raise SiovError(errno.EINVAL, f"{self.path}: PASID {pasid} out of range")
+        room = (self.threshold if limited else self.size) - queued
+        return room, pasid, SubmitResult.RETRY
+
+    def _count_refused(self, refused: SubmitResult, n: int) -> None:
+        if refused == SubmitResult.DROPPED:
+            self.stats.dropped += n
+        else:
+            self.stats.retried += n
 
     # -- engines' side ------------------------------------------------------------------------
 

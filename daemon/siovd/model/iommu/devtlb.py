@@ -39,7 +39,16 @@ _Entry = tuple[int, int, int, bool, Region]
 class DevTlbDmaSpace:
     """A :class:`siovd.model.dma.DmaSpace` for one requester, with a device TLB."""
 
-    __slots__ = ("_entries", "_generation", "_iommu", "_iotlb", "_walker", "device", "pasid")
+    __slots__ = (
+        "_entries",
+        "_generation",
+        "_iommu",
+        "_iotlb",
+        "_walker",
+        "device",
+        "native",
+        "pasid",
+    )
 
     def __init__(self, iommu: Iommu, device: Device, pasid: int) -> None:
         self._iommu = iommu
@@ -49,6 +58,9 @@ class DevTlbDmaSpace:
         self.pasid = pasid
         self._entries: dict[int, _Entry] = {}
         self._generation = self._iotlb.generation
+        #: The executor's native copy of the entries: [the stamp it is valid for, the copy,
+        #: whether it holds every entry] (siovd.model.accel.fastpath), or None.
+        self.native: list[object] | None = None
 
     def runs(self, iova: int, length: int, write: bool) -> tuple[list[memoryview], DmaFault | None]:
         if self._generation == self._iotlb.generation:
@@ -71,6 +83,41 @@ class DevTlbDmaSpace:
         if views and len(self._entries) < CAPACITY:
             self._fill(iova)
         return views, fault
+
+    def hit_entry(self, iova: int, length: int, write: bool) -> tuple[int, _Entry] | None:
+        """The entry (and its key) :meth:`runs` would answer ``[iova, iova + length)`` from
+        without asking the IOMMU, or None (for the executor's native page cache)."""
+        if self._generation != self._iotlb.generation:
+            return None
+        key = ~(iova >> 21)
+        entry = self._entries.get(key)
+        if entry is None or not entry[0] <= iova < iova + length <= entry[1]:
+            key = iova >> 12
+            entry = self._entries.get(key)
+        if entry is None:
+            return None
+        lo, hi, _, writable, region = entry
+        if lo <= iova < iova + length <= hi and (writable or not write) and region.alive:
+            return key, entry
+        return None
+
+    @property
+    def iommu(self) -> Iommu:
+        return self._iommu
+
+    @property
+    def walker(self) -> IommuDmaSpace:
+        """Where a miss goes: the IOMMU's own path for this requester."""
+        return self._walker
+
+    def cached(self) -> list[tuple[int, _Entry]]:
+        """Every entry with its key (for the executor's native page cache)."""
+        return list(self._entries.items())
+
+    @property
+    def full(self) -> bool:
+        """A miss fills nothing now (until an invalidation or eviction drops the entries)."""
+        return self._generation == self._iotlb.generation and len(self._entries) >= CAPACITY
 
     def _fill(self, iova: int) -> None:
         """Cache the IOTLB's entry for ``iova``'s page, clipped to its region."""

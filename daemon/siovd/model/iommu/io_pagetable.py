@@ -26,6 +26,7 @@ What others observe while a job is part way (the choices, after iommufd):
 from __future__ import annotations
 
 import errno
+from collections.abc import Collection
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Final, Protocol
 
@@ -33,7 +34,7 @@ from siovd.model.budget import Budget
 from siovd.model.errors import SiovError
 from siovd.model.iommu.areas import Area, first_fit
 from siovd.model.iommu.domain import Domain
-from siovd.model.iommu.pagetable import PROT_READ, PROT_WRITE, SIZE_1G, SIZE_2M
+from siovd.model.iommu.pagetable import PAGE_SIZES, PROT_READ, PROT_WRITE, SIZE_1G, SIZE_2M
 from siovd.model.iommu.reserved import busy_for_alloc, check_map_reserved
 from siovd.model.memory import PAGE_SIZE
 
@@ -127,9 +128,11 @@ class MapJob:
         prot: int,
         owner: int,
         quota: MapQuota | None = None,
+        page_sizes: Collection[int] = PAGE_SIZES,
     ) -> None:
         self.iommu = iommu
         self.domain = domain
+        self.page_sizes = page_sizes
         self.size = size
         self.phys = phys
         self.prot = prot
@@ -162,7 +165,7 @@ class MapJob:
         while self.done < self.size:
             before = self.done
             self.done = pt.map_step(
-                self.iova, self.phys, self.size, self.prot, before, STEP_ENTRIES
+                self.iova, self.phys, self.size, self.prot, before, STEP_ENTRIES, self.page_sizes
             )
             if self.done < self.size and budget.charge(entry_cost(self.done - before)):
                 return False

@@ -52,6 +52,9 @@ class Iotlb:
         #: Grows whenever an entry may have left (invalidation or eviction): a device TLB
         #: in front of this IOTLB stays valid only while it does not change.
         self.generation = 0
+        #: Grows with every insert (a new entry, or one replacing another): a copy of the
+        #: entries (the executor's native page cache) stays exact only while neither moves.
+        self.fills = 0
 
     def __len__(self) -> int:
         return len(self._map)
@@ -89,6 +92,7 @@ class Iotlb:
     def insert(self, tag: int, iova: int, level: int, entry: Entry) -> None:
         """Cache ``entry`` (see the ``E_*`` fields) for the page of ``iova`` at ``level``."""
         key = (tag, iova >> (12 + 9 * (level - 1)), level)
+        self.fills += 1
         m = self._map
         if key in m:
             m[key] = entry

@@ -9,7 +9,7 @@ user-managed table lives in client memory and only the walker (:func:`walk`) tou
 from __future__ import annotations
 
 from array import array
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 
 from siovd.model.iommu.faults import (
     FR_AD_UPDATE,
@@ -240,28 +240,46 @@ class PageTable:
 
     # -- map / unmap -------------------------------------------------------------------------
 
-    def pgsize(self, iova: int, phys: int, remaining: int) -> int:
-        """The page size for the next step of a map (Linux ``iommu_pgsize``)."""
+    def pgsize(
+        self, iova: int, phys: int, remaining: int, sizes: Collection[int] = PAGE_SIZES
+    ) -> int:
+        """The page size for the next step of a map (Linux ``iommu_pgsize``), among ``sizes``
+        (the page sizes the client negotiated; 4 KiB always)."""
         align = iova | phys
-        if self.large_1g and not align & (SIZE_1G - 1) and remaining >= SIZE_1G:
+        if (
+            self.large_1g
+            and SIZE_1G in sizes
+            and not align & (SIZE_1G - 1)
+            and remaining >= SIZE_1G
+        ):
             return SIZE_1G
-        if not align & (SIZE_2M - 1) and remaining >= SIZE_2M:
+        if SIZE_2M in sizes and not align & (SIZE_2M - 1) and remaining >= SIZE_2M:
             return SIZE_2M
         return SIZE_4K
 
-    def map(self, iova: int, phys: int, size: int, prot: int) -> None:
-        """Write leaves for ``[iova, iova + size)`` → ``phys``; the range must be unmapped."""
+    def map(
+        self, iova: int, phys: int, size: int, prot: int, sizes: Collection[int] = PAGE_SIZES
+    ) -> None:
+        """Write leaves for ``[iova, iova + size)`` → ``phys``; the range must be unmapped.
+        Leaves are the largest of ``sizes`` the alignment allows."""
         done = 0
         while done < size:
-            done = self.map_step(iova, phys, size, prot, done, 1 << 62)
+            done = self.map_step(iova, phys, size, prot, done, 1 << 62, sizes)
 
     def map_step(
-        self, iova: int, phys: int, size: int, prot: int, done: int, max_entries: int
+        self,
+        iova: int,
+        phys: int,
+        size: int,
+        prot: int,
+        done: int,
+        max_entries: int,
+        sizes: Collection[int] = PAGE_SIZES,
     ) -> int:
         """Part of :meth:`map`: continue at byte ``done`` and stop at a table boundary once
         about ``max_entries`` entries are written; returns the bytes mapped so far. The
         leaves are the ones one :meth:`map` call writes (page sizes depend on the whole
-        range, never on where a step stops)."""
+        range and ``sizes``, never on where a step stops)."""
         if (iova | phys | size) & (PAGE_SIZE - 1) or size <= 0:
             raise ValueError("map needs a positive size and 4 KiB alignment")
         if iova + size > self.aperture_end:
@@ -272,7 +290,7 @@ class PageTable:
         loc = self._where
         written = 0
         while pos < end and written < max_entries:
-            pg = self.pgsize(pos, p, end - pos)
+            pg = self.pgsize(pos, p, end - pos, sizes)
             level = 1 if pg == SIZE_4K else 2 if pg == SIZE_2M else 3
             table = self._table_for(pos, level)
             q, base = loc(table)

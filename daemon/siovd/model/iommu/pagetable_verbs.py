@@ -5,6 +5,7 @@ time are in :mod:`siovd.model.iommu.io_pagetable`."""
 from __future__ import annotations
 
 import errno
+from collections.abc import Collection
 
 from siovd.model.budget import Budget
 from siovd.model.errors import SiovError
@@ -20,6 +21,7 @@ from siovd.model.iommu.io_pagetable import (
     run_to_end,
 )
 from siovd.model.iommu.pagetable import (
+    PAGE_SIZES,
     PageTable,
     Translation,
     walk,
@@ -45,7 +47,14 @@ class PagetableVerbs(IommuBase):
         return self._paging(owner, domain_id)
 
     def map(
-        self, owner: int, domain_id: int, iova: int | None, phys: int, size: int, prot: int
+        self,
+        owner: int,
+        domain_id: int,
+        iova: int | None,
+        phys: int,
+        size: int,
+        prot: int,
+        page_sizes: Collection[int] = PAGE_SIZES,
     ) -> int:
         """Map ``[phys, phys + size)`` at ``iova`` (chosen when ``None``); return the IOVA.
 
@@ -58,7 +67,7 @@ class PagetableVerbs(IommuBase):
         so a map cannot be used to probe the physical space. Writable mappings of a
         read-only region are ``EFAULT`` too.
         """
-        job = self.map_job(owner, domain_id, iova, phys, size, prot)
+        job = self.map_job(owner, domain_id, iova, phys, size, prot, page_sizes=page_sizes)
         run_to_end(job)
         return job.iova
 
@@ -71,11 +80,13 @@ class PagetableVerbs(IommuBase):
         size: int,
         prot: int,
         quota: MapQuota | None = None,
+        page_sizes: Collection[int] = PAGE_SIZES,
     ) -> MapJob:
         """:meth:`map` as a job (see :mod:`siovd.model.iommu.io_pagetable`): checked (the
-        owner's ``quota`` too) and reserved now, written a budget at a time."""
+        owner's ``quota`` too) and reserved now, written a budget at a time, in leaves of
+        ``page_sizes`` (the sizes the client negotiated)."""
         domain = self._paging(owner, domain_id)
-        return MapJob(self.facade, domain, iova, phys, size, prot, owner, quota)
+        return MapJob(self.facade, domain, iova, phys, size, prot, owner, quota, page_sizes)
 
     def unmap(self, owner: int, domain_id: int, iova: int, size: int) -> int:
         """Unmap whole earlier mappings inside ``[iova, iova + size)``; return the bytes.
@@ -186,15 +197,22 @@ class PagetableVerbs(IommuBase):
 
     def iova_to_phys(self, owner: int, domain_id: int, iova: int) -> int | None:
         """Software lookup (no A/D update). Identity → ``iova``; blocked or unmapped → ``None``."""
+        found = self.leaf(owner, domain_id, iova)
+        return None if found is None else found[0]
+
+    def leaf(self, owner: int, domain_id: int, iova: int) -> tuple[int, int] | None:
+        """``(phys, leaf size)`` of the entry translating ``iova`` (no A/D update): 4 KiB,
+        2 MiB or 1 GiB; an identity domain has no table and its size is 0. Blocked or
+        unmapped → ``None``."""
         domain = self.domain(owner, domain_id)
         if domain.type is DomainType.IDENTITY:
-            return iova
+            return iova, 0
         if domain.type is DomainType.BLOCKED or domain.locate is None or iova < 0:
             return None
         result = walk(domain.locate, domain.root, domain.levels, iova, False, set_ad=False)
         if isinstance(result, int):
             return None
-        return result[0] + (iova & (result[1] - 1))
+        return result[0] + (iova & (result[1] - 1)), result[1]
 
     def walk(self, owner: int, domain_id: int, iova: int) -> Translation | int:
         """The leaf translating ``iova`` (no A/D update), or the fault reason."""

@@ -10,10 +10,9 @@ from __future__ import annotations
 
 import errno
 import os
-from typing import Any
 
 from siov_protocol import Command
-from siov_protocol.messages import Empty
+from siov_protocol.messages import EMPTY, Empty
 from siov_protocol.messages_accel import (
     DEVICE_FLAGS_PCI,
     NUM_IRQS,
@@ -41,9 +40,21 @@ from siov_protocol.messages_accel import (
     SetIrqs,
     Submit,
     SubmitReply,
+    WqInfo,
 )
 from siov_protocol.messages_iommu import PageResponse
+from siov_protocol.replies import (
+    AccelConfigDeviceReply,
+    AccelConfigEngineReply,
+    AccelConfigGroupReply,
+    AccelConfigWqReply,
+    AccelDevicesReply,
+    AccelEvlReadReply,
+    AccelLoadConfigReply,
+    AccelSaveConfigReply,
+)
 from siovd.model.accel import BAR0_SIZE, MDEV_IRQ_COUNT
+from siovd.model.accel.attrs import bitmap256_text
 from siovd.model.accel.irqs import plan_set_irqs
 from siovd.model.errors import SiovError
 from siovd.service.accel_runtime import MdevState
@@ -58,8 +69,21 @@ def _state(ctx: Context, uuid: str) -> MdevState:
 
 @registry.command(Command.DEVICE_GET_INFO, DeviceInfoRequest)
 def device_get_info(ctx: Context, req: DeviceInfoRequest) -> DeviceInfo:
-    _state(ctx, req.device)
-    return DeviceInfo(flags=DEVICE_FLAGS_PCI, num_regions=NUM_REGIONS, num_irqs=NUM_IRQS)
+    wq = _state(ctx, req.device).mdev.wq
+    return DeviceInfo(
+        flags=DEVICE_FLAGS_PCI,
+        num_regions=NUM_REGIONS,
+        num_irqs=NUM_IRQS,
+        wq=WqInfo(
+            name=wq.dev_name,
+            mode=wq.mode,
+            size=wq.size,
+            threshold=wq.threshold if wq.mode == "shared" else 0,
+            block_on_fault=bool(wq.block_on_fault),
+            max_batch_size=wq.max_batch_size,
+            max_transfer_size=wq.max_transfer_size,
+        ),
+    )
 
 
 @registry.command(Command.DEVICE_GET_REGION_INFO, RegionInfoRequest)
@@ -85,7 +109,7 @@ def _is_eventfd(fd: int) -> bool:
 
 
 @registry.command(Command.DEVICE_SET_IRQS, SetIrqs, max_fds=MDEV_IRQ_COUNT)
-def device_set_irqs(ctx: Context, req: SetIrqs) -> dict[str, Any]:
+def device_set_irqs(ctx: Context, req: SetIrqs) -> Empty:
     """vfio-user's rules (libvfio-user irq.c): one data type and one action; eventfds only
     with DATA_EVENTFD and exactly one per vector; ``count`` 0 with DATA_NONE disables the
     whole index. MSI-X vectors cannot be masked. On any error the fds are closed."""
@@ -95,7 +119,7 @@ def device_set_irqs(ctx: Context, req: SetIrqs) -> dict[str, Any]:
     if plan.action == "disable":
         if plan.msix:
             state.close_irqs()
-        return {}
+        return EMPTY
     if plan.action == "install":
         if not all(_is_eventfd(fd) for fd in ctx.fds):
             raise SiovError(errno.EINVAL, "every fd must be an eventfd")
@@ -107,9 +131,9 @@ def device_set_irqs(ctx: Context, req: SetIrqs) -> dict[str, Any]:
             os.set_blocking(fd, False)
         fds, ctx.fds[:] = list(ctx.fds), []
         runtime.set_irqs(state, req.start, fds)
-        return {}
+        return EMPTY
     runtime.trigger(state, list(plan.vectors))
-    return {}
+    return EMPTY
 
 
 @registry.command(Command.REGION_READ, RegionRead)
@@ -156,32 +180,34 @@ def submit(ctx: Context, req: Submit) -> SubmitReply:
 
 
 @registry.command(Command.PAGE_RESPONSE, PageResponse)
-def page_response(ctx: Context, req: PageResponse) -> dict[str, Any]:
+def page_response(ctx: Context, req: PageResponse) -> Empty:
     ctx.daemon.accel_runtime.page_response(ctx.session, req.request, req.code)
-    return {}
+    return EMPTY
 
 
 # ---- configuration ------------------------------------------------------------------------------
 
 
 @registry.command(Command.ACCEL_LIST, Empty)
-def accel_list(ctx: Context, req: Empty) -> dict[str, Any]:
-    return {"devices": ctx.daemon.accel.to_json()}
+def accel_list(ctx: Context, req: Empty) -> AccelDevicesReply:
+    return AccelDevicesReply(devices=ctx.daemon.accel.to_json())
 
 
 @registry.command(Command.ACCEL_SAVE_CONFIG, Empty)
-def accel_save_config(ctx: Context, req: Empty) -> dict[str, Any]:
-    return {"config": ctx.daemon.accel.to_json(save=True)}
+def accel_save_config(ctx: Context, req: Empty) -> AccelSaveConfigReply:
+    return AccelSaveConfigReply(config=ctx.daemon.accel.to_json(save=True))
 
 
 @registry.command(Command.ACCEL_LOAD_CONFIG, AccelLoadConfig, admin=True)
-def accel_load_config(ctx: Context, req: AccelLoadConfig) -> dict[str, Any]:
+def accel_load_config(ctx: Context, req: AccelLoadConfig) -> AccelLoadConfigReply:
     report = ctx.daemon.accel.load_config(req.config, enable=req.enable, force=req.force)
-    return {"devices": ctx.daemon.accel.to_json(), **report.to_json()}
+    return AccelLoadConfigReply(
+        devices=ctx.daemon.accel.to_json(), messages=report.messages, enabled=report.enabled
+    )
 
 
 @registry.command(Command.ACCEL_EVL_READ, AccelEvlRead, admin=True)
-def accel_evl_read(ctx: Context, req: AccelEvlRead) -> dict[str, Any]:
+def accel_evl_read(ctx: Context, req: AccelEvlRead) -> AccelEvlReadReply:
     """Consume entries of a device's event log, as its driver does (head moves, the
     interrupt-pending bit clears); ``arm`` asks for one EVENT_EVL at the next entry."""
     device = ctx.daemon.accel.device(req.device)
@@ -192,67 +218,90 @@ def accel_evl_read(ctx: Context, req: AccelEvlRead) -> dict[str, Any]:
     entries = log_.read(req.max)
     if req.arm:
         ctx.daemon.accel_runtime.evl_armed.setdefault(device.name, set()).add(ctx.session.id)
-    return {
-        "size": log_.size,
-        "head": log_.head,
-        "tail": log_.tail,
-        "int_pending": pending,
-        "lost": log_.lost,
-        "entries": b"".join(entries),
-    }
+    return AccelEvlReadReply(
+        size=log_.size,
+        head=log_.head,
+        tail=log_.tail,
+        int_pending=pending,
+        lost=log_.lost,
+        entries=b"".join(entries),
+    )
 
 
 @registry.command(Command.ACCEL_CONFIG_DEVICE, AccelConfigDevice, admin=True)
-def accel_config_device(ctx: Context, req: AccelConfigDevice) -> dict[str, Any]:
+def accel_config_device(ctx: Context, req: AccelConfigDevice) -> AccelConfigDeviceReply:
     device = ctx.daemon.accel.device(req.device)
     device.configure(req.attrs)
-    return {
-        "dev": device.name,
-        "read_buffer_limit": device.read_buffer_limit,
-        "event_log_size": device.event_log_size,
-    }
+    return AccelConfigDeviceReply(
+        dev=device.name,
+        read_buffer_limit=device.read_buffer_limit,
+        event_log_size=device.event_log_size,
+    )
 
 
 @registry.command(Command.ACCEL_CONFIG_GROUP, AccelConfigGroup, admin=True)
-def accel_config_group(ctx: Context, req: AccelConfigGroup) -> dict[str, Any]:
+def accel_config_group(ctx: Context, req: AccelConfigGroup) -> AccelConfigGroupReply:
     group = ctx.daemon.accel.group(req.group)
     group.configure(req.attrs)
-    return {"dev": group.dev_name, **group.config()}
+    return AccelConfigGroupReply(
+        dev=group.dev_name,
+        read_buffers_reserved=group.read_buffers_reserved,
+        use_read_buffer_limit=int(group.use_read_buffer_limit),
+        read_buffers_allowed=group.read_buffers_allowed,
+        traffic_class_a=group.traffic_class_a,
+        traffic_class_b=group.traffic_class_b,
+    )
 
 
 @registry.command(Command.ACCEL_CONFIG_ENGINE, AccelConfigEngine, admin=True)
-def accel_config_engine(ctx: Context, req: AccelConfigEngine) -> dict[str, Any]:
+def accel_config_engine(ctx: Context, req: AccelConfigEngine) -> AccelConfigEngineReply:
     engine = ctx.daemon.accel.engine(req.engine)
     engine.configure(req.attrs)
-    return {"dev": engine.dev_name, "group_id": engine.group_id}
+    return AccelConfigEngineReply(dev=engine.dev_name, group_id=engine.group_id)
 
 
 @registry.command(Command.ACCEL_CONFIG_WQ, AccelConfigWq, admin=True)
-def accel_config_wq(ctx: Context, req: AccelConfigWq) -> dict[str, Any]:
+def accel_config_wq(ctx: Context, req: AccelConfigWq) -> AccelConfigWqReply:
     wq = ctx.daemon.accel.wq(req.wq)
     wq.configure(req.attrs)
-    return {"dev": wq.dev_name, **wq.config()}
+    return AccelConfigWqReply(
+        dev=wq.dev_name,
+        group_id=wq.group_id,
+        mode=wq.mode,
+        size=wq.size,
+        type=wq.type,
+        name=wq.name,
+        driver_name=wq.driver_name,
+        priority=wq.priority,
+        prs_disable=int(wq.prs_disable),
+        block_on_fault=int(wq.block_on_fault),
+        threshold=wq.threshold,
+        max_transfer_size=wq.max_transfer_size,
+        max_batch_size=wq.max_batch_size,
+        ats_disable=int(wq.ats_disable),
+        op_config=bitmap256_text(wq.op_config),
+    )
 
 
 @registry.command(Command.ACCEL_ENABLE_DEVICE, AccelDevice, admin=True)
-def accel_enable_device(ctx: Context, req: AccelDevice) -> dict[str, Any]:
+def accel_enable_device(ctx: Context, req: AccelDevice) -> Empty:
     ctx.daemon.accel.device(req.device).enable()
-    return {}
+    return EMPTY
 
 
 @registry.command(Command.ACCEL_DISABLE_DEVICE, AccelDevice, admin=True)
-def accel_disable_device(ctx: Context, req: AccelDevice) -> dict[str, Any]:
+def accel_disable_device(ctx: Context, req: AccelDevice) -> Empty:
     ctx.daemon.accel.device(req.device).disable()
-    return {}
+    return EMPTY
 
 
 @registry.command(Command.ACCEL_ENABLE_WQ, AccelWq, admin=True)
-def accel_enable_wq(ctx: Context, req: AccelWq) -> dict[str, Any]:
+def accel_enable_wq(ctx: Context, req: AccelWq) -> Empty:
     ctx.daemon.accel.wq(req.wq).enable()
-    return {}
+    return EMPTY
 
 
 @registry.command(Command.ACCEL_DISABLE_WQ, AccelWq, admin=True)
-def accel_disable_wq(ctx: Context, req: AccelWq) -> dict[str, Any]:
+def accel_disable_wq(ctx: Context, req: AccelWq) -> Empty:
     ctx.daemon.accel.wq(req.wq).disable()
-    return {}
+    return EMPTY

@@ -7,6 +7,7 @@ import errno
 import structlog
 
 from siov_protocol import Command
+from siov_protocol.features import accelerator_refusal
 from siov_protocol.messages import Empty, ListRequest
 from siov_protocol.messages_iommu import (
     BusRegisterDevice,
@@ -84,6 +85,10 @@ def types_list(ctx: Context, req: Empty) -> TypesListReply:
 
 @registry.command(Command.MDEV_CREATE, MdevCreate)
 def mdev_create(ctx: Context, req: MdevCreate) -> DeviceDescription:
+    if req.parent in ctx.daemon.dsa_parents:
+        why = accelerator_refusal(ctx.session.features, f"an mdev of parent {req.parent}")
+        if why is not None:
+            raise SiovError(*why)
     _check_mdev_limit(ctx)
     bus = ctx.daemon.bus
     device = bus.create_mdev(ctx.session.id, req.parent, req.type_id, req.uuid)
@@ -133,10 +138,24 @@ def bus_unregister_device(ctx: Context, req: DeviceRef) -> Empty:
 @registry.command(Command.DEVICE_CLAIM, DeviceClaim)
 def device_claim(ctx: Context, req: DeviceClaim) -> DeviceDescription:
     bus = ctx.daemon.bus
+    _check_claim_features(ctx, req.uuid)
     device = bus.claim_device(ctx.session.id, req.uuid, req.token)
     log.info("device claimed", mdev=device.uuid)
     ctx.daemon.tell_registrant(device, "claimed", ctx.session.client_name)
     return describe(ctx, device)
+
+
+def _check_claim_features(ctx: Context, uuid: str) -> None:
+    """A host accelerator mdev (a started definition) needs "dsa" to be claimed. Only a
+    device anyone could claim is looked at, so the answer reveals nothing about others'."""
+    try:
+        device = ctx.daemon.bus.device(HOST, uuid)
+    except SiovError:
+        return
+    if device.parent in ctx.daemon.dsa_parents:
+        why = accelerator_refusal(ctx.session.features, f"claiming accelerator mdev {uuid}")
+        if why is not None:
+            raise SiovError(*why)
 
 
 @registry.command(Command.GROUP_INFO, GroupRef)

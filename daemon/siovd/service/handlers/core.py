@@ -3,20 +3,24 @@
 from __future__ import annotations
 
 import errno
-from typing import Any
+import os
 
 import structlog
 
 from siov_protocol import PROTOCOL_MAJOR, PROTOCOL_MINOR, Command
 from siov_protocol.auth import Role
+from siov_protocol.features import negotiate
 from siov_protocol.messages import (
     PAGE_SIZES,
     AuthReply,
     AuthRequest,
     Capabilities,
     Empty,
+    InfoReply,
     PingReply,
     PingRequest,
+    SessionIdentity,
+    StatsReply,
     VersionReply,
     VersionRequest,
 )
@@ -25,8 +29,6 @@ from siovd.model.errors import SiovError
 from siovd.service.handlers.registry import Context, registry
 
 log = structlog.get_logger("siovd")
-
-FEATURES = ["events", "fd-memory", "dma", "dsa", "sva"]
 
 
 @registry.command(Command.VERSION, VersionRequest)
@@ -44,9 +46,11 @@ def version(ctx: Context, req: VersionRequest) -> VersionReply:
     agreed = Capabilities(
         max_msg_size=min(caps.max_msg_size, cfg.protocol.max_msg_size),
         max_fds=min(caps.max_fds, cfg.protocol.max_fds),
-        page_sizes=[p for p in PAGE_SIZES if p in caps.page_sizes] or [PAGE_SIZES[0]],
-        features=[f for f in FEATURES if not caps.features or f in caps.features],
+        page_sizes=[p for p in PAGE_SIZES if p == PAGE_SIZES[0] or p in caps.page_sizes],
+        features=negotiate(caps.features),
     )
+    session.features = frozenset(agreed.features)
+    session.page_sizes = tuple(agreed.page_sizes)
     session.client_name = req.client
     mode = cfg.auth.mode
     nonce = None
@@ -86,28 +90,30 @@ def ping(ctx: Context, req: PingRequest) -> PingReply:
 
 
 @registry.command(Command.INFO, Empty)
-def info(ctx: Context, req: Empty) -> dict[str, Any]:
-    out = ctx.daemon.info()
-    out["protocol"] = f"{PROTOCOL_MAJOR}.{PROTOCOL_MINOR}"
-    out["session"] = {
-        "id": ctx.session.id,
-        "identity": ctx.session.identity,
-        "role": ctx.session.role.value,
-    }
-    return out
+def info(ctx: Context, req: Empty) -> InfoReply:
+    daemon, session = ctx.daemon, ctx.session
+    return InfoReply(
+        version=__version__,
+        uptime_s=round(daemon.uptime(), 3),
+        pid=os.getpid(),
+        socket=daemon.socket_path,
+        config=daemon.info_config(),
+        counts=daemon.counts(),
+        protocol=f"{PROTOCOL_MAJOR}.{PROTOCOL_MINOR}",
+        session=SessionIdentity(id=session.id, identity=session.identity, role=session.role.value),
+    )
 
 
 @registry.command(Command.STATS, Empty)
-def stats(ctx: Context, req: Empty) -> dict[str, Any]:
+def stats(ctx: Context, req: Empty) -> StatsReply:
     daemon, session = ctx.daemon, ctx.session
-    out = daemon.stats()
-    out["session"] = {
+    own = {
         "requests": session.requests,
         "events_sent": session.events_sent,
         "events_dropped": session.events_dropped,
         "events_dropped_bytes": session.events_dropped_bytes,
+        "events_suppressed": session.events_suppressed,
         "events_queued": len(session.events),
         **daemon.session_cost(session),
     }
-    out["uid"] = daemon.uid_cost(session.uid)
-    return out
+    return StatsReply(**daemon.stats(), session=own, uid=daemon.uid_cost(session.uid))

@@ -11,17 +11,25 @@ mdev from a parent, type and attributes without any definition.
 from __future__ import annotations
 
 import errno
-from typing import Any
 
 import structlog
 
 from siov_protocol import Command
+from siov_protocol.messages import EMPTY, Empty
 from siov_protocol.messages_defs import (
     MdevDefine,
     MdevDefinitionRef,
     MdevListDefined,
     MdevSetAttrs,
     MdevStart,
+)
+from siov_protocol.replies import (
+    DefinitionInfo,
+    DefinitionRef,
+    DeviceDescription,
+    ListDefinedReply,
+    MdevDefineReply,
+    UndefineReply,
 )
 from siovd.host.definitions import (
     Definition,
@@ -33,8 +41,10 @@ from siovd.host.definitions import (
     dumpjson,
     make_definition,
 )
+from siovd.model.device import Device
 from siovd.model.errors import SiovError
 from siovd.model.owner import HOST
+from siovd.service.handlers.bus import describe
 from siovd.service.handlers.registry import Context, registry
 
 log = structlog.get_logger("siovd")
@@ -46,20 +56,22 @@ def _store(ctx: Context) -> DefinitionStore:
     return ctx.daemon.definitions
 
 
-def _running(ctx: Context) -> dict[str, Any]:
+def _running(ctx: Context) -> dict[str, Device]:
     return {d.uuid: d for d in ctx.daemon.bus.host_mdevs()}
 
 
-def _describe(ctx: Context, definition: Definition) -> dict[str, Any]:
+def _describe(ctx: Context, definition: Definition) -> DefinitionInfo:
     device = _running(ctx).get(definition.uuid)
     running = device is not None and device.parent == definition.parent
-    return {
-        "uuid": definition.uuid,
-        "parent": definition.parent,
-        **definition.config_json(),
-        "running": running,
-        "claimed": running and device is not None and device.owner != HOST,
-    }
+    return DefinitionInfo(
+        uuid=definition.uuid,
+        parent=definition.parent,
+        mdev_type=definition.mdev_type,
+        start=definition.start,
+        attrs=definition.attrs_json(),
+        running=running,
+        claimed=running and device is not None and device.owner != HOST,
+    )
 
 
 def _new_uuid_or(uuid: str | None) -> str:
@@ -81,7 +93,7 @@ def _one(req: MdevDefine) -> Definition:
 
 
 @registry.command(Command.MDEV_DEFINE, MdevDefine, admin=True)
-def mdev_define(ctx: Context, req: MdevDefine) -> dict[str, Any]:
+def mdev_define(ctx: Context, req: MdevDefine) -> MdevDefineReply:
     store = _store(ctx)
     if req.definitions is not None:
         if req.config is not None or req.mdev_type is not None or req.attrs or req.replace:
@@ -98,7 +110,7 @@ def mdev_define(ctx: Context, req: MdevDefine) -> dict[str, Any]:
             raise SiovError(errno.ENOENT, "definitions: no entry matches the parent/uuid given")
         added = store.add_many(wanted)
         log.info("mdevs defined", count=len(added))
-        return {"definitions": [_describe(ctx, d) for d in added]}
+        return MdevDefineReply(definitions=[_describe(ctx, d) for d in added])
     definition = _one(req)
     if req.replace:
         store.replace(definition)
@@ -106,11 +118,11 @@ def mdev_define(ctx: Context, req: MdevDefine) -> dict[str, Any]:
     else:
         store.add(definition)
         log.info("mdev defined", mdev=definition.uuid, parent=definition.parent)
-    return _describe(ctx, definition)
+    return MdevDefineReply.one(_describe(ctx, definition))
 
 
 @registry.command(Command.MDEV_UNDEFINE, MdevDefinitionRef, admin=True)
-def mdev_undefine(ctx: Context, req: MdevDefinitionRef) -> dict[str, Any]:
+def mdev_undefine(ctx: Context, req: MdevDefinitionRef) -> UndefineReply:
     store = _store(ctx)
     found = store.find(req.uuid, req.parent)
     running = _running(ctx)
@@ -120,11 +132,11 @@ def mdev_undefine(ctx: Context, req: MdevDefinitionRef) -> dict[str, Any]:
             raise SiovError(errno.EBUSY, f"mdev {definition.uuid} is running: stop it first")
     gone = store.undefine(req.uuid, req.parent)
     log.info("mdev undefined", mdev=req.uuid, count=len(gone))
-    return {"undefined": [{"uuid": d.uuid, "parent": d.parent} for d in gone]}
+    return UndefineReply(undefined=[DefinitionRef(uuid=d.uuid, parent=d.parent) for d in gone])
 
 
 @registry.command(Command.MDEV_START, MdevStart, admin=True)
-def mdev_start(ctx: Context, req: MdevStart) -> dict[str, Any]:
+def mdev_start(ctx: Context, req: MdevStart) -> DeviceDescription:
     daemon = ctx.daemon
     if req.mdev_type is not None or req.config is not None:
         # transient: fully specified by parent and type (mdevctl start -p -t / --jsonfile)
@@ -150,18 +162,18 @@ def mdev_start(ctx: Context, req: MdevStart) -> dict[str, Any]:
         _store(ctx)
         device = daemon.start_definition(req.uuid, req.parent)
     log.info("mdev started", mdev=device.uuid)
-    return daemon.bus.describe(device)
+    return describe(ctx, device)
 
 
 @registry.command(Command.MDEV_STOP, MdevDefinitionRef, admin=True)
-def mdev_stop(ctx: Context, req: MdevDefinitionRef) -> dict[str, Any]:
+def mdev_stop(ctx: Context, req: MdevDefinitionRef) -> Empty:
     ctx.daemon.bus.stop_host_mdev(req.uuid)
     log.info("mdev stopped", mdev=req.uuid)
-    return {}
+    return EMPTY
 
 
 @registry.command(Command.MDEV_SET_ATTRS, MdevSetAttrs, admin=True)
-def mdev_set_attrs(ctx: Context, req: MdevSetAttrs) -> dict[str, Any]:
+def mdev_set_attrs(ctx: Context, req: MdevSetAttrs) -> Empty:
     """Write attributes of a running mdev in order; the first failure stops (the earlier
     writes stay, as sysfs writes do)."""
     for name, value in attrs_from_json(req.attrs):
@@ -171,20 +183,21 @@ def mdev_set_attrs(ctx: Context, req: MdevSetAttrs) -> dict[str, Any]:
             raise SiovError(
                 exc.errno, f"mdev {req.uuid}: attribute {name}={value!r}: {exc.message}"
             ) from None
-    return {}
+    return EMPTY
 
 
 @registry.command(Command.MDEV_LIST_DEFINED, MdevListDefined)
-def mdev_list_defined(ctx: Context, req: MdevListDefined) -> dict[str, Any]:
+def mdev_list_defined(ctx: Context, req: MdevListDefined) -> ListDefinedReply:
     store = _store(ctx)
     definitions = store.find(req.uuid, req.parent)
-    reply: dict[str, Any] = {
-        "definitions": [_describe(ctx, d) for d in definitions],
-        "dumpjson": dumpjson(definitions),
-    }
+    config = None
     if req.uuid is not None:
         if not definitions:
             store.get(req.uuid, req.parent)  # raises ENOENT naming it
         if len(definitions) == 1:
-            reply["config"] = definitions[0].config_json()  # mdevctl: one device, its config
-    return reply
+            config = definitions[0].config_json()  # mdevctl: one device, its config
+    return ListDefinedReply(
+        definitions=[_describe(ctx, d) for d in definitions],
+        dumpjson=dumpjson(definitions),
+        config=config,
+    )

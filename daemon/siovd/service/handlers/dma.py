@@ -8,11 +8,17 @@ from __future__ import annotations
 
 import contextlib
 import errno
-from typing import Any
 
 from siov_protocol import Command
 from siov_protocol.messages_iommu import DmaRead, DmaWrite, Translate
-from siov_protocol.replies import DmaReadReply, DmaWriteReply
+from siov_protocol.replies import (
+    DmaReadReply,
+    DmaWriteReply,
+    TranslateFault,
+    TranslateReply,
+    TranslateRun,
+)
+from siov_protocol.schema import encode
 from siovd.model.dma import DmaFault
 from siovd.model.errors import SiovError
 from siovd.model.iommu.faults import REASON_NAMES
@@ -28,14 +34,14 @@ REPLY_SLACK = 256
 TRANSLATE_MAX_PAGES = 16384
 
 
-def fault_info(fault: DmaFault) -> dict[str, Any]:
-    return {
-        "iova": fault.iova,
-        "write": fault.write,
-        "reason": fault.reason,
-        "pasid": fault.pasid,
-        "reason_name": REASON_NAMES.get(fault.reason, ""),
-    }
+def fault_info(fault: DmaFault) -> TranslateFault:
+    return TranslateFault(
+        iova=fault.iova,
+        write=fault.write,
+        reason=fault.reason,
+        pasid=fault.pasid,
+        reason_name=REASON_NAMES.get(fault.reason, ""),
+    )
 
 
 def fault_error(what: str, fault: DmaFault, done: int) -> SiovError:
@@ -45,7 +51,7 @@ def fault_error(what: str, fault: DmaFault, done: int) -> SiovError:
         errno.EFAULT,
         f"DMA {what} faulted at iova {fault.iova:#x} after {done} bytes "
         f"(reason {fault.reason:#x}{': ' + name if name else ''})",
-        detail={"fault": {**fault_info(fault), "done": done}},
+        detail={"fault": {**encode(fault_info(fault)), "done": done}},
     )
 
 
@@ -71,7 +77,7 @@ def dma_write(ctx: Context, req: DmaWrite) -> DmaWriteReply:
 
 
 @registry.command(Command.TRANSLATE, Translate)
-def translate(ctx: Context, req: Translate) -> dict[str, Any]:
+def translate(ctx: Context, req: Translate) -> TranslateReply:
     # The registrant translates as its device; an admin may translate any device (debugging).
     bus = ctx.daemon.bus
     if ctx.session.is_admin:
@@ -95,8 +101,8 @@ def translate(ctx: Context, req: Translate) -> dict[str, Any]:
     if not foreign and domain is not None and ctx.session.id == device.registrant:
         # the device may cache what it was told: remember it, to invalidate it on change
         devtlb.record(device.uuid, req.pasid, domain.id, [(i, n) for i, _p, n, _prot in runs])
-    return {
-        "runs": [{"iova": i, "phys": p, "length": n, "prot": prot} for i, p, n, prot in runs],
-        "translated": sum(n for _, _, n, _ in runs),
-        "fault": fault_info(fault) if fault is not None else None,
-    }
+    return TranslateReply(
+        runs=[TranslateRun(iova=i, phys=p, length=n, prot=prot) for i, p, n, prot in runs],
+        translated=sum(n for _, _, n, _ in runs),
+        fault=fault_info(fault) if fault is not None else None,
+    )

@@ -36,7 +36,7 @@ from siovd.model.iommu import dirty, nested
 from siovd.model.iommu.io_pagetable import MapQuota
 from siovd.service import ats
 from siovd.service.handlers.bus import describe
-from siovd.service.handlers.registry import Context, Deferred, registry
+from siovd.service.handlers.registry import Context, Deferred, registry, typed
 
 log = structlog.get_logger("siovd")
 
@@ -138,7 +138,16 @@ def map_(ctx: Context, req: Map) -> Deferred:
     daemon, owner = ctx.daemon, ctx.session.id
     limits = daemon.config.limits
     quota = MapQuota(limits.mappings, limits.mapped_bytes, limits.page_table_pages)
-    job = daemon.iommu.map_job(owner, req.domain, req.iova, req.phys, req.size, req.prot, quota)
+    job = daemon.iommu.map_job(
+        owner,
+        req.domain,
+        req.iova,
+        req.phys,
+        req.size,
+        req.prot,
+        quota,
+        page_sizes=ctx.session.page_sizes,
+    )
 
     def finish() -> MapReply:
         log.debug("mapped", domain=req.domain, iova=hex(job.iova), size=req.size, prot=req.prot)
@@ -148,6 +157,7 @@ def map_(ctx: Context, req: Map) -> Deferred:
 
 
 @registry.command(Command.UNMAP, Unmap)
+@typed
 def unmap(ctx: Context, req: Unmap) -> Deferred:
     job = ctx.daemon.iommu.unmap_job(ctx.session.id, req.domain, req.iova, req.size)
 
@@ -162,10 +172,10 @@ def unmap(ctx: Context, req: Unmap) -> Deferred:
 
 @registry.command(Command.IOVA_TO_PHYS, IovaToPhys)
 def iova_to_phys(ctx: Context, req: IovaToPhys) -> IovaToPhysReply:
-    phys = ctx.daemon.iommu.iova_to_phys(ctx.session.id, req.domain, req.iova)
-    if phys is None:
+    found = ctx.daemon.iommu.leaf(ctx.session.id, req.domain, req.iova)
+    if found is None:
         raise SiovError(errno.ENOENT, f"iova {req.iova:#x} is not mapped in domain {req.domain}")
-    return IovaToPhysReply(phys=phys)
+    return IovaToPhysReply(phys=found[0], page_size=found[1])
 
 
 @registry.command(Command.DIRTY_BITMAP, DirtyBitmap)

@@ -29,7 +29,7 @@ from siovd.model.errors import SiovError
 from siovd.model.iommu import dirty, hwinfo, nested, pri, reserved
 from siovd.model.iommu.prq import PageAnswer, PageRequest, PageRequestQueue
 from siovd.service import ats
-from siovd.service.handlers.registry import Context, Deferred, registry
+from siovd.service.handlers.registry import Context, Deferred, registry, typed
 
 log = structlog.get_logger("siovd")
 
@@ -54,11 +54,13 @@ def _regions(device: Device) -> list[dict[str, Any]]:
 
 
 @registry.command(Command.DEVICE_RESV_REGIONS, ResvRegions)
+@typed
 def device_resv_regions(ctx: Context, req: ResvRegions) -> dict[str, Any]:
     return {"regions": _regions(_device(ctx, req.device, look=True))}
 
 
 @registry.command(Command.DEVICE_RESV_ADD, ResvAdd)
+@typed
 def device_resv_add(ctx: Context, req: ResvAdd) -> dict[str, Any]:
     device = _device(ctx, req.device)
     reserved.add_device_region(device, req.start, req.last, req.type)
@@ -67,6 +69,7 @@ def device_resv_add(ctx: Context, req: ResvAdd) -> dict[str, Any]:
 
 
 @registry.command(Command.IOVA_RANGES, IovaRanges)
+@typed
 def iova_ranges(ctx: Context, req: IovaRanges) -> dict[str, Any]:
     owner = None if ctx.session.is_admin else ctx.session.id  # an admin may look at any
     domain = ctx.daemon.iommu.paging_domain(owner, req.domain)
@@ -79,6 +82,7 @@ def iova_ranges(ctx: Context, req: IovaRanges) -> dict[str, Any]:
 
 
 @registry.command(Command.ALLOW_IOVAS, AllowIovas)
+@typed
 def allow_iovas(ctx: Context, req: AllowIovas) -> dict[str, Any]:
     domain = ctx.daemon.iommu.paging_domain(ctx.session.id, req.domain)
     reserved.allow_iovas(domain, [(r.start, r.last) for r in req.ranges])
@@ -101,6 +105,7 @@ def _check_bitmap_fits(ctx: Context, size: int, page_size: int) -> None:
 
 
 @registry.command(Command.SET_DIRTY_TRACKING, SetDirtyTracking)
+@typed
 def set_dirty_tracking(ctx: Context, req: SetDirtyTracking) -> Deferred:
     iommu = ctx.daemon.iommu
     domain = iommu.paging_domain(ctx.session.id, req.domain)
@@ -114,6 +119,7 @@ def set_dirty_tracking(ctx: Context, req: SetDirtyTracking) -> Deferred:
 
 
 @registry.command(Command.GET_DIRTY_BITMAP, GetDirtyBitmap)
+@typed
 def get_dirty_bitmap(ctx: Context, req: GetDirtyBitmap) -> Deferred:
     iommu = ctx.daemon.iommu
     domain = iommu.paging_domain(ctx.session.id, req.domain)
@@ -133,6 +139,7 @@ def get_dirty_bitmap(ctx: Context, req: GetDirtyBitmap) -> Deferred:
 
 
 @registry.command(Command.UNMAP_DIRTY, UnmapDirty)
+@typed
 def unmap_dirty(ctx: Context, req: UnmapDirty) -> Deferred:
     iommu = ctx.daemon.iommu
     domain = iommu.paging_domain(ctx.session.id, req.domain)
@@ -158,6 +165,7 @@ def unmap_dirty(ctx: Context, req: UnmapDirty) -> Deferred:
 
 
 @registry.command(Command.GET_HW_INFO, GetHwInfo)
+@typed
 def get_hw_info(ctx: Context, req: GetHwInfo) -> dict[str, Any]:
     device = _device(ctx, req.device, look=True)
     if req.flags:
@@ -228,6 +236,7 @@ class _AwaitAnswer:
 
 
 @registry.command(Command.PAGE_REQUEST, PageRequestMsg)
+@typed
 def page_request(ctx: Context, req: PageRequestMsg) -> dict[str, Any] | Deferred:
     """An emulator's PRI request: the reply is the owner's response (or the timeout's). The
     wait is a deferred reply: this connection waits, nobody else does."""
@@ -266,6 +275,7 @@ def _routes_to(device: Device, pasid: int | None) -> int | None:
 
 
 @registry.command(Command.TRIGGER_IOPF, PageRequestMsg)
+@typed
 def trigger_iopf(ctx: Context, req: PageRequestMsg) -> dict[str, Any]:
     """Fault injection (iommufd selftest TRIGGER_IOPF): raise a request for a device you own
     or emulate and return at once; the owner answers it by its cookie with PAGE_RESPONSE."""
@@ -281,6 +291,7 @@ def trigger_iopf(ctx: Context, req: PageRequestMsg) -> dict[str, Any]:
 
 
 @registry.command(Command.NESTED_ALLOC, NestedAlloc)
+@typed
 def nested_alloc(ctx: Context, req: NestedAlloc) -> dict[str, Any]:
     daemon, owner = ctx.daemon, ctx.session.id
     limit = daemon.config.limits.domains
@@ -294,6 +305,7 @@ def nested_alloc(ctx: Context, req: NestedAlloc) -> dict[str, Any]:
 
 
 @registry.command(Command.HWPT_INVALIDATE, HwptInvalidate)
+@typed
 def hwpt_invalidate(ctx: Context, req: HwptInvalidate) -> dict[str, Any] | Deferred:
     domain = ctx.daemon.iommu.domain(ctx.session.id, req.domain)
     entries = [(e.addr, e.npages, e.flags) for e in req.entries]

@@ -7,13 +7,13 @@ rule keeps the daemon safe); the region owns the mapping.
 from __future__ import annotations
 
 import errno
-from typing import Any
 
 import structlog
 
 from siov_protocol import Command
-from siov_protocol.messages import ListRequest
+from siov_protocol.messages import EMPTY, Empty, ListRequest
 from siov_protocol.messages_iommu import MemRegion, MemRegister
+from siov_protocol.replies import MemListReply, MemRegionInfo
 from siovd.model.errors import SiovError
 from siovd.model.memfd import seal_and_map
 from siovd.model.memory import Region
@@ -24,19 +24,19 @@ from siovd.service.handlers.registry import Context, registry
 log = structlog.get_logger("siovd")
 
 
-def region_info(region: Region) -> dict[str, Any]:
-    return {
-        "region": region.id,
-        "phys": region.base,
-        "size": region.size,
-        "access": region.access,
-        "mapped": region.map_count,
-        "owner": region.owner,
-    }
+def region_info(region: Region) -> MemRegionInfo:
+    return MemRegionInfo(
+        region=region.id,
+        phys=region.base,
+        size=region.size,
+        access=region.access,
+        mapped=region.map_count,
+        owner=region.owner,
+    )
 
 
 @registry.command(Command.MEM_REGISTER, MemRegister, max_fds=1)
-def mem_register(ctx: Context, req: MemRegister) -> dict[str, Any]:
+def mem_register(ctx: Context, req: MemRegister) -> MemRegionInfo:
     if len(ctx.fds) != 1:
         raise SiovError(errno.EINVAL, "MEM_REGISTER needs exactly one fd (the memory)")
     if req.access not in ("rw", "ro"):
@@ -79,14 +79,14 @@ def mem_register(ctx: Context, req: MemRegister) -> dict[str, Any]:
 
 
 @registry.command(Command.MEM_UNREGISTER, MemRegion)
-def mem_unregister(ctx: Context, req: MemRegion) -> dict[str, Any]:
+def mem_unregister(ctx: Context, req: MemRegion) -> Empty:
     ctx.daemon.memory.remove_region(req.region, ctx.session.id)
     ctx.daemon.close_dead_mappings()
     log.info("memory unregistered", region=req.region)
-    return {}
+    return EMPTY
 
 
 @registry.command(Command.MEM_LIST, ListRequest)
-def mem_list(ctx: Context, req: ListRequest) -> dict[str, Any]:
+def mem_list(ctx: Context, req: ListRequest) -> MemListReply:
     regions = ctx.daemon.memory.regions(ctx.session.list_filter(req.all))
-    return {"regions": [region_info(r) for r in regions if r.owner != HOST]}
+    return MemListReply(regions=[region_info(r) for r in regions if r.owner != HOST])

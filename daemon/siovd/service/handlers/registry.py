@@ -8,8 +8,9 @@ another party (PAGE_REQUEST, an unmap's ATS invalidations), returns a :class:`De
 which the server runs a turn at a time (or sleeps on) before it replies.
 
 Each command's reply schema comes from :data:`siov_protocol.replies.REPLIES` (a command with
-none cannot be registered): a handler returns an instance of it, or the map it encodes to, and
-the server can check the map against the schema (:attr:`Handler.reply`).
+none cannot be registered): a handler returns an instance of it and the server encodes it, in
+one place; under ``SIOVD_CHECK_REPLIES=1`` it also checks the instance is of that schema and
+decodes back (:attr:`Handler.reply`).
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 from siov_protocol import Command
 from siov_protocol.replies import REPLIES
+from siov_protocol.schema import decode
 
 if TYPE_CHECKING:
     from siovd.model.budget import Budget
@@ -38,7 +40,8 @@ class Context:
     fds: list[int] = field(default_factory=list)  # the handler owns them: keep or close
 
 
-Reply = dict[str, Any] | Any | None
+#: a schema instance of the command's REPLIES entry, or ``(instance, fds to send)``
+Reply = Any
 
 
 class Job(Protocol):
@@ -74,6 +77,29 @@ class Handler:
     fn: HandlerFn
     max_fds: int  # fds the command takes; more is EINVAL
     admin: bool  # admin role only
+
+
+def typed(fn: Callable[[Context, Any], Any]) -> Callable[[Context, Any], Any]:
+    """For a handler that builds its reply as a map (the IOMMU extensions): the map becomes
+    its command's REPLIES instance, validated on the way (a Deferred's ``finish`` too), so the
+    server still encodes an instance in its one place."""
+
+    def as_instance(ctx: Context, body: Any) -> Any:
+        if isinstance(body, dict):
+            return decode(REPLIES[ctx.command], body)
+        return body
+
+    def wrapped(ctx: Context, req: Any) -> Any:
+        result = fn(ctx, req)
+        if isinstance(result, Deferred):
+            finish = result.finish
+            result.finish = lambda: as_instance(ctx, finish())
+            return result
+        return as_instance(ctx, result)
+
+    wrapped.__name__ = getattr(fn, "__name__", "handler")
+    wrapped.__doc__ = fn.__doc__
+    return wrapped
 
 
 class Registry:
