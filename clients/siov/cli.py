@@ -746,6 +746,46 @@ def cmd_translate(client: BlockingClient, args: argparse.Namespace) -> Any:
     return rows
 
 
+def _device_arg(p: argparse.ArgumentParser) -> None:
+    p.add_argument("device", help="device UUID")
+
+
+@command(
+    "resv-regions", "a device's reserved IOVA regions (MSI window, direct, reserved)", _device_arg
+)
+def cmd_resv_regions(client: BlockingClient, args: argparse.Namespace) -> Any:
+    regions = client.resv_regions(args.device)
+    if args.json:
+        return regions
+    return [{"start": hex(r["start"]), "last": hex(r["last"]), "type": r["type"]} for r in regions]
+
+
+def _domain_arg(p: argparse.ArgumentParser) -> None:
+    p.add_argument("domain", type=_num, help="domain id")
+
+
+@command(
+    "iova-ranges",
+    "the IOVA ranges a domain can map (outside reserved, inside allowed)",
+    _domain_arg,
+)
+def cmd_iova_ranges(client: BlockingClient, args: argparse.Namespace) -> Any:
+    ranges = client.iova_ranges(args.domain)
+    if args.json:
+        return [{"start": s, "last": e} for s, e in ranges]
+    return [{"start": hex(s), "last": hex(e)} for s, e in ranges]
+
+
+@command("hw-info", "the IOMMU's VT-d cap/ecap and capabilities as a device sees them", _device_arg)
+def cmd_hw_info(client: BlockingClient, args: argparse.Namespace) -> Any:
+    info = client.hw_info(args.device)
+    out = {k: v for k, v in info.items() if k != "data"}
+    if not args.json:
+        out["cap_reg"] = f"{info['cap_reg']:#018x}"
+        out["ecap_reg"] = f"{info['ecap_reg']:#018x}"
+    return out
+
+
 # ---- the accelerator (accel-config's commands and object names) ----------------------------
 #
 # The verbs, options, messages and output of accel-config: 3.5.3 (Debian bookworm) for `list`,

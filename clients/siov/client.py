@@ -78,6 +78,7 @@ from siov_protocol.schema import decode
 from .buffers import Buffer, memfd, page_align
 from .domain import Domain
 from .errors import ConnectionClosed, PermissionDenied, SiovError, error_for
+from .iommu_ext import IommuExtMixin
 
 if TYPE_CHECKING:
     from .mdev import Mdev
@@ -234,7 +235,7 @@ class _Pending:
     error: SiovError | None = None
 
 
-class Client:
+class Client(IommuExtMixin):
     """One connection to siovd. Create it with :func:`connect`."""
 
     def __init__(self, sock: trio.socket.SocketType, *, event_buffer: int = 4096) -> None:
@@ -690,9 +691,12 @@ class Client:
         user_managed: bool = False,
         lazy: bool = False,
         pt_root: int | None = None,
+        dirty_tracking: bool = False,
+        nest_parent: bool = False,
     ) -> Domain:
         """A new domain: a :class:`~siov.Domain` (its ``id``; ``info`` as allocated), which
-        every method taking a domain accepts."""
+        every method taking a domain accepts. ``dirty_tracking`` (SPEC §8.17), ``nest_parent``
+        (SPEC §8.20)."""
         body: dict[str, Any] = {
             "bus": bus,
             "type": type,
@@ -702,6 +706,10 @@ class Client:
         }
         if pt_root is not None:
             body["pt_root"] = pt_root
+        if dirty_tracking:  # SPEC §8.17
+            body["dirty_tracking"] = True
+        if nest_parent:  # SPEC §8.20
+            body["nest_parent"] = True
         reply: DomainInfo = await self.call_typed(Command.DOMAIN_ALLOC, body)
         return Domain(reply)
 

@@ -76,6 +76,8 @@ class DomainAlloc:
     user_managed: bool = False
     lazy: bool = False
     pt_root: int | None = u(*U64, default=None)  # user-managed: root table in your memory
+    dirty_tracking: bool = False  # SPEC §8.17: D set only while SET_DIRTY_TRACKING enables
+    nest_parent: bool = False  # SPEC §8.20: may be the stage 2 of nested domains
 
 
 @dataclass(frozen=True, slots=True)
@@ -219,6 +221,12 @@ class FaultEvent(Record):
 
 
 @dataclass(frozen=True, slots=True)
+class PageRequestPage(Record):
+    iova: int = u(*U64)
+    perm: int = u(0, 15)
+
+
+@dataclass(frozen=True, slots=True)
 class PageRequestEvent(Record):
     request: int = u(*U64)
     device: str = text(UUID_LEN)
@@ -226,6 +234,12 @@ class PageRequestEvent(Record):
     iova: int = u(*U64)
     write: bool = False
     domain: int | None = u(*U32, default=None, nil=True)
+    # PRI fields (SPEC §8.19); absent in a block-on-fault request of the accelerator
+    pasid_valid: bool | None = None  # False: a request without PASID (the RID's)
+    grpid: int | None = u(0, 511, default=None)  # PCIe page request group index
+    perm: int | None = u(0, 15, default=None)  # READ 1, WRITE 2, EXEC 4, PRIV 8
+    pages: list[PageRequestPage] | None = None  # every request of the group, in order
+    last: bool | None = None  # the group's last request (the one answered)
 
 
 @dataclass(frozen=True, slots=True)

@@ -30,6 +30,7 @@ from siovd.model.bus import Bus
 from siovd.model.errors import SiovError
 from siovd.model.iommu import FaultRecord, Iommu
 from siovd.model.iommu.io_pagetable import owner_usage
+from siovd.model.iommu.pri import forget_device
 from siovd.model.memory import PhysicalMemory
 from siovd.model.owner import HOST
 from siovd.model.testparent import SiovTestParent
@@ -181,6 +182,10 @@ class Daemon:
         and its eventfds; then its owner is told."""
         self.vfio_user.unexpose_quietly(device.uuid)
         self.accel_runtime.forget(device.uuid)
+        # An external device's own page requests (SPEC §8.19) end with it.
+        self.iommu.prq.cancel_device(device.uuid)
+        self.iommu.atc.forget_device(device.uuid)  # it holds nothing now (SPEC §8.21)
+        forget_device(self.iommu.pri, device.uuid)
         session = self.sessions.get(device.owner)
         if session is not None:
             session.push_event(
@@ -265,7 +270,8 @@ class Daemon:
         2. its user-WQ char-device opens are drained (as ``idxd_cdev_release``) and closed, and
            its SVA bindings unbound;
         3. the accelerator: the session's waiting work is cancelled and its queued and running
-           descriptors dropped, so nothing runs against memory about to go;
+           descriptors dropped, so nothing runs against memory about to go; page requests
+           routed to it are answered INVALID (SPEC §8.19);
         4. the model: the bus removes its devices (each through :meth:`_device_removed`; an
            external device it had claimed returns to its registrant, who is told), the IOMMU
            frees its domains (lazy flushes first: they pin regions), then its memory;
@@ -278,6 +284,7 @@ class Daemon:
             self.vfio_user.release_session(session)
             self.sva.release_session(session)
             self.accel_runtime.release_session(session)
+            self.iommu.prq.owner_gone(session.id)  # what it was asked: answered INVALID
             self.iommu.flush_lazy()
             returned = [
                 d for d in self.bus.list(session.id) if d.registrant not in (None, HOST, session.id)
@@ -448,6 +455,7 @@ RELOADABLE = (
     "server.grace_period_s",
     "server.max_clients",
     "iommu.page_request_timeout_s",
+    "iommu.ats_invalidation_timeout_s",
 )
 
 

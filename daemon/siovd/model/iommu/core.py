@@ -24,6 +24,7 @@ from collections.abc import Callable
 from siovd.model.device import Device
 from siovd.model.dma import DmaOrigin
 from siovd.model.errors import SiovError
+from siovd.model.iommu.ats import DeviceTlbs
 from siovd.model.iommu.attach import AttachVerbs
 from siovd.model.iommu.base import REAP_INLINE, REAP_STEP, FaultCallback, TranslatedRun
 from siovd.model.iommu.dma_verbs import DmaVerbs
@@ -36,6 +37,7 @@ from siovd.model.iommu.pagetable import (
 )
 from siovd.model.iommu.pagetable_verbs import PagetableVerbs
 from siovd.model.iommu.pasid import PasidAllocator
+from siovd.model.iommu.pri import PriState
 from siovd.model.iommu.prq import PageRequestQueue
 from siovd.model.iommu.sva_verbs import SvaVerbs
 from siovd.model.memory import PageTablePool, PhysicalMemory
@@ -72,6 +74,10 @@ class Iommu(AttachVerbs, PagetableVerbs, InvalidateVerbs, DmaVerbs, SvaVerbs):
         self.pasids = PasidAllocator()
         #: Page requests waiting for their owners' answers (PRI / the PRQ).
         self.prq = PageRequestQueue(blocked_limit)
+        #: Page-request groups of external devices still waiting for their last request (pri.py).
+        self.pri = PriState()
+        #: What external devices cached from TRANSLATE, and their pending invalidations (ats.py).
+        self.atc = DeviceTlbs()
         self.on_fault: FaultCallback | None = None
         #: Asked at each fault which work the DMA belongs to (the accelerator's executor
         #: answers while it runs a descriptor).
@@ -171,5 +177,9 @@ class Iommu(AttachVerbs, PagetableVerbs, InvalidateVerbs, DmaVerbs, SvaVerbs):
             page_table_pages=self.pool.pages_in_use,
             page_table_pages_reaping=self.reaping,
             pasids_allocated=len(self.pasids),
+            ats_invalidations_sent=self.atc.sent,
+            ats_invalidations_completed=self.atc.completed,
+            ats_invalidation_timeouts=self.atc.timeouts,
+            ats_invalidations_pending=len(self.atc.pending),
         )
         return out

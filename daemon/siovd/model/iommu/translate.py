@@ -20,6 +20,7 @@ from siovd.model.iommu.faults import (
     FR_SM_WRITE,
 )
 from siovd.model.iommu.iotlb import E_HITS, E_REF, make_tag
+from siovd.model.iommu.nested import combine
 from siovd.model.iommu.pagetable import PROT_READ, PROT_WRITE, PTE_D, PTE_RW, walk
 from siovd.model.memory import Region
 
@@ -151,11 +152,19 @@ def _paging(
             # Miss, or a write through an entry that is read-only or not yet dirty: walk (a
             # hardware walker sets D with a locked update, and re-checks permissions).
             assert domain.locate is not None
-            result = walk(domain.locate, domain.root, domain.levels, pos, write)
+            tracks = domain.sets_dirty
+            result = walk(domain.locate, domain.root, domain.levels, pos, write, True, tracks)
             if isinstance(result, int):
                 failure = Failure(pos, result, domain)
                 break
+            if domain.nest_of is not None:  # stage 1 done: its output through stage 2
+                result = combine(domain.nest_of, pos, result, write)
+                if isinstance(result, int):
+                    failure = Failure(pos, result, domain)
+                    break
             pbase, size, flags, level = result
+            if not tracks and flags & PTE_RW:
+                flags |= PTE_D  # tracking off: writes need no walk to set D (dirty.py)
             entry = [pbase, size, flags, 0, region_of(pbase), 0]
             iotlb.insert(tag, pos, level, entry)
         else:

@@ -21,6 +21,7 @@ from siov_protocol.schema import encode
 from siovd.model.dma import DmaFault
 from siovd.model.errors import SiovError
 from siovd.model.iommu.faults import REASON_NAMES
+from siovd.model.iommu.translate import resolve
 from siovd.service.handlers.registry import Context, registry
 
 #: An encoded run is at most this long (a map of five u64 fields); REPLY_SLACK covers the rest
@@ -85,10 +86,19 @@ def translate(ctx: Context, req: Translate) -> TranslateReply:
     # One reply carries the runs: as many as fit the negotiated message size, no more.
     max_runs = max(1, (ctx.session.max_msg_size - REPLY_SLACK) // RUN_BYTES)
     # An ATS translation request that fails is answered here only: no fault record, no
-    # EVENT_FAULT to the owner (SPEC 8.7), whoever asked.
+    # EVENT_FAULT to the owner (SPEC 8.7), whoever asked. Only the device itself (its
+    # emulator or owner) is fenced after an ATS time-out and has what it learns remembered.
+    foreign = ctx.session.id not in (device.registrant, device.owner)
+    devtlb = ctx.daemon.iommu.atc
+    if not foreign:
+        devtlb.check_not_fenced(device.uuid)  # ETIMEDOUT after an ATS time-out (SPEC §8.21)
     runs, fault = ctx.daemon.iommu.translate(
         device, req.pasid, req.iova, req.length, req.write, max_runs, TRANSLATE_MAX_PAGES
     )
+    domain, _tag = resolve(device, req.pasid)
+    if not foreign and domain is not None and ctx.session.id == device.registrant:
+        # the device may cache what it was told: remember it, to invalidate it on change
+        devtlb.record(device.uuid, req.pasid, domain.id, [(r[0], r[2]) for r in runs])
     return TranslateReply(
         runs=[
             TranslateRun(iova=i, phys=p, length=n, prot=prot, page_size=size)
