@@ -600,8 +600,10 @@ class AccelRuntime:
         if state is None:
             return
         for request in self.prq.cancel_device(uuid):
-            item = request.payload.item
-            item.wq.cancel(item)
+            blocked = request.payload
+            if not isinstance(blocked, Blocked):
+                continue  # a PRI request raised for it (TRIGGER_IOPF, SPEC §8.19): no work waits
+            blocked.item.wq.cancel(blocked.item)
             self.stats.page_requests_cancelled += 1
         self.scheduler.forget(state.uuid)
         # What is still queued goes too (already gone if the mdev left the bus; a started
