@@ -12,6 +12,7 @@ from __future__ import annotations
 import array
 import socket
 import struct
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -27,6 +28,7 @@ TYPE_REPLY = 0x1
 FLAG_NO_REPLY = 0x10
 FLAG_ERROR = 0x20
 KNOWN_FLAGS = TYPE_MASK | FLAG_NO_REPLY | FLAG_ERROR
+EVENT_BASE = 0x200
 
 
 def frame(
@@ -68,6 +70,10 @@ class RawReply:
     def is_error(self) -> bool:
         return bool(self.flags & FLAG_ERROR)
 
+    @property
+    def is_reply(self) -> bool:
+        return self.flags & TYPE_MASK == TYPE_REPLY
+
     def parts(self) -> tuple[int, int, dict[str, Any]]:
         """``(msg_id, errno, body)``."""
         return self.msg_id, self.error, self.body
@@ -98,24 +104,72 @@ class _Ids:
         return msg_id, frame(msg_id, command, payload, flags, size)
 
 
-class RawClient(_Ids):
-    """Blocking, for a daemon in another process."""
+class Refused(Exception):
+    """An error reply where the test wanted success; ``errno`` and ``message`` are the reply's."""
 
-    def __init__(self, path: str, timeout: float = 5.0) -> None:
+    def __init__(self, reply: RawReply) -> None:
+        super().__init__(f"errno {reply.error}: {reply.body.get('message')}")
+        self.errno = reply.error
+        self.message = str(reply.body.get("message", ""))
+
+
+def send_all(sock: socket.socket, data: bytes, fds: Sequence[int] = ()) -> None:
+    """All of ``data``, the fds (if any) with its first byte."""
+    if fds:
+        sent = sock.sendmsg([data], rights(list(fds)))
+        if sent < len(data):
+            sock.sendall(data[sent:])
+    else:
+        sock.sendall(data)
+
+
+def is_event(reply: RawReply) -> bool:
+    """Events (SPEC: command ids from 0x200) arrive between replies, unasked."""
+    return reply.command >= EVENT_BASE
+
+
+class RawClient(_Ids):
+    """Blocking, for a daemon in another process.
+
+    ``negotiate=True`` sends VERSION (with ``capabilities``) before returning; a refusal
+    raises :class:`Refused`. :meth:`reply` and :meth:`request` set events aside in
+    :attr:`events`; :meth:`recv` returns whatever comes next.
+    """
+
+    def __init__(
+        self,
+        path: str,
+        timeout: float = 5.0,
+        *,
+        negotiate: bool = False,
+        capabilities: dict[str, Any] | None = None,
+    ) -> None:
         self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        self.sock.settimeout(timeout)
-        self.sock.connect(path)
+        self.events: list[RawReply] = []
+        try:
+            self.sock.settimeout(timeout)
+            self.sock.connect(path)
+            if negotiate:
+                self.negotiate(capabilities)
+        except BaseException:
+            self.sock.close()
+            raise
 
     def close(self) -> None:
         self.sock.close()
 
-    def send_raw(self, data: bytes, fds: list[int] | None = None) -> None:
-        if fds:
-            self.sock.sendmsg([data], rights(fds))
-        else:
-            self.sock.sendall(data)
+    def __enter__(self) -> RawClient:
+        return self
 
-    def send(self, command: int, body: Any = None, fds: list[int] | None = None, **kw: Any) -> int:
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def send_raw(self, data: bytes, fds: Sequence[int] | None = None) -> None:
+        send_all(self.sock, data, fds or ())
+
+    def send(
+        self, command: int, body: Any = None, fds: Sequence[int] | None = None, **kw: Any
+    ) -> int:
         payload = b"" if body is None else msgpack.packb(body)
         msg_id, data = self.frame(command, payload, **kw)
         self.send_raw(data, fds)
@@ -125,15 +179,37 @@ class RawClient(_Ids):
         head = recv_exact(self.sock, HEADER_SIZE)
         return _reply(head, recv_exact(self.sock, HDR.unpack(head)[2] - HEADER_SIZE))
 
-    def request(self, command: int, body: Any = None, **kw: Any) -> RawReply:
-        msg_id = self.send(command, body, **kw)
-        reply = self.recv()
+    def reply(self) -> RawReply:
+        """The next message that is not an event."""
+        while is_event(got := self.recv()):
+            self.events.append(got)
+        return got
+
+    def request(
+        self, command: int, body: Any = None, fds: Sequence[int] | None = None, **kw: Any
+    ) -> RawReply:
+        msg_id = self.send(command, body, fds, **kw)
+        reply = self.reply()
         assert reply.msg_id == msg_id
         return reply
 
-    def negotiate(self) -> RawReply:
-        reply = self.request(Command.VERSION, {"major": 1, "minor": 0})
-        assert not reply.is_error, reply
+    def call(
+        self, command: int, body: Any = None, fds: Sequence[int] | None = None
+    ) -> dict[str, Any]:
+        """One request; its reply body, or :class:`Refused` for an error reply."""
+        reply = self.request(command, body, fds)
+        if reply.is_error:
+            raise Refused(reply)
+        return reply.body
+
+    def negotiate(self, capabilities: dict[str, Any] | None = None) -> RawReply:
+        """VERSION 1.0 (with ``capabilities`` when given); :class:`Refused` if refused."""
+        fields: dict[str, Any] = {"major": 1, "minor": 0}
+        if capabilities is not None:
+            fields["capabilities"] = capabilities
+        reply = self.request(Command.VERSION, fields)
+        if reply.is_error:
+            raise Refused(reply)
         return reply
 
     def is_closed(self) -> bool:
