@@ -132,8 +132,9 @@ class RawClient(_Ids):
     """Blocking, for a daemon in another process.
 
     ``negotiate=True`` sends VERSION (with ``capabilities``) before returning; a refusal
-    raises :class:`Refused`. :meth:`reply` and :meth:`request` set events aside in
-    :attr:`events`; :meth:`recv` returns whatever comes next.
+    raises :class:`Refused`. ``rcvbuf`` sets SO_RCVBUF before the connect. :meth:`reply`
+    and :meth:`request` set events aside in :attr:`events`; :meth:`recv` returns whatever
+    comes next.
     """
 
     def __init__(
@@ -143,10 +144,13 @@ class RawClient(_Ids):
         *,
         negotiate: bool = False,
         capabilities: dict[str, Any] | None = None,
+        rcvbuf: int | None = None,
     ) -> None:
         self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         self.events: list[RawReply] = []
         try:
+            if rcvbuf is not None:  # a small one makes a client that reads little look stuck
+                self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, rcvbuf)
             self.sock.settimeout(timeout)
             self.sock.connect(path)
             if negotiate:
@@ -226,10 +230,15 @@ class AsyncRawClient(_Ids):
         self.sock = sock
 
     @classmethod
-    async def connect(cls, path: str) -> AsyncRawClient:
+    async def connect(cls, path: str, rcvbuf: int | None = None) -> AsyncRawClient:
         sock = trio.socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        if rcvbuf is not None:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, rcvbuf)
         await sock.connect(path)
         return cls(sock)
+
+    def close(self) -> None:
+        self.sock.close()
 
     async def send_raw(self, data: bytes, fds: tuple[int, ...] = ()) -> None:
         if fds:

@@ -36,12 +36,7 @@ def connect(siovd_proc: DaemonProcess) -> Iterator[Any]:
     def open_with(capabilities: dict[str, Any] | None = None) -> tuple[RawClient, dict[str, Any]]:
         client = RawClient(siovd_proc.path)
         clients.append(client)
-        request: dict[str, Any] = {"major": 1, "minor": 0}
-        if capabilities is not None:
-            request["capabilities"] = capabilities
-        reply = client.request(Command.VERSION, request)
-        assert not reply.is_error, reply
-        caps: dict[str, Any] = reply.body["capabilities"]
+        caps: dict[str, Any] = client.negotiate(capabilities).body["capabilities"]
         return client, caps
 
     yield open_with
