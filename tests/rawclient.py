@@ -28,7 +28,6 @@ TYPE_REPLY = 0x1
 FLAG_NO_REPLY = 0x10
 FLAG_ERROR = 0x20
 KNOWN_FLAGS = TYPE_MASK | FLAG_NO_REPLY | FLAG_ERROR
-EVENT_BASE = 0x200
 
 
 def frame(
@@ -124,8 +123,9 @@ def send_all(sock: socket.socket, data: bytes, fds: Sequence[int] = ()) -> None:
 
 
 def is_event(reply: RawReply) -> bool:
-    """Events (SPEC: command ids from 0x200) arrive between replies, unasked."""
-    return reply.command >= EVENT_BASE
+    """Events (SPEC 7: type command, flag no-reply) arrive between replies, unasked; an error
+    reply to an unknown id such as 0x7777 is still a reply."""
+    return not reply.is_reply and bool(reply.flags & FLAG_NO_REPLY)
 
 
 class RawClient(_Ids):
