@@ -123,9 +123,10 @@ def send_all(sock: socket.socket, data: bytes, fds: Sequence[int] = ()) -> None:
 
 
 def is_event(reply: RawReply) -> bool:
-    """Events (SPEC 7: type command, flag no-reply) arrive between replies, unasked; an error
-    reply to an unknown id such as 0x7777 is still a reply."""
-    return not reply.is_reply and bool(reply.flags & FLAG_NO_REPLY)
+    """Events arrive between replies, unasked (SPEC 7: type command, flag no-reply, id from
+    0x200); an error reply to an unknown id such as 0x7777 is still a reply."""
+    command_type = reply.flags & TYPE_MASK == 0
+    return command_type and bool(reply.flags & FLAG_NO_REPLY) and reply.command >= 0x200
 
 
 class RawClient(_Ids):
