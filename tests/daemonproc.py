@@ -28,7 +28,7 @@ def answers(path: str) -> bool:
     """Whether a daemon serves ``path``. The probe's connection is over, on the daemon's side
     too, when this returns True: it half-closes and waits for the daemon's close, so a test's
     baseline (fds, counts) taken next never includes the probe."""
-    probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)  # bare: it half-closes, says nothing
     try:
         probe.connect(path)
     except OSError:
