@@ -81,7 +81,7 @@ def ping_rtt_ratio() -> Figure:
         round(ping / echo, 3),
         "ratio",
         round(echo * 1e6, 2),
-        "<= 2.0",
+        "<= 1.3",
         f"PING {ping * 1e6:.1f} us vs raw echo {echo * 1e6:.1f} us (the baseline, in us); "
         f"medians of {RUNS} interleaved runs",
     )

@@ -29,7 +29,7 @@ from siov_protocol import (
     ProtocolError,
     Side,
 )
-from siov_protocol.fdpass import ANC_SPACE, fds_from_ancillary, send_nowait
+from siov_protocol.fdpass import fds_from_ancillary, recv_nowait, send_nowait
 from siov_protocol.messages import AuthReply, InfoReply, PingReply, StatsReply, VersionReply
 from siov_protocol.replies import (
     EVENTS,
@@ -53,6 +53,8 @@ from siov_protocol.replies import (
     GroupInfo,
     GroupListReply,
     InvalidateReply,
+    IotlbEntriesReply,
+    IotlbEntry,
     IovaToPhysReply,
     ListDefinedReply,
     MapReply,
@@ -76,6 +78,7 @@ from siov_protocol.schema import decode
 from .buffers import Buffer, memfd, page_align
 from .domain import Domain
 from .errors import ConnectionClosed, PermissionDenied, SiovError, error_for
+from .iommu_ext import IommuExtMixin
 
 if TYPE_CHECKING:
     from .mdev import Mdev
@@ -232,13 +235,14 @@ class _Pending:
     error: SiovError | None = None
 
 
-class Client:
+class Client(IommuExtMixin):
     """One connection to siovd. Create it with :func:`connect`."""
 
     def __init__(self, sock: trio.socket.SocketType, *, event_buffer: int = 4096) -> None:
         self._sock = sock
         self._raw = socket.socket(fileno=os.dup(sock.fileno()))
         self._raw.setblocking(False)
+        self._recv_view = memoryview(bytearray(RECV_SIZE))
         self._conn = Connection(Side.CLIENT, max_msg_size=64 << 20, max_fds=253)
         self._pending: dict[int, _Pending] = {}
         self._write_lock = trio.Lock()
@@ -299,10 +303,19 @@ class Client:
     async def _read_round(self) -> None:
         """Wait for data, receive one chunk, deliver every message in it."""
         conn = self._conn
+        raw, view = self._raw, self._recv_view
         try:
-            data, anc, _flags, _ = await self._sock.recvmsg(RECV_SIZE, ANC_SPACE)
-            conn.receive_data(data, fds_from_ancillary(anc))
-            if not data:
+            # Into this client's buffer, and copied out before any checkpoint (recv_nowait).
+            got = recv_nowait(raw, view)
+            waited = got is None
+            while got is None:
+                await trio.lowlevel.wait_readable(raw)
+                got = recv_nowait(raw, view)
+            size, anc, _flags = got
+            conn.receive_data(view[:size], fds_from_ancillary(anc) if anc else ())
+            if not waited:  # as trio's recvmsg: a receive that found data at once yields
+                await trio.lowlevel.cancel_shielded_checkpoint()  # (the bytes are taken)
+            if not size:
                 self._fail(ConnectionClosed("the daemon closed the connection"))
                 return
             while (event := conn.next_event()) is not NEED_DATA:
@@ -678,9 +691,12 @@ class Client:
         user_managed: bool = False,
         lazy: bool = False,
         pt_root: int | None = None,
+        dirty_tracking: bool = False,
+        nest_parent: bool = False,
     ) -> Domain:
         """A new domain: a :class:`~siov.Domain` (its ``id``; ``info`` as allocated), which
-        every method taking a domain accepts."""
+        every method taking a domain accepts. ``dirty_tracking`` (SPEC §8.17), ``nest_parent``
+        (SPEC §8.20)."""
         body: dict[str, Any] = {
             "bus": bus,
             "type": type,
@@ -690,6 +706,10 @@ class Client:
         }
         if pt_root is not None:
             body["pt_root"] = pt_root
+        if dirty_tracking:  # SPEC §8.17
+            body["dirty_tracking"] = True
+        if nest_parent:  # SPEC §8.20
+            body["nest_parent"] = True
         reply: DomainInfo = await self.call_typed(Command.DOMAIN_ALLOC, body)
         return Domain(reply)
 
@@ -775,6 +795,29 @@ class Client:
         body = {"domain": domain_id(domain), "iova": iova}
         reply: IovaToPhysReply = await self.call_typed(Command.IOVA_TO_PHYS, body)
         return reply.phys
+
+    async def iova_leaf(self, domain: DomainRef, iova: int) -> IovaToPhysReply:
+        """:meth:`iova_to_phys` with the leaf's size: ``.phys`` and ``.page_size`` (4096,
+        2 MiB or 1 GiB; 0 for an identity domain). ``ENOENT`` where nothing is mapped."""
+        body = {"domain": domain_id(domain), "iova": iova}
+        reply: IovaToPhysReply = await self.call_typed(Command.IOVA_TO_PHYS, body)
+        return reply
+
+    async def iotlb_entries(
+        self, domain: DomainRef, *, pasid: int | None = None, page: int = 1024
+    ) -> list[IotlbEntry]:
+        """What the IOTLB caches for ``domain`` (one PASID of it, or every PASID), sorted by
+        (PASID, IOVA): each entry's page size, physical base, writable/dirty bits and hits.
+        An inspection: it counts no hit. Asks again, ``page`` entries at a time, until the
+        listing is whole (an admin may name another client's domain)."""
+        out: list[IotlbEntry] = []
+        body: dict[str, Any] = {"domain": domain_id(domain), "pasid": pasid, "max_entries": page}
+        while True:
+            reply: IotlbEntriesReply = await self.call_typed(Command.IOTLB_ENTRIES, body)
+            out.extend(reply.entries)
+            if reply.next_iova is None or reply.next_pasid is None:
+                return out
+            body |= {"start_pasid": reply.next_pasid, "start_iova": reply.next_iova}
 
     async def dirty_bitmap(
         self, domain: int, iova: int, size: int, *, clear: bool = False
@@ -1088,6 +1131,7 @@ class Client:
     async def aclose(self) -> None:
         for mdev in list(self._mdevs.values()):
             mdev.close()  # its eventfds
+        trio.lowlevel.notify_closing(self._raw)  # a reader waiting on it wakes, not hangs
         self._raw.close()
         self._sock.close()
 

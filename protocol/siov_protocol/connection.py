@@ -127,7 +127,7 @@ def _depth_ok(obj: Any, limit: int) -> bool:
     return True
 
 
-def decode_body(payload: bytes | memoryview) -> dict[str, Any]:
+def decode_body(payload: bytes | bytearray | memoryview) -> dict[str, Any]:
     """Decode one body; raise ``ValueError`` with a reason the peer can read.
 
     The frame size bounds the body, and msgpack bounds every length by the input's size.
@@ -190,7 +190,9 @@ class Connection:
 
     # ---- receiving -------------------------------------------------------------------------
 
-    def receive_data(self, data: bytes, fds: list[int] | tuple[int, ...] = ()) -> None:
+    def receive_data(
+        self, data: bytes | bytearray | memoryview, fds: list[int] | tuple[int, ...] = ()
+    ) -> None:
         """Buffer bytes (and the fds that came with them). ``b""`` means end of stream.
 
         The fds belong to the message holding the *last* byte of ``data``. Linux ends a stream
@@ -243,7 +245,8 @@ class Connection:
             return NEED_DATA
         begin = self._start + HEADER_SIZE
         end = self._start + size
-        payload = bytes(self._buf[begin:end])
+        # One copy (a bytearray slice); msgpack reads it as it reads bytes.
+        payload = self._buf[begin:end] if end > begin else b""
         self._start = end
         fds = self._take_fds(self._stream_pos + end)
         self._compact()

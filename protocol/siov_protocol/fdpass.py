@@ -48,9 +48,28 @@ def send_nowait(sock: socket.socket, data: bytes | memoryview, fds: Sequence[int
     send the rest without them. Errors other than a full buffer are raised.
     """
     try:
+        if not fds:  # the common case: no ancillary data to build or parse
+            return sock.send(data)
         return sock.sendmsg([data], rights(fds))
     except BlockingIOError:
         return 0
+
+
+def recv_nowait(
+    sock: socket.socket, view: memoryview, anc_space: int = ANC_SPACE
+) -> tuple[int, list[tuple[int, int, bytes]], int] | None:
+    """One ``recvmsg_into`` on a non-blocking socket into ``view``: ``(bytes, ancillary data,
+    msg flags)``, or None when nothing is there yet.
+
+    Into a buffer the caller keeps, because ``recvmsg(n)`` allocates ``n`` bytes every call
+    and shrinks them to what arrived: for a 256 KiB buffer and a 16-byte message that costs
+    more than the system call (measured: ~25 us against ~3 us).
+    """
+    try:
+        n, anc, flags, _ = sock.recvmsg_into([view], anc_space)
+    except BlockingIOError:
+        return None
+    return n, anc, flags
 
 
 def close_fds(fds: Iterable[int]) -> None:

@@ -78,6 +78,7 @@ class _Field:
 
 
 _cache: dict[type, tuple[_Field, ...]] = {}
+_names: dict[type, frozenset[str]] = {}  # each schema's field names, for the unknown-field check
 
 
 def _fields(cls: type) -> tuple[_Field, ...]:
@@ -106,6 +107,7 @@ def _fields(cls: type) -> tuple[_Field, ...]:
             )
         spec = tuple(out)
         _cache[cls] = spec
+        _names[cls] = frozenset(f.name for f in spec)
     return spec
 
 
@@ -177,10 +179,11 @@ def _check(value: Any, tp: Any, f: _Field, path: str) -> Any:
 
 def _decode(cls: type[T], body: dict[str, Any], prefix: str) -> T:
     spec = _fields(cls)
-    known = {f.name for f in spec}
-    for key in body:
-        if key not in known:
-            raise FieldError(errno.EINVAL, prefix + str(key), "unknown field")
+    if not body.keys() <= _names[cls]:
+        known = _names[cls]
+        for key in body:
+            if key not in known:
+                raise FieldError(errno.EINVAL, prefix + str(key), "unknown field")
     kwargs: dict[str, Any] = {}
     for f in spec:
         if f.name in body:

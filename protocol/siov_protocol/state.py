@@ -132,9 +132,9 @@ class ConnectionState:
         Too early for its phase, or more fds than negotiated. (Running VERSION or AUTH a
         second time is :meth:`repeat_refusal`'s, judged after the body decoded.)
         """
-        name = command_name(command)
-        wanted = allowed_from(command)
+        wanted = HANDSHAKE.get(command, Phase.READY)  # allowed_from, inline: every message
         if self.phase < wanted:
+            name = command_name(command)
             if self.phase is Phase.AWAIT_VERSION:
                 return errno.EPROTO, f"{name} before VERSION: negotiate the version first"
             return errno.EACCES, f"{name} before AUTH: authenticate first"

@@ -308,8 +308,7 @@ class AccelRuntime:
         turn = self.scheduler.run(
             group, Budget(self.work_budget, lambda: clock() > deadline), self._space_for, engine
         )
-        for outcome in turn.outcomes:
-            self._settled(outcome)
+        self._settle_turn(turn.outcomes)
         if turn.more:
             self.wake_engines(group)
         return turn.more
@@ -320,6 +319,34 @@ class AccelRuntime:
             return None
         space = state.spaces.get(item.pasid)
         return space if space is not None else self._space(state, item.pasid)
+
+    def _settle_turn(self, outcomes: list[Completed | Blocked | Preempted]) -> None:
+        """:meth:`_settled` for a turn's outcomes, in order; a run of plain completions (no
+        interrupt, no event) of one mdev is counted at once: the common case of a SUBMIT of
+        64 costs one count, not 64."""
+        owner: object = None
+        state: MdevState | None = None
+        done = 0
+        mdevs = self.mdevs
+        for outcome in outcomes:
+            if type(outcome) is Completed and not outcome.events and not outcome.interrupt:
+                item_owner = outcome.item.owner
+                if item_owner is not owner:
+                    if done:
+                        self._count_done(state, done)
+                        done = 0
+                    owner = item_owner
+                    state = mdevs.get(owner)  # type: ignore[call-overload]
+                if state is not None:
+                    done += 1
+                continue
+            if done:
+                self._count_done(state, done)
+                done = 0
+            owner = state = None  # _settled may forget an mdev: look it up again
+            self._settled(outcome)
+        if done:
+            self._count_done(state, done)
 
     def _settled(self, outcome: Completed | Blocked | Preempted) -> None:
         """Turn one outcome of the model into counts, interrupts, events and page requests."""

@@ -32,7 +32,13 @@ from siov_protocol import (
     Side,
     decode,
 )
-from siov_protocol.fdpass import ANC_SPACE, MAX_FDS_PER_MESSAGE, fds_from_ancillary, send_nowait
+from siov_protocol.fdpass import (
+    ANC_SPACE,
+    MAX_FDS_PER_MESSAGE,
+    fds_from_ancillary,
+    recv_nowait,
+    send_nowait,
+)
 from siov_protocol.features import command_refusal
 from siov_protocol.header import FLAG_NO_REPLY, HEADER_SIZE
 from siov_protocol.replies import ShutdownEvent, event_message
@@ -67,6 +73,8 @@ REFUSE_WAIT_S = 1.0  # how long a refused connection may take to send its first 
 MAX_REFUSING = 64  # refusals answered at once; past that a refused connection is just closed
 MAX_FDS_RECEIVED = MAX_FDS_PER_MESSAGE  # receive everything the kernel can carry, then judge it
 ANC_SIZE = ANC_SPACE
+#: A plain int: ``socket.MSG_CTRUNC`` is an IntFlag, and its ``&`` costs a microsecond a message.
+_MSG_CTRUNC = int(socket.MSG_CTRUNC)
 
 
 def close_fds(fds: list[int] | tuple[int, ...]) -> None:
@@ -191,17 +199,32 @@ class ClientConnection:
         clock = time.perf_counter
         turn_s = self.daemon.config.server.turn_ms / 1000
         turn_end = clock() + turn_s
+        raw, view = self.raw, self.server.recv_view
         while True:
+            # recvmsg_into the server's one buffer, and straight into the connection's own
+            # buffer with no checkpoint between, so another connection's receive cannot come
+            # between them.
             try:
-                data, anc, flags, _ = await self.sock.recvmsg(RECV_SIZE, ANC_SPACE)
+                got = recv_nowait(raw, view)
+                waited = got is None
+                while got is None:
+                    await trio.lowlevel.wait_readable(raw)
+                    got = recv_nowait(raw, view)
             except OSError as exc:
                 raise ClientGone(str(exc)) from None
-            fds = fds_from_ancillary(anc)
-            if flags & socket.MSG_CTRUNC:  # the kernel closed what did not fit
+            size, anc, flags = got
+            fds = fds_from_ancillary(anc) if anc else []
+            if flags & _MSG_CTRUNC:  # the kernel closed what did not fit
                 self.daemon.counters["fds_truncated"] += 1
-            conn.receive_data(data, fds)
-            if not data:
+            conn.receive_data(view[:size], fds)
+            if not size:
                 return
+            if not waited:
+                # As trio's recvmsg: a receive that did not wait still yields, so a client
+                # that keeps its socket full takes turns with the others (and a connection
+                # that just ended is released before a new one's first request runs).
+                # Shielded, as there: the bytes are taken and must be handled.
+                await trio.lowlevel.cancel_shielded_checkpoint()
             while True:
                 try:
                     event = conn.next_event()
@@ -294,17 +317,17 @@ class ClientConnection:
         session = self.session
         if handler is None:
             return errno.ENOSYS, f"unknown command {msg.command:#x}"
-        name = handler.command.name
         why = session.protocol.refusal(msg.command, len(fds))
         if why is not None:
             return why
         if len(fds) > handler.max_fds:
+            name = handler.command.name
             if handler.max_fds == 0:
                 return errno.EINVAL, f"{name} takes no file descriptors, got {len(fds)}"
             return errno.EINVAL, f"{name} takes at most {handler.max_fds} fds, got {len(fds)}"
         if handler.admin and not session.is_admin:
-            return errno.EPERM, f"{name} needs the admin role"
-        return command_refusal(msg.command, session.features, name)
+            return errno.EPERM, f"{handler.command.name} needs the admin role"
+        return command_refusal(msg.command, session.features, handler.command.name)
 
     def call(
         self, handler: Handler, msg: Message, fds: list[int]
@@ -339,9 +362,10 @@ class ClientConnection:
         reads nothing else meanwhile, so its own next request sees the work done."""
         name = handler.command.name
         try:
+            pause = deferred.pause or trio.lowlevel.checkpoint
             while not deferred.job.step(self.turn_budget()):
                 self.daemon.counters["request_turns"] += 1
-                await trio.lowlevel.checkpoint()
+                await pause()
             return self.encode_reply(handler, msg, deferred.finish())
         except SiovError as exc:
             return self.conn.send_error(msg.msg_id, msg.command, exc.errno, exc.message), ()
@@ -485,6 +509,8 @@ class Server:
         self.closing = False
         self.stopped = trio.Event()
         self.ready_hooks: list[Callable[[], None]] = []
+        #: Every connection receives into this one buffer and copies out at once (read_loop).
+        self.recv_view = memoryview(bytearray(RECV_SIZE))
 
     async def serve(
         self,
