@@ -197,6 +197,40 @@ class Group:
             self._advance(wqs)
         return None
 
+    def head(self) -> tuple[WorkQueue, int] | None:
+        """The WQ :meth:`take` hands out from next and how many of its descriptors in a row
+        it may (its credits; no limit when it is the group's only WQ), or None when nothing
+        is queued. Passes empty WQs as :meth:`take` would before taking."""
+        wqs = self.wqs
+        count = len(wqs)
+        if not count or not any(wq.occupancy for wq in wqs):
+            return None
+        if self._credits <= 0:
+            self._credits = wqs[self._cursor % count].priority
+        while True:
+            wq = wqs[self._cursor % count]
+            if wq.occupancy:
+                break
+            self._advance(wqs)
+        if wq.priority <= 0 or self._credits <= 0:
+            return None
+        return wq, (1 << 62) if count == 1 else self._credits
+
+    def took(self, count: int) -> None:
+        """``count`` :meth:`take` calls handed out descriptors of :meth:`head`'s WQ (a native
+        run of queued descriptors, at most its credits): the arbitration moves as they
+        would have moved it."""
+        wqs = self.wqs
+        credits = self._credits
+        if count < credits:
+            self._credits = credits - count
+        elif len(wqs) > 1:
+            self._advance(wqs)
+        else:  # the only WQ: its credits ran out and came back (perhaps several times)
+            priority = wqs[0].priority
+            self._cursor = 0
+            self._credits = priority - (count - credits) % priority
+
     def _advance(self, wqs: list[WorkQueue]) -> None:
         self._cursor = (self._cursor + 1) % len(wqs)
         self._credits = wqs[self._cursor].priority
