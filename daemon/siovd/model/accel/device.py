@@ -197,34 +197,35 @@ class Group:
             self._advance(wqs)
         return None
 
-    def head(self) -> tuple[WorkQueue, int] | None:
-        """The WQ :meth:`take` hands out from next and how many of its descriptors in a row
-        it may (its credits; no limit when it is the group's only WQ), or None when nothing
-        is queued. Passes empty WQs as :meth:`take` would before taking."""
+    def head(self) -> tuple[WorkQueue, int, int] | None:
+        """Where :meth:`take` hands out from next: ``(wq, cursor, credits)``, the WQ (passing
+        empty WQs as :meth:`take` would), its place and its credits then (how many of its
+        descriptors in a row it may hand out); None when that WQ is not found. Changes
+        nothing: :meth:`took` does, once descriptors were taken."""
         wqs = self.wqs
         count = len(wqs)
-        if not count or not any(wq.occupancy for wq in wqs):
-            return None
-        if self._credits <= 0:
-            self._credits = wqs[self._cursor % count].priority
-        while True:
-            wq = wqs[self._cursor % count]
-            if wq.occupancy:
-                break
-            self._advance(wqs)
-        if wq.priority <= 0 or self._credits <= 0:
-            return None
-        return wq, (1 << 62) if count == 1 else self._credits
-
-    def took(self, count: int) -> None:
-        """``count`` :meth:`take` calls handed out descriptors of :meth:`head`'s WQ (a native
-        run of queued descriptors, at most its credits): the arbitration moves as they
-        would have moved it."""
-        wqs = self.wqs
+        cursor = self._cursor % count if count else 0
         credits = self._credits
+        if count and credits <= 0:
+            credits = wqs[cursor].priority
+        for _ in range(count):
+            wq = wqs[cursor]
+            if wq.occupancy:
+                return (wq, cursor, credits) if credits > 0 else None
+            cursor = (cursor + 1) % count
+            credits = wqs[cursor].priority
+        return None
+
+    def took(self, count: int, cursor: int, credits: int) -> None:
+        """``count`` :meth:`take` calls handed out descriptors of the WQ :meth:`head` found at
+        ``cursor`` with ``credits`` (a native run of queued descriptors; at most ``credits``
+        unless it is the group's only WQ): the arbitration moves as they would have moved it."""
+        wqs = self.wqs
+        self._cursor = cursor
         if count < credits:
             self._credits = credits - count
         elif len(wqs) > 1:
+            self._credits = 0
             self._advance(wqs)
         else:  # the only WQ: its credits ran out and came back (perhaps several times)
             priority = wqs[0].priority

@@ -127,8 +127,9 @@ class Scheduler:
         head = group.head()
         if head is None:
             return 0, False
-        wq, credits = head
-        limit = min(wq.occupancy, credits, max(1, -(-budget.left // DESC_COST)))
+        wq, cursor, credits = head
+        allowed = credits if len(group.wqs) > 1 else wq.occupancy
+        limit = min(wq.occupancy, allowed, max(1, -(-budget.left // DESC_COST)))
         if not budget.untimed:
             limit = min(limit, TIMED_ENTRIES)
         queued = wq.head_run(limit, fastpath.OPCODES)
@@ -141,7 +142,7 @@ class Scheduler:
         ran, fallback, record, written = self.executor.run_queued(first, descs, space, budget)
         if not ran:
             return 0, False
-        group.took(ran)
+        group.took(ran, cursor, credits)
         last = wq.retire_run(ran)
         raw = last.desc
         if raw[4] & IDXD_OP_FLAG_RCI:
