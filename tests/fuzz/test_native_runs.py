@@ -1,7 +1,7 @@
 """Differential fuzzing of the scheduler's native runs against one-by-one Python execution.
 
 Two worlds (the native differential fuzzer's memory and mappings) each get the embedded default
-device (a group of two WQs of priority 10, four engines). The same seeded descriptors are
+device (a group of two WQs of priority 10, four engines; or each WQ in a group of its own). The same seeded descriptors are
 queued in both: runs of well-formed native descriptors with, in the middle, descriptors that
 miss the IOTLB, fault, fail validation, ask for an interrupt, are DRAINs or come from another
 submitter or PASID. One world's scheduler runs them natively in runs
@@ -22,7 +22,7 @@ import random
 import pytest
 
 from siov import dsa
-from siovd.model.accel import Blocked, Completed, Executor, Preempted, embedded_default
+from siovd.model.accel import Blocked, Completed, Executor, Group, Preempted, embedded_default
 from siovd.model.accel.outcome import CompletedRun, PageResponse
 from siovd.model.accel.scheduler import Outcome, Scheduler
 from siovd.model.budget import Budget
@@ -38,10 +38,17 @@ OWNERS = ("a", "b")
 class QueueWorld(World):
     """A world with a device of its own and a scheduler, native runs or Python."""
 
-    def __init__(self, native: bool, iotlb_entries: int, devtlb: bool) -> None:
+    def __init__(self, native: bool, iotlb_entries: int, devtlb: bool, one_wq: bool) -> None:
         super().__init__(native, iotlb_entries, devtlb)
         self.dsa = embedded_default()
         self.dwq, self.swq = self.dsa.wqs[0], self.dsa.wqs[1]
+        if one_wq:  # the shared WQ moves to a group of its own: the dedicated one is alone
+            self.dsa.disable()
+            self.swq.configure({"group_id": 1})
+            self.dsa.engines[3].configure({"group_id": 1})
+            self.dsa.enable()
+            for wq in (self.dwq, self.swq):
+                wq.enable()
         self.group = self.dwq.group
         self.scheduler = Scheduler(Executor(native=native), runs=native)
         #: the lengths of the native runs, and runs a descriptor run in Python came right after
@@ -49,9 +56,18 @@ class QueueWorld(World):
         self.cut = 0
 
     def turn(self, work: int, timed: bool) -> tuple[list[object], bool]:
+        said: list[object] = []
+        more = False
+        for group in dict.fromkeys((self.dwq.group, self.swq.group)):
+            assert group is not None
+            told, left = self.turn_of(group, work, timed)
+            said.extend(told)
+            more = more or left
+        return said, more
+
+    def turn_of(self, group: Group, work: int, timed: bool) -> tuple[list[object], bool]:
         budget = Budget(work, (lambda: False) if timed else None)
-        assert self.group is not None
-        turn = self.scheduler.run(self.group, budget, lambda item: self.space)
+        turn = self.scheduler.run(group, budget, lambda item: self.space)
         said: list[object] = []
         previous: object = None
         for outcome in turn.outcomes:
@@ -72,7 +88,8 @@ class QueueWorld(World):
             return [("plain", outcome.item.owner)]
         if isinstance(outcome, Blocked):
             resumed = self.scheduler.resume(outcome.state, PageResponse.INVALID, Budget(work))
-            return [("blocked", outcome.item.seq, repr(outcome.events))] + self.told(resumed, work)
+            told = self.told(resumed, work)
+            return [("blocked", outcome.item.seq, repr(outcome.events)), *told]
         if isinstance(outcome, Preempted):
             return [("preempted", outcome.item.seq, repr(outcome.events))]
         assert isinstance(outcome, Completed)
@@ -95,6 +112,8 @@ class QueueWorld(World):
             (wq.stats, wq.occupancy, sorted(wq._inflight), wq._queued_drains)
             for wq in (self.dwq, self.swq)
         ]
+        other = self.swq.group
+        assert other is not None
         engines = {engine.id: n for engine, n in self.scheduler.engine_runs.items()}
         return [
             self.counters(),
@@ -102,6 +121,8 @@ class QueueWorld(World):
             engines,
             group._cursor,
             group._credits,
+            other._cursor,
+            other._credits,
             self.scheduler.preemptions,
             self.scheduler.in_progress(group),
         ]
@@ -119,16 +140,27 @@ def _descriptor(gen: AliasingGenerator, rng: random.Random) -> bytes:
 
 
 @pytest.mark.parametrize(
-    ("work", "timed", "iotlb_entries", "devtlb", "devtlb_entries"),
+    ("work", "timed", "iotlb_entries", "devtlb", "devtlb_entries", "one_wq"),
     [
-        (1 << 40, False, 8192, False, 0),
-        (1 << 40, True, 8192, False, 0),
-        (5 * 4096, False, 8192, False, 0),
-        (1 << 40, False, 6, False, 0),
-        (3 * 4096, True, 8192, True, 1024),
-        (1 << 40, False, 8192, True, 5),
+        (1 << 40, False, 8192, False, 0, False),
+        (1 << 40, True, 8192, False, 0, False),
+        (5 * 4096, False, 8192, False, 0, False),
+        (1 << 40, False, 6, False, 0, False),
+        (3 * 4096, True, 8192, True, 1024, False),
+        (1 << 40, False, 8192, True, 5, False),
+        (1 << 40, False, 8192, False, 0, True),
+        (7 * 4096, True, 6, False, 0, True),
     ],
-    ids=["unlimited", "timed", "small-budget", "tiny-iotlb", "devtlb-timed", "full-devtlb"],
+    ids=[
+        "unlimited",
+        "timed",
+        "small-budget",
+        "tiny-iotlb",
+        "devtlb-timed",
+        "full-devtlb",
+        "one-wq",
+        "one-wq-small-budget-tiny-iotlb",
+    ],
 )
 def test_native_runs_match_one_by_one_python_execution(
     work: int,
@@ -136,13 +168,14 @@ def test_native_runs_match_one_by_one_python_execution(
     iotlb_entries: int,
     devtlb: bool,
     devtlb_entries: int,
+    one_wq: bool,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     if devtlb_entries:
         monkeypatch.setattr(devtlb_module, "CAPACITY", devtlb_entries)
-    rng = random.Random(SEED + work + timed + iotlb_entries + devtlb + devtlb_entries)
-    ref = QueueWorld(False, iotlb_entries, devtlb)
-    fast = QueueWorld(True, iotlb_entries, devtlb)
+    rng = random.Random(SEED + work + timed + iotlb_entries + devtlb + devtlb_entries + one_wq)
+    ref = QueueWorld(False, iotlb_entries, devtlb, one_wq)
+    fast = QueueWorld(True, iotlb_entries, devtlb, one_wq)
     gen = AliasingGenerator(rng, RECORD_PAGES * PAGE // 32)
     try:
         for round_number in range(ROUNDS):
@@ -177,7 +210,8 @@ def test_native_runs_match_one_by_one_python_execution(
         ref.env.close()
         fast.env.close()
     SUMMARY.append(
-        f"native runs ({work=}, {timed=}, {iotlb_entries=}, {devtlb=}, {devtlb_entries=}): "
+        f"native runs ({work=}, {timed=}, {iotlb_entries=}, {devtlb=}, {devtlb_entries=}, "
+        f"{one_wq=}): "
         f"{ROUNDS} rounds, {len(fast.runs)} runs of {sum(fast.runs)} descriptors "
         f"(longest {max(fast.runs, default=0)}), {fast.cut} followed by Python work"
     )
