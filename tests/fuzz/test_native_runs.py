@@ -1,13 +1,13 @@
 """Differential fuzzing of the scheduler's native runs against one-by-one Python execution.
 
 Two worlds (the native differential fuzzer's memory and mappings) each get the embedded default
-device (a group of two WQs of priority 10, four engines; or each WQ in a group of its own).
-The same seeded descriptors are queued in both: runs of well-formed native descriptors with, in the middle, descriptors that
-miss the IOTLB, fault, fail validation, ask for an interrupt, are DRAINs or come from another
-submitter or PASID. One world's scheduler runs them natively in runs
-(:meth:`Scheduler.run` with ``runs=True``, :class:`CompletedRun` outcomes), the other runs
-each in the Python executor. Turn by turn the outcomes must say the same (a run counts as that
-many plain completions of its submitter), with the same ``more``, and afterwards the memory
+device (a group of two WQs of priority 10, four engines; or each WQ in a group of its own). The
+same seeded descriptors are queued in both: runs of well-formed native descriptors with, in the
+middle, descriptors that miss the IOTLB, fault, fail validation, ask for an interrupt, are
+DRAINs or come from another submitter or PASID. One world's scheduler runs them natively in runs
+(:meth:`Scheduler.run` with ``runs=True``, :class:`CompletedRun` outcomes), the other runs each
+in the Python executor. Turn by turn the outcomes must say the same (a run counts as that many
+plain completions of its submitter), with the same ``more``, and afterwards the memory
 (completion records included), the IOTLB, device-TLB and fault counters, the WQ statistics,
 occupancy and descriptors in flight, the engines' counts and the group's arbitration state.
 
