@@ -104,7 +104,7 @@ def iotlb_hit_vs_dict() -> Figure:
     plain: dict[tuple[int, int, int], list[Any]] = {}
     iovas = [page * PAGE for page in range(4096)]
     for iova in iovas:
-        entry = [iova + GiB, PAGE, 0x7, 0, None]
+        entry = [iova + GiB, PAGE, 0x7, 0, None, 0]
         iotlb.insert(tag, iova, 1, entry)
         plain[(tag, iova >> 12, 1)] = entry
     random.Random(1).shuffle(iovas)
@@ -166,7 +166,7 @@ def iotlb_miss_vs_hit() -> Figure:
                     result = walk(locate, root, 4, iova, False)
                     assert not isinstance(result, int)
                     pbase, size, flags, level = result
-                    insert(tag, iova, level, [pbase, size, flags, 0, None])
+                    insert(tag, iova, level, [pbase, size, flags, 0, None, 0])
 
         def hits(xs: list[int]) -> None:
             lookup = iotlb.lookup

@@ -21,6 +21,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 MODULES = [
     "bench.core_figures",
     "bench.iommu_figures",
+    "bench.nested_figures",
     "bench.accel_figures",
     "bench.sva_figures",
     "bench.guest_figures",

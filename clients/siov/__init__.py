@@ -1,6 +1,8 @@
 """siov: the Python SDK for siovd (async trio client, blocking client, DSA helpers)."""
 
 from siov_protocol import Command
+from siov_protocol.messages_iommu import DeviceOwnerEvent, FaultEvent, PageRequestEvent
+from siov_protocol.replies import IotlbEntry
 
 from .blocking import BlockingClient, BlockingMdev
 from .buffers import Buffer
@@ -9,6 +11,7 @@ from .errors import (
     AlreadyExists,
     Busy,
     ConnectionClosed,
+    DescriptorsDropped,
     DmaFault,
     InvalidArgument,
     NoSpace,
@@ -34,14 +37,19 @@ __all__ = [
     "Client",
     "Command",
     "ConnectionClosed",
+    "DescriptorsDropped",
+    "DeviceOwnerEvent",
     "DmaFault",
     "Event",
     "EventStream",
+    "FaultEvent",
     "InvalidArgument",
+    "IotlbEntry",
     "Mdev",
     "NoSpace",
     "NotFound",
     "NotSupported",
+    "PageRequestEvent",
     "PermissionDenied",
     "ProtocolViolation",
     "RecordNotWritten",

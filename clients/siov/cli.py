@@ -7,6 +7,7 @@ client and its parsed arguments and returns something printable (a dict or a lis
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import errno
 import json
 import os
@@ -657,13 +658,55 @@ def cmd_domains(client: BlockingClient, args: argparse.Namespace) -> Any:
     return rows
 
 
-@command("iotlb", "IOTLB and fault counters")
+def _iotlb_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--domain",
+        type=_num,
+        help="list the entries cached for this domain (any client's, "
+        "as admin); without it, the IOMMU's counters",
+    )
+    p.add_argument("--pasid", type=_num, help="only the entries tagged with this PASID")
+
+
+def _page_size(size: int) -> str:
+    """4K, 2M, 1G (identity domains have no leaves: "-")."""
+    if not size:
+        return "-"
+    for unit, shift in (("G", 30), ("M", 20), ("K", 10)):
+        if size >= 1 << shift and size % (1 << shift) == 0:
+            return f"{size >> shift}{unit}"
+    return str(size)
+
+
+@command("iotlb", "IOTLB counters, or a domain's cached entries (--domain, --pasid)", _iotlb_args)
 def cmd_iotlb(client: BlockingClient, args: argparse.Namespace) -> Any:
-    iommu = client.stats().iommu or {}
-    lookups = iommu.get("iotlb_hits", 0) + iommu.get("iotlb_misses", 0)
-    out = {k: v for k, v in iommu.items() if k.startswith(("iotlb", "lazy", "faults"))}
-    out["iotlb_hit_rate"] = round(iommu.get("iotlb_hits", 0) / lookups, 4) if lookups else None
-    return out
+    if args.domain is None:
+        if args.pasid is not None:
+            raise SystemExit("siovctl iotlb: --pasid needs --domain")
+        iommu = client.stats().iommu or {}
+        lookups = iommu.get("iotlb_hits", 0) + iommu.get("iotlb_misses", 0)
+        out = {
+            k: v
+            for k, v in iommu.items()
+            if k.startswith(("iotlb", "lazy", "faults", "translate_failures"))
+        }
+        out["iotlb_hit_rate"] = round(iommu.get("iotlb_hits", 0) / lookups, 4) if lookups else None
+        return out
+    entries = client.iotlb_entries(args.domain, pasid=args.pasid)
+    if args.json:
+        return [dataclasses.asdict(e) for e in entries]
+    return [
+        {
+            "pasid": e.pasid,
+            "iova": hex(e.iova),
+            "page": _page_size(e.page_size),
+            "phys": hex(e.phys),
+            "rw": "rw" if e.writable else "r",
+            "dirty": int(e.dirty),
+            "hits": e.hits,
+        }
+        for e in entries
+    ]
 
 
 def _translate_args(p: argparse.ArgumentParser) -> None:
@@ -686,7 +729,13 @@ def cmd_translate(client: BlockingClient, args: argparse.Namespace) -> Any:
     if args.json:
         return out
     rows: list[dict[str, Any]] = [
-        {"iova": hex(r.iova), "phys": hex(r.phys), "length": r.length, "prot": r.prot}
+        {
+            "iova": hex(r.iova),
+            "phys": hex(r.phys),
+            "length": r.length,
+            "prot": r.prot,
+            "page": _page_size(r.page_size),  # the leaf size behind the run
+        }
         for r in out.runs
     ]
     if out.fault is not None:
@@ -695,6 +744,46 @@ def cmd_translate(client: BlockingClient, args: argparse.Namespace) -> Any:
         text = f"FAULT reason {fault.reason:#x}" + (f" ({name})" if name else "")
         rows.append({"iova": hex(fault.iova), "phys": text})
     return rows
+
+
+def _device_arg(p: argparse.ArgumentParser) -> None:
+    p.add_argument("device", help="device UUID")
+
+
+@command(
+    "resv-regions", "a device's reserved IOVA regions (MSI window, direct, reserved)", _device_arg
+)
+def cmd_resv_regions(client: BlockingClient, args: argparse.Namespace) -> Any:
+    regions = client.resv_regions(args.device)
+    if args.json:
+        return regions
+    return [{"start": hex(r["start"]), "last": hex(r["last"]), "type": r["type"]} for r in regions]
+
+
+def _domain_arg(p: argparse.ArgumentParser) -> None:
+    p.add_argument("domain", type=_num, help="domain id")
+
+
+@command(
+    "iova-ranges",
+    "the IOVA ranges a domain can map (outside reserved, inside allowed)",
+    _domain_arg,
+)
+def cmd_iova_ranges(client: BlockingClient, args: argparse.Namespace) -> Any:
+    ranges = client.iova_ranges(args.domain)
+    if args.json:
+        return [{"start": s, "last": e} for s, e in ranges]
+    return [{"start": hex(s), "last": hex(e)} for s, e in ranges]
+
+
+@command("hw-info", "the IOMMU's VT-d cap/ecap and capabilities as a device sees them", _device_arg)
+def cmd_hw_info(client: BlockingClient, args: argparse.Namespace) -> Any:
+    info = client.hw_info(args.device)
+    out = {k: v for k, v in info.items() if k != "data"}
+    if not args.json:
+        out["cap_reg"] = f"{info['cap_reg']:#018x}"
+        out["ecap_reg"] = f"{info['ecap_reg']:#018x}"
+    return out
 
 
 # ---- the accelerator (accel-config's commands and object names) ----------------------------
@@ -771,7 +860,11 @@ def _accel_args(p: argparse.ArgumentParser) -> None:
     ls.add_argument("-Q", "--workqueues", action="store_true", help="include workqueue info")
     ls.add_argument("-i", "--idle", action="store_true", help="include idle components")
     ls.add_argument(
-        "--siov", action="store_true", help="add siov's extra keys (prs_disable, op_config, ...)"
+        "--siov",
+        action="store_true",
+        help="add siov's extra keys: on each enabled WQ the mdevs using it with their PASIDs "
+        "(mdevs) and the dedicated-WQ drops (dropped); prs_disable, op_config, ... (without "
+        "it the output is accel-config's, key for key)",
     )
     device = sub.add_parser("config-device", help="set device attributes (admin)")
     device.add_argument("names", nargs="+", metavar="DEVICE", help="e.g. dsa0, or all")

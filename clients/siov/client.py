@@ -53,6 +53,8 @@ from siov_protocol.replies import (
     GroupInfo,
     GroupListReply,
     InvalidateReply,
+    IotlbEntriesReply,
+    IotlbEntry,
     IovaToPhysReply,
     ListDefinedReply,
     MapReply,
@@ -76,6 +78,7 @@ from siov_protocol.schema import decode
 from .buffers import Buffer, memfd, page_align
 from .domain import Domain
 from .errors import ConnectionClosed, PermissionDenied, SiovError, error_for
+from .iommu_ext import IommuExtMixin
 
 if TYPE_CHECKING:
     from .mdev import Mdev
@@ -232,7 +235,7 @@ class _Pending:
     error: SiovError | None = None
 
 
-class Client:
+class Client(IommuExtMixin):
     """One connection to siovd. Create it with :func:`connect`."""
 
     def __init__(self, sock: trio.socket.SocketType, *, event_buffer: int = 4096) -> None:
@@ -688,9 +691,12 @@ class Client:
         user_managed: bool = False,
         lazy: bool = False,
         pt_root: int | None = None,
+        dirty_tracking: bool = False,
+        nest_parent: bool = False,
     ) -> Domain:
         """A new domain: a :class:`~siov.Domain` (its ``id``; ``info`` as allocated), which
-        every method taking a domain accepts."""
+        every method taking a domain accepts. ``dirty_tracking`` (SPEC §8.17), ``nest_parent``
+        (SPEC §8.20)."""
         body: dict[str, Any] = {
             "bus": bus,
             "type": type,
@@ -700,6 +706,10 @@ class Client:
         }
         if pt_root is not None:
             body["pt_root"] = pt_root
+        if dirty_tracking:  # SPEC §8.17
+            body["dirty_tracking"] = True
+        if nest_parent:  # SPEC §8.20
+            body["nest_parent"] = True
         reply: DomainInfo = await self.call_typed(Command.DOMAIN_ALLOC, body)
         return Domain(reply)
 
@@ -785,6 +795,29 @@ class Client:
         body = {"domain": domain_id(domain), "iova": iova}
         reply: IovaToPhysReply = await self.call_typed(Command.IOVA_TO_PHYS, body)
         return reply.phys
+
+    async def iova_leaf(self, domain: DomainRef, iova: int) -> IovaToPhysReply:
+        """:meth:`iova_to_phys` with the leaf's size: ``.phys`` and ``.page_size`` (4096,
+        2 MiB or 1 GiB; 0 for an identity domain). ``ENOENT`` where nothing is mapped."""
+        body = {"domain": domain_id(domain), "iova": iova}
+        reply: IovaToPhysReply = await self.call_typed(Command.IOVA_TO_PHYS, body)
+        return reply
+
+    async def iotlb_entries(
+        self, domain: DomainRef, *, pasid: int | None = None, page: int = 1024
+    ) -> list[IotlbEntry]:
+        """What the IOTLB caches for ``domain`` (one PASID of it, or every PASID), sorted by
+        (PASID, IOVA): each entry's page size, physical base, writable/dirty bits and hits.
+        An inspection: it counts no hit. Asks again, ``page`` entries at a time, until the
+        listing is whole (an admin may name another client's domain)."""
+        out: list[IotlbEntry] = []
+        body: dict[str, Any] = {"domain": domain_id(domain), "pasid": pasid, "max_entries": page}
+        while True:
+            reply: IotlbEntriesReply = await self.call_typed(Command.IOTLB_ENTRIES, body)
+            out.extend(reply.entries)
+            if reply.next_iova is None or reply.next_pasid is None:
+                return out
+            body |= {"start_pasid": reply.next_pasid, "start_iova": reply.next_iova}
 
     async def dirty_bitmap(
         self, domain: int, iova: int, size: int, *, clear: bool = False

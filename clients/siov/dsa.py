@@ -29,7 +29,12 @@ from siov_protocol.dsa import (
     DIF_BLOCK_SIZES,
     DIF_FLAG_INVERT_CRC_RESULT,
     DIF_FLAG_INVERT_CRC_SEED,
+    DSA_COMP_PAGE_FAULT_IR,
+    DSA_COMP_PAGE_FAULT_NOBOF,
+    DSA_COMP_RECORD_SIZE,
     DSA_DESC_SIZE,
+    IDXD_OP_FLAG_BYPASS_CRC_INV_REF,
+    IDXD_OP_FLAG_BYPASS_DATA_REF,
     IDXD_OP_FLAG_CRAV,
     IDXD_OP_FLAG_FILL_16B,
     IDXD_OP_FLAG_RCR,
@@ -49,6 +54,7 @@ __all__ = [
     "compare",
     "compval",
     "copy_crc",
+    "crc32c",
     "crcgen",
     "create_delta",
     "dif_check",
@@ -64,6 +70,7 @@ __all__ = [
     "memmove",
     "noop",
     "parse_completion",
+    "remainder",
     "status_name",
     "t10_crc16",
 ]
@@ -581,3 +588,108 @@ def status_name(status: int) -> str:
     except ValueError:
         name = f"DSA_COMP_{code:#x}"
     return name + ("|WRITE" if status & 0x80 else "")
+
+
+# ---- software references and resumption -----------------------------------------------------
+
+_M32 = 0xFFFFFFFF
+_BITREV8 = bytes(int(f"{i:08b}"[::-1], 2) for i in range(256))
+
+
+def _crc32c_table() -> tuple[int, ...]:
+    table = []
+    for byte in range(256):
+        reg = byte
+        for _ in range(8):
+            reg = (reg >> 1) ^ 0x82F63B78 if reg & 1 else reg >> 1
+        table.append(reg)
+    return tuple(table)
+
+
+_CRC32C_TABLE = _crc32c_table()
+
+
+def _bitrev32(value: int) -> int:
+    return int(f"{value & _M32:032b}"[::-1], 2)
+
+
+def crc32c(data: bytes | bytearray | memoryview, seed: int = 0, flags: int = 0) -> int:
+    """The ``crc_val`` CRCGEN (and COPY_CRC) reports for ``data``: DSA's CRC-32C (polynomial
+    0x1EDC6F41, processed reflected) with its seed and bypass rules, to check a result.
+
+    By default the register starts at ``~seed`` and the result is ``~register``: seed 0 is the
+    standard CRC-32C (``crc32c(b"123456789") == 0xE3069283``) and a result seeds the next
+    chunk (``crc32c(b, seed=crc32c(a)) == crc32c(a + b)``), which is how a partial
+    completion resumes. ``IDXD_OP_FLAG_BYPASS_CRC_INV_REF`` bit-reverses seed and result
+    instead of inverting them; ``IDXD_OP_FLAG_BYPASS_DATA_REF`` feeds each byte MSB-first
+    (accel-config ``test/dsa.c``; Intel DML ``crc.cpp``). Pure Python, table-driven, written
+    apart from the daemon's so it checks it: a few MB/s, meant for tests."""
+    plain = not flags & IDXD_OP_FLAG_BYPASS_CRC_INV_REF
+    reg = (~seed & _M32) if plain else _bitrev32(seed)
+    raw = bytes(data)
+    if flags & IDXD_OP_FLAG_BYPASS_DATA_REF:
+        raw = raw.translate(_BITREV8)
+    table = _CRC32C_TABLE
+    for byte in raw:
+        reg = table[(reg ^ byte) & 0xFF] ^ (reg >> 8)
+    return (~reg & _M32) if plain else _bitrev32(reg)
+
+
+#: Where each resumable opcode keeps its addresses (descriptor offsets advanced by
+#: ``bytes_completed``): DML partial_completion.hpp, accel-config test/dsa_prep.c dsa_reprep_*.
+_ADVANCE: dict[int, tuple[int, ...]] = {
+    DsaOpcode.MEMMOVE: (16, 24),
+    DsaOpcode.MEMFILL: (24,),
+    DsaOpcode.COMPARE: (16, 24),
+    DsaOpcode.COMPVAL: (16,),
+    DsaOpcode.CR_DELTA: (16, 24),
+    DsaOpcode.DUALCAST: (16, 24, 40),
+    DsaOpcode.CRCGEN: (16,),
+    DsaOpcode.COPY_CRC: (16, 24),
+    DsaOpcode.CFLUSH: (16,),
+}
+
+
+def remainder(descriptor: bytes, record: bytes | bytearray | memoryview) -> bytes:
+    """The descriptor that finishes what ``descriptor`` began, from its completion record
+    after a partial completion (``DSA_COMP_PAGE_FAULT_NOBOF`` or ``PAGE_FAULT_IR``), as DML
+    resumes for you: addresses advance and the size shrinks by ``bytes_completed``; CRCGEN
+    and COPY_CRC continue from ``crc_val`` as their seed (and no longer read it from
+    ``seed_addr``); CREATE_DELTA appends after the ``delta_rec_size`` bytes already written
+    (the new record's offsets count from the resumed position). Map the faulting page
+    (``fault_addr``) first, then submit the result with the same completion address.
+
+    ``ValueError`` for a record that is not a partial completion, or an opcode with no
+    byte-wise resumption here (BATCH: resume from its descriptors' own records; the DIF
+    family, APPLY_DELTA, NOOP, DRAIN)."""
+    if len(descriptor) != DSA_DESC_SIZE:
+        raise ValueError(f"a descriptor is {DSA_DESC_SIZE} bytes, got {len(descriptor)}")
+    done = CompletionRecord.unpack(bytes(record[:DSA_COMP_RECORD_SIZE]))
+    if done.code not in (DSA_COMP_PAGE_FAULT_NOBOF, DSA_COMP_PAGE_FAULT_IR):
+        raise ValueError(f"not a partial completion: status {status_name(done.code)}")
+    out = bytearray(descriptor)
+    flags_op = int.from_bytes(out[4:8], "little")
+    opcode = flags_op >> 24
+    fields = _ADVANCE.get(opcode)
+    if fields is None:
+        raise ValueError(f"opcode {opcode:#x} cannot be resumed byte-wise")
+    n = done.bytes_completed
+    size = int.from_bytes(out[32:36], "little")
+    if n > size:
+        raise ValueError(f"bytes_completed {n} is past the descriptor's size {size}")
+    for offset in fields:
+        value = int.from_bytes(out[offset : offset + 8], "little") + n
+        out[offset : offset + 8] = (value & (1 << 64) - 1).to_bytes(8, "little")
+    out[32:36] = (size - n).to_bytes(4, "little")
+    if opcode in (DsaOpcode.CRCGEN, DsaOpcode.COPY_CRC):
+        out[40:44] = (done.crc_val & _M32).to_bytes(4, "little")
+        out[48:56] = bytes(8)
+        flags_op &= ~IDXD_OP_FLAG_READ_CRC_SEED
+        out[4:8] = flags_op.to_bytes(4, "little")
+    elif opcode == DsaOpcode.CR_DELTA:
+        written = done.delta_rec_size
+        delta = int.from_bytes(out[40:48], "little") + written
+        out[40:48] = delta.to_bytes(8, "little")
+        room = int.from_bytes(out[48:52], "little")
+        out[48:52] = max(room - written, 0).to_bytes(4, "little")
+    return bytes(out)

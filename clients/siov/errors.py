@@ -37,6 +37,12 @@ class TryAgain(SiovError):
     """EAGAIN: retry later (a shared WQ that is full answers this way)."""
 
 
+class DescriptorsDropped(UserWarning):
+    """A dedicated WQ dropped descriptors past its size (MOVDIR64B gives no answer on
+    hardware, so nothing else tells): warned by :meth:`Mdev.submit`; counted per WQ in
+    ``stats()`` and ``accel_list()`` (``dropped``)."""
+
+
 class PermissionDenied(SiovError):
     """EACCES / EPERM: not authenticated, or not allowed for this role."""
 
@@ -126,6 +132,7 @@ __all__ = [
     "AlreadyExists",
     "Busy",
     "ConnectionClosed",
+    "DescriptorsDropped",
     "DmaFault",
     "InvalidArgument",
     "NoSpace",

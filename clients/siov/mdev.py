@@ -42,7 +42,7 @@ from siov_protocol.messages_accel import (
 from siov_protocol.replies import DeviceDescription
 from siov_protocol.schema import RecordKeyWarning
 
-from .errors import RecordNotWritten, TryAgain
+from .errors import DescriptorsDropped, RecordNotWritten, TryAgain
 
 if TYPE_CHECKING:
     from .client import Client
@@ -223,7 +223,8 @@ class Mdev:
         limited: bool = False,
     ) -> SubmitResults:
         """SUBMIT one or many 64-byte descriptors. A shared WQ takes ``pasid`` (default the
-        mdev's) and may answer "retry" per descriptor; a dedicated WQ drops what does not fit."""
+        mdev's) and may answer "retry" per descriptor; a dedicated WQ drops what does not fit
+        (and this warns :class:`~siov.errors.DescriptorsDropped`)."""
         blob = descriptors if isinstance(descriptors, bytes | bytearray) else b"".join(descriptors)
         body: dict[str, Any] = {"device": self.uuid, "descriptors": bytes(blob)}
         if pasid is not None:
@@ -231,6 +232,13 @@ class Mdev:
         if limited:
             body["limited"] = True
         reply = await self.client.call(Command.SUBMIT, body)
+        if reply["dropped"]:
+            warnings.warn(
+                f"mdev {self.uuid}: {reply['dropped']} descriptor(s) dropped, the dedicated WQ "
+                "is full (see SubmitResults.dropped; the WQ's stats count them)",
+                DescriptorsDropped,
+                stacklevel=2,
+            )
         return SubmitResults(
             reply["accepted"], reply["retry"], reply["dropped"], bytes(reply["results"])
         )

@@ -106,6 +106,20 @@ struct siov_header {
 #define SIOV_CMD_VFIO_USER_EXPOSE         0x180
 #define SIOV_CMD_VFIO_USER_UNEXPOSE       0x181
 #define SIOV_CMD_ACCEL_EVL_READ           0x190
+#define SIOV_CMD_DEVICE_RESV_REGIONS      0x1C0
+#define SIOV_CMD_DEVICE_RESV_ADD          0x1C1
+#define SIOV_CMD_IOVA_RANGES              0x1C2
+#define SIOV_CMD_ALLOW_IOVAS              0x1C3
+#define SIOV_CMD_SET_DIRTY_TRACKING       0x1C4
+#define SIOV_CMD_GET_DIRTY_BITMAP         0x1C5
+#define SIOV_CMD_GET_HW_INFO              0x1C6
+#define SIOV_CMD_UNMAP_DIRTY              0x1C7
+#define SIOV_CMD_PAGE_REQUEST             0x1C8
+#define SIOV_CMD_TRIGGER_IOPF             0x1C9
+#define SIOV_CMD_NESTED_ALLOC             0x1CA
+#define SIOV_CMD_HWPT_INVALIDATE          0x1CB
+#define SIOV_CMD_ATS_INVALIDATE_DONE      0x1D0
+#define SIOV_CMD_IOTLB_ENTRIES            0x1E0
 #define SIOV_CMD_EVENT_FAULT              0x200
 #define SIOV_CMD_EVENT_PAGE_REQUEST       0x201
 #define SIOV_CMD_EVENT_IRQ                0x202
@@ -113,6 +127,7 @@ struct siov_header {
 #define SIOV_CMD_EVENT_SHUTDOWN           0x204
 #define SIOV_CMD_EVENT_DEVICE_OWNER       0x205
 #define SIOV_CMD_EVENT_EVL                0x230
+#define SIOV_CMD_EVENT_ATS_INVALIDATE     0x240
 
 /* ---- capabilities and features (SPEC §6, §6.1): keys of VERSION's `capabilities` ------- */
 #define SIOV_CAP_MAX_MSG_SIZE "max_msg_size"

@@ -61,6 +61,7 @@ class Command(enum.IntEnum):
     DMA_READ = 0x140
     DMA_WRITE = 0x141
     TRANSLATE = 0x142
+    IOTLB_ENTRIES = 0x1E0  # entry-level IOTLB inspection, per domain and PASID
 
     # accelerator
     ACCEL_LIST = 0x150
@@ -96,6 +97,21 @@ class Command(enum.IntEnum):
     VFIO_USER_EXPOSE = 0x180
     VFIO_USER_UNEXPOSE = 0x181
 
+    # iommu extensions (issue 17): reserved regions and IOVA ranges, dirty tracking, hw info
+    DEVICE_RESV_REGIONS = 0x1C0
+    DEVICE_RESV_ADD = 0x1C1
+    IOVA_RANGES = 0x1C2
+    ALLOW_IOVAS = 0x1C3
+    SET_DIRTY_TRACKING = 0x1C4
+    GET_DIRTY_BITMAP = 0x1C5
+    GET_HW_INFO = 0x1C6
+    UNMAP_DIRTY = 0x1C7
+    PAGE_REQUEST = 0x1C8
+    TRIGGER_IOPF = 0x1C9
+    NESTED_ALLOC = 0x1CA
+    HWPT_INVALIDATE = 0x1CB
+    ATS_INVALIDATE_DONE = 0x1D0  # a device dropped what an EVENT_ATS_INVALIDATE named
+
     # events: daemon -> client, sent as commands with the no-reply flag
     EVENT_FAULT = 0x200
     EVENT_PAGE_REQUEST = 0x201
@@ -104,6 +120,7 @@ class Command(enum.IntEnum):
     EVENT_SHUTDOWN = 0x204
     EVENT_DEVICE_OWNER = 0x205  # to a registrant: its device was claimed or released
     EVENT_EVL = 0x230  # an entry was written to an event log a session armed
+    EVENT_ATS_INVALIDATE = 0x240  # to an emulator: drop cached translations (device TLB)
 
 
 EVENT_BASE = 0x200

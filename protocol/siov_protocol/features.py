@@ -30,6 +30,7 @@ COMMAND_FEATURE: dict[int, str] = {
     Command.DMA_READ: DMA,
     Command.DMA_WRITE: DMA,
     Command.TRANSLATE: DMA,
+    Command.ATS_INVALIDATE_DONE: DMA,  # only a device that translates is invalidated
     Command.DEVICE_GET_INFO: DSA,
     Command.DEVICE_GET_REGION_INFO: DSA,
     Command.DEVICE_SET_IRQS: DSA,
@@ -63,6 +64,7 @@ EVENT_FEATURE: dict[int, str] = {
     Command.EVENT_PAGE_REQUEST: DSA,
     Command.EVENT_IRQ: DSA,
     Command.EVENT_EVL: DSA,
+    Command.EVENT_ATS_INVALIDATE: DMA,
 }
 
 

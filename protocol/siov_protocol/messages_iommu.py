@@ -76,6 +76,8 @@ class DomainAlloc:
     user_managed: bool = False
     lazy: bool = False
     pt_root: int | None = u(*U64, default=None)  # user-managed: root table in your memory
+    dirty_tracking: bool = False  # SPEC §8.17: D set only while SET_DIRTY_TRACKING enables
+    nest_parent: bool = False  # SPEC §8.20: may be the stage 2 of nested domains
 
 
 @dataclass(frozen=True, slots=True)
@@ -132,6 +134,18 @@ class Unmap:
 class IovaToPhys:
     domain: int = u(*U32)
     iova: int = u(*U64)
+
+
+@dataclass(frozen=True, slots=True)
+class IotlbEntries:
+    """What the IOTLB caches for a domain: every PASID entry of it, or ``pasid``'s only,
+    from (``pasid``, ``iova``) on (``after`` continues a listing a reply cut short)."""
+
+    domain: int = u(*U32)
+    pasid: int | None = u(0, PASID_MAX, default=None, nil=True)
+    start_pasid: int = u(0, PASID_MAX, default=0)
+    start_iova: int = u(*U64, default=0)
+    max_entries: int = u(1, 4096, default=1024)
 
 
 @dataclass(frozen=True, slots=True)
@@ -198,6 +212,18 @@ class FaultEvent(Record):
     write: bool = False
     reason_name: str = text(64, default="")
     domain: int | None = u(*U32, default=None, nil=True)
+    # The descriptor whose DMA faulted (absent for an emulator's DMA_READ/DMA_WRITE): its WQ,
+    # opcode, completion-record address and index in its batch (nil: not in a batch).
+    wq: str | None = text(64, default=None, nil=True)
+    opcode: int | None = u(*U8, default=None, nil=True)
+    completion_addr: int | None = u(*U64, default=None, nil=True)
+    batch_index: int | None = u(*U32, default=None, nil=True)
+
+
+@dataclass(frozen=True, slots=True)
+class PageRequestPage(Record):
+    iova: int = u(*U64)
+    perm: int = u(0, 15)
 
 
 @dataclass(frozen=True, slots=True)
@@ -208,6 +234,12 @@ class PageRequestEvent(Record):
     iova: int = u(*U64)
     write: bool = False
     domain: int | None = u(*U32, default=None, nil=True)
+    # PRI fields (SPEC §8.19); absent in a block-on-fault request of the accelerator
+    pasid_valid: bool | None = None  # False: a request without PASID (the RID's)
+    grpid: int | None = u(0, 511, default=None)  # PCIe page request group index
+    perm: int | None = u(0, 15, default=None)  # READ 1, WRITE 2, EXEC 4, PRIV 8
+    pages: list[PageRequestPage] | None = None  # every request of the group, in order
+    last: bool | None = None  # the group's last request (the one answered)
 
 
 @dataclass(frozen=True, slots=True)

@@ -26,6 +26,7 @@ from .messages_accel import (
     RegionWriteReply,
     SubmitReply,
 )
+from .messages_ats import AtsInvalidateEvent
 from .messages_iommu import DeviceOwnerEvent, DeviceRemovedEvent, FaultEvent, PageRequestEvent
 from .schema import U8, U32, U64, Record, encode, required, text, u
 
@@ -161,12 +162,37 @@ class MapReply(Record):
 @dataclass(frozen=True, slots=True)
 class UnmapReply(Record):
     unmapped: int = u(*U64)
+    #: devices whose ATS invalidation did not complete in time (now fenced, SPEC §8.21)
+    ats_timed_out: list[str] | None = None
+    #: invalidations owed by this connection's own devices (not waited for, SPEC §8.21)
+    ats_unacked: list[int] | None = None
 
 
 @dataclass(frozen=True, slots=True)
 class IovaToPhysReply(Record):
     phys: int = u(*U64)
     page_size: int = u(*U64)  # the leaf's size: 4 KiB, 2 MiB, 1 GiB (0: identity domain)
+
+
+@dataclass(frozen=True, slots=True)
+class IotlbEntry(Record):
+    pasid: int = u(*U32)  # the PASID tagging the entry (an mdev's default PASID: RID2PASID)
+    iova: int = u(*U64)  # the page's first IOVA
+    page_size: int = u(*U32)  # the leaf's size: 4096, 2 MiB or 1 GiB
+    phys: int = u(*U64)
+    writable: bool = required()
+    dirty: bool = required()
+    hits: int = u(*U64)  # lookups it answered since it was cached
+    referenced: bool = required()  # the CLOCK mark: hit since eviction last passed it
+
+
+@dataclass(frozen=True, slots=True)
+class IotlbEntriesReply(Record):
+    entries: list[IotlbEntry] = required()
+    total: int = u(*U32)  # entries cached for the domain (and PASID) asked about
+    # where the next request starts (start_pasid, start_iova) when this reply was cut short
+    next_pasid: int | None = u(*U32, default=None, nil=True)
+    next_iova: int | None = u(*U64, default=None, nil=True)
 
 
 @dataclass(frozen=True, slots=True)
@@ -200,6 +226,8 @@ class TranslateRun(Record):
     phys: int = u(*U64)
     length: int = u(*U64)
     prot: int = u(*U8)
+    # the leaf size behind the run: 4096, 2 MiB, 1 GiB (0: identity domain, no page table)
+    page_size: int = u(*U32, default=0)
 
 
 @dataclass(frozen=True, slots=True)
@@ -216,6 +244,98 @@ class TranslateReply(Record):
     runs: list[TranslateRun] = required()
     translated: int = u(*U64)
     fault: TranslateFault | None = required()  # the first fault, nil when the range translated
+
+
+# ---- IOMMU extensions (SPEC §8.16-§8.20) --------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class ResvRegion(Record):
+    start: int = u(*U64)
+    last: int = u(*U64)  # inclusive
+    type: str = text(16)  # msi | direct | reserved
+
+
+@dataclass(frozen=True, slots=True)
+class ResvRegionsReply(Record):
+    regions: list[ResvRegion] = required()
+
+
+@dataclass(frozen=True, slots=True)
+class IovaRangeInfo(Record):
+    start: int = u(*U64)
+    last: int = u(*U64)
+
+
+@dataclass(frozen=True, slots=True)
+class IovaRangesReply(Record):
+    num_iovas: int = u(*U32)
+    iova_alignment: int = u(*U64)
+    ranges: list[IovaRangeInfo] = required()
+
+
+@dataclass(frozen=True, slots=True)
+class DirtyTrackingReply(Record):
+    enabled: bool = required()
+
+
+@dataclass(frozen=True, slots=True)
+class UnmapDirtyReply(Record):
+    unmapped: int = u(*U64)
+    bitmap: bytes = text(64 << 20)
+    page_size: int = u(*U32)
+    pages: int = u(*U64)
+    ats_timed_out: list[str] | None = None  # as UnmapReply's
+    ats_unacked: list[int] | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class HwInfoReply(Record):
+    out_data_type: int = u(*U32)
+    data_len: int = u(*U32)
+    data: bytes = text(4096)
+    flags: int = u(*U32)
+    cap_reg: int = u(*U64)
+    ecap_reg: int = u(*U64)
+    capabilities: int = u(*U64)
+    max_pasid_log2: int = u(*U8)
+    decoded: dict[str, Any] = required()  # the registers read back (SPEC §8.18)
+
+
+@dataclass(frozen=True, slots=True)
+class PageRequestReply(Record):
+    """PAGE_REQUEST and TRIGGER_IOPF: the request's cookie and, when known, the answer."""
+
+    request: int | None = u(*U64, nil=True)
+    queued: bool | None = None  # not the group's last request: no response is owed
+    code: int | None = u(*U8, default=None)  # the response code (SUCCESS 0, INVALID 1, FAILURE 0xF)
+    by_iommu: bool | None = None  # no owner to ask: the IOMMU answered itself
+    timed_out: bool | None = None
+    cancelled: bool | None = None  # the device went before an answer
+    owner_gone: bool | None = None  # the owner left: answered INVALID for it (iommufd)
+
+
+@dataclass(frozen=True, slots=True)
+class NestedDomainInfo(Record):
+    domain_id: int = u(*U32)
+    type: str = text(16)
+    bus: str = text(32)
+    levels: int = u(0, 5)
+    user_managed: bool = required()
+    lazy: bool = required()
+    pt_root_phys: int | None = u(*U64)
+    default_of_group: int | None = u(*U32)
+    groups: list[int] = required()
+    pasids: list[list[Any]] = required()
+    mapped_bytes: int = u(*U64)
+    areas: int = u(*U64)
+    parent: int = u(*U32)  # the nest-parent (stage-2) domain
+    pgtbl_addr: int = u(*U64)  # the stage-1 root, a guest-physical address
+
+
+@dataclass(frozen=True, slots=True)
+class HwptInvalidateReply(Record):
+    entry_num: int = u(*U32)  # entries done, in order (iommufd's entry_num out)
 
 
 # ---- the accelerator ------------------------------------------------------------------------
@@ -442,6 +562,7 @@ REPLIES: dict[int, type] = {
     Command.MAP: MapReply,
     Command.UNMAP: UnmapReply,
     Command.IOVA_TO_PHYS: IovaToPhysReply,
+    Command.IOTLB_ENTRIES: IotlbEntriesReply,
     Command.DIRTY_BITMAP: DirtyBitmapReply,
     Command.IOTLB_INVALIDATE: InvalidateReply,
     Command.PAGE_RESPONSE: Empty,
@@ -479,6 +600,19 @@ REPLIES: dict[int, type] = {
     Command.MDEV_START: DeviceDescription,
     Command.MDEV_STOP: Empty,
     Command.MDEV_LIST_DEFINED: ListDefinedReply,
+    Command.DEVICE_RESV_REGIONS: ResvRegionsReply,
+    Command.DEVICE_RESV_ADD: ResvRegionsReply,
+    Command.IOVA_RANGES: IovaRangesReply,
+    Command.ALLOW_IOVAS: Empty,
+    Command.SET_DIRTY_TRACKING: DirtyTrackingReply,
+    Command.GET_DIRTY_BITMAP: DirtyBitmapReply,
+    Command.GET_HW_INFO: HwInfoReply,
+    Command.UNMAP_DIRTY: UnmapDirtyReply,
+    Command.PAGE_REQUEST: PageRequestReply,
+    Command.TRIGGER_IOPF: PageRequestReply,
+    Command.NESTED_ALLOC: NestedDomainInfo,
+    Command.HWPT_INVALIDATE: HwptInvalidateReply,
+    Command.ATS_INVALIDATE_DONE: Empty,
 }
 
 EVENTS: dict[int, type] = {
@@ -489,6 +623,7 @@ EVENTS: dict[int, type] = {
     Command.EVENT_DEVICE_OWNER: DeviceOwnerEvent,
     Command.EVENT_SHUTDOWN: ShutdownEvent,
     Command.EVENT_EVL: EvlEvent,
+    Command.EVENT_ATS_INVALIDATE: AtsInvalidateEvent,
 }
 _EVENT_NUMBERS = {schema: command for command, schema in EVENTS.items()}
 

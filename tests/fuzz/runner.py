@@ -289,7 +289,9 @@ class Bystander(threading.Thread):
             assert c.dma_write(dev, iova + off, data) == 64
             assert bytes(buf.view[off : off + 64]) == data
             out = c.translate(dev, iova, 2 * MiB)
-            assert out.runs == [TranslateRun(iova=iova, phys=buf.phys, length=2 * MiB, prot=3)]
+            assert out.runs == [
+                TranslateRun(iova=iova, phys=buf.phys, length=2 * MiB, prot=3, page_size=2 * MiB)
+            ]
             assert out.translated == 2 * MiB and out.fault is None
             if i % 10 == 0:
                 extra = c.alloc(64 * 1024)

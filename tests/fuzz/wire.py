@@ -57,6 +57,13 @@ ALLOWED_ERRNOS = frozenset(
         errno.EOVERFLOW,
         errno.ENOMEM,
         errno.EAGAIN,
+        # PAGE_REQUEST routed back to the requesting connection, which cannot answer while
+        # its own request waits (SPEC §8.19): refused at once, so every frame is answered
+        errno.EDEADLK,
+        # a reserved region over mappings, or a map into one (iommufd's answer, SPEC §8.16)
+        errno.EADDRINUSE,
+        # TRANSLATE of a device fenced after an ATS invalidation time-out (SPEC §8.21)
+        errno.ETIMEDOUT,
     }
 )
 

@@ -380,10 +380,19 @@ async def test_shared_wq_answers_retry_when_full(siovd: RunningDaemon) -> None:
 async def test_dedicated_wq_overflow_is_dropped_and_counted(siovd: RunningDaemon) -> None:
     async with siov.connect(siovd.path) as client:
         mdev, _ = await setup(client)
-        result = await mdev.submit([dsa.noop(completion=cr(0))] * 70)
+        with pytest.warns(siov.DescriptorsDropped, match="6 descriptor"):
+            result = await mdev.submit([dsa.noop(completion=cr(0))] * 70)
         assert result.accepted == 64 and result.dropped == 6 and result.retry == 0
         stats = (await client.stats()).accel["devices"]["dsa0"]["wqs"]["wq0.0"]
         assert stats["dropped"] == 6 and stats["completed"] == 64
+        wq = next(
+            w
+            for d in await client.accel_list()
+            for g in d["groups"]
+            for w in g["grouped_workqueues"]
+            if w["dev"] == "wq0.0"
+        )
+        assert wq["dropped"] == 6 and [u["uuid"] for u in wq["mdevs"]] == [mdev.uuid]
         with pytest.raises(siov.InvalidArgument) as info:  # MOVDIR64B carries no PASID
             await mdev.submit(dsa.noop(), pasid=5)
         assert "dedicated" in info.value.message

@@ -173,7 +173,7 @@ async def test_translate_walks_a_bounded_number_of_pages(small: RunningDaemon) -
         first = await c.translate(dev, PAGE, size)
         assert first.fault is None and first.translated == TRANSLATE_MAX_PAGES * PAGE
         assert first.runs == [
-            TranslateRun(iova=PAGE, phys=buf.phys, length=first.translated, prot=3)
+            TranslateRun(iova=PAGE, phys=buf.phys, length=first.translated, prot=3, page_size=PAGE)
         ]
         rest = await c.translate(dev, PAGE + first.translated, size - first.translated)
         assert rest.fault is None and rest.translated == 16 * MiB

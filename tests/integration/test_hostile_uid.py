@@ -131,21 +131,24 @@ async def test_event_queue_bytes_bound_a_sessions_events(
     running.server.nursery.cancel_scope.cancel()
 
 
-async def test_translate_by_another_session_queues_no_fault_to_the_owner(
-    nursery: trio.Nursery, sock_dir: str
-) -> None:
+async def test_translate_queues_no_fault_to_anyone(nursery: trio.Nursery, sock_dir: str) -> None:
+    """A failed TRANSLATE (an ATS translation request) is answered in the reply only, whoever
+    asks: no EVENT_FAULT for the owner, so one bad access is one fault and no client can fill
+    another's event queue."""
     running = await start_daemon(nursery, os.path.join(sock_dir, "t.sock"))
     async with siov.connect(running.path) as owner, siov.connect(running.path) as other:
         dev = await owner.register_device("emu")
         got = await other.translate(dev.uuid, 0x7000_0000, 4096)  # auth none: admin
         assert got.fault is not None and got.translated == 0
         mine = await owner.translate(dev.uuid, 0x7000_0000, 4096)
-        assert mine.fault is not None
+        assert mine.fault is not None and mine.translated == 0
+        with pytest.raises(siov.DmaFault):
+            await owner.dma_read(dev.uuid, 0x7000_0000, 8)  # a DMA fault: one event
         with trio.fail_after(10):
-            event = await owner.next_event(Command.EVENT_FAULT)  # its own, and only that
+            event = await owner.next_event(Command.EVENT_FAULT)
         assert event.body["iova"] == 0x7000_0000
         stats = await owner.stats()
-        assert stats.daemon["faults_muted"] == 1
+        assert stats.iommu["translate_failures"] == 2 and stats.iommu["faults"] == 1
         assert stats.session["events_sent"] == 1
     running.server.nursery.cancel_scope.cancel()
 

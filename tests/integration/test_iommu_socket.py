@@ -157,7 +157,8 @@ async def test_faults_reach_the_domain_owner(siovd: RunningDaemon) -> None:
         assert event.body["reason"] == 0x71 and event.body["iova"] == 0x90_0000
         out = await emu.translate(dev.uuid, 0x10_0000, 2 * MiB)
         assert out.translated == MiB and out.fault.iova == 0x20_0000
-        assert out.runs == [TranslateRun(iova=0x10_0000, phys=buf.phys, length=MiB, prot=1)]
+        run = TranslateRun(iova=0x10_0000, phys=buf.phys, length=MiB, prot=1, page_size=4096)
+        assert out.runs == [run]
 
 
 def siov_command(name: str) -> siov.Event | object:

@@ -10,6 +10,7 @@ import pytest
 import trio
 
 import siov
+import siov_protocol.dsa
 from siov import dsa
 from siov_protocol import Command
 from tests.conftest import DaemonProcess, RunningDaemon
@@ -155,3 +156,98 @@ async def test_emulator_is_told_of_claim_and_release(siovd: RunningDaemon) -> No
         assert ev.typed.change == "released" and ev.typed.uuid == dev.uuid
         (listed,) = await emu.devices()  # no polling: the event comes after the change
         assert listed.claimed is False
+
+
+async def test_a_descriptor_fault_names_its_descriptor(siovd: RunningDaemon) -> None:
+    """EVENT_FAULT carries the WQ, opcode, completion record and batch index of the work whose
+    DMA faulted: three faults at one address in one batch tell their descriptors apart."""
+    async with siov.connect(siovd.path) as client:
+        mdev = await client.create_dsa_mdev()
+        buf = await client.alloc(2 * MiB)
+        await client.map(mdev, buf.phys, 2 * MiB, iova=0)
+        hole = 4 * MiB  # unmapped: every sub-descriptor reading it faults there
+        subs = [dsa.noop(completion=0x2000)]
+        subs += [dsa.crcgen(hole, 64, completion=0x2000 + 32 * i) for i in (1, 2, 3)]
+        buf.view[0x4000 : 0x4000 + 256] = dsa.join_batch(subs)
+        done = await mdev.run(dsa.batch(0x4000, 4, completion=CR), buf.view[CR : CR + 32])
+        assert done.code == siov_protocol.dsa.DSA_COMP_BATCH_FAIL
+        faults = []
+        with trio.fail_after(5):
+            for _ in range(3):
+                faults.append((await client.next_event("fault")).typed)
+        assert {f.iova for f in faults} == {hole}
+        assert all(isinstance(f, siov.FaultEvent) for f in faults)  # Event.typed, exported
+        assert [(f.batch_index, f.completion_addr) for f in faults] == [
+            (i, 0x2000 + 32 * i) for i in (1, 2, 3)
+        ]
+        assert {f.opcode for f in faults} == {dsa.DsaOpcode.CRCGEN}
+        assert len({f.wq for f in faults}) == 1 and faults[0].wq.startswith("dsa0/wq")
+        # a lone descriptor: no batch index; the batch descriptor's own list read: its record
+        await mdev.run(dsa.crcgen(hole, 64, completion=CR), buf.view[CR : CR + 32])
+        with trio.fail_after(5):
+            lone = (await client.next_event("fault")).typed
+        assert (lone.batch_index, lone.completion_addr) == (None, CR), lone
+        await mdev.run(dsa.batch(hole, 4, completion=CR), buf.view[CR : CR + 32])
+        with trio.fail_after(5):
+            outer = (await client.next_event("fault")).typed
+        assert (outer.opcode, outer.batch_index) == (dsa.DsaOpcode.BATCH, None)
+        # an emulator's own DMA names no descriptor
+        dev = await client.register_device("emu")
+        with pytest.raises(siov.DmaFault):
+            await client.dma_read(dev, 0x20000, 8)
+        with trio.fail_after(5):
+            own = (await client.next_event("fault")).typed
+        assert own.wq is own.opcode is own.completion_addr is own.batch_index is None
+
+
+async def test_iotlb_entries_show_pages_sizes_and_hits(siovd: RunningDaemon) -> None:
+    async with siov.connect(siovd.path) as client:
+        mdev = await client.create_dsa_mdev()
+        dom = mdev.domain_id
+        assert dom is not None
+        buf = await client.alloc(4 * MiB)
+        await client.map(mdev, buf.phys, 2 * MiB, iova=0)  # one 2 MiB leaf
+        await client.map(mdev, buf.phys + 2 * MiB, 4 * 4096, iova=4 * MiB)  # four 4 KiB leaves
+        leaf = await client.iova_leaf(mdev, 4 * MiB + 0x1234)
+        assert (leaf.phys, leaf.page_size) == (buf.phys + 2 * MiB + 0x1234, 4096)
+        assert (await client.iova_leaf(mdev, 0x1234)).page_size == 2 * MiB
+        assert await client.iotlb_entries(dom) == []
+        copy = dsa.memmove(0x8000, 4 * MiB, 4 * 4096, completion=CR)  # dst, src
+        await mdev.run(copy, buf.view[CR : CR + 32])
+        entries = await client.iotlb_entries(dom)
+        pasid = mdev.default_pasid
+        assert [(e.pasid, e.iova, e.page_size) for e in entries] == [
+            (pasid, 0, 2 * MiB),
+            *[(pasid, 4 * MiB + i * 4096, 4096) for i in range(4)],
+        ]
+        big = entries[0]
+        assert isinstance(big, siov.IotlbEntry)
+        assert big.phys == buf.phys and big.writable and big.dirty  # the copy wrote there
+        assert not entries[1].dirty  # only read
+        again = await client.iotlb_entries(dom, pasid=pasid, page=2)  # three requests
+        assert again == entries  # an inspection changes nothing
+        assert await client.iotlb_entries(dom, pasid=7) == []
+        # TRANSLATE reports the leaf size of each run (a 2 MiB leaf and a 4 KiB one do not
+        # merge) and, with no device TLB in front, every lookup after the first is a hit
+        dev = await client.register_device("emu")
+        other = await client.alloc_domain()
+        await client.attach_device(other, dev)
+        await client.map(other, buf.phys, 2 * MiB + 4096, iova=0)
+        for _ in range(3):
+            out = await client.translate(dev, 0, 2 * MiB + 4096)
+        runs = [(r.length, r.page_size) for r in out.runs]
+        assert runs == [(2 * MiB, 2 * MiB), (4096, 4096)]
+        cached = await client.iotlb_entries(other)
+        assert [(e.page_size, e.hits) for e in cached] == [(2 * MiB, 2), (4096, 2)]
+        assert all(e.referenced and not e.dirty for e in cached)
+        # bad input: what each gets
+        with pytest.raises(siov.SiovError) as info:
+            await client.iotlb_entries(999)
+        assert info.value.errno == errno.ENOENT
+        for bad in ({"max_entries": 0}, {"max_entries": 4097}, {"pasid": 1 << 20}):
+            with pytest.raises(siov.SiovError) as info:
+                await client.call(Command.IOTLB_ENTRIES, {"domain": dom, **bad})
+            assert info.value.errno == errno.ERANGE, bad  # out of the field's range (SPEC §5)
+        with pytest.raises(siov.SiovError) as info:
+            await client.iova_leaf(mdev, 8 * MiB)
+        assert info.value.errno == errno.ENOENT

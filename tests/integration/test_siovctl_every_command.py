@@ -80,6 +80,19 @@ def test_every_subcommand_sees_another_clients_objects(
         assert "iotlb_hits" in did("iotlb")
         out = did("translate", mdev.uuid, "0x1000", "--pasid", "0")
         assert hex(buf.phys + 0x1000) in out
+        assert "PAGE" in out and "2M" in out  # the run's leaf: one 2 MiB page
+        leaf = other.iova_leaf(mdev, 0x1000)  # the blocking client has the same methods
+        assert (leaf.phys, leaf.page_size) == (buf.phys + 0x1000, 2 * MiB)
+        assert [e.page_size for e in other.iotlb_entries(dom)] == [2 * MiB]
+        # the translation left an entry in the IOTLB: listed per domain and per PASID
+        entries = json.loads(run("iotlb", "--domain", str(dom.domain_id), json_out=True))
+        assert [(e["pasid"], e["iova"], e["page_size"]) for e in entries] == [
+            (mdev.default_pasid, 0, 2 * MiB)
+        ]
+        assert entries[0]["phys"] == buf.phys and entries[0]["hits"] == 0  # cached by a miss
+        table = run("iotlb", "--domain", str(dom.domain_id), "--pasid", str(mdev.default_pasid))
+        assert "2M" in table and hex(buf.phys) in table
+        assert "(none)" in run("iotlb", "--domain", str(dom.domain_id), "--pasid", "5")
         fault = did("translate", mdev.uuid, str(4 * MiB))
         assert "FAULT reason 0x71 (first-stage entry not present)" in fault
         created = json.loads(did("create", "-p", "dsa0", "-t", "dsa-1dwq", json_out=True))
@@ -97,7 +110,28 @@ def test_every_subcommand_sees_another_clients_objects(
         did("start", "-u", uuid)
         did("stop", "-u", uuid)
         did("undefine", "-u", uuid)
+        # IOMMU extensions (SPEC §8.16, §8.18), on another client's device and domain
+        regions = json.loads(did("resv-regions", mdev.uuid, json_out=True))
+        assert {"start": 0xFEE00000, "last": 0xFEEFFFFF, "type": "msi"} in regions
+        ranges = json.loads(did("iova-ranges", str(dom["domain_id"]), json_out=True))
+        assert ranges and all(r["last"] < 0xFEE00000 or r["start"] > 0xFEEFFFFF for r in ranges)
+        assert "ecap_reg" in did("hw-info", mdev.uuid)
         assert "dsa0" in did("accel", "list")
+        assert '"mdevs"' not in run("accel", "list")  # accel-config's keys only, by default
+        listing = run("accel", "list", "--siov")
+        # each enabled WQ says which mdevs use it, with their PASIDs (default first, then
+        # per-PASID attaches) and the dedicated-WQ drops
+        wqs = [
+            wq
+            for dev in json.loads(listing)
+            for group in dev.get("groups", [])
+            for wq in group.get("grouped_workqueues", [])
+        ]
+        users = [(wq["dev"], u) for wq in wqs for u in wq.get("mdevs", [])]
+        assert [(u["uuid"], u["pasids"]) for _, u in users if u["uuid"] == mdev.uuid] == [
+            (mdev.uuid, [mdev.default_pasid, 5])
+        ]
+        assert all("dropped" in wq for wq in wqs if wq["state"] == "enabled")
         key = os.path.join(str(tmp_path), "k")
         did("keygen", key)
         assert os.path.exists(key + ".pub")

@@ -112,10 +112,11 @@ def test_translate_returns_runs_with_prot(env: Env) -> None:
     env.iommu.map(1, dom, 0x10_2000, base + 2 * PAGE, PAGE, RO)
     runs, fault = env.iommu.translate(dev, 0, 0x10_0000, 4 * PAGE, False)
     assert runs == [
-        (0x10_0000, base, 2 * PAGE, RW),
-        (0x10_2000, base + 2 * PAGE, PAGE, RO),  # same contiguity, other prot: a new run
+        (0x10_0000, base, 2 * PAGE, RW, PAGE),
+        (0x10_2000, base + 2 * PAGE, PAGE, RO, PAGE),  # same contiguity, other prot: a new run
     ]
     assert fault is not None and fault.iova == 0x10_3000
+    assert env.iommu.translate_failures == 1 and env.iommu.faults == 0  # ATS: no fault record
 
 
 def test_dma_write_stops_at_the_fault(env: Env) -> None:

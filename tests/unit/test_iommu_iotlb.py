@@ -9,7 +9,7 @@ K4, M2, G1 = 1 << 12, 1 << 21, 1 << 30
 
 
 def entry(phys: int, size: int = K4) -> list[object]:
-    return [phys, size, 0, 0, None]
+    return [phys, size, 0, 0, None, 0]
 
 
 def test_lookup_probes_4k_2m_1g_levels() -> None:
@@ -18,7 +18,7 @@ def test_lookup_probes_4k_2m_1g_levels() -> None:
     t.insert(tag, 0x5000, 1, entry(0xA000))
     t.insert(tag, 0x40_0000, 2, entry(0x80_0000, M2))
     t.insert(tag, 0x8000_0000, 3, entry(0x4000_0000, G1))
-    assert t.lookup(tag, 0x5FFF) == [*entry(40960)[:3], 1, None]
+    assert t.lookup(tag, 0x5FFF) == [*entry(40960)[:3], 1, None, 1]  # marked, one hit
     assert t.lookup(tag, 0x5_FFFF) is None
     hit = t.lookup(tag, 0x40_0000 + M2 - 1)
     assert hit is not None and hit[0] == 0x80_0000

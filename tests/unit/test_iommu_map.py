@@ -6,6 +6,9 @@ import errno
 import itertools
 from array import array
 
+import pytest
+
+from siovd.model.errors import SiovError
 from siovd.model.iommu import UNMAP_ALL
 from siovd.model.iommu.pagetable import ADDR_MASK, PTE_P, PTE_PS, leaf_flags
 from tests.unit.iommu_env import PAGE, RO, RW, Env, GiB, MiB, env, raises_errno
@@ -67,6 +70,15 @@ def test_map_overlap_is_eexist(env: Env) -> None:
             env.iommu.map(1, d, iova, r.base, size, RW)
     env.iommu.map(1, d, 0x10_4000, r.base, K4, RW)  # right after: fine
     env.iommu.map(1, d, 0xF_F000, r.base, K4, RW)  # right before: fine
+    # the error names the mapping in the way, and how many more there are
+    with pytest.raises(SiovError) as info:
+        env.iommu.map(1, d, 0x10_2000, r.base, 2 * K4, RW)
+    assert f"map 0x102000+0x2000 overlaps the mapping 0x100000+0x4000 in domain {d}" == (
+        info.value.message
+    )
+    with pytest.raises(SiovError) as info:
+        env.iommu.map(1, d, 0xF_F000, r.base, 3 * M2, RW)
+    assert "overlaps the mapping 0xff000+0x1000 (and 2 more)" in info.value.message
 
 
 def test_unmap_never_splits_a_mapping(env: Env) -> None:

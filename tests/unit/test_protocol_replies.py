@@ -113,6 +113,8 @@ def test_events_keep_their_wire_bytes() -> None:
     assert command == Command.EVENT_FAULT
     old = {"device": "d", "pasid": 0, "iova": 0x1000, "reason": 0x71, "write": True}
     old |= {"reason_name": "x", "domain": None}
+    # The descriptor that faulted (nil here: an emulator's own DMA has none).
+    old |= {"wq": None, "opcode": None, "completion_addr": None, "batch_index": None}
     assert msgpack.packb(body) == msgpack.packb(old)
     request = PageRequestEvent(request=3, device="d", pasid=5, iova=0, write=False, domain=None)
     old = {"request": 3, "device": "d", "pasid": 5, "iova": 0, "write": False, "domain": None}
@@ -225,12 +227,14 @@ def test_the_replies_once_built_as_maps_keep_their_wire_bytes() -> None:
         ),
         (
             TranslateReply(
-                runs=[TranslateRun(iova=0x1000, phys=0x9000, length=4096, prot=3)],
+                runs=[TranslateRun(iova=0x1000, phys=0x9000, length=4096, prot=3, page_size=4096)],
                 translated=4096,
                 fault=TranslateFault(**fault),  # type: ignore[arg-type]
             ),
             {
-                "runs": [{"iova": 0x1000, "phys": 0x9000, "length": 4096, "prot": 3}],
+                "runs": [
+                    {"iova": 0x1000, "phys": 0x9000, "length": 4096, "prot": 3, "page_size": 4096}
+                ],
                 "translated": 4096,
                 "fault": fault,
             },

@@ -100,6 +100,7 @@ class IommuConfig:
     lazy_flush_threshold: int = u(1, 1 << 20, default=250)
     lazy_flush_ms: float = 10.0
     page_request_timeout_s: float = 5.0
+    ats_invalidation_timeout_s: float = 1.0  # a device's answer to a device-TLB invalidation
 
 
 @dataclass(frozen=True, slots=True)

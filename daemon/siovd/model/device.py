@@ -6,7 +6,7 @@ the IOMMU's probe path gives each one a group and fills in :attr:`Device.group`.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
@@ -29,6 +29,9 @@ class Device:
     alias_of: str | None = None  # shares the requester ID (and so the group) of this device
     group: Group | None = None
     alive: bool = True
+    #: Reserved regions beyond the MSI window every device has (model/iommu/reserved.py):
+    #: (start, last, type) with type "direct" or "reserved".
+    resv_regions: list[tuple[int, int, str]] = field(default_factory=list)
 
     @property
     def max_pasids(self) -> int:

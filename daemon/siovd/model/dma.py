@@ -25,6 +25,19 @@ class DmaFault:
     pasid: int
 
 
+@dataclass(frozen=True, slots=True)
+class DmaOrigin:
+    """Which piece of work a DMA belongs to, so a fault record can name it: the WQ, the
+    descriptor's opcode and completion-record address, and its index when it sits in a batch
+    (``None`` for the batch descriptor itself or a lone descriptor). Nine faults at one address
+    differ by these."""
+
+    wq: str
+    opcode: int
+    completion_addr: int
+    batch_index: int | None = None
+
+
 class DmaSpace(Protocol):
     """One requester (device, PASID) translating addresses through the IOMMU."""
 

@@ -6,12 +6,12 @@ The server owns one :class:`Daemon`; handlers reach the model through it. Discon
 
 from __future__ import annotations
 
-import contextlib
+import dataclasses
 import errno
 import os
 import time
 from collections import Counter
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from siov_protocol import jsonc
@@ -30,6 +30,7 @@ from siovd.model.bus import Bus
 from siovd.model.errors import SiovError
 from siovd.model.iommu import FaultRecord, Iommu
 from siovd.model.iommu.io_pagetable import owner_usage
+from siovd.model.iommu.pri import forget_device
 from siovd.model.memory import PhysicalMemory
 from siovd.model.owner import HOST
 from siovd.model.testparent import SiovTestParent
@@ -54,7 +55,6 @@ class Daemon:
         self.started = time.monotonic()
         self.sessions: dict[int, Session] = {}
         self.uids: dict[int, UidUsage] = {}  # per-uid ledger of the live connections
-        self._mute_faults = 0
         self.fd_budget: dict[str, Any] = {}  # RLIMIT_NOFILE against the limits (host.fdlimit)
         self.counters: Counter[str] = Counter()
         #: Extra release hooks (tools, tests): called after every area has released.
@@ -93,6 +93,8 @@ class Daemon:
         # vfio-user endpoints. They hook into nothing: release, stats and device removal call
         # them from here, in the order written below.
         self.accel_runtime = AccelRuntime(self)
+        executor = self.accel_runtime.executor
+        self.iommu.fault_origin = lambda: executor.origin  # a fault names its descriptor
         self.sva = SvaRuntime(self)
         self.vfio_user = Endpoints(self)
 
@@ -150,19 +152,7 @@ class Daemon:
 
     # ---- the domain model's callbacks ----------------------------------------------------------
 
-    @contextlib.contextmanager
-    def faults_muted(self) -> Iterator[None]:
-        """Faults within the block are not queued to anyone (counted ``faults_muted``)."""
-        self._mute_faults += 1
-        try:
-            yield
-        finally:
-            self._mute_faults -= 1
-
     def _deliver_fault(self, owner: int, record: FaultRecord) -> None:
-        if self._mute_faults:
-            self.counters["faults_muted"] += 1
-            return
         session = self.sessions.get(owner)
         if session is None:
             return
@@ -175,6 +165,15 @@ class Daemon:
             reason_name=record.reason_name,
             domain=record.domain,
         )
+        origin = record.origin
+        if origin is not None:
+            event = dataclasses.replace(
+                event,
+                wq=origin.wq,
+                opcode=origin.opcode,
+                completion_addr=origin.completion_addr,
+                batch_index=origin.batch_index,
+            )
         session.push_event(*event_message(event))
 
     def _device_removed(self, device: Any) -> None:
@@ -183,6 +182,10 @@ class Daemon:
         and its eventfds; then its owner is told."""
         self.vfio_user.unexpose_quietly(device.uuid)
         self.accel_runtime.forget(device.uuid)
+        # An external device's own page requests (SPEC §8.19) end with it.
+        self.iommu.prq.cancel_device(device.uuid)
+        self.iommu.atc.forget_device(device.uuid)  # it holds nothing now (SPEC §8.21)
+        forget_device(self.iommu.pri, device.uuid)
         session = self.sessions.get(device.owner)
         if session is not None:
             session.push_event(
@@ -267,7 +270,8 @@ class Daemon:
         2. its user-WQ char-device opens are drained (as ``idxd_cdev_release``) and closed, and
            its SVA bindings unbound;
         3. the accelerator: the session's waiting work is cancelled and its queued and running
-           descriptors dropped, so nothing runs against memory about to go;
+           descriptors dropped, so nothing runs against memory about to go; page requests
+           routed to it are answered INVALID (SPEC §8.19);
         4. the model: the bus removes its devices (each through :meth:`_device_removed`; an
            external device it had claimed returns to its registrant, who is told), the IOMMU
            frees its domains (lazy flushes first: they pin regions), then its memory;
@@ -280,6 +284,7 @@ class Daemon:
             self.vfio_user.release_session(session)
             self.sva.release_session(session)
             self.accel_runtime.release_session(session)
+            self.iommu.prq.owner_gone(session.id)  # what it was asked: answered INVALID
             self.iommu.flush_lazy()
             returned = [
                 d for d in self.bus.list(session.id) if d.registrant not in (None, HOST, session.id)
@@ -450,6 +455,7 @@ RELOADABLE = (
     "server.grace_period_s",
     "server.max_clients",
     "iommu.page_request_timeout_s",
+    "iommu.ats_invalidation_timeout_s",
 )
 
 

@@ -362,9 +362,10 @@ class ClientConnection:
         reads nothing else meanwhile, so its own next request sees the work done."""
         name = handler.command.name
         try:
+            pause = deferred.pause or trio.lowlevel.checkpoint
             while not deferred.job.step(self.turn_budget()):
                 self.daemon.counters["request_turns"] += 1
-                await trio.lowlevel.checkpoint()
+                await pause()
             return self.encode_reply(handler, msg, deferred.finish())
         except SiovError as exc:
             return self.conn.send_error(msg.msg_id, msg.command, exc.errno, exc.message), ()

@@ -90,7 +90,7 @@ from siovd.model.accel.results import (
 )
 from siovd.model.accel.wq import WorkItem
 from siovd.model.budget import Budget
-from siovd.model.dma import DmaFault, DmaSpace
+from siovd.model.dma import DmaFault, DmaOrigin, DmaSpace
 
 OpFn = Callable[["Executor", WorkItem, DmaSpace, Desc, object, list[AccelEvent]], Res]
 
@@ -177,6 +177,9 @@ class Executor:
         #: Descriptors, and batch entries, the native core ran (STATS, tests).
         self.native_runs = 0
         self.native_entries = 0
+        #: The descriptor whose DMA runs now (``None`` between calls): the IOMMU asks it at a
+        #: fault (:attr:`Iommu.fault_origin`) so the fault record names the work.
+        self.origin: DmaOrigin | None = None
 
     @property
     def budget(self) -> Budget:
@@ -205,12 +208,16 @@ class Executor:
         desc = _unpack_desc(item.desc)
         events: list[AccelEvent] = []
         opcode = desc[1] >> 24
-        res = validate(item, desc, opcode, False)
-        if res is None:  # _exec_desc, inlined for the common case
-            res = _OPS[opcode](self, item, dma, desc, None, events)
-            if res[5] is not None and res[0] == PF_NOBOF:
-                res = self._faulted(item, desc, res)
-        return self._outcome(item, dma, desc, res, events)
+        self.origin = DmaOrigin(item.wq.path, opcode, desc[2])
+        try:
+            res = validate(item, desc, opcode, False)
+            if res is None:  # _exec_desc, inlined for the common case
+                res = _OPS[opcode](self, item, dma, desc, None, events)
+                if res[5] is not None and res[0] == PF_NOBOF:
+                    res = self._faulted(item, desc, res)
+            return self._outcome(item, dma, desc, res, events)
+        finally:
+            self.origin = None
 
     def run_queued(
         self, first: WorkItem, descs: bytes, dma: DmaSpace, budget: Budget
@@ -317,14 +324,18 @@ class Executor:
         item, dma, desc = state.item, state.dma, state.desc
         events: list[AccelEvent] = []
         progress = state.progress
-        if isinstance(progress, _BatchProgress):
-            progress.response = response
-            res = self._op_batch(item, dma, desc, progress, events)
-        elif response == PageResponse.SUCCESS:
-            res = self._exec_desc(item, dma, desc, progress, events)
-        else:
-            res = _invalid_response(state.res)
-        return self._outcome(item, dma, desc, res, events)
+        self.origin = DmaOrigin(item.wq.path, desc[1] >> 24, desc[2])
+        try:
+            if isinstance(progress, _BatchProgress):
+                progress.response = response
+                res = self._op_batch(item, dma, desc, progress, events)
+            elif response == PageResponse.SUCCESS:
+                res = self._exec_desc(item, dma, desc, progress, events)
+            else:
+                res = _invalid_response(state.res)
+            return self._outcome(item, dma, desc, res, events)
+        finally:
+            self.origin = None
 
     # -- one descriptor -----------------------------------------------------------------------
 
@@ -876,6 +887,7 @@ class Executor:
         budget = self._budget
         use_native = self.native
         xlat: fastpath.Translator | fastpath.DevTlbTranslator | None = None
+        batch_origin = self.origin
         while state.index < state.count:
             if use_native and state.sub is None:
                 if xlat is None:
@@ -897,6 +909,7 @@ class Executor:
             index = state.index
             if state.sub is not None:
                 sub = state.sub
+                self.origin = DmaOrigin(item.wq.path, sub[1] >> 24, sub[2], index)
                 if state.response == PageResponse.SUCCESS:
                     assert state.sub_res is not None
                     res = self._exec_desc(item, dma, sub, state.sub_res[6], events, True)
@@ -908,6 +921,7 @@ class Executor:
                 sub = _unpack_desc_from(state.list, index * 64)
                 if sub[1] & IDXD_OP_FLAG_FENCE and state.failed:
                     break  # a fence after a failure abandons the rest of the batch
+                self.origin = DmaOrigin(item.wq.path, sub[1] >> 24, sub[2], index)
                 res = self._exec_desc(item, dma, sub, None, events, True)
             if res[0] == BLOCK:
                 state.sub = sub
@@ -923,6 +937,7 @@ class Executor:
             state.completed += 1
             if res[0] != SUCCESS:
                 state.failed = True
+            self.origin = batch_origin
             state.index += 1
             if state.index < state.count and budget.charge(DESC_COST):
                 return preempted(state, state.completed)

@@ -18,6 +18,7 @@ from siovd.model.iommu.pagetable import (
     PageTable,
 )
 from siovd.model.iommu.pasid import PASID_LIMIT
+from siovd.model.iommu.reserved import check_attach_reserved
 from siovd.model.iommu.sva import SvaDomain
 from siovd.model.memory import PAGE_SIZE, Region
 
@@ -121,6 +122,8 @@ class AttachVerbs(IommuBase):
             )
         if domain.attached:
             raise SiovError(errno.EBUSY, f"domain {domain_id} is attached")
+        if domain.nested_children:  # nested.py: a parent lives as long as its nested domains
+            raise SiovError(errno.EBUSY, f"domain {domain_id} is the parent of nested domains")
         self._destroy(domain)
 
     def _destroy(self, domain: Domain) -> None:
@@ -131,6 +134,8 @@ class AttachVerbs(IommuBase):
         if domain.root_region is not None:
             domain.root_region.map_count -= 1
             domain.root_region = None
+        if domain.nest_of is not None:
+            domain.nest_of.nested_children.discard(domain)
         self.iotlb.invalidate_domain(domain.id)
         del self._domains[domain.id]
 
@@ -244,6 +249,7 @@ class AttachVerbs(IommuBase):
                 f"device {device.uuid} is on {device.bus!r}",
             )
         self._check_not_foreign_default(domain, group)
+        check_attach_reserved(domain, group.devices)  # EADDRINUSE (reserved.py)
         self._set_group_domain(group, domain)
 
     @staticmethod
@@ -306,6 +312,7 @@ class AttachVerbs(IommuBase):
                 errno.EBUSY, f"PASID {pasid} is the default PASID of device {device.uuid}"
             )
         self._check_not_foreign_default(domain, group)
+        check_attach_reserved(domain, group.devices)  # EADDRINUSE (reserved.py)
         self._set_pasid(group, pasid, domain)
 
     def replace_pasid(self, owner: int, domain_id: int, device: Device, pasid: int) -> None:
@@ -319,6 +326,7 @@ class AttachVerbs(IommuBase):
         if pasid not in group.pasids:
             raise SiovError(errno.EINVAL, f"PASID {pasid} of device {device.uuid} is not attached")
         self._check_not_foreign_default(domain, group)
+        check_attach_reserved(domain, group.devices)  # EADDRINUSE (reserved.py)
         self._set_pasid(group, pasid, domain)
 
     def detach_pasid(self, owner: int, domain_id: int | None, device: Device, pasid: int) -> None:

@@ -12,6 +12,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
+from siovd.model.dma import DmaOrigin
 from siovd.model.iommu.domain import Domain, DomainType
 from siovd.model.iommu.faults import FaultRecord
 from siovd.model.iommu.group import Group
@@ -32,7 +33,7 @@ if TYPE_CHECKING:
 REAP_INLINE = 256
 REAP_STEP = 256
 FaultCallback = Callable[[int, FaultRecord], None]
-TranslatedRun = tuple[int, int, int, int]  # (iova, phys, length, prot)
+TranslatedRun = tuple[int, int, int, int, int]  # (iova, phys, length, prot, page_size)
 
 
 class IommuBase:
@@ -48,8 +49,10 @@ class IommuBase:
     pasids: PasidAllocator
     prq: PageRequestQueue
     on_fault: FaultCallback | None
+    fault_origin: Callable[[], DmaOrigin | None] | None
     wake_reaper: Callable[[], None]
     faults: int
+    translate_failures: int
     devtlb_hits: int
     lazy_flushes: int
     lazy_flushed_areas: int

@@ -22,7 +22,9 @@ import errno
 from collections.abc import Callable
 
 from siovd.model.device import Device
+from siovd.model.dma import DmaOrigin
 from siovd.model.errors import SiovError
+from siovd.model.iommu.ats import DeviceTlbs
 from siovd.model.iommu.attach import AttachVerbs
 from siovd.model.iommu.base import REAP_INLINE, REAP_STEP, FaultCallback, TranslatedRun
 from siovd.model.iommu.dma_verbs import DmaVerbs
@@ -35,6 +37,7 @@ from siovd.model.iommu.pagetable import (
 )
 from siovd.model.iommu.pagetable_verbs import PagetableVerbs
 from siovd.model.iommu.pasid import PasidAllocator
+from siovd.model.iommu.pri import PriState
 from siovd.model.iommu.prq import PageRequestQueue
 from siovd.model.iommu.sva_verbs import SvaVerbs
 from siovd.model.memory import PageTablePool, PhysicalMemory
@@ -71,7 +74,14 @@ class Iommu(AttachVerbs, PagetableVerbs, InvalidateVerbs, DmaVerbs, SvaVerbs):
         self.pasids = PasidAllocator()
         #: Page requests waiting for their owners' answers (PRI / the PRQ).
         self.prq = PageRequestQueue(blocked_limit)
+        #: Page-request groups of external devices still waiting for their last request (pri.py).
+        self.pri = PriState()
+        #: What external devices cached from TRANSLATE, and their pending invalidations (ats.py).
+        self.atc = DeviceTlbs()
         self.on_fault: FaultCallback | None = None
+        #: Asked at each fault which work the DMA belongs to (the accelerator's executor
+        #: answers while it runs a descriptor).
+        self.fault_origin: Callable[[], DmaOrigin | None] | None = None
         self._buses: set[str] = set()
         self._internal_buses: set[str] = set()
         self._domains: dict[int, Domain] = {}
@@ -86,6 +96,8 @@ class Iommu(AttachVerbs, PagetableVerbs, InvalidateVerbs, DmaVerbs, SvaVerbs):
         #: Called when :meth:`reap` has work: the service runs it a turn at a time.
         self.wake_reaper: Callable[[], None] = lambda: None
         self.faults = 0
+        #: TRANSLATE requests answered with a fault (ATS: no fault record, no event).
+        self.translate_failures = 0
         self.devtlb_hits = 0  # translations a device TLB answered without the IOTLB
         self.lazy_flushes = 0
         self.lazy_flushed_areas = 0
@@ -154,6 +166,7 @@ class Iommu(AttachVerbs, PagetableVerbs, InvalidateVerbs, DmaVerbs, SvaVerbs):
         out = self.iotlb.stats()
         out.update(
             faults=self.faults,
+            translate_failures=self.translate_failures,
             devtlb_hits=self.devtlb_hits,
             lazy_flushes=self.lazy_flushes,
             lazy_flushed_areas=self.lazy_flushed_areas,
@@ -164,5 +177,9 @@ class Iommu(AttachVerbs, PagetableVerbs, InvalidateVerbs, DmaVerbs, SvaVerbs):
             page_table_pages=self.pool.pages_in_use,
             page_table_pages_reaping=self.reaping,
             pasids_allocated=len(self.pasids),
+            ats_invalidations_sent=self.atc.sent,
+            ats_invalidations_completed=self.atc.completed,
+            ats_invalidation_timeouts=self.atc.timeouts,
+            ats_invalidations_pending=len(self.atc.pending),
         )
         return out

@@ -40,6 +40,7 @@ class DmaVerbs(IommuBase):
             write,
             failure.reason,
             domain.id if domain is not None and domain.id else None,
+            self.fault_origin() if self.fault_origin is not None else None,
         )
         self.faults += 1
         owner = domain.owner if domain is not None and domain.owner else device.owner
@@ -57,10 +58,17 @@ class DmaVerbs(IommuBase):
         max_runs: int | None = None,
         max_pages: int | None = None,
     ) -> tuple[list[TranslatedRun], DmaFault | None]:
-        """ATS-like translation for an emulator that copies by itself: the contiguous runs
-        ``(iova, phys, length, prot)`` of the translated prefix, and the fault that ended it.
-        At most ``max_runs`` runs and ``max_pages`` page lookups: past either, the prefix ends
-        with no fault."""
+        """ATS-like translation: the contiguous runs ``(iova, phys, length, prot,
+        page_size)`` of the translated prefix, and the fault that ended it. At most
+        ``max_runs`` runs and ``max_pages`` page lookups: past either, the prefix ends with no
+        fault.
+
+        A failed translation request is not a DMA fault (PCIe ATS: the translation completion
+        says "no access" and the IOMMU records nothing): it is answered to the requester only,
+        with no fault record and no event to the owner, and counted ``translate_failures``.
+        The runs are physical addresses in the daemon's space: what a translation cache holds
+        and what a debugger wants to see. Only the daemon can reach that memory; an emulator
+        moves data with :meth:`dma_read`/:meth:`dma_write`."""
         if sva_domain(device, pasid) is not None:
             raise SiovError(
                 errno.EOPNOTSUPP,
@@ -70,10 +78,11 @@ class DmaVerbs(IommuBase):
         runs, failure = translate_runs(
             self.facade, device, pasid, iova, length, write, max_runs, max_pages
         )
-        out = [(r.iova, r.phys, r.length, r.prot) for r in runs]
+        out = [(r.iova, r.phys, r.length, r.prot, r.page_size) for r in runs]
         if failure is None:
             return out, None
-        return out, self.report_fault(device, pasid, write, failure)
+        self.translate_failures += 1
+        return out, DmaFault(failure.iova, write, failure.reason, pasid)
 
     def dma_read(
         self, device: Device, pasid: int, iova: int, length: int

@@ -51,10 +51,28 @@ class Domain:
     #: Lazy mode: unmapped areas whose IOTLB flush is still queued (their regions stay
     #: referenced and their IOVAs unavailable until then, as with Linux's flush queue).
     lazy_pending: list[Area] = field(default_factory=list)
+    #: ALLOW_IOVAS: (start, last) ranges auto-IOVA must come from; empty = anywhere
+    #: (model/iommu/reserved.py).
+    allowed: list[tuple[int, int]] = field(default_factory=list)
+    #: Allocated with ``dirty_tracking`` (iommufd ``IOMMU_HWPT_ALLOC_DIRTY_TRACKING``): D is
+    #: set only while ``dirty_on`` (model/iommu/dirty.py). Other domains set D always, as a
+    #: VT-d first-stage walker does.
+    dirty_capable: bool = False
+    dirty_on: bool = False
+    #: Nesting (model/iommu/nested.py): a parent's stage 2 serves its nested domains.
+    nest_parent: bool = False
+    nest_of: Domain | None = None
+    s1_flags: int = 0
+    nested_children: set[Domain] = field(default_factory=set)
 
     @property
     def attached(self) -> bool:
         return bool(self.groups or self.pasid_users)
+
+    @property
+    def sets_dirty(self) -> bool:
+        """Whether a write through this domain sets the leaf's D bit."""
+        return self.dirty_on or not self.dirty_capable
 
     @property
     def kernel_managed(self) -> bool:

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from siovd.model.dma import DmaOrigin
+
 # VT-d scalable-mode fault reasons (spec numbering, as QEMU's VTDFaultReason transcribes it).
 FR_PASID_ENTRY_NOT_PRESENT = 0x59  # no PASID-table entry (also how a PASID is blocked)
 FR_FS_ACCESS = 0x70  # a first-stage table or output page outside the domain owner's memory
@@ -31,7 +33,9 @@ class FaultRecord:
     """One failed translation, as the IOMMU reports it to the domain's owner.
 
     ``device`` is the requester's UUID; ``pasid`` is 0 for a request without PASID;
-    ``domain`` is the domain the request reached, or ``None`` when no entry led to one.
+    ``domain`` is the domain the request reached, or ``None`` when no entry led to one;
+    ``origin`` names the descriptor whose DMA faulted (``None`` for an emulator's own
+    DMA_READ/DMA_WRITE).
     """
 
     device: str
@@ -40,6 +44,7 @@ class FaultRecord:
     write: bool
     reason: int
     domain: int | None
+    origin: DmaOrigin | None = None
 
     @property
     def reason_name(self) -> str:

@@ -7,7 +7,7 @@ import errno
 
 from siovd.model.errors import SiovError
 from siovd.model.iommu.base import IommuBase
-from siovd.model.iommu.iotlb import make_tag
+from siovd.model.iommu.iotlb import Entry, make_tag
 from siovd.model.iommu.pasid import PASID_LIMIT
 from siovd.model.iommu.sva import SvaDomain
 from siovd.model.memory import PAGE_SIZE
@@ -17,6 +17,14 @@ MAX_AM = 18
 
 
 class InvalidateVerbs(IommuBase):
+    def iotlb_cached(
+        self, owner: int | None, domain_id: int, pasid: int | None = None
+    ) -> list[tuple[int, int, Entry]]:
+        """What the IOTLB holds for a domain the caller owns (``owner`` None: any domain):
+        ``(pasid, iova, entry)`` rows, sorted, for inspection only (no hit counted)."""
+        domain = self.domain(owner, domain_id)
+        return self.iotlb.cached(domain.id, pasid)
+
     def iotlb_invalidate(
         self,
         owner: int | None,

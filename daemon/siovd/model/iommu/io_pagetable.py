@@ -35,6 +35,7 @@ from siovd.model.errors import SiovError
 from siovd.model.iommu.areas import Area, first_fit
 from siovd.model.iommu.domain import Domain
 from siovd.model.iommu.pagetable import PAGE_SIZES, PROT_READ, PROT_WRITE, SIZE_1G, SIZE_2M
+from siovd.model.iommu.reserved import busy_for_alloc, check_map_reserved
 from siovd.model.memory import PAGE_SIZE
 
 if TYPE_CHECKING:
@@ -208,8 +209,17 @@ def check_map_args(domain: Domain, iova: int | None, phys: int, size: int, prot:
                 errno.EINVAL,
                 f"iova range ends beyond the domain's aperture {domain.aperture_end:#x}",
             )
-        if domain.areas.overlaps(iova, iova + size - 1):
-            raise SiovError(errno.EEXIST, f"iova {iova:#x}+{size:#x} overlaps an existing mapping")
+        check_map_reserved(domain, iova, size)  # EINVAL before EEXIST, as iopt_check_iova
+        hit = domain.areas.intersecting(iova, iova + size - 1)
+        if hit:
+            # Name the mapping in the way (the first, and how many more), as unmap's split
+            # error does.
+            more = f" (and {len(hit) - 1} more)" if len(hit) > 1 else ""
+            raise SiovError(
+                errno.EEXIST,
+                f"map {iova:#x}+{size:#x} overlaps the mapping {hit[0].iova:#x}+{hit[0].size:#x}"
+                f"{more} in domain {domain.id}",
+            )
 
 
 def alloc_iova(domain: Domain, size: int, phys: int) -> int:
@@ -221,6 +231,7 @@ def alloc_iova(domain: Domain, size: int, phys: int) -> int:
     busy = sorted(
         [(a.iova, a.last) for a in domain.areas.all()]
         + [(a.iova, a.last) for a in domain.lazy_pending]
+        + busy_for_alloc(domain)
     )
     iova = first_fit(busy, size, align, max(align, PAGE_SIZE), domain.aperture_end)
     if iova is None:

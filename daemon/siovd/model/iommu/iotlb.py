@@ -24,9 +24,10 @@ E_SIZE = 1  # page size in bytes
 E_FLAGS = 2  # effective leaf flags (RW, D, ...)
 E_REF = 3  # CLOCK reference mark
 E_REGION = 4  # the memory region holding the page when it was cached (a hint)
+E_HITS = 5  # lookups this entry answered since it was cached
 
 Key = tuple[int, int, int]
-#: ``[phys, size, flags, ref, region]``: a list so that a hit is index loads and one store.
+#: ``[phys, size, flags, ref, region, hits]``: a list so that a hit is index loads and stores.
 Entry = list[Any]
 
 
@@ -73,6 +74,7 @@ class Iotlb:
                     self.misses += 1
                     return None
         entry[3] = 1
+        entry[5] += 1
         self.hits += 1
         return entry
 
@@ -240,6 +242,19 @@ class Iotlb:
         if tag is None:
             return len(self._map)
         return len(self._by_tag.get(tag, ()))
+
+    def cached(self, domain_id: int, pasid: int | None = None) -> list[tuple[int, int, Entry]]:
+        """What is cached for a domain (one PASID entry of it, or all): ``(pasid, iova,
+        entry)`` sorted by PASID and IOVA, for inspection (no hit is counted). At most the
+        table's capacity: bounded work."""
+        mask = (1 << PASID_BITS) - 1
+        out = [
+            (tag & mask, pfn << (12 + 9 * (level - 1)), self._map[(tag, pfn, level)])
+            for tag in self._tags(domain_id, pasid)
+            for (_, pfn, level) in self._by_tag.get(tag, ())
+        ]
+        out.sort(key=lambda row: (row[0], row[1]))
+        return out
 
     def stats(self) -> dict[str, int]:
         return {

@@ -68,14 +68,21 @@ def leaf_flags(prot: int) -> int:
 
 
 def walk(
-    locate: Locate, root: int, levels: int, iova: int, write: bool, set_ad: bool = True
+    locate: Locate,
+    root: int,
+    levels: int,
+    iova: int,
+    write: bool,
+    set_ad: bool = True,
+    set_d: bool = True,
 ) -> Translation | int:
     """Translate ``iova`` the way the hardware walker does; a fault reason on failure.
 
     ``locate`` finds a table's memory (and so decides which memory a walk may read: a
     user-managed table is only read in its owner's memory). When the walk succeeds, A is set
     in every entry used and D in the leaf on a write, unless ``set_ad`` is false (a
-    software lookup such as ``iova_to_phys``).
+    software lookup such as ``iova_to_phys``). ``set_d`` false leaves D alone (a domain whose
+    dirty tracking is off, model/iommu/dirty.py).
     """
     va_bits = level_shift(levels) + 9  # 48 or 57
     top = iova >> (va_bits - 1)
@@ -117,7 +124,7 @@ def walk(
     last = len(used) - 1
     for i, (q, idx, entry) in enumerate(used if set_ad else ()):
         want = entry | PTE_A
-        if i == last and write:
+        if i == last and write and set_d:
             want |= PTE_D
         if want != entry:
             if q.readonly:
@@ -125,7 +132,7 @@ def walk(
             q[idx] = want
     leaf = used[last][2]
     if set_ad:
-        leaf |= PTE_A | (PTE_D if write else 0)
+        leaf |= PTE_A | (PTE_D if write and set_d else 0)
     size = 1 << shift
     flags = (leaf & ~ADDR_MASK & ~(PTE_RW | PTE_US)) | effective
     return (leaf & ADDR_MASK & ~(size - 1), size, flags, level)

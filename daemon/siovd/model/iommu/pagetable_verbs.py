@@ -31,7 +31,7 @@ from siovd.model.iommu.pagetable import (
 class PagetableVerbs(IommuBase):
     # -- map / unmap -------------------------------------------------------------------------
 
-    def _paging(self, owner: int, domain_id: int) -> Domain:
+    def _paging(self, owner: int | None, domain_id: int) -> Domain:
         domain = self.domain(owner, domain_id)
         if domain.type is not DomainType.PAGING:
             raise SiovError(errno.EINVAL, f"domain {domain_id} is not a paging domain")
@@ -40,6 +40,11 @@ class PagetableVerbs(IommuBase):
                 errno.EOPNOTSUPP, f"domain {domain_id} is user-managed: write its page table"
             )
         return domain
+
+    def paging_domain(self, owner: int | None, domain_id: int) -> Domain:
+        """A kernel-managed paging domain of ``owner`` (``None``: anyone's): ``ENOENT``,
+        ``EINVAL`` (not paging), ``EOPNOTSUPP`` (user-managed), as MAP answers."""
+        return self._paging(owner, domain_id)
 
     def map(
         self,
@@ -151,6 +156,8 @@ class PagetableVerbs(IommuBase):
 
     def _retire(self, domain: Domain, areas: list[Area]) -> None:
         """The IOTLB forgets the areas; then their memory may go."""
+        for child in domain.nested_children:  # their entries went through this stage 2
+            self.iotlb.invalidate_domain(child.id)
         if len(areas) > 64:
             self.iotlb.invalidate_domain(domain.id)
         else:

@@ -42,6 +42,7 @@ class PageRequest:
         "id",
         "iova",
         "owner",
+        "owner_gone",
         "pasid",
         "payload",
         "submitter",
@@ -70,6 +71,7 @@ class PageRequest:
         self.payload = payload  # what the device needs to resume (opaque here)
         self.answer: PageAnswer | None = None
         self.cancelled = False
+        self.owner_gone = False  # answered INVALID because its owner left
         #: Set by whoever waits for the answer (the service's task): called when it comes.
         self.wake: Callable[[], None] = _nothing
 
@@ -150,6 +152,19 @@ class PageRequestQueue:
             out.append(request)
         for request in out:
             self._uncount(request)
+            request.wake()
+        return out
+
+    def owner_gone(self, owner: int) -> list[PageRequest]:
+        """``owner`` left: each request routed to it is answered INVALID, as iommufd answers
+        the faults still pending when its fault fd is released (IOMMU_PAGE_RESP_INVALID), so
+        no device waits for an answer that cannot come. Returns them."""
+        out = [r for r in self.pending.values() if r.owner == owner]
+        for request in out:
+            del self.pending[request.id]
+            request.answer = PageAnswer.INVALID
+            request.owner_gone = True
+        for request in out:
             request.wake()
         return out
 

@@ -19,7 +19,8 @@ from siovd.model.iommu.faults import (
     FR_PASID_ENTRY_NOT_PRESENT,
     FR_SM_WRITE,
 )
-from siovd.model.iommu.iotlb import E_REF, make_tag
+from siovd.model.iommu.iotlb import E_HITS, E_REF, make_tag
+from siovd.model.iommu.nested import combine
 from siovd.model.iommu.pagetable import PROT_READ, PROT_WRITE, PTE_D, PTE_RW, walk
 from siovd.model.memory import Region
 
@@ -31,13 +32,16 @@ _RW_D = PTE_RW | PTE_D
 
 @dataclass(slots=True)
 class Run:
-    """``length`` bytes at ``iova`` translating to contiguous ``phys`` inside ``region``."""
+    """``length`` bytes at ``iova`` translating to contiguous ``phys`` inside ``region``,
+    through leaves of ``page_size`` bytes (4 KiB, 2 MiB, 1 GiB; 0 under an identity domain,
+    which has no page table). Neighbouring leaves of different sizes are separate runs."""
 
     iova: int
     phys: int
     length: int
     region: Region
     prot: int
+    page_size: int = 0
 
     def view(self) -> memoryview:
         off = self.phys - self.region.base
@@ -137,7 +141,7 @@ def _paging(
     runs: list[Run] = []
     failure: Failure | None = None
     # The run being built, kept in locals: the loop runs once per page.
-    r_iova = r_phys = r_len = r_prot = 0
+    r_iova = r_phys = r_len = r_prot = r_size = 0
     r_region: Region | None = None
     r_end = 0  # end of r_region
     pos, end = iova, iova + length
@@ -148,12 +152,20 @@ def _paging(
             # Miss, or a write through an entry that is read-only or not yet dirty: walk (a
             # hardware walker sets D with a locked update, and re-checks permissions).
             assert domain.locate is not None
-            result = walk(domain.locate, domain.root, domain.levels, pos, write)
+            tracks = domain.sets_dirty
+            result = walk(domain.locate, domain.root, domain.levels, pos, write, True, tracks)
             if isinstance(result, int):
                 failure = Failure(pos, result, domain)
                 break
+            if domain.nest_of is not None:  # stage 1 done: its output through stage 2
+                result = combine(domain.nest_of, pos, result, write)
+                if isinstance(result, int):
+                    failure = Failure(pos, result, domain)
+                    break
             pbase, size, flags, level = result
-            entry = [pbase, size, flags, 0, region_of(pbase)]
+            if not tracks and flags & PTE_RW:
+                flags |= PTE_D  # tracking off: writes need no walk to set D (dirty.py)
+            entry = [pbase, size, flags, 0, region_of(pbase), 0]
             iotlb.insert(tag, pos, level, entry)
         else:
             pbase, size, flags = entry[0], entry[1], entry[2]
@@ -183,19 +195,19 @@ def _paging(
             break
         else:
             prot = PROT_READ
-        if region is r_region and phys == r_phys + r_len and prot == r_prot:
+        if region is r_region and phys == r_phys + r_len and prot == r_prot and size == r_size:
             r_len += n
         else:
             if r_region is not None:
-                runs.append(Run(r_iova, r_phys, r_len, r_region, r_prot))
+                runs.append(Run(r_iova, r_phys, r_len, r_region, r_prot, r_size))
                 if len(runs) == max_runs:
                     r_region = None  # full: end before this page, with no failure
                     break
-            r_iova, r_phys, r_len, r_region, r_prot = pos, phys, n, region, prot
+            r_iova, r_phys, r_len, r_region, r_prot, r_size = pos, phys, n, region, prot, size
             r_end = region.end
         pos += n
     if r_region is not None:
-        runs.append(Run(r_iova, r_phys, r_len, r_region, r_prot))
+        runs.append(Run(r_iova, r_phys, r_len, r_region, r_prot, r_size))
     return runs, failure
 
 
@@ -240,6 +252,7 @@ class IommuDmaSpace:
                         and (not write or (flags & _RW_D == _RW_D and region.writable))
                     ):
                         entry[E_REF] = 1
+                        entry[E_HITS] += 1
                         iotlb.hits += 1
                         start = phys - region.base
                         view = region.buf[start : start + length]

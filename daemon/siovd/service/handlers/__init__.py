@@ -2,11 +2,13 @@
 
 from siovd.service.handlers import (  # noqa: F401  (each registers its commands)
     accel,
+    ats,
     bus,
     core,
     definitions,
     dma,
     iommu,
+    iommu_ext,
     memory,
     sva,
     vfio_user,

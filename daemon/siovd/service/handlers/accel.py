@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import errno
 import os
+from typing import Any
 
 from siov_protocol import Command
 from siov_protocol.messages import EMPTY, Empty
@@ -190,7 +191,49 @@ def page_response(ctx: Context, req: PageResponse) -> Empty:
 
 @registry.command(Command.ACCEL_LIST, Empty)
 def accel_list(ctx: Context, req: Empty) -> AccelDevicesReply:
-    return AccelDevicesReply(devices=ctx.daemon.accel.to_json())
+    devices = ctx.daemon.accel.to_json()
+    _add_wq_users(ctx, devices)
+    return AccelDevicesReply(devices=devices)
+
+
+def _add_wq_users(ctx: Context, devices: list[dict[str, Any]]) -> None:
+    """siov's extras on each enabled WQ of the listing: ``mdevs``, the mdevs using it with
+    the PASIDs their DMA can be tagged with (the default PASID first, then per-PASID
+    attaches: on a shared WQ each submission names one), and ``dropped`` (MOVDIR64B past a
+    dedicated WQ's size, silently lost on hardware). A client sees its own mdevs; an admin
+    every client's, as the other listings do."""
+    daemon = ctx.daemon
+    users: dict[tuple[str, str], list[dict[str, Any]]] = {}
+    for parent in daemon.dsa_parents.values():
+        for uuid, mdev in parent.mdevs.items():
+            try:
+                device = daemon.bus.device(None if ctx.session.is_admin else ctx.session.id, uuid)
+            except SiovError:
+                continue  # another client's
+            group = device.group
+            attached = sorted(group.pasids) if group is not None else []
+            users.setdefault((parent.device.name, mdev.wq.dev_name), []).append(
+                {"uuid": uuid, "type_id": mdev.type_id, "pasids": [mdev.default_pasid, *attached]}
+            )
+    wqs = {(name, wq.dev_name): wq for name, dev in daemon.accel.devices.items() for wq in dev.wqs}
+
+    def visit(node: Any, device: str) -> None:
+        if isinstance(node, list):
+            for item in node:
+                visit(item, device)
+        elif isinstance(node, dict):
+            dev = node.get("dev")
+            if isinstance(dev, str) and dev.startswith("wq") and "state" in node:
+                wq = wqs.get((device, dev))
+                if wq is not None and wq.enabled:
+                    node["mdevs"] = users.get((device, dev), [])
+                    node["dropped"] = wq.stats.dropped
+                return
+            for value in node.values():
+                visit(value, device)
+
+    for entry in devices:
+        visit(entry, str(entry.get("dev", "")))
 
 
 @registry.command(Command.ACCEL_SAVE_CONFIG, Empty)

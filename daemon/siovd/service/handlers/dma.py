@@ -6,7 +6,6 @@ after another client has claimed the device to own its domains.
 
 from __future__ import annotations
 
-import contextlib
 import errno
 
 from siov_protocol import Command
@@ -22,9 +21,10 @@ from siov_protocol.schema import encode
 from siovd.model.dma import DmaFault
 from siovd.model.errors import SiovError
 from siovd.model.iommu.faults import REASON_NAMES
+from siovd.model.iommu.translate import resolve
 from siovd.service.handlers.registry import Context, registry
 
-#: An encoded run is at most this long (a map of four u64 fields); REPLY_SLACK covers the rest
+#: An encoded run is at most this long (a map of five u64 fields); REPLY_SLACK covers the rest
 #: of a TRANSLATE reply (header, ``translated``, ``fault``).
 RUN_BYTES = 64
 REPLY_SLACK = 256
@@ -85,16 +85,25 @@ def translate(ctx: Context, req: Translate) -> TranslateReply:
         device = bus.emulated_device(ctx.session.id, req.device)
     # One reply carries the runs: as many as fit the negotiated message size, no more.
     max_runs = max(1, (ctx.session.max_msg_size - REPLY_SLACK) // RUN_BYTES)
-    # A fault is the device's event, owed to its owner only when the device itself (its
-    # emulator) asked; an admin's look at another device's mappings answers in the reply and
-    # queues nothing for the owner (whose event queue it would fill, SPEC 8.7).
+    # An ATS translation request that fails is answered here only: no fault record, no
+    # EVENT_FAULT to the owner (SPEC 8.7), whoever asked. Only the device itself (its
+    # emulator or owner) is fenced after an ATS time-out and has what it learns remembered.
     foreign = ctx.session.id not in (device.registrant, device.owner)
-    with ctx.daemon.faults_muted() if foreign else contextlib.nullcontext():
-        runs, fault = ctx.daemon.iommu.translate(
-            device, req.pasid, req.iova, req.length, req.write, max_runs, TRANSLATE_MAX_PAGES
-        )
+    devtlb = ctx.daemon.iommu.atc
+    if not foreign:
+        devtlb.check_not_fenced(device.uuid)  # ETIMEDOUT after an ATS time-out (SPEC §8.21)
+    runs, fault = ctx.daemon.iommu.translate(
+        device, req.pasid, req.iova, req.length, req.write, max_runs, TRANSLATE_MAX_PAGES
+    )
+    domain, _tag = resolve(device, req.pasid)
+    if not foreign and domain is not None and ctx.session.id == device.registrant:
+        # the device may cache what it was told: remember it, to invalidate it on change
+        devtlb.record(device.uuid, req.pasid, domain.id, [(r[0], r[2]) for r in runs])
     return TranslateReply(
-        runs=[TranslateRun(iova=i, phys=p, length=n, prot=prot) for i, p, n, prot in runs],
-        translated=sum(n for _, _, n, _ in runs),
+        runs=[
+            TranslateRun(iova=i, phys=p, length=n, prot=prot, page_size=size)
+            for i, p, n, prot, size in runs
+        ],
+        translated=sum(run[2] for run in runs),
         fault=fault_info(fault) if fault is not None else None,
     )

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import errno
+from typing import Any
 
 import structlog
 
@@ -14,6 +15,7 @@ from siov_protocol.messages_iommu import (
     DirtyBitmap,
     DomainAlloc,
     DomainRef,
+    IotlbEntries,
     IotlbInvalidate,
     IovaToPhys,
     Map,
@@ -27,14 +29,19 @@ from siov_protocol.replies import (
     DomainInfo,
     DomainListReply,
     InvalidateReply,
+    IotlbEntriesReply,
+    IotlbEntry,
     IovaToPhysReply,
     MapReply,
-    UnmapReply,
 )
 from siovd.model.errors import SiovError
+from siovd.model.iommu import dirty, nested
 from siovd.model.iommu.io_pagetable import MapQuota
+from siovd.model.iommu.iotlb import E_FLAGS, E_HITS, E_PHYS, E_REF, E_SIZE
+from siovd.model.iommu.pagetable import PTE_D, PTE_RW
+from siovd.service import ats
 from siovd.service.handlers.bus import describe
-from siovd.service.handlers.registry import Context, Deferred, registry
+from siovd.service.handlers.registry import Context, Deferred, registry, typed
 
 log = structlog.get_logger("siovd")
 
@@ -42,6 +49,10 @@ log = structlog.get_logger("siovd")
 @registry.command(Command.DOMAIN_ALLOC, DomainAlloc)
 def domain_alloc(ctx: Context, req: DomainAlloc) -> DomainInfo:
     daemon, owner = ctx.daemon, ctx.session.id
+    if req.dirty_tracking:  # EOPNOTSUPP before anything is allocated (iommu_ext.py)
+        dirty.check_alloc(req.type, req.user_managed)
+    if req.nest_parent:
+        nested.check_parent_alloc(req.type, req.user_managed)
     domain = daemon.iommu.domain_alloc(
         owner,
         req.bus,
@@ -52,6 +63,8 @@ def domain_alloc(ctx: Context, req: DomainAlloc) -> DomainInfo:
         pt_root_phys=req.pt_root,
         max_domains=daemon.config.limits.domains,
     )
+    domain.dirty_capable = req.dirty_tracking
+    domain.nest_parent = req.nest_parent
     log.info("domain allocated", domain=domain.id, type=req.type, user_managed=req.user_managed)
     return DomainInfo(**domain.info())  # type: ignore[arg-type]
 
@@ -70,16 +83,19 @@ def domain_list(ctx: Context, req: ListRequest) -> DomainListReply:
 
 
 @registry.command(Command.ATTACH_DEVICE, AttachDevice)
-def attach_device(ctx: Context, req: AttachDevice) -> DeviceDescription:
+def attach_device(ctx: Context, req: AttachDevice) -> DeviceDescription | Deferred:
     owner = ctx.session.id
     device = ctx.daemon.bus.device(owner, req.device)
     ctx.daemon.iommu.attach_device(owner, req.domain, device)
     log.info("device attached", mdev=device.uuid, domain=req.domain, pasid=device.default_pasid)
-    return describe(ctx, device)
+    pasids = {0, device.default_pasid}
+    return ats.then_reply(
+        ctx, lambda: ats.device_changed(ctx, device.uuid, pasids), describe(ctx, device)
+    )
 
 
 @registry.command(Command.DETACH_DEVICE, DetachDevice)
-def detach_device(ctx: Context, req: DetachDevice) -> DeviceDescription:
+def detach_device(ctx: Context, req: DetachDevice) -> DeviceDescription | Deferred:
     owner = ctx.session.id
     device = ctx.daemon.bus.device(owner, req.device)
     domain = req.domain
@@ -89,7 +105,10 @@ def detach_device(ctx: Context, req: DetachDevice) -> DeviceDescription:
         domain = device.group.domain.id
     ctx.daemon.iommu.detach_device(owner, domain, device)
     log.info("device detached", mdev=device.uuid, domain=domain)
-    return describe(ctx, device)
+    pasids = {0, device.default_pasid}
+    return ats.then_reply(
+        ctx, lambda: ats.device_changed(ctx, device.uuid, pasids), describe(ctx, device)
+    )
 
 
 @registry.command(Command.ATTACH_PASID, PasidAttach)
@@ -102,21 +121,21 @@ def attach_pasid(ctx: Context, req: PasidAttach) -> Empty:
 
 
 @registry.command(Command.REPLACE_PASID, PasidAttach)
-def replace_pasid(ctx: Context, req: PasidAttach) -> Empty:
+def replace_pasid(ctx: Context, req: PasidAttach) -> Empty | Deferred:
     owner = ctx.session.id
     device = ctx.daemon.bus.device(owner, req.device)
     ctx.daemon.iommu.replace_pasid(owner, req.domain, device, req.pasid)
     log.info("pasid replaced", mdev=device.uuid, pasid=req.pasid, domain=req.domain)
-    return Empty()
+    return ats.then_reply(ctx, lambda: ats.device_changed(ctx, device.uuid, {req.pasid}), Empty())
 
 
 @registry.command(Command.DETACH_PASID, PasidDetach)
-def detach_pasid(ctx: Context, req: PasidDetach) -> Empty:
+def detach_pasid(ctx: Context, req: PasidDetach) -> Empty | Deferred:
     owner = ctx.session.id
     device = ctx.daemon.bus.device(owner, req.device)
     ctx.daemon.iommu.detach_pasid(owner, req.domain, device, req.pasid)
     log.info("pasid detached", mdev=device.uuid, pasid=req.pasid)
-    return Empty()
+    return ats.then_reply(ctx, lambda: ats.device_changed(ctx, device.uuid, {req.pasid}), Empty())
 
 
 @registry.command(Command.MAP, Map)
@@ -143,15 +162,17 @@ def map_(ctx: Context, req: Map) -> Deferred:
 
 
 @registry.command(Command.UNMAP, Unmap)
+@typed
 def unmap(ctx: Context, req: Unmap) -> Deferred:
     job = ctx.daemon.iommu.unmap_job(ctx.session.id, req.domain, req.iova, req.size)
 
-    def finish() -> UnmapReply:
+    def finish(outcome: ats.Outcome) -> dict[str, Any]:
         log.debug("unmapped", domain=req.domain, iova=hex(req.iova), bytes=job.unmapped)
         ctx.daemon.close_dead_mappings()
-        return UnmapReply(unmapped=job.unmapped)
+        return {"unmapped": job.unmapped, **outcome.fields()}
 
-    return Deferred(job, finish)
+    # strict: devices that cached a translation there drop it before the reply (SPEC §8.21)
+    return ats.deferred(ctx, job, lambda: ats.unmapped(ctx, req.domain, req.iova, req.size), finish)
 
 
 @registry.command(Command.IOVA_TO_PHYS, IovaToPhys)
@@ -160,6 +181,36 @@ def iova_to_phys(ctx: Context, req: IovaToPhys) -> IovaToPhysReply:
     if found is None:
         raise SiovError(errno.ENOENT, f"iova {req.iova:#x} is not mapped in domain {req.domain}")
     return IovaToPhysReply(phys=found[0], page_size=found[1])
+
+
+@registry.command(Command.IOTLB_ENTRIES, IotlbEntries)
+def iotlb_entries(ctx: Context, req: IotlbEntries) -> IotlbEntriesReply:
+    # The domain's owner, or an admin (who may look at any client's domain, as siovctl does).
+    owner = None if ctx.session.is_admin else ctx.session.id
+    cached = ctx.daemon.iommu.iotlb_cached(owner, req.domain, req.pasid)
+    start = (req.start_pasid, req.start_iova)
+    rows = [row for row in cached if (row[0], row[1]) >= start]
+    shown = rows[: req.max_entries]
+    rest = rows[req.max_entries] if len(rows) > req.max_entries else None
+    entries = [
+        IotlbEntry(
+            pasid=pasid,
+            iova=iova,
+            page_size=entry[E_SIZE],
+            phys=entry[E_PHYS],
+            writable=bool(entry[E_FLAGS] & PTE_RW),
+            dirty=bool(entry[E_FLAGS] & PTE_D),
+            hits=entry[E_HITS],
+            referenced=bool(entry[E_REF]),
+        )
+        for pasid, iova, entry in shown
+    ]
+    return IotlbEntriesReply(
+        entries=entries,
+        total=len(cached),
+        next_pasid=rest[0] if rest is not None else None,
+        next_iova=rest[1] if rest is not None else None,
+    )
 
 
 @registry.command(Command.DIRTY_BITMAP, DirtyBitmap)
@@ -181,7 +232,7 @@ def dirty_bitmap(ctx: Context, req: DirtyBitmap) -> Deferred:
 
 
 @registry.command(Command.IOTLB_INVALIDATE, IotlbInvalidate)
-def iotlb_invalidate(ctx: Context, req: IotlbInvalidate) -> InvalidateReply:
+def iotlb_invalidate(ctx: Context, req: IotlbInvalidate) -> InvalidateReply | Deferred:
     pasid = req.pasid
     if req.device is not None:
         # A device-relative invalidation: its requests without PASID carry its default PASID.
@@ -191,4 +242,12 @@ def iotlb_invalidate(ctx: Context, req: IotlbInvalidate) -> InvalidateReply:
     dropped = ctx.daemon.iommu.iotlb_invalidate(
         ctx.session.id, req.scope, req.domain, pasid, req.iova or 0, req.am
     )
-    return InvalidateReply(invalidated=dropped)
+    reply = InvalidateReply(invalidated=dropped)
+    if req.scope == "range" and req.domain is not None:
+        size = 4096 << req.am
+        return ats.then_reply(
+            ctx, lambda: ats.unmapped(ctx, req.domain or 0, req.iova or 0, size), reply
+        )
+    # a flush also flushes device TLBs (Linux: iommu_flush_dev_iotlb after the IOTLB flush)
+    scope = None if req.domain is None else {req.domain}
+    return ats.then_reply(ctx, lambda: ats.domains_changed(ctx, scope), reply)
