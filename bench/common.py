@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import socket
 import statistics
 import subprocess
 import sys
@@ -44,6 +45,15 @@ def median_of(runs: int, fn: Callable[[], float]) -> float:
     return statistics.median(fn() for _ in range(runs))
 
 
+def _accepts(path: str) -> bool:
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as probe:
+        try:
+            probe.connect(path)
+        except (FileNotFoundError, ConnectionRefusedError):
+            return False
+    return True
+
+
 @contextlib.contextmanager
 def daemon(extra_args: tuple[str, ...] = (), config: str | None = None) -> Iterator[str]:
     """A real ``siovd`` subprocess on a temporary socket; yields the socket path."""
@@ -59,7 +69,7 @@ def daemon(extra_args: tuple[str, ...] = (), config: str | None = None) -> Itera
         proc = subprocess.Popen([*args, *extra_args], stderr=subprocess.DEVNULL)
         try:
             deadline = time.monotonic() + 20
-            while not os.path.exists(path):
+            while not _accepts(path):  # the socket file appears at bind(), before listen()
                 if proc.poll() is not None or time.monotonic() > deadline:
                     raise RuntimeError("siovd did not start")
                 time.sleep(0.02)

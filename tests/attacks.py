@@ -15,14 +15,13 @@ skips with that reason, except under ``CI=true`` where it fails.
 
 from __future__ import annotations
 
-import array
 import contextlib
 import ctypes
 import os
 import socket
 import struct
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -31,8 +30,8 @@ from siov_protocol import Command
 from siov_protocol.dsa import IDXD_OP_FLAG_RCI
 from tests.bystander import Bystander, Window
 from tests.daemonproc import LoggedDaemon, logged_siovd
-from tests.fuzz.wire import Received, parse_replies
-from tests.rawclient import HDR, HEADER_SIZE, body, frame
+from tests.helpers import settle
+from tests.rawclient import HDR, RawClient, Refused, body, frame, send_all
 
 MiB = 1 << 20
 
@@ -125,88 +124,9 @@ def run_attack(
 # ---- raw sessions ------------------------------------------------------------------------
 
 
-class Refused(Exception):
-    def __init__(self, reply: Received) -> None:
-        super().__init__(f"errno {reply.error}: {reply.body.get('message')}")
-        self.errno = reply.error
-        self.message = str(reply.body.get("message", ""))
-
-
-class Raw:
-    """A blocking raw connection: exact frames out, replies (skipping events) back."""
-
-    def __init__(self, path: str, *, negotiate: bool = True, timeout: float = 20.0) -> None:
-        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        self.sock.settimeout(timeout)
-        self.sock.connect(path)
-        self.next_id = 1
-        self.events: list[Received] = []
-        if negotiate:
-            try:
-                caps = {"max_fds": 253}
-                self.call(Command.VERSION, {"major": 1, "minor": 0, "capabilities": caps})
-            except BaseException:
-                self.sock.close()
-                raise
-
-    def close(self) -> None:
-        self.sock.close()
-
-    def __enter__(self) -> Raw:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
-
-    def send(self, command: int, fields: dict[str, Any] | None = None, fds: list[int] = ()) -> int:  # type: ignore[assignment]
-        msg_id = self.next_id
-        self.next_id = self.next_id % 0xFFFF + 1
-        send_fds(self.sock, frame(msg_id, command, body(fields or {})), fds)
-        return msg_id
-
-    def reply(self) -> Received:
-        while True:
-            head = recv_exact(self.sock, HEADER_SIZE)
-            size = HDR.unpack(head)[2]
-            got = parse_replies(head + recv_exact(self.sock, size - HEADER_SIZE))[0]
-            if got.command >= 0x200:
-                self.events.append(got)
-                continue
-            return got
-
-    def request(
-        self, command: int, fields: dict[str, Any] | None = None, fds: Sequence[int] = ()
-    ) -> Received:
-        self.send(command, fields, list(fds))
-        return self.reply()
-
-    def call(
-        self, command: int, fields: dict[str, Any] | None = None, fds: Sequence[int] = ()
-    ) -> dict[str, Any]:
-        got = self.request(command, fields, fds)
-        if got.is_error:
-            raise Refused(got)
-        return dict(got.body)
-
-
-def send_fds(sock: socket.socket, data: bytes, fds: list[int] | tuple[int, ...] = ()) -> None:
-    if fds:
-        anc = [(socket.SOL_SOCKET, socket.SCM_RIGHTS, array.array("i", fds))]
-        sent = sock.sendmsg([data], anc)
-        if sent < len(data):
-            sock.sendall(data[sent:])
-    else:
-        sock.sendall(data)
-
-
-def recv_exact(sock: socket.socket, n: int) -> bytes:
-    out = b""
-    while len(out) < n:
-        chunk = sock.recv(n - len(out))
-        if not chunk:
-            raise ConnectionError("the daemon closed the connection")
-        out += chunk
-    return out
+def raw_session(path: str, timeout: float = 20.0, *, negotiate: bool = True) -> RawClient:
+    """A raw connection, negotiated with room for the most fds a message may carry."""
+    return RawClient(path, timeout, negotiate=negotiate, capabilities={"max_fds": 253})
 
 
 def memfd(size: int, flags: int = 0) -> int:
@@ -240,14 +160,14 @@ def punch_hole(fd: int, offset: int, length: int) -> None:
 
 
 def stats(path: str) -> dict[str, Any]:
-    with Raw(path) as raw:
+    with raw_session(path) as raw:
         return raw.call(Command.STATS)
 
 
 def other_client_registers(path: str) -> bool | str:
     """True when a new client can connect, negotiate and register a memfd; else why not."""
     try:
-        with Raw(path, timeout=5.0) as other:
+        with raw_session(path, timeout=5.0) as other:
             mfd = memfd(4096)
             with closing_fds(mfd):
                 return "region" in other.call(Command.MEM_REGISTER, {"size": 4096}, [mfd])
@@ -267,7 +187,7 @@ def blocking_eventfd(d: LoggedDaemon) -> dict[str, Any]:
     """A blocking eventfd at its maximum count as an MSI-X vector, then the vector fired."""
     efd = os.eventfd(0)  # blocking, as a careless or hostile client would make it
     os.write(efd, EVENTFD_FULL.to_bytes(8, "little"))
-    with closing_fds(efd), Raw(d.path, timeout=10.0) as raw:
+    with closing_fds(efd), raw_session(d.path, timeout=10.0) as raw:
         dev = raw.call(Command.MDEV_CREATE, {"parent": "dsa0", "type_id": "dsa-1dwq"})
         uuid = dev["uuid"]
         irq = {"device": uuid, "index": 2, "start": 0, "count": 1}
@@ -342,10 +262,13 @@ def linger_close(d: LoggedDaemon) -> dict[str, Any]:
     seen: dict[str, Any] = {}
 
     def hand(route: str, send: Callable[[socket.socket, int], None]) -> None:
-        with lingering_socket() as victim, Raw(d.path, negotiate=route != "before_version") as raw:
+        with (
+            lingering_socket() as victim,
+            raw_session(d.path, negotiate=route != "before_version") as raw,
+        ):
             fd = victim.detach()  # the daemon's copy becomes the last one
             try:
-                send(raw.sock, fd)
+                send(raw.sock, fd)  # on the socket: the subject is which bytes carry the fd
             finally:
                 os.close(fd)
             if route != "pending_at_disconnect":
@@ -353,16 +276,16 @@ def linger_close(d: LoggedDaemon) -> dict[str, Any]:
                 seen[route] = got.error
 
     # Refused before VERSION (EPROTO), a bad body (EINVAL), no fds taken (EINVAL).
-    hand("before_version", lambda s, fd: send_fds(s, frame(1, Command.PING, b""), [fd]))
-    hand("bad_body", lambda s, fd: send_fds(s, frame(7, Command.PING, b"\xc1"), [fd]))
-    hand("ping_with_fd", lambda s, fd: send_fds(s, frame(8, Command.PING, body({})), [fd]))
+    hand("before_version", lambda s, fd: send_all(s, frame(1, Command.PING, b""), [fd]))
+    hand("bad_body", lambda s, fd: send_all(s, frame(7, Command.PING, b"\xc1"), [fd]))
+    hand("ping_with_fd", lambda s, fd: send_all(s, frame(8, Command.PING, body({})), [fd]))
     # As the memory of a MEM_REGISTER: not a memfd (EINVAL), and discarded.
     mem = frame(10, Command.MEM_REGISTER, body({"size": 4096}))
-    hand("mem_register", lambda s, fd: send_fds(s, mem, [fd]))
+    hand("mem_register", lambda s, fd: send_all(s, mem, [fd]))
     # Half a message with the fd, then the connection goes away.
     hand(
         "pending_at_disconnect",
-        lambda s, fd: send_fds(s, HDR.pack(9, Command.PING, 64, 0, 0), [fd]),
+        lambda s, fd: send_all(s, HDR.pack(9, Command.PING, 64, 0, 0), [fd]),
     )
     return seen
 
@@ -370,16 +293,19 @@ def linger_close(d: LoggedDaemon) -> dict[str, Any]:
 REFUSED_CONFIG = "[limits]\nuid_connections = 2\n"  # the bystander and one more
 
 
-def _connect_retrying(path: str, within_s: float = 10.0) -> Raw:
+def _connect_retrying(path: str, within_s: float = 10.0) -> RawClient:
     """A negotiated connection, retried while the previous run's are still being released."""
-    deadline = time.monotonic() + within_s
-    while True:
+    got: list[RawClient] = []
+
+    def connected() -> bool:
         try:
-            return Raw(path)
+            got.append(raw_session(path))
         except Refused:
-            if time.monotonic() > deadline:
-                raise
-            time.sleep(0.02)
+            return False
+        return True
+
+    settle(connected, "a connection under limits.uid_connections", within_s)
+    return got[0]
 
 
 @attack("linger_refused", config=REFUSED_CONFIG)
@@ -387,17 +313,19 @@ def linger_refused(d: LoggedDaemon) -> dict[str, Any]:
     """A connection over limits.uid_connections sends a lingering TCP socket with its first
     header: the refusal must not release it on the loop (a recv() without room for the fd
     frees it in the reader's task, and a lingering close blocks that task)."""
-    with _connect_retrying(d.path), lingering_socket() as victim:
-        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        sock.settimeout(10)
-        with sock:
-            sock.connect(d.path)
-            fd = victim.detach()
-            try:
-                send_fds(sock, frame(1, Command.PING, b""), [fd])
-            finally:
-                os.close(fd)
-            reply = parse_replies(recv_exact(sock, HEADER_SIZE) + _rest(sock))[0]
+    with (
+        _connect_retrying(d.path),
+        lingering_socket() as victim,
+        RawClient(d.path, timeout=10) as raw,
+    ):
+        fd = victim.detach()
+        try:
+            # by hand: the fd rides on the connection's very first header
+            raw.send_raw(frame(1, Command.PING, b""), [fd])
+        finally:
+            os.close(fd)
+        reply = raw.recv()
+        _rest(raw.sock)  # the daemon closes a refused connection
     return {"refused": (reply.error, str(reply.body.get("message", "")))}
 
 
@@ -461,7 +389,7 @@ def hugetlb_sigbus(d: LoggedDaemon) -> dict[str, Any]:
 
     out: dict[str, Any] = {}
     iova = 0x4000_0000
-    with huge_pages(4) as got, Raw(d.path) as raw:
+    with huge_pages(4) as got, raw_session(d.path) as raw:
         out["pool"] = got
         fd = hugetlb_memfd(HUGE)
         with closing_fds(fd):
@@ -497,7 +425,7 @@ def shmem_punch(d: LoggedDaemon) -> dict[str, Any]:
     """A shmem memfd registered, read by DMA, its page punched out, read again: zeroes, no
     SIGBUS (SPEC 8.3: the one kind of memfd the daemon takes)."""
     out: dict[str, Any] = {}
-    with Raw(d.path) as raw:
+    with raw_session(d.path) as raw:
         fd = memfd(HUGE)
         with closing_fds(fd):
             os.pwrite(fd, b"secret!!", 0)
@@ -524,12 +452,13 @@ def fd_drip(d: LoggedDaemon) -> dict[str, Any]:
     out: dict[str, Any] = {"sent_fds": 0}
     before = d.fds()
     spare = [os.eventfd(0, os.EFD_CLOEXEC) for _ in range(DRIP_FDS)]
-    with closing_fds(*spare), Raw(d.path) as raw:
+    with closing_fds(*spare), raw_session(d.path) as raw:
+        # on the socket: the subject is a frame torn into 1-byte sendmsg() calls with fds
         raw.sock.sendall(HDR.pack(1, Command.PING, MiB, 0, 0))
         error = None
         try:
             for _ in range(DRIP_ROUNDS):
-                send_fds(raw.sock, b"\0", spare)
+                send_all(raw.sock, b"\0", spare)
                 out["sent_fds"] += DRIP_FDS
         except OSError as exc:  # the daemon dropped us: the cap worked
             error = exc.errno
@@ -567,7 +496,7 @@ def other_uid_registers(path: str) -> str:
             os.close(r)
             os.setgid(OTHER_UID)
             os.setuid(OTHER_UID)
-            with Raw(path, timeout=10.0) as raw:
+            with raw_session(path, timeout=10.0) as raw:
                 fd = memfd(4096)
                 ok = raw.call(Command.MEM_REGISTER, {"size": 4096}, [fd])["region"] > 0
                 text = f"{os.getuid()} {ok}"
@@ -588,7 +517,7 @@ def region_fds(d: LoggedDaemon) -> dict[str, Any]:
     limits.uid_memory_regions stops them; the daemon's fds do not grow with regions, and a
     client of another uid is still served."""
     before = d.fds()
-    clients = [Raw(d.path) for _ in range(REGION_CLIENTS)]
+    clients = [raw_session(d.path) for _ in range(REGION_CLIENTS)]
     refused: list[tuple[int, str]] = []
     regions = 0
     try:
@@ -630,12 +559,12 @@ FLOOD_CONNECTIONS = 80  # past limits.uid_connections (64 by default)
 def connection_flood(d: LoggedDaemon) -> dict[str, Any]:
     """One uid opens more connections than limits.uid_connections allows; the ones past it
     are refused naming the limit, and a client of another uid still gets in."""
-    held: list[Raw] = []
+    held: list[RawClient] = []
     refused: list[tuple[int, str]] = []
     try:
         for _ in range(FLOOD_CONNECTIONS):
             try:
-                held.append(Raw(d.path, timeout=10.0))
+                held.append(raw_session(d.path, timeout=10.0))
             except Refused as exc:
                 refused.append((exc.errno, exc.message))
         other = other_uid_registers(d.path) if os.geteuid() == 0 else "not root"

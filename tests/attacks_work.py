@@ -17,8 +17,10 @@ from typing import Any
 from siov import dsa
 from siov_protocol import Command
 from siov_protocol.dsa import IDXD_OP_FLAG_BOF
-from tests.attacks import Raw, Refused, attack, closing_fds, memfd
+from tests.attacks import attack, closing_fds, memfd, raw_session
 from tests.daemonproc import LoggedDaemon
+from tests.helpers import settle
+from tests.rawclient import RawClient, Refused
 
 MiB = 1 << 20
 GiB = 1 << 30
@@ -33,7 +35,7 @@ class AccelClient:
     many times as asked from IOVA :data:`BIG` on."""
 
     def __init__(self, path: str, type_id: str = "dsa-1dwq") -> None:
-        self.raw = Raw(path)
+        self.raw = raw_session(path)
         dev = self.raw.call(Command.MDEV_CREATE, {"parent": "dsa0", "type_id": type_id})
         self.uuid: str = dev["uuid"]
         self.domain: int = dev["domain_id"]
@@ -73,11 +75,7 @@ class AccelClient:
         return dsa.parse_completion(self.mem[CR + 32 * index : CR + 32 * index + 32])
 
     def wait(self, index: int = 0, timeout: float = 600.0) -> dsa.CompletionRecord:
-        deadline = time.monotonic() + timeout
-        while self.mem[CR + 32 * index] == 0:
-            if time.monotonic() > deadline:
-                raise TimeoutError(f"completion record {index} not written in {timeout:.0f} s")
-            time.sleep(0.005)
+        settle(lambda: self.mem[CR + 32 * index] != 0, f"completion record {index}", timeout)
         return self.record(index)
 
     def close(self) -> None:
@@ -125,7 +123,7 @@ HUGE_MAP = 64 * GiB
 SMALL_PAGES_IOVA = (1 << 41) + 0x1000  # 4 KiB-aligned only: every page a 4 KiB leaf
 
 
-def _sparse_region(raw: Raw, size: int) -> tuple[int, int]:
+def _sparse_region(raw: RawClient, size: int) -> tuple[int, int]:
     """A sparse memfd of ``size`` bytes registered (no page of it is ever touched)."""
     fd = memfd(size)
     with closing_fds(fd):
@@ -136,7 +134,7 @@ def _sparse_region(raw: Raw, size: int) -> tuple[int, int]:
 @attack("map_unmap_64g")
 def map_unmap_64g(d: LoggedDaemon) -> dict[str, Any]:
     """MAP then UNMAP of 64 GiB in 4 KiB pages, pipelined (16M entries each way)."""
-    with Raw(d.path) as raw:
+    with raw_session(d.path) as raw:
         dev = raw.call(Command.BUS_REGISTER_DEVICE, {"name": "hostile-map"})
         phys, _ = _sparse_region(raw, HUGE_MAP)
         fields = {
@@ -170,7 +168,7 @@ DIRTY_CALLS = 2
 @attack("dirty_bitmap_31g")
 def dirty_bitmap_31g(d: LoggedDaemon) -> dict[str, Any]:
     """31 GiB mapped in 4 KiB pages, then DIRTY_BITMAP over all of it, 2 calls pipelined."""
-    with Raw(d.path) as raw:
+    with raw_session(d.path) as raw:
         dev = raw.call(Command.BUS_REGISTER_DEVICE, {"name": "hostile-dirty"})
         domain = dev["domain_id"]
         phys, _ = _sparse_region(raw, DIRTY_SIZE)

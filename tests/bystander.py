@@ -7,7 +7,7 @@ The hostile-world tests and ``bench/hostile_figures.py`` both use it the same wa
         under = by.measure(lambda: attack(d))            # the same client, during the attack
     under.assert_served()                                # served, within a generous bound
 
-It is a raw socket (no trio, no SDK) in a process of its own, so what it times is the daemon's
+It is a raw client (no trio, no SDK) in a process of its own, so what it times is the daemon's
 answer and little else (not the test process's GIL); a thread here reads its reports.
 A PING outstanding when a window closes counts with the time it has
 waited so far, so a daemon that stops answering shows as a huge worst case, not as no sample.
@@ -17,7 +17,6 @@ A PING that gets no reply within ``stall_s`` ends the bystander with an error th
 from __future__ import annotations
 
 import os
-import socket
 import subprocess
 import sys
 import threading
@@ -27,7 +26,7 @@ from dataclasses import dataclass
 from typing import TypeVar
 
 from siov_protocol import Command
-from tests.rawclient import HDR, HEADER_SIZE, body, frame
+from tests.rawclient import RawClient, Refused
 
 T = TypeVar("T")
 
@@ -162,16 +161,6 @@ class Bystander(threading.Thread):
         return result, self.reset()
 
 
-def _recv_exact(sock: socket.socket, n: int) -> bytes:
-    out = b""
-    while len(out) < n:
-        chunk = sock.recv(n - len(out))
-        if not chunk:
-            raise OSError("the daemon closed the bystander's connection")
-        out += chunk
-    return out
-
-
 def ping_loop(path: str, interval_s: float, stall_s: float) -> None:
     """The bystander process: PING every ``interval_s``, report each on stdout (monotonic
     times, the clock every process shares): ``ready``, ``start T``, ``done T RTT``, ``error``.
@@ -184,32 +173,18 @@ def ping_loop(path: str, interval_s: float, stall_s: float) -> None:
         sys.stdout.write(text + "\n")
         sys.stdout.flush()
 
-    def round_trip(sock: socket.socket, data: bytes) -> None:
-        sock.sendall(data)
-        head = _recv_exact(sock, HEADER_SIZE)
-        size, flags, err = HDR.unpack(head)[2:5]
-        _recv_exact(sock, size - HEADER_SIZE)
-        if flags & 0x20:
-            raise ValueError(f"the daemon answered errno {err} ({os.strerror(err)})")
-
     try:
-        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        sock.settimeout(stall_s)
-        with sock:
-            sock.connect(path)
-            round_trip(sock, frame(1, Command.VERSION, body({"major": 1, "minor": 0})))
+        with RawClient(path, stall_s, negotiate=True) as raw:
             say("ready")
-            msg_id = 1
             while True:
-                msg_id = msg_id % 0xFFFF + 1
                 start = time.monotonic()
                 say(f"start {start!r}")
-                round_trip(sock, frame(msg_id, Command.PING))
+                raw.call(Command.PING)
                 say(f"done {start!r} {time.monotonic() - start!r}")
                 time.sleep(interval_s)
     except TimeoutError:
         say(f"error no reply to a PING within {stall_s:.0f} s")
-    except (OSError, ValueError) as exc:
+    except (OSError, Refused) as exc:
         say(f"error connection failed: {exc}")
 
 

@@ -16,7 +16,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
@@ -28,7 +28,7 @@ def answers(path: str) -> bool:
     """Whether a daemon serves ``path``. The probe's connection is over, on the daemon's side
     too, when this returns True: it half-closes and waits for the daemon's close, so a test's
     baseline (fds, counts) taken next never includes the probe."""
-    probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)  # bare: it half-closes, says nothing
     try:
         probe.connect(path)
     except OSError:
@@ -60,11 +60,17 @@ def read_log(log_path: str) -> list[dict[str, Any]]:
 class SiovdProcess(subprocess.Popen[bytes]):
     """A siovd process whose log goes to ``log_path``."""
 
-    def __init__(self, argv: list[str], log_path: str, env: dict[str, str] | None) -> None:
+    def __init__(
+        self,
+        argv: list[str],
+        log_path: str,
+        env: dict[str, str] | None,
+        pass_fds: Sequence[int] = (),
+    ) -> None:
         self.log_path = log_path
         self._seen = 0  # log entries next_log has looked at
         with open(log_path, "ab") as log:
-            super().__init__(argv, stdout=log, stderr=log, env=env)
+            super().__init__(argv, stdout=log, stderr=log, env=env, pass_fds=pass_fds)
 
     def log_text(self) -> str:
         with open(self.log_path) as fh:
@@ -92,13 +98,20 @@ class SiovdProcess(subprocess.Popen[bytes]):
 
 
 def spawn_siovd(
-    path: str, *args: str, env: dict[str, str] | None = None, log_path: str | None = None
+    path: str,
+    *args: str,
+    env: dict[str, str] | None = None,
+    log_path: str | None = None,
+    wrapper: Sequence[str] = (),
 ) -> SiovdProcess:
     """Start ``siovd --socket path`` (JSON log to ``log_path``, default ``path + ".log"``;
-    state in ``path + ".state"`` unless ``--state-dir`` is given) and wait until it answers."""
+    state in ``path + ".state"`` unless ``--state-dir`` is given) and wait until it answers.
+    ``wrapper`` is a command that execs the rest, such as ``setpriv`` to run it as another
+    user."""
     if "--state-dir" not in args:
         args = ("--state-dir", path + ".state", *args)
-    argv = [sys.executable, "-m", "siovd", "--socket", path, "--log-format", "json", *args]
+    siovd = [sys.executable, "-m", "siovd", "--socket", path, "--log-format", "json", *args]
+    argv = [*wrapper, *siovd]
     proc = SiovdProcess(argv, log_path or path + ".log", env)
     deadline = time.monotonic() + 20
     while not answers(path):

@@ -8,7 +8,8 @@ from __future__ import annotations
 
 import errno
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import pytest
@@ -53,9 +54,21 @@ def expect_error(reply: Any, err: int, words: str = "") -> None:
     check_errno(reply.error, str(reply.body.get("message", "")), err, words, reply.body)
 
 
-async def expect(err: int, call: Awaitable[Any], words: str = "") -> siov.SiovError:
-    """An SDK call that must fail with ``err`` and ``words``; returns the error."""
+@contextmanager
+def raises_errno(
+    err: int | None, words: str = ""
+) -> Iterator[pytest.ExceptionInfo[siov.SiovError]]:
+    """The block must raise :class:`siov.SiovError` with ``err`` (any errno when None) and
+    ``words``; the model's own errors are the same class."""
     with pytest.raises(siov.SiovError) as info:
+        yield info
+    if err is not None:
+        check_errno(info.value.errno, info.value.message, err, words)
+
+
+async def expect(err: int | None, call: Awaitable[Any], words: str = "") -> siov.SiovError:
+    """An SDK call that must fail with ``err`` (any errno when None) and ``words``; returns
+    the error."""
+    with raises_errno(err, words) as info:
         await call
-    check_errno(info.value.errno, info.value.message, err, words)
     return info.value

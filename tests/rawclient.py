@@ -12,6 +12,7 @@ from __future__ import annotations
 import array
 import socket
 import struct
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -68,6 +69,10 @@ class RawReply:
     def is_error(self) -> bool:
         return bool(self.flags & FLAG_ERROR)
 
+    @property
+    def is_reply(self) -> bool:
+        return self.flags & TYPE_MASK == TYPE_REPLY
+
     def parts(self) -> tuple[int, int, dict[str, Any]]:
         """``(msg_id, errno, body)``."""
         return self.msg_id, self.error, self.body
@@ -98,24 +103,78 @@ class _Ids:
         return msg_id, frame(msg_id, command, payload, flags, size)
 
 
-class RawClient(_Ids):
-    """Blocking, for a daemon in another process."""
+class Refused(Exception):
+    """An error reply where the test wanted success; ``errno`` and ``message`` are the reply's."""
 
-    def __init__(self, path: str, timeout: float = 5.0) -> None:
+    def __init__(self, reply: RawReply) -> None:
+        super().__init__(f"errno {reply.error}: {reply.body.get('message')}")
+        self.errno = reply.error
+        self.message = str(reply.body.get("message", ""))
+
+
+def send_all(sock: socket.socket, data: bytes, fds: Sequence[int] = ()) -> None:
+    """All of ``data``, the fds (if any) with its first byte."""
+    if fds:
+        sent = sock.sendmsg([data], rights(list(fds)))
+        if sent < len(data):
+            sock.sendall(data[sent:])
+    else:
+        sock.sendall(data)
+
+
+def is_event(reply: RawReply) -> bool:
+    """Events arrive between replies, unasked (SPEC 7: type command, flag no-reply, id from
+    0x200); an error reply to an unknown id such as 0x7777 is still a reply."""
+    command_type = reply.flags & TYPE_MASK == 0
+    return command_type and bool(reply.flags & FLAG_NO_REPLY) and reply.command >= 0x200
+
+
+class RawClient(_Ids):
+    """Blocking, for a daemon in another process.
+
+    ``negotiate=True`` sends VERSION (with ``capabilities``) before returning; a refusal
+    raises :class:`Refused`. ``rcvbuf`` sets SO_RCVBUF before the connect. :meth:`reply`
+    and :meth:`request` set events aside in :attr:`events`; :meth:`recv` returns whatever
+    comes next.
+    """
+
+    def __init__(
+        self,
+        path: str,
+        timeout: float = 5.0,
+        *,
+        negotiate: bool = False,
+        capabilities: dict[str, Any] | None = None,
+        rcvbuf: int | None = None,
+    ) -> None:
         self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        self.sock.settimeout(timeout)
-        self.sock.connect(path)
+        self.events: list[RawReply] = []
+        try:
+            if rcvbuf is not None:  # a small one makes a client that reads little look stuck
+                self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, rcvbuf)
+            self.sock.settimeout(timeout)
+            self.sock.connect(path)
+            if negotiate:
+                self.negotiate(capabilities)
+        except BaseException:
+            self.sock.close()
+            raise
 
     def close(self) -> None:
         self.sock.close()
 
-    def send_raw(self, data: bytes, fds: list[int] | None = None) -> None:
-        if fds:
-            self.sock.sendmsg([data], rights(fds))
-        else:
-            self.sock.sendall(data)
+    def __enter__(self) -> RawClient:
+        return self
 
-    def send(self, command: int, body: Any = None, fds: list[int] | None = None, **kw: Any) -> int:
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def send_raw(self, data: bytes, fds: Sequence[int] | None = None) -> None:
+        send_all(self.sock, data, fds or ())
+
+    def send(
+        self, command: int, body: Any = None, fds: Sequence[int] | None = None, **kw: Any
+    ) -> int:
         payload = b"" if body is None else msgpack.packb(body)
         msg_id, data = self.frame(command, payload, **kw)
         self.send_raw(data, fds)
@@ -125,15 +184,37 @@ class RawClient(_Ids):
         head = recv_exact(self.sock, HEADER_SIZE)
         return _reply(head, recv_exact(self.sock, HDR.unpack(head)[2] - HEADER_SIZE))
 
-    def request(self, command: int, body: Any = None, **kw: Any) -> RawReply:
-        msg_id = self.send(command, body, **kw)
-        reply = self.recv()
+    def reply(self) -> RawReply:
+        """The next message that is not an event."""
+        while is_event(got := self.recv()):
+            self.events.append(got)
+        return got
+
+    def request(
+        self, command: int, body: Any = None, fds: Sequence[int] | None = None, **kw: Any
+    ) -> RawReply:
+        msg_id = self.send(command, body, fds, **kw)
+        reply = self.reply()
         assert reply.msg_id == msg_id
         return reply
 
-    def negotiate(self) -> RawReply:
-        reply = self.request(Command.VERSION, {"major": 1, "minor": 0})
-        assert not reply.is_error, reply
+    def call(
+        self, command: int, body: Any = None, fds: Sequence[int] | None = None
+    ) -> dict[str, Any]:
+        """One request; its reply body, or :class:`Refused` for an error reply."""
+        reply = self.request(command, body, fds)
+        if reply.is_error:
+            raise Refused(reply)
+        return reply.body
+
+    def negotiate(self, capabilities: dict[str, Any] | None = None) -> RawReply:
+        """VERSION 1.0 (with ``capabilities`` when given); :class:`Refused` if refused."""
+        fields: dict[str, Any] = {"major": 1, "minor": 0}
+        if capabilities is not None:
+            fields["capabilities"] = capabilities
+        reply = self.request(Command.VERSION, fields)
+        if reply.is_error:
+            raise Refused(reply)
         return reply
 
     def is_closed(self) -> bool:
@@ -150,10 +231,15 @@ class AsyncRawClient(_Ids):
         self.sock = sock
 
     @classmethod
-    async def connect(cls, path: str) -> AsyncRawClient:
+    async def connect(cls, path: str, rcvbuf: int | None = None) -> AsyncRawClient:
         sock = trio.socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        if rcvbuf is not None:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, rcvbuf)
         await sock.connect(path)
         return cls(sock)
+
+    def close(self) -> None:
+        self.sock.close()
 
     async def send_raw(self, data: bytes, fds: tuple[int, ...] = ()) -> None:
         if fds:

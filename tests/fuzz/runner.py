@@ -26,16 +26,13 @@ from tests.fuzz import corpus
 from tests.fuzz.frame_strategies import Batch
 from tests.fuzz.wire import (
     Plan,
-    Received,
     Tally,
     account,
-    connect,
     exchange,
     expected_replies,
     frame_stream,
-    request,
 )
-from tests.rawclient import body, frame
+from tests.rawclient import RawClient, RawReply, body, frame
 
 MiB = 1 << 20
 
@@ -82,22 +79,21 @@ def fuzz_daemon(config: str = "") -> Iterator[FuzzDaemon]:
 
 def open_session(
     daemon: FuzzDaemon, role: str | None, *, negotiate: bool = True
-) -> tuple[socket.socket, int]:
-    """Connect; VERSION and (for a role) AUTH with that role's key. Returns the socket and the
-    next free msg_id."""
-    sock = connect(daemon.path)
+) -> tuple[RawClient, int]:
+    """Connect; VERSION and (for a role) AUTH with that role's key. Returns the client (whose
+    socket then takes the fuzz chunks as they are) and the next free msg_id."""
+    raw = RawClient(daemon.path, 30.0)
     if not negotiate:
-        return sock, 1
-    reply = request(sock, frame(0, Command.VERSION, body({"major": 1, "minor": 0})))
+        return raw, 1
+    reply = raw.request(Command.VERSION, {"major": 1, "minor": 0}, msg_id=0)
     assert not reply.is_error, reply
     if role is None:
-        return sock, 1
+        return raw, 1
     public, signature = sign_challenge(daemon.keys[role], bytes(reply.body["nonce"]))
-    reply = request(
-        sock, frame(1, Command.AUTH, body({"public_key": public, "signature": signature}))
-    )
+    fields = {"public_key": public, "signature": signature}
+    reply = raw.request(Command.AUTH, fields, msg_id=1)
     assert not reply.is_error and reply.body["role"] == role, reply
-    return sock, 2
+    return raw, 2
 
 
 def memfd(size: int) -> int:
@@ -106,12 +102,12 @@ def memfd(size: int) -> int:
     return fd
 
 
-def populate(sock: socket.socket, msg_id: int, values: corpus.Values) -> int:
+def populate(raw: RawClient, msg_id: int, values: corpus.Values) -> int:
     """Create a few real objects, so valid fuzz bodies can name them. Returns the next msg_id."""
 
-    def call(command: int, fields: dict[str, object], fds: tuple[int, ...] = ()) -> Received:
+    def call(command: int, fields: dict[str, object], fds: tuple[int, ...] = ()) -> RawReply:
         nonlocal msg_id
-        reply = request(sock, frame(msg_id, command, body(fields)), fds)
+        reply = raw.request(command, fields, fds, msg_id=msg_id)
         msg_id += 1
         return reply
 
@@ -221,27 +217,27 @@ def run_connection(daemon: FuzzDaemon, rng: random.Random, conn_no: int) -> Tall
     roll = rng.random()
     role: str | None = "user" if roll < 0.80 else "admin" if roll < 0.92 else None
     negotiate = roll < 0.97
-    sock, msg_id = open_session(daemon, role, negotiate=negotiate)
+    raw, msg_id = open_session(daemon, role, negotiate=negotiate)
     fds: list[int] = []
     try:
         values = corpus.Values()
         if role is not None and rng.random() < 0.3:
-            msg_id = populate(sock, msg_id, values)
+            msg_id = populate(raw, msg_id, values)
         plan, fds = build_plan(rng, values, msg_id, conn_no)
         if role is None:
             plan.tokens.clear()  # PING is refused before VERSION and AUTH: no echo to expect
         stream = plan.stream
         framed, consumed = frame_stream(stream)
         closes = bool(framed) and framed[-1].bad is not None
-        data, closed = exchange(
-            sock, plan.chunks, replies_expected=expected_replies(framed), expect_close=closes
+        data, closed = exchange(  # on the socket: the subject is the fuzz bytes as they are
+            raw.sock, plan.chunks, replies_expected=expected_replies(framed), expect_close=closes
         )
         tally = account(stream, plan.frames, plan.tokens, data, closed)
         tally.frames_unread = sum(start >= consumed for start in plan.starts)
         tally.fds_sent = sum(len(c.fds) for c in plan.chunks)
         return tally
     finally:
-        sock.close()
+        raw.close()
         for fd in fds:
             os.close(fd)
 
@@ -322,7 +318,7 @@ class Bystander(threading.Thread):
 def run_batch(daemon: FuzzDaemon, batch: Batch, conn_no: int) -> Tally:
     """One connection carrying a hypothesis batch, bracketed by token PINGs, checked like the
     mutation fuzzer's."""
-    sock, _ = open_session(daemon, batch.role)
+    raw, _ = open_session(daemon, batch.role)
     fds: list[int] = []
     try:
         plan = Plan()
@@ -344,14 +340,14 @@ def run_batch(daemon: FuzzDaemon, batch: Batch, conn_no: int) -> Tally:
         stream = plan.stream
         framed, consumed = frame_stream(stream)
         closes = bool(framed) and framed[-1].bad is not None
-        data, closed = exchange(
-            sock, plan.chunks, replies_expected=expected_replies(framed), expect_close=closes
+        data, closed = exchange(  # on the socket: the subject is the fuzz bytes as they are
+            raw.sock, plan.chunks, replies_expected=expected_replies(framed), expect_close=closes
         )
         tally = account(stream, plan.frames, plan.tokens, data, closed)
         tally.frames_unread = sum(start >= consumed for start in plan.starts)
         tally.fds_sent = len(fds)
         return tally
     finally:
-        sock.close()
+        raw.close()
         for fd in fds:
             os.close(fd)

@@ -29,8 +29,6 @@ from tests.rawclient import (
     KNOWN_FLAGS,
     TYPE_MASK,
     TYPE_REPLY,
-    recv_exact,
-    rights,
 )
 
 EVENT_BASE = 0x200
@@ -206,24 +204,6 @@ class Plan:
 
 class DaemonHung(AssertionError):
     pass
-
-
-def connect(path: str, timeout: float = 30.0) -> socket.socket:
-    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    sock.settimeout(timeout)
-    sock.connect(path)
-    return sock
-
-
-def request(sock: socket.socket, data: bytes, fds: Sequence[int] = ()) -> Received:
-    """A blocking round trip for a prelude (no pipelining)."""
-    if fds:
-        sock.sendmsg([data], rights(list(fds)))
-    else:
-        sock.sendall(data)
-    head = recv_exact(sock, HEADER_SIZE)
-    size = HDR.unpack(head)[2]
-    return parse_replies(head + recv_exact(sock, size - HEADER_SIZE))[0]
 
 
 def exchange(

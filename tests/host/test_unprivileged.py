@@ -10,10 +10,10 @@ import shutil
 import subprocess
 import sys
 import tempfile
-import time
 
 import pytest
 
+from tests.daemonproc import spawn_siovd
 from tests.host.conftest import DSA_TEST, require_host
 
 NOBODY = ["setpriv", "--reuid", "65534", "--regid", "65534", "--clear-groups"]
@@ -28,28 +28,10 @@ def test_siov_run_as_nobody() -> None:
     with tempfile.TemporaryDirectory(prefix="siov-nobody-", dir="/tmp") as tmp:
         os.chmod(tmp, 0o777)
         path = os.path.join(tmp, "d.sock")
-        log = open(os.path.join(tmp, "siovd.log"), "wb")  # noqa: SIM115
-        daemon = subprocess.Popen(
-            [
-                *NOBODY,
-                sys.executable,
-                "-m",
-                "siovd",
-                "--socket",
-                path,
-                "--state-dir",
-                os.path.join(tmp, "state"),
-                "--log-format",
-                "json",
-            ],
-            stdout=log,
-            stderr=log,
-        )
+        state = os.path.join(tmp, "state")
+        log_path = os.path.join(tmp, "siovd.log")
+        daemon = spawn_siovd(path, "--state-dir", state, log_path=log_path, wrapper=NOBODY)
         try:
-            deadline = time.monotonic() + 20
-            while not os.path.exists(path):
-                assert daemon.poll() is None and time.monotonic() < deadline, "siovd failed"
-                time.sleep(0.02)
             out = subprocess.run(
                 [
                     *NOBODY,
@@ -73,4 +55,3 @@ def test_siov_run_as_nobody() -> None:
         finally:
             daemon.terminate()
             daemon.wait(10)
-            log.close()

@@ -210,6 +210,7 @@ async def test_a_connection_that_never_negotiates_is_closed(
     """On virtual time: the deadline passes as soon as every task waits, not after 0.3 s."""
     cfg = make_config(server={"handshake_timeout_s": 0.3})
     running = await start_daemon(nursery, os.path.join(sock_dir, "hs.sock"), cfg)
+    # a bare socket: the subject is a connection that never sends a byte
     idle = trio.socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     await idle.connect(running.path)
     async with siov.connect(running.path) as client:

@@ -36,12 +36,7 @@ def connect(siovd_proc: DaemonProcess) -> Iterator[Any]:
     def open_with(capabilities: dict[str, Any] | None = None) -> tuple[RawClient, dict[str, Any]]:
         client = RawClient(siovd_proc.path)
         clients.append(client)
-        request: dict[str, Any] = {"major": 1, "minor": 0}
-        if capabilities is not None:
-            request["capabilities"] = capabilities
-        reply = client.request(Command.VERSION, request)
-        assert not reply.is_error, reply
-        caps: dict[str, Any] = reply.body["capabilities"]
+        caps: dict[str, Any] = client.negotiate(capabilities).body["capabilities"]
         return client, caps
 
     yield open_with
@@ -210,9 +205,10 @@ def test_submit_accepts_the_free_entries_per_mode_as_spec_8_12_1_shows(connect: 
 
 
 def events_until(client: RawClient, count: int) -> list[tuple[int, dict[str, Any]]]:
-    """Read events until ``count`` are in EVENTS (the socket's timeout bounds the wait)."""
+    """Read events until ``count`` are in EVENTS (the socket's timeout bounds the wait),
+    first those the client set aside while it waited for a reply."""
     while len(EVENTS) < count:
-        reply = client.recv()
+        reply = client.events.pop(0) if client.events else client.recv()
         assert reply.command >= 0x200, reply
         EVENTS.append((reply.command, reply.body))
     return list(EVENTS)

@@ -40,6 +40,7 @@ def test_sigint_also_stops_cleanly(sock_dir: str) -> None:
 
 def test_stale_socket_is_replaced(sock_dir: str) -> None:
     path = os.path.join(sock_dir, "s.sock")
+    # a bound socket and no listener: the subject is the stale socket file it leaves
     stale = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     stale.bind(path)
     stale.close()  # the file stays, nobody listens

@@ -19,7 +19,7 @@ import pytest
 import siov
 from siov.keys import generate_keypair, public_key_line
 from siov_protocol import Command
-from tests.daemonproc import spawn_siovd
+from tests.daemonproc import SiovdProcess, spawn_siovd
 from tests.helpers import settle
 from tests.rawclient import RawClient
 
@@ -29,12 +29,7 @@ SIOVCTL = [sys.executable, "-m", "siov.cli"]
 # ---- socket activation and sd_notify ---------------------------------------------------------
 
 
-def read_log_text(path: str) -> str:
-    with open(path, errors="replace") as fh:
-        return fh.read()
-
-
-def _activated(path: str, sock_dir: str, env: dict[str, str]) -> subprocess.Popen[bytes]:
+def _activated(path: str, sock_dir: str, env: dict[str, str]) -> SiovdProcess:
     """Start siovd the way systemd does: the listening socket at fd 3, LISTEN_* set."""
     listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     listener.bind(path)
@@ -49,7 +44,7 @@ def _activated(path: str, sock_dir: str, env: dict[str, str]) -> subprocess.Pope
         os.execv(sys.executable, [sys.executable, "-m", "siovd", *sys.argv[2:]])
         """
     )
-    proc = subprocess.Popen(
+    proc = SiovdProcess(
         [
             sys.executable,
             "-c",
@@ -62,9 +57,9 @@ def _activated(path: str, sock_dir: str, env: dict[str, str]) -> subprocess.Pope
             "--state-dir",
             os.path.join(sock_dir, "state"),
         ],
+        os.path.join(sock_dir, "act.log"),
+        {**os.environ, **env},
         pass_fds=(listener.fileno(),),
-        env={**os.environ, **env},
-        stderr=subprocess.PIPE,
     )
     listener.close()
     return proc
@@ -82,7 +77,7 @@ def test_socket_activation_serves_the_inherited_socket(sock_dir: str) -> None:
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(15) == 0
         assert os.path.exists(path)  # systemd owns the inherited socket file: left in place
-        log = [json.loads(line) for line in proc.stderr.read().decode().splitlines()]  # type: ignore[union-attr]
+        log = proc.log_entries()
         assert any(e["event"] == "listening" and e["activated"] is True for e in log)
     finally:
         if proc.poll() is None:
@@ -92,9 +87,7 @@ def test_socket_activation_serves_the_inherited_socket(sock_dir: str) -> None:
 @pytest.mark.skipif(shutil.which("systemd-socket-activate") is None, reason="needs systemd")
 def test_systemd_socket_activate_starts_siovd_on_first_connection(sock_dir: str) -> None:
     path = os.path.join(sock_dir, "sa.sock")
-    log_path = os.path.join(sock_dir, "sa.log")  # not DEVNULL: a failure shows the daemon's log
-    log = open(log_path, "wb")  # noqa: SIM115  (closed in the finally below)
-    proc = subprocess.Popen(
+    proc = SiovdProcess(
         [
             "systemd-socket-activate",
             "-l",
@@ -108,26 +101,25 @@ def test_systemd_socket_activate_starts_siovd_on_first_connection(sock_dir: str)
             "--log-format",
             "json",
         ],
-        stdout=log,
-        stderr=log,
+        os.path.join(sock_dir, "sa.log"),  # not DEVNULL: a failure shows the daemon's log
+        None,
     )
     try:
         try:
             settle(lambda: os.path.exists(path), f"{path} appears", 15)
         except AssertionError as exc:
-            raise AssertionError(f"{exc}; the daemon logged:\n{read_log_text(log_path)}") from None
+            raise AssertionError(f"{exc}; the daemon logged:\n{proc.log_text()}") from None
         out = subprocess.run(
             [*SIOVCTL, "--socket", path, "--json", "info"],
             capture_output=True,
             timeout=60,
             text=True,
         )
-        assert out.returncode == 0, (out.stderr, read_log_text(log_path))
+        assert out.returncode == 0, (out.stderr, proc.log_text())
         assert json.loads(out.stdout)["socket"] == path
     finally:
         proc.terminate()
         proc.wait(15)
-        log.close()
 
 
 @pytest.fixture

@@ -11,7 +11,6 @@ client's PINGs keep completing, each well within the write timeout, so none wait
 from __future__ import annotations
 
 import os
-import socket
 import threading
 import time
 from collections.abc import Iterator
@@ -23,9 +22,8 @@ import siov
 from siov_protocol import Command
 from tests.conftest import make_config, start_daemon
 from tests.daemonproc import LoggedDaemon, logged_siovd
-from tests.fuzz.wire import request
 from tests.helpers import settle
-from tests.rawclient import HDR, HEADER_SIZE, TYPE_MASK, TYPE_REPLY, AsyncRawClient, body, frame
+from tests.rawclient import AsyncRawClient, RawClient, body, frame
 
 MiB = 1 << 20
 WRITE_TIMEOUT_S = 3.0
@@ -40,25 +38,6 @@ CONFIG = f"[server]\nwrite_timeout_s = {WRITE_TIMEOUT_S}\n[limits]\nevent_queue 
 def daemon() -> Iterator[LoggedDaemon]:
     with logged_siovd(CONFIG) as d:
         yield d
-
-
-def raw_session(path: str, rcvbuf: int | None = None) -> socket.socket:
-    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    if rcvbuf is not None:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, rcvbuf)
-    sock.settimeout(10)
-    sock.connect(path)
-    reply = request(sock, frame(0, Command.VERSION, body({"major": 1, "minor": 0})))
-    assert not reply.is_error, reply
-    return sock
-
-
-def call(
-    sock: socket.socket, command: int, fields: dict[str, object], fds: tuple[int, ...] = ()
-) -> dict[str, object]:
-    reply = request(sock, frame(1, command, body(fields)), fds)
-    assert not reply.is_error, reply
-    return reply.body
 
 
 class Healthy(threading.Thread):
@@ -96,9 +75,9 @@ class Healthy(threading.Thread):
 class Flooder(threading.Thread):
     """An emulator doing DMA_READs to an unmapped IOVA, pipelined: each one faults."""
 
-    def __init__(self, sock: socket.socket, device: str) -> None:
+    def __init__(self, raw: RawClient, device: str) -> None:
         super().__init__(daemon=True)
-        self.sock = sock
+        self.raw = raw
         self.stop = threading.Event()
         self.faults = 0
         self.error: BaseException | None = None
@@ -107,18 +86,11 @@ class Flooder(threading.Thread):
 
     def run(self) -> None:
         try:
-            buf = b""
             while not self.stop.is_set():
-                self.sock.sendall(self.batch)
+                self.raw.send_raw(self.batch)
                 replies = 0
                 while replies < 256:  # events may come too, once the device is ours again
-                    while len(buf) < HEADER_SIZE or len(buf) < HDR.unpack_from(buf)[2]:
-                        chunk = self.sock.recv(1 << 16)
-                        assert chunk, "the daemon closed the emulator"
-                        buf += chunk
-                    size, flags = HDR.unpack_from(buf)[2], HDR.unpack_from(buf)[3]
-                    replies += flags & TYPE_MASK == TYPE_REPLY
-                    buf = buf[size:]
+                    replies += self.raw.recv().is_reply
                 self.faults += 256
         except BaseException as exc:
             self.error = exc
@@ -140,8 +112,8 @@ def dropped_logged(d: LoggedDaemon) -> bool:
 def test_a_client_that_stops_reading_events_is_dropped(daemon: LoggedDaemon) -> None:
     with siov.BlockingClient(daemon.path) as observer:
         fds, maps = daemon.fds(), daemon.memfd_maps()
-        emu = raw_session(daemon.path)
-        dev = call(emu, Command.BUS_REGISTER_DEVICE, {"name": "nic"})
+        emu = RawClient(daemon.path, 10, negotiate=True)
+        dev = emu.call(Command.BUS_REGISTER_DEVICE, {"name": "nic"})
         healthy = Healthy(daemon.path)
         healthy.start()
         settle(lambda: len(healthy.times) > 0, "the healthy client is up")
@@ -149,14 +121,14 @@ def test_a_client_that_stops_reading_events_is_dropped(daemon: LoggedDaemon) -> 
         rss_before = daemon.rss_kib()
 
         # The stuck client owns the emulator's device and a domain, and some memory.
-        stuck = raw_session(daemon.path, rcvbuf=4096)
-        call(stuck, Command.DEVICE_CLAIM, {"uuid": dev["uuid"], "token": dev["token"]})
+        stuck = RawClient(daemon.path, 10, negotiate=True, rcvbuf=4096)
+        stuck.call(Command.DEVICE_CLAIM, {"uuid": dev["uuid"], "token": dev["token"]})
         mem = os.memfd_create("stuck", os.MFD_ALLOW_SEALING)
         os.ftruncate(mem, 2 * MiB)
-        call(stuck, Command.MEM_REGISTER, {"size": 2 * MiB}, (mem,))
+        stuck.call(Command.MEM_REGISTER, {"size": 2 * MiB}, (mem,))
         os.close(mem)
-        dom = call(stuck, Command.DOMAIN_ALLOC, {})["domain_id"]
-        call(stuck, Command.ATTACH_DEVICE, {"domain": dom, "device": dev["uuid"]})
+        dom = stuck.call(Command.DOMAIN_ALLOC, {})["domain_id"]
+        stuck.call(Command.ATTACH_DEVICE, {"domain": dom, "device": dev["uuid"]})
         # From here on it reads nothing.
         flooder = Flooder(emu, str(dev["uuid"]))
         flooder.start()
@@ -195,15 +167,15 @@ def test_a_client_that_pipelines_without_reading_is_held_back_then_dropped(
         base = observer.info().counts
         rss_before = daemon.rss_kib()
 
-        stuck = raw_session(daemon.path, rcvbuf=4096)
-        stuck.setblocking(False)
+        stuck = RawClient(daemon.path, 10, negotiate=True, rcvbuf=4096)
+        stuck.sock.setblocking(False)  # on the socket: the subject is a full send buffer
         ping = frame(7, Command.PING, body({"payload": b"r" * 60000}))  # a 60 KB reply each
         pushed = 0
         blocked_since: float | None = None
         deadline = time.monotonic() + 10
         while time.monotonic() < deadline:
             try:
-                pushed += stuck.send(ping)
+                pushed += stuck.sock.send(ping)
                 blocked_since = None
             except BlockingIOError:
                 blocked_since = blocked_since or time.monotonic()
@@ -237,18 +209,14 @@ async def test_the_event_queue_of_a_stuck_client_stays_bounded(
     limit = 16
     cfg = make_config(server={"write_timeout_s": 1.0}, limits={"event_queue": limit})
     running = await start_daemon(nursery, os.path.join(sock_dir, "q.sock"), cfg)
-    stuck = trio.socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    stuck.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
-    await stuck.connect(running.path)
+    stuck = await AsyncRawClient.connect(running.path, rcvbuf=4096)
 
-    await AsyncRawClient(stuck).call(Command.VERSION, {"major": 1, "minor": 0})
-    me = int(dict(await AsyncRawClient(stuck).call(Command.INFO, {}))["session"]["id"])  # type: ignore[index]
+    await stuck.call(Command.VERSION, {"major": 1, "minor": 0})
+    me = int(dict(await stuck.call(Command.INFO, {}))["session"]["id"])
     session = running.daemon.sessions[me]
     async with siov.connect(running.path) as emu:
         dev = await emu.register_device("nic")
-        await AsyncRawClient(stuck).call(
-            Command.DEVICE_CLAIM, {"uuid": dev.uuid, "token": dev.token}
-        )
+        await stuck.call(Command.DEVICE_CLAIM, {"uuid": dev.uuid, "token": dev.token})
         longest = 0
         with trio.fail_after(20):
             while me in running.daemon.sessions:
@@ -272,33 +240,24 @@ async def test_a_burst_from_one_client_does_not_starve_anothers_events(
     burst = 2000
     cfg = make_config(limits={"event_queue": 64})
     running = await start_daemon(nursery, os.path.join(sock_dir, "b.sock"), cfg)
-    emu = trio.socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    await emu.connect(running.path)
-    await AsyncRawClient(emu).call(Command.VERSION, {"major": 1, "minor": 0})
-    dev = await AsyncRawClient(emu).call(Command.BUS_REGISTER_DEVICE, {"name": "nic"})
+    emu = await AsyncRawClient.connect(running.path)
+    await emu.call(Command.VERSION, {"major": 1, "minor": 0})
+    dev = await emu.call(Command.BUS_REGISTER_DEVICE, {"name": "nic"})
     fields = {"device": dev["uuid"], "iova": 0x7000_0000, "length": 8}
     faults = b"".join(frame(i, Command.DMA_READ, body(fields)) for i in range(burst))
 
     async def drain_replies() -> None:
-        # Count whole frames (the size field at bytes 4..8 of each header) until every
-        # request's reply has come; events to the emulator may be among them.
-        data, replies = b"", 0
+        # Until every request's reply has come; events to the emulator may be among them.
+        replies = 0
         while replies < burst:
-            data += await emu.recv(1 << 16)
-            while len(data) >= 16:
-                size = int.from_bytes(data[4:8], "little")
-                if len(data) < size:
-                    break
-                flags = int.from_bytes(data[8:12], "little")
-                replies += flags & 1  # a reply, not an event
-                data = data[size:]
+            replies += (await emu.recv()).is_reply
 
     async with siov.connect(running.path) as owner:
         await owner.claim_device(dev["uuid"], dev["token"])
         with trio.fail_after(30):
             async with trio.open_nursery() as inner:
                 inner.start_soon(drain_replies)
-                await emu.send(faults)  # the whole burst at once, as one client may
+                await emu.send_raw(faults)  # the whole burst at once, as one client may
             # Every fault has been answered, so every event has been queued or dropped.
             assert (await owner.stats()).session["events_dropped"] == 0
             for _ in range(burst):

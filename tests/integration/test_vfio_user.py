@@ -283,6 +283,7 @@ def test_bad_input_gets_error_replies_and_touches_no_one_else(daemon: LoggedDaem
         with VfioUserClient(path) as c:
             c.negotiate()
             # a second vfio-user client is turned away while the first is connected
+            # a bare socket: the subject is the connection being closed before any byte
             other = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
             other.settimeout(10)
             other.connect(path)

@@ -36,6 +36,7 @@ def test_listen_fds_takes_systemds_socket(tmp_path: Path) -> None:
         # It reports "Listening on PATH as 3." once the socket accepts connections.
         line = activator.stderr.readline()
         assert line.startswith("Listening on"), line
+        # a plain socket: the activated child greets in bytes and speaks no siov protocol
         with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as client:
             client.connect(str(path))  # this first connection starts the child
             assert client.recv(100) == b"hello from siovd"

@@ -2,10 +2,8 @@
 
 from __future__ import annotations
 
-import errno
 import mmap
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
 from typing import Any
 
 import pytest
@@ -65,17 +63,6 @@ def env() -> Iterator[Env]:
     e = Env()
     yield e
     e.close()
-
-
-@contextmanager
-def raises_errno(code: int) -> Iterator[None]:
-    """Assert that the block raises SiovError with exactly ``code``."""
-    with pytest.raises(SiovError) as info:
-        yield
-    assert info.value.errno == code, (
-        f"expected {errno.errorcode[code]}, got {errno.errorcode.get(info.value.errno)}: "
-        f"{info.value.message}"
-    )
 
 
 def errno_of(fn: Callable[[], object]) -> int | None:

@@ -6,7 +6,8 @@ import errno
 
 from siovd.model.device import Device
 from siovd.model.testparent import SiovTestParent
-from tests.unit.iommu_env import PAGE, RW, Env, MiB, env, raises_errno
+from tests.helpers import raises_errno
+from tests.unit.iommu_env import PAGE, RW, Env, MiB, env
 
 __all__ = ["env"]
 

@@ -6,7 +6,8 @@ import errno
 
 from siovd.model.bus import Bus
 from siovd.model.iommu import DomainType
-from tests.unit.iommu_env import PAGE, RW, Env, MiB, env, raises_errno
+from tests.helpers import raises_errno
+from tests.unit.iommu_env import PAGE, RW, Env, MiB, env
 
 __all__ = ["env"]
 

@@ -12,7 +12,8 @@ from siovd.model.iommu.faults import (
     FR_SM_WRITE,
 )
 from siovd.model.iommu.pagetable import PTE_D
-from tests.unit.iommu_env import PAGE, RO, RW, Env, MiB, UserPageTable, env, raises_errno
+from tests.helpers import raises_errno
+from tests.unit.iommu_env import PAGE, RO, RW, Env, MiB, UserPageTable, env
 
 __all__ = ["env"]
 

@@ -6,7 +6,8 @@ import errno
 from collections.abc import Callable
 
 from siovd.model.iommu import UNMAP_ALL
-from tests.unit.iommu_env import PAGE, RW, Env, MiB, UserPageTable, env, errno_of, raises_errno
+from tests.helpers import raises_errno
+from tests.unit.iommu_env import PAGE, RW, Env, MiB, UserPageTable, env, errno_of
 
 __all__ = ["env"]
 

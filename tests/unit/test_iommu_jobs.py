@@ -10,7 +10,8 @@ import pytest
 from siovd.model.budget import Budget
 from siovd.model.iommu import io_pagetable
 from siovd.model.iommu.io_pagetable import STEP_ENTRIES
-from tests.unit.iommu_env import PAGE, RW, Env, GiB, MiB, env, raises_errno
+from tests.helpers import raises_errno
+from tests.unit.iommu_env import PAGE, RW, Env, GiB, MiB, env
 
 __all__ = ["env"]
 

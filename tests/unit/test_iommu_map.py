@@ -11,7 +11,8 @@ import pytest
 from siovd.model.errors import SiovError
 from siovd.model.iommu import UNMAP_ALL
 from siovd.model.iommu.pagetable import ADDR_MASK, PTE_P, PTE_PS, leaf_flags
-from tests.unit.iommu_env import PAGE, RO, RW, Env, GiB, MiB, env, raises_errno
+from tests.helpers import raises_errno
+from tests.unit.iommu_env import PAGE, RO, RW, Env, GiB, MiB, env
 
 __all__ = ["env"]
 

@@ -86,7 +86,7 @@ class NestedMachine(RuleBasedStateMachine):
         n = min(n, SLOTS - slot)
         runs, fault = self.io.translate(self.dev, 0, IOVA + slot * PAGE, n * PAGE, write)
         got = []
-        for iova, phys, length, _prot, _size in runs:  # Run: (iova, phys, length, prot, page size)
+        for iova, phys, length, _prot, _size in runs:
             got += [(iova + k, phys + k) for k in range(0, length, PAGE)]
         want = []
         want_fault = None

@@ -13,7 +13,8 @@ from siovd.model.memory import (
     PhysicalMemory,
 )
 from siovd.model.owner import HOST
-from tests.unit.iommu_env import MiB, raises_errno
+from tests.helpers import raises_errno
+from tests.unit.iommu_env import MiB
 
 
 def anon(size: int) -> memoryview:

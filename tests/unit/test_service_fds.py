@@ -9,6 +9,7 @@ import tempfile
 import time
 
 from siovd.service.fds import Closer
+from tests.helpers import settle
 
 
 def test_lingering_tcp_socket_closes_at_once() -> None:
@@ -60,9 +61,7 @@ def test_deferred_work_that_blocks_holds_one_thread_only() -> None:
     closer.defer(gate.wait)
     done: list[int] = []
     closer.defer(lambda: done.append(1))
-    deadline = time.monotonic() + 10
-    while not done and time.monotonic() < deadline:
-        time.sleep(0.01)
+    settle(lambda: bool(done), "work queued behind a blocked close runs")
     assert done == [1], "work queued behind a blocked close never ran"
     assert closer.stats()["closer_threads"] == 2
     gate.set()

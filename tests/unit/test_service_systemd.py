@@ -82,6 +82,7 @@ def test_listen_fds_in_an_activated_process(sock_dir: Path) -> None:
     datagram = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
     with listener, datagram:
         pid, out_r = spawn_activated([listener, datagram], "siovd:other")
+        # a plain socket: the activated child greets in bytes and speaks no siov protocol
         with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as client:
             client.connect(path)
             greeting = client.recv(100)
@@ -105,6 +106,7 @@ def test_listen_fds_without_names_calls_them_unknown(sock_dir: Path) -> None:
     listener.listen()
     with listener:
         pid, out_r = spawn_activated([listener], None)
+        # a plain socket: the activated child greets in bytes and speaks no siov protocol
         with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as client:
             client.connect(path)
             assert client.recv(100) == b"hello from unknown"

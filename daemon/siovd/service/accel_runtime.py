@@ -70,7 +70,8 @@ from siovd.model.accel import (
 )
 from siovd.model.accel.cdev import SvaExecutor
 from siovd.model.accel.evl import pack_entry
-from siovd.model.accel.scheduler import Scheduler
+from siovd.model.accel.outcome import CompletedRun
+from siovd.model.accel.scheduler import Outcome, Scheduler
 from siovd.model.budget import Budget
 from siovd.model.device import Device
 from siovd.model.dma import DmaSpace
@@ -164,7 +165,9 @@ class AccelRuntime:
 
     def __init__(self, daemon: Daemon) -> None:
         self.daemon = daemon
-        self.scheduler = Scheduler(SvaExecutor())  # an Executor that writes SVA results back
+        self.scheduler = Scheduler(
+            SvaExecutor(), runs=True
+        )  # an Executor that writes SVA results back
         self.executor = self.scheduler.executor
         if self.executor.native:
             log.info("executor", native=True, opcodes=sorted(fastpath.OPCODES))
@@ -330,31 +333,37 @@ class AccelRuntime:
         space = state.spaces.get(item.pasid)
         return space if space is not None else self._space(state, item.pasid)
 
-    def _settle_turn(self, outcomes: list[Completed | Blocked | Preempted]) -> None:
+    def _settle_turn(self, outcomes: list[Outcome]) -> None:
         """:meth:`_settled` for a turn's outcomes, in order; a run of plain completions (no
         interrupt, no event) of one mdev is counted at once: the common case of a SUBMIT of
-        64 costs one count, not 64."""
+        64 costs one count, not 64 (the scheduler's native runs come as one CompletedRun)."""
         owner: object = None
         state: MdevState | None = None
         done = 0
         mdevs = self.mdevs
         for outcome in outcomes:
-            if type(outcome) is Completed and not outcome.events and not outcome.interrupt:
+            if type(outcome) is CompletedRun:
+                item_owner = outcome.owner
+                count = outcome.count
+            elif type(outcome) is Completed and not outcome.events and not outcome.interrupt:
                 item_owner = outcome.item.owner
-                if item_owner is not owner:
-                    if done:
-                        self._count_done(state, done)
-                        done = 0
-                    owner = item_owner
-                    state = mdevs.get(owner)  # type: ignore[call-overload]
-                if state is not None:
-                    done += 1
+                count = 1
+            else:
+                if done:
+                    self._count_done(state, done)
+                    done = 0
+                owner = state = None  # _settled may forget an mdev: look it up again
+                assert not isinstance(outcome, CompletedRun)
+                self._settled(outcome)
                 continue
-            if done:
-                self._count_done(state, done)
-                done = 0
-            owner = state = None  # _settled may forget an mdev: look it up again
-            self._settled(outcome)
+            if item_owner is not owner:
+                if done:
+                    self._count_done(state, done)
+                    done = 0
+                owner = item_owner
+                state = mdevs.get(owner)  # type: ignore[call-overload]
+            if state is not None:
+                done += count
         if done:
             self._count_done(state, done)
 

@@ -197,6 +197,41 @@ class Group:
             self._advance(wqs)
         return None
 
+    def head(self) -> tuple[WorkQueue, int, int] | None:
+        """Where :meth:`take` hands out from next: ``(wq, cursor, credits)``, the WQ (passing
+        empty WQs as :meth:`take` would), its place and its credits then (how many of its
+        descriptors in a row it may hand out); None when that WQ is not found. Changes
+        nothing: :meth:`took` does, once descriptors were taken."""
+        wqs = self.wqs
+        count = len(wqs)
+        cursor = self._cursor % count if count else 0
+        credits = self._credits
+        if count and credits <= 0:
+            credits = wqs[cursor].priority
+        for _ in range(count):
+            wq = wqs[cursor]
+            if wq.occupancy:
+                return (wq, cursor, credits) if credits > 0 else None
+            cursor = (cursor + 1) % count
+            credits = wqs[cursor].priority
+        return None
+
+    def took(self, count: int, cursor: int, credits: int) -> None:
+        """``count`` :meth:`take` calls handed out descriptors of the WQ :meth:`head` found at
+        ``cursor`` with ``credits`` (a native run of queued descriptors; at most ``credits``
+        unless it is the group's only WQ): the arbitration moves as they would have moved it."""
+        wqs = self.wqs
+        self._cursor = cursor
+        if count < credits:
+            self._credits = credits - count
+        elif len(wqs) > 1:
+            self._credits = 0
+            self._advance(wqs)
+        else:  # the only WQ: its credits ran out and came back (perhaps several times)
+            priority = wqs[0].priority
+            self._cursor = 0
+            self._credits = priority - (count - credits) % priority
+
     def _advance(self, wqs: list[WorkQueue]) -> None:
         self._cursor = (self._cursor + 1) % len(wqs)
         self._credits = wqs[self._cursor].priority

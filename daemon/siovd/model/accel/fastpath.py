@@ -8,6 +8,14 @@ addresses miss, runs in the Python executor (the reference model), so outcomes, 
 completion records, faults and IOTLB counters are the same either way (the descriptor fuzzer
 checks that).
 
+The scheduler hands it runs of queued descriptors (``run_many``, through
+:meth:`~siovd.model.accel.ops.Executor.run_queued`): consecutive descriptors at the head of one
+WQ from one submitter and PASID run in one call until one needs Python (a miss that cannot be
+filled, a fallback), asks for an interrupt, or the budget is spent; their plain completions come
+back as one :class:`~siovd.model.accel.outcome.CompletedRun`, so Python's work is per run, not
+per descriptor. The scheduler's fuzzer (tests/fuzz/test_native_runs.py) checks runs against
+one-by-one execution in Python.
+
 The IOMMU still translates every address: a :class:`PageCache` holds copies of IOTLB entries
 of one PASID-table tag, filled from the IOTLB (:func:`fill`, never from a page walk) with the
 region checks ``IommuDmaSpace.runs`` makes, and dropped whole as soon as the IOTLB's

@@ -121,6 +121,8 @@ _NATIVE_BUDGET: Final = 3
 _U63: Final = (1 << 63) - 1
 #: Batch entries one native call runs when the budget also has a clock to check between them.
 _TIMED_ENTRIES: Final = 32
+#: Queued descriptors one native run takes when the budget has a clock (checked after it).
+TIMED_ENTRIES: Final = _TIMED_ENTRIES
 #: Delta-record bytes apply-delta reads (and copies, once) per step: 655 entries.
 _DELTA_SLICE: Final = 6550
 
@@ -216,6 +218,56 @@ class Executor:
             return self._outcome(item, dma, desc, res, events)
         finally:
             self.origin = None
+
+    def run_queued(
+        self, first: WorkItem, descs: bytes, dma: DmaSpace, budget: Budget
+    ) -> tuple[int, bool, bytes | None, bool]:
+        """Run queued descriptors in the native core: ``descs`` holds ``first``'s and those
+        queued behind it in its WQ for the same DMA space (:meth:`WorkQueue.head_run`), run in
+        order as the scheduler would run them one by one, each charging ``DESC_COST`` after it.
+        Returns ``(ran, fallback, record, written)``: how many ran (the budget is charged for
+        all but the last, whose charge, with its clock check, is the caller's), whether the
+        next one must run in Python (it had no effect), and the last one's completion record
+        and whether it reached memory. The run ends after a descriptor asking for an
+        interrupt, once the budget is spent, and after :data:`_TIMED_ENTRIES` when the budget
+        has a clock."""
+        xlat = fastpath.translator(dma)
+        if xlat is None:
+            return 0, True, None, False
+        assert fastpath.native is not None
+        run_many = fastpath.native.run_many
+        wq = first.wq
+        irq = -1 if first.irq_count is None else first.irq_count
+        op_config = wq.op_config & _U64_ALL
+        max_transfer = wq.max_transfer_size
+        view = memoryview(descs)
+        limit = len(descs) // 64
+        if not budget.untimed:
+            limit = min(limit, _TIMED_ENTRIES)
+        left = budget.left
+        ran = 0
+        record: bytes | None = None
+        written = False
+        cache = xlat.cache
+        while True:
+            got = run_many(cache, view[ran * 64 :], op_config, max_transfer, irq, left, limit - ran)
+            code, done = got[0], got[1]
+            if done:
+                xlat.count(got[3], got[4])
+                ran += done
+                left -= got[2]
+                record = got[5]
+                written = bool(got[6])
+            if code == _NATIVE_NEED:
+                if xlat.fill(got[7], got[9], bool(got[8]), bool(got[10])):
+                    continue
+                code = _NATIVE_FALLBACK
+            break
+        if ran:
+            self.native_runs += ran
+            budget.left -= (ran - 1) * DESC_COST
+            budget.spent += (ran - 1) * DESC_COST
+        return ran, code == _NATIVE_FALLBACK, record, written
 
     def _run_native(self, item: WorkItem, dma: DmaSpace) -> Completed | None:
         """One descriptor in the native core, or None: the Python path runs it."""

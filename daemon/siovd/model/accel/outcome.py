@@ -70,6 +70,18 @@ class SoftwareError:
 AccelEvent = Interrupt | SoftwareError
 
 
+class CompletedRun:
+    """Consecutive descriptors of one submitter that completed in the native core with nothing
+    to tell it (no interrupt, no event; their records, when asked for, are in memory): a
+    turn's plain completions counted at once instead of one :class:`Completed` each."""
+
+    __slots__ = ("count", "owner")
+
+    def __init__(self, owner: object, count: int) -> None:
+        self.owner = owner
+        self.count = count
+
+
 class Completed:
     """The descriptor is done; its record is written (when requested and possible).
 

@@ -18,14 +18,16 @@ from __future__ import annotations
 from collections import deque
 from collections.abc import Callable
 
+from siov_protocol.dsa import IDXD_OP_FLAG_RCI
+from siovd.model.accel import fastpath
 from siovd.model.accel.device import Engine, Group
-from siovd.model.accel.ops import DESC_COST, Executor, ResumeState
-from siovd.model.accel.outcome import Blocked, Completed, PageResponse, Preempted
+from siovd.model.accel.ops import DESC_COST, TIMED_ENTRIES, Executor, ResumeState
+from siovd.model.accel.outcome import Blocked, Completed, CompletedRun, PageResponse, Preempted
 from siovd.model.accel.wq import WorkItem
 from siovd.model.budget import Budget
 from siovd.model.dma import DmaSpace
 
-Outcome = Completed | Blocked | Preempted
+Outcome = Completed | Blocked | Preempted | CompletedRun
 #: Where a work item's addresses are translated, or None when its submitter is gone (the item
 #: is then cancelled, never run).
 SpaceFor = Callable[[WorkItem], DmaSpace | None]
@@ -45,8 +47,12 @@ class Turn:
 class Scheduler:
     """Runs every group's engines; keeps the descriptors in progress between turns."""
 
-    def __init__(self, executor: Executor | None = None) -> None:
+    def __init__(self, executor: Executor | None = None, runs: bool = False) -> None:
+        """``runs``: run queued descriptors natively in runs (:meth:`Executor.run_queued`) and
+        report their plain completions as :class:`CompletedRun` (what the service counts);
+        without it every descriptor has its own outcome (what model tests look at)."""
         self.executor = executor if executor is not None else Executor()
+        self.runs = runs and self.executor.native
         #: Descriptors a budget stopped, per group, oldest first.
         self.running: dict[Group, deque[Preempted]] = {}
         #: Descriptors each engine took (sysfs-like counters in STATS).
@@ -73,10 +79,21 @@ class Scheduler:
         outcomes: list[Outcome] = []
         taken = 0
         execute = self.executor.run
+        allowed = self.runs
+        runs = allowed
         try:
             while True:
                 item: WorkItem | None = None
                 if len(running) < slots:
+                    if runs:
+                        ran, runs = self._run_queued(group, budget, space_for, outcomes)
+                        if ran:
+                            taken += ran
+                            if budget.charge(DESC_COST):
+                                more = bool(running) or any(wq.occupancy for wq in group.wqs)
+                                return Turn(outcomes, more)
+                            continue
+                    runs = allowed  # one step in Python, then runs again
                     item = group.take()
                 if item is not None:
                     taken += 1
@@ -101,9 +118,45 @@ class Scheduler:
         finally:
             self._count_runs(engines, taken)
 
+    def _run_queued(
+        self, group: Group, budget: Budget, space_for: SpaceFor, outcomes: list[Outcome]
+    ) -> tuple[int, bool]:
+        """A native run of the descriptors queued at the head of the group's WQ: how many ran
+        (their budget charged but the last one's DESC_COST), and whether the next step may be
+        a run too (False: the next descriptor needs Python)."""
+        head = group.head()
+        if head is None:
+            return 0, False
+        wq, cursor, credits = head
+        allowed = credits if len(group.wqs) > 1 else wq.occupancy
+        limit = min(wq.occupancy, allowed, max(1, -(-budget.left // DESC_COST)))
+        if not budget.untimed:
+            limit = min(limit, TIMED_ENTRIES)
+        queued = wq.head_run(limit, fastpath.OPCODES)
+        if queued is None:
+            return 0, False
+        first, descs = queued
+        space = space_for(first)
+        if space is None:
+            return 0, False
+        ran, fallback, record, written = self.executor.run_queued(first, descs, space, budget)
+        if not ran:
+            return 0, False
+        group.took(ran, cursor, credits)
+        last = wq.retire_run(ran)
+        raw = last.desc
+        if raw[4] & IDXD_OP_FLAG_RCI:
+            if ran > 1:
+                outcomes.append(CompletedRun(first.owner, ran - 1))
+            assert record is not None
+            outcomes.append(Completed(last, record, written, True, raw[36] | raw[37] << 8, ()))
+        else:
+            outcomes.append(CompletedRun(first.owner, ran))
+        return ran, not fallback
+
     def resume(
         self, state: ResumeState, response: PageResponse, budget: Budget | None = None
-    ) -> Outcome:
+    ) -> Completed | Blocked | Preempted:
         """Continue a descriptor that waited for a page response; a budget that runs out
         leaves it in progress on its group like any other."""
         outcome = self.executor.resume(state, response, budget)

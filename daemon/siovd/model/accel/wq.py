@@ -17,6 +17,7 @@ import errno
 from collections import deque
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from itertools import islice, repeat
 from typing import TYPE_CHECKING, Final
 
 from siov_protocol.dsa import DSA_DESC_SIZE, DsaOpcode
@@ -634,6 +635,37 @@ class WorkQueue:
             if other.pasid == pasid and other.owner == owner:
                 return True
         return False
+
+    def head_run(self, limit: int, opcodes: frozenset[int]) -> tuple[WorkItem, bytes] | None:
+        """The first queued descriptor and the descriptors of up to ``limit`` queued ones
+        from it that share its submitter, PASID (so one DMA space) and interrupt count,
+        concatenated; None when nothing is queued, a DRAIN is (drains need :meth:`take`'s
+        ordering rule) or the first one's opcode is not in ``opcodes``."""
+        queue = self._queue
+        if not queue or self._queued_drains:
+            return None
+        first = queue[0]
+        if first.desc[7] not in opcodes:
+            return None
+        owner = first.owner
+        pasid = first.pasid
+        irq_count = first.irq_count
+        descs = []
+        for item in islice(queue, limit):
+            if item.owner != owner or item.pasid != pasid or item.irq_count != irq_count:
+                break
+            descs.append(item.desc)
+        return first, b"".join(descs)
+
+    def retire_run(self, count: int) -> WorkItem:
+        """The first ``count`` queued descriptors were taken and completed at once (the native
+        run of :meth:`head_run`'s descriptors); they leave the WQ as :meth:`take` and
+        :meth:`retire` would let them. Returns the last."""
+        popleft = self._queue.popleft
+        for _ in repeat(None, count - 1):
+            popleft()
+        self.stats.completed += count
+        return popleft()
 
     def retire(self, item: WorkItem) -> None:
         """The engine is done with ``item`` (completed, or given up)."""

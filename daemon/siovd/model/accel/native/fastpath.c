@@ -954,6 +954,95 @@ static PyObject *run_batch(PyObject *self, PyObject *args) {
                          (unsigned long long)backing_hits);
 }
 
+/* run_many(cache, descs, op_config, max_transfer, irq_count, budget_left, max_count)
+ *   -> (code, done, charged, hits, backing_hits, last_record, last_written, need_iova,
+ *       need_write, need_len, need_backing)
+ * Runs consecutive queued descriptors (64 bytes each, one WQ, one requester: one page cache)
+ * in order, as the scheduler's loop runs them one by one: each that runs here charges
+ * DESC_COST (4096) after it; the run stops after the descriptor that spends ``budget_left``
+ * (R_BUDGET), after ``max_count`` (R_BUDGET: the caller checks its clock), after one that
+ * asks for an interrupt (R_DONE: the caller signals it, with ``last_record``), at the end of
+ * ``descs`` (R_DONE), or before one that misses (R_NEED) or is not ours (R_FALLBACK): those
+ * had no effect. ``charged`` counts every descriptor that ran, the last one included. */
+static PyObject *run_many(PyObject *self, PyObject *args) {
+    (void)self;
+    PageCache *cache;
+    Py_buffer descs;
+    unsigned long long oc, mt;
+    long long irq, left;
+    Py_ssize_t max_count;
+    if (!PyArg_ParseTuple(args, "O!y*KKLLn", &PageCacheType, &cache, &descs, &oc, &mt, &irq,
+                          &left, &max_count))
+        return NULL;
+    if (descs.len % 64) {
+        PyBuffer_Release(&descs);
+        PyErr_SetString(PyExc_ValueError, "descriptors are 64 bytes each");
+        return NULL;
+    }
+    Py_ssize_t count = descs.len / 64;
+    if (count > max_count)
+        count = max_count;
+    if (begin(cache) < 0) {
+        PyBuffer_Release(&descs);
+        return Py_BuildValue("(innKKOiKiKi)", R_FALLBACK, (Py_ssize_t)0, (Py_ssize_t)0, 0ULL,
+                             0ULL, Py_None, 0, 0ULL, 0, 0ULL, 0);
+    }
+    wq_t wq;
+    parse_wq(args, &wq, oc, mt, irq);
+    xlat_t x = {cache, 0, 0, 0, 0, 0, 0};
+    scratch_t *sc = PyMem_RawMalloc(sizeof(scratch_t));
+    if (sc == NULL) {
+        end(cache);
+        PyBuffer_Release(&descs);
+        return PyErr_NoMemory();
+    }
+    Py_ssize_t done = 0;
+    long long charged = 0;
+    uint64_t hits = 0, backing_hits = 0;
+    int code = R_DONE, last_written = 0, have_last = 0;
+    result_t res;
+    const uint8_t *base = descs.buf;
+    Py_BEGIN_ALLOW_THREADS
+    while (done < count) {
+        const uint8_t *raw = base + done * 64;
+        x.hits = 0;
+        x.backing_hits = 0;
+        int rc = run_desc(raw, &wq, 0, &x, sc, &res);
+        if (rc) {
+            code = rc;
+            break;
+        }
+        hits += x.hits;
+        backing_hits += x.backing_hits;
+        have_last = 1;
+        last_written = res.written;
+        done++;
+        charged += 4096;
+        uint32_t flags;
+        memcpy(&flags, raw + 4, 4);
+        if (flags & F_RCI)
+            break;
+        if (left - charged <= 0) {
+            code = R_BUDGET;
+            break;
+        }
+    }
+    if (code == R_DONE && done == max_count && done < descs.len / 64)
+        code = R_BUDGET;
+    Py_END_ALLOW_THREADS
+    PyMem_RawFree(sc);
+    end(cache);
+    PyBuffer_Release(&descs);
+    PyObject *record = have_last ? PyBytes_FromStringAndSize((const char *)res.record, 32)
+                                 : (Py_INCREF(Py_None), Py_None);
+    if (record == NULL)
+        return NULL;
+    return Py_BuildValue("(innKKNiKiKi)", code, done, (Py_ssize_t)charged,
+                         (unsigned long long)hits, (unsigned long long)backing_hits, record,
+                         last_written, (unsigned long long)x.need, x.need_write,
+                         (unsigned long long)x.need_len, x.need_backing);
+}
+
 /* address(buffer) -> the address of a writable or read-only buffer's first byte. */
 static PyObject *address(PyObject *self, PyObject *obj) {
     (void)self;
@@ -989,6 +1078,7 @@ static PyObject *spec(PyObject *self, PyObject *arg) {
 static PyMethodDef methods[] = {
     {"run_one", run_one, METH_VARARGS, "run one descriptor (see the module comment)"},
     {"run_batch", run_batch, METH_VARARGS, "run batch entries (see the module comment)"},
+    {"run_many", run_many, METH_VARARGS, "run queued descriptors (see the module comment)"},
     {"address", address, METH_O, "the address of a buffer's first byte"},
     {"spec", spec, METH_O, "the validation table entry of an opcode run here"},
     {NULL, NULL, 0, NULL},
