@@ -8,11 +8,12 @@ import errno
 import os
 
 import siov
+from siov import dsa
 from siov.iommu_ext import msi_address
 from siov_protocol import Command
 from siov_protocol.messages_accel import IRQ_MSIX, IRQ_SET_ACTION_TRIGGER, IRQ_SET_DATA_NONE
 from tests.conftest import DaemonProcess, RunningDaemon
-from tests.helpers import expect
+from tests.helpers import asettle, expect
 
 EVENTFD_FLAGS = os.EFD_NONBLOCK | os.EFD_CLOEXEC
 
@@ -203,3 +204,40 @@ def test_blocking_client_methods(siovd_proc: DaemonProcess) -> None:
         assert client.ir_set_entry(1, 0) is False
         assert client.ir_clear_entry(1) is False
         assert client.ir_invalidate_iec(0, 2) == 0
+
+
+async def test_completion_interrupts_are_remapped(siovd: RunningDaemon) -> None:
+    """A descriptor's completion interrupt (RCI, int_handle 1) takes the same path: remapped
+    to vector 0's eventfd; once the entry is cleared and the IEC invalidated, blocked."""
+    async with siov.connect(siovd.path) as client:
+        mdev, fds = await with_mdev(client)
+        buf = await client.alloc(1 << 20)
+        assert mdev.domain_id is not None
+        await client.map(mdev.domain_id, buf.phys, buf.size, iova=0)
+        rci = dsa.IDXD_OP_FLAG_RCI
+        try:
+            await client.ir_table_set(4)
+            await client.ir_set_entry(3, 0, source=mdev.uuid)
+            await client.set_msi_remap(mdev.uuid, 1, msi_address(3))
+            descs = [
+                dsa.noop(completion=0x1000 + 32 * i, flags=rci, int_handle=1) for i in range(3)
+            ]
+            assert (await mdev.submit(descs)).all_accepted
+            got = [0]
+
+            def all_three() -> bool:
+                got[0] += count(fds[0])
+                return got[0] == 3
+
+            await asettle(all_three, "three remapped completion interrupts on vector 0")
+            assert count(fds[1]) == 0
+            await client.ir_clear_entry(3)
+            await client.ir_invalidate_iec()
+            last = dsa.noop(completion=0x2000, flags=rci, int_handle=1)
+            assert (await mdev.submit([last])).all_accepted
+            fault = await client.next_event(Command.EVENT_FAULT)
+            assert (fault.body["reason"], fault.body["iova"]) == (0x22, 3)
+            assert (count(fds[0]), count(fds[1])) == (0, 0)
+        finally:
+            for fd in fds:
+                os.close(fd)
