@@ -31,13 +31,13 @@ async def claimed(emu: siov.Client, owner: siov.Client) -> tuple[str, int, int]:
     """An emulator's device claimed and attached by ``owner``; two 4 KiB pages mapped at
     0x10000 and 0x11000 (two mappings). Returns (uuid, domain, phys of the buffer)."""
     dev = await emu.register_device("nic")
-    await owner.claim_device(dev["uuid"], dev["token"])
-    dom = (await owner.alloc_domain())["domain_id"]
-    await owner.attach_device(dom, dev["uuid"])
+    await owner.claim_device(dev.uuid, dev.token)
+    dom = (await owner.alloc_domain()).domain_id
+    await owner.attach_device(dom, dev.uuid)
     buf = await owner.alloc(8192)
     await owner.map(dom, buf.phys, 4096, iova=0x10000)
     await owner.map(dom, buf.phys + 4096, 4096, iova=0x11000)
-    return dev["uuid"], dom, buf.phys
+    return dev.uuid, dom, buf.phys
 
 
 async def ats_stats(client: siov.Client) -> dict[str, Any]:
@@ -49,7 +49,7 @@ async def test_an_unmap_waits_for_the_device_that_translated(slow_ats: RunningDa
     async with siov.connect(slow_ats.path) as emu, siov.connect(slow_ats.path) as owner:
         uuid, dom, phys = await claimed(emu, owner)
         got = await emu.translate(uuid, 0x10000, 8192)
-        assert got["translated"] == 8192
+        assert got.translated == 8192
         replies: list[dict[str, Any]] = []
 
         async def unmapping() -> None:
@@ -101,17 +101,17 @@ async def test_a_range_covers_what_the_device_holds(slow_ats: RunningDaemon) -> 
     0x11000..0x12fff (two pages straddling a 8 KiB boundary) takes 16 KiB at 0x10000."""
     async with siov.connect(slow_ats.path) as emu, siov.connect(slow_ats.path) as owner:
         dev = await emu.register_device("nic")
-        await owner.claim_device(dev["uuid"], dev["token"])
-        dom = (await owner.alloc_domain())["domain_id"]
-        await owner.attach_device(dom, dev["uuid"])
+        await owner.claim_device(dev.uuid, dev.token)
+        dom = (await owner.alloc_domain()).domain_id
+        await owner.attach_device(dom, dev.uuid)
         buf = await owner.alloc(8192)
         await owner.map(dom, buf.phys, 8192, iova=0x11000)
-        await emu.translate(dev["uuid"], 0x11000, 8192)
+        await emu.translate(dev.uuid, 0x11000, 8192)
         async with trio.open_nursery() as nursery:
             nursery.start_soon(owner.unmap, dom, 0x11000, 8192)
             body = (await emu.next_event(Command.EVENT_ATS_INVALIDATE)).body
             assert (body["iova"], body["am"]) == (0x10000, 2)
-            await emu.ats_invalidate_done(dev["uuid"], body["cookie"])
+            await emu.ats_invalidate_done(dev.uuid, body["cookie"])
 
 
 async def test_pasid_detach_and_replace_invalidate_the_whole_pasid(
@@ -119,14 +119,14 @@ async def test_pasid_detach_and_replace_invalidate_the_whole_pasid(
 ) -> None:
     async with siov.connect(slow_ats.path) as emu, siov.connect(slow_ats.path) as owner:
         uuid, _dom, phys = await claimed(emu, owner)
-        pdom = (await owner.alloc_domain())["domain_id"]
-        other = (await owner.alloc_domain())["domain_id"]
+        pdom = (await owner.alloc_domain()).domain_id
+        other = (await owner.alloc_domain()).domain_id
         await owner.map(pdom, phys, 4096, iova=0x40000)
         await owner.map(other, phys, 4096, iova=0x40000)
         await owner.attach_pasid(pdom, uuid, 7)
         await emu.translate(uuid, 0x40000, 4096, pasid=7)
         for change in (owner.replace_pasid(other, uuid, 7), owner.detach_pasid(uuid, 7)):
-            assert (await emu.translate(uuid, 0x40000, 1, pasid=7))["translated"] == 1
+            assert (await emu.translate(uuid, 0x40000, 1, pasid=7)).translated == 1
             async with trio.open_nursery() as nursery:
 
                 async def run(coro: Any = change) -> None:
@@ -159,7 +159,7 @@ async def test_a_device_that_does_not_answer_is_fenced(sock_dir: str) -> None:
             await emu.ats_invalidate_done(uuid, cookie)  # late answers are accepted
             await expect(errno.ETIMEDOUT, emu.translate(uuid, 0x11000, 4096))
             await emu.ats_invalidate_done(uuid, late)
-            assert (await emu.translate(uuid, 0x11000, 4096))["fault"] is not None  # unmapped
+            assert (await emu.translate(uuid, 0x11000, 4096)).fault is not None  # unmapped
             stats = await ats_stats(owner)
             assert stats["ats_invalidation_timeouts"] == 1
         nursery.cancel_scope.cancel()
@@ -170,16 +170,16 @@ async def test_an_emulators_own_unmap_names_the_cookie(slow_ats: RunningDaemon) 
     waits: the reply names the cookie its device owes instead of waiting."""
     async with siov.connect(slow_ats.path) as emu:
         dev = await emu.register_device("nic")
-        dom = (await emu.alloc_domain())["domain_id"]
-        await emu.attach_device(dom, dev["uuid"])
+        dom = (await emu.alloc_domain()).domain_id
+        await emu.attach_device(dom, dev.uuid)
         buf = await emu.alloc(4096)
         await emu.map(dom, buf.phys, 4096, iova=0x20000)
-        await emu.translate(dev["uuid"], 0x20000, 4096)
+        await emu.translate(dev.uuid, 0x20000, 4096)
         reply = await emu.unmap_report(dom, 0x20000, 4096)
         body = (await emu.next_event(Command.EVENT_ATS_INVALIDATE)).body
         assert reply == {"unmapped": 4096, "ats_unacked": [body["cookie"]]}
         # nothing waits for it, so no answer is needed (and one is answered like none)
-        await expect(errno.ENOENT, emu.ats_invalidate_done(dev["uuid"], body["cookie"]))
+        await expect(errno.ENOENT, emu.ats_invalidate_done(dev.uuid, body["cookie"]))
 
 
 async def test_ats_invalidate_done_errnos(slow_ats: RunningDaemon) -> None:

@@ -22,8 +22,8 @@ def bits(bitmap: bytes) -> list[int]:
 async def setup(client: siov.Client) -> tuple[int, str]:
     """A tracking domain with 2 MiB mapped at BASE in 4 KiB leaves, a device on it."""
     buf = await client.alloc(4 * MiB)
-    dom = (await client.alloc_domain(dirty_tracking=True))["domain_id"]
-    dev = (await client.register_device("nic"))["uuid"]
+    dom = (await client.alloc_domain(dirty_tracking=True)).domain_id
+    dev = (await client.register_device("nic")).uuid
     await client.attach_device(dom, dev)
     await client.map(dom, buf.phys + 4096, 2 * MiB, iova=BASE)  # phys not 2 MiB-aligned
     return dom, dev
@@ -90,7 +90,7 @@ async def test_dirty_errnos(siovd: RunningDaemon) -> None:
         await expect(errno.ENOENT, get(999, BASE, 4096))
         await expect(errno.ENOENT, client.set_dirty_tracking(999, True))
         # a domain that cannot track: EOPNOTSUPP for every verb
-        plain = (await client.alloc_domain())["domain_id"]
+        plain = (await client.alloc_domain()).domain_id
         await expect(errno.EOPNOTSUPP, client.set_dirty_tracking(plain, True), "cannot track")
         await expect(errno.EOPNOTSUPP, get(plain, 0, 4096))
         await expect(errno.EOPNOTSUPP, client.unmap_dirty(plain, 0, 4096))
@@ -99,7 +99,7 @@ async def test_dirty_errnos(siovd: RunningDaemon) -> None:
             await expect(errno.EOPNOTSUPP, client.alloc_domain(kind, dirty_tracking=True))
         body = {"type": "paging", "user_managed": True, "pt_root": 0, "dirty_tracking": True}
         await expect(errno.EOPNOTSUPP, client.call(Command.DOMAIN_ALLOC, body))
-        ident = (await client.alloc_domain("identity"))["domain_id"]
+        ident = (await client.alloc_domain("identity")).domain_id
         await expect(errno.EINVAL, client.set_dirty_tracking(ident, True), "not a paging")
         # unmap with the bitmap: bounded, whole mappings only
         await expect(errno.EINVAL, client.unmap_dirty(dom, 0, (1 << 64) - 1), "bounded")

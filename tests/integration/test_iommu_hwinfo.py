@@ -25,7 +25,7 @@ def field(value: int, hi: int, lo: int) -> int:
 async def test_vtd_registers_describe_what_siov_models(siovd: RunningDaemon) -> None:
     async with siov.connect(siovd.path) as client:
         mdev = await client.create_mdev("siov_test", "siov_test-1")
-        info = await client.hw_info(mdev["uuid"])
+        info = await client.hw_info(mdev.uuid)
         assert info["out_data_type"] == 1  # IOMMU_HW_INFO_TYPE_INTEL_VTD
         assert info["data_len"] == 24
         cap, ecap = info["cap_reg"], info["ecap_reg"]
@@ -60,22 +60,22 @@ async def test_vtd_registers_describe_what_siov_models(siovd: RunningDaemon) -> 
 async def test_data_len_and_pasid_width(siovd: RunningDaemon) -> None:
     async with siov.connect(siovd.path) as client:
         mdev = await client.create_mdev("siov_test", "siov_test-1")
-        full = (await client.hw_info(mdev["uuid"]))["data"]
-        short = await client.hw_info(mdev["uuid"], data_len=8)
+        full = (await client.hw_info(mdev.uuid))["data"]
+        short = await client.hw_info(mdev.uuid, data_len=8)
         assert short["data"] == full[:8] and short["data_len"] == 24
-        long = await client.hw_info(mdev["uuid"], data_len=40)
+        long = await client.hw_info(mdev.uuid, data_len=40)
         assert long["data"] == full + bytes(16) and long["data_len"] == 24
-        assert (await client.hw_info(mdev["uuid"], data_len=0))["data"] == b""
+        assert (await client.hw_info(mdev.uuid, data_len=0))["data"] == b""
         narrow = await client.register_device("narrow", pasid_bits=8)
-        assert (await client.hw_info(narrow["uuid"]))["max_pasid_log2"] == 8
+        assert (await client.hw_info(narrow.uuid))["max_pasid_log2"] == 8
         none = await client.register_device("nopasid", pasid_bits=0)
-        assert (await client.hw_info(none["uuid"]))["max_pasid_log2"] == 0
+        assert (await client.hw_info(none.uuid))["max_pasid_log2"] == 0
 
 
 async def test_hw_info_errnos(siovd: RunningDaemon) -> None:
     async with siov.connect(siovd.path) as client:
         mdev = await client.create_mdev("siov_test", "siov_test-1")
-        uuid = mdev["uuid"]
+        uuid = mdev.uuid
         body = {"device": uuid, "flags": 1}
         await expect(errno.EOPNOTSUPP, client.call(Command.GET_HW_INFO, body), "flags")
         await expect(
@@ -89,7 +89,7 @@ async def test_hw_info_errnos(siovd: RunningDaemon) -> None:
 async def test_siovctl_hw_info(siovd: RunningDaemon, capsys: pytest.CaptureFixture[str]) -> None:
     async with siov.connect(siovd.path) as client:
         mdev = await client.create_mdev("siov_test", "siov_test-1")
-        argv = ["--socket", siovd.path, "--json", "hw-info", mdev["uuid"]]
+        argv = ["--socket", siovd.path, "--json", "hw-info", mdev.uuid]
         rc = await trio.to_thread.run_sync(cli.main, argv)
         out = capsys.readouterr()
         assert rc == 0, out.err
@@ -97,6 +97,6 @@ async def test_siovctl_hw_info(siovd: RunningDaemon, capsys: pytest.CaptureFixtu
         lines = out.out.splitlines()
         start = lines.index("{")
         shown = json.loads("\n".join(lines[start : lines.index("}", start) + 1]))
-        info = await client.hw_info(mdev["uuid"])
+        info = await client.hw_info(mdev.uuid)
         assert shown["cap_reg"] == info["cap_reg"] and shown["ecap_reg"] == info["ecap_reg"]
         assert shown["max_pasid_log2"] == 20 and "data" not in shown

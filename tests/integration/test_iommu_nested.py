@@ -38,13 +38,13 @@ class Guest:
 
 async def nested_setup(client: siov.Client) -> tuple[siov.Buffer, int, int, str, Guest]:
     buf = await client.alloc(2 * MiB)
-    parent = (await client.alloc_domain(nest_parent=True))["domain_id"]
+    parent = (await client.alloc_domain(nest_parent=True)).domain_id
     await client.map(parent, buf.phys, MiB, iova=0)  # tables
     await client.map(parent, buf.phys + MiB, MiB, iova=MiB)  # data
     guest = Guest(buf)
     guest.build()
     nested = (await client.alloc_nested(parent, ROOT))["domain_id"]
-    dev = (await client.register_device("vdev"))["uuid"]
+    dev = (await client.register_device("vdev")).uuid
     await client.attach_device(nested, dev)
     return buf, parent, nested, dev, guest
 
@@ -56,46 +56,46 @@ async def test_two_stage_dma(siovd: RunningDaemon) -> None:
         assert bytes(buf.view[MiB + 8 : MiB + 14]) == b"nested"
         assert await client.dma_read(dev, IOVA + 8, 6) == b"nested"
         out = await client.translate(dev, IOVA, 4096)
-        assert out["runs"][0]["phys"] == buf.phys + MiB and out["fault"] is None
+        assert out.runs[0].phys == buf.phys + MiB and out.fault is None
         # A set by the walker in stage 1 (through stage 2) and D on the written leaf
         (leaf,) = struct.unpack_from("<Q", buf.view, PT)
         assert leaf & 0x20 and leaf & 0x40
         # a stage-1 table pointer stage 2 does not translate: 0x70
         guest.put(PD, 1, 0x80_0000 | P_RW_US)  # 8 MiB: no stage-2 mapping there
-        fault = (await client.translate(dev, IOVA + 2 * MiB, 4096))["fault"]
-        assert fault["reason"] == 0x70
+        fault = (await client.translate(dev, IOVA + 2 * MiB, 4096)).fault
+        assert fault.reason == 0x70
         # a leaf whose output stage 2 does not translate: stage 2's reason (not present)
         guest.put(PT, 1, 0x90_0000 | P_RW_US)
-        fault = (await client.translate(dev, IOVA + 0x1000, 4096))["fault"]
-        assert fault["reason"] == 0x71
+        fault = (await client.translate(dev, IOVA + 0x1000, 4096)).fault
+        assert fault.reason == 0x71
 
 
 async def test_invalidation_both_stages(siovd: RunningDaemon) -> None:
     async with siov.connect(siovd.path) as client:
         buf, parent, nested, dev, guest = await nested_setup(client)
-        assert (await client.translate(dev, IOVA, 4096))["runs"][0]["phys"] == buf.phys + MiB
+        assert (await client.translate(dev, IOVA, 4096)).runs[0].phys == buf.phys + MiB
         # stage 1 changes: stale until the owner invalidates (as a guest driver must)
         guest.put(PT, 0, (DATA + 0x1000) | P_RW_US)
-        assert (await client.translate(dev, IOVA, 4096))["runs"][0]["phys"] == buf.phys + MiB
+        assert (await client.translate(dev, IOVA, 4096)).runs[0].phys == buf.phys + MiB
         assert await client.hwpt_invalidate(nested, [(IOVA, 1, 1)]) == 1
         out = await client.translate(dev, IOVA, 4096)
-        assert out["runs"][0]["phys"] == buf.phys + MiB + 0x1000
+        assert out.runs[0].phys == buf.phys + MiB + 0x1000
         # stage 2 changes: the nested domain's cached translation goes with the unmap
         assert await client.unmap(parent, MiB, MiB) == MiB
-        fault = (await client.translate(dev, IOVA, 4096))["fault"]
-        assert fault is not None and fault["reason"] == 0x71
+        fault = (await client.translate(dev, IOVA, 4096)).fault
+        assert fault is not None and fault.reason == 0x71
         # stage 2 read-only: a write faults even though stage 1 allows it
         await client.map(parent, buf.phys + MiB, MiB, iova=MiB, write=False)
         assert await client.hwpt_invalidate(nested, [(0, (1 << 64) - 1, 0)]) == 1
-        assert (await client.translate(dev, IOVA, 4096))["fault"] is None
-        fault = (await client.translate(dev, IOVA, 4096, write=True))["fault"]
-        assert fault["reason"] == 0x85
+        assert (await client.translate(dev, IOVA, 4096)).fault is None
+        fault = (await client.translate(dev, IOVA, 4096, write=True)).fault
+        assert fault.reason == 0x85
 
 
 async def test_nested_errnos(siovd: RunningDaemon) -> None:
     async with siov.connect(siovd.path) as client:
         buf, parent, nested, dev, _guest = await nested_setup(client)
-        plain = (await client.alloc_domain())["domain_id"]
+        plain = (await client.alloc_domain()).domain_id
         await expect(errno.EINVAL, client.alloc_nested(plain, ROOT), "not a nesting parent")
         await expect(errno.EINVAL, client.alloc_nested(parent, ROOT + 8), "aligned")
         await expect(errno.EINVAL, client.alloc_nested(parent, ROOT, addr_width=39))

@@ -18,10 +18,10 @@ from tests.integration.test_iommu_socket import expect
 async def owned_device(emu: siov.Client, owner: siov.Client) -> tuple[str, int]:
     """An emulator's device claimed by ``owner`` and attached to a paging domain of it."""
     dev = await emu.register_device("nic")
-    await owner.claim_device(dev["uuid"], dev["token"])
-    dom = (await owner.alloc_domain())["domain_id"]
-    await owner.attach_device(dom, dev["uuid"])
-    return dev["uuid"], dom
+    await owner.claim_device(dev.uuid, dev.token)
+    dom = (await owner.alloc_domain()).domain_id
+    await owner.attach_device(dom, dev.uuid)
+    return dev.uuid, dom
 
 
 async def test_the_owner_answers_an_emulators_request(siovd: RunningDaemon) -> None:
@@ -55,7 +55,7 @@ async def test_the_owner_answers_an_emulators_request(siovd: RunningDaemon) -> N
 async def test_groups_and_pasids(siovd: RunningDaemon) -> None:
     async with siov.connect(siovd.path) as emu, siov.connect(siovd.path) as owner:
         uuid, _dom = await owned_device(emu, owner)
-        pdom = (await owner.alloc_domain())["domain_id"]
+        pdom = (await owner.alloc_domain()).domain_id
         await owner.attach_pasid(pdom, uuid, 9)
         # earlier requests of a group get no response; the last carries the group
         assert (await emu.page_request(uuid, 0x1000, pasid=9, grpid=2, last=False))["queued"]
@@ -76,7 +76,7 @@ async def test_groups_and_pasids(siovd: RunningDaemon) -> None:
         # a PASID with no entry, and a blocked domain: the IOMMU answers Invalid itself
         got = await emu.page_request(uuid, 0x1000, pasid=10)
         assert got == {"request": None, "code": 1, "by_iommu": True}
-        blocked = (await owner.alloc_domain("blocked"))["domain_id"]
+        blocked = (await owner.alloc_domain("blocked")).domain_id
         await owner.attach_pasid(blocked, uuid, 11)
         assert (await emu.page_request(uuid, 0x1000, pasid=11))["by_iommu"] is True
 
@@ -93,7 +93,7 @@ async def test_page_request_errnos(siovd: RunningDaemon) -> None:
         await expect(errno.EINVAL, emu.page_request(uuid, 0x1000, exec=True), "need a PASID")
         body = {"device": uuid, "iova": 0x1000, "grpid": 512}
         await expect(errno.ERANGE, emu.call(Command.PAGE_REQUEST, body))
-        narrow = (await emu.register_device("narrow", pasid_bits=4))["uuid"]
+        narrow = (await emu.register_device("narrow", pasid_bits=4)).uuid
         await expect(errno.EINVAL, emu.page_request(narrow, 0x1000, pasid=16), "outside")
         for g in range(64):
             await emu.page_request(uuid, 0x1000, grpid=g, last=False)
@@ -168,11 +168,11 @@ async def test_a_request_to_its_own_connection_is_edeadlk(siovd: RunningDaemon) 
     would have to answer itself is refused rather than left to time out."""
     async with siov.connect(siovd.path) as emu:
         dev = await emu.register_device("nic")
-        dom = (await emu.alloc_domain())["domain_id"]
-        await emu.attach_device(dom, dev["uuid"])
-        await expect(errno.EDEADLK, emu.page_request(dev["uuid"], 0x1000))
+        dom = (await emu.alloc_domain()).domain_id
+        await emu.attach_device(dom, dev.uuid)
+        await expect(errno.EDEADLK, emu.page_request(dev.uuid, 0x1000))
         # not the group's last: nothing waits, so nothing is refused
-        assert (await emu.page_request(dev["uuid"], 0x1000, grpid=1, last=False))["queued"]
+        assert (await emu.page_request(dev.uuid, 0x1000, grpid=1, last=False))["queued"]
         # TRIGGER_IOPF does not wait: it is the way to ask oneself
-        got = await emu.trigger_iopf(dev["uuid"], 0x2000)
+        got = await emu.trigger_iopf(dev.uuid, 0x2000)
         assert got["request"] is not None

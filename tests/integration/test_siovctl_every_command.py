@@ -113,7 +113,7 @@ def test_every_subcommand_sees_another_clients_objects(
         # IOMMU extensions (SPEC §8.16, §8.18), on another client's device and domain
         regions = json.loads(did("resv-regions", mdev.uuid, json_out=True))
         assert {"start": 0xFEE00000, "last": 0xFEEFFFFF, "type": "msi"} in regions
-        ranges = json.loads(did("iova-ranges", str(dom["domain_id"]), json_out=True))
+        ranges = json.loads(did("iova-ranges", str(dom.domain_id), json_out=True))
         assert ranges and all(r["last"] < 0xFEE00000 or r["start"] > 0xFEEFFFFF for r in ranges)
         assert "ecap_reg" in did("hw-info", mdev.uuid)
         assert "dsa0" in did("accel", "list")
