@@ -252,6 +252,12 @@ class BlockingClient:
     hwpt_invalidate = _blocking(Client.hwpt_invalidate)
     ats_invalidate_done = _blocking(Client.ats_invalidate_done)  # SPEC §8.21
     unmap_report = _blocking(Client.unmap_report)
+    # interrupt remapping (SPEC §8.22)
+    ir_table_set = _blocking(Client.ir_table_set)
+    ir_set_entry = _blocking(Client.ir_set_entry)
+    ir_clear_entry = _blocking(Client.ir_clear_entry)
+    ir_invalidate_iec = _blocking(Client.ir_invalidate_iec)
+    set_msi_remap = _blocking(Client.set_msi_remap)
     invalidate = _blocking(Client.invalidate)
     dma_read = _blocking(Client.dma_read)
     dma_write = _blocking(Client.dma_write)

@@ -8,6 +8,13 @@ from typing import Any
 from siov_protocol import Command
 
 
+def msi_address(handle: int, shv: bool = False) -> int:
+    """The remappable-format MSI address for ``handle`` (SPEC §8.22): 0xFEE in bits 31:20,
+    handle[14:0] in 19:5, format bit 4, SHV bit 3, handle[15] in bit 2."""
+    low, high = handle & 0x7FFF, (handle >> 15) & 1
+    return (0xFEE << 20) | (low << 5) | 0x10 | (0x8 if shv else 0) | (high << 2)
+
+
 class IommuExtMixin:
     async def call(
         self, command: Command | int, body: dict[str, Any] | None = None, fds: Sequence[int] = ()
@@ -180,3 +187,60 @@ class IommuExtMixin:
         not answer their invalidation in time, now fenced) and ``ats_unacked`` (cookies your
         own devices owe) when there are any."""
         return await self.call(Command.UNMAP, {"domain": domain, "iova": iova, "size": size})
+
+    # -- interrupt remapping (SPEC §8.22) --------------------------------------------------------
+
+    async def ir_table_set(self, entries: int) -> int:
+        """Set your interrupt remapping table to ``entries`` (a power of two, 2..65536; 0
+        removes it). A new table starts empty, with an empty interrupt entry cache."""
+        return int((await self.call(Command.IR_TABLE_SET, {"entries": entries}))["entries"])
+
+    async def ir_set_entry(
+        self,
+        index: int,
+        vector: int,
+        *,
+        dest_id: int = 0,
+        source: str | None = None,
+        fpd: bool = False,
+        present: bool = True,
+        rsvd: int = 0,
+    ) -> bool:
+        """Write entry ``index``: deliver to the device's ``vector``, only from ``source`` (an
+        mdev of yours; None checks nothing). Returns whether the IEC still holds the old copy
+        (then it stays in use until :meth:`ir_invalidate_iec`)."""
+        body: dict[str, Any] = {
+            "index": index,
+            "vector": vector,
+            "dest_id": dest_id,
+            "fpd": fpd,
+            "present": present,
+            "rsvd": rsvd,
+        }
+        if source is not None:
+            body["source"] = source
+        return bool((await self.call(Command.IR_SET_ENTRY, body))["cached"])
+
+    async def ir_clear_entry(self, index: int) -> bool:
+        """Clear entry ``index``; whether the IEC still holds it (as :meth:`ir_set_entry`)."""
+        return bool((await self.call(Command.IR_CLEAR_ENTRY, {"index": index}))["cached"])
+
+    async def ir_invalidate_iec(self, index: int | None = None, mask: int = 0) -> int:
+        """IEC invalidation: global (``index`` None) or the ``2**mask`` entries from an aligned
+        ``index``; returns how many cached entries were dropped."""
+        body: dict[str, Any] = {"mask": mask}
+        if index is not None:
+            body["index"] = index
+        return int((await self.call(Command.IR_INVALIDATE_IEC, body))["dropped"])
+
+    async def set_msi_remap(
+        self, device: str, vector: int, address: int | None, data: int = 0
+    ) -> int | None:
+        """Program an mdev vector's MSI message; returns the handle it names (None: none, or
+        ``address`` None for direct delivery). :func:`msi_address` builds one."""
+        body: dict[str, Any] = {"device": device, "vector": vector, "data": data}
+        if address is not None:
+            body["address"] = address
+        reply = await self.call(Command.DEVICE_SET_MSI_REMAP, body)
+        index = reply.get("index")
+        return None if index is None else int(index)

@@ -119,6 +119,11 @@ struct siov_header {
 #define SIOV_CMD_NESTED_ALLOC             0x1CA
 #define SIOV_CMD_HWPT_INVALIDATE          0x1CB
 #define SIOV_CMD_ATS_INVALIDATE_DONE      0x1D0
+#define SIOV_CMD_IR_TABLE_SET             0x1D8 /* interrupt remapping, SPEC §8.22 */
+#define SIOV_CMD_IR_SET_ENTRY             0x1D9
+#define SIOV_CMD_IR_CLEAR_ENTRY           0x1DA
+#define SIOV_CMD_IR_INVALIDATE_IEC        0x1DB
+#define SIOV_CMD_DEVICE_SET_MSI_REMAP     0x1DC
 #define SIOV_CMD_IOTLB_ENTRIES            0x1E0
 #define SIOV_CMD_EVENT_FAULT              0x200
 #define SIOV_CMD_EVENT_PAGE_REQUEST       0x201
@@ -166,6 +171,14 @@ struct siov_header {
 #define SIOV_FAULT_US_PRIVILEGE      0x81
 #define SIOV_FAULT_WRITE             0x85
 #define SIOV_FAULT_AD_UPDATE         0x91
+/* interrupt remapping (SPEC §8.22; QEMU's VTD_FR_IR_*) */
+#define SIOV_FAULT_IR_REQ_RSVD       0x20
+#define SIOV_FAULT_IR_INDEX_OVER     0x21
+#define SIOV_FAULT_IR_ENTRY_P        0x22
+#define SIOV_FAULT_IR_ROOT_INVAL     0x23
+#define SIOV_FAULT_IR_IRTE_RSVD      0x24
+#define SIOV_FAULT_IR_REQ_COMPAT     0x25
+#define SIOV_FAULT_IR_SID_ERR        0x26
 
 /* ---- accelerator (SPEC §8.12) ------------------------------------------------------------- */
 #define SIOV_SUBMIT_MAX_DESCRIPTORS 4096

@@ -111,6 +111,12 @@ class Command(enum.IntEnum):
     NESTED_ALLOC = 0x1CA
     HWPT_INVALIDATE = 0x1CB
     ATS_INVALIDATE_DONE = 0x1D0  # a device dropped what an EVENT_ATS_INVALIDATE named
+    # interrupt remapping (issue 17 part 7, SPEC §8.22)
+    IR_TABLE_SET = 0x1D8
+    IR_SET_ENTRY = 0x1D9
+    IR_CLEAR_ENTRY = 0x1DA
+    IR_INVALIDATE_IEC = 0x1DB
+    DEVICE_SET_MSI_REMAP = 0x1DC
 
     # events: daemon -> client, sent as commands with the no-reply flag
     EVENT_FAULT = 0x200

@@ -104,3 +104,48 @@ class S1Invalidate:
 class HwptInvalidate:
     domain: int = u(*U32)
     entries: list[S1Invalidate] = items(4096)
+
+
+# -- interrupt remapping (SPEC §8.22) ------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class IrTableSet:
+    """IR_TABLE_SET: the caller's interrupt remapping table (IRTA); 0 entries removes it."""
+
+    entries: int = u(0, 1 << 16)
+
+
+@dataclass(frozen=True, slots=True)
+class IrSetEntry:
+    index: int = u(0, (1 << 16) - 1)
+    vector: int = u(0, 255)  # the device's MSI-X vector the interrupt is delivered to
+    dest_id: int = u(*U32, default=0)
+    source: str | None = text(UUID_LEN, default=None)  # the device allowed (None: any, SVT=0)
+    fpd: bool = False  # fault processing disable: block without a fault record
+    present: bool = True
+    rsvd: int = u(*U64, default=0)  # the entry's reserved bits (non-zero faults at use: 0x24)
+
+
+@dataclass(frozen=True, slots=True)
+class IrClearEntry:
+    index: int = u(0, (1 << 16) - 1)
+
+
+@dataclass(frozen=True, slots=True)
+class IrInvalidateIec:
+    """VT-d's IEC invalidate descriptor: global (``index`` None) or index-selective."""
+
+    index: int | None = u(0, (1 << 16) - 1, default=None)
+    mask: int = u(0, 31, default=0)  # IM: 2^mask entries from an aligned index
+
+
+@dataclass(frozen=True, slots=True)
+class SetMsiRemap:
+    """DEVICE_SET_MSI_REMAP: program an MSI-X vector's message (address, data); ``address``
+    None returns the vector to direct delivery."""
+
+    device: str = text(UUID_LEN)
+    vector: int = u(0, 255)
+    address: int | None = u(*U32, default=None)
+    data: int = u(*U32, default=0)

@@ -338,6 +338,28 @@ class HwptInvalidateReply(Record):
     entry_num: int = u(*U32)  # entries done, in order (iommufd's entry_num out)
 
 
+@dataclass(frozen=True, slots=True)
+class IrTableReply(Record):
+    entries: int = u(0, 1 << 16)
+
+
+@dataclass(frozen=True, slots=True)
+class IrEntryReply(Record):
+    index: int = u(0, (1 << 16) - 1)
+    cached: bool = False  # the IEC holds a copy: it stays in use until IR_INVALIDATE_IEC
+
+
+@dataclass(frozen=True, slots=True)
+class IrInvalidateReply(Record):
+    dropped: int = u(0, 1 << 16)  # cached entries the invalidation dropped
+
+
+@dataclass(frozen=True, slots=True)
+class MsiRemapReply(Record):
+    vector: int = u(0, 255)
+    index: int | None = u(0, (1 << 16) - 1, default=None, nil=True)  # None: direct delivery
+
+
 # ---- the accelerator ------------------------------------------------------------------------
 
 
@@ -613,6 +635,11 @@ REPLIES: dict[int, type] = {
     Command.NESTED_ALLOC: NestedDomainInfo,
     Command.HWPT_INVALIDATE: HwptInvalidateReply,
     Command.ATS_INVALIDATE_DONE: Empty,
+    Command.IR_TABLE_SET: IrTableReply,
+    Command.IR_SET_ENTRY: IrEntryReply,
+    Command.IR_CLEAR_ENTRY: IrEntryReply,
+    Command.IR_INVALIDATE_IEC: IrInvalidateReply,
+    Command.DEVICE_SET_MSI_REMAP: MsiRemapReply,
 }
 
 EVENTS: dict[int, type] = {

@@ -19,7 +19,7 @@ from siov_protocol.schema import decode
 from siovd.model.accel import caps
 from siovd.model.accel.parent import MDEV_IRQ_COUNT
 from siovd.model.accel.registers import BAR0_SIZE
-from siovd.model.iommu import faults
+from siovd.model.iommu import faults, irq_remap
 
 HEADER = Path(__file__).resolve().parents[2] / "protocol" / "include" / "siov.h"
 DEFINE = re.compile(r"^#define\s+(SIOV_\w+)\s+(\S+)", re.M)
@@ -69,6 +69,13 @@ def expected() -> dict[str, Any]:
         "SIOV_FAULT_US_PRIVILEGE": faults.FR_US_PRIVILEGE,
         "SIOV_FAULT_WRITE": faults.FR_SM_WRITE,
         "SIOV_FAULT_AD_UPDATE": faults.FR_AD_UPDATE,
+        "SIOV_FAULT_IR_REQ_RSVD": irq_remap.FR_IR_REQ_RSVD,
+        "SIOV_FAULT_IR_INDEX_OVER": irq_remap.FR_IR_INDEX_OVER,
+        "SIOV_FAULT_IR_ENTRY_P": irq_remap.FR_IR_ENTRY_P,
+        "SIOV_FAULT_IR_ROOT_INVAL": irq_remap.FR_IR_ROOT_INVAL,
+        "SIOV_FAULT_IR_IRTE_RSVD": irq_remap.FR_IR_IRTE_RSVD,
+        "SIOV_FAULT_IR_REQ_COMPAT": irq_remap.FR_IR_REQ_COMPAT,
+        "SIOV_FAULT_IR_SID_ERR": irq_remap.FR_IR_SID_ERR,
         "SIOV_SUBMIT_MAX_DESCRIPTORS": accel.SUBMIT_MAX_DESCRIPTORS,
         "SIOV_SUBMIT_ACCEPTED": accel.SUBMIT_ACCEPTED,
         "SIOV_SUBMIT_RETRY": accel.SUBMIT_RETRY,

@@ -76,6 +76,8 @@ from siovd.model.budget import Budget
 from siovd.model.device import Device
 from siovd.model.dma import DmaSpace
 from siovd.model.errors import SiovError
+from siovd.model.iommu import irq_remap
+from siovd.model.iommu.faults import FaultRecord
 from siovd.model.iommu.prq import PageAnswer, PageRequest, PageRequestQueue
 from siovd.model.iommu.translate import resolve
 
@@ -103,6 +105,7 @@ class MdevState:
         "device",
         "irq_fds",
         "mdev",
+        "msi",
         "outstanding",
         "parent",
         "session",
@@ -120,6 +123,9 @@ class MdevState:
         self.spaces: dict[int, DmaSpace] = {}
         #: The eventfd of each MSI-X vector, or None: then interrupts go as EVENT_IRQ.
         self.irq_fds: list[int | None] = [None] * MDEV_IRQ_COUNT
+        #: Each vector's MSI message (address, data) when programmed for interrupt remapping
+        #: (DEVICE_SET_MSI_REMAP, SPEC §8.22); None: direct delivery.
+        self.msi: list[tuple[int, int] | None] = [None] * MDEV_IRQ_COUNT
         #: Descriptors accepted and not yet completed (queued, running or blocked).
         self.outstanding = 0
 
@@ -147,6 +153,8 @@ class RuntimeStats:
     irqs_eventfd: int = 0
     irqs_event: int = 0
     irq_write_failures: int = 0
+    irqs_remapped: int = 0
+    irqs_blocked: int = 0
     software_errors: int = 0
     evl_entries: int = 0
     evl_lost: int = 0
@@ -173,6 +181,8 @@ class AccelRuntime:
                 error=fastpath.IMPORT_ERROR,
             )
         self.mdevs: dict[str, MdevState] = {}
+        #: Each client's interrupt remapping table (IR_TABLE_SET, SPEC §8.22).
+        self.ir_tables: dict[int, irq_remap.IrTable] = {}
         self.stats = RuntimeStats()
         #: device name -> sessions that asked (ACCEL_EVL_READ arm) for one EVENT_EVL
         self.evl_armed: dict[str, set[int]] = {}
@@ -395,6 +405,12 @@ class AccelRuntime:
     # -- interrupts ---------------------------------------------------------------------------
 
     def _signal(self, state: MdevState, vector: int) -> None:
+        msi = state.msi[vector] if 0 <= vector < MDEV_IRQ_COUNT else None
+        if msi is not None:
+            remapped = self._remap(state, vector, msi)
+            if remapped is None:
+                return
+            vector = remapped
         fd = state.irq_fds[vector] if 0 <= vector < MDEV_IRQ_COUNT else None
         if fd is not None:
             try:
@@ -406,6 +422,39 @@ class AccelRuntime:
                 self.stats.irqs_eventfd += 1
                 return
         self._irq_event(state, vector, None)
+
+    def _remap(self, state: MdevState, vector: int, msi: tuple[int, int]) -> int | None:
+        """An interrupt of a vector in remappable format, through the owner's table and IEC
+        (VT-d §5.1): the vector to deliver to, or None when the IOMMU blocked it (then the
+        owner gets EVENT_FAULT with the IR reason unless the entry's FPD is set)."""
+        table = self.ir_tables.get(state.session)
+        try:
+            remapped = irq_remap.remap(table, msi[0], msi[1], state.uuid)
+        except irq_remap.IrBlocked as blocked:
+            fault = blocked.fault
+            self.stats.irqs_blocked += 1
+            log.info(
+                "interrupt blocked",
+                mdev=state.uuid,
+                vector=vector,
+                index=fault.index,
+                reason=fault.reason,
+                recorded=fault.record,
+            )
+            on_fault = self.daemon.iommu.on_fault
+            if fault.record and on_fault is not None:
+                record = FaultRecord(
+                    device=state.uuid,
+                    pasid=0,
+                    iova=fault.index,  # an IR fault record's FI holds the interrupt index
+                    write=True,  # an MSI is a DMA write to 0xFEExxxxx
+                    reason=fault.reason,
+                    domain=None,
+                )
+                on_fault(state.session, record)
+            return None
+        self.stats.irqs_remapped += 1
+        return remapped.vector
 
     def _irq_event(self, state: MdevState, vector: int, swerr: dict[str, Any] | None) -> None:
         session = self.daemon.sessions.get(state.session)
@@ -560,8 +609,10 @@ class AccelRuntime:
         if state is None:
             return
         for request in self.prq.cancel_device(uuid):
-            item = request.payload.item
-            item.wq.cancel(item)
+            blocked = request.payload
+            if not isinstance(blocked, Blocked):
+                continue  # a PRI request raised for it (TRIGGER_IOPF, SPEC §8.19): no work waits
+            blocked.item.wq.cancel(blocked.item)
             self.stats.page_requests_cancelled += 1
         self.scheduler.forget(state.uuid)
         # What is still queued goes too (already gone if the mdev left the bus; a started
@@ -592,6 +643,7 @@ class AccelRuntime:
         for uuid in [u for u, s in self.mdevs.items() if s.session == session.id]:
             self.forget(uuid)
         self._session_outstanding.pop(session.id, None)
+        self.ir_tables.pop(session.id, None)
 
     # -- introspection ------------------------------------------------------------------------
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from siovd.model.dma import DmaOrigin
+from siovd.model.iommu.irq_remap import IR_REASON_NAMES
 
 # VT-d scalable-mode fault reasons (spec numbering, as QEMU's VTDFaultReason transcribes it).
 FR_PASID_ENTRY_NOT_PRESENT = 0x59  # no PASID-table entry (also how a PASID is blocked)
@@ -25,6 +26,7 @@ REASON_NAMES: dict[int, str] = {
     FR_US_PRIVILEGE: "user/supervisor privilege",
     FR_SM_WRITE: "write permission",
     FR_AD_UPDATE: "accessed/dirty update failed",
+    **IR_REASON_NAMES,  # interrupt remapping, 0x20-0x26 (model/iommu/irq_remap.py)
 }
 
 

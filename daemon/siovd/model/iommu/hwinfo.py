@@ -9,7 +9,9 @@ what siov models is advertised: scalable mode with first-stage tables (4 and 5 l
 page requests, pass-through (identity domains), dirty tracking (SLADS, as Linux's
 ``ssads_supported`` reads it; see model/iommu/dirty.py), nesting (NEST: model/iommu/nested.py;
 its stage 2 uses the first-stage entry format). Not advertised, because siov does not model them:
-interrupt remapping (IR, EIM), second-stage-format tables (SLTS), caching mode (CM).
+second-stage-format tables (SLTS), caching mode (CM), x2APIC mode (EIM). Interrupt remapping
+(model/iommu/irq_remap.py, SPEC §8.22) is a per-client table for mdev MSI-X, not the host
+register interface, so IR stays clear too.
 """
 
 from __future__ import annotations

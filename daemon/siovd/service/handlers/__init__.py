@@ -9,6 +9,7 @@ from siovd.service.handlers import (  # noqa: F401  (each registers its commands
     dma,
     iommu,
     iommu_ext,
+    irq_remap,
     memory,
     sva,
     vfio_user,
