@@ -50,6 +50,12 @@ COMMAND_FEATURE: dict[int, str] = {
     Command.ACCEL_LOAD_CONFIG: DSA,
     Command.ACCEL_SAVE_CONFIG: DSA,
     Command.ACCEL_EVL_READ: DSA,
+    # interrupt remapping serves the accelerator's MSI-X vectors (SPEC §8.22)
+    Command.IR_TABLE_SET: DSA,
+    Command.IR_SET_ENTRY: DSA,
+    Command.IR_CLEAR_ENTRY: DSA,
+    Command.IR_INVALIDATE_IEC: DSA,
+    Command.DEVICE_SET_MSI_REMAP: DSA,
     Command.VFIO_USER_EXPOSE: DSA,
     Command.VFIO_USER_UNEXPOSE: DSA,
     Command.SVA_BIND: SVA,

@@ -82,6 +82,8 @@ def test_a_dma_only_session_cannot_register_memory_or_use_the_accelerator(connec
         (Command.SUBMIT, {"device": "x", "descriptors": b""}),
         (Command.ACCEL_LIST, {}),
         (Command.PAGE_RESPONSE, {"request": 1, "code": 0}),
+        (Command.IR_TABLE_SET, {"size": 256}),
+        (Command.DEVICE_SET_MSI_REMAP, {"device": "x", "vector": 0, "address": 0, "data": 0}),
     ]:
         name = Command(command).name
         expect_error(client.request(command, body), errno.EOPNOTSUPP, f"{name} needs the feature")
