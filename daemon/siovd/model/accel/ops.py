@@ -119,8 +119,9 @@ _NATIVE_NEED: Final = 1
 _NATIVE_FALLBACK: Final = 2
 _NATIVE_BUDGET: Final = 3
 _U63: Final = (1 << 63) - 1
-#: Batch entries one native call runs when the budget also has a clock to check between them.
-_TIMED_ENTRIES: Final = 32
+#: Batch entries one native call runs when the budget also has a clock to check between them
+#: (one SUBMIT's worth: the byte budget bounds what each of them touches).
+_TIMED_ENTRIES: Final = 64
 #: Queued descriptors one native run takes when the budget has a clock (checked after it).
 TIMED_ENTRIES: Final = _TIMED_ENTRIES
 #: Delta-record bytes apply-delta reads (and copies, once) per step: 655 entries.
