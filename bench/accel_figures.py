@@ -24,7 +24,9 @@ In-process figures (``*_inproc*``) bound what the daemon can reach: the executor
 DMA space the daemon gives an mdev (an IOMMU paging domain behind the device TLB, warm), with
 the native core when it is built (``SIOVD_NATIVE=0`` measures the Python executor):
 
-- ``desc_4k_inproc_per_s``: 4 KiB MEMMOVEs with a completion record each.
+- ``desc_4k_inproc_per_s``: 4 KiB MEMMOVEs with a completion record each, handed to the executor
+  as one stream (``Executor.run_all``; its native core runs them in runs, the Python executor
+  one by one).
 - ``desc_4k_queued_inproc_vs_copyloop``: those descriptors queued and run the daemon's way
   (SUBMITs of 32 to its accelerator runtime, native runs of queued descriptors), no socket,
   over the same copy loop.
@@ -57,7 +59,7 @@ if __package__ in (None, ""):
 import trio.lowlevel
 
 import siov
-from bench.baselines import copyloop_4k_per_s, run_inprocess
+from bench.baselines import copyloop_4k_per_s, run_inprocess, run_stream
 from bench.common import Figure, daemon, figure
 from siov import dsa as sdk
 from siov_protocol import Command
@@ -563,20 +565,27 @@ class _MdevSpace:
 
 
 def _desc_4k_inproc_rate() -> float:
+    """20,000 4 KiB MEMMOVEs, each with its completion record, handed to the executor as one
+    stream (:func:`bench.baselines.run_stream`); every record must say SUCCESS."""
     count = 20_000
     world = _MdevSpace()
     try:
-        descs = [
+        records = 15 * MIB
+        stream = b"".join(
             sdk.memmove(
                 8 * MIB + (i % 512) * 4096,
                 (i % 512) * 4096,
                 4096,
-                completion=15 * MIB + (i % 512) * 32,
+                completion=records + (i % 512) * 32,
             )
             for i in range(count)
-        ]
-        elapsed = _best(lambda: run_inprocess(descs, world.space), 3)
-        assert run_inprocess(descs[:10], world.space) == 10
+        )
+        executor = Executor()
+        elapsed = _best(lambda: run_stream(stream, world.space, executor=executor), 3)
+        world.memory[records : records + 512 * 32] = bytes(512 * 32)
+        assert run_stream(stream, world.space, executor=executor) == count
+        statuses = world.memory[records : records + 512 * 32 : 32]
+        assert statuses == bytes([sdk.DSA_COMP_SUCCESS]) * 512, "a MEMMOVE did not succeed"
     finally:
         world.close()
     return count / elapsed
