@@ -241,3 +241,38 @@ async def test_completion_interrupts_are_remapped(siovd: RunningDaemon) -> None:
         finally:
             for fd in fds:
                 os.close(fd)
+
+
+async def test_software_error_interrupts_are_remapped(siovd: RunningDaemon) -> None:
+    """A software error signals vector 0, an MSI like any other: remapped to the entry's
+    vector (its eventfd, and EVENT_IRQ naming that vector with the swerr); blocked once the
+    entry is cleared and the IEC invalidated, when only the fault record says so."""
+    async with siov.connect(siovd.path) as client:
+        mdev, fds = await with_mdev(client)
+        buf = await client.alloc(1 << 20)
+        assert mdev.domain_id is not None
+        await client.map(mdev.domain_id, buf.phys, buf.size, iova=0)
+        try:
+            await client.ir_table_set(4)
+            await client.ir_set_entry(2, 1, source=mdev.uuid)
+            await client.set_msi_remap(mdev.uuid, 0, msi_address(2))
+            # a completion record not 32-byte aligned: no record can report the error
+            bad = dsa.memmove(0x8000, 0x4000, 64, completion=0x1008)
+            assert (await mdev.submit([bad])).all_accepted
+            await asettle(lambda: bool(mdev.software_errors), "the EVENT_IRQ with its swerr")
+            assert mdev.software_errors[-1]["status"] == dsa.DSA_COMP_CRA_ALIGN
+            assert (mdev.irq_counts[0], mdev.irq_counts[1]) == (0, 1)  # it names vector 1
+            assert (count(fds[0]), count(fds[1])) == (0, 1)
+            await client.ir_clear_entry(2)
+            await client.ir_invalidate_iec()
+            assert (await mdev.submit([bad])).all_accepted
+            fault = await client.next_event(Command.EVENT_FAULT)
+            assert (fault.body["reason"], fault.body["iova"]) == (0x22, 2)
+            assert (count(fds[0]), count(fds[1])) == (0, 0)
+            assert len(mdev.software_errors) == 1 and mdev.irq_counts[1] == 1
+            stats = (await client.call(Command.STATS))["accel"]
+            assert stats["software_errors"] == 2
+            assert stats["irqs_remapped"] == 1 and stats["irqs_blocked"] == 1
+        finally:
+            for fd in fds:
+                os.close(fd)

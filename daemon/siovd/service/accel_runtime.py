@@ -482,14 +482,23 @@ class AccelRuntime:
         if error.batch_index is not None:
             swerr["batch_index"] = error.batch_index
         self._log_event(state, error)
-        fd = state.irq_fds[0]
+        # The error interrupt is vector 0's MSI, remapped like any other (VT-d §5.1): a
+        # blocked one reaches nobody; the SWERR is in the event log all the same.
+        vector = 0
+        msi = state.msi[0]
+        if msi is not None:
+            remapped = self._remap(state, 0, msi)
+            if remapped is None:
+                return
+            vector = remapped
+        fd = state.irq_fds[vector]
         if fd is not None:
             try:
                 os.write(fd, _ONE)
                 self.stats.irqs_eventfd += 1
             except OSError:
                 self.stats.irq_write_failures += 1
-        self._irq_event(state, 0, swerr)
+        self._irq_event(state, vector, swerr)
 
     def _log_event(self, state: MdevState, error: SoftwareError) -> None:
         """A software error also goes to the device's event log (DSA 2.0), with an EVENT_EVL
