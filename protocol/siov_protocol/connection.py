@@ -25,6 +25,7 @@ from __future__ import annotations
 import enum
 import errno
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -102,12 +103,21 @@ class Message:
 
 
 _new_object = object.__new__
-_set_msg_id = Message.msg_id.__set__  # type: ignore[attr-defined]
-_set_command = Message.command.__set__  # type: ignore[attr-defined]
-_set_flags = Message.flags.__set__  # type: ignore[attr-defined]
-_set_error = Message.error.__set__  # type: ignore[attr-defined]
-_set_body = Message.body.__set__  # type: ignore[attr-defined]
-_set_fds = Message.fds.__set__  # type: ignore[attr-defined]
+
+
+def slot_setter(cls: type, name: str) -> Callable[[Any, Any], None]:
+    """The setter of a slots class's field, which bypasses a frozen class's ``__setattr__``
+    (for building a fresh instance only)."""
+    setter: Callable[[Any, Any], None] = cls.__dict__[name].__set__
+    return setter
+
+
+_set_msg_id = slot_setter(Message, "msg_id")
+_set_command = slot_setter(Message, "command")
+_set_flags = slot_setter(Message, "flags")
+_set_error = slot_setter(Message, "error")
+_set_body = slot_setter(Message, "body")
+_set_fds = slot_setter(Message, "fds")
 
 
 def _message(

@@ -236,8 +236,7 @@ def _fast_checker(tp: Any, f: _Field) -> Any:
 
         return boolean
     if tp is int:
-        lo, hi = f.range if f.range is not None else (None, None)
-        if lo is None:
+        if f.range is None:
 
             def integer(value: Any) -> Any:
                 if type(value) is not int:
@@ -245,6 +244,7 @@ def _fast_checker(tp: Any, f: _Field) -> Any:
                 return value
 
             return integer
+        lo, hi = f.range
 
         def bounded(value: Any) -> Any:
             if type(value) is not int or not lo <= value <= hi:

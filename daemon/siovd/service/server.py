@@ -15,7 +15,7 @@ import socket
 import stat
 import struct
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import structlog
@@ -263,7 +263,9 @@ class ClientConnection:
                         )
                     continue
                 assert isinstance(event, Message)
-                await self.dispatch(event)
+                rest = self.serve(event)  # dispatch(), without a coroutine when it can
+                if rest is not None:
+                    await rest
             hoarding = self.count_pending_fds()
             if hoarding is not None:
                 self.daemon.counters["clients_dropped_pending_fds"] += 1
@@ -298,6 +300,15 @@ class ClientConnection:
         return None
 
     async def dispatch(self, msg: Message) -> None:
+        """Serve one request: refuse it, or run its handler and send the reply."""
+        rest = self.serve(msg)
+        if rest is not None:
+            await rest
+
+    def serve(self, msg: Message) -> Awaitable[None] | None:
+        """:meth:`dispatch` without a coroutine for what needs no wait (a sync handler whose
+        reply fits the socket); what does wait (an error reply, a long request, a reply that
+        must wait for room) is returned for the caller to await at once."""
         session = self.session
         session.requests += 1
         command = msg.command
@@ -308,31 +319,43 @@ class ClientConnection:
             if err is not None:
                 close_fds(fds)
                 if not msg.flags & FLAG_NO_REPLY:
-                    await self.reply_error(msg.msg_id, command, *err)
-                return
+                    return self.reply_error(msg.msg_id, command, *err)
+                return None
             assert handler is not None
         server = self.server
         server.in_flight += 1
         try:
             reply = self.call(handler, msg, fds)
-            if isinstance(reply, Deferred):
-                reply = await self.run_deferred(handler, msg, reply)
-        finally:
+        except BaseException:
             server.in_flight -= 1
-        if reply is not None and not msg.flags & FLAG_NO_REPLY:
-            data, reply_fds = reply
-            if not reply_fds and not self.write_lock.locked():
-                # send(), inline: the reply that fits goes out without a coroutine
-                try:
-                    sent = self.raw.send(data)
-                except BlockingIOError:
-                    sent = 0
-                except OSError as exc:
-                    raise ClientGone(str(exc)) from None
-                if sent != len(data):
-                    await self.send_rest(data[sent:], ())
-                return
-            await self.send(data, reply_fds)
+            raise
+        if isinstance(reply, Deferred):
+            return self.finish_deferred(handler, msg, reply)
+        server.in_flight -= 1
+        if reply is None or msg.flags & FLAG_NO_REPLY:
+            return None
+        data, reply_fds = reply
+        if reply_fds or self.write_lock.locked():
+            return self.send(data, reply_fds)
+        # send(), inline: the reply that fits goes out without a coroutine
+        try:
+            sent = self.raw.send(data)
+        except BlockingIOError:
+            sent = 0
+        except OSError as exc:
+            raise ClientGone(str(exc)) from None
+        if sent != len(data):
+            return self.send_rest(data[sent:], ())
+        return None
+
+    async def finish_deferred(self, handler: Handler, msg: Message, deferred: Deferred) -> None:
+        """A long request (counted in flight until it is done), then its reply."""
+        try:
+            reply = await self.run_deferred(handler, msg, deferred)
+        finally:
+            self.server.in_flight -= 1
+        if not msg.flags & FLAG_NO_REPLY:
+            await self.send(*reply)
 
     def admitted(self) -> dict[int, Handler]:
         """The handlers :meth:`refusal` lets run without fds on this connection now, so a
