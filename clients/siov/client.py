@@ -654,7 +654,8 @@ class Client(IommuExtMixin):
 
     async def ping(self, payload: bytes | None = None) -> bytes | None:
         body = {"payload": payload} if payload is not None else None
-        reply: PingReply = await self.call_typed(Command.PING, body)
+        # call_typed, inline: PING is what round-trip figures time
+        reply: PingReply = decode(PingReply, (await self.request(Command.PING, body)).body)
         return reply.payload
 
     async def info(self) -> InfoReply:
