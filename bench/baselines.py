@@ -2,7 +2,9 @@
 
 :class:`QemuPolicyIotlb` is QEMU intel-iommu's IOTLB policy (1024 entries, flush everything
 when full) on top of siov's IOTLB, and :func:`run_inprocess` runs descriptors straight through
-the executor with no queue, engine task or socket: the ceiling the daemon's path is held to.
+the executor with no queue, engine task or socket, one call per descriptor, and
+:func:`run_stream` hands the executor a whole stream of them at once (its native core then runs
+them in runs, as the daemon's engines do): the ceilings the daemon's path is held to.
 :func:`copyloop_4k_per_s` is the floor the executor is held to: Python's own loop of 4 KiB
 copies.
 """
@@ -14,6 +16,7 @@ from collections.abc import Iterable
 
 from siov_protocol.dsa import DSA_COMP_STATUS_MASK
 from siovd.model.accel import Completed, Executor, WorkItem, WorkQueue, embedded_default
+from siovd.model.accel.outcome import CompletedRun
 from siovd.model.accel.results import SUCCESS
 from siovd.model.dma import DmaSpace
 from siovd.model.iommu import Iotlb
@@ -51,6 +54,29 @@ def run_inprocess(
         if isinstance(outcome, Completed) and outcome.raw[0] & DSA_COMP_STATUS_MASK == SUCCESS:
             ok += 1
     return ok
+
+
+def run_stream(
+    descriptors: bytes,
+    dma: DmaSpace,
+    wq: WorkQueue | None = None,
+    pasid: int = 0,
+    executor: Executor | None = None,
+) -> int:
+    """Execute the 64-byte ``descriptors`` concatenated in one stream against ``dma``
+    (:meth:`Executor.run_all`: no queue, no budget). Returns how many completed; their
+    completion records say how (the caller checks them)."""
+    if wq is None:
+        wq = embedded_default().wqs[0]
+    if executor is None:
+        executor = Executor()
+    done = 0
+    for outcome in executor.run_all(wq, descriptors, dma, pasid):
+        if type(outcome) is CompletedRun:
+            done += outcome.count
+        elif isinstance(outcome, Completed):
+            done += 1
+    return done
 
 
 COPYLOOP_SPAN = 64 << 20

@@ -78,7 +78,7 @@ def _measure() -> tuple[float, float, float]:
                     result = combine(parent, iova, s1, False)
                     assert not isinstance(result, int)
                     pbase, size, flags, level = result
-                    insert(tag, iova, level, [pbase, size, flags, 0, None])
+                    insert(tag, iova, level, [pbase, size, flags, 0, None, 0])
 
         def hits(xs: list[int]) -> None:
             lookup = iotlb.lookup

@@ -33,7 +33,7 @@ from siovd.model.accel import (
     embedded_default,
     fastpath,
 )
-from siovd.model.accel.outcome import PageResponse
+from siovd.model.accel.outcome import CompletedRun, PageResponse
 from siovd.model.budget import Budget
 from siovd.model.iommu import devtlb as devtlb_module
 from tests.fuzz.conftest import SEED, SUMMARY
@@ -262,3 +262,67 @@ def test_native_core_matches_the_python_executor(
     # the native core really ran every opcode it claims, alone and in batches
     assert {int(op) for op in NATIVE_OPS} <= set(native_by_op), native_by_op
     assert entries > 0
+
+
+def _plain_or_full(outcome: object) -> tuple[object, ...]:
+    """A descriptor's outcome in comparable form: a plain completion (no interrupt, no
+    event; its record is in memory, which is compared) is just "plain"."""
+    if isinstance(outcome, Completed):
+        if not outcome.events and not outcome.interrupt:
+            return ("plain",)
+        return ("Completed", outcome.raw, outcome.written, outcome.int_handle, repr(outcome.events))
+    assert isinstance(outcome, Blocked | Preempted), outcome
+    return (type(outcome).__name__, repr(outcome.events))
+
+
+@pytest.mark.parametrize(
+    ("iotlb_entries", "devtlb", "devtlb_entries"),
+    [(8192, False, 0), (6, False, 0), (8192, True, 1024), (8192, True, 5)],
+    ids=["iotlb", "tiny-iotlb", "devtlb", "full-devtlb"],
+)
+def test_executor_stream_matches_one_by_one_python_execution(
+    iotlb_entries: int, devtlb: bool, devtlb_entries: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``Executor.run_all`` (a stream: native runs, Python where they stop) against the Python
+    executor run one descriptor at a time: the same outcome for every descriptor (a
+    CompletedRun counting as that many plain completions), the same IOTLB, device-TLB and
+    fault counters, and the same memory after every stream."""
+    assert fastpath.AVAILABLE, f"native core missing: {fastpath.IMPORT_ERROR}"
+    if devtlb_entries:
+        monkeypatch.setattr(devtlb_module, "CAPACITY", devtlb_entries)
+    rng = random.Random(SEED + 7 + iotlb_entries + devtlb + devtlb_entries)
+    ref = World(False, iotlb_entries, devtlb)
+    fast = World(True, iotlb_entries, devtlb)
+    gen = AliasingGenerator(rng, RECORD_PAGES * PAGE // 32)
+    streamed = runs = 0
+    try:
+        for stream_no in range(max(CASES // 16, 20)):
+            if gen.next_slot + 80 >= gen.slots:
+                gen.next_slot = 1
+            descs = [
+                gen.clean() if rng.random() < 0.8 else gen.descriptor(0)[0]
+                for _ in range(rng.choice([1, 2, 5, 16, 64]))
+            ]
+            want: list[tuple[object, ...]] = []
+            for seq, desc in enumerate(descs):
+                item = WorkItem(ref.wq, desc, 0, seq, None, 4)
+                want.append(_plain_or_full(ref.executor.run(item, ref.space)))
+            got: list[tuple[object, ...]] = []
+            for outcome in fast.executor.run_all(fast.wq, b"".join(descs), fast.space, 0, None, 4):
+                if isinstance(outcome, CompletedRun):
+                    got.extend([("plain",)] * outcome.count)
+                    runs += 1
+                else:
+                    got.append(_plain_or_full(outcome))
+            streamed += len(descs)
+            assert got == want, stream_no
+            assert fast.counters() == ref.counters(), stream_no
+            assert fast.snapshot() == ref.snapshot(), stream_no
+    finally:
+        ref.env.close()
+        fast.env.close()
+    assert runs, "no native run happened: the test would prove nothing"
+    SUMMARY.append(
+        f"executor stream ({iotlb_entries=}, {devtlb=}, {devtlb_entries=}): {streamed} "
+        f"descriptors, {runs} native runs"
+    )

@@ -218,19 +218,21 @@ class Group:
 
     def took(self, count: int, cursor: int, credits: int) -> None:
         """``count`` :meth:`take` calls handed out descriptors of the WQ :meth:`head` found at
-        ``cursor`` with ``credits`` (a native run of queued descriptors; at most ``credits``
-        unless it is the group's only WQ): the arbitration moves as they would have moved it."""
+        ``cursor`` with ``credits`` (a native run of queued descriptors; more than ``credits``
+        only while the group's other WQs are empty, when take() comes back around to it with
+        fresh credits): the arbitration moves as they would have moved it."""
         wqs = self.wqs
         self._cursor = cursor
         if count < credits:
             self._credits = credits - count
-        elif len(wqs) > 1:
+            return
+        priority = wqs[cursor].priority
+        spent = (count - credits) % priority
+        if spent:  # came back around and is part-way through fresh credits
+            self._credits = priority - spent
+        else:  # the last take used up the credits: the next WQ's turn
             self._credits = 0
             self._advance(wqs)
-        else:  # the only WQ: its credits ran out and came back (perhaps several times)
-            priority = wqs[0].priority
-            self._cursor = 0
-            self._credits = priority - (count - credits) % priority
 
     def _advance(self, wqs: list[WorkQueue]) -> None:
         self._cursor = (self._cursor + 1) % len(wqs)

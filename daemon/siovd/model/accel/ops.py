@@ -34,6 +34,7 @@ from siov_protocol.dsa import (
     COMP_STRUCT,
     DESC_STRUCT,
     DSA_COMP_STATUS_WRITE,
+    DSA_DESC_SIZE,
     IDXD_OP_FLAG_BOF,
     IDXD_OP_FLAG_CR,
     IDXD_OP_FLAG_CRAV,
@@ -55,6 +56,7 @@ from siovd.model.accel.outcome import (
     AccelEvent,
     Blocked,
     Completed,
+    CompletedRun,
     Interrupt,
     PageResponse,
     Preempted,
@@ -88,7 +90,7 @@ from siovd.model.accel.results import (
     partial,
     preempted,
 )
-from siovd.model.accel.wq import WorkItem
+from siovd.model.accel.wq import WorkItem, WorkQueue
 from siovd.model.budget import Budget
 from siovd.model.dma import DmaFault, DmaOrigin, DmaSpace
 
@@ -119,8 +121,9 @@ _NATIVE_NEED: Final = 1
 _NATIVE_FALLBACK: Final = 2
 _NATIVE_BUDGET: Final = 3
 _U63: Final = (1 << 63) - 1
-#: Batch entries one native call runs when the budget also has a clock to check between them.
-_TIMED_ENTRIES: Final = 32
+#: Batch entries one native call runs when the budget also has a clock to check between them
+#: (one SUBMIT's worth: the byte budget bounds what each of them touches).
+_TIMED_ENTRIES: Final = 64
 #: Queued descriptors one native run takes when the budget has a clock (checked after it).
 TIMED_ENTRIES: Final = _TIMED_ENTRIES
 #: Delta-record bytes apply-delta reads (and copies, once) per step: 655 entries.
@@ -219,8 +222,56 @@ class Executor:
         finally:
             self.origin = None
 
+    def run_all(
+        self,
+        wq: WorkQueue,
+        descriptors: bytes,
+        dma: DmaSpace,
+        pasid: int = 0,
+        owner: object = None,
+        irq_count: int | None = None,
+    ) -> list[Completed | Blocked | Preempted | CompletedRun]:
+        """Run 64-byte ``descriptors`` one after the other against ``dma`` under ``wq``'s
+        limits, with no queue and no budget: the executor alone, as a stream. Consecutive ones
+        the native core can run go through it in runs (:meth:`run_queued`, one call for many,
+        so the per-descriptor work stays out of the interpreter); the others run here one by
+        one. Outcomes come as the scheduler reports them: a run of plain completions is one
+        :class:`CompletedRun`; a descriptor asking for an interrupt, or run in Python, has its
+        own outcome. A descriptor that blocks on a fault is returned as :class:`Blocked` and
+        the stream goes on behind it."""
+        size = len(descriptors)
+        if size % DSA_DESC_SIZE:
+            raise ValueError(f"descriptors are 64 bytes each, got {size} bytes")
+        count = size // DSA_DESC_SIZE
+        view = memoryview(descriptors)
+        outcomes: list[Completed | Blocked | Preempted | CompletedRun] = []
+        index = 0
+        opcodes = fastpath.OPCODES if self.native else frozenset()
+        while index < count:
+            at = index * DSA_DESC_SIZE
+            raw = bytes(view[at : at + DSA_DESC_SIZE])
+            item = WorkItem(wq, raw, pasid, index, owner, irq_count)
+            if raw[7] in opcodes:
+                ran, _, record, written = self.run_queued(item, view[at:], dma, Budget())
+                if ran:
+                    index += ran
+                    last = view[(index - 1) * DSA_DESC_SIZE : index * DSA_DESC_SIZE]
+                    if last[4] & IDXD_OP_FLAG_RCI:
+                        if ran > 1:
+                            outcomes.append(CompletedRun(owner, ran - 1))
+                        assert record is not None
+                        tail = WorkItem(wq, bytes(last), pasid, index - 1, owner, irq_count)
+                        handle = last[36] | last[37] << 8
+                        outcomes.append(Completed(tail, record, written, True, handle, ()))
+                    else:
+                        outcomes.append(CompletedRun(owner, ran))
+                    continue
+            outcomes.append(self.run(item, dma))
+            index += 1
+        return outcomes
+
     def run_queued(
-        self, first: WorkItem, descs: bytes, dma: DmaSpace, budget: Budget
+        self, first: WorkItem, descs: bytes | memoryview, dma: DmaSpace, budget: Budget
     ) -> tuple[int, bool, bytes | None, bool]:
         """Run queued descriptors in the native core: ``descs`` holds ``first``'s and those
         queued behind it in its WQ for the same DMA space (:meth:`WorkQueue.head_run`), run in

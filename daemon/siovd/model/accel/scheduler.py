@@ -128,7 +128,10 @@ class Scheduler:
         if head is None:
             return 0, False
         wq, cursor, credits = head
-        allowed = credits if len(group.wqs) > 1 else wq.occupancy
+        # While the group's other WQs are empty, take() would come back around to this one
+        # with fresh credits: the run may go on past them (Group.took accounts for it).
+        alone = all(other is wq or not other.occupancy for other in group.wqs)
+        allowed = wq.occupancy if alone else credits
         limit = min(wq.occupancy, allowed, max(1, -(-budget.left // DESC_COST)))
         if not budget.untimed:
             limit = min(limit, TIMED_ENTRIES)

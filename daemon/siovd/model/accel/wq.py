@@ -17,7 +17,7 @@ import errno
 from collections import deque
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from itertools import islice, repeat
+from itertools import islice
 from typing import TYPE_CHECKING, Final
 
 from siov_protocol.dsa import DSA_DESC_SIZE, DsaOpcode
@@ -83,6 +83,57 @@ class WorkItem:
         return f"<WorkItem {self.wq.path} #{self.seq} pasid={self.pasid} opcode={self.desc[7]:#x}>"
 
 
+class _Run:
+    """Descriptors of one submission waiting in a WQ, kept as the bytes they came in: a SUBMIT
+    of 64 is one entry, not 64 :class:`WorkItem` objects (issue 16). ``start``/``end`` index
+    the descriptors still queued; descriptor ``i`` has sequence number ``seq0 + i``. An
+    engine's :meth:`WorkQueue.take` makes the WorkItem of the one it takes; a native run
+    (:meth:`WorkQueue.head_run`) needs none but its first."""
+
+    __slots__ = ("blob", "end", "irq_count", "owner", "pasid", "seq0", "start")
+
+    def __init__(
+        self,
+        blob: bytes,
+        start: int,
+        end: int,
+        pasid: int,
+        seq0: int,
+        owner: object,
+        irq_count: int | None,
+    ) -> None:
+        self.blob = blob
+        self.start = start
+        self.end = end
+        self.pasid = pasid
+        self.seq0 = seq0
+        self.owner = owner
+        self.irq_count = irq_count
+
+    def item(self, wq: WorkQueue, index: int) -> WorkItem:
+        at = index * DSA_DESC_SIZE
+        desc = self.blob[at : at + DSA_DESC_SIZE]
+        return WorkItem(wq, desc, self.pasid, self.seq0 + index, self.owner, self.irq_count)
+
+    def opcode(self, index: int) -> int:
+        return self.blob[index * DSA_DESC_SIZE + 7]
+
+    def drains(self) -> int:
+        """How many of the queued descriptors are DRAINs."""
+        blob = self.blob
+        return blob[
+            self.start * DSA_DESC_SIZE + 7 : self.end * DSA_DESC_SIZE : DSA_DESC_SIZE
+        ].count(_DRAIN)
+
+    def same_requester(self, other: _Run) -> bool:
+        """Same submitter, PASID and interrupt count: one DMA space, one native run."""
+        return (
+            self.owner == other.owner
+            and self.pasid == other.pasid
+            and self.irq_count == other.irq_count
+        )
+
+
 @dataclass(slots=True)
 class WqStats:
     submitted: int = 0
@@ -141,7 +192,9 @@ class WorkQueue:
         #: mdevs holding this WQ (sysfs "clients")
         self.clients = 0
         self.stats = WqStats()
-        self._queue: deque[WorkItem] = deque()
+        self._queue: deque[_Run] = deque()
+        #: Descriptors in ``_queue`` (its entries are runs of them).
+        self._queued = 0
         self._inflight: dict[int, WorkItem] = {}
         self._queued_drains = 0
         self._seq = 0
@@ -174,7 +227,7 @@ class WorkQueue:
     @property
     def occupancy(self) -> int:
         """Descriptors written to the WQ that no engine has taken yet."""
-        return len(self._queue)
+        return self._queued
 
     @property
     def inflight(self) -> int:
@@ -512,16 +565,17 @@ class WorkQueue:
             self._count_refused(refused, 1)
             return refused
         self._seq += 1
-        item = WorkItem(self, bytes(descriptor), tag, self._seq, owner, irq_count)
-        self._queue.append(item)
-        if item.drain:
+        blob = bytes(descriptor)
+        self._queue.append(_Run(blob, 0, 1, tag, self._seq, owner, irq_count))
+        self._queued += 1
+        if blob[7] == _DRAIN:
             self._queued_drains += 1
         self.stats.submitted += 1
         return SubmitResult.ACCEPTED
 
     def submit_many(
         self,
-        descriptors: bytes,
+        descriptors: bytes | bytearray | memoryview,
         pasid: int | None = None,
         *,
         limited: bool = False,
@@ -542,19 +596,14 @@ class WorkQueue:
         results = bytearray(count)
         room, tag, refused = self._admission(pasid, limited)
         taken = min(max(room, 0), count)
-        seq = self._seq
-        append = self._queue.append
-        for index in range(taken):
-            start = index * DSA_DESC_SIZE
-            seq += 1
-            item = WorkItem(
-                self, descriptors[start : start + DSA_DESC_SIZE], tag, seq, owner, irq_count
-            )
-            append(item)
-            if item.drain:
-                self._queued_drains += 1
-        self._seq = seq
-        self.stats.submitted += taken
+        if taken:
+            blob = descriptors if type(descriptors) is bytes else bytes(descriptors)
+            run = _Run(blob, 0, taken, tag, self._seq + 1, owner, irq_count)
+            self._queue.append(run)
+            self._seq += taken
+            self._queued += taken
+            self._queued_drains += run.drains()
+            self.stats.submitted += taken
         if taken < count:
             results[taken:] = bytes([refused]) * (count - taken)
             self._count_refused(refused, count - taken)
@@ -567,7 +616,7 @@ class WorkQueue:
         pasid_en), and drops what does not fit (MOVDIR64B is posted). A shared WQ needs the
         PASID (ENQCMD always carries one), answers "retry" when full, and a limited portal
         counts only up to the WQ threshold (the DSA spec's limited portal)."""
-        queued = len(self._queue)
+        queued = self._queued
         if self.mode == "dedicated":
             return self.size - queued, self.pasid if self.pasid_en else 0, SubmitResult.DROPPED
         if pasid is None:
@@ -600,7 +649,13 @@ class WorkQueue:
         if not queue:
             return None
         if not self._queued_drains:
-            item = queue.popleft()
+            run = queue[0]
+            index = run.start
+            item = run.item(self, index)
+            run.start = index + 1
+            if run.start == run.end:
+                queue.popleft()
+            self._queued -= 1
         else:
             found = self._take_scan()
             if found is None:
@@ -609,63 +664,99 @@ class WorkQueue:
         self._inflight[item.seq] = item
         return item
 
+    def _one_per_entry(self) -> None:
+        """Split the queue's runs into one entry per descriptor, so a drain's scan can take
+        one from the middle (drains are rare; the common queue stays a run per SUBMIT)."""
+        queue = self._queue
+        if all(run.end - run.start == 1 for run in queue):
+            return
+        split: deque[_Run] = deque()
+        for run in queue:
+            for index in range(run.start, run.end):
+                split.append(
+                    _Run(run.blob, index, index + 1, run.pasid, run.seq0, run.owner, run.irq_count)
+                )
+        self._queue = split
+
     def _take_scan(self) -> WorkItem | None:
-        for index, item in enumerate(self._queue):
-            if item.drain:
-                if self._earlier_of_pasid(item, index):
+        self._one_per_entry()
+        queue = self._queue
+        for index, run in enumerate(queue):
+            if run.opcode(run.start) == _DRAIN:
+                if self._earlier_of_pasid(run, index):
                     continue
                 self._queued_drains -= 1
-            del self._queue[index]
-            return item
+            del queue[index]
+            self._queued -= 1
+            return run.item(self, run.start)
         return None
 
-    def _earlier_of_pasid(self, drain: WorkItem, index: int) -> bool:
+    def _earlier_of_pasid(self, drain: _Run, index: int) -> bool:
         """Whether work the drain waits for is still queued or in flight: earlier descriptors
         of the same submitter (mdev) *and* PASID. PASIDs are numbered per device, so the same
         number from another mdev on a shared WQ is another address space; its work never
-        holds this drain back (issue 9: no ordering across owners)."""
+        holds this drain back (issue 9: no ordering across owners). The queue holds one
+        descriptor per entry here (:meth:`_one_per_entry`)."""
         pasid = drain.pasid
         owner = drain.owner
+        seq = drain.seq0 + drain.start
         for other in self._inflight.values():
-            if other.pasid == pasid and other.owner == owner and other.seq < drain.seq:
+            if other.pasid == pasid and other.owner == owner and other.seq < seq:
                 return True
-        for position, other in enumerate(self._queue):
+        for position, queued in enumerate(self._queue):
             if position >= index:
                 break
-            if other.pasid == pasid and other.owner == owner:
+            if queued.pasid == pasid and queued.owner == owner:
                 return True
         return False
 
-    def head_run(self, limit: int, opcodes: frozenset[int]) -> tuple[WorkItem, bytes] | None:
+    def head_run(
+        self, limit: int, opcodes: frozenset[int]
+    ) -> tuple[WorkItem, bytes | memoryview] | None:
         """The first queued descriptor and the descriptors of up to ``limit`` queued ones
         from it that share its submitter, PASID (so one DMA space) and interrupt count,
-        concatenated; None when nothing is queued, a DRAIN is (drains need :meth:`take`'s
-        ordering rule) or the first one's opcode is not in ``opcodes``."""
+        concatenated (a view into the SUBMIT's own bytes when they are one submission's);
+        None when nothing is queued, a DRAIN is (drains need :meth:`take`'s ordering rule) or
+        the first one's opcode is not in ``opcodes``."""
         queue = self._queue
         if not queue or self._queued_drains:
             return None
-        first = queue[0]
-        if first.desc[7] not in opcodes:
+        run = queue[0]
+        start = run.start
+        if run.opcode(start) not in opcodes:
             return None
-        owner = first.owner
-        pasid = first.pasid
-        irq_count = first.irq_count
-        descs = []
-        for item in islice(queue, limit):
-            if item.owner != owner or item.pasid != pasid or item.irq_count != irq_count:
+        first = run.item(self, start)
+        count = min(limit, run.end - start)
+        view = memoryview(run.blob)[start * DSA_DESC_SIZE : (start + count) * DSA_DESC_SIZE]
+        if count == limit or len(queue) == 1:
+            return first, view
+        parts: list[bytes | memoryview] = [view]
+        for later in islice(queue, 1, None):
+            if count >= limit or not later.same_requester(run):
                 break
-            descs.append(item.desc)
-        return first, b"".join(descs)
+            more = min(limit - count, later.end - later.start)
+            at = later.start * DSA_DESC_SIZE
+            parts.append(memoryview(later.blob)[at : at + more * DSA_DESC_SIZE])
+            count += more
+        return first, view if len(parts) == 1 else b"".join(parts)
 
     def retire_run(self, count: int) -> WorkItem:
         """The first ``count`` queued descriptors were taken and completed at once (the native
         run of :meth:`head_run`'s descriptors); they leave the WQ as :meth:`take` and
         :meth:`retire` would let them. Returns the last."""
-        popleft = self._queue.popleft
-        for _ in repeat(None, count - 1):
-            popleft()
+        queue = self._queue
+        self._queued -= count
         self.stats.completed += count
-        return popleft()
+        while True:
+            run = queue[0]
+            here = run.end - run.start
+            if count < here:
+                run.start += count
+                return run.item(self, run.start - 1)
+            queue.popleft()
+            if count == here:
+                return run.item(self, run.end - 1)
+            count -= here
 
     def retire(self, item: WorkItem) -> None:
         """The engine is done with ``item`` (completed, or given up)."""
@@ -681,14 +772,15 @@ class WorkQueue:
     def abort(self, owner: object = None) -> list[WorkItem]:
         """Remove queued descriptors (all, or those submitted with ``owner``) before an engine
         takes them; they will never complete. Returns them."""
-        kept: deque[WorkItem] = deque()
+        kept: deque[_Run] = deque()
         removed: list[WorkItem] = []
-        for item in self._queue:
-            if owner is None or item.owner == owner:
-                removed.append(item)
+        for run in self._queue:
+            if owner is None or run.owner == owner:
+                removed.extend(run.item(self, index) for index in range(run.start, run.end))
             else:
-                kept.append(item)
+                kept.append(run)
         self._queue = kept
-        self._queued_drains = sum(1 for item in kept if item.drain)
+        self._queued = sum(run.end - run.start for run in kept)
+        self._queued_drains = sum(run.drains() for run in kept)
         self.stats.aborted += len(removed)
         return removed
