@@ -12,7 +12,7 @@ import os
 import socket
 from collections.abc import AsyncIterator, Callable, Collection, Mapping, Sequence
 from contextlib import asynccontextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol
 
 import trio
@@ -29,7 +29,9 @@ from siov_protocol import (
     ProtocolError,
     Side,
 )
+from siov_protocol.connection import slot_setter
 from siov_protocol.fdpass import fds_from_ancillary, recv_nowait, send_nowait
+from siov_protocol.header import TYPE_REPLY
 from siov_protocol.messages import AuthReply, InfoReply, PingReply, StatsReply, VersionReply
 from siov_protocol.replies import (
     EVENTS,
@@ -228,11 +230,32 @@ def domain_id(domain: DomainRef) -> int:
     return int(value)
 
 
-@dataclass
 class _Pending:
-    done: trio.Event = field(default_factory=trio.Event)
-    reply: Reply | None = None
-    error: SiovError | None = None
+    """One request waiting for its reply. ``done`` is a flag, not an event: whoever reads
+    delivers it, and a waiter checks it after each read round (_wait_reply)."""
+
+    __slots__ = ("done", "error", "reply")
+
+    def __init__(self) -> None:
+        self.done = False
+        self.reply: Reply | None = None
+        self.error: SiovError | None = None
+
+
+_new_object = object.__new__
+_set_reply_body = slot_setter(Reply, "body")
+_set_reply_fds = slot_setter(Reply, "fds")
+_set_reply_command = slot_setter(Reply, "command")
+
+
+def _reply(body: dict[str, Any], fds: tuple[int, ...], command: int) -> Reply:
+    """``Reply(body, fds, command)`` through its slots (a frozen dataclass's ``__init__``
+    costs half a microsecond)."""
+    reply = _new_object(Reply)
+    _set_reply_body(reply, body)
+    _set_reply_fds(reply, fds)
+    _set_reply_command(reply, command)
+    return reply
 
 
 class Client(IommuExtMixin):
@@ -253,6 +276,8 @@ class Client(IommuExtMixin):
         self._waiters = 0
         self._background_scope: trio.CancelScope | None = None
         self._round_over = trio.Event()
+        self._round_waiting = 0  # requesters waiting on _round_over
+        self._parked_reader: trio.lowlevel.Task | None = None  # the background reader, parked
         #: the daemon's VERSION reply (limits, features, auth mode), once negotiated
         self.version: VersionReply | None = None
         #: the AUTH reply (who the daemon says this connection is), when the daemon asked
@@ -280,6 +305,12 @@ class Client(IommuExtMixin):
                 raise ConnectionClosed(f"send failed: {exc}") from None
             if sent == len(data):
                 return True
+        await self._send_rest(data, fds, sent)
+        return True
+
+    async def _send_rest(self, data: bytes, fds: Sequence[int], sent: int) -> None:
+        """The slow path of :meth:`_send`: the message from byte ``sent`` on, once there is
+        room (shielded once any byte is out)."""
         async with self._write_lock:
             with trio.CancelScope(shield=sent > 0) as scope:
                 while sent < len(data):
@@ -291,7 +322,6 @@ class Client(IommuExtMixin):
                     if n:
                         sent += n
                         scope.shield = True
-        return True
 
     # ---- reading: one task at a time holds the baton ----------------------------------------
     #
@@ -300,14 +330,24 @@ class Client(IommuExtMixin):
     # pass less per round trip). While nobody waits for a reply, a background task holds the
     # baton so events keep flowing; a requester cancels that task's wait and takes over.
 
-    async def _read_round(self) -> None:
-        """Wait for data, receive one chunk, deliver every message in it."""
+    async def _read_round(self, expect_wait: bool = False) -> None:
+        """Wait for data, receive one chunk, deliver every message in it.
+
+        ``expect_wait``: a requester's first round right after its command went out, when its
+        reply cannot be there yet; it waits for the socket before it receives, rather than
+        trying a receive that finds nothing.
+        """
         conn = self._conn
         raw, view = self._raw, self._recv_view
         try:
             # Into this client's buffer, and copied out before any checkpoint (recv_nowait).
-            got = recv_nowait(raw, view)
-            waited = got is None
+            if expect_wait:
+                await trio.lowlevel.wait_readable(raw)
+                waited = True
+                got = recv_nowait(raw, view)
+            else:
+                got = recv_nowait(raw, view)
+                waited = got is None
             while got is None:
                 await trio.lowlevel.wait_readable(raw)
                 got = recv_nowait(raw, view)
@@ -318,8 +358,9 @@ class Client(IommuExtMixin):
             if not size:
                 self._fail(ConnectionClosed("the daemon closed the connection"))
                 return
+            deliver = self._deliver
             while (event := conn.next_event()) is not NEED_DATA:
-                self._deliver(event)
+                deliver(event)
         except ProtocolError as exc:
             self._fail(ConnectionClosed(f"protocol error from the daemon: {exc}"))
         except OSError as exc:
@@ -336,41 +377,79 @@ class Client(IommuExtMixin):
             self._next_round()
 
     def _next_round(self) -> None:
-        round_over, self._round_over = self._round_over, trio.Event()
-        round_over.set()
+        """A read round ended, or a requester left: wake whoever waits for that. Requesters
+        waiting for another's round wait on ``_round_over`` (a fresh event only when someone
+        waits on the old one); the background reader, parked while the baton is taken or
+        wanted, is woken only once it is free (no reader, no waiter)."""
+        if self._round_waiting:
+            round_over, self._round_over = self._round_over, trio.Event()
+            round_over.set()
+        if self._parked_reader is not None and not self._reading and not self._waiters:
+            task, self._parked_reader = self._parked_reader, None
+            trio.lowlevel.reschedule(task)
+
+    def _unpark_reader(self, raise_cancel: Any) -> trio.lowlevel.Abort:
+        self._parked_reader = None
+        return trio.lowlevel.Abort.SUCCEEDED
 
     async def _reader(self) -> None:
         """Hold the baton whenever no requester waits, so events are read while idle."""
         while self._closed is None:
             if self._reading or self._waiters:
-                await self._round_over.wait()
+                # parked until _next_round (or _fail) finds the baton free
+                self._parked_reader = trio.lowlevel.current_task()
+                await trio.lowlevel.wait_task_rescheduled(self._unpark_reader)
                 continue
             with trio.CancelScope() as scope:
                 await self._take_baton_and_read(scope)
 
-    async def _wait_reply(self, pending: _Pending) -> None:
+    async def _wait_reply(self, pending: _Pending, just_sent: bool = False) -> None:
+        """Read (holding the baton) or wait for whoever reads, until ``pending`` is done.
+        ``just_sent``: its command went out a moment ago (see :meth:`_read_round`)."""
         self._waiters += 1
         try:
-            while not pending.done.is_set() and self._closed is None:
+            while not pending.done and self._closed is None:
                 if not self._reading:
-                    await self._take_baton_and_read()
+                    # _take_baton_and_read, inline (a requester holds no cancel scope)
+                    self._reading = True
+                    self._background_scope = None
+                    try:
+                        await self._read_round(just_sent)
+                    finally:
+                        self._reading = False
+                        self._next_round()
+                    just_sent = False
                 else:
+                    just_sent = False
                     if self._background_scope is not None:
                         self._background_scope.cancel()  # the idle reader yields the baton
-                    await self._round_over.wait()
+                    self._round_waiting += 1
+                    try:
+                        await self._round_over.wait()
+                    finally:
+                        self._round_waiting -= 1
         finally:
             self._waiters -= 1
             if not self._waiters and not self._reading:
                 self._next_round()  # hand the baton back to the background reader
 
     def _deliver(self, event: Message | BadMessage | Any) -> None:
+        if type(event) is Message and event.flags == TYPE_REPLY:  # a plain success reply
+            pending = self._pending.pop(event.msg_id, None)
+            if pending is None or pending.done:
+                for fd in event.fds:  # nobody waits (the caller gave up): drop the reply
+                    os.close(fd)
+                return
+            pending.reply = _reply(event.body, event.fds, event.command)
+            pending.done = True
+            return
         if isinstance(event, BadMessage):
             for fd in event.fds:
                 os.close(fd)
             pending = self._pending.pop(event.msg_id, None)
             if pending is not None and event.flags & 1:
                 pending.error = SiovError(event.errno, f"undecodable reply: {event.reason}")
-                pending.done.set()
+                pending.done = True
             return
         assert isinstance(event, Message)
         if not event.is_reply:
@@ -394,7 +473,7 @@ class Client(IommuExtMixin):
                     os.close(fd)
             return
         pending = self._pending.pop(event.msg_id, None)
-        if pending is None or pending.done.is_set():
+        if pending is None or pending.done:
             for fd in event.fds:  # nobody waits (the caller gave up): drop the reply
                 os.close(fd)
             return
@@ -407,7 +486,7 @@ class Client(IommuExtMixin):
                 os.close(fd)
         else:
             pending.reply = Reply(event.body, event.fds, event.command)
-        pending.done.set()
+        pending.done = True
 
     def _fail(self, exc: SiovError) -> None:
         if self._closed is not None:
@@ -415,12 +494,15 @@ class Client(IommuExtMixin):
         self._closed = exc
         for pending in self._pending.values():
             pending.error = exc
-            pending.done.set()
+            pending.done = True
         self._pending.clear()
         self._events_send.close()
         if self._page_requests is not None:
             self._page_requests.close()
         self._round_over.set()
+        if self._parked_reader is not None:  # it sees the connection closed and ends
+            task, self._parked_reader = self._parked_reader, None
+            trio.lowlevel.reschedule(task)
 
     # ---- requests -------------------------------------------------------------------------
 
@@ -437,10 +519,21 @@ class Client(IommuExtMixin):
         pending = self._pending[msg_id] = _Pending()
         sent = False
         try:
-            sent = await self._send(data, fds)
-            await self._wait_reply(pending)
+            if fds or self._write_lock.locked():
+                sent = await self._send(data, fds)
+            else:  # _send, inline: a message that fits goes out without a coroutine
+                try:
+                    n = self._raw.send(data)
+                except BlockingIOError:
+                    n = 0
+                except OSError as exc:
+                    raise ConnectionClosed(f"send failed: {exc}") from None
+                if n != len(data):
+                    await self._send_rest(data, fds, n)
+                sent = True
+            await self._wait_reply(pending, just_sent=True)
         finally:
-            if not pending.done.is_set() and not sent:
+            if not pending.done and not sent:
                 # Never sent: no reply will come, the msg_id is free again.
                 self._pending.pop(msg_id, None)
                 self._conn.forget(msg_id)
@@ -561,7 +654,8 @@ class Client(IommuExtMixin):
 
     async def ping(self, payload: bytes | None = None) -> bytes | None:
         body = {"payload": payload} if payload is not None else None
-        reply: PingReply = await self.call_typed(Command.PING, body)
+        # call_typed, inline: PING is what round-trip figures time
+        reply: PingReply = decode(PingReply, (await self.request(Command.PING, body)).body)
         return reply.payload
 
     async def info(self) -> InfoReply:

@@ -25,6 +25,7 @@ from __future__ import annotations
 import enum
 import errno
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -57,6 +58,13 @@ __all__ = [
     "decode_body",
     "encode_body",
 ]
+
+_unpack_header = HEADER.unpack_from
+_pack_header = HEADER.pack
+
+#: A packer's buffer starts at 256 KiB and grows to the largest body it packed; past this
+#: size the connection takes a new packer rather than keep the grown one.
+PACKER_KEEP = 256 << 10
 
 MAX_DEPTH = 32  # nesting of maps/arrays in a body; msgpack's own limit is 1024
 
@@ -94,6 +102,39 @@ class Message:
         return bool(self.flags & FLAG_NO_REPLY)
 
 
+_new_object = object.__new__
+
+
+def slot_setter(cls: type, name: str) -> Callable[[Any, Any], None]:
+    """The setter of a slots class's field, which bypasses a frozen class's ``__setattr__``
+    (for building a fresh instance only)."""
+    setter: Callable[[Any, Any], None] = cls.__dict__[name].__set__
+    return setter
+
+
+_set_msg_id = slot_setter(Message, "msg_id")
+_set_command = slot_setter(Message, "command")
+_set_flags = slot_setter(Message, "flags")
+_set_error = slot_setter(Message, "error")
+_set_body = slot_setter(Message, "body")
+_set_fds = slot_setter(Message, "fds")
+
+
+def _message(
+    msg_id: int, command: int, flags: int, error: int, body: dict[str, Any], fds: tuple[int, ...]
+) -> Message:
+    """``Message(...)``, built through its slots: a frozen dataclass's ``__init__`` goes
+    through ``object.__setattr__`` per field, more than half a microsecond a message."""
+    msg = _new_object(Message)
+    _set_msg_id(msg, msg_id)
+    _set_command(msg, command)
+    _set_flags(msg, flags)
+    _set_error(msg, error)
+    _set_body(msg, body)
+    _set_fds(msg, fds)
+    return msg
+
+
 @dataclass(frozen=True, slots=True)
 class BadMessage:
     """A message whose header framed correctly but whose body cannot be used.
@@ -113,6 +154,12 @@ Event = Message | BadMessage | NeedData
 
 
 def _depth_ok(obj: Any, limit: int) -> bool:
+    if isinstance(obj, dict):  # the common flat body: no container inside, nothing to walk
+        for value in obj.values():
+            if isinstance(value, dict | list):
+                break
+        else:
+            return limit > 0
     stack: list[tuple[Any, int]] = [(obj, 0)]
     while stack:
         item, depth = stack.pop()
@@ -187,6 +234,11 @@ class Connection:
         self._outstanding: set[int] = set()
         self.closed = False
         self.state = ConnectionState(role)
+        #: The flags of the messages this side receives most: requests (server), replies
+        #: (client); next_event lets their header through with fewer checks.
+        self._plain_flags = TYPE_COMMAND if role is Side.SERVER else TYPE_REPLY
+        #: One packer for this connection's bodies (msgpack resets it after a failed pack).
+        self._pack = msgpack.Packer(use_bin_type=True).pack
 
     # ---- receiving -------------------------------------------------------------------------
 
@@ -218,6 +270,8 @@ class Connection:
 
     def held_fds(self) -> int:
         """How many received fds wait for their message's remaining bytes (not cleared)."""
+        if not self._fds:
+            return 0
         return sum(len(fds) for _, fds in self._fds)
 
     def pending_header(self) -> tuple[int, int] | None:
@@ -235,20 +289,30 @@ class Connection:
         return out
 
     def next_event(self) -> Event:
-        self.state.check_open()
-        avail = len(self._buf) - self._start
+        state = self.state
+        if state.error is not None:  # state.check_open(), inline: every message
+            raise state.error
+        buf, start = self._buf, self._start
+        avail = len(buf) - start
         if avail < HEADER_SIZE:
             return NEED_DATA
-        msg_id, command, size, flags, error = HEADER.unpack_from(self._buf, self._start)
-        self._check_header(msg_id, command, size, flags)
+        msg_id, command, size, flags, error = _unpack_header(buf, start)
+        # The header every request (server) or plain reply (client) has passes at once; any
+        # other is judged by _check_header.
+        if (
+            flags != self._plain_flags
+            or not HEADER_SIZE <= size <= self.max_msg_size
+            or (flags == TYPE_REPLY and msg_id not in self._outstanding)
+        ):
+            self._check_header(msg_id, command, size, flags)
         if avail < size:
             return NEED_DATA
-        begin = self._start + HEADER_SIZE
-        end = self._start + size
+        begin = start + HEADER_SIZE
+        end = start + size
         # One copy (a bytearray slice); msgpack reads it as it reads bytes.
-        payload = self._buf[begin:end] if end > begin else b""
+        payload = buf[begin:end] if end > begin else b""
         self._start = end
-        fds = self._take_fds(self._stream_pos + end)
+        fds = self._take_fds(self._stream_pos + end) if self._fds else ()
         self._compact()
         if flags & TYPE_MASK == TYPE_REPLY:
             self._outstanding.discard(msg_id)
@@ -261,14 +325,17 @@ class Connection:
                 f"{len(fds)} fds on one message, more than the negotiated {self.max_fds}",
                 fds,
             )
-        try:
-            body = decode_body(payload)
-        except ValueError as exc:
-            return BadMessage(msg_id, command, flags, errno.EINVAL, str(exc), fds)
+        if payload:
+            try:
+                body = decode_body(payload)
+            except ValueError as exc:
+                return BadMessage(msg_id, command, flags, errno.EINVAL, str(exc), fds)
+        else:
+            body = {}
         if command in HANDSHAKE and self.role is Side.CLIENT and flags == TYPE_REPLY:
-            self.state.replied(command, body)
-            self.max_msg_size = min(self.max_msg_size, self.state.limits.max_msg_size)
-        return Message(msg_id, command, flags, error, body, fds)
+            state.replied(command, body)
+            self.max_msg_size = min(self.max_msg_size, state.limits.max_msg_size)
+        return _message(msg_id, command, flags, error, body, fds)
 
     def _check_header(self, msg_id: int, command: int, size: int, flags: int) -> None:
         fail = self.state.remote_error
@@ -328,7 +395,7 @@ class Connection:
         if msg_id is None:
             msg_id = self.next_msg_id()
         flags = TYPE_COMMAND | (FLAG_NO_REPLY if no_reply else 0)
-        data = self._frame(msg_id, command, flags, 0, encode_body(body))
+        data = self._frame(msg_id, command, flags, 0, self._encode(body))
         self.state.check_send_command(command, len(data), n_fds)
         if not no_reply:
             self._outstanding.add(msg_id)
@@ -337,7 +404,7 @@ class Connection:
     def send_reply(self, msg_id: int, command: int, body: dict[str, Any] | None = None) -> bytes:
         """Bytes of a successful reply. Larger than the negotiated ``max_msg_size``:
         :class:`LocalProtocolError` (``EMSGSIZE``); a VERSION or AUTH reply moves the state."""
-        data = self._frame(msg_id, command, TYPE_REPLY, 0, encode_body(body))
+        data = self._frame(msg_id, command, TYPE_REPLY, 0, self._encode(body))
         self.state.check_send_reply(len(data))
         if command in HANDSHAKE and body is not None:
             self.state.replied(command, body)
@@ -353,13 +420,23 @@ class Connection:
     ) -> bytes:
         """An error reply: the errno in the header, the human message in the body, and any
         structured ``detail`` fields beside it (SPEC §5)."""
-        body = encode_body({**(detail or {}), "message": message})
+        body = self._encode({**(detail or {}), "message": message})
         return self._frame(msg_id, command, TYPE_REPLY | FLAG_ERROR, err, body)
 
     def forget(self, msg_id: int) -> None:
         """Stop expecting a reply (the caller gave up waiting)."""
         self._outstanding.discard(msg_id)
 
+    def _encode(self, body: dict[str, Any] | None) -> bytes:
+        """:func:`encode_body` with this connection's packer (one fewer allocation a
+        message); a packer that grew for a large body is dropped, not kept."""
+        if not body:
+            return b""
+        data: bytes = self._pack(body)
+        if len(data) > PACKER_KEEP:
+            self._pack = msgpack.Packer(use_bin_type=True).pack
+        return data
+
     @staticmethod
     def _frame(msg_id: int, command: int, flags: int, error: int, payload: bytes) -> bytes:
-        return HEADER.pack(msg_id, command, HEADER_SIZE + len(payload), flags, error) + payload
+        return _pack_header(msg_id, command, HEADER_SIZE + len(payload), flags, error) + payload

@@ -193,8 +193,185 @@ def _decode(cls: type[T], body: dict[str, Any], prefix: str) -> T:
     return cls(**kwargs)
 
 
+class _Slow(Exception):
+    """A value the fast decoder does not vouch for: :func:`_decode` judges the whole body."""
+
+
+_SLOW = _Slow()
+_NO_FAST = object()  # a field type the fast decoder leaves to _decode
+#: Per schema: ``(names, fields)`` with each field ``(name, required, checker)``, or None
+#: when some field's type has no fast checker.
+_fast: dict[type, tuple[frozenset[str], tuple[tuple[str, bool, Any], ...]] | None] = {}
+#: Per schema: the instance an empty body decodes to, when that is one shareable value
+#: (no required field, no default_factory); a schema absent here is decoded each time.
+_empty: dict[type, Any] = {}
+_IMMUTABLE = (type(None), bool, int, float, str, bytes, tuple, frozenset)
+
+
+def _fast_checker(tp: Any, f: _Field) -> Any:
+    """A function that returns what :func:`_check` returns for a plainly valid value and
+    raises :class:`_Slow` for anything else (then _check decides, with its exact error).
+    It accepts only values _check accepts unchanged (exact builtin types, in range)."""
+    origin = get_origin(tp)
+    if origin in (types.UnionType, typing.Union):
+        args = [a for a in get_args(tp) if a is not type(None)]
+        if len(args) != 1 or len(args) + 1 != len(get_args(tp)):
+            return _NO_FAST  # only "X | None"
+        inner = _fast_checker(args[0], f)
+        if inner is _NO_FAST:
+            return _NO_FAST
+
+        def optional(value: Any) -> Any:
+            return None if value is None else inner(value)
+
+        return optional
+    if tp is Any:
+        return lambda value: value
+    if tp is bool:
+
+        def boolean(value: Any) -> Any:
+            if type(value) is not bool:
+                raise _SLOW
+            return value
+
+        return boolean
+    if tp is int:
+        if f.range is None:
+
+            def integer(value: Any) -> Any:
+                if type(value) is not int:
+                    raise _SLOW
+                return value
+
+            return integer
+        lo, hi = f.range
+
+        def bounded(value: Any) -> Any:
+            if type(value) is not int or not lo <= value <= hi:
+                raise _SLOW
+            return value
+
+        return bounded
+    if tp is float:
+
+        def number(value: Any) -> Any:
+            kind = type(value)
+            if kind is float:
+                return value
+            if kind is int:
+                return float(value)
+            raise _SLOW
+
+        return number
+    if tp is str or tp is bytes:
+        limit = f.max_len
+
+        def sized(value: Any) -> Any:
+            if type(value) is not tp or (limit is not None and len(value) > limit):
+                raise _SLOW
+            return value
+
+        return sized
+    if origin is list:
+        (arg,) = get_args(tp)
+        inner_field = dataclasses.replace(f, max_len=None) if arg in (str, bytes) else f
+        element = _fast_checker(arg, inner_field)
+        if element is _NO_FAST:
+            return _NO_FAST
+        limit = f.max_len
+
+        def array(value: Any) -> Any:
+            if type(value) is not list or (limit is not None and len(value) > limit):
+                raise _SLOW
+            return [element(v) for v in value]
+
+        return array
+    if origin is dict or tp is dict:
+
+        def mapping(value: Any) -> Any:
+            if type(value) is not dict:
+                raise _SLOW
+            return value
+
+        return mapping
+    if dataclasses.is_dataclass(tp) and isinstance(tp, type):
+        if _fast_spec(tp) is None:
+            return _NO_FAST
+
+        def record(value: Any) -> Any:
+            if type(value) is not dict:
+                raise _SLOW
+            return _fast_decode(tp, value)
+
+        return record
+    if isinstance(tp, type) and issubclass(tp, enum.Enum):
+
+        def member(value: Any) -> Any:
+            try:
+                return tp(value)
+            except Exception:
+                raise _SLOW from None
+
+        return member
+    return _NO_FAST  # unions of several types: _check's
+
+
+def _fast_spec(cls: type) -> tuple[frozenset[str], tuple[tuple[str, bool, Any], ...]] | None:
+    if cls in _fast:
+        return _fast[cls]
+    _fast[cls] = None  # a schema that contains itself is left to _decode
+    spec = _fields(cls)
+    checkers = []
+    for f in spec:
+        check = _fast_checker(f.tp, f)
+        if check is _NO_FAST:
+            return None
+        checkers.append((f.name, f.required, check))
+    built = (_names[cls], tuple(checkers))
+    _fast[cls] = built
+    if not any(f.required for f in spec) and all(
+        isinstance(f.default, _IMMUTABLE) for f in dataclasses.fields(cls)
+    ):
+        try:
+            _empty[cls] = _decode(cls, {}, "")
+        except (FieldError, TypeError):
+            pass
+    return built
+
+
+def _fast_decode(cls: type[T], body: dict[str, Any]) -> T:
+    """:func:`_decode` for a body of plainly valid values; raises :class:`_Slow` otherwise."""
+    fast = _fast[cls]
+    assert fast is not None
+    names, checkers = fast
+    if not body.keys() <= names:
+        raise _SLOW
+    kwargs: dict[str, Any] = {}
+    for name, required, check in checkers:
+        if name in body:
+            kwargs[name] = check(body[name])
+        elif required:
+            raise _SLOW
+    return cls(**kwargs)
+
+
 def decode(cls: type[T], body: dict[str, Any]) -> T:
-    """Validate ``body`` against the schema ``cls``."""
+    """Validate ``body`` against the schema ``cls``.
+
+    Most bodies take a fast path (per-field checkers built once per schema, the shared
+    instance of an empty body); whatever it does not vouch for is judged by :func:`_decode`,
+    so the result and every error are the same either way.
+    """
+    if not body:
+        empty = _empty.get(cls)
+        if empty is not None:
+            return empty  # type: ignore[no-any-return]
+    fast = _fast[cls] if cls in _fast else _fast_spec(cls)
+    if fast is not None:
+        try:
+            return _fast_decode(cls, body)
+        except _Slow:
+            pass
     return _decode(cls, body, "")
 
 
@@ -273,13 +450,25 @@ def nil(*, default: Any = dataclasses.MISSING) -> Any:
     return dataclasses.field(default=default, metadata={"nil": True})
 
 
+#: Values :func:`_plain` returns unchanged (exact types: a subclass, an enum, goes through it).
+_PLAIN_TYPES = frozenset((bool, int, float, str, bytes))
+#: Per schema: ``(name, sent as nil when None)`` for each field, in order.
+_encoding: dict[type, tuple[tuple[str, bool], ...]] = {}
+
+
 def encode(obj: Any) -> dict[str, Any]:
     """A schema instance as a msgpack-ready map (``None`` fields left out unless ``nil``)."""
+    cls = type(obj)
+    spec = _encoding.get(cls)
+    if spec is None:
+        spec = tuple((f.name, f.required or f.nil) for f in _fields(cls))
+        _encoding[cls] = spec
     out: dict[str, Any] = {}
-    for f in _fields(type(obj)):
-        value = getattr(obj, f.name)
+    plain_types = _PLAIN_TYPES
+    for name, keep_none in spec:
+        value = getattr(obj, name)
         if value is not None:
-            out[f.name] = _plain(value)
-        elif f.required or f.nil:
-            out[f.name] = None
+            out[name] = value if type(value) in plain_types else _plain(value)
+        elif keep_none:
+            out[name] = None
     return out

@@ -158,6 +158,16 @@ class ConnectionState:
 
     def check_send_command(self, command: int, size: int, n_fds: int) -> None:
         """A command (or, from the daemon, an event) this end is about to send."""
+        if (
+            self.phase is Phase.READY
+            and not n_fds
+            and self.side is Side.CLIENT
+            and command not in HANDSHAKE
+        ):
+            # READY has no latched error (a latch makes it CLOSED) and admits every command
+            # but the handshake's; without fds only the size rule is left to judge.
+            self.check_size(size)
+            return
         self.check_open()
         if self.phase is Phase.CLOSED:
             raise LocalProtocolError(errno.ENOTCONN, "the connection is closed")

@@ -30,6 +30,7 @@ from siov_protocol.messages_accel import (
     RegionInfo,
 )
 from siov_protocol.replies import DeviceDescription
+from siovd.service.fds import CLOSER
 from tests.conftest import DaemonProcess, RunningDaemon
 from tests.helpers import asettle, expect
 
@@ -49,6 +50,9 @@ async def mapped_mdev(
 
 
 def open_fds() -> int:
+    # The daemon closes a memfd it was handed in its closer thread (siovd.service.fds): let
+    # those closes land first, or one of them can fall between two counts.
+    assert CLOSER.wait_idle()
     return len(os.listdir("/proc/self/fd"))
 
 

@@ -15,7 +15,7 @@ import socket
 import stat
 import struct
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import structlog
@@ -32,6 +32,7 @@ from siov_protocol import (
     Side,
     decode,
 )
+from siov_protocol.auth import Role
 from siov_protocol.fdpass import (
     ANC_SPACE,
     MAX_FDS_PER_MESSAGE,
@@ -43,6 +44,7 @@ from siov_protocol.features import command_refusal
 from siov_protocol.header import FLAG_NO_REPLY, HEADER_SIZE
 from siov_protocol.replies import ShutdownEvent, event_message
 from siov_protocol.schema import encode
+from siov_protocol.state import HANDSHAKE, Phase
 from siovd.host.auth import peer_credentials
 from siovd.model.budget import Budget
 from siovd.model.errors import SiovError
@@ -107,6 +109,10 @@ class ClientConnection:
         self.write_lock = trio.Lock()
         self.events_ready = trio.Event()
         self.log = log
+        #: Commands that pass every check of :meth:`refusal` when they carry no fds, for the
+        #: role and features they were judged with (:meth:`admitted`); None until READY.
+        self._admitted: dict[int, Handler] | None = None
+        self._admitted_for: tuple[Role, frozenset[str]] | None = None
 
     # ---- writing ---------------------------------------------------------------------------
 
@@ -126,6 +132,10 @@ class ClientConnection:
             if sent:
                 fds = ()
             data = data[sent:]
+        await self.send_rest(data, fds)
+
+    async def send_rest(self, data: bytes, fds: tuple[int, ...] | list[int]) -> None:
+        """The slow path of :meth:`send`: what did not fit, once the client reads."""
         async with self.write_lock:
             with trio.move_on_after(self.daemon.config.server.write_timeout_s) as scope:
                 while data:
@@ -253,7 +263,9 @@ class ClientConnection:
                         )
                     continue
                 assert isinstance(event, Message)
-                await self.dispatch(event)
+                rest = self.serve(event)  # dispatch(), without a coroutine when it can
+                if rest is not None:
+                    await rest
             hoarding = self.count_pending_fds()
             if hoarding is not None:
                 self.daemon.counters["clients_dropped_pending_fds"] += 1
@@ -288,26 +300,91 @@ class ClientConnection:
         return None
 
     async def dispatch(self, msg: Message) -> None:
+        """Serve one request: refuse it, or run its handler and send the reply."""
+        rest = self.serve(msg)
+        if rest is not None:
+            await rest
+
+    def serve(self, msg: Message) -> Awaitable[None] | None:
+        """:meth:`dispatch` without a coroutine for what needs no wait (a sync handler whose
+        reply fits the socket); what does wait (an error reply, a long request, a reply that
+        must wait for room) is returned for the caller to await at once."""
         session = self.session
         session.requests += 1
-        handler = registry.handlers.get(msg.command)
+        command = msg.command
+        handler = registry.handlers.get(command)
         fds = list(msg.fds)
-        err = self.refusal(handler, msg, fds)
-        if err is not None:
-            close_fds(fds)
-            if not msg.no_reply:
-                await self.reply_error(msg.msg_id, msg.command, *err)
-            return
-        assert handler is not None
-        self.server.in_flight += 1
+        if fds or handler is None or self.admitted().get(command) is not handler:
+            err = self.refusal(handler, msg, fds)
+            if err is not None:
+                close_fds(fds)
+                if not msg.flags & FLAG_NO_REPLY:
+                    return self.reply_error(msg.msg_id, command, *err)
+                return None
+            assert handler is not None
+        server = self.server
+        server.in_flight += 1
         try:
             reply = self.call(handler, msg, fds)
-            if isinstance(reply, Deferred):
-                reply = await self.run_deferred(handler, msg, reply)
+        except BaseException:
+            server.in_flight -= 1
+            raise
+        if isinstance(reply, Deferred):
+            return self.finish_deferred(handler, msg, reply)
+        server.in_flight -= 1
+        if reply is None or msg.flags & FLAG_NO_REPLY:
+            return None
+        data, reply_fds = reply
+        if reply_fds or self.write_lock.locked():
+            return self.send(data, reply_fds)
+        # send(), inline: the reply that fits goes out without a coroutine
+        try:
+            sent = self.raw.send(data)
+        except BlockingIOError:
+            sent = 0
+        except OSError as exc:
+            raise ClientGone(str(exc)) from None
+        if sent != len(data):
+            return self.send_rest(data[sent:], ())
+        return None
+
+    async def finish_deferred(self, handler: Handler, msg: Message, deferred: Deferred) -> None:
+        """A long request (counted in flight until it is done), then its reply."""
+        try:
+            reply = await self.run_deferred(handler, msg, deferred)
         finally:
             self.server.in_flight -= 1
-        if reply is not None and not msg.no_reply:
+        if not msg.flags & FLAG_NO_REPLY:
             await self.send(*reply)
+
+    def admitted(self) -> dict[int, Handler]:
+        """The handlers :meth:`refusal` lets run without fds on this connection now, so a
+        request need not be judged again: none before READY (the phase decides then); once
+        READY, every handler but the handshake's that the session's role and agreed features
+        allow, rebuilt if either changes. Whatever is not in it is judged by :meth:`refusal`."""
+        session = self.session
+        key = self._admitted_for
+        if (
+            key is not None
+            and key[0] is session.role
+            and key[1] is session.features
+            and self._admitted is not None
+        ):
+            return self._admitted
+        if session.protocol.phase is not Phase.READY:
+            return {}
+        admin = session.is_admin
+        features = session.features
+        table = {
+            command: handler
+            for command, handler in registry.handlers.items()
+            if command not in HANDSHAKE
+            and (admin or not handler.admin)
+            and command_refusal(command, features, handler.command.name) is None
+        }
+        self._admitted = table
+        self._admitted_for = (session.role, features)
+        return table
 
     def refusal(
         self, handler: Handler | None, msg: Message, fds: list[int]
@@ -334,12 +411,14 @@ class ClientConnection:
     ) -> tuple[bytes, tuple[int, ...]] | Deferred | None:
         """Run a handler; return the reply bytes and fds to send (or the long work to run
         before them)."""
-        ctx = Context(self.daemon, self.session, msg.msg_id, msg.command, fds)
+        command = msg.command
+        ctx = Context(self.daemon, self.session, msg.msg_id, command, fds)
         try:
             req: Any = decode(handler.schema, msg.body)
-            again = self.session.protocol.repeat_refusal(msg.command)
-            if again is not None:
-                raise SiovError(*again)
+            if command in HANDSHAKE:  # repeat_refusal judges only the handshake's commands
+                again = self.session.protocol.repeat_refusal(command)
+                if again is not None:
+                    raise SiovError(*again)
             result = handler.fn(ctx, req)
             if isinstance(result, Deferred):
                 return result

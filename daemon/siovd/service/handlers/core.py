@@ -84,9 +84,14 @@ def auth(ctx: Context, req: AuthRequest) -> AuthReply:
     return AuthReply(identity=identity, role=role.value)
 
 
+#: The reply to a PING without payload, one shared instance (a frozen schema).
+_PONG = PingReply()
+
+
 @registry.command(Command.PING, PingRequest)
 def ping(ctx: Context, req: PingRequest) -> PingReply:
-    return PingReply(payload=req.payload)
+    payload = req.payload
+    return _PONG if payload is None else PingReply(payload=payload)
 
 
 @registry.command(Command.INFO, Empty)
