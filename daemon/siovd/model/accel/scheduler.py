@@ -92,6 +92,10 @@ class Scheduler:
                             if budget.charge(DESC_COST):
                                 more = bool(running) or any(wq.occupancy for wq in group.wqs)
                                 return Turn(outcomes, more)
+                            if not any(wq.occupancy for wq in group.wqs):
+                                # Nothing queued: no run can start, and take() moves the
+                                # arbitration past the empty WQs as it would one by one.
+                                runs = False
                             continue
                     runs = allowed  # one step in Python, then runs again
                     item = group.take()
