@@ -8,7 +8,7 @@ import struct
 import tempfile
 import time
 
-from siovd.service.fds import Closer
+from siovd.service.fds import INLINE_MAX, Closer
 from tests.helpers import settle
 
 
@@ -92,3 +92,21 @@ def test_a_socket_stuffed_with_fds_is_drained_before_its_close() -> None:
         pass
     drain_and_close(a.detach())  # the rest, as a closer thread does it
     b.close()
+
+
+def test_a_batch_of_253_fds_costs_the_caller_at_most_inline_max() -> None:
+    """One message can carry 253 fds: the caller judges and closes the first INLINE_MAX, and
+    a closer thread the rest in one job (linger off, then close), so the loop's work per
+    message stays bounded; every fd is closed either way and counted once."""
+    fds = [os.eventfd(0) for _ in range(253)]
+    closer = Closer()
+    closer.discard(fds)
+    assert closer.closed_inline == INLINE_MAX
+    assert closer.wait_idle()
+    assert closer.closed_in_thread == 253 - INLINE_MAX
+    for fd in fds:
+        try:
+            os.fstat(fd)
+        except OSError:
+            continue
+        raise AssertionError(f"fd {fd} is still open")

@@ -9,7 +9,9 @@ its kind is known to close at once:
 * ``anon_inode:`` (eventfd and friends) and ``pipe:``: closed inline;
 * ``socket:``: ``SO_LINGER`` is switched off first (the kernel then finishes sending in the
   background and close returns at once), then closed inline;
-* everything else (regular files, memfds, devices, FUSE): handed to a few closer threads.
+* everything else (regular files, memfds, devices, FUSE): handed to a few closer threads;
+* past the first :data:`INLINE_MAX` of one batch (a message can carry 253): all handed to a
+  closer thread as one job, whatever their kind, so the loop's share stays bounded.
 
 The kind is read with ``readlink(/proc/self/fd/N)``, which asks no file system driver anything
 (``fstat`` on a FUSE file may wait for its server). Closer threads are bounded
@@ -21,6 +23,7 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import functools
 import os
 import queue
 import socket
@@ -34,6 +37,8 @@ from siov_protocol.fdpass import ANC_SPACE, fds_from_ancillary
 
 #: Closer threads at most; one starts whenever every running one is busy.
 MAX_THREADS = 8
+#: Fds one discard() judges and closes on the caller's thread; the rest go to a closer thread.
+INLINE_MAX = 32
 #: A close in a closer thread that takes longer than this is counted as slow.
 SLOW_CLOSE_S = 0.1
 _LINGER_OFF = struct.pack("ii", 0, 0)
@@ -60,7 +65,7 @@ class Closer:
     """Closes discarded fds without blocking the caller; counts what it did."""
 
     def __init__(self) -> None:
-        self._queue: queue.SimpleQueue[Callable[[], None] | None] = queue.SimpleQueue()
+        self._queue: queue.SimpleQueue[tuple[Callable[[], None], int] | None] = queue.SimpleQueue()
         self._lock = threading.Lock()
         self._threads = 0
         self._idle = 0  # threads waiting for work
@@ -73,7 +78,14 @@ class Closer:
         self.worst_s = 0.0
 
     def discard(self, fds: Iterable[int]) -> None:
-        """Close every fd of ``fds`` (received from a client) without blocking."""
+        """Close every fd of ``fds`` (received from a client) without blocking. At most
+        :data:`INLINE_MAX` are judged and closed here; the rest go to a closer thread in one
+        job, so a message stuffed with 253 fds costs the loop a bounded amount of work."""
+        fds = list(fds)
+        if len(fds) > INLINE_MAX:
+            rest = fds[INLINE_MAX:]
+            fds = fds[:INLINE_MAX]
+            self.defer(functools.partial(close_here, rest), len(rest))
         for fd in fds:
             kind = _kind(fd)
             if kind.startswith("socket:"):
@@ -85,8 +97,8 @@ class Closer:
             else:
                 self.defer(_closer(fd))
 
-    def defer(self, work: Callable[[], None]) -> None:
-        """Run ``work`` (a close, an unmap) in a closer thread."""
+    def defer(self, work: Callable[[], None], closes: int = 1) -> None:
+        """Run ``work`` (a close, an unmap; ``closes`` of them) in a closer thread."""
         with self._lock:
             self.queued += 1
             self._untaken += 1
@@ -95,18 +107,19 @@ class Closer:
                 self._threads += 1
         if start:
             threading.Thread(target=self._run, name="siovd-closer", daemon=True).start()
-        self._queue.put(work)
+        self._queue.put((work, closes))
 
     def _run(self) -> None:
         while True:
             with self._lock:
                 self._idle += 1
-            work = self._queue.get()
+            job = self._queue.get()
             with self._lock:
                 self._idle -= 1
                 self._untaken -= 1
-            if work is None:
+            if job is None:
                 return
+            work, closes = job
             start = time.monotonic()
             failed = False
             try:
@@ -117,7 +130,7 @@ class Closer:
             with self._lock:
                 self.failed += failed
                 self.queued -= 1
-                self.closed_in_thread += 1
+                self.closed_in_thread += closes
                 self.worst_s = max(self.worst_s, took)
                 if took > SLOW_CLOSE_S:
                     self.slow += 1
