@@ -37,7 +37,7 @@ from bench.common import median_of as median
 from siovd.model.bus import Bus
 from siovd.model.device import Device
 from siovd.model.iommu import Iommu, Iotlb
-from siovd.model.iommu.iotlb import make_tag
+from siovd.model.iommu.iotlb import make_tag, new_entry
 from siovd.model.iommu.pagetable import PROT_READ, PROT_WRITE, walk
 from siovd.model.memory import PhysicalMemory, Region
 from siovd.model.testparent import SiovTestParent
@@ -166,7 +166,7 @@ def iotlb_miss_vs_hit() -> Figure:
                     result = walk(locate, root, 4, iova, False)
                     assert not isinstance(result, int)
                     pbase, size, flags, level = result
-                    insert(tag, iova, level, [pbase, size, flags, 0, None, 0])
+                    insert(tag, iova, level, new_entry(pbase, size, flags))
 
         def hits(xs: list[int]) -> None:
             lookup = iotlb.lookup

@@ -24,7 +24,7 @@ if __package__ in (None, ""):
 from bench.common import Figure, figure
 from bench.iommu_figures import PAGE, RUNS, RW, GiB, MiB, World, _loop_time
 from siovd.model.iommu import Iotlb
-from siovd.model.iommu.iotlb import make_tag
+from siovd.model.iommu.iotlb import make_tag, new_entry
 from siovd.model.iommu.nested import alloc_nested, combine
 from siovd.model.iommu.pagetable import walk
 
@@ -78,7 +78,7 @@ def _measure() -> tuple[float, float, float]:
                     result = combine(parent, iova, s1, False)
                     assert not isinstance(result, int)
                     pbase, size, flags, level = result
-                    insert(tag, iova, level, [pbase, size, flags, 0, None, 0])
+                    insert(tag, iova, level, new_entry(pbase, size, flags))
 
         def hits(xs: list[int]) -> None:
             lookup = iotlb.lookup

@@ -297,16 +297,20 @@ class Client(IommuExtMixin):
         A message is never left half-written: once its first byte is out, the rest is sent
         shielded from cancellation, or the daemon would read the next message as garbage.
         """
-        sent = 0
-        if not self._write_lock.locked():
-            try:
-                sent = send_nowait(self._raw, data, fds)
-            except OSError as exc:
-                raise ConnectionClosed(f"send failed: {exc}") from None
-            if sent == len(data):
-                return True
-        await self._send_rest(data, fds, sent)
+        sent = self._send_now(data, fds)
+        if sent != len(data):
+            await self._send_rest(data, fds, sent)
         return True
+
+    def _send_now(self, data: bytes, fds: Sequence[int]) -> int:
+        """One non-blocking write of what fits (nothing while another send holds the write
+        lock): the bytes that went out."""
+        if self._write_lock.locked():
+            return 0
+        try:
+            return send_nowait(self._raw, data, fds)
+        except OSError as exc:
+            raise ConnectionClosed(f"send failed: {exc}") from None
 
     async def _send_rest(self, data: bytes, fds: Sequence[int], sent: int) -> None:
         """The slow path of :meth:`_send`: the message from byte ``sent`` on, once there is
@@ -366,11 +370,15 @@ class Client(IommuExtMixin):
         except OSError as exc:
             self._fail(ConnectionClosed(f"connection lost: {exc}"))
 
-    async def _take_baton_and_read(self, scope: trio.CancelScope | None = None) -> None:
+    async def _take_baton_and_read(
+        self, scope: trio.CancelScope | None = None, expect_wait: bool = False
+    ) -> None:
+        """Read one round holding the baton; ``scope`` is the background reader's, which a
+        requester cancels to take the baton over (``expect_wait``: see :meth:`_read_round`)."""
         self._reading = True
         self._background_scope = scope
         try:
-            await self._read_round()
+            await self._read_round(expect_wait)
         finally:
             self._reading = False
             self._background_scope = None
@@ -410,14 +418,7 @@ class Client(IommuExtMixin):
         try:
             while not pending.done and self._closed is None:
                 if not self._reading:
-                    # _take_baton_and_read, inline (a requester holds no cancel scope)
-                    self._reading = True
-                    self._background_scope = None
-                    try:
-                        await self._read_round(just_sent)
-                    finally:
-                        self._reading = False
-                        self._next_round()
+                    await self._take_baton_and_read(None, just_sent)
                     just_sent = False
                 else:
                     just_sent = False
@@ -434,14 +435,8 @@ class Client(IommuExtMixin):
                 self._next_round()  # hand the baton back to the background reader
 
     def _deliver(self, event: Message | BadMessage | Any) -> None:
-        if type(event) is Message and event.flags == TYPE_REPLY:  # a plain success reply
-            pending = self._pending.pop(event.msg_id, None)
-            if pending is None or pending.done:
-                for fd in event.fds:  # nobody waits (the caller gave up): drop the reply
-                    os.close(fd)
-                return
-            pending.reply = _reply(event.body, event.fds, event.command)
-            pending.done = True
+        if type(event) is Message and event.flags == TYPE_REPLY:  # the common case first
+            self._answer(event)
             return
         if isinstance(event, BadMessage):
             for fd in event.fds:
@@ -472,6 +467,11 @@ class Client(IommuExtMixin):
                 for fd in event.fds:
                     os.close(fd)
             return
+        self._answer(event)
+
+    def _answer(self, event: Message) -> None:
+        """Hand a reply to its requester (an error reply as its :class:`SiovError`); one
+        nobody waits for any more is dropped with its fds."""
         pending = self._pending.pop(event.msg_id, None)
         if pending is None or pending.done:
             for fd in event.fds:  # nobody waits (the caller gave up): drop the reply
@@ -485,7 +485,7 @@ class Client(IommuExtMixin):
             for fd in event.fds:
                 os.close(fd)
         else:
-            pending.reply = Reply(event.body, event.fds, event.command)
+            pending.reply = _reply(event.body, event.fds, event.command)
         pending.done = True
 
     def _fail(self, exc: SiovError) -> None:
@@ -519,18 +519,10 @@ class Client(IommuExtMixin):
         pending = self._pending[msg_id] = _Pending()
         sent = False
         try:
-            if fds or self._write_lock.locked():
-                sent = await self._send(data, fds)
-            else:  # _send, inline: a message that fits goes out without a coroutine
-                try:
-                    n = self._raw.send(data)
-                except BlockingIOError:
-                    n = 0
-                except OSError as exc:
-                    raise ConnectionClosed(f"send failed: {exc}") from None
-                if n != len(data):
-                    await self._send_rest(data, fds, n)
-                sent = True
+            n = self._send_now(data, fds)  # _send, without a coroutine for what fits
+            if n != len(data):
+                await self._send_rest(data, fds, n)
+            sent = True
             await self._wait_reply(pending, just_sent=True)
         finally:
             if not pending.done and not sent:
@@ -654,8 +646,7 @@ class Client(IommuExtMixin):
 
     async def ping(self, payload: bytes | None = None) -> bytes | None:
         body = {"payload": payload} if payload is not None else None
-        # call_typed, inline: PING is what round-trip figures time
-        reply: PingReply = decode(PingReply, (await self.request(Command.PING, body)).body)
+        reply: PingReply = await self.call_typed(Command.PING, body)
         return reply.payload
 
     async def info(self) -> InfoReply:

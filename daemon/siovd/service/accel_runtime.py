@@ -405,12 +405,10 @@ class AccelRuntime:
     # -- interrupts ---------------------------------------------------------------------------
 
     def _signal(self, state: MdevState, vector: int) -> None:
-        msi = state.msi[vector] if 0 <= vector < MDEV_IRQ_COUNT else None
-        if msi is not None:
-            remapped = self._remap(state, vector, msi)
-            if remapped is None:
-                return
-            vector = remapped
+        routed = self._route(state, vector)
+        if routed is None:
+            return
+        vector = routed
         fd = state.irq_fds[vector] if 0 <= vector < MDEV_IRQ_COUNT else None
         if fd is not None:
             try:
@@ -423,10 +421,14 @@ class AccelRuntime:
                 return
         self._irq_event(state, vector, None)
 
-    def _remap(self, state: MdevState, vector: int, msi: tuple[int, int]) -> int | None:
-        """An interrupt of a vector in remappable format, through the owner's table and IEC
-        (VT-d §5.1): the vector to deliver to, or None when the IOMMU blocked it (then the
+    def _route(self, state: MdevState, vector: int) -> int | None:
+        """Where an interrupt the mdev raises on ``vector`` is delivered: that vector when it
+        has no MSI message (direct delivery); otherwise through the owner's interrupt
+        remapping table and IEC (VT-d §5.1), or None when the IOMMU blocked it (then the
         owner gets EVENT_FAULT with the IR reason unless the entry's FPD is set)."""
+        msi = state.msi[vector] if 0 <= vector < MDEV_IRQ_COUNT else None
+        if msi is None:
+            return vector
         table = self.ir_tables.get(state.session)
         try:
             remapped = irq_remap.remap(table, msi[0], msi[1], state.uuid)
@@ -482,15 +484,11 @@ class AccelRuntime:
         if error.batch_index is not None:
             swerr["batch_index"] = error.batch_index
         self._log_event(state, error)
-        # The error interrupt is vector 0's MSI, remapped like any other (VT-d §5.1): a
-        # blocked one reaches nobody; the SWERR is in the event log all the same.
-        vector = 0
-        msi = state.msi[0]
-        if msi is not None:
-            remapped = self._remap(state, 0, msi)
-            if remapped is None:
-                return
-            vector = remapped
+        # The error interrupt is vector 0's MSI, routed like any other: a blocked one reaches
+        # nobody; the SWERR is in the event log all the same.
+        vector = self._route(state, 0)
+        if vector is None:
+            return
         fd = state.irq_fds[vector]
         if fd is not None:
             try:

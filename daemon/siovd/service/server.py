@@ -122,17 +122,25 @@ class ClientConnection:
         The common case is one non-blocking sendmsg with no scheduling; only a full socket
         buffer takes the slow path, which waits at most ``write_timeout_s`` for the client.
         """
-        if not self.write_lock.locked():
-            try:
-                sent = send_nowait(self.raw, data, fds)
-            except OSError as exc:
-                raise ClientGone(str(exc)) from None
-            if sent == len(data):
-                return
-            if sent:
-                fds = ()
-            data = data[sent:]
-        await self.send_rest(data, fds)
+        rest = self.send_now(data, fds)
+        if rest is not None:
+            await self.send_rest(*rest)
+
+    def send_now(
+        self, data: bytes, fds: tuple[int, ...] | list[int] = ()
+    ) -> tuple[bytes, tuple[int, ...] | list[int]] | None:
+        """One non-blocking sendmsg of what fits (nothing while a slow send holds the write
+        lock): None when all went out, else the bytes left and the fds still to send (none
+        once a byte is out: they rode on it)."""
+        if self.write_lock.locked():
+            return data, fds
+        try:
+            sent = send_nowait(self.raw, data, fds)
+        except OSError as exc:
+            raise ClientGone(str(exc)) from None
+        if sent == len(data):
+            return None
+        return data[sent:], (() if sent else fds)
 
     async def send_rest(self, data: bytes, fds: tuple[int, ...] | list[int]) -> None:
         """The slow path of :meth:`send`: what did not fit, once the client reads."""
@@ -334,19 +342,8 @@ class ClientConnection:
         server.in_flight -= 1
         if reply is None or msg.flags & FLAG_NO_REPLY:
             return None
-        data, reply_fds = reply
-        if reply_fds or self.write_lock.locked():
-            return self.send(data, reply_fds)
-        # send(), inline: the reply that fits goes out without a coroutine
-        try:
-            sent = self.raw.send(data)
-        except BlockingIOError:
-            sent = 0
-        except OSError as exc:
-            raise ClientGone(str(exc)) from None
-        if sent != len(data):
-            return self.send_rest(data[sent:], ())
-        return None
+        rest = self.send_now(*reply)  # send(), without a coroutine for what fits
+        return None if rest is None else self.send_rest(*rest)
 
     async def finish_deferred(self, handler: Handler, msg: Message, deferred: Deferred) -> None:
         """A long request (counted in flight until it is done), then its reply."""

@@ -61,6 +61,7 @@ from siovd.model.accel.outcome import (
     PageResponse,
     Preempted,
     SoftwareError,
+    native_run_outcomes,
 )
 from siovd.model.accel.ranges import (
     CHUNK,
@@ -255,16 +256,10 @@ class Executor:
                 ran, _, record, written = self.run_queued(item, view[at:], dma, Budget())
                 if ran:
                     index += ran
-                    last = view[(index - 1) * DSA_DESC_SIZE : index * DSA_DESC_SIZE]
-                    if last[4] & IDXD_OP_FLAG_RCI:
-                        if ran > 1:
-                            outcomes.append(CompletedRun(owner, ran - 1))
-                        assert record is not None
-                        tail = WorkItem(wq, bytes(last), pasid, index - 1, owner, irq_count)
-                        handle = last[36] | last[37] << 8
-                        outcomes.append(Completed(tail, record, written, True, handle, ()))
-                    else:
-                        outcomes.append(CompletedRun(owner, ran))
+                    at = (index - 1) * DSA_DESC_SIZE
+                    tail = bytes(view[at : at + DSA_DESC_SIZE])
+                    last = WorkItem(wq, tail, pasid, index - 1, owner, irq_count)
+                    outcomes.extend(native_run_outcomes(owner, ran, last, record, written))
                     continue
             outcomes.append(self.run(item, dma))
             index += 1

@@ -22,8 +22,10 @@ import enum
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from siov_protocol.dsa import DSA_COMP_STATUS_MASK, CompletionRecord
+from siov_protocol.dsa import DSA_COMP_STATUS_MASK, IDXD_OP_FLAG_RCI, CompletionRecord
 from siovd.model.dma import DmaFault
+
+_RCI = IDXD_OP_FLAG_RCI
 
 if TYPE_CHECKING:
     from siovd.model.accel.ops import ResumeState
@@ -80,6 +82,21 @@ class CompletedRun:
     def __init__(self, owner: object, count: int) -> None:
         self.owner = owner
         self.count = count
+
+
+def native_run_outcomes(
+    owner: object, ran: int, last: WorkItem, record: bytes | None, written: bool
+) -> list[Completed | CompletedRun]:
+    """What a native run of ``ran`` descriptors of ``owner`` reports (the scheduler's runs and
+    :meth:`~siovd.model.accel.ops.Executor.run_all`): one :class:`CompletedRun`; or, when the
+    last asked for an interrupt (a run ends there), the others as a CompletedRun and the last
+    as its own :class:`Completed` with ``record``, so its interrupt is signalled."""
+    raw = last.desc
+    if not raw[4] & _RCI:
+        return [CompletedRun(owner, ran)]
+    assert record is not None
+    done = Completed(last, record, written, True, raw[36] | raw[37] << 8, ())
+    return [CompletedRun(owner, ran - 1), done] if ran > 1 else [done]
 
 
 class Completed:

@@ -18,11 +18,17 @@ from __future__ import annotations
 from collections import deque
 from collections.abc import Callable
 
-from siov_protocol.dsa import IDXD_OP_FLAG_RCI
 from siovd.model.accel import fastpath
 from siovd.model.accel.device import Engine, Group
 from siovd.model.accel.ops import DESC_COST, TIMED_ENTRIES, Executor, ResumeState
-from siovd.model.accel.outcome import Blocked, Completed, CompletedRun, PageResponse, Preempted
+from siovd.model.accel.outcome import (
+    Blocked,
+    Completed,
+    CompletedRun,
+    PageResponse,
+    Preempted,
+    native_run_outcomes,
+)
 from siovd.model.accel.wq import WorkItem
 from siovd.model.budget import Budget
 from siovd.model.dma import DmaSpace
@@ -89,10 +95,10 @@ class Scheduler:
                         ran, runs = self._run_queued(group, budget, space_for, outcomes)
                         if ran:
                             taken += ran
+                            queued = any(wq.occupancy for wq in group.wqs)
                             if budget.charge(DESC_COST):
-                                more = bool(running) or any(wq.occupancy for wq in group.wqs)
-                                return Turn(outcomes, more)
-                            if not any(wq.occupancy for wq in group.wqs):
+                                return Turn(outcomes, bool(running) or queued)
+                            if not queued:
                                 # Nothing queued: no run can start, and take() moves the
                                 # arbitration past the empty WQs as it would one by one.
                                 runs = False
@@ -151,14 +157,7 @@ class Scheduler:
             return 0, False
         group.took(ran, cursor, credits)
         last = wq.retire_run(ran)
-        raw = last.desc
-        if raw[4] & IDXD_OP_FLAG_RCI:
-            if ran > 1:
-                outcomes.append(CompletedRun(first.owner, ran - 1))
-            assert record is not None
-            outcomes.append(Completed(last, record, written, True, raw[36] | raw[37] << 8, ()))
-        else:
-            outcomes.append(CompletedRun(first.owner, ran))
+        outcomes.extend(native_run_outcomes(first.owner, ran, last, record, written))
         return ran, not fallback
 
     def resume(

@@ -31,6 +31,11 @@ Key = tuple[int, int, int]
 Entry = list[Any]
 
 
+def new_entry(phys: int, size: int, flags: int, region: Any = None) -> Entry:
+    """An entry as the walker fills it: not yet referenced, no hits yet."""
+    return [phys, size, flags, 0, region, 0]
+
+
 def make_tag(domain_id: int, pasid: int) -> int:
     return (domain_id << PASID_BITS) | pasid
 

@@ -19,7 +19,7 @@ from siovd.model.iommu.faults import (
     FR_PASID_ENTRY_NOT_PRESENT,
     FR_SM_WRITE,
 )
-from siovd.model.iommu.iotlb import E_HITS, E_REF, make_tag
+from siovd.model.iommu.iotlb import E_HITS, E_REF, make_tag, new_entry
 from siovd.model.iommu.nested import combine
 from siovd.model.iommu.pagetable import PROT_READ, PROT_WRITE, PTE_D, PTE_RW, walk
 from siovd.model.memory import Region
@@ -165,7 +165,7 @@ def _paging(
             pbase, size, flags, level = result
             if not tracks and flags & PTE_RW:
                 flags |= PTE_D  # tracking off: writes need no walk to set D (dirty.py)
-            entry = [pbase, size, flags, 0, region_of(pbase), 0]
+            entry = new_entry(pbase, size, flags, region_of(pbase))
             iotlb.insert(tag, pos, level, entry)
         else:
             pbase, size, flags = entry[0], entry[1], entry[2]
